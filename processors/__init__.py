@@ -1,0 +1,1 @@
+"""Stream processors: pure window and detector logic plus the faust apps that wire it."""

@@ -1,0 +1,1 @@
+"""Sinks: the Redis writer and reader (query API) and alert delivery."""

@@ -1,0 +1,73 @@
+"""Explicit topic creation: stepstream never relies on broker auto-create.
+
+Auto-created topics get the broker's default partition count (4 on tansu), and a stage
+whose topics disagree in partition count cannot co-partition its keys.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from stepstream.errors import StackError, TopicMismatchError
+from stepstream.settings import Settings
+from stepstream.topics import Topics
+
+
+def _admin(settings: Settings, timeout_s: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=settings.kafka_bootstrap.split(","),
+                client_id="stepstream-admin",
+                request_timeout_ms=int(max(timeout_s, 5) * 1000),
+                **settings.kafka_client_config(),
+            )
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"no Kafka broker answers at {settings.kafka_bootstrap}: start one with "
+                    "'stepstream up' or set STEPSTREAM_KAFKA_BOOTSTRAP"
+                ) from exc
+            time.sleep(0.2)
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create every stepstream topic with `settings.partitions` partitions.
+
+    Returns the names created now. Topics that exist already are checked: a partition
+    count other than the configured one raises TopicMismatchError.
+    """
+    names = Topics(settings.topic_prefix).all()
+    admin = _admin(settings, timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        created: list[str] = []
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, settings.partitions, 1)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another worker: checked below
+        _check_partitions(admin, names, settings.partitions)
+        return created
+    except KafkaError as exc:
+        raise StackError(f"topic set-up on {settings.kafka_bootstrap} failed: {exc}") from exc
+    finally:
+        admin.close()
+
+
+def _check_partitions(admin: KafkaAdminClient, names: list[str], expected: int) -> None:
+    for description in admin.describe_topics(names):
+        count = len(description.get("partitions") or [])
+        if count != expected:
+            raise TopicMismatchError(
+                f"topic {description['topic']} has {count} partitions, configured "
+                f"STEPSTREAM_PARTITIONS={expected}: use the existing count or another "
+                "STEPSTREAM_TOPIC_PREFIX"
+            )

@@ -1,0 +1,239 @@
+"""The `stepstream` command line: local stack, workers, queries and the demo.
+
+Exit codes: 0 success, 1 a stepstream error (the message says what to do), 2 bad usage,
+3 no running stack where one is needed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stepstream.errors import StackNotRunningError, StepstreamError
+
+app = typer.Typer(
+    help="Streaming telemetry for distributed model training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_ERROR = 1
+EXIT_NO_STACK = 3
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="Stack state folder [env STEPSTREAM_STATE_DIR].")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+RedisUrl = Annotated[
+    str | None, typer.Option("--redis-url", help="Redis URL [env STEPSTREAM_REDIS_URL].")
+]
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run `action`, turning stepstream errors into a message and a meaningful exit code."""
+    try:
+        return action()
+    except StackNotRunningError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_NO_STACK) from exc
+    except StepstreamError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from exc
+    except KeyboardInterrupt as exc:
+        err_console.print("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from exc
+
+
+@app.command()
+def up(
+    kafka_port: Annotated[int, typer.Option(help="Broker port; 0 picks a free one.")] = 0,
+    redis_port: Annotated[int, typer.Option(help="Redis port; 0 picks a free one.")] = 0,
+    workers: Annotated[bool, typer.Option(help="Also start processor and sink workers.")] = True,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Start the embedded stack (tansu, Redis, workers) in the background."""
+    from stepstream.stack import LocalStack, load_settings
+
+    def run() -> None:
+        settings = load_settings(**_overrides(state_dir=state_dir))
+        with console.status("starting the local stack") as status:
+            stack = LocalStack(
+                settings, kafka_port, redis_port, workers, progress=lambda m: status.update(m)
+            )
+            state = stack.start()
+        if json_out:
+            print(json.dumps({"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}))
+            return
+        console.print(f"[green]stack up[/green]  kafka {state.kafka_bootstrap}  redis {state.redis_url}")
+        console.print(
+            "Training scripts on this machine find it automatically; elsewhere set\n"
+            f"  STEPSTREAM_KAFKA_BOOTSTRAP={state.kafka_bootstrap} "
+            f"STEPSTREAM_REDIS_URL={state.redis_url}\n"
+            "The broker keeps topics in memory: 'stepstream down' loses what Kafka buffered."
+        )
+
+    _guard(run)
+
+
+@app.command()
+def down(state_dir: StateDir = None) -> None:
+    """Stop the embedded stack started by `stepstream up`."""
+    from stepstream.stack import load_settings, stop_stack
+
+    def run() -> None:
+        settings = load_settings(**_overrides(state_dir=state_dir))
+        stopped = stop_stack(settings.state_dir)
+        console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+    _guard(run)
+
+
+@app.command()
+def status(state_dir: StateDir = None, json_out: JsonFlag = False) -> None:
+    """Show whether the embedded stack runs, where, and which processes are alive."""
+    from stepstream.stack import StackState, load_settings
+
+    def run() -> None:
+        settings = load_settings(**_overrides(state_dir=state_dir))
+        state = StackState.load(settings.state_dir)
+        if state is None:
+            raise StackNotRunningError(
+                f"no local stack recorded in {settings.state_dir}: start one with 'stepstream up'"
+            )
+        alive = state.running()
+        if json_out:
+            print(json.dumps({"kafka_bootstrap": state.kafka_bootstrap,
+                              "redis_url": state.redis_url, "processes": alive}))
+        else:
+            table = Table(title=f"kafka {state.kafka_bootstrap}   redis {state.redis_url}")
+            table.add_column("process")
+            table.add_column("pid", justify="right")
+            table.add_column("state")
+            for proc in state.processes:
+                ok = alive[proc.name]
+                table.add_row(proc.name, str(proc.pid), "[green]running" if ok else "[red]stopped")
+            console.print(table)
+        if not all(alive.values()):
+            raise typer.Exit(EXIT_ERROR)
+
+    _guard(run)
+
+
+@app.command()
+def query(
+    run: Annotated[str | None, typer.Option("--run", help="Run id; omit to list runs.")] = None,
+    window: Annotated[str | None, typer.Option(help="One window, e.g. 50steps or 10s.")] = None,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Print a run's rolling stats from Redis (or the list of runs)."""
+    from sinks.reader import MetricsReader
+    from stepstream.stack import load_settings
+
+    def go() -> None:
+        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            if run is None:
+                runs = reader.runs()
+                if json_out:
+                    print(json.dumps([r.model_dump() for r in runs]))
+                    return
+                table = Table("run", "world", "last activity")
+                for info in runs:
+                    table.add_row(info.run, str(info.world or "?"), f"{info.last_activity:.3f}")
+                console.print(table)
+                return
+            rows = reader.rolling(run, window)
+            if json_out:
+                print(json.dumps([r.model_dump(mode="json") for r in rows]))
+                return
+            if not rows:
+                console.print(f"no rolling stats for run {run!r} (see 'stepstream query')")
+            for table in rolling_tables(run, rows):
+                console.print(table)
+        finally:
+            reader.close()
+
+    _guard(go)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def rolling_tables(run: str, rows: list[Any]) -> list[Table]:
+    """One rich table of RollingRow objects per window."""
+    tables: dict[str, Table] = {}
+    for row in rows:
+        table = tables.get(row.window)
+        if table is None:
+            table = tables[row.window] = Table(title=f"run {run} · window {row.window}")
+            for col in ("rank", "metric", "count", "mean", "min", "max", "last", "non-finite"):
+                table.add_column(col, justify="left" if col == "metric" else "right")
+        s = row.stats
+        table.add_row(str(row.rank), row.metric, str(s.count), _fmt(s.mean), _fmt(s.min),
+                      _fmt(s.max), _fmt(s.last), str(s.nonfinite))
+    return list(tables.values())
+
+
+@app.command()
+def worker(
+    stage: Annotated[str, typer.Argument(help="processor or sink")],
+) -> None:
+    """Run one stage's faust worker in the foreground (used by `up` and docker-compose)."""
+    from stepstream.admin import ensure_topics
+    from stepstream.settings import Settings
+    from stepstream.streaming import run_worker
+
+    settings = Settings()
+    if stage == "processor":
+        from processors.app import create_processor_app as factory
+    elif stage == "sink":
+        from sinks.app import create_sink_app as factory
+    else:
+        err_console.print(f"[red]error:[/red] unknown stage {stage!r}: use processor or sink")
+        raise typer.Exit(2)
+    _guard(lambda: ensure_topics(settings))
+    run_worker(factory(settings), settings.log_level)
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(help="Training steps per rank.")] = 60,
+    nan_step: Annotated[int, typer.Option(help="Step at which rank 1 logs a NaN loss.")] = 40,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the alert.")] = 90.0,
+) -> None:
+    """Run the whole pipeline on a private embedded stack with a 2-rank training job."""
+    from stepstream.demo import run_demo
+
+    ok = _guard(lambda: run_demo(console, steps=steps, nan_step=nan_step, timeout=timeout))
+    raise typer.Exit(0 if ok else EXIT_ERROR)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,225 @@
+"""The wire contract: what travels on stepstream's topics, as versioned pydantic models.
+
+Every message is JSON. JSON has no NaN or Infinity, and a NaN loss is the most important
+value this system carries, so non-finite floats are written as the strings ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` and read back as floats. Readers ignore unknown fields;
+a message whose major version ``v`` is newer than ours is rejected with reason ``version``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from stepstream.errors import ContractError
+
+SCHEMA_VERSION = 1
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""Run ids are safe in topic keys, Redis keys and URLs: no braces, colons or spaces."""
+
+METRIC_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./:@-]{0,199}$"
+"""Metric names may be hierarchical (``grad_norm/layer1.weight``) but never contain ``|``."""
+
+RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
+MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
+
+
+class WireModel(BaseModel):
+    """Base of every message model: unknown fields ignored, non-finite floats as strings."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings", frozen=False)
+
+    def to_bytes(self) -> bytes:
+        """Serialize to the JSON bytes that go on a topic."""
+        return self.model_dump_json().encode()
+
+
+class RecordKind(StrEnum):
+    """What a record describes; processors route records by kind."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+    SYSTEM = "system"
+    GRAD = "grad"
+    HEARTBEAT = "heartbeat"
+    LOG = "log"
+    QUALITY = "quality"
+
+
+class Record(WireModel):
+    """One observation: a set of named values at one step and event time."""
+
+    seq: int = Field(ge=0, description="Per publisher incarnation, gap-free, for dedup.")
+    t: float = Field(description="Event time, Unix seconds, taken when log() was called.")
+    step: int | None = Field(None, ge=0, description="Training step, when the record has one.")
+    kind: RecordKind = RecordKind.TRAIN
+    values: dict[MetricName, float] = Field(default_factory=dict)
+    text: str | None = Field(None, description="Free text for log records.")
+
+
+class Batch(WireModel):
+    """One message on the telemetry topic: what one rank's publisher sent in one flush."""
+
+    v: int = SCHEMA_VERSION
+    run: RunId
+    rank: int = Field(ge=0)
+    world: int = Field(1, ge=1)
+    node: str = ""
+    pid: int = 0
+    incarnation: str = Field("", description="Unique per publisher start; seq restarts with it.")
+    records: list[Record] = Field(default_factory=list)
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka key: all of one series lands in one partition."""
+        return series_key(self.run, self.rank)
+
+
+class WindowStats(WireModel):
+    """Rolling statistics of one metric over one window. Non-finite values are counted,
+    not averaged, so one NaN does not hide the rest of the window."""
+
+    count: int = 0
+    nonfinite: int = 0
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float | None = None
+
+
+class WindowUpdate(WireModel):
+    """One message on the windows topic: the fresh stats of one rank after one batch."""
+
+    v: int = SCHEMA_VERSION
+    run: RunId
+    rank: int = Field(ge=0)
+    world: int = 1
+    node: str = ""
+    step: int | None = None
+    t: float = 0.0
+    latest: dict[MetricName, float] = Field(default_factory=dict)
+    windows: dict[str, dict[MetricName, WindowStats]] = Field(
+        default_factory=dict, description="window name -> metric -> stats"
+    )
+
+
+Severity = Literal["info", "warning", "critical"]
+AlertStatus = Literal["firing", "resolved"]
+
+
+class Alert(WireModel):
+    """One alert transition on the alerts topic."""
+
+    v: int = SCHEMA_VERSION
+    fingerprint: str = Field(description="Stable id of (rule, run, rank, metric).")
+    rule: str
+    status: AlertStatus = "firing"
+    severity: Severity = "critical"
+    run: RunId
+    rank: int | None = None
+    metric: str | None = None
+    step: int | None = None
+    t: float = Field(description="Event time of the record that caused the transition.")
+    raised_at: float = Field(description="Wall-clock time the processor raised it.")
+    summary: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    evidence: dict[str, float | None] = Field(
+        default_factory=dict, description="Numbers behind the flag: value, threshold, window."
+    )
+
+
+class DeadLetter(WireModel):
+    """A message a stage could not use, kept with the reason so nothing is lost silently."""
+
+    v: int = SCHEMA_VERSION
+    reason: str
+    detail: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    payload: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
+    t: float
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        reason: str,
+        detail: str,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        offset: int | None,
+        now: float,
+    ) -> DeadLetter:
+        """The dead letter of the bytes at (topic, partition, offset)."""
+        return cls(
+            reason=reason,
+            detail=detail,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key.decode("utf-8", "replace") if key else None,
+            payload=(value or b"").decode("utf-8", "replace"),
+            t=now,
+        )
+
+
+def series_key(run: str, rank: int) -> bytes:
+    """Kafka key of one rank's series of a run (``"R:r"``)."""
+    return f"{run}:{rank}".encode()
+
+
+def run_key(run: str) -> bytes:
+    """Kafka key that co-locates everything of one run (stage 2, alerts)."""
+    return run.encode()
+
+
+def _peek_version(raw: bytes) -> int | None:
+    """Best-effort read of ``v`` for a better error message; only used on the error path."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    version = doc.get("v") if isinstance(doc, dict) else None
+    return version if isinstance(version, int) else None
+
+
+def decode_batch(raw: bytes) -> Batch:
+    """Decode one telemetry message, or raise ContractError naming the reason."""
+    try:
+        batch = Batch.model_validate_json(raw)
+    except ValidationError as exc:
+        version = _peek_version(raw)
+        if version is not None and version > SCHEMA_VERSION:
+            raise ContractError(
+                "version", f"schema v{version} is newer than this reader (v{SCHEMA_VERSION})"
+            ) from exc
+        reason = "undecodable" if _is_json_error(exc) else "schema"
+        raise ContractError(reason, _short_errors(exc)) from exc
+    if batch.v > SCHEMA_VERSION:
+        raise ContractError(
+            "version", f"schema v{batch.v} is newer than this reader (v{SCHEMA_VERSION})"
+        )
+    return batch
+
+
+def _is_json_error(exc: ValidationError) -> bool:
+    return any(err["type"] == "json_invalid" for err in exc.errors())
+
+
+def _short_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"(+{more} more)")
+    return "; ".join(parts)

@@ -1,0 +1,44 @@
+"""The project's exceptions. Each message says what happened and what to do next."""
+
+from __future__ import annotations
+
+
+class StepstreamError(Exception):
+    """Base class of every error stepstream raises on purpose."""
+
+
+class ConfigError(StepstreamError):
+    """A setting, flag or configuration file is invalid."""
+
+
+class ContractError(StepstreamError):
+    """Bytes on a topic do not decode to the wire contract.
+
+    `reason` is a short machine-friendly tag (``undecodable``, ``schema``, ``version``)
+    used as the dead-letter reason; the message holds the details.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class StackError(StepstreamError):
+    """The embedded stack could not be started, found or stopped."""
+
+
+class BinaryNotFoundError(StackError):
+    """A server binary (tansu, valkey-server, redis-server) is not installed."""
+
+
+class PortInUseError(StackError):
+    """A loopback port the stack wants is already taken by another process."""
+
+
+class StackNotRunningError(StackError):
+    """A command needs the local stack, but no running stack was found."""
+
+
+class TopicMismatchError(StepstreamError):
+    """A topic exists with a partition count other than the configured one."""

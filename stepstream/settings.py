@@ -1,0 +1,86 @@
+"""Settings shared by every stage, read from ``STEPSTREAM_*`` environment variables.
+
+The same names are used for keyword arguments, CLI flags (``--kafka-bootstrap``) and docs.
+Reading settings is the only thing importing stepstream does with the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where the embedded stack keeps its state file and logs unless told otherwise."""
+    return Path.home() / ".stepstream"
+
+
+class Settings(BaseSettings):
+    """Every tunable of stepstream. Environment variables are ``STEPSTREAM_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPSTREAM_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://).")
+    topic_prefix: str = Field("stepstream", description="Prefix of every topic and consumer group.")
+    key_prefix: str = Field("stepstream", description="Prefix of every Redis key.")
+    partitions: int = Field(4, ge=1, description="Partition count of every stepstream topic.")
+    session_timeout_s: float = Field(
+        6.0, gt=0, description="Consumer-group session timeout; joins take about half of it."
+    )
+    window_steps: list[int] = Field(
+        default_factory=lambda: [50], description="Step-window sizes (last N steps)."
+    )
+    window_seconds: list[float] = Field(
+        default_factory=lambda: [10.0, 60.0],
+        description="Time-window sizes in seconds of event time.",
+    )
+    retention_s: int = Field(7 * 86400, gt=0, description="TTL of every per-run Redis key.")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    flush_interval_s: float = Field(
+        0.2, gt=0, description="How often a publisher sends one batch per rank."
+    )
+    queue_size: int = Field(100_000, ge=1, description="Bound of the in-process record queue.")
+    sink_batch: int = Field(500, ge=1, description="Most messages the sink writes per flush.")
+    sink_linger_s: float = Field(0.05, ge=0, description="Longest a sink waits to fill a batch.")
+    broker_bin: str | None = Field(None, description="tansu binary for the local stack.")
+    redis_server_bin: str | None = Field(
+        None, description="valkey-server or redis-server binary for the local stack."
+    )
+    log_level: str = Field("warn", description="Worker log level: crit, error, warn, info, debug.")
+
+    @field_validator("window_steps")
+    @classmethod
+    def _positive_steps(cls, sizes: list[int]) -> list[int]:
+        if not sizes or any(s < 1 for s in sizes):
+            raise ValueError("window_steps needs one or more sizes >= 1, e.g. [50, 200]")
+        return sorted(set(sizes))
+
+    @field_validator("window_seconds")
+    @classmethod
+    def _positive_seconds(cls, sizes: list[float]) -> list[float]:
+        if any(s <= 0 for s in sizes):
+            raise ValueError("window_seconds sizes must be > 0, e.g. [10, 60]")
+        return sorted(set(sizes))
+
+    def kafka_client_config(self) -> dict[str, str | None]:
+        """Security settings in kafka-python's keyword names, unset ones left out."""
+        config: dict[str, str | None] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = self.kafka_sasl_password
+        if self.kafka_ssl_cafile:
+            config["ssl_cafile"] = self.kafka_ssl_cafile
+        return config
