@@ -1,0 +1,57 @@
+"""Integration fixtures: a real embedded stack (tansu, Valkey, faust workers) per module."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from sinks.reader import MetricsReader
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at a freshly started stack, stopped after the module."""
+    state_dir: Path = tmp_path_factory.mktemp("stack")
+    settings = Settings(state_dir=state_dir, topic_prefix=f"t{uuid.uuid4().hex[:8]}")
+    stack = LocalStack(settings)
+    state = stack.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+        )
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def reader(live_settings: Settings) -> Iterator[MetricsReader]:
+    """A query-API reader on the live stack's Redis."""
+    r = MetricsReader.from_url(live_settings.redis_url, live_settings.key_prefix)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A run id unique to the test."""
+    return f"it-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; fail with the time waited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,115 @@
+"""The whole pipeline on the real embedded stack: producer -> tansu -> faust -> Redis."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+import producers
+from sinks.alert_feed import AlertFeed
+from sinks.reader import MetricsReader
+from stepstream.contract import Batch, Record
+from stepstream.settings import Settings
+from stepstream.topics import Topics
+
+from .conftest import wait_for
+
+
+def loss_at(rank: int, step: int) -> float:
+    if rank == 1 and step == 30:
+        return math.nan
+    if rank == 0 and step == 45:
+        return math.inf
+    return 1.0 / (1 + step) + rank * 0.01
+
+
+def test_published_values_land_in_redis_exactly(
+    live_settings: Settings, reader: MetricsReader, run_id: str
+) -> None:
+    steps = 80
+    monitors = [producers.init(run_id, rank=r, world=2, settings=live_settings) for r in (0, 1)]
+    for step in range(steps):
+        for rank, monitor in enumerate(monitors):
+            monitor.log(step, loss=loss_at(rank, step), lr=0.1 * (rank + 1))
+    for monitor in monitors:
+        assert monitor.flush(20)
+        monitor.close()
+
+    def final_rows() -> list | None:
+        live = reader.ranks(run_id)
+        if len(live) == 2 and all(r.step == steps - 1 for r in live):
+            return reader.rolling(run_id, "50steps")
+        return None
+
+    rows = {(r.rank, r.metric): r.stats for r in wait_for(final_rows)}
+    for rank in (0, 1):
+        window = [loss_at(rank, s) for s in range(steps - 50, steps)]
+        finite = [v for v in window if math.isfinite(v)]
+        stats = rows[(rank, "loss")]
+        assert stats.count == 50
+        assert stats.nonfinite == 1
+        assert stats.mean == statistics.fmean(finite) or math.isclose(
+            stats.mean or 0.0, statistics.fmean(finite), rel_tol=1e-12)
+        assert (stats.min, stats.max, stats.last) == (min(finite), max(finite), window[-1])
+        assert rows[(rank, "lr")].mean == 0.1 * (rank + 1)
+
+    latest = reader.latest(run_id)
+    assert latest[(0, "loss")] == loss_at(0, steps - 1)
+    assert [r.run for r in reader.runs()].count(run_id) == 1
+
+    # The NaN of rank 1 at step 30 and the +Inf of rank 0 at step 45, each once.
+    alerts = wait_for(lambda: reader.alerts(run_id) if len(reader.alerts(run_id)) >= 2 else None)
+    got = sorted((a.rule, a.rank, a.metric, a.step) for a in alerts)
+    assert got == [("nonfinite", 0, "loss", 45), ("nonfinite", 1, "loss", 30)]
+    nan_alert = next(a for a in alerts if a.rank == 1)
+    assert math.isnan(nan_alert.evidence["value"] or 0.0)
+    assert {a.fingerprint for a in reader.active_alerts(run_id)} == {a.fingerprint for a in alerts}
+
+    with AlertFeed(live_settings, run=run_id) as feed:
+        on_topic = wait_for(lambda: feed.poll(0.5), timeout=20)
+    assert {(a.rank, a.step) for a in on_topic} <= {(0, 45), (1, 30)}
+
+
+def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
+    live_settings: Settings, reader: MetricsReader, run_id: str
+) -> None:
+    topics = Topics(live_settings.topic_prefix)
+    producer = KafkaProducer(bootstrap_servers=live_settings.kafka_bootstrap)
+    future_version = json.dumps({"v": 9, "run": run_id, "rank": 0, "records": []}).encode()
+    good = Batch(run=run_id, rank=0, incarnation="x",
+                 records=[Record(seq=0, t=1.0, step=0, values={"loss": 0.5})])
+    for key, value in [(b"bad:0", b"\xff\xfe garbage"), (b"bad:1", future_version),
+                       (b"bad:2", b'{"v": 1, "run": "has space", "rank": 0}'),
+                       (good.key, good.to_bytes())]:
+        producer.send(topics.telemetry, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    assert wait_for(lambda: reader.latest(run_id).get((0, "loss")) == 0.5)
+
+    consumer = KafkaConsumer(bootstrap_servers=live_settings.kafka_bootstrap,
+                             enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topics.deadletter, p)
+                         for p in range(live_settings.partitions)])
+        consumer.seek_to_beginning()
+        letters: dict[str, dict] = {}
+
+        def collect() -> bool:
+            for messages in consumer.poll(500).values():
+                for m in messages:
+                    doc = json.loads(m.value)
+                    letters[doc["key"]] = doc
+            return {"bad:0", "bad:1", "bad:2"} <= letters.keys()
+
+        wait_for(collect, timeout=30)
+    finally:
+        consumer.close()
+    assert letters["bad:0"]["reason"] == "undecodable"
+    assert letters["bad:0"]["payload"].endswith(" garbage")
+    assert letters["bad:1"]["reason"] == "version"
+    assert letters["bad:2"]["reason"] == "schema" and "run" in letters["bad:2"]["detail"]
+    assert letters["bad:1"]["topic"] == topics.telemetry
