@@ -217,6 +217,32 @@ def worker(
     run_worker(factory(settings), settings.log_level)
 
 
+rules_app = typer.Typer(help="Alert rule files.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("check")
+def rules_check(
+    path: Annotated[Path, typer.Argument(help="Rule file (YAML).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Validate a rule file; exit 1 and list each problem with its line when invalid."""
+    from processors.alerting.rules import load_rules
+
+    def run() -> None:
+        rules = load_rules(path)
+        if json_out:
+            print(json.dumps([{"name": r.name, "line": r.line, "severity": r.severity}
+                              for r in rules]))
+            return
+        console.print(f"[green]ok[/green] {path}: {len(rules)} rules")
+        for rule in rules:
+            source = rule.detector or (rule.condition.text if rule.condition else "")
+            console.print(f"  line {rule.line}: {rule.name} [{rule.severity}] {source}")
+
+    _guard(run)
+
+
 @app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Training steps per rank.")] = 60,

@@ -1,0 +1,1 @@
+"""Alerting logic, pure: rule files, the alert lifecycle, silences, inhibition, templates."""
