@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sinks.plan import WritePlan
 from sinks.redis_writer import RedisWriter
+from sinks.webhook_agent import add_webhook_agent
 from stepstream.contract import Alert, WindowUpdate
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
@@ -77,4 +78,5 @@ def create_sink_app(settings: Settings) -> faust.App:
             lambda plan, raw: plan.add_alert(Alert.model_validate_json(raw)),
         )
 
+    add_webhook_agent(app, settings)
     return app

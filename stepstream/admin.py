@@ -6,6 +6,7 @@ whose topics disagree in partition count cannot co-partition its keys.
 
 from __future__ import annotations
 
+import socket
 import time
 
 from kafka import KafkaAdminClient
@@ -15,6 +16,30 @@ from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, To
 from stepstream.errors import StackError, TopicMismatchError
 from stepstream.settings import Settings
 from stepstream.topics import Topics
+
+
+def require_broker(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """Raise StackError unless one bootstrap server accepts a TCP connection in time.
+
+    kafka-python waits 30 s before saying a broker is away; a person at a terminal should
+    hear it at once, with what to do.
+    """
+    deadline = time.monotonic() + timeout_s
+    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    while True:
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+                    return
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"no Kafka broker answers at {bootstrap}: start one with 'stepstream up' "
+                "or set STEPSTREAM_KAFKA_BOOTSTRAP"
+            )
+        time.sleep(0.2)
 
 
 def _admin(settings: Settings, timeout_s: float) -> KafkaAdminClient:

@@ -34,11 +34,11 @@ EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 
 StateDir = Annotated[
-    Path | None, typer.Option("--state-dir", help="Stack state folder [env STEPSTREAM_STATE_DIR].")
+    Path | None, typer.Option("--state-dir", help="Stack state folder (env STEPSTREAM_STATE_DIR).")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 RedisUrl = Annotated[
-    str | None, typer.Option("--redis-url", help="Redis URL [env STEPSTREAM_REDIS_URL].")
+    str | None, typer.Option("--redis-url", help="Redis URL (env STEPSTREAM_REDIS_URL).")
 ]
 
 
@@ -215,6 +215,74 @@ def worker(
         raise typer.Exit(2)
     _guard(lambda: ensure_topics(settings))
     run_worker(factory(settings), settings.log_level)
+
+
+SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+
+
+def _alert_line(alert: Any) -> str:
+    where = f"rank {alert.rank}" if alert.rank is not None else "run"
+    step = f" step {alert.step}" if alert.step is not None else ""
+    colour = {"critical": "red", "warning": "yellow"}.get(alert.severity, "cyan")
+    state = "RESOLVED" if alert.status == "resolved" else alert.severity.upper()
+    return (f"[{colour}]{state:<8}[/{colour}] {alert.run} {where}{step}  {alert.rule}: "
+            f"{alert.summary}")
+
+
+@app.command()
+def alerts(
+    run: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print alerts as they arrive (Ctrl-C stops).")] = False,
+    severity: Annotated[str, typer.Option(help="Lowest severity shown: info, warning, critical.")] = "info",
+    count: Annotated[int, typer.Option(help="Recent transitions listed per run.")] = 20,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List active and recent alerts from Redis, or follow the alerts topic live."""
+    from stepstream.stack import load_settings
+
+    if severity not in SEVERITY_ORDER:
+        err_console.print(f"[red]error:[/red] --severity must be one of {list(SEVERITY_ORDER)}")
+        raise typer.Exit(2)
+    floor = SEVERITY_ORDER[severity]
+
+    def show(alert: Any) -> None:
+        if SEVERITY_ORDER[alert.severity] < floor:
+            return
+        if json_out:
+            print(alert.model_dump_json(), flush=True)
+        else:
+            console.print(_alert_line(alert), highlight=False)
+
+    def go() -> None:
+        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        if follow:
+            from sinks.alert_feed import AlertFeed
+
+            with AlertFeed(settings, run=run, from_beginning=False) as feed:
+                err_console.print(f"following {settings.topic_prefix}.alerts (Ctrl-C stops)")
+                try:
+                    for alert in feed.follow():
+                        show(alert)
+                except KeyboardInterrupt:
+                    return
+            return
+        from sinks.reader import MetricsReader
+
+        reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            runs = [run] if run else [r.run for r in reader.runs()]
+            for name in runs:
+                active = reader.active_alerts(name)
+                if not json_out and active:
+                    console.print(f"[bold]{name}[/bold]: {len(active)} firing")
+                for alert in reader.alerts(name, count):
+                    show(alert)
+        finally:
+            reader.close()
+
+    _guard(go)
 
 
 rules_app = typer.Typer(help="Alert rule files.", no_args_is_help=True)

@@ -8,13 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_state_dir() -> Path:
     """Where the embedded stack keeps its state file and logs unless told otherwise."""
     return Path.home() / ".stepstream"
+
+
+class WebhookTarget(BaseModel):
+    """Where alert transitions are POSTed, and how hard to try."""
+
+    url: str
+    format: Literal["json", "slack"] = "json"
+    severities: list[Literal["info", "warning", "critical"]] = Field(
+        default_factory=lambda: ["info", "warning", "critical"]
+    )
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_s: float = Field(0.5, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -58,6 +74,12 @@ class Settings(BaseSettings):
     redis_server_bin: str | None = Field(
         None, description="valkey-server or redis-server binary for the local stack."
     )
+    # alerting
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list,
+        description='Alert webhooks as JSON: [{"url": "...", "format": "slack"}].',
+    )
+    rules_file: Path | None = Field(None, description="YAML file of user alert rules.")
     log_level: str = Field("warn", description="Worker log level: crit, error, warn, info, debug.")
 
     @field_validator("window_steps")

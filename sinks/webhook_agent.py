@@ -1,0 +1,47 @@
+"""Wires webhook delivery into a faust app: one agent on the alerts topic."""
+
+from __future__ import annotations
+
+import time
+
+import faust
+
+from sinks.webhooks import DeliveryResult, WebhookDispatcher
+from stepstream.contract import Alert, DeadLetter
+from stepstream.settings import Settings
+from stepstream.topics import Topics
+
+
+def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher | None:
+    """Add the delivery agent when webhooks are configured; return its dispatcher."""
+    if not settings.webhooks:
+        return None
+    topics = Topics(settings.topic_prefix)
+    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    deadletters = app.topic(topics.deadletter, **raw)
+
+    async def dead_letter(alert: Alert, result: DeliveryResult) -> None:
+        letter = DeadLetter.of(
+            reason="webhook",
+            detail=f"{result.url}: {result.reason} after {result.attempts} attempts",
+            topic=topics.alerts,
+            key=alert.run.encode(),
+            value=alert.to_bytes(),
+            partition=None,
+            offset=None,
+            now=time.time(),
+        )
+        await deadletters.send(key=alert.run.encode(), value=letter.to_bytes())
+
+    dispatcher = WebhookDispatcher(settings.webhooks, dead_letter)
+
+    @app.agent(app.topic(topics.alerts, **raw), name="alerts-webhooks")
+    async def alerts_webhooks(stream: faust.StreamT) -> None:
+        async for value in stream:
+            await dispatcher.dispatch(Alert.model_validate_json(value))
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **kwargs: object) -> None:
+        await dispatcher.close()
+
+    return dispatcher
