@@ -1,17 +1,38 @@
-"""The query API: typed reads of what the sink wrote to Redis."""
+"""The query API: typed reads of what the sink wrote to Redis.
+
+Results are pydantic models (the edge users see). Non-finite values stay floats in Python
+and become ``"NaN"``/``"Infinity"`` strings in JSON, like on the wire.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import time
+from typing import Any, Literal
 
-import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from sinks.downsample import Method, downsample
+from sinks.redis_client import sync_client
 from stepstream.contract import Alert, WindowStats
-from stepstream.keys import RedisKeys, parse_series_field
+from stepstream.keys import (
+    SERIES_COARSE,
+    SERIES_STEP,
+    SERIES_TIME,
+    RedisKeys,
+    parse_series_field,
+    parse_series_member,
+)
 
 
-class RunInfo(BaseModel):
+class QueryModel(BaseModel):
+    """Base of query results: JSON carries non-finite floats as strings."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+
+class RunInfo(QueryModel):
     """A run in the registry."""
 
     run: str
@@ -19,22 +40,84 @@ class RunInfo(BaseModel):
     world: int | None = None
 
 
-class RankLiveness(BaseModel):
-    """The latest thing heard from one rank."""
+class RankLiveness(QueryModel):
+    """The latest thing heard from one rank, and whether that is recent enough."""
 
     rank: int
     node: str = ""
     step: int | None = None
-    t: float = 0.0
+    t: float = Field(0.0, description="Event time of the rank's latest update (Unix s).")
+    age_s: float | None = Field(None, description="Seconds since t, at query time.")
+    alive: bool | None = Field(None, description="age_s <= the stale_after_s of the query.")
 
 
-class RollingRow(BaseModel):
+class RunMeta(QueryModel):
+    """What is stored about one run."""
+
+    run: str
+    world: int | None = None
+    last_t: float | None = None
+    windows: list[str] = Field(default_factory=list)
+    series: list[str] = Field(default_factory=list, description="rank|metric of raw series.")
+    ranks: list[RankLiveness] = Field(default_factory=list)
+    ttl_s: int | None = Field(None, description="Seconds until the run's keys expire.")
+
+
+class RollingStats(WindowStats):
+    """WindowStats as stored; extra numeric stats processors add (std, p95 ...) are kept."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
+
+    def numbers(self) -> dict[str, float]:
+        """Every numeric stat, known and extra, None values left out."""
+        out: dict[str, float] = {}
+        for name, value in {**self.__dict__, **(self.model_extra or {})}.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[name] = float(value)
+        return out
+
+
+class RollingRow(QueryModel):
     """Rolling stats of one (rank, metric) over one window."""
 
     rank: int
     metric: str
     window: str
-    stats: WindowStats
+    stats: RollingStats
+
+
+class LatestValue(QueryModel):
+    """The latest value of one (rank, metric)."""
+
+    rank: int
+    metric: str
+    value: float
+
+
+class SeriesPoint(QueryModel):
+    """One point of a raw series: x is the step (by step) or event time in s (by time)."""
+
+    x: float
+    value: float
+    step: int | None = None
+
+
+class SeriesResult(QueryModel):
+    """A range of one series, downsampled for plotting when asked."""
+
+    run: str
+    rank: int
+    metric: str
+    by: Literal["step", "time"]
+    points: list[SeriesPoint]
+    stored: int = Field(description="Points in the range before downsampling.")
+    method: str = "none"
+    decimated_before: float | None = Field(
+        None, description="By step: points before this step come from the decimated series."
+    )
+
+
+_ROWS = TypeAdapter(list[RollingRow])
 
 
 def _text(value: bytes | str) -> str:
@@ -42,30 +125,60 @@ def _text(value: bytes | str) -> str:
 
 
 class MetricsReader:
-    """Reads runs, rolling stats, latest values and alerts of the Redis store."""
+    """Reads runs, rolling stats, latest values, series and alerts of the Redis store."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys | None = None) -> None:
+    def __init__(self, client: Any, keys: RedisKeys | None = None) -> None:
         self._client = client
         self.keys = keys or RedisKeys()
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str = "stepstream") -> MetricsReader:
-        """A reader over a Redis URL (``redis://``, ``rediss://``)."""
-        return cls(redis.Redis.from_url(url), RedisKeys(key_prefix))
+    def from_url(
+        cls, url: str, key_prefix: str = "stepstream", cluster: bool = False
+    ) -> MetricsReader:
+        """A reader over a Redis URL (``redis://``, ``rediss://``, user:password@ for ACL)."""
+        return cls(sync_client(url, cluster), RedisKeys(key_prefix))
 
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
 
+    def __enter__(self) -> MetricsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def runs(self) -> list[RunInfo]:
         """Every run, most recently active first."""
         entries = self._client.zrevrange(self.keys.runs(), 0, -1, withscores=True)
-        out = []
-        for member, score in entries:
-            run = _text(member)
-            world = self._client.hget(self.keys.meta(run), "world")
-            out.append(RunInfo(run=run, last_activity=score, world=int(world) if world else None))
-        return out
+        runs = [_text(m) for m, _ in entries]
+        pipe = self._client.pipeline(transaction=False)
+        for run in runs:
+            pipe.hget(self.keys.meta(run), "world")
+        worlds = pipe.execute() if runs else []
+        return [
+            RunInfo(run=run, last_activity=score, world=int(world) if world else None)
+            for run, (_, score), world in zip(runs, entries, worlds, strict=True)
+        ]
+
+    def run_meta(self, run: str, stale_after_s: float = 30.0) -> RunMeta:
+        """Metadata, windows, stored series and rank liveness of one run."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.meta(run))
+        pipe.smembers(self.keys.windows_index(run))
+        pipe.smembers(self.keys.series_index(run))
+        pipe.ttl(self.keys.meta(run))
+        meta, windows, series, ttl = pipe.execute()
+        meta = {_text(k): _text(v) for k, v in meta.items()}
+        return RunMeta(
+            run=run,
+            world=int(meta["world"]) if "world" in meta else None,
+            last_t=float(meta["last_t"]) if "last_t" in meta else None,
+            windows=sorted(_text(w) for w in windows),
+            series=sorted((_text(s) for s in series), key=parse_series_field),
+            ranks=self.ranks(run, stale_after_s),
+            ttl_s=ttl if ttl is not None and ttl >= 0 else None,
+        )
 
     def windows(self, run: str) -> list[str]:
         """The window names a run has stats for."""
@@ -77,12 +190,13 @@ class MetricsReader:
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.window(run, name))
-        rows = []
-        for name, mapping in zip(names, pipe.execute(), strict=True):
+        docs: list[dict[str, Any]] = []
+        for name, mapping in zip(names, pipe.execute() if names else [], strict=True):
             for field, body in mapping.items():
                 rank, metric = parse_series_field(_text(field))
-                stats = WindowStats.model_validate_json(body)
-                rows.append(RollingRow(rank=rank, metric=metric, window=name, stats=stats))
+                docs.append({"rank": rank, "metric": metric, "window": name,
+                             "stats": json.loads(body, parse_constant=_constant)})
+        rows = _ROWS.validate_python(docs)
         rows.sort(key=lambda r: (r.window, r.rank, r.metric))
         return rows
 
@@ -91,11 +205,93 @@ class MetricsReader:
         mapping = self._client.hgetall(self.keys.latest(run))
         return {parse_series_field(_text(f)): float(_text(v)) for f, v in mapping.items()}
 
-    def ranks(self, run: str) -> list[RankLiveness]:
-        """Liveness of every rank of a run, by rank."""
+    def latest_values(self, run: str) -> list[LatestValue]:
+        """Latest value of every (rank, metric) of a run, as rows sorted by rank, metric."""
+        return [
+            LatestValue(rank=rank, metric=metric, value=value)
+            for (rank, metric), value in sorted(self.latest(run).items())
+        ]
+
+    def ranks(self, run: str, stale_after_s: float | None = None) -> list[RankLiveness]:
+        """Liveness of every rank of a run, by rank; `alive` is set when stale_after_s is."""
         mapping = self._client.hgetall(self.keys.ranks(run))
-        out = [RankLiveness(rank=int(_text(r)), **json.loads(b)) for r, b in mapping.items()]
+        now = time.time()
+        out = []
+        for r, body in mapping.items():
+            live = RankLiveness(rank=int(_text(r)), **json.loads(body))
+            if stale_after_s is not None:
+                live.age_s = max(0.0, now - live.t)
+                live.alive = live.age_s <= stale_after_s
+            out.append(live)
         return sorted(out, key=lambda r: r.rank)
+
+    def series_names(self, run: str) -> list[tuple[int, str]]:
+        """(rank, metric) of every raw series stored for a run."""
+        members = self._client.smembers(self.keys.series_index(run))
+        return sorted(parse_series_field(_text(m)) for m in members)
+
+    def series(
+        self,
+        run: str,
+        metric: str,
+        rank: int = 0,
+        from_step: int | None = None,
+        to_step: int | None = None,
+        points: int | None = None,
+        method: Method = "lttb",
+    ) -> SeriesResult:
+        """A series by step in [from_step, to_step]. Steps older than the newest
+        `series_max_points` come from the decimated series (one in N steps)."""
+        lo = "-inf" if from_step is None else from_step
+        hi = "+inf" if to_step is None else to_step
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrange(self.keys.series(run, SERIES_STEP, rank, metric), lo, hi, byscore=True)
+        pipe.zrange(self.keys.series(run, SERIES_STEP, rank, metric), 0, 0, withscores=True)
+        pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        raw, first, coarse = pipe.execute()
+        oldest_raw = first[0][1] if first else math.inf
+        parsed = [parse_series_member(_text(m)) for m in raw]
+        older = [
+            p for p in (parse_series_member(_text(m)) for m in coarse)
+            if p[0] is not None and p[0] < oldest_raw
+        ]
+        pts = [(float(step or 0), value) for step, _, value in older + parsed]
+        kept = downsample(pts, points, method) if points else pts
+        return SeriesResult(
+            run=run, rank=rank, metric=metric, by="step", stored=len(pts),
+            points=[SeriesPoint(x=x, value=v, step=int(x)) for x, v in kept],
+            method=method if points and len(kept) < len(pts) else "none",
+            decimated_before=oldest_raw if older else None,
+        )
+
+    def series_by_time(
+        self,
+        run: str,
+        metric: str,
+        rank: int = 0,
+        from_t: float | None = None,
+        to_t: float | None = None,
+        points: int | None = None,
+        method: Method = "lttb",
+    ) -> SeriesResult:
+        """A series by event time (Unix seconds) in [from_t, to_t]."""
+        lo = "-inf" if from_t is None else from_t * 1000.0
+        hi = "+inf" if to_t is None else to_t * 1000.0
+        key = self.keys.series(run, SERIES_TIME, rank, metric)
+        entries = self._client.zrange(key, lo, hi, byscore=True, withscores=True)
+        steps: dict[float, int | None] = {}
+        pts: list[tuple[float, float]] = []
+        for member, score in entries:
+            step, _, value = parse_series_member(_text(member))
+            x = score / 1000.0
+            steps[x] = step
+            pts.append((x, value))
+        kept = downsample(pts, points, method) if points else pts
+        return SeriesResult(
+            run=run, rank=rank, metric=metric, by="time", stored=len(pts),
+            points=[SeriesPoint(x=x, value=v, step=steps.get(x)) for x, v in kept],
+            method=method if points and len(kept) < len(pts) else "none",
+        )
 
     def alerts(self, run: str, count: int = 100) -> list[Alert]:
         """The newest `count` alert transitions of a run, oldest first."""
@@ -107,3 +303,31 @@ class MetricsReader:
         """Alerts of a run now firing."""
         bodies = self._client.hvals(self.keys.active_alerts(run))
         return sorted((Alert.model_validate_json(b) for b in bodies), key=lambda a: a.t)
+
+    def dump_run(self, run: str) -> dict[str, Any]:
+        """Every per-run key with its type and full content (stream ids included): for
+        comparisons in tests and for debugging, not for big runs."""
+        out: dict[str, Any] = {}
+        for key in sorted(_text(k) for k in self._scan(self.keys.run_pattern(run))):
+            kind = _text(self._client.type(key))
+            c = self._client
+            if kind == "hash":
+                value: Any = dict(sorted(c.hgetall(key).items()))
+            elif kind == "zset":
+                value = c.zrange(key, 0, -1, withscores=True)
+            elif kind == "set":
+                value = sorted(c.smembers(key))
+            elif kind == "stream":
+                value = c.xrange(key)
+            else:
+                value = c.dump(key)
+            out[key] = (kind, value)
+        return out
+
+    def _scan(self, pattern: str) -> list[Any]:
+        return list(self._client.scan_iter(match=pattern, count=1000))
+
+
+def _constant(name: str) -> float:
+    # Python's json module reads NaN/Infinity itself; this keeps -Infinity too.
+    return float(name)
