@@ -74,6 +74,8 @@ class RollingStats(WindowStats):
         for name, value in {**self.__dict__, **(self.model_extra or {})}.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[name] = float(value)
+            elif value in ("NaN", "Infinity", "-Infinity"):  # non-finite extra stats
+                out[name] = float(value)
         return out
 
 
@@ -100,6 +102,7 @@ class SeriesPoint(QueryModel):
     x: float
     value: float
     step: int | None = None
+    t: float | None = Field(None, description="Event time (Unix s), where it was fetched.")
 
 
 class SeriesResult(QueryModel):
@@ -289,9 +292,30 @@ class MetricsReader:
         kept = downsample(pts, points, method) if points else pts
         return SeriesResult(
             run=run, rank=rank, metric=metric, by="time", stored=len(pts),
-            points=[SeriesPoint(x=x, value=v, step=steps.get(x)) for x, v in kept],
+            points=[SeriesPoint(x=x, value=v, step=steps.get(x), t=x) for x, v in kept],
             method=method if points and len(kept) < len(pts) else "none",
         )
+
+    def raw_points(self, run: str, metric: str, rank: int = 0) -> list[SeriesPoint]:
+        """Every stored point of a series with its step and event time, by step then time
+        (decimated older points included): for exports."""
+        pipe = self._client.pipeline(transaction=False)
+        for kind in (SERIES_COARSE, SERIES_STEP, SERIES_TIME):
+            pipe.zrange(self.keys.series(run, kind, rank, metric), 0, -1, withscores=True)
+        coarse, raw, timed = pipe.execute()
+        # The same point has the same member in every shape, so the time set gives its t.
+        times = {_text(m): score / 1000.0 for m, score in timed}
+        members = {_text(m) for m, _ in coarse} | {_text(m) for m, _ in raw}
+        if not members:
+            members = set(times)
+        out = []
+        for member in members:
+            step, _, value = parse_series_member(member)
+            t = times.get(member)
+            x = float(step) if step is not None else (t or 0.0)
+            out.append(SeriesPoint(x=x, value=value, step=step, t=t))
+        out.sort(key=lambda p: (p.step if p.step is not None else -1, p.t or 0.0))
+        return out
 
     def alerts(self, run: str, count: int = 100) -> list[Alert]:
         """The newest `count` alert transitions of a run, oldest first."""
