@@ -15,13 +15,14 @@ from stepstream.stack import find_redis_binary, free_port
 
 
 class LocalRedis:
-    """Starts one server; `extra` adds raw arguments (``--requirepass x``, cluster mode)."""
+    """One server: optionally with a password, in cluster mode, or persisting to disk."""
 
-    def __init__(self, port: int = 0, password: str | None = None,
-                 cluster: bool = False, binary: str | None = None) -> None:
+    def __init__(self, port: int = 0, password: str | None = None, cluster: bool = False,
+                 persist: bool = False, binary: str | None = None) -> None:
         self.port = port or free_port()
         self.password = password
         self.cluster = cluster
+        self.persist = persist
         self.binary = find_redis_binary(binary)
         self._dir = tempfile.TemporaryDirectory(prefix="stepstream-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -34,8 +35,12 @@ class LocalRedis:
 
     def start(self, timeout: float = 15.0) -> LocalRedis:
         """Start the server and wait until it accepts connections."""
+        # persist: an fsync'ed append-only file, so a killed server restarts with its data
+        # (outage tests); otherwise memory only.
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else [
+            "--appendonly", "no"]
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self._dir.name]
+                *aof, "--dir", self._dir.name]
         if self.password:
             args += ["--requirepass", self.password]
         if self.cluster:
