@@ -22,7 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sinks.plan import SeriesLimits, WritePlan
 from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
-from stepstream.contract import Alert, WindowUpdate, decode_batch
+from sinks.stats import OpenWindowUpdate
+from stepstream.contract import Alert, decode_batch
 from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
@@ -103,7 +104,7 @@ def create_sink_app(settings: Settings) -> faust.App:
         await drain(
             stream,
             topics.windows,
-            lambda plan, raw: plan.add_window_update(WindowUpdate.model_validate_json(raw)),
+            lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
         )
 
     @app.agent(app.topic(topics.alerts, **raw), name="alerts-sink")

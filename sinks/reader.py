@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from sinks.downsample import Method, downsample
 from sinks.redis_client import sync_client
-from stepstream.contract import Alert, WindowStats
+from sinks.stats import OpenStats
+from stepstream.contract import Alert
 from stepstream.keys import (
     SERIES_COARSE,
     SERIES_STEP,
@@ -63,20 +64,8 @@ class RunMeta(QueryModel):
     ttl_s: int | None = Field(None, description="Seconds until the run's keys expire.")
 
 
-class RollingStats(WindowStats):
+class RollingStats(OpenStats):
     """WindowStats as stored; extra numeric stats processors add (std, p95 ...) are kept."""
-
-    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
-
-    def numbers(self) -> dict[str, float]:
-        """Every numeric stat, known and extra, None values left out."""
-        out: dict[str, float] = {}
-        for name, value in {**self.__dict__, **(self.model_extra or {})}.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[name] = float(value)
-            elif value in ("NaN", "Infinity", "-Infinity"):  # non-finite extra stats
-                out[name] = float(value)
-        return out
 
 
 class RollingRow(QueryModel):

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from sinks.plan import SeriesLimits, WritePlan
+from sinks.stats import OpenWindowUpdate
 from stepstream.contract import Alert, Batch, Record, WindowStats, WindowUpdate
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
@@ -96,8 +97,7 @@ def test_unsafe_window_name_rejects_the_update_and_changes_nothing() -> None:
 def test_extra_stats_fields_survive_the_plan() -> None:
     plan = WritePlan(RedisKeys())
     up = update(0, 1.0, 1.0)
-    up.windows["50steps"]["loss"] = WindowStats.model_validate(
-        {"count": 2, "mean": 1.0, "std": 0.5})
-    plan.add_window_update(up)
-    body = plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"]
-    assert json.loads(body)["count"] == 2
+    raw = up.model_dump_json().replace('"count":1', '"count":2,"std":0.5,"p95":"NaN"')
+    plan.add_window_update(OpenWindowUpdate.model_validate_json(raw))
+    body = json.loads(plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"])
+    assert (body["count"], body["std"], body["p95"]) == (2, 0.5, "NaN")
