@@ -23,6 +23,7 @@ class LocalRedis:
         self.password = password
         self.cluster = cluster
         self.persist = persist
+        self.cluster_port = free_port() if cluster else 0
         self.binary = find_redis_binary(binary)
         self._dir = tempfile.TemporaryDirectory(prefix="stepstream-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +45,9 @@ class LocalRedis:
         if self.password:
             args += ["--requirepass", self.password]
         if self.cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-config-file",
+            # An explicit bus port: the default (port + 10000) overflows for high free ports.
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(self.cluster_port),
+                     "--cluster-config-file",
                      str(Path(self._dir.name) / "nodes.conf"), "--cluster-node-timeout", "2000"]
         log = Path(self._dir.name) / "server.log"
         with log.open("ab") as out:

@@ -87,10 +87,10 @@ def alerts(run: str) -> list[Alert]:
 
 
 def write_all(url: str, messages: list[object], flush_every: int,
-              limits: SeriesLimits | None = None) -> None:
+              limits: SeriesLimits | None = None, cluster: bool = False) -> None:
     """Plan and write `messages` in flushes of `flush_every`, like the sink's take()."""
     async def go() -> None:
-        client = async_client(url)
+        client = async_client(url, cluster)
         writer = RedisWriter(client, RETENTION_S)
         try:
             for i in range(0, len(messages), flush_every):
