@@ -41,6 +41,8 @@ def lttb(points: Sequence[Point], threshold: int) -> list[Point]:
         return _merge(list(finite), nonfinite)
     if threshold < 3:
         threshold = 3
+    xs = [p[0] for p in finite]
+    ys = [p[1] for p in finite]
     out = [finite[0]]
     every = (n - 2) / (threshold - 2)
     a = 0
@@ -51,13 +53,15 @@ def lttb(points: Sequence[Point], threshold: int) -> list[Point]:
         if nxt_start >= nxt_end:  # the last bucket looks ahead to the final point only
             nxt_start, nxt_end = n - 1, n
         span = nxt_end - nxt_start
-        avg_x = sum(p[0] for p in finite[nxt_start:nxt_end]) / span
-        avg_y = sum(p[1] for p in finite[nxt_start:nxt_end]) / span
-        ax, ay = finite[a]
+        avg_x = sum(xs[nxt_start:nxt_end]) / span
+        avg_y = sum(ys[nxt_start:nxt_end]) / span
+        ax, ay = xs[a], ys[a]
+        # area*2 = |(ax-avg_x)*(y-ay) - (ax-x)*(avg_y-ay)|, expanded so the loop body is
+        # one multiply-add per term
+        dx, dy = ax - avg_x, avg_y - ay
         best, best_area = start, -1.0
         for j in range(start, end):
-            x, y = finite[j]
-            area = abs((ax - avg_x) * (y - ay) - (ax - x) * (avg_y - ay))
+            area = abs(dx * (ys[j] - ay) - (ax - xs[j]) * dy)
             if area > best_area:
                 best, best_area = j, area
         out.append(finite[best])

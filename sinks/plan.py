@@ -14,6 +14,7 @@ transition passes a dedup hash inside a script before it is appended to the hist
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,6 @@ from stepstream.keys import (
     check_window,
     format_value,
     series_field,
-    series_member,
 )
 
 ALERT_STREAM_MAXLEN = 10_000
@@ -110,6 +110,7 @@ class WritePlan:
     alerts: list[AlertWrite] = field(default_factory=list)
     series: dict[tuple[str, int, str], SeriesWrite] = field(default_factory=dict)
     window_names: dict[str, set[str]] = field(default_factory=dict)
+    time_index: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     values: int = 0
     """Metric values taken in (latest values, window stats, raw points), for throughput."""
 
@@ -148,28 +149,41 @@ class WritePlan:
     def add_batch(self, batch: Batch) -> None:
         """Every raw point of one telemetry batch, into its series by step and by time.
 
-        Points with a step go to the by-step series; those whose step is a multiple of
-        `decimate_every` also go to the coarse series. Every point goes to the by-time one.
+        Points with a step go to the by-step series (those whose step is a multiple of
+        `decimate_every` also to the coarse series) and their record's step and time to
+        the rank's time index; points without a step go to the by-time series.
+        Members are `stepstream.keys.series_member` strings, built inline for speed.
         """
         metrics = {check_metric(m) for record in batch.records for m in record.values}
         limits, run, rank = self.limits, batch.run, batch.rank
+        series = self.series
         for record in batch.records:
             if not record.values:
                 continue
             t_ms = record.t * 1000.0
-            coarse = record.step is not None and record.step % limits.decimate_every == 0
+            step, seq = record.step, record.seq
+            if step is not None:
+                # One time-index entry per record, not per value: by-time reads of stepped
+                # metrics go through it, so each value is written once (by step).
+                index = self.time_index.setdefault((run, rank), {})
+                index.setdefault(str(step), t_ms)
+                coarse = step % limits.decimate_every == 0
+                prefix = f"{step}|{seq}|"
+            else:
+                prefix = f"|{seq}|"
             for metric, value in record.values.items():
-                write = self.series.get((run, rank, metric))
+                write = series.get((run, rank, metric))
                 if write is None:
-                    write = self.series[(run, rank, metric)] = SeriesWrite()
-                member = series_member(record.step, record.seq, value)
-                if record.step is not None:
-                    write.by_step[member] = record.step
+                    write = series[(run, rank, metric)] = SeriesWrite()
+                member = prefix + (repr(value) if math.isfinite(value) else format_value(value))
+                if step is not None:
+                    write.by_step[member] = step
                     if coarse:
-                        write.coarse[member] = record.step
-                write.by_time[member] = t_ms
-                write.newest_ms = max(write.newest_ms, t_ms)
-                self.values += 1
+                        write.coarse[member] = step
+                else:
+                    write.by_time[member] = t_ms
+                    write.newest_ms = max(write.newest_ms, t_ms)
+            self.values += len(record.values)
             self._touch(run, record.t)
         if metrics:
             index = self.sets.setdefault(self.keys.series_index(run), set())
@@ -191,9 +205,9 @@ class WritePlan:
         )
         self.values += 1
 
-    def series_commands(self) -> list[tuple[str, tuple[Any, ...]]]:
-        """(command, args) of every series write and trim, per series in point order."""
-        out: list[tuple[str, tuple[Any, ...]]] = []
+    def series_commands(self) -> list[tuple[Any, ...]]:
+        """(command, args[, kwargs]) of every series write and trim, per series."""
+        out: list[tuple[Any, ...]] = []
         lim = self.limits
         horizon_ms = lim.time_horizon_s * 1000.0
         for (run, rank, metric), write in self.series.items():
@@ -210,6 +224,13 @@ class WritePlan:
                 out.append(("zadd", (key, write.by_time)))
                 out.append(("zremrangebyscore", (key, "-inf", f"({write.newest_ms - horizon_ms!r}")))
                 out.append(("zremrangebyrank", (key, 0, -lim.time_max_points - 1)))
+        for (run, rank), entries in self.time_index.items():
+            key = self.keys.time_index(run, rank)
+            newest = max(entries.values())
+            # NX: a step keeps the time of its first record, whatever is replayed later.
+            out.append(("zadd", (key, entries), {"nx": True}))
+            out.append(("zremrangebyscore", (key, "-inf", f"({newest - horizon_ms!r}")))
+            out.append(("zremrangebyrank", (key, 0, -lim.time_max_points - 1)))
         return out
 
     def expiring_keys(self) -> list[str]:
@@ -222,9 +243,11 @@ class WritePlan:
                 out.append(self.keys.series(run, SERIES_STEP, rank, metric))
             if write.coarse:
                 out.append(self.keys.series(run, SERIES_COARSE, rank, metric))
-            out.append(self.keys.series(run, SERIES_TIME, rank, metric))
+            if write.by_time:
+                out.append(self.keys.series(run, SERIES_TIME, rank, metric))
+        out.extend(self.keys.time_index(run, rank) for run, rank in self.time_index)
         return out
 
     def is_empty(self) -> bool:
         """True when there is nothing to write."""
-        return not (self.hashes or self.alerts or self.series or self.sets)
+        return not (self.hashes or self.alerts or self.series or self.sets or self.time_index)

@@ -110,10 +110,21 @@ class SeriesResult(QueryModel):
 
 
 _ROWS = TypeAdapter(list[RollingRow])
+_POINTS = TypeAdapter(list[SeriesPoint])
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _point(member: bytes | str) -> tuple[int | None, float]:
+    """(step, value) of a series member (see stepstream.keys.series_member), fast path."""
+    step, _, rest = _bytes(member).partition(b"|")
+    return (int(step) if step else None), float(rest.partition(b"|")[2])
 
 
 class MetricsReader:
@@ -182,14 +193,24 @@ class MetricsReader:
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.window(run, name))
-        docs: list[dict[str, Any]] = []
+        # One JSON document validated by pydantic-core in one call: per-row Python work
+        # (json.loads, model construction) dominated this query. Metric and window names
+        # are validated at write time and hold no characters JSON would need to escape.
+        parts: list[bytes] = []
         for name, mapping in zip(names, pipe.execute() if names else [], strict=True):
+            wname = name.encode()
+            items = []
             for field, body in mapping.items():
-                rank, metric = parse_series_field(_text(field))
-                docs.append({"rank": rank, "metric": metric, "window": name,
-                             "stats": json.loads(body, parse_constant=_constant)})
-        rows = _ROWS.validate_python(docs)
-        rows.sort(key=lambda r: (r.window, r.rank, r.metric))
+                rank, _, metric = _bytes(field).partition(b"|")
+                items.append((int(rank), metric, _bytes(body)))
+            items.sort()
+            parts.extend(
+                b'{"rank":%d,"metric":"%s","window":"%s","stats":%s}' % (rank, metric, wname, body)
+                for rank, metric, body in items
+            )
+        rows = _ROWS.validate_json(b"[" + b",".join(parts) + b"]")
+        if window is None:
+            rows.sort(key=lambda r: r.window)  # stable: rank, metric order stays
         return rows
 
     def latest(self, run: str) -> dict[tuple[int, str], float]:
@@ -222,6 +243,29 @@ class MetricsReader:
         members = self._client.smembers(self.keys.series_index(run))
         return sorted(parse_series_field(_text(m)) for m in members)
 
+    def _step_points(
+        self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
+    ) -> tuple[list[tuple[int, float]], float | None]:
+        """(step, value) in [lo, hi] by step: every stored raw point, and before the oldest
+        of those the decimated ones; and the step where decimation ends (or None)."""
+        pipe = self._client.pipeline(transaction=False)
+        step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+        pipe.zrange(step_key, lo, hi, byscore=True)
+        pipe.zrange(step_key, 0, 0, withscores=True)
+        pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        raw, first, coarse = pipe.execute()
+        oldest_raw = first[0][1] if first else math.inf
+        out: list[tuple[int, float]] = []
+        for m in coarse:
+            step, value = _point(m)
+            if step is not None and step < oldest_raw:
+                out.append((step, value))
+        decimated_before = oldest_raw if out else None
+        for m in raw:
+            step, value = _point(m)
+            out.append((step or 0, value))
+        return out, decimated_before
+
     def series(
         self,
         run: str,
@@ -236,25 +280,37 @@ class MetricsReader:
         `series_max_points` come from the decimated series (one in N steps)."""
         lo = "-inf" if from_step is None else from_step
         hi = "+inf" if to_step is None else to_step
-        pipe = self._client.pipeline(transaction=False)
-        pipe.zrange(self.keys.series(run, SERIES_STEP, rank, metric), lo, hi, byscore=True)
-        pipe.zrange(self.keys.series(run, SERIES_STEP, rank, metric), 0, 0, withscores=True)
-        pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
-        raw, first, coarse = pipe.execute()
-        oldest_raw = first[0][1] if first else math.inf
-        parsed = [parse_series_member(_text(m)) for m in raw]
-        older = [
-            p for p in (parse_series_member(_text(m)) for m in coarse)
-            if p[0] is not None and p[0] < oldest_raw
-        ]
-        pts = [(float(step or 0), value) for step, _, value in older + parsed]
+        stepped, decimated_before = self._step_points(run, metric, rank, lo, hi)
+        pts = [(float(step), value) for step, value in stepped]
         kept = downsample(pts, points, method) if points else pts
         return SeriesResult(
             run=run, rank=rank, metric=metric, by="step", stored=len(pts),
-            points=[SeriesPoint(x=x, value=v, step=int(x)) for x, v in kept],
+            points=_POINTS.validate_python([{"x": x, "value": v, "step": int(x)} for x, v in kept]),
             method=method if points and len(kept) < len(pts) else "none",
-            decimated_before=oldest_raw if older else None,
+            decimated_before=decimated_before,
         )
+
+    def _timed_points(
+        self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
+    ) -> list[SeriesPoint]:
+        """Points with event time (ms) in [lo, hi]: stepped ones through the rank's time
+        index, step-less ones from the by-time series; sorted by time."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrange(self.keys.time_index(run, rank), lo, hi, byscore=True, withscores=True)
+        pipe.zrange(self.keys.series(run, SERIES_TIME, rank, metric), lo, hi, byscore=True,
+                    withscores=True)
+        index, stepless = pipe.execute()
+        out = []
+        if index:
+            times = {int(_text(m)): score / 1000.0 for m, score in index}
+            stepped, _ = self._step_points(run, metric, rank, min(times), max(times))
+            out = [SeriesPoint(x=times[step], value=value, step=step, t=times[step])
+                   for step, value in stepped if step in times]
+        for member, score in stepless:
+            _, _, value = parse_series_member(_text(member))
+            out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
+        out.sort(key=lambda p: p.x)
+        return out
 
     def series_by_time(
         self,
@@ -269,41 +325,29 @@ class MetricsReader:
         """A series by event time (Unix seconds) in [from_t, to_t]."""
         lo = "-inf" if from_t is None else from_t * 1000.0
         hi = "+inf" if to_t is None else to_t * 1000.0
-        key = self.keys.series(run, SERIES_TIME, rank, metric)
-        entries = self._client.zrange(key, lo, hi, byscore=True, withscores=True)
-        steps: dict[float, int | None] = {}
-        pts: list[tuple[float, float]] = []
-        for member, score in entries:
-            step, _, value = parse_series_member(_text(member))
-            x = score / 1000.0
-            steps[x] = step
-            pts.append((x, value))
-        kept = downsample(pts, points, method) if points else pts
+        timed = self._timed_points(run, metric, rank, lo, hi)
+        if points and len(timed) > points:
+            by_x = {p.x: p for p in timed}
+            kept = downsample([(p.x, p.value) for p in timed], points, method)
+            timed_kept = [by_x[x] for x, _ in kept]
+        else:
+            timed_kept = timed
         return SeriesResult(
-            run=run, rank=rank, metric=metric, by="time", stored=len(pts),
-            points=[SeriesPoint(x=x, value=v, step=steps.get(x), t=x) for x, v in kept],
-            method=method if points and len(kept) < len(pts) else "none",
+            run=run, rank=rank, metric=metric, by="time", stored=len(timed),
+            points=timed_kept,
+            method=method if len(timed_kept) < len(timed) else "none",
         )
 
     def raw_points(self, run: str, metric: str, rank: int = 0) -> list[SeriesPoint]:
-        """Every stored point of a series with its step and event time, by step then time
-        (decimated older points included): for exports."""
-        pipe = self._client.pipeline(transaction=False)
-        for kind in (SERIES_COARSE, SERIES_STEP, SERIES_TIME):
-            pipe.zrange(self.keys.series(run, kind, rank, metric), 0, -1, withscores=True)
-        coarse, raw, timed = pipe.execute()
-        # The same point has the same member in every shape, so the time set gives its t.
-        times = {_text(m): score / 1000.0 for m, score in timed}
-        members = {_text(m) for m, _ in coarse} | {_text(m) for m, _ in raw}
-        if not members:
-            members = set(times)
-        out = []
-        for member in members:
-            step, _, value = parse_series_member(member)
-            t = times.get(member)
-            x = float(step) if step is not None else (t or 0.0)
-            out.append(SeriesPoint(x=x, value=value, step=step, t=t))
-        out.sort(key=lambda p: (p.step if p.step is not None else -1, p.t or 0.0))
+        """Every stored point of a series with its step and event time (where known), by
+        step (decimated older points included), then step-less points by time: exports."""
+        stepped, _ = self._step_points(run, metric, rank, "-inf", "+inf")
+        index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
+        times = {int(_text(m)): score / 1000.0 for m, score in index}
+        out = [SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+               for step, value in stepped]
+        out.extend(p for p in self._timed_points(run, metric, rank, "-inf", "+inf")
+                   if p.step is None)
         return out
 
     def alerts(self, run: str, count: int = 100) -> list[Alert]:

@@ -28,8 +28,8 @@ class RedisWriter:
                 pipe.hset(key, mapping=mapping)
         for key, members in plan.sets.items():
             pipe.sadd(key, *members)
-        for command, args in plan.series_commands():
-            getattr(pipe, command)(*args)
+        for command, args, *options in plan.series_commands():
+            getattr(pipe, command)(*args, **(options[0] if options else {}))
         for alert in plan.alerts:
             pipe.eval(ALERT_SCRIPT, 3, *alert.keys, *alert.script_args())
         if plan.run_activity:

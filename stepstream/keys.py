@@ -140,11 +140,17 @@ class RedisKeys:
 
         ``step``: scored by step, the newest points, every one. ``coarse``: scored by step,
         one point in `series_decimate_every` steps, kept longer for plotting. ``time``:
-        scored by event time in ms, trimmed by age. Members: see `series_member`.
+        points logged without a step, scored by event time in ms, trimmed by age (points
+        with a step are found by time through `time_index`). Members: see `series_member`.
         """
         if kind not in SERIES_KINDS:
             raise ConfigError(f"invalid series kind {kind!r}: use one of {SERIES_KINDS}")
         return self._run(run, f"series:{kind}:{series_field(rank, metric)}")
+
+    def time_index(self, run: str, rank: int) -> str:
+        """Sorted set: step -> event time in ms of its first record, per rank. Series by
+        time of metrics logged with a step read their points by step through it."""
+        return self._run(run, f"tindex:{check_rank(rank)}")
 
     def alerts_channel(self, run: str) -> str:
         """Pub/sub channel receiving each alert transition of a run as JSON."""

@@ -65,16 +65,32 @@ def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
     write = plan.series[("r", 0, "loss")]
     assert len(write.by_step) == 25 and write.by_step["3|3|0.25"] == 3
     assert sorted(write.coarse.values()) == [0, 10, 20]
-    assert write.by_time["3|3|0.25"] == 103_000.0
+    assert write.by_time == {}  # stepped points are found by time via the index
+    assert plan.time_index[("r", 0)]["3"] == 103_000.0 and len(plan.time_index[("r", 0)]) == 25
     assert plan.values == 50
     assert plan.sets[keys.series_index("r")] == {"0|loss", "0|lr"}
     cmds = plan.series_commands()
     step_key = keys.series("r", "step", 0, "loss")
-    time_key = keys.series("r", "time", 0, "loss")
+    index_key = keys.time_index("r", 0)
     assert ("zremrangebyrank", (step_key, 0, -6)) in cmds
-    assert ("zremrangebyscore", (time_key, "-inf", "(122000.0")) in cmds
-    assert ("zremrangebyrank", (time_key, 0, -5)) in cmds
-    assert set(keys.series_keys("r", 0, "loss")) <= set(plan.expiring_keys())
+    assert ("zremrangebyscore", (index_key, "-inf", "(122000.0")) in cmds
+    assert ("zremrangebyrank", (index_key, 0, -5)) in cmds
+    assert set(keys.series_keys("r", 0, "loss")[:2]) <= set(plan.expiring_keys())
+    assert index_key in plan.expiring_keys()
+
+
+def test_points_without_step_go_by_time() -> None:
+    keys = RedisKeys()
+    plan = WritePlan(keys, SeriesLimits(time_horizon_s=1.0, time_max_points=4))
+    plan.add_batch(Batch(run="r", rank=2, records=[
+        Record(seq=s, t=10.0 + s, kind="system", values={"gpu_util": 50.0 + s})
+        for s in range(3)]))
+    write = plan.series[("r", 2, "gpu_util")]
+    assert write.by_step == {} and write.by_time == {"|0|50.0": 10_000.0, "|1|51.0": 11_000.0,
+                                                    "|2|52.0": 12_000.0}
+    time_key = keys.series("r", "time", 2, "gpu_util")
+    assert ("zremrangebyscore", (time_key, "-inf", "(11000.0")) in plan.series_commands()
+    assert plan.time_index == {}
 
 
 def test_planning_the_same_messages_twice_plans_the_same_writes() -> None:
