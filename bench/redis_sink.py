@@ -61,18 +61,36 @@ def ceiling(url: str, seconds: float) -> float:
 def telemetry(run: str, rank: int, step0: int) -> bytes:
     """One rank's batch of 20 records x 30 values, as it arrives from Kafka."""
     t0 = 1_700_000_000.0 + step0 * 0.05
-    return Batch(run=run, rank=rank, world=RANKS, incarnation="x", records=[
-        Record(seq=step0 + i, t=t0 + i * 0.05, step=step0 + i,
-               values={m: random.random() for m in NAMES})
-        for i in range(RECORDS_PER_BATCH)]).to_bytes()
+    return Batch(
+        run=run,
+        rank=rank,
+        world=RANKS,
+        incarnation="x",
+        records=[
+            Record(
+                seq=step0 + i,
+                t=t0 + i * 0.05,
+                step=step0 + i,
+                values={m: random.random() for m in NAMES},
+            )
+            for i in range(RECORDS_PER_BATCH)
+        ],
+    ).to_bytes()
 
 
 def window_update(run: str, rank: int, step: int) -> bytes:
     """One rank's window update: 30 latest values and 30 stats in each of 3 windows."""
     stats = {m: WindowStats(count=50, mean=0.5, min=0.1, max=0.9, last=0.4) for m in NAMES}
-    return WindowUpdate(run=run, rank=rank, world=RANKS, node="n", step=step,
-                        t=time.time(), latest={m: random.random() for m in NAMES},
-                        windows={w: stats for w in WINDOWS}).to_bytes()
+    return WindowUpdate(
+        run=run,
+        rank=rank,
+        world=RANKS,
+        node="n",
+        step=step,
+        t=time.time(),
+        latest={m: random.random() for m in NAMES},
+        windows={w: stats for w in WINDOWS},
+    ).to_bytes()
 
 
 def sink_rate(url: str, messages: list[tuple[str, bytes]]) -> tuple[float, int]:
@@ -118,9 +136,15 @@ def redis_benchmark(port: int) -> str:
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if binary is None:
         return "redis-benchmark: not installed (apt-get install redis-tools)"
-    out = subprocess.run([binary, "-p", str(port), "-P", "16", "-q", "-t", "set,hset",
-                          "-n", "200000"], capture_output=True, text=True, timeout=120)
-    lines = [line.strip().split("\r")[-1] for line in out.stdout.splitlines() if line.strip()]
+    out = subprocess.run(
+        [binary, "-p", str(port), "-P", "16", "-q", "-t", "set,hset", "-n", "200000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # -q still prints progress lines separated by \r; keep each test's final figure.
+    chunks = out.stdout.replace("\r", "\n").splitlines()
+    lines = [c.strip() for c in chunks if "requests per second" in c]
     return "redis-benchmark -P 16 -q -t set,hset: " + " | ".join(lines)
 
 
@@ -135,19 +159,30 @@ def main() -> None:
         cmds = ceiling(server.url, args.seconds)
         print(f"ceiling: bare redis-py pipelined single-field HSET: {cmds:,.0f} commands/s")
 
-        batches = [("batch", telemetry("bench-b", r, k * RECORDS_PER_BATCH))
-                   for k in range(args.rounds) for r in range(RANKS)]
-        updates = [("update", window_update("bench-u", r, k))
-                   for k in range(args.rounds * 4) for r in range(RANKS)]
+        batches = [
+            ("batch", telemetry("bench-b", r, k * RECORDS_PER_BATCH))
+            for k in range(args.rounds)
+            for r in range(RANKS)
+        ]
+        updates = [
+            ("update", window_update("bench-u", r, k))
+            for k in range(args.rounds * 4)
+            for r in range(RANKS)
+        ]
         mixed = [m for pair in zip(batches, updates[: len(batches)], strict=True) for m in pair]
         b_rate, b_cmds = sink_rate(server.url, batches)
         u_rate, u_cmds = sink_rate(server.url, updates)
-        m_rate, _ = sink_rate(server.url, [(k, raw.replace(b"bench-", b"bench-m"))
-                                           for k, raw in mixed])
-        print(f"sink, raw series (batches of {RECORDS_PER_BATCH} records x {METRICS} values):"
-              f" {b_rate:,.0f} values/s ({len(batches)} messages, {b_cmds} commands)")
-        print(f"sink, window updates ({METRICS} latest + {len(WINDOWS)}x{METRICS} stats):"
-              f" {u_rate:,.0f} values/s ({len(updates)} messages, {u_cmds} commands)")
+        m_rate, _ = sink_rate(
+            server.url, [(k, raw.replace(b"bench-", b"bench-m")) for k, raw in mixed]
+        )
+        print(
+            f"sink, raw series (batches of {RECORDS_PER_BATCH} records x {METRICS} values):"
+            f" {b_rate:,.0f} values/s ({len(batches)} messages, {b_cmds} commands)"
+        )
+        print(
+            f"sink, window updates ({METRICS} latest + {len(WINDOWS)}x{METRICS} stats):"
+            f" {u_rate:,.0f} values/s ({len(updates)} messages, {u_cmds} commands)"
+        )
         print(f"sink, mixed 1:1: {m_rate:,.0f} values/s")
         print(redis_benchmark(server.port))
 
@@ -159,9 +194,25 @@ def main() -> None:
             print(f"rolling stats, 1 window, {RANKS}x{METRICS}: p50 {r50:.2f} ms, p99 {r99:.2f} ms")
             print(f"rolling stats, all {len(WINDOWS)} windows: p50 {a50:.2f} ms, p99 {a99:.2f} ms")
 
-            long = [("batch", Batch(run="bench-s", rank=0, records=[
-                Record(seq=s, t=1_700_000_000.0 + s, step=s, values={"loss": math.sin(s / 50)})
-                for s in range(k, k + 500)]).to_bytes()) for k in range(0, 10_000, 500)]
+            long = [
+                (
+                    "batch",
+                    Batch(
+                        run="bench-s",
+                        rank=0,
+                        records=[
+                            Record(
+                                seq=s,
+                                t=1_700_000_000.0 + s,
+                                step=s,
+                                values={"loss": math.sin(s / 50)},
+                            )
+                            for s in range(k, k + 500)
+                        ],
+                    ).to_bytes(),
+                )
+                for k in range(0, 10_000, 500)
+            ]
             sink_rate(server.url, long)
             full = reader.series("bench-s", "loss", 0)
             assert full.stored == 10_000, full.stored
@@ -171,8 +222,10 @@ def main() -> None:
             print(f"series 10,000 points, all: p50 {f50:.2f} ms, p99 {f99:.2f} ms")
 
     values = m_rate
-    print(f"sink_ceiling_ratio={values / cmds:.2f} sink_values_per_s={values:.0f} "
-          f"rolling_p99_ms={r99:.2f} series_p99_ms={s99:.2f}")
+    print(
+        f"sink_ceiling_ratio={values / cmds:.2f} sink_values_per_s={values:.0f} "
+        f"rolling_p99_ms={r99:.2f} series_p99_ms={s99:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -90,7 +90,9 @@ def minmax(points: Sequence[Point], threshold: int) -> list[Point]:
     return _merge(out, nonfinite)
 
 
-def downsample(points: Sequence[Point], threshold: int | None, method: Method = "lttb") -> list[Point]:
+def downsample(
+    points: Sequence[Point], threshold: int | None, method: Method = "lttb"
+) -> list[Point]:
     """`points` reduced to about `threshold` points by `method`; None or "none" keeps all."""
     if threshold is None or method == "none":
         return list(points)

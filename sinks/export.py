@@ -43,7 +43,15 @@ def export_csv(reader: MetricsReader, run: str, path: Path) -> int:
         table.writerow(["run", "rank", "metric", "step", "t", "value"])
         for rank, metric in reader.series_names(run):
             for point in reader.raw_points(run, metric, rank):
-                table.writerow([run, rank, metric, "" if point.step is None else point.step,
-                                "" if point.t is None else repr(point.t), repr(point.value)])
+                table.writerow(
+                    [
+                        run,
+                        rank,
+                        metric,
+                        "" if point.step is None else point.step,
+                        "" if point.t is None else repr(point.t),
+                        repr(point.value),
+                    ]
+                )
                 rows += 1
     return rows

@@ -29,7 +29,9 @@ from stepstream.errors import ConfigError
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_api(reader_factory: Callable[[], MetricsReader], metrics_max_series: int = 10_000) -> FastAPI:
+def create_api(
+    reader_factory: Callable[[], MetricsReader], metrics_max_series: int = 10_000
+) -> FastAPI:
     """The API over one reader, created when the app starts and closed when it stops."""
     state: dict[str, MetricsReader] = {}
 
@@ -95,9 +97,13 @@ def create_api(reader_factory: Callable[[], MetricsReader], metrics_max_series: 
     ) -> SeriesResult:
         if by == "step":
             return reader().series(
-                run, metric, rank,
-                None if start is None else int(start), None if end is None else int(end),
-                points, method,
+                run,
+                metric,
+                rank,
+                None if start is None else int(start),
+                None if end is None else int(end),
+                points,
+                method,
             )
         return reader().series_by_time(run, metric, rank, start, end, points, method)
 
@@ -116,10 +122,12 @@ def create_api(reader_factory: Callable[[], MetricsReader], metrics_max_series: 
     return api
 
 
-def serve(reader_factory: Callable[[], MetricsReader], host: str, port: int,
-          metrics_max_series: int) -> None:
+def serve(
+    reader_factory: Callable[[], MetricsReader], host: str, port: int, metrics_max_series: int
+) -> None:
     """Serve the API with uvicorn in the foreground until Ctrl-C."""
     import uvicorn
 
-    uvicorn.run(create_api(reader_factory, metrics_max_series), host=host, port=port,
-                log_level="warning")
+    uvicorn.run(
+        create_api(reader_factory, metrics_max_series), host=host, port=port, log_level="warning"
+    )

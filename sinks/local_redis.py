@@ -17,8 +17,14 @@ from stepstream.stack import find_redis_binary, free_port
 class LocalRedis:
     """One server: optionally with a password, in cluster mode, or persisting to disk."""
 
-    def __init__(self, port: int = 0, password: str | None = None, cluster: bool = False,
-                 persist: bool = False, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        password: str | None = None,
+        cluster: bool = False,
+        persist: bool = False,
+        binary: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.password = password
         self.cluster = cluster
@@ -38,21 +44,42 @@ class LocalRedis:
         """Start the server and wait until it accepts connections."""
         # persist: an fsync'ed append-only file, so a killed server restarts with its data
         # (outage tests); otherwise memory only.
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else [
-            "--appendonly", "no"]
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                *aof, "--dir", self._dir.name]
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persist
+            else ["--appendonly", "no"]
+        )
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            *aof,
+            "--dir",
+            self._dir.name,
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         if self.cluster:
             # An explicit bus port: the default (port + 10000) overflows for high free ports.
-            args += ["--cluster-enabled", "yes", "--cluster-port", str(self.cluster_port),
-                     "--cluster-config-file",
-                     str(Path(self._dir.name) / "nodes.conf"), "--cluster-node-timeout", "2000"]
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(self.cluster_port),
+                "--cluster-config-file",
+                str(Path(self._dir.name) / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
         log = Path(self._dir.name) / "server.log"
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -94,8 +94,14 @@ class AlertWrite:
 
     def script_args(self) -> list[str]:
         """ARGV of ALERT_SCRIPT."""
-        return [self.dedup, self.fingerprint, self.status, self.body,
-                str(ALERT_STREAM_MAXLEN), self.channel]
+        return [
+            self.dedup,
+            self.fingerprint,
+            self.status,
+            self.body,
+            str(ALERT_STREAM_MAXLEN),
+            self.channel,
+        ]
 
 
 @dataclass
@@ -131,7 +137,9 @@ class WritePlan:
         # Build everything first so a rejected update leaves the plan untouched.
         latest = {series_field(rank, m): format_value(v) for m, v in update.latest.items()}
         windows = {
-            check_window(window): {series_field(rank, m): s.model_dump_json() for m, s in stats.items()}
+            check_window(window): {
+                series_field(rank, m): s.model_dump_json() for m, s in stats.items()
+            }
             for window, stats in update.windows.items()
             if stats
         }
@@ -186,8 +194,8 @@ class WritePlan:
             self.values += len(record.values)
             self._touch(run, record.t)
         if metrics:
-            index = self.sets.setdefault(self.keys.series_index(run), set())
-            index.update(series_field(rank, m) for m in metrics)
+            names = self.sets.setdefault(self.keys.series_index(run), set())
+            names.update(series_field(rank, m) for m in metrics)
 
     def add_alert(self, alert: Alert) -> None:
         """History entry, active-set change and pub/sub message of one alert transition."""
@@ -222,7 +230,9 @@ class WritePlan:
             if write.by_time:
                 key = self.keys.series(run, SERIES_TIME, rank, metric)
                 out.append(("zadd", (key, write.by_time)))
-                out.append(("zremrangebyscore", (key, "-inf", f"({write.newest_ms - horizon_ms!r}")))
+                out.append(
+                    ("zremrangebyscore", (key, "-inf", f"({write.newest_ms - horizon_ms!r}"))
+                )
                 out.append(("zremrangebyrank", (key, 0, -lim.time_max_points - 1)))
         for (run, rank), entries in self.time_index.items():
             key = self.keys.time_index(run, rank)

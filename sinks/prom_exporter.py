@@ -28,11 +28,15 @@ class RollingCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauge families of one scrape."""
         rolling = GaugeMetricFamily(
-            "stepstream_rolling", "Rolling window statistic of a training metric.",
-            labels=["run", "rank", "metric", "window", "stat"])
+            "stepstream_rolling",
+            "Rolling window statistic of a training metric.",
+            labels=["run", "rank", "metric", "window", "stat"],
+        )
         latest = GaugeMetricFamily(
-            "stepstream_latest", "Latest value of a training metric.",
-            labels=["run", "rank", "metric"])
+            "stepstream_latest",
+            "Latest value of a training metric.",
+            labels=["run", "rank", "metric"],
+        )
         exported = dropped = 0
         runs = self._reader.runs()
         dropped_runs = max(0, len(runs) - self._max_runs)
@@ -54,15 +58,19 @@ class RollingCollector(Collector):
         yield rolling
         yield latest
         series = GaugeMetricFamily(
-            "stepstream_exporter_series", "Series exported in this scrape.", value=exported)
+            "stepstream_exporter_series", "Series exported in this scrape.", value=exported
+        )
         yield series
         yield GaugeMetricFamily(
             "stepstream_exporter_series_dropped",
             "Series left out of this scrape by the cap (STEPSTREAM_METRICS_MAX_SERIES).",
-            value=dropped)
+            value=dropped,
+        )
         yield GaugeMetricFamily(
-            "stepstream_exporter_runs_dropped", "Runs left out of this scrape by the run cap.",
-            value=dropped_runs)
+            "stepstream_exporter_runs_dropped",
+            "Runs left out of this scrape by the run cap.",
+            value=dropped_runs,
+        )
 
 
 def render_metrics(reader: Any, max_series: int) -> bytes:

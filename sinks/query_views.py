@@ -53,8 +53,10 @@ def rolling_tables(run: str, rows: list[RollingRow]) -> list[Table]:
         for col in columns:
             table.add_column("non-finite" if col == "nonfinite" else col, justify="right")
         for row, n in zip(group, numbers, strict=True):
-            cells = [str(int(n[c])) if c in ("count", "nonfinite") and c in n
-                     else _fmt(n.get(c)) for c in columns]
+            cells = [
+                str(int(n[c])) if c in ("count", "nonfinite") and c in n else _fmt(n.get(c))
+                for c in columns
+            ]
             table.add_row(str(row.rank), row.metric, *cells)
         tables.append(table)
     return tables
@@ -78,12 +80,21 @@ def latest_view(reader: MetricsReader, run: str) -> View:
     return View([r.model_dump(mode="json") for r in rows], [table])
 
 
-def series_view(reader: MetricsReader, run: str, metric: str, rank: int,
-                from_step: int | None, to_step: int | None, points: int | None) -> View:
+def series_view(
+    reader: MetricsReader,
+    run: str,
+    metric: str,
+    rank: int,
+    from_step: int | None,
+    to_step: int | None,
+    points: int | None,
+) -> View:
     """One raw series by step, downsampled when `points` is given."""
     result = reader.series(run, metric, rank, from_step, to_step, points)
-    title = (f"run {run} · rank {rank} · {metric} · {len(result.points)} of "
-             f"{result.stored} points ({result.method})")
+    title = (
+        f"run {run} · rank {rank} · {metric} · {len(result.points)} of "
+        f"{result.stored} points ({result.method})"
+    )
     table = Table("step", "value", title=title)
     for point in result.points:
         table.add_row(str(point.step), _fmt(point.value))
@@ -93,19 +104,43 @@ def series_view(reader: MetricsReader, run: str, metric: str, rank: int,
 def alerts_view(reader: MetricsReader, run: str) -> View:
     """Alert transitions of a run, oldest first."""
     alerts = reader.alerts(run)
-    table = Table("t", "status", "severity", "rule", "rank", "metric", "step", "summary",
-                  title=f"run {run} · alerts")
+    table = Table(
+        "t",
+        "status",
+        "severity",
+        "rule",
+        "rank",
+        "metric",
+        "step",
+        "summary",
+        title=f"run {run} · alerts",
+    )
     for a in alerts:
-        table.add_row(f"{a.t:.3f}", a.status, a.severity, a.rule, str(a.rank), str(a.metric),
-                      str(a.step), a.summary)
+        table.add_row(
+            f"{a.t:.3f}",
+            a.status,
+            a.severity,
+            a.rule,
+            str(a.rank),
+            str(a.metric),
+            str(a.step),
+            a.summary,
+        )
     return View([a.model_dump(mode="json") for a in alerts], [table])
 
 
 def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> View:
     """Run metadata and rank liveness."""
     meta = reader.run_meta(run, stale_after_s)
-    table = Table("rank", "node", "step", "last event", "age s", "alive",
-                  title=f"run {run} · world {meta.world} · windows {', '.join(meta.windows)}")
+    table = Table(
+        "rank",
+        "node",
+        "step",
+        "last event",
+        "age s",
+        "alive",
+        title=f"run {run} · world {meta.world} · windows {', '.join(meta.windows)}",
+    )
     for r in meta.ranks:
         alive = "[green]yes" if r.alive else "[red]no"
         table.add_row(str(r.rank), r.node, str(r.step), f"{r.t:.3f}", _fmt(r.age_s), alive)

@@ -284,7 +284,11 @@ class MetricsReader:
         pts = [(float(step), value) for step, value in stepped]
         kept = downsample(pts, points, method) if points else pts
         return SeriesResult(
-            run=run, rank=rank, metric=metric, by="step", stored=len(pts),
+            run=run,
+            rank=rank,
+            metric=metric,
+            by="step",
+            stored=len(pts),
             points=_POINTS.validate_python([{"x": x, "value": v, "step": int(x)} for x, v in kept]),
             method=method if points and len(kept) < len(pts) else "none",
             decimated_before=decimated_before,
@@ -297,15 +301,19 @@ class MetricsReader:
         index, step-less ones from the by-time series; sorted by time."""
         pipe = self._client.pipeline(transaction=False)
         pipe.zrange(self.keys.time_index(run, rank), lo, hi, byscore=True, withscores=True)
-        pipe.zrange(self.keys.series(run, SERIES_TIME, rank, metric), lo, hi, byscore=True,
-                    withscores=True)
+        pipe.zrange(
+            self.keys.series(run, SERIES_TIME, rank, metric), lo, hi, byscore=True, withscores=True
+        )
         index, stepless = pipe.execute()
         out = []
         if index:
             times = {int(_text(m)): score / 1000.0 for m, score in index}
             stepped, _ = self._step_points(run, metric, rank, min(times), max(times))
-            out = [SeriesPoint(x=times[step], value=value, step=step, t=times[step])
-                   for step, value in stepped if step in times]
+            out = [
+                SeriesPoint(x=times[step], value=value, step=step, t=times[step])
+                for step, value in stepped
+                if step in times
+            ]
         for member, score in stepless:
             _, _, value = parse_series_member(_text(member))
             out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
@@ -333,7 +341,11 @@ class MetricsReader:
         else:
             timed_kept = timed
         return SeriesResult(
-            run=run, rank=rank, metric=metric, by="time", stored=len(timed),
+            run=run,
+            rank=rank,
+            metric=metric,
+            by="time",
+            stored=len(timed),
             points=timed_kept,
             method=method if len(timed_kept) < len(timed) else "none",
         )
@@ -344,10 +356,13 @@ class MetricsReader:
         stepped, _ = self._step_points(run, metric, rank, "-inf", "+inf")
         index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
         times = {int(_text(m)): score / 1000.0 for m, score in index}
-        out = [SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
-               for step, value in stepped]
-        out.extend(p for p in self._timed_points(run, metric, rank, "-inf", "+inf")
-                   if p.step is None)
+        out = [
+            SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+            for step, value in stepped
+        ]
+        out.extend(
+            p for p in self._timed_points(run, metric, rank, "-inf", "+inf") if p.step is None
+        )
         return out
 
     def alerts(self, run: str, count: int = 100) -> list[Alert]:

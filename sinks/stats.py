@@ -24,9 +24,8 @@ class OpenStats(WindowStats):
         """Every numeric stat, known and extra, in field order; None values left out."""
         out: dict[str, float] = {}
         for name, value in {**self.__dict__, **(self.model_extra or {})}.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[name] = float(value)
-            elif isinstance(value, str) and value in _NON_FINITE:
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric or (isinstance(value, str) and value in _NON_FINITE):
                 out[name] = float(value)
         return out
 

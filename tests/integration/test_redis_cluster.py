@@ -45,8 +45,7 @@ def _form(nodes: list[LocalRedis]) -> str | None:
         for client, (lo, hi) in zip(clients, SLOT_RANGES, strict=True):
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
         for node in nodes[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port,
-                                       node.cluster_port)
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             states = [c.execute_command("CLUSTER", "INFO") for c in clients]
@@ -77,10 +76,15 @@ def test_sink_and_reader_work_on_redis_cluster(cluster: list[LocalRedis]) -> Non
     client = RedisCluster.from_url(url)
     try:
         # A multi-key command over different keys of the run: legal only in one slot.
-        members = client.execute_command("SUNION", keys.windows_index(run),
-                                         keys.series_index(run))
-        assert {m.decode() for m in members} == {"10s", "50steps", "0|loss", "1|loss",
-                                                 "0|grad/norm:l1", "1|grad/norm:l1"}
+        members = client.execute_command("SUNION", keys.windows_index(run), keys.series_index(run))
+        assert {m.decode() for m in members} == {
+            "10s",
+            "50steps",
+            "0|loss",
+            "1|loss",
+            "0|grad/norm:l1",
+            "1|grad/norm:l1",
+        }
         slot = client.keyslot(keys.meta(run))
         owner = client.get_node_from_key(keys.meta(run))
         assert all(client.keyslot(k) == slot for k in keys.run_keys(run, ["50steps"]))

@@ -57,10 +57,22 @@ def batches(run: str, ranks: int = 2, steps: int = 60, per: int = 10) -> list[Ba
     out = []
     for start in range(0, steps, per):
         for rank in range(ranks):
-            out.append(Batch(run=run, rank=rank, world=ranks, records=[
-                Record(seq=s, t=1_700_000_000.0 + s / 10, step=s,
-                       values={"loss": value(rank, s), "grad/norm:l1": float(s)})
-                for s in range(start, start + per)]))
+            out.append(
+                Batch(
+                    run=run,
+                    rank=rank,
+                    world=ranks,
+                    records=[
+                        Record(
+                            seq=s,
+                            t=1_700_000_000.0 + s / 10,
+                            step=s,
+                            values={"loss": value(rank, s), "grad/norm:l1": float(s)},
+                        )
+                        for s in range(start, start + per)
+                    ],
+                )
+            )
     return out
 
 
@@ -70,25 +82,58 @@ def updates(run: str, steps: int = 60) -> list[WindowUpdate]:
         for rank in (0, 1):
             v = value(rank, step)
             stats = OpenStats.model_validate(
-                {"count": step + 1, "mean": 0.5 + rank, "min": 0.1, "max": 1.0 + rank,
-                 "last": v, "std": 0.25, "p95": 0.9})
-            out.append(OpenWindowUpdate(run=run, rank=rank, world=2, node=f"n{rank}", step=step,
-                                    t=time.time(), latest={"loss": v},
-                                    windows={"50steps": {"loss": stats}, "10s": {"loss": stats}}))
+                {
+                    "count": step + 1,
+                    "mean": 0.5 + rank,
+                    "min": 0.1,
+                    "max": 1.0 + rank,
+                    "last": v,
+                    "std": 0.25,
+                    "p95": 0.9,
+                }
+            )
+            out.append(
+                OpenWindowUpdate(
+                    run=run,
+                    rank=rank,
+                    world=2,
+                    node=f"n{rank}",
+                    step=step,
+                    t=time.time(),
+                    latest={"loss": v},
+                    windows={"50steps": {"loss": stats}, "10s": {"loss": stats}},
+                )
+            )
     return out
 
 
 def alerts(run: str) -> list[Alert]:
-    base = {"fingerprint": f"nonfinite/{run}/1/loss", "rule": "nonfinite", "run": run,
-            "rank": 1, "metric": "loss", "step": 30, "raised_at": 5.0,
-            "evidence": {"value": math.nan}}
-    return [Alert(status="firing", t=3.0, **base), Alert(status="resolved", t=4.0, **base),
-            Alert(status="firing", t=6.0, **base)]
+    base = {
+        "fingerprint": f"nonfinite/{run}/1/loss",
+        "rule": "nonfinite",
+        "run": run,
+        "rank": 1,
+        "metric": "loss",
+        "step": 30,
+        "raised_at": 5.0,
+        "evidence": {"value": math.nan},
+    }
+    return [
+        Alert(status="firing", t=3.0, **base),
+        Alert(status="resolved", t=4.0, **base),
+        Alert(status="firing", t=6.0, **base),
+    ]
 
 
-def write_all(url: str, messages: list[object], flush_every: int,
-              limits: SeriesLimits | None = None, cluster: bool = False) -> None:
+def write_all(
+    url: str,
+    messages: list[object],
+    flush_every: int,
+    limits: SeriesLimits | None = None,
+    cluster: bool = False,
+) -> None:
     """Plan and write `messages` in flushes of `flush_every`, like the sink's take()."""
+
     async def go() -> None:
         client = async_client(url, cluster)
         writer = RedisWriter(client, RETENTION_S)
@@ -106,6 +151,7 @@ def write_all(url: str, messages: list[object], flush_every: int,
                 await write_with_retry(writer, plan, max_backoff_s=0.2)
         finally:
             await client.aclose()
+
     asyncio.run(go())
 
 
@@ -113,19 +159,25 @@ def all_messages(run: str) -> list[object]:
     return [*batches(run), *updates(run), *alerts(run)]
 
 
-def test_write_then_read_round_trips_exactly(server: LocalRedis, reader: MetricsReader,
-                                             run: str) -> None:
+def test_write_then_read_round_trips_exactly(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
     write_all(server.url, all_messages(run), flush_every=7)
     series = reader.series(run, "loss", rank=1)
     assert [p.step for p in series.points] == list(range(60))
     for p in series.points:
         expected = value(1, p.step or 0)
         assert (math.isnan(p.value) and math.isnan(expected)) or p.value == expected
-    by_time = reader.series_by_time(run, "grad/norm:l1", rank=0, from_t=1_700_000_001.0,
-                                    to_t=1_700_000_002.0)
+    by_time = reader.series_by_time(
+        run, "grad/norm:l1", rank=0, from_t=1_700_000_001.0, to_t=1_700_000_002.0
+    )
     assert [(p.step, p.value) for p in by_time.points] == [(s, float(s)) for s in range(10, 21)]
-    assert reader.series_names(run) == [(0, "grad/norm:l1"), (0, "loss"),
-                                        (1, "grad/norm:l1"), (1, "loss")]
+    assert reader.series_names(run) == [
+        (0, "grad/norm:l1"),
+        (0, "loss"),
+        (1, "grad/norm:l1"),
+        (1, "loss"),
+    ]
     rows = {(r.window, r.rank): r.stats for r in reader.rolling(run)}
     assert set(rows) == {(w, r) for w in ("10s", "50steps") for r in (0, 1)}
     assert rows[("50steps", 1)].count == 60 and rows[("50steps", 1)].max == 2.0
@@ -134,19 +186,26 @@ def test_write_then_read_round_trips_exactly(server: LocalRedis, reader: Metrics
     meta = reader.run_meta(run)
     assert (meta.world, meta.windows) == (2, ["10s", "50steps"])
     assert [(r.rank, r.node, r.step, r.alive) for r in meta.ranks] == [
-        (0, "n0", 59, True), (1, "n1", 59, True)]
+        (0, "n0", 59, True),
+        (1, "n1", 59, True),
+    ]
     history = reader.alerts(run)
-    assert [(a.status, a.t) for a in history] == [("firing", 3.0), ("resolved", 4.0),
-                                                  ("firing", 6.0)]
+    assert [(a.status, a.t) for a in history] == [
+        ("firing", 3.0),
+        ("resolved", 4.0),
+        ("firing", 6.0),
+    ]
     assert math.isnan(history[0].evidence["value"] or 0.0)
     assert [a.t for a in reader.active_alerts(run)] == [6.0]
     assert run in [r.run for r in reader.runs()]
 
 
-def test_replaying_a_range_twice_changes_nothing(server: LocalRedis, reader: MetricsReader,
-                                                 run: str) -> None:
-    limits = SeriesLimits(max_points=25, decimate_every=5, coarse_max_points=8,
-                          time_horizon_s=4.0, time_max_points=30)
+def test_replaying_a_range_twice_changes_nothing(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    limits = SeriesLimits(
+        max_points=25, decimate_every=5, coarse_max_points=8, time_horizon_s=4.0, time_max_points=30
+    )
     messages = all_messages(run)
     write_all(server.url, messages, flush_every=5, limits=limits)
     before = reader.dump_run(run)
@@ -160,7 +219,7 @@ def test_replaying_a_range_twice_changes_nothing(server: LocalRedis, reader: Met
     # Trims applied: newest 25 raw steps, decimated older ones, time horizon of 4 s.
     series = reader.series(run, "loss", rank=0)
     steps = [p.step for p in series.points]
-    assert steps == [0, 5, 10, 15, 20, 25, 30, *range(35, 60)][-len(steps):]
+    assert steps == [0, 5, 10, 15, 20, 25, 30, *range(35, 60)][-len(steps) :]
     assert steps[-25:] == list(range(35, 60)) and series.decimated_before == 35
     by_time = reader.series_by_time(run, "loss", rank=0)
     # The time index keeps the newest 30 steps (30..59) of the 4 s horizon (19..59); their
@@ -168,8 +227,9 @@ def test_replaying_a_range_twice_changes_nothing(server: LocalRedis, reader: Met
     assert [p.step for p in by_time.points] == [30, *range(35, 60)]
 
 
-def test_every_per_run_key_has_a_ttl_within_retention(server: LocalRedis,
-                                                      reader: MetricsReader, run: str) -> None:
+def test_every_per_run_key_has_a_ttl_within_retention(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
     write_all(server.url, all_messages(run), flush_every=50)
     client = redis.Redis.from_url(server.url)
     try:
@@ -220,8 +280,10 @@ def test_auth_password_urls_work_and_a_wrong_password_fails(run: str) -> None:
         with MetricsReader.from_url(srv.url) as reader:
             assert len(reader.series(run, "loss", rank=0).points) == 20
         wrong = srv.url.replace("s3cret-pw", "nope")
-        with MetricsReader.from_url(wrong) as reader, pytest.raises(
-                redis.exceptions.AuthenticationError):
+        with (
+            MetricsReader.from_url(wrong) as reader,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
             reader.runs()
 
 
@@ -236,8 +298,9 @@ def test_http_api_serves_the_same_queries_and_metrics(server: LocalRedis, run: s
         series = http.get(f"/runs/{run}/series/1/loss", params={"points": 10}).json()
         assert series["stored"] == 60 and series["method"] == "lttb"
         assert {"x": 30.0, "value": "NaN", "step": 30, "t": None} in series["points"]
-        timed = http.get(f"/runs/{run}/series/0/grad/norm:l1",
-                         params={"by": "time", "from": 1_700_000_005.0}).json()
+        timed = http.get(
+            f"/runs/{run}/series/0/grad/norm:l1", params={"by": "time", "from": 1_700_000_005.0}
+        ).json()
         assert [p["step"] for p in timed["points"]] == list(range(50, 60))
         rolling = http.get(f"/runs/{run}/rolling", params={"window": "50steps"}).json()
         assert rolling[1]["stats"]["std"] == 0.25
@@ -251,8 +314,9 @@ def test_http_api_serves_the_same_queries_and_metrics(server: LocalRedis, run: s
         assert "/runs/{run}/series/{rank}/{metric}" in http.get("/openapi.json").json()["paths"]
 
 
-def test_tensorboard_and_csv_exports_read_back(server: LocalRedis, reader: MetricsReader,
-                                               run: str, tmp_path: Path) -> None:
+def test_tensorboard_and_csv_exports_read_back(
+    server: LocalRedis, reader: MetricsReader, run: str, tmp_path: Path
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     write_all(server.url, batches(run, steps=40), flush_every=6)
@@ -265,8 +329,7 @@ def test_tensorboard_and_csv_exports_read_back(server: LocalRedis, reader: Metri
     for step, v, wall in got:
         expected = value(1, step)
         # TensorBoard stores float32
-        assert (math.isnan(v) and math.isnan(expected)) or math.isclose(v, expected,
-                                                                        rel_tol=1e-6)
+        assert (math.isnan(v) and math.isnan(expected)) or math.isclose(v, expected, rel_tol=1e-6)
         assert math.isclose(wall, 1_700_000_000.0 + step / 10, abs_tol=1e-3)
     assert export_csv(reader, run, tmp_path / "x.csv") == 160
     lines = (tmp_path / "x.csv").read_text().splitlines()

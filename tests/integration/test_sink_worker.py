@@ -45,22 +45,33 @@ def loss(rank: int, step: int) -> float:
 def send(producer: KafkaProducer, topic: str, run: str, steps: range) -> None:
     for start in range(steps.start, steps.stop, 5):
         for rank in (0, 1):
-            batch = Batch(run=run, rank=rank, world=2, incarnation="i", records=[
-                Record(seq=s, t=1_700_000_000.0 + s, step=s, values={"loss": loss(rank, s)})
-                for s in range(start, start + 5)])
+            batch = Batch(
+                run=run,
+                rank=rank,
+                world=2,
+                incarnation="i",
+                records=[
+                    Record(seq=s, t=1_700_000_000.0 + s, step=s, values={"loss": loss(rank, s)})
+                    for s in range(start, start + 5)
+                ],
+            )
             producer.send(topic, key=batch.key, value=batch.to_bytes())
     producer.flush()
 
 
-def test_sink_worker_survives_a_redis_outage_without_loss(broker: Settings,
-                                                          tmp_path: Path) -> None:
+def test_sink_worker_survives_a_redis_outage_without_loss(broker: Settings, tmp_path: Path) -> None:
     run = f"out-{uuid.uuid4().hex[:8]}"
     redis_server = LocalRedis(persist=True).start()
     settings = broker.model_copy(update={"redis_url": redis_server.url, "sink_batch": 8})
     log = (tmp_path / "sink.log").open("wb")
     env = {**os.environ, **settings_env(settings)}
-    worker = subprocess.Popen(worker_command("sink"), env=env, stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        worker_command("sink"),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     topic = Topics(settings.topic_prefix).telemetry
     reader = MetricsReader.from_url(redis_server.url)
@@ -82,8 +93,7 @@ def test_sink_worker_survives_a_redis_outage_without_loss(broker: Settings,
         wait_for(lambda: len(steps_of(0)) == len(steps_of(1)) == STEPS, timeout=60)
         for rank in (0, 1):
             points = reader.series(run, "loss", rank).points
-            assert [(p.step, p.value) for p in points] == [
-                (s, loss(rank, s)) for s in range(STEPS)]
+            assert [(p.step, p.value) for p in points] == [(s, loss(rank, s)) for s in range(STEPS)]
         assert "retrying" in (tmp_path / "sink.log").read_text(errors="replace")
     finally:
         reader.close()

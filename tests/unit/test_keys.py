@@ -77,8 +77,12 @@ def test_run_keys_of_every_kind_share_one_cluster_slot() -> None:
 
 def test_series_keys_are_disjoint_per_kind_rank_and_metric() -> None:
     keys = RedisKeys()
-    made = [keys.series("r", kind, rank, metric) for kind in SERIES_KINDS
-            for rank in (0, 1, 10) for metric in ("loss", "loss:1", "1|x".replace("|", "_"))]
+    made = [
+        keys.series("r", kind, rank, metric)
+        for kind in SERIES_KINDS
+        for rank in (0, 1, 10)
+        for metric in ("loss", "loss:1", "1|x".replace("|", "_"))
+    ]
     made += keys.run_keys("r", ["50steps"])
     assert len(made) == len(set(made))
     assert keys.series("r", "step", 1, "a/b") == "stepstream:{r}:series:step:1|a/b"

@@ -16,8 +16,16 @@ from stepstream.keys import RedisKeys
 
 def update(rank: int, loss: float, t: float) -> WindowUpdate:
     stats = WindowStats(count=1, mean=loss, min=loss, max=loss, last=loss)
-    return WindowUpdate(run="r", rank=rank, world=2, node="n", step=3, t=t,
-                        latest={"loss": loss}, windows={"50steps": {"loss": stats}})
+    return WindowUpdate(
+        run="r",
+        rank=rank,
+        world=2,
+        node="n",
+        step=3,
+        t=t,
+        latest={"loss": loss},
+        windows={"50steps": {"loss": stats}},
+    )
 
 
 def test_later_updates_of_a_series_replace_earlier_in_one_hset() -> None:
@@ -43,23 +51,30 @@ def test_firing_then_resolved_alert_leaves_no_active_entry() -> None:
     plan.add_alert(Alert(status="resolved", **base))
     # Both go through the dedup script in order, each with its own dedup field.
     assert [(a.status, a.dedup) for a in plan.alerts] == [
-        ("firing", "f1|firing|1.0"), ("resolved", "f1|resolved|1.0")]
-    assert plan.alerts[0].keys == (keys.alerts("r"), keys.alerts_seen("r"),
-                                   keys.active_alerts("r"))
+        ("firing", "f1|firing|1.0"),
+        ("resolved", "f1|resolved|1.0"),
+    ]
+    assert plan.alerts[0].keys == (keys.alerts("r"), keys.alerts_seen("r"), keys.active_alerts("r"))
     assert plan.alerts[0].channel == keys.alerts_channel("r")
     assert plan.alerts[0].script_args()[:3] == ["f1|firing|1.0", "f1", "firing"]
 
 
 def batch(rank: int, steps: range, t0: float = 100.0) -> Batch:
-    return Batch(run="r", rank=rank, records=[
-        Record(seq=s, t=t0 + s, step=s, values={"loss": 1.0 / (s + 1), "lr": 0.1})
-        for s in steps])
+    return Batch(
+        run="r",
+        rank=rank,
+        records=[
+            Record(seq=s, t=t0 + s, step=s, values={"loss": 1.0 / (s + 1), "lr": 0.1})
+            for s in steps
+        ],
+    )
 
 
 def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
     keys = RedisKeys()
-    limits = SeriesLimits(max_points=5, decimate_every=10, coarse_max_points=3,
-                          time_horizon_s=2.0, time_max_points=4)
+    limits = SeriesLimits(
+        max_points=5, decimate_every=10, coarse_max_points=3, time_horizon_s=2.0, time_max_points=4
+    )
     plan = WritePlan(keys, limits)
     plan.add_batch(batch(0, range(0, 25)))
     write = plan.series[("r", 0, "loss")]
@@ -82,12 +97,22 @@ def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
 def test_points_without_step_go_by_time() -> None:
     keys = RedisKeys()
     plan = WritePlan(keys, SeriesLimits(time_horizon_s=1.0, time_max_points=4))
-    plan.add_batch(Batch(run="r", rank=2, records=[
-        Record(seq=s, t=10.0 + s, kind="system", values={"gpu_util": 50.0 + s})
-        for s in range(3)]))
+    plan.add_batch(
+        Batch(
+            run="r",
+            rank=2,
+            records=[
+                Record(seq=s, t=10.0 + s, kind="system", values={"gpu_util": 50.0 + s})
+                for s in range(3)
+            ],
+        )
+    )
     write = plan.series[("r", 2, "gpu_util")]
-    assert write.by_step == {} and write.by_time == {"|0|50.0": 10_000.0, "|1|51.0": 11_000.0,
-                                                    "|2|52.0": 12_000.0}
+    assert write.by_step == {} and write.by_time == {
+        "|0|50.0": 10_000.0,
+        "|1|51.0": 11_000.0,
+        "|2|52.0": 12_000.0,
+    }
     time_key = keys.series("r", "time", 2, "gpu_util")
     assert ("zremrangebyscore", (time_key, "-inf", "(11000.0")) in plan.series_commands()
     assert plan.time_index == {}
