@@ -341,6 +341,7 @@ class MetricsReader:
         else:
             timed_kept = timed
         return SeriesResult(
+            decimated_before=None,
             run=run,
             rank=rank,
             metric=metric,
