@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
 from rich.table import Table
 
 from sinks.reader import MetricsReader, RollingRow
@@ -18,10 +19,16 @@ _KNOWN_STATS = ("count", "mean", "min", "max", "last", "nonfinite")
 
 @dataclass
 class View:
-    """One query's result: `data` for --json, `tables` for people."""
+    """One query's result: `data` (pydantic models) for --json, `tables` for people."""
 
-    data: Any
+    data: BaseModel | list[Any]
     tables: list[Any] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """JSON through pydantic, so NaN and Infinity become strings as on the wire."""
+        if isinstance(self.data, BaseModel):
+            return self.data.model_dump_json()
+        return "[" + ",".join(m.model_dump_json() for m in self.data) + "]"
 
 
 def _fmt(value: float | None) -> str:
@@ -34,7 +41,7 @@ def runs_view(reader: MetricsReader) -> View:
     table = Table("run", "world", "last activity")
     for info in runs:
         table.add_row(info.run, str(info.world or "?"), f"{info.last_activity:.3f}")
-    return View([r.model_dump(mode="json") for r in runs], [table])
+    return View(runs, [table])
 
 
 def rolling_tables(run: str, rows: list[RollingRow]) -> list[Table]:
@@ -68,7 +75,7 @@ def rolling_view(reader: MetricsReader, run: str, window: str | None) -> View:
     tables: list[Any] = rolling_tables(run, rows)
     if not rows:
         tables = [f"no rolling stats for run {run!r} (see 'stepstream query')"]
-    return View([r.model_dump(mode="json") for r in rows], tables)
+    return View(rows, tables)
 
 
 def latest_view(reader: MetricsReader, run: str) -> View:
@@ -77,7 +84,7 @@ def latest_view(reader: MetricsReader, run: str) -> View:
     table = Table("rank", "metric", "latest", title=f"run {run} · latest")
     for row in rows:
         table.add_row(str(row.rank), row.metric, _fmt(row.value))
-    return View([r.model_dump(mode="json") for r in rows], [table])
+    return View(rows, [table])
 
 
 def series_view(
@@ -98,7 +105,7 @@ def series_view(
     table = Table("step", "value", title=title)
     for point in result.points:
         table.add_row(str(point.step), _fmt(point.value))
-    return View(result.model_dump(mode="json"), [table])
+    return View(result, [table])
 
 
 def alerts_view(reader: MetricsReader, run: str) -> View:
@@ -126,7 +133,7 @@ def alerts_view(reader: MetricsReader, run: str) -> View:
             str(a.step),
             a.summary,
         )
-    return View([a.model_dump(mode="json") for a in alerts], [table])
+    return View(alerts, [table])
 
 
 def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> View:
@@ -144,4 +151,4 @@ def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> 
     for r in meta.ranks:
         alive = "[green]yes" if r.alive else "[red]no"
         table.add_row(str(r.rank), r.node, str(r.step), f"{r.t:.3f}", _fmt(r.age_s), alive)
-    return View(meta.model_dump(mode="json"), [table])
+    return View(meta, [table])

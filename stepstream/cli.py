@@ -184,7 +184,7 @@ def query(
         finally:
             reader.close()
         if json_out:
-            print(json.dumps(view.data))
+            print(view.to_json())
             return
         for renderable in view.tables:
             console.print(renderable)

@@ -335,3 +335,57 @@ def test_tensorboard_and_csv_exports_read_back(
     lines = (tmp_path / "x.csv").read_text().splitlines()
     assert lines[0] == "run,rank,metric,step,t,value"
     assert f"{run},1,loss,30,1700000003.0,nan" in lines
+
+
+def test_cli_query_views_and_export(server: LocalRedis, run: str, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stepstream.cli import app
+
+    write_all(server.url, all_messages(run), flush_every=30)
+    cli = CliRunner()
+    base = ["query", "--redis-url", server.url, "--state-dir", str(tmp_path), "--run", run]
+
+    def as_json(*extra: str) -> object:
+        result = cli.invoke(app, [*base, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    latest = as_json("--latest")
+    assert latest == [
+        {"rank": 0, "metric": "loss", "value": value(0, 59)},
+        {"rank": 1, "metric": "loss", "value": value(1, 59)},
+    ]
+    series = as_json("--series", "loss", "--rank", "1", "--from-step", "28", "--to-step", "31")
+    assert [(p["step"], p["value"]) for p in series["points"]] == [
+        (28, value(1, 28)),
+        (29, value(1, 29)),
+        (30, "NaN"),
+        (31, value(1, 31)),
+    ]
+    assert len(as_json("--series", "loss", "--points", "10")["points"]) <= 11
+    assert [a["status"] for a in as_json("--alerts")] == ["firing", "resolved", "firing"]
+    assert [r["rank"] for r in as_json("--ranks")["ranks"]] == [0, 1]
+    rolling = as_json("--window", "50steps")
+    assert {(r["rank"], r["stats"]["p95"]) for r in rolling} == {(0, 0.9), (1, 0.9)}
+    table = cli.invoke(app, base)
+    assert table.exit_code == 0 and "p95" in table.output and "50steps" in table.output
+    bad = cli.invoke(app, ["query", "--redis-url", server.url, "--run", "a{b}"])
+    assert bad.exit_code == 1 and "invalid run id" in bad.output
+    out = cli.invoke(
+        app,
+        [
+            "export",
+            "--redis-url",
+            server.url,
+            "--state-dir",
+            str(tmp_path),
+            "--run",
+            run,
+            "--csv",
+            str(tmp_path / "r.csv"),
+        ],
+    )
+    assert out.exit_code == 0 and (tmp_path / "r.csv").read_text().count("\n") == 241
