@@ -58,6 +58,27 @@ def ceiling(url: str, seconds: float) -> float:
     return rate
 
 
+def ceiling_async(url: str, seconds: float) -> float:
+    """The same loop through redis.asyncio, the client the sink runs on."""
+    from redis import asyncio as aioredis
+
+    async def go() -> float:
+        client = aioredis.Redis.from_url(url)
+        sent, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            pipe = client.pipeline(transaction=False)
+            for i in range(1000):
+                pipe.hset("ceiling", f"f{i}", "1.2345")
+            await pipe.execute()
+            sent += 1000
+        rate = sent / (time.perf_counter() - start)
+        await client.delete("ceiling")
+        await client.aclose()
+        return rate
+
+    return asyncio.run(go())
+
+
 def telemetry(run: str, rank: int, step0: int) -> bytes:
     """One rank's batch of 20 records x 30 values, as it arrives from Kafka."""
     t0 = 1_700_000_000.0 + step0 * 0.05
@@ -150,40 +171,52 @@ def redis_benchmark(port: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="ceiling loop duration")
+    parser.add_argument("--seconds", type=float, default=2.0, help="ceiling loop duration")
     parser.add_argument("--rounds", type=int, default=6, help="flush rounds of all ranks")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating repetitions")
     args = parser.parse_args()
     random.seed(7)
     with LocalRedis() as server:
         print(f"server: {server.binary} on port {server.port}")
-        cmds = ceiling(server.url, args.seconds)
-        print(f"ceiling: bare redis-py pipelined single-field HSET: {cmds:,.0f} commands/s")
-
-        batches = [
-            ("batch", telemetry("bench-b", r, k * RECORDS_PER_BATCH))
-            for k in range(args.rounds)
-            for r in range(RANKS)
-        ]
-        updates = [
-            ("update", window_update("bench-u", r, k))
-            for k in range(args.rounds * 4)
-            for r in range(RANKS)
-        ]
-        mixed = [m for pair in zip(batches, updates[: len(batches)], strict=True) for m in pair]
-        b_rate, b_cmds = sink_rate(server.url, batches)
-        u_rate, u_cmds = sink_rate(server.url, updates)
-        m_rate, _ = sink_rate(
-            server.url, [(k, raw.replace(b"bench-", b"bench-m")) for k, raw in mixed]
+        # The machine is shared: ceiling and sink runs alternate, best of `repeat` each,
+        # so both see the same background load.
+        sync_best = async_best = b_best = u_best = m_best = 0.0
+        b_cmds = u_cmds = 0
+        for rep in range(args.repeat):
+            sync_best = max(sync_best, ceiling(server.url, args.seconds))
+            async_best = max(async_best, ceiling_async(server.url, args.seconds))
+            batches = [
+                ("batch", telemetry(f"bench-b{rep}", r, k * RECORDS_PER_BATCH))
+                for k in range(args.rounds)
+                for r in range(RANKS)
+            ]
+            updates = [
+                ("update", window_update("bench-u", r, k))
+                for k in range(args.rounds * 4)
+                for r in range(RANKS)
+            ]
+            mixed = [m for pair in zip(batches, updates[: len(batches)], strict=True) for m in pair]
+            b_rate, b_cmds = sink_rate(server.url, batches)
+            u_rate, u_cmds = sink_rate(server.url, updates)
+            m_rate, _ = sink_rate(
+                server.url, [(k, raw.replace(b"bench-", b"bench-m")) for k, raw in mixed]
+            )
+            b_best, u_best, m_best = max(b_best, b_rate), max(u_best, u_rate), max(m_best, m_rate)
+        cmds = async_best
+        print(
+            f"ceiling: bare redis-py pipelined single-field HSET, best of {args.repeat}: "
+            f"redis.asyncio {async_best:,.0f} commands/s (the sink's client; used for the "
+            f"ratio), blocking client {sync_best:,.0f} commands/s"
         )
         print(
             f"sink, raw series (batches of {RECORDS_PER_BATCH} records x {METRICS} values):"
-            f" {b_rate:,.0f} values/s ({len(batches)} messages, {b_cmds} commands)"
+            f" {b_best:,.0f} values/s ({len(batches)} messages, {b_cmds} commands)"
         )
         print(
             f"sink, window updates ({METRICS} latest + {len(WINDOWS)}x{METRICS} stats):"
-            f" {u_rate:,.0f} values/s ({len(updates)} messages, {u_cmds} commands)"
+            f" {u_best:,.0f} values/s ({len(updates)} messages, {u_cmds} commands)"
         )
-        print(f"sink, mixed 1:1: {m_rate:,.0f} values/s")
+        print(f"sink, mixed 1:1 (one batch and one window update per rank): {m_best:,.0f} values/s")
         print(redis_benchmark(server.port))
 
         with MetricsReader.from_url(server.url) as reader:
@@ -221,7 +254,8 @@ def main() -> None:
             print(f"series 10,000 points -> 1,000 (LTTB): p50 {s50:.2f} ms, p99 {s99:.2f} ms")
             print(f"series 10,000 points, all: p50 {f50:.2f} ms, p99 {f99:.2f} ms")
 
-    values = m_rate
+    values = m_best
+    print(f"against the blocking client's ceiling: ratio {values / sync_best:.2f}")
     print(
         f"sink_ceiling_ratio={values / cmds:.2f} sink_values_per_s={values:.0f} "
         f"rolling_p99_ms={r99:.2f} series_p99_ms={s99:.2f}"
