@@ -1,4 +1,11 @@
-"""The sink faust app: window stats and alerts from Kafka into Redis, pipelined."""
+"""The sink faust app: raw series, window stats and alerts from Kafka into Redis.
+
+Each agent takes up to `sink_batch` messages, plans them, and writes the plan in one
+pipeline before it asks for more. faust commits only offsets of events the agent has
+moved past, so while Redis is down (write_with_retry waits) no offset moves past what
+Redis holds; on restart the uncommitted range is replayed, which the idempotent plan
+turns into the same state.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,18 @@ import logging
 from collections.abc import Callable
 
 import faust
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from pydantic import ValidationError
+from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sinks.plan import WritePlan
+from sinks.plan import SeriesLimits, WritePlan
+from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
+from sinks.stats import OpenWindowUpdate
 from sinks.webhook_agent import add_webhook_agent
-from stepstream.contract import Alert, WindowUpdate
+from stepstream.contract import Alert, decode_batch
+from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
 from stepstream.streaming import dead_letter_of, make_app
@@ -25,19 +35,39 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
 
+# Errors after which the same write may succeed later: the server is away, loading, or
+# the cluster is resharding. Anything else is a bug or a misconfiguration and surfaces.
+RETRYABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    TryAgainError,
+    OSError,
+)
 
-async def write_with_retry(writer: RedisWriter, plan: WritePlan) -> None:
-    """Write until Redis takes it. The agent waits meanwhile, so no offset moves past
-    what is not yet in Redis; backoff doubles up to MAX_BACKOFF_S."""
+
+async def write_with_retry(
+    writer: RedisWriter, plan: WritePlan, max_backoff_s: float = MAX_BACKOFF_S
+) -> int:
+    """Write until Redis takes it; return the commands sent. The agent waits meanwhile,
+    so no offset moves past what is not yet in Redis; backoff doubles up to max_backoff_s."""
     delay = 0.1
     while True:
         try:
-            await writer.write(plan)
-            return
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            return await writer.write(plan)
+        except RETRYABLE as exc:
             log.warning("Redis write failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
+            delay = min(delay * 2, max_backoff_s)
+
+
+def _reason(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, ContractError):
+        return exc.reason, exc.detail
+    if isinstance(exc, ConfigError):
+        return "unsafe-name", str(exc)
+    return "schema", str(exc).splitlines()[0]
 
 
 def create_sink_app(settings: Settings) -> faust.App:
@@ -46,28 +76,36 @@ def create_sink_app(settings: Settings) -> faust.App:
     app = make_app(settings, topics.group("sink"))
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
     keys = RedisKeys(settings.key_prefix)
-    client = aioredis.Redis.from_url(settings.redis_url)
-    writer = RedisWriter(client, settings.retention_s)
-
+    limits = SeriesLimits.from_settings(settings)
+    writer = RedisWriter(
+        async_client(settings.redis_url, settings.redis_cluster), settings.retention_s
+    )
     deadletters = app.topic(topics.deadletter, **raw)
 
-    async def drain(stream: faust.StreamT, topic: str, add: Callable[[WritePlan, bytes], None]) -> None:
+    async def drain(
+        stream: faust.StreamT, topic: str, add: Callable[[WritePlan, bytes], None]
+    ) -> None:
         async for events in stream.take_events(settings.sink_batch, within=settings.sink_linger_s):
-            plan = WritePlan(keys)
+            plan = WritePlan(keys, limits)
             for event in events:
                 try:
                     add(plan, event.value)
-                except ValidationError as exc:
-                    letter = dead_letter_of(event, topic, "schema", str(exc).splitlines()[0])
+                except (ValidationError, ContractError, ConfigError) as exc:
+                    reason, detail = _reason(exc)
+                    letter = dead_letter_of(event, topic, reason, detail)
                     await deadletters.send(key=event.key, value=letter)
             await write_with_retry(writer, plan)
+
+    @app.agent(app.topic(topics.telemetry, **raw), name="series-sink")
+    async def series_sink(stream: faust.StreamT) -> None:
+        await drain(stream, topics.telemetry, lambda plan, raw: plan.add_batch(decode_batch(raw)))
 
     @app.agent(app.topic(topics.windows, **raw), name="windows-sink")
     async def windows_sink(stream: faust.StreamT) -> None:
         await drain(
             stream,
             topics.windows,
-            lambda plan, raw: plan.add_window_update(WindowUpdate.model_validate_json(raw)),
+            lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
         )
 
     @app.agent(app.topic(topics.alerts, **raw), name="alerts-sink")

@@ -1,17 +1,39 @@
-"""The query API: typed reads of what the sink wrote to Redis."""
+"""The query API: typed reads of what the sink wrote to Redis.
+
+Results are pydantic models (the edge users see). Non-finite values stay floats in Python
+and become ``"NaN"``/``"Infinity"`` strings in JSON, like on the wire.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import time
+from typing import Any, Literal
 
-import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from stepstream.contract import Alert, WindowStats
-from stepstream.keys import RedisKeys, parse_series_field
+from sinks.downsample import Method, downsample
+from sinks.redis_client import sync_client
+from sinks.stats import OpenStats
+from stepstream.contract import Alert
+from stepstream.keys import (
+    SERIES_COARSE,
+    SERIES_STEP,
+    SERIES_TIME,
+    RedisKeys,
+    parse_series_field,
+    parse_series_member,
+)
 
 
-class RunInfo(BaseModel):
+class QueryModel(BaseModel):
+    """Base of query results: JSON carries non-finite floats as strings."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+
+class RunInfo(QueryModel):
     """A run in the registry."""
 
     run: str
@@ -19,53 +41,147 @@ class RunInfo(BaseModel):
     world: int | None = None
 
 
-class RankLiveness(BaseModel):
-    """The latest thing heard from one rank."""
+class RankLiveness(QueryModel):
+    """The latest thing heard from one rank, and whether that is recent enough."""
 
     rank: int
     node: str = ""
     step: int | None = None
-    t: float = 0.0
+    t: float = Field(0.0, description="Event time of the rank's latest update (Unix s).")
+    age_s: float | None = Field(None, description="Seconds since t, at query time.")
+    alive: bool | None = Field(None, description="age_s <= the stale_after_s of the query.")
 
 
-class RollingRow(BaseModel):
+class RunMeta(QueryModel):
+    """What is stored about one run."""
+
+    run: str
+    world: int | None = None
+    last_t: float | None = None
+    windows: list[str] = Field(default_factory=list)
+    series: list[str] = Field(default_factory=list, description="rank|metric of raw series.")
+    ranks: list[RankLiveness] = Field(default_factory=list)
+    ttl_s: int | None = Field(None, description="Seconds until the run's keys expire.")
+
+
+class RollingStats(OpenStats):
+    """WindowStats as stored; extra numeric stats processors add (std, p95 ...) are kept."""
+
+
+class RollingRow(QueryModel):
     """Rolling stats of one (rank, metric) over one window."""
 
     rank: int
     metric: str
     window: str
-    stats: WindowStats
+    stats: RollingStats
+
+
+class LatestValue(QueryModel):
+    """The latest value of one (rank, metric)."""
+
+    rank: int
+    metric: str
+    value: float
+
+
+class SeriesPoint(QueryModel):
+    """One point of a raw series: x is the step (by step) or event time in s (by time)."""
+
+    x: float
+    value: float
+    step: int | None = None
+    t: float | None = Field(None, description="Event time (Unix s), where it was fetched.")
+
+
+class SeriesResult(QueryModel):
+    """A range of one series, downsampled for plotting when asked."""
+
+    run: str
+    rank: int
+    metric: str
+    by: Literal["step", "time"]
+    points: list[SeriesPoint]
+    stored: int = Field(description="Points in the range before downsampling.")
+    method: str = "none"
+    decimated_before: float | None = Field(
+        None, description="By step: points before this step come from the decimated series."
+    )
+
+
+_ROWS = TypeAdapter(list[RollingRow])
+_POINTS = TypeAdapter(list[SeriesPoint])
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class MetricsReader:
-    """Reads runs, rolling stats, latest values and alerts of the Redis store."""
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys | None = None) -> None:
+
+def _point(member: bytes | str) -> tuple[int | None, float]:
+    """(step, value) of a series member (see stepstream.keys.series_member), fast path."""
+    step, _, rest = _bytes(member).partition(b"|")
+    return (int(step) if step else None), float(rest.partition(b"|")[2])
+
+
+class MetricsReader:
+    """Reads runs, rolling stats, latest values, series and alerts of the Redis store."""
+
+    def __init__(self, client: Any, keys: RedisKeys | None = None) -> None:
         self._client = client
         self.keys = keys or RedisKeys()
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str = "stepstream") -> MetricsReader:
-        """A reader over a Redis URL (``redis://``, ``rediss://``)."""
-        return cls(redis.Redis.from_url(url), RedisKeys(key_prefix))
+    def from_url(
+        cls, url: str, key_prefix: str = "stepstream", cluster: bool = False
+    ) -> MetricsReader:
+        """A reader over a Redis URL (``redis://``, ``rediss://``, user:password@ for ACL)."""
+        return cls(sync_client(url, cluster), RedisKeys(key_prefix))
 
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
 
+    def __enter__(self) -> MetricsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def runs(self) -> list[RunInfo]:
         """Every run, most recently active first."""
         entries = self._client.zrevrange(self.keys.runs(), 0, -1, withscores=True)
-        out = []
-        for member, score in entries:
-            run = _text(member)
-            world = self._client.hget(self.keys.meta(run), "world")
-            out.append(RunInfo(run=run, last_activity=score, world=int(world) if world else None))
-        return out
+        runs = [_text(m) for m, _ in entries]
+        pipe = self._client.pipeline(transaction=False)
+        for run in runs:
+            pipe.hget(self.keys.meta(run), "world")
+        worlds = pipe.execute() if runs else []
+        return [
+            RunInfo(run=run, last_activity=score, world=int(world) if world else None)
+            for run, (_, score), world in zip(runs, entries, worlds, strict=True)
+        ]
+
+    def run_meta(self, run: str, stale_after_s: float = 30.0) -> RunMeta:
+        """Metadata, windows, stored series and rank liveness of one run."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.meta(run))
+        pipe.smembers(self.keys.windows_index(run))
+        pipe.smembers(self.keys.series_index(run))
+        pipe.ttl(self.keys.meta(run))
+        meta, windows, series, ttl = pipe.execute()
+        meta = {_text(k): _text(v) for k, v in meta.items()}
+        return RunMeta(
+            run=run,
+            world=int(meta["world"]) if "world" in meta else None,
+            last_t=float(meta["last_t"]) if "last_t" in meta else None,
+            windows=sorted(_text(w) for w in windows),
+            series=sorted((_text(s) for s in series), key=parse_series_field),
+            ranks=self.ranks(run, stale_after_s),
+            ttl_s=ttl if ttl is not None and ttl >= 0 else None,
+        )
 
     def windows(self, run: str) -> list[str]:
         """The window names a run has stats for."""
@@ -77,13 +193,24 @@ class MetricsReader:
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.window(run, name))
-        rows = []
-        for name, mapping in zip(names, pipe.execute(), strict=True):
+        # One JSON document validated by pydantic-core in one call: per-row Python work
+        # (json.loads, model construction) dominated this query. Metric and window names
+        # are validated at write time and hold no characters JSON would need to escape.
+        parts: list[bytes] = []
+        for name, mapping in zip(names, pipe.execute() if names else [], strict=True):
+            wname = name.encode()
+            items = []
             for field, body in mapping.items():
-                rank, metric = parse_series_field(_text(field))
-                stats = WindowStats.model_validate_json(body)
-                rows.append(RollingRow(rank=rank, metric=metric, window=name, stats=stats))
-        rows.sort(key=lambda r: (r.window, r.rank, r.metric))
+                rank, _, metric = _bytes(field).partition(b"|")
+                items.append((int(rank), metric, _bytes(body)))
+            items.sort()
+            parts.extend(
+                b'{"rank":%d,"metric":"%s","window":"%s","stats":%s}' % (rank, metric, wname, body)
+                for rank, metric, body in items
+            )
+        rows = _ROWS.validate_json(b"[" + b",".join(parts) + b"]")
+        if window is None:
+            rows.sort(key=lambda r: r.window)  # stable: rank, metric order stays
         return rows
 
     def latest(self, run: str) -> dict[tuple[int, str], float]:
@@ -91,11 +218,153 @@ class MetricsReader:
         mapping = self._client.hgetall(self.keys.latest(run))
         return {parse_series_field(_text(f)): float(_text(v)) for f, v in mapping.items()}
 
-    def ranks(self, run: str) -> list[RankLiveness]:
-        """Liveness of every rank of a run, by rank."""
+    def latest_values(self, run: str) -> list[LatestValue]:
+        """Latest value of every (rank, metric) of a run, as rows sorted by rank, metric."""
+        return [
+            LatestValue(rank=rank, metric=metric, value=value)
+            for (rank, metric), value in sorted(self.latest(run).items())
+        ]
+
+    def ranks(self, run: str, stale_after_s: float | None = None) -> list[RankLiveness]:
+        """Liveness of every rank of a run, by rank; `alive` is set when stale_after_s is."""
         mapping = self._client.hgetall(self.keys.ranks(run))
-        out = [RankLiveness(rank=int(_text(r)), **json.loads(b)) for r, b in mapping.items()]
+        now = time.time()
+        out = []
+        for r, body in mapping.items():
+            live = RankLiveness(rank=int(_text(r)), **json.loads(body))
+            if stale_after_s is not None:
+                live.age_s = max(0.0, now - live.t)
+                live.alive = live.age_s <= stale_after_s
+            out.append(live)
         return sorted(out, key=lambda r: r.rank)
+
+    def series_names(self, run: str) -> list[tuple[int, str]]:
+        """(rank, metric) of every raw series stored for a run."""
+        members = self._client.smembers(self.keys.series_index(run))
+        return sorted(parse_series_field(_text(m)) for m in members)
+
+    def _step_points(
+        self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
+    ) -> tuple[list[tuple[int, float]], float | None]:
+        """(step, value) in [lo, hi] by step: every stored raw point, and before the oldest
+        of those the decimated ones; and the step where decimation ends (or None)."""
+        pipe = self._client.pipeline(transaction=False)
+        step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+        pipe.zrange(step_key, lo, hi, byscore=True)
+        pipe.zrange(step_key, 0, 0, withscores=True)
+        pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        raw, first, coarse = pipe.execute()
+        oldest_raw = first[0][1] if first else math.inf
+        out: list[tuple[int, float]] = []
+        for m in coarse:
+            step, value = _point(m)
+            if step is not None and step < oldest_raw:
+                out.append((step, value))
+        decimated_before = oldest_raw if out else None
+        for m in raw:
+            step, value = _point(m)
+            out.append((step or 0, value))
+        return out, decimated_before
+
+    def series(
+        self,
+        run: str,
+        metric: str,
+        rank: int = 0,
+        from_step: int | None = None,
+        to_step: int | None = None,
+        points: int | None = None,
+        method: Method = "lttb",
+    ) -> SeriesResult:
+        """A series by step in [from_step, to_step]. Steps older than the newest
+        `series_max_points` come from the decimated series (one in N steps)."""
+        lo = "-inf" if from_step is None else from_step
+        hi = "+inf" if to_step is None else to_step
+        stepped, decimated_before = self._step_points(run, metric, rank, lo, hi)
+        pts = [(float(step), value) for step, value in stepped]
+        kept = downsample(pts, points, method) if points else pts
+        return SeriesResult(
+            run=run,
+            rank=rank,
+            metric=metric,
+            by="step",
+            stored=len(pts),
+            points=_POINTS.validate_python([{"x": x, "value": v, "step": int(x)} for x, v in kept]),
+            method=method if points and len(kept) < len(pts) else "none",
+            decimated_before=decimated_before,
+        )
+
+    def _timed_points(
+        self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
+    ) -> list[SeriesPoint]:
+        """Points with event time (ms) in [lo, hi]: stepped ones through the rank's time
+        index, step-less ones from the by-time series; sorted by time."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrange(self.keys.time_index(run, rank), lo, hi, byscore=True, withscores=True)
+        pipe.zrange(
+            self.keys.series(run, SERIES_TIME, rank, metric), lo, hi, byscore=True, withscores=True
+        )
+        index, stepless = pipe.execute()
+        out = []
+        if index:
+            times = {int(_text(m)): score / 1000.0 for m, score in index}
+            stepped, _ = self._step_points(run, metric, rank, min(times), max(times))
+            out = [
+                SeriesPoint(x=times[step], value=value, step=step, t=times[step])
+                for step, value in stepped
+                if step in times
+            ]
+        for member, score in stepless:
+            _, _, value = parse_series_member(_text(member))
+            out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
+        out.sort(key=lambda p: p.x)
+        return out
+
+    def series_by_time(
+        self,
+        run: str,
+        metric: str,
+        rank: int = 0,
+        from_t: float | None = None,
+        to_t: float | None = None,
+        points: int | None = None,
+        method: Method = "lttb",
+    ) -> SeriesResult:
+        """A series by event time (Unix seconds) in [from_t, to_t]."""
+        lo = "-inf" if from_t is None else from_t * 1000.0
+        hi = "+inf" if to_t is None else to_t * 1000.0
+        timed = self._timed_points(run, metric, rank, lo, hi)
+        if points and len(timed) > points:
+            by_x = {p.x: p for p in timed}
+            kept = downsample([(p.x, p.value) for p in timed], points, method)
+            timed_kept = [by_x[x] for x, _ in kept]
+        else:
+            timed_kept = timed
+        return SeriesResult(
+            decimated_before=None,
+            run=run,
+            rank=rank,
+            metric=metric,
+            by="time",
+            stored=len(timed),
+            points=timed_kept,
+            method=method if len(timed_kept) < len(timed) else "none",
+        )
+
+    def raw_points(self, run: str, metric: str, rank: int = 0) -> list[SeriesPoint]:
+        """Every stored point of a series with its step and event time (where known), by
+        step (decimated older points included), then step-less points by time: exports."""
+        stepped, _ = self._step_points(run, metric, rank, "-inf", "+inf")
+        index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
+        times = {int(_text(m)): score / 1000.0 for m, score in index}
+        out = [
+            SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+            for step, value in stepped
+        ]
+        out.extend(
+            p for p in self._timed_points(run, metric, rank, "-inf", "+inf") if p.step is None
+        )
+        return out
 
     def alerts(self, run: str, count: int = 100) -> list[Alert]:
         """The newest `count` alert transitions of a run, oldest first."""
@@ -107,3 +376,31 @@ class MetricsReader:
         """Alerts of a run now firing."""
         bodies = self._client.hvals(self.keys.active_alerts(run))
         return sorted((Alert.model_validate_json(b) for b in bodies), key=lambda a: a.t)
+
+    def dump_run(self, run: str) -> dict[str, Any]:
+        """Every per-run key with its type and full content (stream ids included): for
+        comparisons in tests and for debugging, not for big runs."""
+        out: dict[str, Any] = {}
+        for key in sorted(_text(k) for k in self._scan(self.keys.run_pattern(run))):
+            kind = _text(self._client.type(key))
+            c = self._client
+            if kind == "hash":
+                value: Any = dict(sorted(c.hgetall(key).items()))
+            elif kind == "zset":
+                value = c.zrange(key, 0, -1, withscores=True)
+            elif kind == "set":
+                value = sorted(c.smembers(key))
+            elif kind == "stream":
+                value = c.xrange(key)
+            else:
+                value = c.dump(key)
+            out[key] = (kind, value)
+        return out
+
+    def _scan(self, pattern: str) -> list[Any]:
+        return list(self._client.scan_iter(match=pattern, count=1000))
+
+
+def _constant(name: str) -> float:
+    # Python's json module reads NaN/Infinity itself; this keeps -Infinity too.
+    return float(name)

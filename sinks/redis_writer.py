@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from typing import Any
 
-from sinks.plan import ALERT_STREAM_MAXLEN, WritePlan
+from sinks.plan import ALERT_SCRIPT, WritePlan
 
 
 class RedisWriter:
-    """Writes plans to Redis; every per-run key gets `retention_s` as TTL on each write."""
+    """Writes plans to Redis; every per-run key gets `retention_s` as TTL on each write.
 
-    def __init__(self, client: aioredis.Redis, retention_s: int) -> None:
+    `client` is a redis.asyncio Redis or RedisCluster. No MULTI: each command is
+    idempotent, so a pipeline cut short by an outage is simply sent again.
+    """
+
+    def __init__(self, client: Any, retention_s: int) -> None:
         self._client = client
         self._retention_s = retention_s
 
@@ -22,18 +26,16 @@ class RedisWriter:
         for key, mapping in plan.hashes.items():
             if mapping:
                 pipe.hset(key, mapping=mapping)
-        for key, fields in plan.hash_deletes.items():
-            pipe.hdel(key, *fields)
         for key, members in plan.sets.items():
             pipe.sadd(key, *members)
-        for key, entry in plan.stream_entries:
-            pipe.xadd(key, entry, maxlen=ALERT_STREAM_MAXLEN, approximate=True)
+        for command, args, *options in plan.series_commands():
+            getattr(pipe, command)(*args, **(options[0] if options else {}))
+        for alert in plan.alerts:
+            pipe.eval(ALERT_SCRIPT, 3, *alert.keys, *alert.script_args())
         if plan.run_activity:
             pipe.zadd(plan.keys.runs(), plan.run_activity, gt=True)
         for key in plan.expiring_keys():
             pipe.expire(key, self._retention_s)
-        for channel, message in plan.publishes:
-            pipe.publish(channel, message)
         commands = len(pipe)
         await pipe.execute()
         return commands

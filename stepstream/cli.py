@@ -141,59 +141,121 @@ def status(state_dir: StateDir = None, json_out: JsonFlag = False) -> None:
 def query(
     run: Annotated[str | None, typer.Option("--run", help="Run id; omit to list runs.")] = None,
     window: Annotated[str | None, typer.Option(help="One window, e.g. 50steps or 10s.")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Latest value of each series.")] = False,
+    series: Annotated[
+        str | None, typer.Option("--series", help="A raw series: metric name.")
+    ] = None,
+    rank: Annotated[int, typer.Option("--rank", help="Rank of --series.")] = 0,
+    from_step: Annotated[int | None, typer.Option("--from-step", help="First step.")] = None,
+    to_step: Annotated[int | None, typer.Option("--to-step", help="Last step.")] = None,
+    points: Annotated[
+        int | None, typer.Option("--points", help="Downsample --series to about N points.")
+    ] = None,
+    alerts: Annotated[bool, typer.Option("--alerts", help="Alert transitions.")] = False,
+    ranks: Annotated[bool, typer.Option("--ranks", help="Run metadata, rank liveness.")] = False,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Print a run's rolling stats from Redis (or the list of runs)."""
+    """Print a run's rolling stats from Redis (or the list of runs, or one of the views)."""
+    from sinks import query_views
     from sinks.reader import MetricsReader
     from stepstream.stack import load_settings
 
     def go() -> None:
         settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
-        reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+        reader = MetricsReader.from_url(
+            settings.redis_url, settings.key_prefix, settings.redis_cluster
+        )
         try:
             if run is None:
-                runs = reader.runs()
-                if json_out:
-                    print(json.dumps([r.model_dump() for r in runs]))
-                    return
-                table = Table("run", "world", "last activity")
-                for info in runs:
-                    table.add_row(info.run, str(info.world or "?"), f"{info.last_activity:.3f}")
-                console.print(table)
-                return
-            rows = reader.rolling(run, window)
-            if json_out:
-                print(json.dumps([r.model_dump(mode="json") for r in rows]))
-                return
-            if not rows:
-                console.print(f"no rolling stats for run {run!r} (see 'stepstream query')")
-            for table in rolling_tables(run, rows):
-                console.print(table)
+                view = query_views.runs_view(reader)
+            elif series is not None:
+                view = query_views.series_view(reader, run, series, rank, from_step, to_step,
+                                               points)
+            elif latest:
+                view = query_views.latest_view(reader, run)
+            elif alerts:
+                view = query_views.alerts_view(reader, run)
+            elif ranks:
+                view = query_views.ranks_view(reader, run)
+            else:
+                view = query_views.rolling_view(reader, run, window)
         finally:
             reader.close()
+        if json_out:
+            print(view.to_json())
+            return
+        for renderable in view.tables:
+            console.print(renderable)
 
     _guard(go)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8321,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Serve the query API as HTTP JSON (OpenAPI at /docs) and Prometheus /metrics."""
+    from sinks.http_api import serve as serve_api
+    from sinks.reader import MetricsReader
+    from stepstream.stack import load_settings
+
+    def go() -> None:
+        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        err_console.print(f"serving http://{host}:{port}  (docs: /docs, Prometheus: /metrics)")
+        serve_api(
+            lambda: MetricsReader.from_url(
+                settings.redis_url, settings.key_prefix, settings.redis_cluster
+            ),
+            host, port, settings.metrics_max_series,
+        )
+
+    _guard(go)
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Option("--run", help="Run id.")],
+    tensorboard: Annotated[
+        Path | None, typer.Option("--tensorboard", help="Write TensorBoard event files here.")
+    ] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write a CSV file.")] = None,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Export a run's stored series to TensorBoard event files and/or CSV."""
+    from sinks.export import export_csv, export_tensorboard
+    from sinks.reader import MetricsReader
+    from stepstream.stack import load_settings
+
+    if tensorboard is None and csv_file is None:
+        err_console.print("[red]error:[/red] give --tensorboard DIR and/or --csv FILE")
+        raise typer.Exit(2)
+
+    def go() -> None:
+        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        with MetricsReader.from_url(
+            settings.redis_url, settings.key_prefix, settings.redis_cluster
+        ) as reader:
+            if tensorboard is not None:
+                n = export_tensorboard(reader, run, tensorboard)
+                console.print(f"{n} scalars -> {tensorboard} (tensorboard --logdir {tensorboard})")
+            if csv_file is not None:
+                n = export_csv(reader, run, csv_file)
+                console.print(f"{n} rows -> {csv_file}")
+
+    _guard(go)
 
 
 def rolling_tables(run: str, rows: list[Any]) -> list[Table]:
-    """One rich table of RollingRow objects per window."""
-    tables: dict[str, Table] = {}
-    for row in rows:
-        table = tables.get(row.window)
-        if table is None:
-            table = tables[row.window] = Table(title=f"run {run} · window {row.window}")
-            for col in ("rank", "metric", "count", "mean", "min", "max", "last", "non-finite"):
-                table.add_column(col, justify="left" if col == "metric" else "right")
-        s = row.stats
-        table.add_row(str(row.rank), row.metric, str(s.count), _fmt(s.mean), _fmt(s.min),
-                      _fmt(s.max), _fmt(s.last), str(s.nonfinite))
-    return list(tables.values())
+    """One rich table of RollingRow objects per window (kept here for the demo)."""
+    from sinks.query_views import rolling_tables as tables
+
+    return tables(run, rows)
 
 
 @app.command()

@@ -1,9 +1,16 @@
 """The Redis key schema, defined once: the sink writes it, readers read it.
 
-Every per-run key carries the hash tag ``{run}`` so one run lives in one Redis Cluster
-slot and multi-key commands on a run work there. Run ids are validated against
-``RUN_ID_PATTERN`` (no braces, colons or spaces), so a run id can never reach another
-run's keys. Hash fields of a run are ``"<rank>|<metric>"``; metric names cannot hold ``|``.
+Every per-run key is ``<prefix>:{<run>}:<suffix>``. The hash tag ``{run}`` puts one run in
+one Redis Cluster slot, so multi-key commands and scripts on a run work there too.
+
+Nothing is escaped: every variable part is validated and rejected when it could reach
+another key. Run ids match ``RUN_ID_PATTERN`` (no braces, colons, spaces), so the hash tag
+is always the run id and a run id cannot end early or add a suffix. The key prefix may not
+hold braces (it would move the hash tag). Window names match ``WINDOW_NAME_PATTERN``.
+Metric names match ``METRIC_NAME_PATTERN`` (no ``|``), and series fields are
+``"<rank>|<metric>"`` with an integer rank, so a series field parses back to exactly one
+(rank, metric). Suffixes form disjoint namespaces (``win:``, ``series:step:`` ...), so no
+accepted input makes two different things share a key. See docs/redis-schema.md.
 """
 
 from __future__ import annotations
@@ -15,19 +22,61 @@ from dataclasses import dataclass
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
 from stepstream.errors import ConfigError
 
+WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Window names (``50steps``, ``10s``): safe as a key suffix."""
+
+KEY_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+"""Key prefixes: no braces, so the run's hash tag stays the first ``{...}`` of a key."""
+
 _RUN_RE = re.compile(RUN_ID_PATTERN)
 _METRIC_RE = re.compile(METRIC_NAME_PATTERN)
+_WINDOW_RE = re.compile(WINDOW_NAME_PATTERN)
+_PREFIX_RE = re.compile(KEY_PREFIX_PATTERN)
 FIELD_SEPARATOR = "|"
+MEMBER_SEPARATOR = "|"
+
+# The three stored shapes of one raw series (see docs/redis-schema.md).
+SERIES_STEP = "step"
+SERIES_COARSE = "coarse"
+SERIES_TIME = "time"
+SERIES_KINDS = (SERIES_STEP, SERIES_COARSE, SERIES_TIME)
 
 
 def check_run_id(run: str) -> str:
     """Return `run` if it is a valid run id, else raise ConfigError saying what is allowed."""
-    if not _RUN_RE.match(run):
+    if not isinstance(run, str) or not _RUN_RE.match(run):
         raise ConfigError(
             f"invalid run id {run!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return run
+
+
+def check_metric(metric: str) -> str:
+    """Return `metric` if it is a valid metric name, else raise ConfigError."""
+    if not isinstance(metric, str) or not _METRIC_RE.match(metric):
+        raise ConfigError(
+            f"invalid metric name {metric!r}: use 1-200 letters, digits and '_./:@-' "
+            "(no '|' or spaces), starting with a letter, digit or '_'"
+        )
+    return metric
+
+
+def check_window(window: str) -> str:
+    """Return `window` if it is a valid window name, else raise ConfigError."""
+    if not isinstance(window, str) or not _WINDOW_RE.match(window):
+        raise ConfigError(
+            f"invalid window name {window!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "such as 50steps or 10s"
+        )
+    return window
+
+
+def check_rank(rank: int) -> int:
+    """Return `rank` if it is a non-negative int (bools are not ranks), else ConfigError."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ConfigError(f"invalid rank {rank!r}: ranks are integers >= 0")
+    return rank
 
 
 @dataclass(frozen=True)
@@ -36,19 +85,26 @@ class RedisKeys:
 
     prefix: str = "stepstream"
 
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ConfigError(
+                f"invalid key prefix {self.prefix!r}: use letters, digits and '._:-' "
+                "(no braces or spaces), e.g. STEPSTREAM_KEY_PREFIX=stepstream"
+            )
+
     def runs(self) -> str:
-        """Sorted set: run id scored by its last activity (Unix seconds)."""
+        """Sorted set: run id scored by its last activity (Unix seconds). Not per run."""
         return f"{self.prefix}:runs"
 
     def _run(self, run: str, suffix: str) -> str:
         return f"{self.prefix}:{{{check_run_id(run)}}}:{suffix}"
 
     def meta(self, run: str) -> str:
-        """Hash: run metadata (world size, first/last seen, last step)."""
+        """Hash: run metadata (world size, last event time)."""
         return self._run(run, "meta")
 
     def ranks(self, run: str) -> str:
-        """Hash: rank -> JSON liveness (node, pid, step, last event time, last seen)."""
+        """Hash: rank -> JSON liveness (node, step, last event time)."""
         return self._run(run, "ranks")
 
     def latest(self, run: str) -> str:
@@ -57,26 +113,51 @@ class RedisKeys:
 
     def window(self, run: str, window: str) -> str:
         """Hash: ``rank|metric`` -> JSON WindowStats of one window (``50steps``, ``10s``)."""
-        return self._run(run, f"win:{window}")
+        return self._run(run, f"win:{check_window(window)}")
 
     def windows_index(self, run: str) -> str:
         """Set: the window names a run has stats for."""
         return self._run(run, "windows")
 
     def alerts(self, run: str) -> str:
-        """Stream: every alert transition of a run, oldest first."""
+        """Stream: every alert transition of a run, oldest first, each stored once."""
         return self._run(run, "alerts")
 
     def active_alerts(self, run: str) -> str:
         """Hash: fingerprint -> JSON of each alert now firing."""
         return self._run(run, "alerts:active")
 
+    def alerts_seen(self, run: str) -> str:
+        """Hash: ``fingerprint|status|t`` -> 1 for every transition already stored (dedup)."""
+        return self._run(run, "alerts:seen")
+
+    def series_index(self, run: str) -> str:
+        """Set: ``rank|metric`` of every raw series stored for a run."""
+        return self._run(run, "series")
+
+    def series(self, run: str, kind: str, rank: int, metric: str) -> str:
+        """Sorted set of one raw series.
+
+        ``step``: scored by step, the newest points, every one. ``coarse``: scored by step,
+        one point in `series_decimate_every` steps, kept longer for plotting. ``time``:
+        points logged without a step, scored by event time in ms, trimmed by age (points
+        with a step are found by time through `time_index`). Members: see `series_member`.
+        """
+        if kind not in SERIES_KINDS:
+            raise ConfigError(f"invalid series kind {kind!r}: use one of {SERIES_KINDS}")
+        return self._run(run, f"series:{kind}:{series_field(rank, metric)}")
+
+    def time_index(self, run: str, rank: int) -> str:
+        """Sorted set: step -> event time in ms of its first record, per rank. Series by
+        time of metrics logged with a step read their points by step through it."""
+        return self._run(run, f"tindex:{check_rank(rank)}")
+
     def alerts_channel(self, run: str) -> str:
         """Pub/sub channel receiving each alert transition of a run as JSON."""
         return f"{self.prefix}:alerts:{check_run_id(run)}"
 
     def run_keys(self, run: str, windows: list[str]) -> list[str]:
-        """Every per-run key, for TTL refresh and cleanup."""
+        """Every per-run key except the raw series keys, for TTL refresh and cleanup."""
         keys = [
             self.meta(run),
             self.ranks(run),
@@ -84,22 +165,45 @@ class RedisKeys:
             self.windows_index(run),
             self.alerts(run),
             self.active_alerts(run),
+            self.alerts_seen(run),
+            self.series_index(run),
         ]
         keys.extend(self.window(run, w) for w in windows)
         return keys
 
+    def series_keys(self, run: str, rank: int, metric: str) -> list[str]:
+        """The keys of one raw series, one per kind."""
+        return [self.series(run, kind, rank, metric) for kind in SERIES_KINDS]
+
+    def run_pattern(self, run: str) -> str:
+        """SCAN MATCH pattern of every per-run key (run ids hold no glob characters)."""
+        return f"{self.prefix}:{{{check_run_id(run)}}}:*"
+
 
 def series_field(rank: int, metric: str) -> str:
-    """Hash field of one series inside a run's hashes."""
-    if not _METRIC_RE.match(metric):
-        raise ConfigError(f"invalid metric name {metric!r}: see METRIC_NAME_PATTERN")
-    return f"{rank}{FIELD_SEPARATOR}{metric}"
+    """Hash field / set member naming one series inside a run."""
+    return f"{check_rank(rank)}{FIELD_SEPARATOR}{check_metric(metric)}"
 
 
 def parse_series_field(field: str) -> tuple[int, str]:
     """Inverse of series_field."""
     rank, _, metric = field.partition(FIELD_SEPARATOR)
     return int(rank), metric
+
+
+def series_member(step: int | None, seq: int, value: float) -> str:
+    """Sorted-set member of one point: ``step|seq|value``.
+
+    Everything that identifies the point is in the member, so writing the same point
+    twice (a replayed Kafka range) is a no-op of ZADD, never a second point.
+    """
+    return MEMBER_SEPARATOR.join(("" if step is None else str(step), str(seq), format_value(value)))
+
+
+def parse_series_member(member: str) -> tuple[int | None, int, float]:
+    """Inverse of series_member: (step, seq, value)."""
+    step, seq, value = member.split(MEMBER_SEPARATOR, 2)
+    return (int(step) if step else None), int(seq), float(value)
 
 
 def step_window_name(size: int) -> str:

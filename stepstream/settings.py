@@ -81,6 +81,28 @@ class Settings(BaseSettings):
     )
     rules_file: Path | None = Field(None, description="YAML file of user alert rules.")
     log_level: str = Field("warn", description="Worker log level: crit, error, warn, info, debug.")
+    # sinks and query
+    redis_cluster: bool = Field(
+        False, description="Talk to STEPSTREAM_REDIS_URL as a Redis Cluster (RedisCluster)."
+    )
+    series_max_points: int = Field(
+        10_000, ge=1, description="Newest raw points kept per series by step, every one."
+    )
+    series_decimate_every: int = Field(
+        10, ge=1, description="Older points: one in this many steps is kept for plotting."
+    )
+    series_coarse_max_points: int = Field(
+        10_000, ge=1, description="Decimated points kept per series."
+    )
+    series_time_horizon_s: float = Field(
+        86_400.0, gt=0, description="Series by time keep this much event time per series."
+    )
+    series_time_max_points: int = Field(
+        10_000, ge=1, description="Most points kept per series by time."
+    )
+    metrics_max_series: int = Field(
+        10_000, ge=1, description="Cap on rolling-stat series /metrics exports (per scrape)."
+    )
 
     @field_validator("window_steps")
     @classmethod

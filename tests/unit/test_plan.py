@@ -5,15 +5,27 @@ from __future__ import annotations
 import json
 import math
 
-from sinks.plan import WritePlan
-from stepstream.contract import Alert, WindowStats, WindowUpdate
+import pytest
+
+from sinks.plan import SeriesLimits, WritePlan
+from sinks.stats import OpenWindowUpdate
+from stepstream.contract import Alert, Batch, Record, WindowStats, WindowUpdate
+from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
 
 
 def update(rank: int, loss: float, t: float) -> WindowUpdate:
     stats = WindowStats(count=1, mean=loss, min=loss, max=loss, last=loss)
-    return WindowUpdate(run="r", rank=rank, world=2, node="n", step=3, t=t,
-                        latest={"loss": loss}, windows={"50steps": {"loss": stats}})
+    return WindowUpdate(
+        run="r",
+        rank=rank,
+        world=2,
+        node="n",
+        step=3,
+        t=t,
+        latest={"loss": loss},
+        windows={"50steps": {"loss": stats}},
+    )
 
 
 def test_later_updates_of_a_series_replace_earlier_in_one_hset() -> None:
@@ -37,7 +49,96 @@ def test_firing_then_resolved_alert_leaves_no_active_entry() -> None:
     base = {"fingerprint": "f1", "rule": "nonfinite", "run": "r", "t": 1.0, "raised_at": 2.0}
     plan.add_alert(Alert(status="firing", **base))
     plan.add_alert(Alert(status="resolved", **base))
-    assert plan.hashes[keys.active_alerts("r")] == {}
-    assert plan.hash_deletes[keys.active_alerts("r")] == ["f1"]
-    assert [e[1]["fingerprint"] for e in plan.stream_entries] == ["f1", "f1"]
-    assert [c for c, _ in plan.publishes] == [keys.alerts_channel("r")] * 2
+    # Both go through the dedup script in order, each with its own dedup field.
+    assert [(a.status, a.dedup) for a in plan.alerts] == [
+        ("firing", "f1|firing|1.0"),
+        ("resolved", "f1|resolved|1.0"),
+    ]
+    assert plan.alerts[0].keys == (keys.alerts("r"), keys.alerts_seen("r"), keys.active_alerts("r"))
+    assert plan.alerts[0].channel == keys.alerts_channel("r")
+    assert plan.alerts[0].script_args()[:3] == ["f1|firing|1.0", "f1", "firing"]
+
+
+def batch(rank: int, steps: range, t0: float = 100.0) -> Batch:
+    return Batch(
+        run="r",
+        rank=rank,
+        records=[
+            Record(seq=s, t=t0 + s, step=s, values={"loss": 1.0 / (s + 1), "lr": 0.1})
+            for s in steps
+        ],
+    )
+
+
+def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
+    keys = RedisKeys()
+    limits = SeriesLimits(
+        max_points=5, decimate_every=10, coarse_max_points=3, time_horizon_s=2.0, time_max_points=4
+    )
+    plan = WritePlan(keys, limits)
+    plan.add_batch(batch(0, range(0, 25)))
+    write = plan.series[("r", 0, "loss")]
+    assert len(write.by_step) == 25 and write.by_step["3|3|0.25"] == 3
+    assert sorted(write.coarse.values()) == [0, 10, 20]
+    assert write.by_time == {}  # stepped points are found by time via the index
+    assert plan.time_index[("r", 0)]["3"] == 103_000.0 and len(plan.time_index[("r", 0)]) == 25
+    assert plan.values == 50
+    assert plan.sets[keys.series_index("r")] == {"0|loss", "0|lr"}
+    cmds = plan.series_commands()
+    step_key = keys.series("r", "step", 0, "loss")
+    index_key = keys.time_index("r", 0)
+    assert ("zremrangebyrank", (step_key, 0, -6)) in cmds
+    assert ("zremrangebyscore", (index_key, "-inf", "(122000.0")) in cmds
+    assert ("zremrangebyrank", (index_key, 0, -5)) in cmds
+    assert set(keys.series_keys("r", 0, "loss")[:2]) <= set(plan.expiring_keys())
+    assert index_key in plan.expiring_keys()
+
+
+def test_points_without_step_go_by_time() -> None:
+    keys = RedisKeys()
+    plan = WritePlan(keys, SeriesLimits(time_horizon_s=1.0, time_max_points=4))
+    plan.add_batch(
+        Batch(
+            run="r",
+            rank=2,
+            records=[
+                Record(seq=s, t=10.0 + s, kind="system", values={"gpu_util": 50.0 + s})
+                for s in range(3)
+            ],
+        )
+    )
+    write = plan.series[("r", 2, "gpu_util")]
+    assert write.by_step == {} and write.by_time == {
+        "|0|50.0": 10_000.0,
+        "|1|51.0": 11_000.0,
+        "|2|52.0": 12_000.0,
+    }
+    time_key = keys.series("r", "time", 2, "gpu_util")
+    assert ("zremrangebyscore", (time_key, "-inf", "(11000.0")) in plan.series_commands()
+    assert plan.time_index == {}
+
+
+def test_planning_the_same_messages_twice_plans_the_same_writes() -> None:
+    once, twice = WritePlan(RedisKeys()), WritePlan(RedisKeys())
+    once.add_batch(batch(1, range(10)))
+    twice.add_batch(batch(1, range(10)))
+    twice.add_batch(batch(1, range(10)))
+    assert once.series_commands() == twice.series_commands()
+
+
+def test_unsafe_window_name_rejects_the_update_and_changes_nothing() -> None:
+    plan = WritePlan(RedisKeys())
+    bad = update(0, 1.0, 1.0)
+    bad.windows["x}y"] = bad.windows["50steps"]
+    with pytest.raises(ConfigError):
+        plan.add_window_update(bad)
+    assert plan.is_empty() and plan.values == 0
+
+
+def test_extra_stats_fields_survive_the_plan() -> None:
+    plan = WritePlan(RedisKeys())
+    up = update(0, 1.0, 1.0)
+    raw = up.model_dump_json().replace('"count":1', '"count":2,"std":0.5,"p95":"NaN"')
+    plan.add_window_update(OpenWindowUpdate.model_validate_json(raw))
+    body = json.loads(plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"])
+    assert (body["count"], body["std"], body["p95"]) == (2, 0.5, "NaN")

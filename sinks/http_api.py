@@ -1,0 +1,133 @@
+"""The HTTP query API (FastAPI): the same queries as the Python API, as JSON, and a
+Prometheus /metrics endpoint. OpenAPI docs at /docs, the schema at /openapi.json.
+
+Run it with ``stepstream serve --port 8321``. Endpoints are plain (threadpool) functions
+because the reader is the blocking redis-py client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from sinks.reader import (
+    LatestValue,
+    MetricsReader,
+    RankLiveness,
+    RollingRow,
+    RunInfo,
+    RunMeta,
+    SeriesResult,
+)
+from stepstream.contract import Alert
+from stepstream.errors import ConfigError
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_api(
+    reader_factory: Callable[[], MetricsReader], metrics_max_series: int = 10_000
+) -> FastAPI:
+    """The API over one reader, created when the app starts and closed when it stops."""
+    state: dict[str, MetricsReader] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["reader"] = reader_factory()
+        try:
+            yield
+        finally:
+            state.pop("reader").close()
+
+    api = FastAPI(
+        title="stepstream query API",
+        version="1",
+        description="Rolling metrics, raw series, rank liveness and alerts of training runs.",
+        lifespan=lifespan,
+    )
+
+    def reader() -> MetricsReader:
+        return state["reader"]
+
+    @api.exception_handler(ConfigError)
+    async def bad_name(_: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @api.get("/runs", response_model=list[RunInfo], summary="Runs, most recently active first")
+    def runs() -> list[RunInfo]:
+        return reader().runs()
+
+    @api.get("/runs/{run}", response_model=RunMeta, summary="Run metadata and rank liveness")
+    def run_meta(run: str, stale_after_s: float = 30.0) -> RunMeta:
+        meta = reader().run_meta(run, stale_after_s)
+        if meta.world is None and not meta.series and not meta.ranks:
+            raise HTTPException(404, f"run {run!r} not found: GET /runs lists stored runs")
+        return meta
+
+    @api.get("/runs/{run}/ranks", response_model=list[RankLiveness], summary="Rank liveness")
+    def ranks(run: str, stale_after_s: float = 30.0) -> list[RankLiveness]:
+        return reader().ranks(run, stale_after_s)
+
+    @api.get("/runs/{run}/latest", response_model=list[LatestValue], summary="Latest values")
+    def latest(run: str) -> list[LatestValue]:
+        return reader().latest_values(run)
+
+    @api.get("/runs/{run}/rolling", response_model=list[RollingRow], summary="Rolling stats")
+    def rolling(run: str, window: str | None = None) -> list[RollingRow]:
+        return reader().rolling(run, window)
+
+    @api.get(
+        "/runs/{run}/series/{rank}/{metric:path}",
+        response_model=SeriesResult,
+        summary="A raw series by step or event time, downsampled for plotting",
+    )
+    def series(
+        run: str,
+        rank: int,
+        metric: str,
+        by: Literal["step", "time"] = "step",
+        start: Annotated[float | None, Query(alias="from")] = None,
+        end: Annotated[float | None, Query(alias="to")] = None,
+        points: Annotated[int | None, Query(ge=2, le=100_000)] = None,
+        method: Literal["lttb", "minmax", "none"] = "lttb",
+    ) -> SeriesResult:
+        if by == "step":
+            return reader().series(
+                run,
+                metric,
+                rank,
+                None if start is None else int(start),
+                None if end is None else int(end),
+                points,
+                method,
+            )
+        return reader().series_by_time(run, metric, rank, start, end, points, method)
+
+    @api.get("/runs/{run}/alerts", response_model=list[Alert], summary="Alert transitions")
+    def alerts(
+        run: str, count: Annotated[int, Query(ge=1, le=10_000)] = 100, active: bool = False
+    ) -> list[Alert]:
+        return reader().active_alerts(run) if active else reader().alerts(run, count)
+
+    @api.get("/metrics", summary="Prometheus exposition of latest values and rolling stats")
+    def metrics() -> Response:
+        from sinks.prom_exporter import render_metrics
+
+        return Response(render_metrics(reader(), metrics_max_series), media_type=PROMETHEUS_TEXT)
+
+    return api
+
+
+def serve(
+    reader_factory: Callable[[], MetricsReader], host: str, port: int, metrics_max_series: int
+) -> None:
+    """Serve the API with uvicorn in the foreground until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.run(
+        create_api(reader_factory, metrics_max_series), host=host, port=port, log_level="warning"
+    )

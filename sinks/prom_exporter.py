@@ -1,0 +1,80 @@
+"""Prometheus exposition of the latest rolling stats, with bounded cardinality.
+
+One gauge family ``stepstream_rolling{run, rank, metric, window, stat}`` holds every
+numeric stat (extra stats processors add appear as new ``stat`` values, no code change),
+and ``stepstream_latest{run, rank, metric}`` the latest values. At most `max_series`
+(run, rank, metric[, window]) series are exported per scrape, most recently active runs
+first; ``stepstream_exporter_series_dropped`` counts the rest so a cap is never silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class RollingCollector(Collector):
+    """Collects from a MetricsReader on every scrape."""
+
+    def __init__(self, reader: Any, max_series: int, max_runs: int = 100) -> None:
+        self._reader = reader
+        self._max_series = max_series
+        self._max_runs = max_runs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauge families of one scrape."""
+        rolling = GaugeMetricFamily(
+            "stepstream_rolling",
+            "Rolling window statistic of a training metric.",
+            labels=["run", "rank", "metric", "window", "stat"],
+        )
+        latest = GaugeMetricFamily(
+            "stepstream_latest",
+            "Latest value of a training metric.",
+            labels=["run", "rank", "metric"],
+        )
+        exported = dropped = 0
+        runs = self._reader.runs()
+        dropped_runs = max(0, len(runs) - self._max_runs)
+        for info in runs[: self._max_runs]:
+            for (rank, metric), value in sorted(self._reader.latest(info.run).items()):
+                if exported >= self._max_series:
+                    dropped += 1
+                    continue
+                exported += 1
+                latest.add_metric([info.run, str(rank), metric], value)
+            for row in self._reader.rolling(info.run):
+                if exported >= self._max_series:
+                    dropped += 1
+                    continue
+                exported += 1
+                labels = [info.run, str(row.rank), row.metric, row.window]
+                for stat, value in row.stats.numbers().items():
+                    rolling.add_metric([*labels, stat], value)
+        yield rolling
+        yield latest
+        series = GaugeMetricFamily(
+            "stepstream_exporter_series", "Series exported in this scrape.", value=exported
+        )
+        yield series
+        yield GaugeMetricFamily(
+            "stepstream_exporter_series_dropped",
+            "Series left out of this scrape by the cap (STEPSTREAM_METRICS_MAX_SERIES).",
+            value=dropped,
+        )
+        yield GaugeMetricFamily(
+            "stepstream_exporter_runs_dropped",
+            "Runs left out of this scrape by the run cap.",
+            value=dropped_runs,
+        )
+
+
+def render_metrics(reader: Any, max_series: int) -> bytes:
+    """The Prometheus text exposition of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RollingCollector(reader, max_series))
+    return generate_latest(registry)

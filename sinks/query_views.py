@@ -1,0 +1,154 @@
+"""What `stepstream query` shows: each view as JSON-ready data and as rich tables.
+
+The CLI stays thin: it picks a view and prints either side of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from rich.table import Table
+
+from sinks.reader import MetricsReader, RollingRow
+
+# Stats shown first, in this order; any other numeric stat (std, p95 ...) follows.
+_KNOWN_STATS = ("count", "mean", "min", "max", "last", "nonfinite")
+
+
+@dataclass
+class View:
+    """One query's result: `data` (pydantic models) for --json, `tables` for people."""
+
+    data: BaseModel | list[Any]
+    tables: list[Any] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """JSON through pydantic, so NaN and Infinity become strings as on the wire."""
+        if isinstance(self.data, BaseModel):
+            return self.data.model_dump_json()
+        return "[" + ",".join(m.model_dump_json() for m in self.data) + "]"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def runs_view(reader: MetricsReader) -> View:
+    """Every run, most recently active first."""
+    runs = reader.runs()
+    table = Table("run", "world", "last activity")
+    for info in runs:
+        table.add_row(info.run, str(info.world or "?"), f"{info.last_activity:.3f}")
+    return View(runs, [table])
+
+
+def rolling_tables(run: str, rows: list[RollingRow]) -> list[Table]:
+    """One table per window; columns for every stat any row has."""
+    by_window: dict[str, list[RollingRow]] = {}
+    for row in rows:
+        by_window.setdefault(row.window, []).append(row)
+    tables = []
+    for window, group in by_window.items():
+        numbers = [row.stats.numbers() for row in group]
+        extra = sorted({k for n in numbers for k in n} - set(_KNOWN_STATS))
+        columns = [*_KNOWN_STATS, *extra]
+        table = Table(title=f"run {run} · window {window}")
+        table.add_column("rank", justify="right")
+        table.add_column("metric")
+        for col in columns:
+            table.add_column("non-finite" if col == "nonfinite" else col, justify="right")
+        for row, n in zip(group, numbers, strict=True):
+            cells = [
+                str(int(n[c])) if c in ("count", "nonfinite") and c in n else _fmt(n.get(c))
+                for c in columns
+            ]
+            table.add_row(str(row.rank), row.metric, *cells)
+        tables.append(table)
+    return tables
+
+
+def rolling_view(reader: MetricsReader, run: str, window: str | None) -> View:
+    """Rolling stats of a run, one table per window."""
+    rows = reader.rolling(run, window)
+    tables: list[Any] = rolling_tables(run, rows)
+    if not rows:
+        tables = [f"no rolling stats for run {run!r} (see 'stepstream query')"]
+    return View(rows, tables)
+
+
+def latest_view(reader: MetricsReader, run: str) -> View:
+    """Latest value of every series of a run."""
+    rows = reader.latest_values(run)
+    table = Table("rank", "metric", "latest", title=f"run {run} · latest")
+    for row in rows:
+        table.add_row(str(row.rank), row.metric, _fmt(row.value))
+    return View(rows, [table])
+
+
+def series_view(
+    reader: MetricsReader,
+    run: str,
+    metric: str,
+    rank: int,
+    from_step: int | None,
+    to_step: int | None,
+    points: int | None,
+) -> View:
+    """One raw series by step, downsampled when `points` is given."""
+    result = reader.series(run, metric, rank, from_step, to_step, points)
+    title = (
+        f"run {run} · rank {rank} · {metric} · {len(result.points)} of "
+        f"{result.stored} points ({result.method})"
+    )
+    table = Table("step", "value", title=title)
+    for point in result.points:
+        table.add_row(str(point.step), _fmt(point.value))
+    return View(result, [table])
+
+
+def alerts_view(reader: MetricsReader, run: str) -> View:
+    """Alert transitions of a run, oldest first."""
+    alerts = reader.alerts(run)
+    table = Table(
+        "t",
+        "status",
+        "severity",
+        "rule",
+        "rank",
+        "metric",
+        "step",
+        "summary",
+        title=f"run {run} · alerts",
+    )
+    for a in alerts:
+        table.add_row(
+            f"{a.t:.3f}",
+            a.status,
+            a.severity,
+            a.rule,
+            str(a.rank),
+            str(a.metric),
+            str(a.step),
+            a.summary,
+        )
+    return View(alerts, [table])
+
+
+def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> View:
+    """Run metadata and rank liveness."""
+    meta = reader.run_meta(run, stale_after_s)
+    table = Table(
+        "rank",
+        "node",
+        "step",
+        "last event",
+        "age s",
+        "alive",
+        title=f"run {run} · world {meta.world} · windows {', '.join(meta.windows)}",
+    )
+    for r in meta.ranks:
+        alive = "[green]yes" if r.alive else "[red]no"
+        table.add_row(str(r.rank), r.node, str(r.step), f"{r.t:.3f}", _fmt(r.age_s), alive)
+    return View(meta, [table])

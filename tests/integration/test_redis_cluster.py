@@ -1,0 +1,93 @@
+"""The store on a real 3-node Valkey cluster on loopback: a run's keys share one slot, so
+the sink's pipelines and the alert script (3 keys) and multi-key reads of a run work."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from sinks.local_redis import LocalRedis
+from sinks.reader import MetricsReader
+from stepstream.errors import StackError
+from stepstream.keys import RedisKeys
+
+from .test_redis_store import all_messages, value, write_all
+
+SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[LocalRedis]]:
+    nodes: list[LocalRedis] = []
+    try:
+        for _ in SLOT_RANGES:
+            nodes.append(LocalRedis(cluster=True).start())
+        reason = _form(nodes)
+        if reason:
+            pytest.skip(f"the 3-node cluster did not form: {reason}")
+        yield nodes
+    except StackError as exc:
+        pytest.skip(f"cannot start cluster-mode servers: {exc}")
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def _form(nodes: list[LocalRedis]) -> str | None:
+    clients = [redis.Redis(port=n.port) for n in nodes]
+    try:
+        for client, (lo, hi) in zip(clients, SLOT_RANGES, strict=True):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for node in nodes[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            text = [s.decode() if isinstance(s, bytes) else str(s) for s in states]
+            if all("cluster_state:ok" in t and "cluster_known_nodes:3" in t for t in text):
+                return None
+            time.sleep(0.2)
+        return f"cluster state after 20 s: {text[0][:200]!r}"
+    except redis.RedisError as exc:
+        return str(exc)
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def test_sink_and_reader_work_on_redis_cluster(cluster: list[LocalRedis]) -> None:
+    run = f"cl-{uuid.uuid4().hex[:8]}"
+    url = cluster[0].url
+    # Wait until a client sees the whole slot map (gossip settles after cluster_state ok).
+    write_all(url, all_messages(run), flush_every=9, cluster=True)
+    with MetricsReader.from_url(url, cluster=True) as reader:
+        assert [p.step for p in reader.series(run, "loss", rank=0).points] == list(range(60))
+        assert reader.latest(run)[(0, "loss")] == value(0, 59)
+        assert [a.status for a in reader.alerts(run)] == ["firing", "resolved", "firing"]
+        assert {r.window for r in reader.rolling(run)} == {"10s", "50steps"}
+    keys = RedisKeys()
+    client = RedisCluster.from_url(url)
+    try:
+        # A multi-key command over different keys of the run: legal only in one slot.
+        members = client.execute_command("SUNION", keys.windows_index(run), keys.series_index(run))
+        assert {m.decode() for m in members} == {
+            "10s",
+            "50steps",
+            "0|loss",
+            "1|loss",
+            "0|grad/norm:l1",
+            "1|grad/norm:l1",
+        }
+        slot = client.keyslot(keys.meta(run))
+        owner = client.get_node_from_key(keys.meta(run))
+        assert all(client.keyslot(k) == slot for k in keys.run_keys(run, ["50steps"]))
+        assert owner is not None
+    finally:
+        client.close()

@@ -1,0 +1,391 @@
+"""The Redis store against a real valkey-server: round trips, replay, TTLs, outages, AUTH,
+HTTP, exports. The writer path is RedisWriter (+ write_with_retry), as the sink runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from sinks.app import write_with_retry
+from sinks.export import export_csv, export_tensorboard
+from sinks.http_api import create_api
+from sinks.local_redis import LocalRedis
+from sinks.plan import SeriesLimits, WritePlan
+from sinks.reader import MetricsReader
+from sinks.redis_client import async_client
+from sinks.redis_writer import RedisWriter
+from sinks.stats import OpenStats, OpenWindowUpdate
+from stepstream.contract import Alert, Batch, Record, WindowUpdate
+from stepstream.keys import RedisKeys
+
+RETENTION_S = 3600
+KEYS = RedisKeys()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalRedis]:
+    with LocalRedis() as srv:
+        yield srv
+
+
+@pytest.fixture
+def run() -> str:
+    return f"st-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def reader(server: LocalRedis) -> Iterator[MetricsReader]:
+    with MetricsReader.from_url(server.url) as r:
+        yield r
+
+
+def value(rank: int, step: int) -> float:
+    if (rank, step) == (1, 30):
+        return math.nan
+    return 1.0 / (1 + step) + rank
+
+
+def batches(run: str, ranks: int = 2, steps: int = 60, per: int = 10) -> list[Batch]:
+    out = []
+    for start in range(0, steps, per):
+        for rank in range(ranks):
+            out.append(
+                Batch(
+                    run=run,
+                    rank=rank,
+                    world=ranks,
+                    records=[
+                        Record(
+                            seq=s,
+                            t=1_700_000_000.0 + s / 10,
+                            step=s,
+                            values={"loss": value(rank, s), "grad/norm:l1": float(s)},
+                        )
+                        for s in range(start, start + per)
+                    ],
+                )
+            )
+    return out
+
+
+def updates(run: str, steps: int = 60) -> list[WindowUpdate]:
+    out = []
+    for step in range(9, steps, 10):
+        for rank in (0, 1):
+            v = value(rank, step)
+            stats = OpenStats.model_validate(
+                {
+                    "count": step + 1,
+                    "mean": 0.5 + rank,
+                    "min": 0.1,
+                    "max": 1.0 + rank,
+                    "last": v,
+                    "std": 0.25,
+                    "p95": 0.9,
+                }
+            )
+            out.append(
+                OpenWindowUpdate(
+                    run=run,
+                    rank=rank,
+                    world=2,
+                    node=f"n{rank}",
+                    step=step,
+                    t=time.time(),
+                    latest={"loss": v},
+                    windows={"50steps": {"loss": stats}, "10s": {"loss": stats}},
+                )
+            )
+    return out
+
+
+def alerts(run: str) -> list[Alert]:
+    base = {
+        "fingerprint": f"nonfinite/{run}/1/loss",
+        "rule": "nonfinite",
+        "run": run,
+        "rank": 1,
+        "metric": "loss",
+        "step": 30,
+        "raised_at": 5.0,
+        "evidence": {"value": math.nan},
+    }
+    return [
+        Alert(status="firing", t=3.0, **base),
+        Alert(status="resolved", t=4.0, **base),
+        Alert(status="firing", t=6.0, **base),
+    ]
+
+
+def write_all(
+    url: str,
+    messages: list[object],
+    flush_every: int,
+    limits: SeriesLimits | None = None,
+    cluster: bool = False,
+) -> None:
+    """Plan and write `messages` in flushes of `flush_every`, like the sink's take()."""
+
+    async def go() -> None:
+        client = async_client(url, cluster)
+        writer = RedisWriter(client, RETENTION_S)
+        try:
+            for i in range(0, len(messages), flush_every):
+                plan = WritePlan(KEYS, limits or SeriesLimits())
+                for m in messages[i : i + flush_every]:
+                    if isinstance(m, Batch):
+                        plan.add_batch(m)
+                    elif isinstance(m, WindowUpdate):
+                        plan.add_window_update(m)
+                    else:
+                        assert isinstance(m, Alert)
+                        plan.add_alert(m)
+                await write_with_retry(writer, plan, max_backoff_s=0.2)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def all_messages(run: str) -> list[object]:
+    return [*batches(run), *updates(run), *alerts(run)]
+
+
+def test_write_then_read_round_trips_exactly(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    write_all(server.url, all_messages(run), flush_every=7)
+    series = reader.series(run, "loss", rank=1)
+    assert [p.step for p in series.points] == list(range(60))
+    for p in series.points:
+        expected = value(1, p.step or 0)
+        assert (math.isnan(p.value) and math.isnan(expected)) or p.value == expected
+    by_time = reader.series_by_time(
+        run, "grad/norm:l1", rank=0, from_t=1_700_000_001.0, to_t=1_700_000_002.0
+    )
+    assert [(p.step, p.value) for p in by_time.points] == [(s, float(s)) for s in range(10, 21)]
+    assert reader.series_names(run) == [
+        (0, "grad/norm:l1"),
+        (0, "loss"),
+        (1, "grad/norm:l1"),
+        (1, "loss"),
+    ]
+    rows = {(r.window, r.rank): r.stats for r in reader.rolling(run)}
+    assert set(rows) == {(w, r) for w in ("10s", "50steps") for r in (0, 1)}
+    assert rows[("50steps", 1)].count == 60 and rows[("50steps", 1)].max == 2.0
+    assert rows[("50steps", 1)].numbers()["p95"] == 0.9  # a stat WindowStats lacks today
+    assert reader.latest(run) == {(0, "loss"): value(0, 59), (1, "loss"): value(1, 59)}
+    meta = reader.run_meta(run)
+    assert (meta.world, meta.windows) == (2, ["10s", "50steps"])
+    assert [(r.rank, r.node, r.step, r.alive) for r in meta.ranks] == [
+        (0, "n0", 59, True),
+        (1, "n1", 59, True),
+    ]
+    history = reader.alerts(run)
+    assert [(a.status, a.t) for a in history] == [
+        ("firing", 3.0),
+        ("resolved", 4.0),
+        ("firing", 6.0),
+    ]
+    assert math.isnan(history[0].evidence["value"] or 0.0)
+    assert [a.t for a in reader.active_alerts(run)] == [6.0]
+    assert run in [r.run for r in reader.runs()]
+
+
+def test_replaying_a_range_twice_changes_nothing(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    limits = SeriesLimits(
+        max_points=25, decimate_every=5, coarse_max_points=8, time_horizon_s=4.0, time_max_points=30
+    )
+    messages = all_messages(run)
+    write_all(server.url, messages, flush_every=5, limits=limits)
+    before = reader.dump_run(run)
+    # The same range again, flushed in other groupings (a rebalance mid-range).
+    write_all(server.url, messages, flush_every=3, limits=limits)
+    write_all(server.url, messages[10:40], flush_every=11, limits=limits)
+    after = reader.dump_run(run)
+    # liveness and latest carry wall-clock t from the updates, identical on replay
+    assert after == before
+    assert len(before) >= 15
+    # Trims applied: newest 25 raw steps, decimated older ones, time horizon of 4 s.
+    series = reader.series(run, "loss", rank=0)
+    steps = [p.step for p in series.points]
+    assert steps == [0, 5, 10, 15, 20, 25, 30, *range(35, 60)][-len(steps) :]
+    assert steps[-25:] == list(range(35, 60)) and series.decimated_before == 35
+    by_time = reader.series_by_time(run, "loss", rank=0)
+    # The time index keeps the newest 30 steps (30..59) of the 4 s horizon (19..59); their
+    # values are those the step series still holds: 30 (decimated) and 35..59 (raw).
+    assert [p.step for p in by_time.points] == [30, *range(35, 60)]
+
+
+def test_every_per_run_key_has_a_ttl_within_retention(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    write_all(server.url, all_messages(run), flush_every=50)
+    client = redis.Redis.from_url(server.url)
+    try:
+        keys = [k.decode() for k in client.scan_iter(match=KEYS.run_pattern(run))]
+        assert len(keys) >= 15
+        ttls = {k: client.ttl(k) for k in keys}
+        assert all(0 < t <= RETENTION_S for t in ttls.values()), ttls
+    finally:
+        client.close()
+
+
+def test_redis_killed_mid_stream_loses_nothing(run: str) -> None:
+    """RedisWriter + write_with_retry (the sink's write path) against a server that is
+    killed -9 and restarted on the same port while the writer keeps going."""
+    messages: list[object] = list(batches(run, ranks=2, steps=200, per=5))
+    with LocalRedis(persist=True) as srv:
+
+        async def go() -> int:
+            client = async_client(srv.url, socket_timeout=1, socket_connect_timeout=1)
+            writer = RedisWriter(client, RETENTION_S)
+            retries = 0
+            try:
+                for i in range(0, len(messages), 4):
+                    if i == 20:
+                        srv.kill()
+                        loop = asyncio.get_running_loop()
+                        loop.call_later(1.0, srv.start)  # back after a second
+                    plan = WritePlan(KEYS)
+                    for m in messages[i : i + 4]:
+                        plan.add_batch(m)  # type: ignore[arg-type]
+                    start = time.monotonic()
+                    await write_with_retry(writer, plan, max_backoff_s=0.2)
+                    retries += time.monotonic() - start > 0.5
+            finally:
+                await client.aclose()
+            return retries
+
+        assert asyncio.run(go()) >= 1  # a write did wait for the server
+        with MetricsReader.from_url(srv.url) as reader:
+            for rank in (0, 1):
+                points = reader.series(run, "loss", rank=rank).points
+                assert [p.step for p in points] == list(range(200))
+
+
+def test_auth_password_urls_work_and_a_wrong_password_fails(run: str) -> None:
+    with LocalRedis(password="s3cret-pw") as srv:
+        write_all(srv.url, batches(run, steps=20), flush_every=4)
+        with MetricsReader.from_url(srv.url) as reader:
+            assert len(reader.series(run, "loss", rank=0).points) == 20
+        wrong = srv.url.replace("s3cret-pw", "nope")
+        with (
+            MetricsReader.from_url(wrong) as reader,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
+            reader.runs()
+
+
+def test_http_api_serves_the_same_queries_and_metrics(server: LocalRedis, run: str) -> None:
+    write_all(server.url, all_messages(run), flush_every=20)
+    api = create_api(lambda: MetricsReader.from_url(server.url), metrics_max_series=3)
+    with TestClient(api) as http:
+        assert run in [r["run"] for r in http.get("/runs").json()]
+        assert http.get(f"/runs/{run}").json()["world"] == 2
+        latest = http.get(f"/runs/{run}/latest").json()
+        assert latest[0] == {"rank": 0, "metric": "loss", "value": value(0, 59)}
+        series = http.get(f"/runs/{run}/series/1/loss", params={"points": 10}).json()
+        assert series["stored"] == 60 and series["method"] == "lttb"
+        assert {"x": 30.0, "value": "NaN", "step": 30, "t": None} in series["points"]
+        timed = http.get(
+            f"/runs/{run}/series/0/grad/norm:l1", params={"by": "time", "from": 1_700_000_005.0}
+        ).json()
+        assert [p["step"] for p in timed["points"]] == list(range(50, 60))
+        rolling = http.get(f"/runs/{run}/rolling", params={"window": "50steps"}).json()
+        assert rolling[1]["stats"]["std"] == 0.25
+        assert len(http.get(f"/runs/{run}/alerts").json()) == 3
+        assert len(http.get(f"/runs/{run}/alerts", params={"active": True}).json()) == 1
+        assert http.get("/runs/bad%7Bid/latest").status_code == 400
+        assert http.get("/runs/nope-run").status_code == 404
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        assert "stepstream_exporter_series 3.0" in metrics.text
+        assert "/runs/{run}/series/{rank}/{metric}" in http.get("/openapi.json").json()["paths"]
+
+
+def test_tensorboard_and_csv_exports_read_back(
+    server: LocalRedis, reader: MetricsReader, run: str, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    write_all(server.url, batches(run, steps=40), flush_every=6)
+    assert export_tensorboard(reader, run, tmp_path / "tb") == 2 * 2 * 40
+    acc = EventAccumulator(str(tmp_path / "tb" / "rank1"))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["grad/norm:l1", "loss"]
+    got = [(e.step, e.value, e.wall_time) for e in acc.Scalars("loss")]
+    assert [s for s, _, _ in got] == list(range(40))
+    for step, v, wall in got:
+        expected = value(1, step)
+        # TensorBoard stores float32
+        assert (math.isnan(v) and math.isnan(expected)) or math.isclose(v, expected, rel_tol=1e-6)
+        assert math.isclose(wall, 1_700_000_000.0 + step / 10, abs_tol=1e-3)
+    assert export_csv(reader, run, tmp_path / "x.csv") == 160
+    lines = (tmp_path / "x.csv").read_text().splitlines()
+    assert lines[0] == "run,rank,metric,step,t,value"
+    assert f"{run},1,loss,30,1700000003.0,nan" in lines
+
+
+def test_cli_query_views_and_export(server: LocalRedis, run: str, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stepstream.cli import app
+
+    write_all(server.url, all_messages(run), flush_every=30)
+    cli = CliRunner()
+    base = ["query", "--redis-url", server.url, "--state-dir", str(tmp_path), "--run", run]
+
+    def as_json(*extra: str) -> object:
+        result = cli.invoke(app, [*base, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    latest = as_json("--latest")
+    assert latest == [
+        {"rank": 0, "metric": "loss", "value": value(0, 59)},
+        {"rank": 1, "metric": "loss", "value": value(1, 59)},
+    ]
+    series = as_json("--series", "loss", "--rank", "1", "--from-step", "28", "--to-step", "31")
+    assert [(p["step"], p["value"]) for p in series["points"]] == [
+        (28, value(1, 28)),
+        (29, value(1, 29)),
+        (30, "NaN"),
+        (31, value(1, 31)),
+    ]
+    assert len(as_json("--series", "loss", "--points", "10")["points"]) <= 11
+    assert [a["status"] for a in as_json("--alerts")] == ["firing", "resolved", "firing"]
+    assert [r["rank"] for r in as_json("--ranks")["ranks"]] == [0, 1]
+    rolling = as_json("--window", "50steps")
+    assert {(r["rank"], r["stats"]["p95"]) for r in rolling} == {(0, 0.9), (1, 0.9)}
+    table = cli.invoke(app, base)
+    assert table.exit_code == 0 and "p95" in table.output and "50steps" in table.output
+    bad = cli.invoke(app, ["query", "--redis-url", server.url, "--run", "a{b}"])
+    assert bad.exit_code == 1 and "invalid run id" in bad.output
+    out = cli.invoke(
+        app,
+        [
+            "export",
+            "--redis-url",
+            server.url,
+            "--state-dir",
+            str(tmp_path),
+            "--run",
+            run,
+            "--csv",
+            str(tmp_path / "r.csv"),
+        ],
+    )
+    assert out.exit_code == 0 and (tmp_path / "r.csv").read_text().count("\n") == 241
