@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from pydantic import ValidationError
 
 from stepstream.errors import StackNotRunningError, StepstreamError
 
@@ -55,6 +58,14 @@ def _guard(action: Callable[[], T]) -> T:
         raise typer.Exit(EXIT_NO_STACK) from exc
     except StepstreamError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_ERROR) from exc
+    except ValidationError as exc:
+        # Settings come from STEPSTREAM_* variables and flags: name the one that is wrong.
+        lines = [
+            f"  STEPSTREAM_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        err_console.print("[red]error:[/red] invalid configuration:\n" + "\n".join(lines))
         raise typer.Exit(EXIT_ERROR) from exc
     except KeyboardInterrupt as exc:
         err_console.print("interrupted")
@@ -258,23 +269,27 @@ def rolling_tables(run: str, rows: list[Any]) -> list[Table]:
     return tables(run, rows)
 
 
+class Stage(str, Enum):
+    """The worker stages."""
+
+    processor = "processor"
+    sink = "sink"
+
+
 @app.command()
 def worker(
-    stage: Annotated[str, typer.Argument(help="processor or sink")],
+    stage: Annotated[Stage, typer.Argument(help="Which stage to run.")],
 ) -> None:
     """Run one stage's faust worker in the foreground (used by `up` and docker-compose)."""
     from stepstream.admin import ensure_topics
     from stepstream.settings import Settings
     from stepstream.streaming import run_worker
 
-    settings = Settings()
-    if stage == "processor":
+    settings = _guard(Settings)
+    if stage is Stage.processor:
         from processors.app import create_processor_app as factory
-    elif stage == "sink":
-        from sinks.app import create_sink_app as factory
     else:
-        err_console.print(f"[red]error:[/red] unknown stage {stage!r}: use processor or sink")
-        raise typer.Exit(2)
+        from sinks.app import create_sink_app as factory
     _guard(lambda: ensure_topics(settings))
     run_worker(factory(settings), settings.log_level)
 

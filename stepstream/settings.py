@@ -80,7 +80,9 @@ class Settings(BaseSettings):
         description='Alert webhooks as JSON: [{"url": "...", "format": "slack"}].',
     )
     rules_file: Path | None = Field(None, description="YAML file of user alert rules.")
-    log_level: str = Field("warn", description="Worker log level: crit, error, warn, info, debug.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "warning", description="Worker log level."
+    )
     # sinks and query
     redis_cluster: bool = Field(
         False, description="Talk to STEPSTREAM_REDIS_URL as a Redis Cluster (RedisCluster)."
