@@ -126,7 +126,12 @@ class Alert(WireModel):
     t: float = Field(description="Event time of the record that caused the transition.")
     raised_at: float = Field(description="Wall-clock time the processor raised it.")
     summary: str = ""
+    description: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    suppressed_by: str | None = Field(
+        None, description="Silence id or inhibiting alert: stored, but nobody is notified."
+    )
+    action: str | None = Field(None, description="stop, checkpoint or scale_lr:<f> for training.")
     evidence: dict[str, float | None] = Field(
         default_factory=dict, description="Numbers behind the flag: value, threshold, window."
     )

@@ -1,0 +1,222 @@
+"""The alert engine: rules over detector signals and window stats, one lifecycle per
+fingerprint, silences and inhibition applied to notifications. Pure logic.
+
+Run it where a whole run is in one place (keyed by run), so cross-rank conditions and
+inhibition between ranks see every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from processors.alerting.conditions import AcrossRanks
+from processors.alerting.inhibition import DEFAULT_INHIBIT_RULES, InhibitRule, inhibited_by
+from processors.alerting.lifecycle import AlertState, Notice, Timing
+from processors.alerting.matchers import match_all
+from processors.alerting.rules import Rule
+from processors.alerting.silences import Silence, silenced_by
+from processors.alerting.templates import render
+from stepstream.contract import Alert, Severity, WindowUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A detector's condition on one series starting (`active`) or clearing."""
+
+    detector: str
+    run: str
+    rank: int | None
+    metric: str | None
+    step: int | None
+    t: float
+    active: bool
+    severity: Severity = "warning"
+    summary: str = ""
+    evidence: dict[str, float | None] = field(default_factory=dict)
+
+
+def alert_fingerprint(rule: str, run: str, rank: int | None, metric: str | None,
+                      labels: dict[str, str] | None = None) -> str:
+    """Stable id of (rule, run, rank, metric, labels): receivers dedup on it."""
+    extra = "\x1f".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}\x1f{extra}".encode()
+    return hashlib.sha1(raw).hexdigest()[:16]
+
+
+@dataclass
+class _Tracked:
+    state: AlertState
+    labels: dict[str, str]
+    last: Alert | None = None
+
+
+def _selector_labels(run: str, rank: int | None, metric: str | None) -> dict[str, str]:
+    labels = {"run": run}
+    if rank is not None:
+        labels["rank"] = str(rank)
+    if metric is not None:
+        labels["metric"] = metric
+    return labels
+
+
+class AlertEngine:
+    """Turns signals and window updates into alert transitions.
+
+    Every detector has a built-in rule (fires with the detector, resolves when it clears)
+    unless a user rule names that detector. `clock` stamps `raised_at`.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        *,
+        clock: Callable[[], float],
+        inhibit_rules: Iterable[InhibitRule] = DEFAULT_INHIBIT_RULES,
+    ) -> None:
+        self._clock = clock
+        self.inhibit_rules = tuple(inhibit_rules)
+        self.silences: list[Silence] = []
+        self._tracked: dict[str, _Tracked] = {}
+        # (run, window, metric, stat) -> rank -> value: peers for cross-rank thresholds
+        self._peers: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
+        self.set_rules(rules)
+
+    def set_rules(self, rules: Iterable[Rule]) -> None:
+        """Replace the rules (hot reload); alert states of kept rule names survive."""
+        self.rules = list(rules)
+        self._by_detector: dict[str, list[Rule]] = defaultdict(list)
+        self._conditions: list[Rule] = []
+        for rule in self.rules:
+            if rule.detector:
+                self._by_detector[rule.detector].append(rule)
+            elif rule.condition:
+                self._conditions.append(rule)
+        names = {r.name for r in self.rules}
+        self._tracked = {
+            fp: t for fp, t in self._tracked.items()
+            if t.labels["rule"] in names or t.labels.get("builtin") == "true"
+        }
+
+    def _builtin(self, signal: Signal) -> Rule:
+        return Rule(name=signal.detector, severity=signal.severity, timing=Timing(),
+                    detector=signal.detector, labels={"builtin": "true"})
+
+    def on_signal(self, signal: Signal) -> list[Alert]:
+        """Apply a detector signal to every rule that watches that detector."""
+        rules = self._by_detector.get(signal.detector) or [self._builtin(signal)]
+        selector_labels = _selector_labels(signal.run, signal.rank, signal.metric)
+        out = []
+        for rule in rules:
+            if not match_all(rule.selector, selector_labels):
+                continue
+            values = {"value": signal.evidence.get("value"), **signal.evidence,
+                      "detector_summary": signal.summary}
+            alert = self._advance(rule, signal.run, signal.rank, signal.metric, signal.active,
+                                  signal.t, signal.step, values, signal.summary, signal.evidence)
+            if alert:
+                out.append(alert)
+        return out
+
+    def on_window_update(self, update: WindowUpdate) -> list[Alert]:
+        """Evaluate every condition rule on the stats this update carries."""
+        out: list[Alert] = []
+        for rule in self._conditions:
+            cond = rule.condition
+            assert cond is not None
+            window = update.windows.get(cond.window)
+            if not window or cond.metric not in window:
+                continue
+            labels = _selector_labels(update.run, update.rank, cond.metric)
+            if not match_all(rule.selector, labels):
+                continue
+            value = getattr(window[cond.metric], cond.stat, None)
+            peers = None
+            if isinstance(cond.threshold, AcrossRanks):
+                across = cond.threshold
+                peer_window = update.windows.get(across.window, {})
+                if across.metric in peer_window:
+                    peer_value = getattr(peer_window[across.metric], cond.stat, None)
+                    key = (update.run, across.window, across.metric, cond.stat)
+                    if peer_value is not None:
+                        self._peers[key][update.rank] = peer_value
+                peers = self._peers.get((update.run, across.window, across.metric, cond.stat))
+            holds, threshold = cond.evaluate(value, peers)
+            values = {"value": value, "threshold": threshold}
+            alert = self._advance(rule, update.run, update.rank, cond.metric, holds, update.t,
+                                  update.step, values, "", {"value": value, "threshold": threshold})
+            if alert:
+                out.append(alert)
+        return out
+
+    def _advance(
+        self,
+        rule: Rule,
+        run: str,
+        rank: int | None,
+        metric: str | None,
+        active: bool,
+        t: float,
+        step: int | None,
+        values: dict[str, object],
+        fallback_summary: str,
+        evidence: dict[str, float | None],
+    ) -> Alert | None:
+        fp = alert_fingerprint(rule.name, run, rank, metric, rule.labels)
+        tracked = self._tracked.get(fp)
+        if tracked is None:
+            if not active:
+                return None  # nothing to clear: do not track series that never fired
+            labels = {"rule": rule.name, "severity": rule.severity, **rule.labels,
+                      **_selector_labels(run, rank, metric)}
+            tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
+        notice = tracked.state.evaluate(active, t, step, rule.timing)
+        if notice is None:
+            return None
+        context = {**values, "run": run, "rank": rank, "metric": metric, "step": step,
+                   "rule": rule.name, "labels": rule.labels}
+        if notice is Notice.RESOLVED:
+            status = "resolved"
+            summary = (tracked.last.summary if tracked.last else fallback_summary) or rule.name
+        else:
+            status = "firing"
+            summary = render(rule.summary, context) if rule.summary else fallback_summary
+            summary = summary or f"{rule.name} on run {run}" + (f" rank {rank}" if rank is not None else "")
+        alert = Alert(
+            fingerprint=fp,
+            rule=rule.name,
+            status=status,
+            severity=rule.severity,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            raised_at=self._clock(),
+            summary=summary,
+            description=render(rule.description, context) if rule.description else "",
+            labels={k: v for k, v in rule.labels.items() if k != "builtin"},
+            evidence=evidence if status == "firing" else (tracked.last.evidence if tracked.last else {}),
+            action=rule.action if status == "firing" and notice is Notice.FIRING else None,
+            suppressed_by=self._suppressed(tracked.labels, fp, self._clock()),
+        )
+        tracked.last = alert if status == "firing" else None
+        if status == "resolved":
+            del self._tracked[fp]
+        return alert
+
+    def _suppressed(self, labels: dict[str, str], fp: str, now: float) -> str | None:
+        silence = silenced_by(self.silences, labels, now)
+        if silence is not None:
+            return f"silence:{silence.id}"
+        firing = [t.labels for f, t in self._tracked.items() if f != fp and t.last is not None]
+        source = inhibited_by(labels, firing, self.inhibit_rules)
+        if source is not None:
+            return f"inhibited:{source['rule']}"
+        return None
+
+    def firing(self) -> list[Alert]:
+        """The alerts now firing."""
+        return [t.last for t in self._tracked.values() if t.last is not None]

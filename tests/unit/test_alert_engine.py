@@ -1,0 +1,117 @@
+"""The alert engine: rules over signals and window stats, silences, inhibition, actions."""
+
+from __future__ import annotations
+
+from processors.alerting.engine import AlertEngine, Signal
+from processors.alerting.rules import parse_rules
+from processors.alerting.silences import Silence
+from stepstream.contract import WindowStats, WindowUpdate
+
+NOW = 1000.0
+
+
+def engine(rules_yaml: str = "rules: []\n") -> AlertEngine:
+    return AlertEngine(parse_rules(rules_yaml), clock=lambda: NOW)
+
+
+def signal(detector: str, rank: int, active: bool, step: int, **kw: object) -> Signal:
+    return Signal(detector=detector, run="r", rank=rank, metric=kw.pop("metric", "loss"),  # type: ignore[arg-type]
+                  step=step, t=float(step), active=active, severity="critical",
+                  summary=f"{detector} on {rank}", evidence={"value": 1.0})
+
+
+def update(rank: int, step: int, mean: float, window: str = "50steps", metric: str = "loss") -> WindowUpdate:
+    return WindowUpdate(run="r", rank=rank, step=step, t=float(step),
+                        windows={window: {metric: WindowStats(count=1, mean=mean, max=mean)}})
+
+
+def test_builtin_rule_fires_with_the_detector_and_resolves_when_it_clears() -> None:
+    e = engine()
+    fired = e.on_signal(signal("nonfinite", 1, True, 40))
+    assert [(a.rule, a.status, a.rank, a.step, a.severity) for a in fired] == [
+        ("nonfinite", "firing", 1, 40, "critical")]
+    assert e.on_signal(signal("nonfinite", 1, True, 41)) == []
+    resolved = e.on_signal(signal("nonfinite", 1, False, 45))
+    assert [(a.status, a.fingerprint) for a in resolved] == [("resolved", fired[0].fingerprint)]
+    assert e.firing() == []
+
+
+def test_condition_rule_with_for_in_steps_and_template() -> None:
+    e = engine("""rules:
+  - name: loss-high
+    condition: mean(loss, 50 steps) > 4
+    for: 2 steps
+    severity: warning
+    labels: {team: ml}
+    summary: "mean loss {{ value }} > {{ threshold }} on rank {{ rank }}"
+    action: scale_lr:0.5
+""")
+    assert e.on_window_update(update(0, 10, 5.0)) == []  # pending
+    assert e.on_window_update(update(0, 11, 5.0)) == []
+    fired = e.on_window_update(update(0, 12, 5.5))
+    assert len(fired) == 1
+    alert = fired[0]
+    assert (alert.status, alert.summary, alert.action, alert.labels) == (
+        "firing", "mean loss 5.5 > 4 on rank 0", "scale_lr:0.5", {"team": "ml"})
+    assert alert.evidence == {"value": 5.5, "threshold": 4.0}
+    resolved = e.on_window_update(update(0, 13, 1.0))
+    assert [(a.status, a.action) for a in resolved] == [("resolved", None)]
+
+
+def test_cross_rank_condition_names_the_slow_rank() -> None:
+    e = engine("""rules:
+  - name: slow-rank
+    condition: max(step_time, 60s) > 1.5 * median_across_ranks(step_time)
+""")
+    out = []
+    for rank, p95 in [(0, 1.0), (1, 1.1), (2, 0.9), (3, 3.0)]:
+        out += e.on_window_update(update(rank, 5, p95, window="60s", metric="step_time"))
+    assert [(a.rule, a.rank) for a in out] == [("slow-rank", 3)]
+    assert out[0].evidence["threshold"] == 1.5 * 1.05
+
+
+def test_selector_limits_rules_to_matching_runs() -> None:
+    e = engine("""rules:
+  - name: prod-only
+    condition: mean(loss, 50 steps) > 1
+    selector: {run: "prod-*"}
+""")
+    assert e.on_window_update(update(0, 1, 9.0)) == []  # run "r" does not match
+
+
+def test_silence_marks_transitions_suppressed() -> None:
+    e = engine()
+    e.silences = [Silence(id="s1", matchers={"rule": "nonfinite"}, starts_at=0, ends_at=NOW + 1)]
+    fired = e.on_signal(signal("nonfinite", 0, True, 1))
+    assert fired[0].suppressed_by == "silence:s1"
+    e.silences = [Silence(id="s1", matchers={"rule": "nonfinite"}, starts_at=0, ends_at=NOW)]
+    assert e.on_signal(signal("nonfinite", 1, True, 1))[0].suppressed_by is None
+
+
+def test_dead_rank_inhibits_its_straggler_alert() -> None:
+    e = engine()
+    e.on_signal(signal("dead_rank", 2, True, 10, metric=None))
+    straggler = e.on_signal(signal("straggler", 2, True, 11, metric="data_time"))
+    assert straggler[0].suppressed_by == "inhibited:dead_rank"
+    other = e.on_signal(signal("straggler", 1, True, 11, metric="data_time"))
+    assert other[0].suppressed_by is None
+
+
+def test_user_rule_overrides_builtin_for_a_detector() -> None:
+    e = engine("""rules:
+  - name: nan-page
+    detector: nonfinite
+    severity: critical
+    selector: {metric: loss}
+""")
+    assert [a.rule for a in e.on_signal(signal("nonfinite", 0, True, 1))] == ["nan-page"]
+    assert e.on_signal(signal("nonfinite", 0, True, 1, metric="lr")) == []
+
+
+def test_hot_reload_keeps_state_of_kept_rules() -> None:
+    text = "rules:\n  - name: a\n    condition: mean(loss, 50 steps) > 1\n"
+    e = engine(text)
+    e.on_window_update(update(0, 1, 5.0))
+    e.set_rules(parse_rules(text + "  - name: b\n    condition: max(loss, 50 steps) > 100\n"))
+    assert e.on_window_update(update(0, 2, 5.0)) == []  # still firing, not re-fired
+    assert [a.status for a in e.on_window_update(update(0, 3, 0.0))] == ["resolved"]
