@@ -59,6 +59,30 @@ class Settings(BaseSettings):
         None, description="valkey-server or redis-server binary for the local stack."
     )
     log_level: str = Field("warn", description="Worker log level: crit, error, warn, info, debug.")
+    # producer SDK
+    spool_dir: Path | None = Field(
+        None, description="Where publishers spool undelivered batches; default <state_dir>/spool."
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Spool bound per rank; drops oldest beyond it."
+    )
+    spool_segment_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Spool segment size; whole segments are replayed."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period of every rank.")
+    system_interval_s: float = Field(
+        1.0, ge=0, description="System metrics sampling period; 0 turns the sampler off."
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, description="Longest a close, exit or SIGTERM waits to flush."
+    )
+    capture_logs: bool = Field(True, description="Ship WARNING+ log records and uncaught errors.")
+    handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
+    kafka_compression: str = Field("gzip", description="Publisher compression: gzip, lz4, none.")
+    kafka_linger_ms: int = Field(20, ge=0, description="Publisher linger before a send.")
+    kafka_delivery_timeout_s: float = Field(
+        10.0, gt=0, description="A batch not acknowledged by then goes to the spool."
+    )
 
     @field_validator("window_steps")
     @classmethod
@@ -73,6 +97,10 @@ class Settings(BaseSettings):
         if any(s <= 0 for s in sizes):
             raise ValueError("window_seconds sizes must be > 0, e.g. [10, 60]")
         return sorted(set(sizes))
+
+    def resolved_spool_dir(self) -> Path:
+        """The spool root: `spool_dir` when set, else ``<state_dir>/spool``."""
+        return self.spool_dir if self.spool_dir is not None else self.state_dir / "spool"
 
     def kafka_client_config(self) -> dict[str, str | None]:
         """Security settings in kafka-python's keyword names, unset ones left out."""
