@@ -32,8 +32,7 @@ class ShippingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Enqueue the formatted record; never raises into the caller."""
-        name = record.name
-        if name.startswith(_IGNORED) and (len(name) == len(p := name.split(".")[0]) or p in _IGNORED):
+        if record.name.split(".", 1)[0] in _IGNORED:
             return
         try:
             text = self.format(record)

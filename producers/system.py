@@ -7,6 +7,7 @@ first sample has none. Every source is optional: what fails once is skipped from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -140,17 +141,13 @@ class SystemSampler:
         }
         with proc.oneshot():
             out[PROC_RSS] = float(proc.memory_info().rss)
-            try:
+            with contextlib.suppress(AttributeError, psutil.Error):  # num_fds: POSIX only
                 out[PROC_FDS] = float(proc.num_fds())
-            except (AttributeError, psutil.Error):  # num_fds is POSIX only
-                pass
         mem = psutil.virtual_memory()
         out[HOST_MEM_USED] = float(mem.total - mem.available)
         out[HOST_MEM_PCT] = float(mem.percent)
-        try:
+        with contextlib.suppress(OSError):
             out[DISK_PCT] = float(psutil.disk_usage(self._disk_path).percent)
-        except OSError:
-            pass
         now = time.monotonic()
         disk, net = self._io()
         if self._last is not None:

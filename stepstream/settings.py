@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://).")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://)."
+    )
     topic_prefix: str = Field("stepstream", description="Prefix of every topic and consumer group.")
     key_prefix: str = Field("stepstream", description="Prefix of every Redis key.")
     partitions: int = Field(4, ge=1, description="Partition count of every stepstream topic.")
