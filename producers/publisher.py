@@ -418,6 +418,18 @@ class Publisher:
         self.stats.queue_depth = len(self._queue)
 
     def _flush_cycle(self, deadline: float) -> bool:
+        while True:
+            if self._flush_once(deadline):
+                return True
+            # Not delivered yet (broker away, or reconnect backing off): retry until the
+            # deadline, waking when the next connection attempt is due.
+            now = time.monotonic()
+            if now >= deadline - 0.05:
+                return False
+            pause = max(0.05, self._next_connect - now) if self._producer is None else 0.05
+            time.sleep(min(pause, deadline - now))
+
+    def _flush_once(self, deadline: float) -> bool:
         self._cycle(deadline)
         producer = self._producer
         if producer is not None:
@@ -431,12 +443,7 @@ class Publisher:
                 self._drop_producer()
             elif self._spool_pending():
                 self._replay(deadline)
-        return (
-            self._producer is not None
-            and not self._queue
-            and not self._failed
-            and not self._spool_pending()
-        )
+        return not self._queue and not self._failed and not self._spool_pending()
 
     def _run(self) -> None:
         interval = self.settings.flush_interval_s
