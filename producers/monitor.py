@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from producers.watch import Watch
 
+_TRAIN = RecordKind.TRAIN
+
 
 def _shutdown(
     publisher: Publisher,
@@ -55,7 +57,7 @@ class Monitor:
         self.identity = identity
         self.settings = settings
         self._step: int | None = None
-        self._status = "starting"
+        self._status: str | None = None  # closing or crashed; else derived from _step
         self._watches: list[Watch] = []
         self._publisher = Publisher(identity, settings, producer_factory)
         spool_root = settings.resolved_spool_dir()
@@ -63,7 +65,7 @@ class Monitor:
         self._ticker = Ticker(
             self._publisher,
             step=lambda: self._step,
-            status=lambda: self._status,
+            status=self._status_now,
             heartbeat_s=settings.heartbeat_interval_s,
             system_s=settings.system_interval_s,
             sampler_factory=(lambda: SystemSampler(disk)) if settings.system_interval_s else None,
@@ -74,6 +76,7 @@ class Monitor:
             self._handler = ShippingHandler(self._publisher, lambda: self._step)
             logging.getLogger().addHandler(self._handler)
         self._hooks.install(excepthooks=settings.capture_logs, sigterm=settings.handle_sigterm)
+        self._enqueue = self._publisher.enqueue  # one attribute lookup less per log()
         self._ticker.start()
         self._finalizer = weakref.finalize(
             self,
@@ -100,8 +103,7 @@ class Monitor:
         """Record training metrics at `step`: numbers or 0-d tensors, converted off-thread."""
         if step is not None:
             self._step = step
-            self._status = "running"
-        self._publisher.enqueue(step, RecordKind.TRAIN, values)
+        self._enqueue(step, _TRAIN, values)
 
     def log_eval(self, step: int | None = None, /, **values: Any) -> None:
         """Record evaluation metrics at `step`."""
@@ -122,20 +124,33 @@ class Monitor:
         every: int = 1,
         tokens_per_sample: int | None = None,
         update_ratio: bool = True,
+        weights_every: int | None = None,
     ) -> Watch:
         """Hook `model` and `optimizer`: every `every` optimizer steps, publish global and
         per-layer gradient norms, weight norms, update/weight ratios, the first layer with a
         non-finite gradient (kind grad), learning rates, momentum, step time, data wait,
-        compute time and samples/s, tokens/s (kind train). Steps count optimizer steps from
-        0. `update_ratio` needs a copy of the weights on watched steps; turn it off for
-        very large models. Returns the hooks' handle (``.remove()``)."""
+        compute time and samples/s, tokens/s (kind train). Weight norms and update ratios
+        come every `weights_every` steps (default 10 x `every`): they need a copy of the
+        weights; `update_ratio=False` skips that copy. Steps count optimizer steps from 0.
+        Returns the hooks' handle (``.remove()``)."""
         from producers.watch import Watch
 
         watch = Watch(
-            self._publisher.enqueue, model, optimizer, every, tokens_per_sample, update_ratio
+            self._publisher.enqueue,
+            model,
+            optimizer,
+            every,
+            tokens_per_sample,
+            update_ratio,
+            weights_every,
         )
         self._watches.append(watch)
         return watch
+
+    def _status_now(self) -> str:
+        if self._status is not None:
+            return self._status
+        return "starting" if self._step is None else "running"
 
     def _on_crash(self, text: str, fatal: bool) -> None:
         if fatal:

@@ -48,33 +48,46 @@ def layer_names(model: torch.nn.Module) -> tuple[list[str], list[torch.nn.Parame
 class GradStats:
     """Deferred values of one watched step: resolved on the publisher thread."""
 
-    __slots__ = ("index", "names", "order", "parts")
+    __slots__ = ("index", "names", "order", "parts", "updates", "weights")
 
     def __init__(
-        self, names: Sequence[str], index: list[int], order: list[int], parts: Any
+        self,
+        names: Sequence[str],
+        index: list[int],
+        order: list[int],
+        parts: Any,
+        weights: bool = True,
+        updates: bool = True,
     ) -> None:
         self.names = names
         self.index = index  # positions (in `names`) of the params that had a gradient
         self.order = order  # positions in the order backward produced their gradients
-        self.parts = parts  # one stacked tensor: grad norms, weight norms, update norms
+        self.parts = parts  # one stacked tensor: grad norms[, weight norms[, update norms]]
+        self.weights = weights
+        self.updates = updates and weights
 
     def resolve(self) -> tuple[dict[str, float], str | None]:
         """Per-layer and global norms, update ratios and the first non-finite layer."""
         parts = self.parts
         flat = parts.tolist() if hasattr(parts, "tolist") else [p.item() for p in parts]
         k = len(self.index)
-        grads, weights, updates = flat[:k], flat[k : 2 * k], flat[2 * k : 3 * k]
+        grads = flat[:k]
+        weights = flat[k : 2 * k] if self.weights else []
+        updates = flat[2 * k : 3 * k] if self.updates else []
         values: dict[str, float] = {}
         by_pos: dict[int, float] = {}
         for j, pos in enumerate(self.index):
             name = self.names[pos]
-            g, w = grads[j], weights[j]
+            g = grads[j]
             by_pos[pos] = g
             values[f"grad/norm/{name}"] = g
-            values[f"weight/norm/{name}"] = w
-            if updates:
-                u = updates[j]
-                values[f"update_ratio/{name}"] = u / w if w else (0.0 if u == 0 else math.inf)
+            if weights:
+                w = weights[j]
+                values[f"weight/norm/{name}"] = w
+                if updates:
+                    u = updates[j]
+                    ratio = u / w if w else (0.0 if u == 0 else math.inf)
+                    values[f"update_ratio/{name}"] = ratio
         values[GLOBAL_NORM] = math.sqrt(sum(g * g for g in grads))
         bad = [pos for pos in by_pos if not math.isfinite(by_pos[pos])]
         values[NONFINITE_COUNT] = float(len(bad))
@@ -96,10 +109,14 @@ class Watch:
         every: int = 1,
         tokens_per_sample: int | None = None,
         update_ratio: bool = True,
+        weights_every: int | None = None,
     ) -> None:
         self._enqueue = enqueue
         self._optimizer = optimizer
         self.every = max(1, every)
+        # Weight norms and update ratios move slowly and cost a copy of the weights plus
+        # three more passes over them: by default they come every 10th watched step.
+        self.weights_every = max(1, weights_every or 10 * self.every)
         self.tokens_per_sample = tokens_per_sample
         self.update_ratio = update_ratio
         self.names, self.params = layer_names(model)
@@ -109,7 +126,8 @@ class Watch:
         self._t_fwd: float | None = None
         self._samples = 0
         self._tokens = 0
-        self._pending: tuple[list[int], list[torch.Tensor], list[torch.Tensor] | None] | None = None
+        self._pending: tuple[list[int], list[torch.Tensor], bool, list[torch.Tensor] | None] | None
+        self._pending = None
         self._handles = [
             model.register_forward_pre_hook(self._on_forward),
             optimizer.register_step_pre_hook(self._pre_step),
@@ -153,9 +171,14 @@ class Watch:
             grads = [p.grad for p in params]
             if not grads:
                 return
-            norms = list(torch._foreach_norm(grads)) + list(torch._foreach_norm(params))
-            before = torch._foreach_mul(params, 1.0) if self.update_ratio else None
-        self._pending = (index, norms, before)
+            norms = list(torch._foreach_norm(grads))
+            weights = self.step % self.weights_every == 0
+            before = None
+            if weights:
+                norms += torch._foreach_norm(params)
+                if self.update_ratio:
+                    before = torch._foreach_mul(params, 1.0)
+        self._pending = (index, norms, weights, before)
 
     def _post_step(self, *_: Any) -> None:
         now = time.perf_counter()
@@ -174,7 +197,7 @@ class Watch:
     def _emit(self, now: float) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            index, norms, before = pending
+            index, norms, weights, before = pending
             with torch.no_grad():
                 if before is not None:
                     params = [self.params[i] for i in index]
@@ -184,9 +207,8 @@ class Watch:
                     parts: Any = torch.stack(norms)
                 except RuntimeError:  # parameters on several devices: convert one by one
                     parts = norms
-            self._enqueue(
-                self.step, RecordKind.GRAD, GradStats(self.names, index, self._order, parts)
-            )
+            stats = GradStats(self.names, index, self._order, parts, weights, before is not None)
+            self._enqueue(self.step, RecordKind.GRAD, stats)
         values: dict[str, Any] = {}
         for g, group in enumerate(self._optimizer.param_groups):
             values[f"opt/lr/{g}"] = group.get("lr")

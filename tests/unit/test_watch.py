@@ -12,12 +12,20 @@ from producers.watch import GLOBAL_NORM, GradStats, Watch
 from stepstream.contract import RecordKind
 
 
-def setup(every: int = 1) -> tuple[nn.Module, torch.optim.Optimizer, Watch, list[Any]]:
+def setup(
+    every: int = 1, weights_every: int | None = 1
+) -> tuple[nn.Module, torch.optim.Optimizer, Watch, list[Any]]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     seen: list[Any] = []
-    watch = Watch(lambda step, kind, values: seen.append((step, kind, values)), model, opt, every)
+    watch = Watch(
+        lambda step, kind, values: seen.append((step, kind, values)),
+        model,
+        opt,
+        every,
+        weights_every=weights_every,
+    )
     return model, opt, watch, seen
 
 
@@ -74,13 +82,18 @@ def test_first_nonfinite_layer_is_the_first_in_backward_order() -> None:
 
 
 def test_every_n_steps_and_remove() -> None:
-    model, opt, watch, seen = setup(every=3)
-    for _ in range(7):
+    model, opt, watch, seen = setup(every=3, weights_every=None)
+    for _ in range(34):
         step(model, opt)
-    assert [s for s, kind, _ in seen if kind == RecordKind.GRAD] == [0, 3, 6]
+    grads = [(s, v) for s, kind, v in seen if kind == RecordKind.GRAD]
+    assert [s for s, _ in grads] == list(range(0, 34, 3))
+    # Weight norms and update ratios by default every 10th watched step only.
+    with_weights = [s for s, v in grads if any(n.startswith("weight/") for n in v.resolve()[0])]
+    assert with_weights == [0, 30]
+    assert all("grad/norm/0.weight" in v.resolve()[0] for _, v in grads)
     watch.remove()
     step(model, opt)
-    assert len(seen) == 6
+    assert len(seen) == 2 * len(grads)
 
 
 def test_token_throughput_from_token_ids() -> None:
