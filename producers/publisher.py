@@ -128,6 +128,26 @@ def kafka_producer(settings: Settings) -> Any:
     )
 
 
+def close_producer(producer: Any, timeout: float) -> None:
+    """Close a kafka-python producer for good, also when its broker is gone.
+
+    kafka-python's close() flushes first and raises on a flush timeout before it stops its
+    network thread; then the thread is told to abort the pending batches (their futures
+    fail, so their frames are spooled) and the close is repeated, which now succeeds.
+    """
+    try:
+        producer.close(timeout=timeout)
+        return
+    except Exception as exc:
+        log.debug("stepstream producer close timed out: %s", exc)
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(2.0)
+    with contextlib.suppress(Exception):
+        producer.close(timeout=0)
+
+
 def _dir_lock(directory: Path) -> IO[bytes] | None:
     """An exclusive lock on a spool directory, or None if another process holds it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -358,10 +378,7 @@ class Publisher:
         producer, self._producer = self._producer, None
         self._broken = False
         if producer is not None:
-            try:  # timeout 0 aborts pending batches: their errbacks spool them
-                producer.close(timeout=timeout)
-            except Exception as exc:
-                log.debug("stepstream producer close failed: %s", exc)
+            close_producer(producer, timeout)  # aborted batches fail: their errbacks spool them
         self._absorb_failures()
         self._next_connect = time.monotonic() + self._backoff
 
@@ -471,10 +488,7 @@ class Publisher:
     def _shutdown(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=min(1.0, self._close_timeout))
-            except Exception as exc:
-                log.debug("stepstream producer close failed: %s", exc)
+            close_producer(producer, min(1.0, self._close_timeout))
         self._absorb_failures()
         # What is still queued now would be lost: keep it for the next incarnation.
         self._to_spool(self._frames(self._drain()))
