@@ -202,3 +202,33 @@ def test_sigterm_flushes_then_dies_by_the_signal(tmp_path: Path) -> None:
     code, records = run_child(tmp_path, "sigterm")
     assert code == -signal.SIGTERM
     assert any(r["kind"] == "train" and r["values"] == {"loss": 1.5} for r in records)
+
+
+def test_nvml_values_are_named_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=50 + h),
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=1000, total=8000),
+        nvmlDeviceGetTemperature=lambda h, kind: 60,
+        nvmlDeviceGetPowerUsage=lambda h: 250_000,  # milliwatts
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    nvml = system.Nvml()
+    values = nvml.sample()
+    nvml.close()
+    assert values["gpu1/util_pct"] == 51.0 and values["gpu0/power_w"] == 250.0
+    assert values["gpu0/mem_used_bytes"] == 1000.0 and values["gpu1/mem_total_bytes"] == 8000.0
+    assert values["gpu0/temp_c"] == 60.0 and len(values) == 10
+
+
+def test_nvml_without_driver_is_skipped() -> None:
+    # nvidia-ml-py may be installed (the gpu extra) on a machine without a driver.
+    nvml = system.Nvml()
+    assert nvml.sample() == {} or nvml.available
+    nvml.close()
