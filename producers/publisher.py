@@ -238,6 +238,7 @@ class Publisher:
     def _drain(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         queue = self._queue
+        good = self._good_names
         while True:
             try:
                 t, step, kind, values, text = queue.popleft()
@@ -252,13 +253,10 @@ class Publisher:
                     log.debug("stepstream could not convert deferred values: %s", exc)
                     continue
                 text = text or resolved_text
-            floats: dict[str, float] = {}
-            for name, value in values.items():  # type: ignore[union-attr]
-                number = to_float(value)
-                if number is None or not self._name_ok(name):
-                    self.stats.skipped_values += 1
-                else:
-                    floats[name] = number
+            # Fast path in C: plain floats under names seen before.
+            floats = {k: v for k, v in values.items() if type(v) is float}  # type: ignore[union-attr]
+            if len(floats) != len(values) or not good.issuperset(floats):
+                floats = self._convert(values)  # type: ignore[arg-type]
             records.append(
                 {
                     "seq": self._seq,
@@ -271,6 +269,16 @@ class Publisher:
             )
             self._seq += 1
         return records
+
+    def _convert(self, values: Mapping[str, object]) -> dict[str, float]:
+        floats: dict[str, float] = {}
+        for name, value in values.items():
+            number = to_float(value)
+            if number is None or not self._name_ok(name):
+                self.stats.skipped_values += 1
+            else:
+                floats[name] = number
+        return floats
 
     def _frames(self, records: list[dict[str, Any]]) -> list[Frame]:
         ident = self.identity
