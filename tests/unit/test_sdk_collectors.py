@@ -232,3 +232,46 @@ def test_nvml_without_driver_is_skipped() -> None:
     nvml = system.Nvml()
     assert nvml.sample() == {} or nvml.available
     nvml.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_worker_starts_no_thread_and_no_producer(tmp_path: Path) -> None:
+    from producers.monitor import Monitor
+
+    built: list[int] = []
+
+    class Null:
+        def send(self, topic: str, key: bytes, value: bytes) -> None:
+            return None
+
+        def flush(self, timeout: float | None = None) -> None:
+            return None
+
+        def close(self, timeout: float | None = None) -> None:
+            return None
+
+    def factory(settings: Settings) -> Null:
+        built.append(os.getpid())
+        return Null()
+
+    settings = Settings(spool_dir=tmp_path, system_interval_s=0.05, heartbeat_interval_s=0.05)
+    monitor = Monitor(IDENT, settings, factory)
+    monitor.log(0, x=1.0)
+    assert monitor.flush(5)
+    pid = os.fork()
+    if pid == 0:  # a DataLoader worker: everything must stay silent and thread-free
+        monitor.log(1, x=2.0)
+        logging.getLogger("user").warning("from the worker")
+        monitor._ticker.heartbeat()
+        ok = (
+            threading.active_count() == 1
+            and monitor._publisher.disabled
+            and not monitor._publisher._queue
+            and not monitor.flush(0.1)
+            and os.getpid() not in built
+        )
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    monitor.close(2)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert built == [os.getpid()]
