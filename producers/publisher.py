@@ -475,6 +475,7 @@ class Publisher:
         directory = self.settings.resolved_spool_dir() / self.identity.run
         if (directory / f"rank-{self.identity.rank}").is_dir():
             self._open_spool()  # a previous incarnation left batches: replay them
+        self._ensure_producer()  # connect now, in the background, not at the first flush
         while not self._stop.is_set():
             self._wake.wait(interval)
             self._wake.clear()
