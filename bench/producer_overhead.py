@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import producers
+from producers.system import SystemSampler
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack
 
@@ -167,6 +168,14 @@ def main() -> None:
                 medians[mode].append(statistics.median(times))
                 logs[mode] += log_times
             print(f"round {r}: " + " ".join(f"{m}={medians[m][-1] * 1e3:.3f}ms" for m in modes))
+        sampler = SystemSampler("/")
+        costs = []
+        for _ in range(30):
+            start = time.perf_counter()
+            sampler.sample()
+            costs.append(time.perf_counter() - start)
+            time.sleep(0.01)
+        sampler.close()
         sent_check = producers.init("bench-check", settings=settings)
         delivered = sent_check.flush(10)
         sent_check.close()
@@ -197,6 +206,11 @@ def main() -> None:
         f"TensorBoard {theirs * 1e6:.1f} us; overhead of pooled medians {pooled:.2f}%, "
         f"of means {overhead_mean:.2f}%; TensorBoard paired {paired('tensorboard'):.1f}%; "
         f"broker reachable at end: {delivered}; torch threads {args.threads}"
+    )
+    print(
+        f"one system-metrics sample (psutil; NVML absent here): median "
+        f"{statistics.median(costs) * 1e3:.2f} ms, max {max(costs) * 1e3:.2f} ms "
+        f"(once per second by default)"
     )
     cpu_base = statistics.median(cpus["none"])
     print(
