@@ -78,15 +78,17 @@ def test_bound_drops_oldest_and_counts() -> None:
         return producer
 
     settings = Settings(queue_size=10, flush_interval_s=0.05)
+    # The thread connects before its first drain: held in the factory, it drains nothing.
     pub = Publisher(IDENT, settings, producer_factory=slow_factory)
-    pub._stop.set()  # hold the thread's loop so the queue fills before any drain
-    pub._wake.set()
-    pub._thread.join(5)
-    for step in range(25):
-        pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
-    assert pub.stats.dropped == 15
-    assert [item[1] for item in pub._queue] == list(range(15, 25))
-    gate.set()
+    try:
+        for step in range(25):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
+        assert pub.stats.dropped == 15
+        assert [item[1] for item in pub._queue] == list(range(15, 25))
+    finally:
+        gate.set()
+        pub.close(2)
+    assert [r.step for r in records_of(producer)] == list(range(15, 25))
 
 
 def test_tensor_values_are_converted_on_the_publisher_thread() -> None:
