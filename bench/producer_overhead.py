@@ -10,10 +10,12 @@ alike:
 - ``tensorboard``: ``SummaryWriter.add_scalar`` of the same 20 scalars;
 - ``watch``: ``monitor.watch(model, optimizer, every=1)`` (norms every step), no log().
 
-Each block is short and every round runs all four, so a slow phase of the machine hits
-all modes of that round; an overhead is the median over rounds of (median step time of
-the mode / median step time of ``none`` in the same round - 1). The logging cost of each
-library is timed directly around its calls (perf_counter_ns), which is what
+Every mode builds the same dict of 20 values each step (the loop has its metrics either
+way); only handing them to a library differs. Each block is short and every round runs
+all four, so a slow phase of the machine hits all modes of that round; an overhead is the
+median over rounds of (median step time of the mode / median step time of ``none`` in the
+same round - 1). The logging cost of each library is timed directly around its calls
+(perf_counter_ns), which is what
 ``tensorboard_ratio`` compares (median per step, 20 scalars). Run:
 ``python bench/producer_overhead.py`` (about a minute). Prints figures; not a test.
 """
@@ -108,13 +110,12 @@ def run_mode(
         for i in range(warmup + steps):
             t0 = clock()
             loss = step(i)
+            values = scalars(i, loss)  # the loop has its metrics in every mode
             if mode == "stepstream":
-                values = scalars(i, loss)
                 a = clock()
                 monitor.log(i, **values)  # type: ignore[union-attr]
                 log_times.append((clock() - a) * 1e-9)
             elif mode == "tensorboard":
-                values = scalars(i, loss)
                 a = clock()
                 for name, value in values.items():
                     writer.add_scalar(name, value, i)  # type: ignore[union-attr]
