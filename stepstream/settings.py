@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     )
     capture_logs: bool = Field(True, description="Ship WARNING+ log records and uncaught errors.")
     handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
-    kafka_compression: str = Field("gzip", description="Publisher compression: gzip, lz4, none.")
+    kafka_compression: str = Field(
+        "lz4", description="Publisher compression: lz4 (cheap), gzip (level 9: costly), none."
+    )
     kafka_linger_ms: int = Field(20, ge=0, description="Publisher linger before a send.")
     kafka_delivery_timeout_s: float = Field(
         10.0, gt=0, description="A batch not acknowledged by then goes to the spool."
