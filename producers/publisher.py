@@ -248,20 +248,24 @@ class Publisher:
                 # Hand the GIL back now and then: a training thread coming out of a torch
                 # op must not wait for the whole drain.
                 time.sleep(0)
+            mapping: Mapping[str, object]
             resolve = getattr(values, "resolve", None)
             if resolve is not None:
                 try:
-                    values, resolved_text = resolve()
+                    mapping, resolved_text = resolve()
                 except Exception as exc:  # a bad tensor must not stop the publisher
                     self.stats.skipped_values += 1
                     log.debug("stepstream could not convert deferred values: %s", exc)
                     continue
                 text = text or resolved_text
-            # Fast path: plain floats under names seen before, checked at C speed.
-            if good.issuperset(values) and all(type(v) is float for v in values.values()):  # type: ignore[union-attr]
-                floats = dict(values)  # type: ignore[arg-type]
             else:
-                floats = self._convert(values)  # type: ignore[arg-type]
+                mapping = values  # type: ignore[assignment]
+            # Fast path: plain floats under names seen before, checked at C speed.
+            floats: dict[str, Any]
+            if good.issuperset(mapping) and all(type(v) is float for v in mapping.values()):
+                floats = dict(mapping)
+            else:
+                floats = self._convert(mapping)
             records.append(
                 {
                     "seq": self._seq,

@@ -24,7 +24,7 @@ def format_traceback(
     exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
 ) -> str:
     """The traceback as Python would print it."""
-    return "".join(traceback.format_exception(exc_type, exc, tb)).rstrip()  # type: ignore[arg-type]
+    return "".join(traceback.format_exception(exc_type, exc, tb)).rstrip()
 
 
 class CrashHooks:

@@ -167,17 +167,17 @@ class Watch:
             return
         with torch.no_grad():
             index = [i for i, p in enumerate(self.params) if p.grad is not None]
-            params = [self.params[i] for i in index]
-            grads = [p.grad for p in params]
+            params: list[torch.Tensor] = [self.params[i] for i in index]
+            grads = [p.grad for p in params if p.grad is not None]
             if not grads:
                 return
             norms = list(torch._foreach_norm(grads))
             weights = self.step % self.weights_every == 0
-            before = None
+            before: list[torch.Tensor] | None = None
             if weights:
                 norms += torch._foreach_norm(params)
                 if self.update_ratio:
-                    before = torch._foreach_mul(params, 1.0)
+                    before = list(torch._foreach_mul(params, 1.0))
         self._pending = (index, norms, weights, before)
 
     def _post_step(self, *_: Any) -> None:
@@ -200,7 +200,7 @@ class Watch:
             index, norms, weights, before = pending
             with torch.no_grad():
                 if before is not None:
-                    params = [self.params[i] for i in index]
+                    params: list[torch.Tensor] = [self.params[i] for i in index]
                     torch._foreach_sub_(before, params)
                     norms += list(torch._foreach_norm(before))
                 try:

@@ -136,7 +136,9 @@ def test_broker_restart_loses_nothing_and_never_stalls_log(
     assert sorted(unique) == list(range(len(unique)))  # no gap in seq: nothing lost
     train = sorted((r for r in unique.values() if r.kind == "train"), key=lambda r: r.seq)
     assert [r.step for r in train] == list(range(step))  # every step exactly once, in order
-    assert all(r.values == {"loss": 1.0 / (r.step + 1), "x": float(r.step)} for r in train)
+    assert all(
+        r.values == {"loss": 1.0 / ((r.step or 0) + 1), "x": float(r.step or 0)} for r in train
+    )
     assert stats.replayed_records >= stats.spooled_records > 0
     assert stats.dropped == stats.dropped_spool == 0
     assert incarnation
@@ -187,9 +189,9 @@ def test_two_ranks_ddp_grad_norms_agree(base_settings: Settings, tmp_path: Path)
                 norms[b.rank][r.step or 0] = r.values
     assert sorted(norms[0]) == sorted(norms[1]) == list(range(steps))
     for s in range(steps):
-        a, b = norms[0][s], norms[1][s]
-        assert a["grad/global_norm"] > 0 and set(a) == set(b)
-        assert "grad/norm/0.weight" in a and "update_ratio/2.bias" in a
+        r0, r1 = norms[0][s], norms[1][s]
+        assert r0["grad/global_norm"] > 0 and set(r0) == set(r1)
+        assert "grad/norm/0.weight" in r0 and "update_ratio/2.bias" in r0
         # DDP all-reduces gradients: every rank sees the same norms.
-        for name in a:
-            assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=1e-9), (s, name)
+        for name in r0:
+            assert math.isclose(r0[name], r1[name], rel_tol=1e-5, abs_tol=1e-9), (s, name)
