@@ -71,7 +71,12 @@ class Monitor:
             sampler_factory=(lambda: SystemSampler(disk)) if settings.system_interval_s else None,
         )
         self._handler: ShippingHandler | None = None
-        self._hooks = CrashHooks(self._on_crash, self.flush, settings.shutdown_timeout_s)
+        # On a crash or SIGTERM, spooled is as good as sent: do not wait for a broker.
+        self._hooks = CrashHooks(
+            self._on_crash,
+            lambda timeout: self._publisher.flush(timeout, persist=True),
+            settings.shutdown_timeout_s,
+        )
         if settings.capture_logs:
             self._handler = ShippingHandler(self._publisher, lambda: self._step)
             logging.getLogger().addHandler(self._handler)

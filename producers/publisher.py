@@ -193,6 +193,7 @@ class Publisher:
         self._flush_done = threading.Event()
         self._flush_deadline: float | None = None
         self._flush_ok = False
+        self._flush_persist = False
         self._close_timeout = settings.shutdown_timeout_s
         self._disabled = False
         self._pid = os.getpid()
@@ -452,10 +453,12 @@ class Publisher:
             self._to_spool(self._send(frames))
         self.stats.queue_depth = len(self._queue)
 
-    def _flush_cycle(self, deadline: float) -> bool:
+    def _flush_cycle(self, deadline: float, persist: bool = False) -> bool:
         while True:
             if self._flush_once(deadline):
                 return True
+            if persist and self._producer is None:
+                return False  # no broker now: what is left is safe in the spool
             # Not delivered yet (broker away, or reconnect backing off): retry until the
             # deadline, waking when the next connection attempt is due.
             now = time.monotonic()
@@ -492,7 +495,7 @@ class Publisher:
             try:
                 requested = self._flush_deadline
                 if requested is not None:
-                    self._flush_ok = self._flush_cycle(requested)
+                    self._flush_ok = self._flush_cycle(requested, self._flush_persist)
                     self._flush_deadline = None
                     self._flush_done.set()
                 else:
@@ -500,7 +503,8 @@ class Publisher:
             except Exception as exc:  # never let a bug kill telemetry for the whole run
                 log.warning("stepstream publisher cycle failed: %s", exc, exc_info=True)
         try:
-            self._flush_cycle(time.monotonic() + self._close_timeout)
+            # At exit, records in the spool are safe: wait for the broker no longer.
+            self._flush_cycle(time.monotonic() + self._close_timeout, persist=True)
         finally:
             self._shutdown()
 
@@ -519,15 +523,18 @@ class Publisher:
 
     # -- the caller's side ---------------------------------------------------------
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def flush(self, timeout: float = 10.0, persist: bool = False) -> bool:
         """Deliver everything enqueued so far; True if Kafka acknowledged all of it (the
-        spool included) within `timeout`. Never call it from the publisher thread."""
+        spool included) within `timeout`. With `persist`, return as soon as what is left
+        is in the spool while no broker answers (for exits). Never call it from the
+        publisher thread."""
         if self._disabled or not self._thread.is_alive():
             return False
         if threading.current_thread() is self._thread:
             return False
         with self._flush_lock:
             self._flush_done.clear()
+            self._flush_persist = persist
             self._flush_deadline = time.monotonic() + timeout
             self._wake.set()
             if not self._flush_done.wait(timeout + 1.0):

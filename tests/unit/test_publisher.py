@@ -294,3 +294,18 @@ def test_counters_as_values() -> None:
     assert values["stepstream/dropped"] == 7.0
     assert values["stepstream/dropped_queue"] == 2.0
     assert values["stepstream/dropped_spool"] == 5.0
+
+
+def test_persist_flush_returns_once_spooled_while_broker_away(spool_dir: Path) -> None:
+    broker = FlakyBroker()
+    broker.up = False
+    pub = Publisher(IDENT, Settings(flush_interval_s=0.05), producer_factory=broker.factory)
+    try:
+        for step in range(10):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": 1.0})
+        start = time.monotonic()
+        assert not pub.flush(5, persist=True)  # the path SIGTERM and crashes take
+        assert time.monotonic() - start < 2
+        assert pub.stats.spooled_records == 10 and list(spool_dir.rglob("*.spool"))
+    finally:
+        pub.close(5)
