@@ -143,7 +143,11 @@ def test_broker_restart_loses_nothing_and_never_stalls_log(
     assert stats.dropped == stats.dropped_spool == 0
     assert incarnation
     # log() only appends to a deque: the broker being away must not show on the caller.
-    assert max(log_times) < 0.005, (max(log_times), duplicates)
+    # Waiting on I/O would take seconds here (2 s bootstrap and delivery timeouts); the
+    # bound left is a GIL hand-over from a background thread, one 5 ms switch interval.
+    ordered = sorted(log_times)
+    assert ordered[-1] < 0.010, (ordered[-1], duplicates)
+    assert ordered[int(len(ordered) * 0.99)] < 0.001
 
 
 def test_two_ranks_ddp_grad_norms_agree(base_settings: Settings, tmp_path: Path) -> None:
