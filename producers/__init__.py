@@ -1,8 +1,8 @@
 """The worker-side SDK: runs inside training processes and publishes their telemetry.
 
-    import producers
-    monitor = producers.init(run="my-run")
-    monitor.log(step, loss=loss, lr=lr)
+import producers
+monitor = producers.init(run="my-run")
+monitor.log(step, loss=loss, lr=lr)
 """
 
 from producers.monitor import Monitor, init

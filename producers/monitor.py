@@ -3,26 +3,95 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from producers.deferred import Deferred
 from producers.identity import Identity, detect_identity
-from producers.publisher import Publisher, PublisherStats
+from producers.loghandler import LOG_LEVEL, ShippingHandler
+from producers.periodic import Ticker
+from producers.publisher import ProducerFactory, Publisher, PublisherStats, kafka_producer
+from producers.shutdown import CrashHooks
+from producers.system import SystemSampler
 from stepstream.contract import RecordKind
 from stepstream.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
+
+    from producers.watch import Watch
+
+_TRAIN = RecordKind.TRAIN
+
+
+def _shutdown(
+    publisher: Publisher,
+    ticker: Ticker,
+    hooks: CrashHooks,
+    handler: logging.Handler | None,
+    timeout: float,
+) -> None:
+    # A plain function (not a bound method) so that the finalizer does not keep the
+    # Monitor alive; runs at close(), at interpreter exit, or when the Monitor is collected.
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+    hooks.uninstall()
+    ticker.stop()
+    publisher.close(timeout)
 
 
 class Monitor:
     """Publishes one rank's telemetry. `log()` only enqueues; sending happens elsewhere.
 
-    Use as a context manager, or call `close()`; an interpreter exit flushes too.
+    Use as a context manager, or call `close()`; an interpreter exit, SIGTERM and an
+    uncaught exception flush too.
     """
 
-    def __init__(self, identity: Identity, settings: Settings) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        settings: Settings,
+        producer_factory: ProducerFactory = kafka_producer,
+    ) -> None:
         self.identity = identity
         self.settings = settings
-        self._publisher = Publisher(identity, settings)
-        self._finalizer = weakref.finalize(self, self._publisher.close, 5.0)
+        self._step: int | None = None
+        self._status: str | None = None  # closing or crashed; else derived from _step
+        self._watches: list[Watch] = []
+        self._publisher = Publisher(identity, settings, producer_factory)
+        spool_root = settings.resolved_spool_dir()
+        disk = spool_root if spool_root.exists() else settings.state_dir.anchor or "/"
+        self._ticker = Ticker(
+            self._publisher,
+            step=lambda: self._step,
+            status=self._status_now,
+            heartbeat_s=settings.heartbeat_interval_s,
+            system_s=settings.system_interval_s,
+            sampler_factory=(lambda: SystemSampler(disk)) if settings.system_interval_s else None,
+        )
+        self._handler: ShippingHandler | None = None
+        # On a crash or SIGTERM, spooled is as good as sent: do not wait for a broker.
+        self._hooks = CrashHooks(
+            self._on_crash,
+            lambda timeout: self._publisher.flush(timeout, persist=True),
+            settings.shutdown_timeout_s,
+        )
+        if settings.capture_logs:
+            self._handler = ShippingHandler(self._publisher, lambda: self._step)
+            logging.getLogger().addHandler(self._handler)
+        self._hooks.install(excepthooks=settings.capture_logs, sigterm=settings.handle_sigterm)
+        self._enqueue = self._publisher.enqueue  # one attribute lookup less per log()
+        self._ticker.start()
+        self._finalizer = weakref.finalize(
+            self,
+            _shutdown,
+            self._publisher,
+            self._ticker,
+            self._hooks,
+            self._handler,
+            settings.shutdown_timeout_s,
+        )
         atexit.register(self._finalizer)
 
     @property
@@ -32,12 +101,14 @@ class Monitor:
 
     @property
     def stats(self) -> PublisherStats:
-        """Counters: enqueued, dropped, sent records and messages, send errors."""
+        """Counters: enqueued, dropped, sent, spooled and replayed records, send errors."""
         return self._publisher.stats
 
     def log(self, step: int | None = None, /, **values: Any) -> None:
         """Record training metrics at `step`: numbers or 0-d tensors, converted off-thread."""
-        self._publisher.enqueue(step, RecordKind.TRAIN, values)
+        if step is not None:
+            self._step = step
+        self._enqueue(step, _TRAIN, values)
 
     def log_eval(self, step: int | None = None, /, **values: Any) -> None:
         """Record evaluation metrics at `step`."""
@@ -47,14 +118,75 @@ class Monitor:
         """Record values of any record kind (system, grad, quality, ...)."""
         self._publisher.enqueue(step, kind, values)
 
+    def log_quality(self, step: int | None, stats: Deferred | dict[str, Any]) -> None:
+        """Record sufficient statistics from `producers.quality_stats` (kind quality)."""
+        self._publisher.enqueue(step, RecordKind.QUALITY, stats)
+
+    def watch(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every: int = 1,
+        tokens_per_sample: int | None = None,
+        update_ratio: bool = True,
+        weights_every: int | None = None,
+    ) -> Watch:
+        """Hook `model` and `optimizer`: every `every` optimizer steps, publish global and
+        per-layer gradient norms, weight norms, update/weight ratios, the first layer with a
+        non-finite gradient (kind grad), learning rates, momentum, step time, data wait,
+        compute time and samples/s, tokens/s (kind train). Weight norms and update ratios
+        come every `weights_every` steps (default 10 x `every`): they need a copy of the
+        weights; `update_ratio=False` skips that copy. Steps count optimizer steps from 0.
+        Returns the hooks' handle (``.remove()``)."""
+        from producers.watch import Watch
+
+        watch = Watch(
+            self._publisher.enqueue,
+            model,
+            optimizer,
+            every,
+            tokens_per_sample,
+            update_ratio,
+            weights_every,
+        )
+        self._watches.append(watch)
+        return watch
+
+    def _status_now(self) -> str:
+        if self._status is not None:
+            return self._status
+        return "starting" if self._step is None else "running"
+
+    def _on_crash(self, text: str, fatal: bool) -> None:
+        if fatal:
+            self._status = "crashed"
+        level = float(logging.CRITICAL if fatal else logging.ERROR)
+        self._publisher.enqueue(self._step, RecordKind.LOG, {LOG_LEVEL: level}, text)
+        if fatal:
+            self._ticker.heartbeat()
+
     def flush(self, timeout: float = 10.0) -> bool:
-        """Hand every record logged so far to Kafka; True if done within `timeout`."""
+        """Deliver every record logged so far; True if Kafka acknowledged all of it within
+        `timeout` (False while the broker is away: the records wait in the spool)."""
         return self._publisher.flush(timeout)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush and stop publishing."""
-        self._publisher.close(timeout)
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to `timeout`, default `shutdown_timeout_s`) and stop publishing."""
+        for watch in self._watches:
+            watch.remove()
+        self._watches.clear()
+        if self._status != "crashed":
+            self._status = "closing"
+        if not self._publisher.disabled:
+            self._ticker.heartbeat()
         self._finalizer.detach()
+        _shutdown(
+            self._publisher,
+            self._ticker,
+            self._hooks,
+            self._handler,
+            self.settings.shutdown_timeout_s if timeout is None else timeout,
+        )
 
     def __enter__(self) -> Monitor:
         return self
@@ -76,11 +208,15 @@ def init(
     """Start a monitor for this process.
 
     Identity comes from the arguments, then torchrun / SLURM variables, then defaults.
-    `overrides` are Settings fields (``kafka_bootstrap=...``); they beat ``STEPSTREAM_*``
-    variables, which beat the running local stack and the defaults.
+    `overrides` are Settings fields (``kafka_bootstrap=...``, ``spool_dir=...``); they beat
+    ``STEPSTREAM_*`` variables, which beat the running local stack and the defaults. With
+    `settings` given, `overrides` are applied on top of it.
     """
     from stepstream.stack import load_settings
 
-    resolved = settings or load_settings(**overrides)
+    if settings is None:
+        resolved = load_settings(**overrides)
+    else:
+        resolved = settings.model_copy(update=overrides) if overrides else settings
     identity = detect_identity(run, rank, world, local_rank, node)
     return Monitor(identity, resolved)

@@ -1,33 +1,51 @@
 """The background publisher: the training thread enqueues, a daemon thread sends.
 
 Shape borrowed from batch span processors: a bounded deque the caller appends to without
-locks or I/O, one daemon thread that drains it into one Kafka message per flush, drop-oldest
-with a counter at the bound, `flush(timeout)` and `close(timeout)`, and no producer ever in
-a forked child (kafka-python is not fork-safe).
+locks or I/O, one daemon thread that drains it into one Kafka message per flush interval,
+drop-oldest with a counter at the bound, `flush(timeout)` and `close(timeout)`, and no
+producer ever in a forked child (kafka-python is not fork-safe).
+
+What Kafka cannot take goes to an on-disk spool (producers.spool): a batch whose send
+future fails, or every batch while no producer can be built. While the spool holds
+anything, new batches are appended behind it so replay keeps the original order; the
+spool is replayed oldest segment first, and a segment is deleted once all of its frames
+are acknowledged. After any delivery failure the Kafka producer is thrown away and built
+afresh: a restarted broker does not know the old producer's idempotence state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import re
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
+from pydantic_core import to_json
+
+from producers.deferred import Deferred
 from producers.identity import Identity
-from stepstream.contract import Batch, Record, RecordKind
+from producers.spool import Frame, Spool
+from stepstream.contract import METRIC_NAME_PATTERN, SCHEMA_VERSION, RecordKind, series_key
 from stepstream.settings import Settings
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_MESSAGE = 500
+_NAME_OK = re.compile(METRIC_NAME_PATTERN).match
 
-# (event time, step, kind, values): converted to a Record off the training thread.
-Pending = tuple[float, int | None, RecordKind, Mapping[str, object]]
+Values = Mapping[str, object] | Deferred
+# (event time, step, kind, values, text): made a record off the training thread.
+Pending = tuple[float, int | None, RecordKind, Values, str | None]
 
 
 def to_float(value: object) -> float | None:
@@ -56,24 +74,90 @@ class PublisherStats:
     sent_messages: int = 0
     send_errors: int = 0
     skipped_values: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    spooled_records: int = 0
+    replayed_records: int = 0
+    dropped_spool: int = 0
+    spool_bytes: int = 0
+    queue_depth: int = 0
+
+    def values(self) -> dict[str, float]:
+        """The counters as record values named ``stepstream/<counter>``.
+
+        ``stepstream/dropped`` counts every record lost for good: queue overflow plus
+        spool overflow.
+        """
+        return {
+            "stepstream/enqueued": float(self.enqueued),
+            "stepstream/dropped": float(self.dropped + self.dropped_spool),
+            "stepstream/dropped_queue": float(self.dropped),
+            "stepstream/dropped_spool": float(self.dropped_spool),
+            "stepstream/sent": float(self.sent_records),
+            "stepstream/send_errors": float(self.send_errors),
+            "stepstream/skipped_values": float(self.skipped_values),
+            "stepstream/spooled": float(self.spooled_records),
+            "stepstream/replayed": float(self.replayed_records),
+            "stepstream/spool_bytes": float(self.spool_bytes),
+            "stepstream/queue_depth": float(self.queue_depth),
+        }
 
 
-ProducerFactory = Callable[[Settings], object]
+ProducerFactory = Callable[[Settings], Any]
 
 
-def kafka_producer(settings: Settings) -> object:
-    """A kafka-python producer for one publisher (built on the publisher's thread)."""
+def kafka_producer(settings: Settings) -> Any:
+    """A kafka-python producer for one publisher (built on the publisher's thread).
+
+    Bootstrap is bounded to 2 s so an absent broker costs the publisher thread little;
+    an unacknowledged batch fails after `kafka_delivery_timeout_s` and is spooled.
+    """
     from kafka import KafkaProducer
 
+    delivery_ms = int(settings.kafka_delivery_timeout_s * 1000)
+    linger_ms = min(settings.kafka_linger_ms, delivery_ms // 4)
+    compression = None if settings.kafka_compression in ("", "none") else settings.kafka_compression
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         client_id="stepstream-publisher",
-        linger_ms=5,
-        compression_type="gzip",
+        linger_ms=linger_ms,
+        compression_type=compression,
         max_block_ms=1000,
+        bootstrap_timeout_ms=2000,
+        request_timeout_ms=max(500, delivery_ms - linger_ms - 100),
+        delivery_timeout_ms=delivery_ms,
         **settings.kafka_client_config(),
     )
+
+
+def close_producer(producer: Any, timeout: float) -> None:
+    """Close a kafka-python producer for good, also when its broker is gone.
+
+    kafka-python's close() flushes first and raises on a flush timeout before it stops its
+    network thread; then the thread is told to abort the pending batches (their futures
+    fail, so their frames are spooled) and the close is repeated, which now succeeds.
+    """
+    try:
+        producer.close(timeout=timeout)
+        return
+    except Exception as exc:
+        log.debug("stepstream producer close timed out: %s", exc)
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(2.0)
+    with contextlib.suppress(Exception):
+        producer.close(timeout=0)
+
+
+def _dir_lock(directory: Path) -> IO[bytes] | None:
+    """An exclusive lock on a spool directory, or None if another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / ".lock").open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 class Publisher:
@@ -90,15 +174,27 @@ class Publisher:
         self.topic = Topics(settings.topic_prefix).telemetry
         self.incarnation = uuid.uuid4().hex[:12]
         self.stats = PublisherStats()
+        self._key = series_key(identity.run, identity.rank)
         self._queue: deque[Pending] = deque()
         self._maxsize = settings.queue_size
         self._seq = 0
         self._producer_factory = producer_factory
-        self._producer: object | None = None
-        self._unsent: list[Record] = []
+        self._producer: Any = None
+        self._broken = False
+        self._next_connect = 0.0
+        self._backoff = 0.25
+        self._failed: deque[Frame] = deque()  # appended by kafka-python's threads
+        self._spool: Spool | None = None
+        self._spool_lock: IO[bytes] | None = None
+        self._good_names: set[str] = set()
         self._wake = threading.Event()
-        self._idle = threading.Event()
         self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._flush_done = threading.Event()
+        self._flush_deadline: float | None = None
+        self._flush_ok = False
+        self._flush_persist = False
+        self._close_timeout = settings.shutdown_timeout_s
         self._disabled = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="stepstream-publisher", daemon=True)
@@ -111,123 +207,349 @@ class Publisher:
         self._disabled = True
         self._queue = deque()
 
-    def enqueue(self, step: int | None, kind: RecordKind, values: Mapping[str, object]) -> None:
+    @property
+    def disabled(self) -> bool:
+        """True in a forked child and after close: enqueue() does nothing."""
+        return self._disabled
+
+    def enqueue(
+        self, step: int | None, kind: RecordKind, values: Values, text: str | None = None
+    ) -> None:
         """Append one record; never blocks, never does I/O. At the bound, drops the oldest."""
         if self._disabled:
             return
         queue = self._queue
         if len(queue) >= self._maxsize:
-            queue.popleft()
-            self.stats.dropped += 1
-        queue.append((time.time(), step, kind, values))
+            with contextlib.suppress(IndexError):  # the publisher may have drained it
+                queue.popleft()
+                self.stats.dropped += 1
+        queue.append((time.time(), step, kind, values, text))
         self.stats.enqueued += 1
 
-    def _drain(self) -> list[Record]:
-        records: list[Record] = []
+    # -- the publisher thread -------------------------------------------------------
+
+    def _name_ok(self, name: str) -> bool:
+        if name in self._good_names:
+            return True
+        if isinstance(name, str) and _NAME_OK(name):
+            self._good_names.add(name)
+            return True
+        return False
+
+    def _drain(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
         queue = self._queue
-        while queue:
-            t, step, kind, values = queue.popleft()
-            floats: dict[str, float] = {}
-            for name, value in values.items():
-                number = to_float(value)
-                if number is None:
+        good = self._good_names
+        while True:
+            try:
+                t, step, kind, values, text = queue.popleft()
+            except IndexError:
+                break
+            if len(records) % 64 == 63:
+                # Hand the GIL back now and then: a training thread coming out of a torch
+                # op must not wait for the whole drain.
+                time.sleep(0)
+            mapping: Mapping[str, object]
+            resolve = getattr(values, "resolve", None)
+            if resolve is not None:
+                try:
+                    mapping, resolved_text = resolve()
+                except Exception as exc:  # a bad tensor must not stop the publisher
                     self.stats.skipped_values += 1
-                else:
-                    floats[name] = number
+                    log.debug("stepstream could not convert deferred values: %s", exc)
+                    continue
+                text = text or resolved_text
+            else:
+                mapping = values  # type: ignore[assignment]
+            # Fast path: plain floats under names seen before, checked at C speed.
+            floats: dict[str, Any]
+            if good.issuperset(mapping) and all(type(v) is float for v in mapping.values()):
+                floats = dict(mapping)
+            else:
+                floats = self._convert(mapping)
             records.append(
-                Record.model_construct(seq=self._seq, t=t, step=step, kind=kind, values=floats, text=None)
+                {
+                    "seq": self._seq,
+                    "t": t,
+                    "step": step,
+                    "kind": kind.value,
+                    "values": floats,
+                    "text": text,
+                }
             )
             self._seq += 1
         return records
 
-    def _ensure_producer(self) -> object | None:
-        if self._producer is None:
+    def _convert(self, values: Mapping[str, object]) -> dict[str, float]:
+        floats: dict[str, float] = {}
+        good = self._good_names
+        for name, value in values.items():
+            number = value if type(value) is float else to_float(value)
+            if number is None or (name not in good and not self._name_ok(name)):
+                self.stats.skipped_values += 1
+            else:
+                floats[name] = number
+        return floats
+
+    def _frames(self, records: list[dict[str, Any]]) -> list[Frame]:
+        ident = self.identity
+        frames = []
+        for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
+            chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
+            batch = {
+                "v": SCHEMA_VERSION,
+                "run": ident.run,
+                "rank": ident.rank,
+                "world": ident.world,
+                "node": ident.node,
+                "pid": self._pid,
+                "incarnation": self.incarnation,
+                "records": chunk,
+            }
+            # The contract writes non-finite floats as "NaN"/"Infinity" strings.
+            frames.append(Frame(self._key, to_json(batch, inf_nan_mode="strings"), len(chunk)))
+        return frames
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is None and time.monotonic() >= self._next_connect:
             try:
                 self._producer = self._producer_factory(self.settings)
-            except Exception as exc:  # broker away: keep records, try again next flush
+                self._backoff = 0.25
+            except Exception as exc:  # broker away: spool, and try again later
                 self.stats.send_errors += 1
+                self._next_connect = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, 5.0)
                 log.debug("stepstream producer not ready: %s", exc)
         return self._producer
 
-    def _send(self, records: list[Record]) -> bool:
+    def _on_ack(self, frame: Frame, _metadata: object = None) -> None:
+        self.stats.sent_records += frame.records
+        self.stats.sent_messages += 1
+
+    def _on_fail(self, frame: Frame, exc: BaseException) -> None:
+        self._failed.append(frame)
+        self._broken = True
+        log.debug("stepstream delivery failed: %s", exc)
+
+    def _send(self, frames: list[Frame]) -> list[Frame]:
+        """Send frames with delivery callbacks; return those that could not be handed over."""
         producer = self._ensure_producer()
         if producer is None:
-            return False
-        ident = self.identity
-        try:
-            for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-                chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
-                batch = Batch.model_construct(
-                    v=1,
-                    run=ident.run,
-                    rank=ident.rank,
-                    world=ident.world,
-                    node=ident.node,
-                    pid=self._pid,
-                    incarnation=self.incarnation,
-                    records=chunk,
-                )
-                producer.send(self.topic, key=batch.key, value=batch.to_bytes())  # type: ignore[attr-defined]
-                self.stats.sent_messages += 1
-                self.stats.sent_records += len(chunk)
-        except Exception as exc:
-            self.stats.send_errors += 1
-            log.debug("stepstream send failed: %s", exc)
-            return False
-        return True
+            return frames
+        for i, frame in enumerate(frames):
+            try:
+                future = producer.send(self.topic, key=frame.key, value=frame.value)
+            except Exception as exc:  # metadata unavailable within max_block_ms, ...
+                self.stats.send_errors += 1
+                self._broken = True
+                log.debug("stepstream send failed: %s", exc)
+                return frames[i:]
+            if future is None:  # a producer without futures: handed over is delivered
+                self._on_ack(frame)
+            else:
+                future.add_callback(self._on_ack, frame)
+                future.add_errback(self._on_fail, frame)
+        return []
 
-    def _cycle(self) -> None:
-        records = self._unsent + self._drain()
-        self._unsent = []
-        if records and not self._send(records):
-            # Keep the newest up to the queue bound; older ones are counted as dropped.
-            overflow = len(records) - self._maxsize
-            if overflow > 0:
-                self.stats.dropped += overflow
-                records = records[overflow:]
-            self._unsent = records
+    def _open_spool(self) -> Spool | None:
+        if self._spool is None:
+            root = self.settings.resolved_spool_dir() / self.identity.run
+            directory = root / f"rank-{self.identity.rank}"
+            try:
+                self._spool_lock = _dir_lock(directory)
+                if self._spool_lock is None:  # another live process owns it
+                    directory = root / f"rank-{self.identity.rank}.{self.incarnation}"
+                    self._spool_lock = _dir_lock(directory)
+                self._spool = Spool(
+                    directory, self.settings.spool_max_bytes, self.settings.spool_segment_bytes
+                )
+            except OSError as exc:
+                log.warning("stepstream spool %s unusable, records may be lost: %s", directory, exc)
+                return None
+        return self._spool
+
+    def _to_spool(self, frames: list[Frame]) -> None:
+        if not frames:
+            return
+        spool = self._open_spool()
+        records = sum(f.records for f in frames)
+        if spool is None:
+            self.stats.dropped_spool += records
+            return
+        try:
+            spool.append(frames)
+            self.stats.spooled_records += records
+        except OSError as exc:
+            self.stats.dropped_spool += records
+            log.warning("stepstream spool write failed, %d records lost: %s", records, exc)
+        self.stats.dropped_spool = max(self.stats.dropped_spool, spool.dropped_records)
+        self.stats.spool_bytes = spool.size
+
+    def _absorb_failures(self) -> None:
+        failed = []
+        while self._failed:
+            failed.append(self._failed.popleft())
+        if failed:
+            self.stats.send_errors += 1
+            self._to_spool(failed)
+
+    def _drop_producer(self, timeout: float = 0.0) -> None:
+        producer, self._producer = self._producer, None
+        self._broken = False
+        if producer is not None:
+            close_producer(producer, timeout)  # aborted batches fail: their errbacks spool them
+        self._absorb_failures()
+        self._next_connect = time.monotonic() + self._backoff
+
+    def _spool_pending(self) -> bool:
+        return self._spool is not None and bool(self._spool)
+
+    def _replay(self, deadline: float) -> None:
+        """Send sealed spool segments oldest first; delete each once fully acknowledged."""
+        spool = self._spool
+        producer = self._ensure_producer()
+        if spool is None or producer is None:
+            return
+        spool.seal()
+        for path in spool.sealed():
+            frames = spool.read(path)
+            futures = []
+            try:
+                for frame in frames:
+                    futures.append(producer.send(self.topic, key=frame.key, value=frame.value))
+                wait = min(self.settings.kafka_delivery_timeout_s, deadline - time.monotonic())
+                producer.flush(timeout=max(0.1, wait))
+            except Exception as exc:
+                log.debug("stepstream replay failed: %s", exc)
+                self._broken = True
+                break
+            if not all(f is None or (f.is_done and f.succeeded()) for f in futures):
+                self._broken = True
+                break
+            replayed = sum(f.records for f in frames)
+            self.stats.replayed_records += replayed
+            self.stats.sent_records += replayed
+            self.stats.sent_messages += len(frames)
+            spool.remove(path)
+            if time.monotonic() >= deadline:
+                break
+        self.stats.spool_bytes = spool.size
+        if self._broken:
+            self.stats.send_errors += 1
+            self._drop_producer()
+
+    def _cycle(self, deadline: float) -> None:
+        frames = self._frames(self._drain())
+        self._absorb_failures()
+        if self._broken:
+            self._drop_producer()
+        if frames and not self._spool_pending():
+            self._ensure_producer()
+        if self._spool_pending() or self._producer is None:
+            self._to_spool(frames)
+            if self._spool_pending():
+                self._replay(deadline)
+        else:
+            self._to_spool(self._send(frames))
+        self.stats.queue_depth = len(self._queue)
+
+    def _flush_cycle(self, deadline: float, persist: bool = False) -> bool:
+        while True:
+            if self._flush_once(deadline):
+                return True
+            if persist and self._producer is None:
+                return False  # no broker now: what is left is safe in the spool
+            # Not delivered yet (broker away, or reconnect backing off): retry until the
+            # deadline, waking when the next connection attempt is due.
+            now = time.monotonic()
+            if now >= deadline - 0.05:
+                return False
+            pause = max(0.05, self._next_connect - now) if self._producer is None else 0.05
+            time.sleep(min(pause, deadline - now))
+
+    def _flush_once(self, deadline: float) -> bool:
+        self._cycle(deadline)
+        producer = self._producer
+        if producer is not None:
+            try:
+                producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                log.debug("stepstream flush failed: %s", exc)
+                self._broken = True
+            self._absorb_failures()
+            if self._broken:
+                self._drop_producer()
+            elif self._spool_pending():
+                self._replay(deadline)
+        return not self._queue and not self._failed and not self._spool_pending()
 
     def _run(self) -> None:
         interval = self.settings.flush_interval_s
+        directory = self.settings.resolved_spool_dir() / self.identity.run
+        if (directory / f"rank-{self.identity.rank}").is_dir():
+            self._open_spool()  # a previous incarnation left batches: replay them
+        self._ensure_producer()  # connect now, in the background, not at the first flush
         while not self._stop.is_set():
             self._wake.wait(interval)
             self._wake.clear()
-            self._cycle()
-            if not self._queue and not self._unsent:
-                self._idle.set()
-        self._cycle()
-        if self._producer is not None:
             try:
-                self._producer.flush(timeout=5)  # type: ignore[attr-defined]
-                self._producer.close(timeout=5)  # type: ignore[attr-defined]
-            except Exception as exc:
-                log.debug("stepstream producer close failed: %s", exc)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Send everything enqueued so far; True if it was handed to Kafka in time."""
-        if self._disabled or not self._thread.is_alive():
-            return not self._queue
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._idle.clear()
-            self._wake.set()
-            if self._idle.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-                break
-        producer = self._producer
-        if producer is None or self._unsent or self._queue:
-            return False
+                requested = self._flush_deadline
+                if requested is not None:
+                    self._flush_ok = self._flush_cycle(requested, self._flush_persist)
+                    self._flush_deadline = None
+                    self._flush_done.set()
+                else:
+                    self._cycle(time.monotonic() + 2.0)
+            except Exception as exc:  # never let a bug kill telemetry for the whole run
+                log.warning("stepstream publisher cycle failed: %s", exc, exc_info=True)
         try:
-            producer.flush(timeout=max(0.1, deadline - time.monotonic()))  # type: ignore[attr-defined]
-        except Exception:
-            return False
-        return True
+            # At exit, records in the spool are safe: wait for the broker no longer.
+            self._flush_cycle(time.monotonic() + self._close_timeout, persist=True)
+        finally:
+            self._shutdown()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush and stop the thread; records still unsent after `timeout` are dropped."""
+    def _shutdown(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            close_producer(producer, min(1.0, self._close_timeout))
+        self._absorb_failures()
+        # What is still queued now would be lost: keep it for the next incarnation.
+        self._to_spool(self._frames(self._drain()))
+        if self._spool is not None:
+            self._spool.close()
+        if self._spool_lock is not None:
+            self._spool_lock.close()
+        self._flush_done.set()
+
+    # -- the caller's side ---------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0, persist: bool = False) -> bool:
+        """Deliver everything enqueued so far; True if Kafka acknowledged all of it (the
+        spool included) within `timeout`. With `persist`, return as soon as what is left
+        is in the spool while no broker answers (for exits). Never call it from the
+        publisher thread."""
+        if self._disabled or not self._thread.is_alive():
+            return False
+        if threading.current_thread() is self._thread:
+            return False
+        with self._flush_lock:
+            self._flush_done.clear()
+            self._flush_persist = persist
+            self._flush_deadline = time.monotonic() + timeout
+            self._wake.set()
+            if not self._flush_done.wait(timeout + 1.0):
+                return False
+            return self._flush_ok
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to `timeout`, default `shutdown_timeout_s`) and stop the thread.
+        What is still undelivered then stays in the spool for the next incarnation."""
         if self._disabled:
             return
-        self.flush(timeout)
+        self._disabled = True
+        if timeout is not None:
+            self._close_timeout = timeout
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
-        self._disabled = True
+        if threading.current_thread() is not self._thread:
+            self._thread.join(self._close_timeout + 3.0)

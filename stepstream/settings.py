@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://).")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://)."
+    )
     topic_prefix: str = Field("stepstream", description="Prefix of every topic and consumer group.")
     key_prefix: str = Field("stepstream", description="Prefix of every Redis key.")
     partitions: int = Field(4, ge=1, description="Partition count of every stepstream topic.")
@@ -105,6 +107,32 @@ class Settings(BaseSettings):
     metrics_max_series: int = Field(
         10_000, ge=1, description="Cap on rolling-stat series /metrics exports (per scrape)."
     )
+    # producer SDK
+    spool_dir: Path | None = Field(
+        None, description="Where publishers spool undelivered batches; default <state_dir>/spool."
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Spool bound per rank; drops oldest beyond it."
+    )
+    spool_segment_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Spool segment size; whole segments are replayed."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period of every rank.")
+    system_interval_s: float = Field(
+        1.0, ge=0, description="System metrics sampling period; 0 turns the sampler off."
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, description="Longest a close, exit or SIGTERM waits to flush."
+    )
+    capture_logs: bool = Field(True, description="Ship WARNING+ log records and uncaught errors.")
+    handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
+    kafka_compression: str = Field(
+        "lz4", description="Publisher compression: lz4 (cheap), gzip (level 9: costly), none."
+    )
+    kafka_linger_ms: int = Field(20, ge=0, description="Publisher linger before a send.")
+    kafka_delivery_timeout_s: float = Field(
+        10.0, gt=0, description="A batch not acknowledged by then goes to the spool."
+    )
 
     @field_validator("window_steps")
     @classmethod
@@ -119,6 +147,10 @@ class Settings(BaseSettings):
         if any(s <= 0 for s in sizes):
             raise ValueError("window_seconds sizes must be > 0, e.g. [10, 60]")
         return sorted(set(sizes))
+
+    def resolved_spool_dir(self) -> Path:
+        """The spool root: `spool_dir` when set, else ``<state_dir>/spool``."""
+        return self.spool_dir if self.spool_dir is not None else self.state_dir / "spool"
 
     def kafka_client_config(self) -> dict[str, str | None]:
         """Security settings in kafka-python's keyword names, unset ones left out."""

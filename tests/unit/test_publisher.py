@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,13 @@ from stepstream.contract import RecordKind, decode_batch
 from stepstream.settings import Settings
 
 IDENT = Identity(run="r", rank=1, world=2, local_rank=1, node="n")
+
+
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every publisher of these tests spools under the test's own directory."""
+    monkeypatch.setenv("STEPSTREAM_SPOOL_DIR", str(tmp_path / "spool"))
+    yield tmp_path / "spool"
 
 
 class RecordingProducer:
@@ -69,15 +78,17 @@ def test_bound_drops_oldest_and_counts() -> None:
         return producer
 
     settings = Settings(queue_size=10, flush_interval_s=0.05)
+    # The thread connects before its first drain: held in the factory, it drains nothing.
     pub = Publisher(IDENT, settings, producer_factory=slow_factory)
-    pub._stop.set()  # hold the thread's loop so the queue fills before any drain
-    pub._wake.set()
-    pub._thread.join(5)
-    for step in range(25):
-        pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
-    assert pub.stats.dropped == 15
-    assert [item[1] for item in pub._queue] == list(range(15, 25))
-    gate.set()
+    try:
+        for step in range(25):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
+        assert pub.stats.dropped == 15
+        assert [item[1] for item in pub._queue] == list(range(15, 25))
+    finally:
+        gate.set()
+        pub.close(2)
+    assert [r.step for r in records_of(producer)] == list(range(15, 25))
 
 
 def test_tensor_values_are_converted_on_the_publisher_thread() -> None:
@@ -145,3 +156,156 @@ def test_forked_child_never_publishes() -> None:
 
 def test_to_float() -> None:
     assert to_float(3) == 3.0 and to_float(True) == 1.0 and to_float(None) is None
+
+
+class FakeFuture:
+    """A kafka-python send future that the fake broker resolves at flush()."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.errbacks: list[Any] = []
+        self.is_done = False
+        self.ok = False
+
+    def add_callback(self, fn: Any, *args: Any) -> None:
+        self.callbacks.append((fn, args))
+
+    def add_errback(self, fn: Any, *args: Any) -> None:
+        self.errbacks.append((fn, args))
+
+    def resolve(self, ok: bool) -> None:
+        self.is_done, self.ok = True, ok
+        for fn, args in self.callbacks if ok else self.errbacks:
+            fn(*args, None if ok else ConnectionError("broker gone"))
+
+    def succeeded(self) -> bool:
+        return self.ok
+
+
+class FlakyBroker:
+    """Producers whose deliveries succeed or fail depending on `up`; keeps what arrived."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.delivered: list[bytes] = []
+        self.pending: list[tuple[FakeFuture, bytes]] = []
+        self.lock = threading.Lock()
+
+    def factory(self, settings: Settings) -> FlakyBroker:
+        if not self.up:
+            raise ConnectionError("no broker")
+        return self
+
+    def send(self, topic: str, key: bytes, value: bytes) -> FakeFuture:
+        future = FakeFuture()
+        with self.lock:
+            self.pending.append((future, value))
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for future, value in pending:
+            if self.up:
+                self.delivered.append(value)
+            future.resolve(self.up)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.flush()
+
+    def seqs(self) -> list[int]:
+        return [r.seq for raw in self.delivered for r in decode_batch(raw).records]
+
+
+def test_failed_deliveries_spool_and_replay_in_order(spool_dir: Path) -> None:
+    broker = FlakyBroker()
+    settings = Settings(flush_interval_s=0.02, spool_segment_bytes=2048)
+    pub = Publisher(IDENT, settings, producer_factory=broker.factory)
+    try:
+        for step in range(50):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
+        assert pub.flush(5)
+        broker.up = False  # the broker goes away: in-flight and new batches fail
+        for step in range(50, 400):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": float(step)})
+            if step % 50 == 0:
+                time.sleep(0.03)
+        assert not pub.flush(0.5)
+        assert pub.stats.spooled_records > 0
+        assert list(spool_dir.rglob("*.spool"))
+        broker.up = True
+        assert pub.flush(10)
+    finally:
+        pub.close(5)
+    seqs = broker.seqs()
+    assert sorted(set(seqs)) == list(range(400))  # nothing lost
+    assert seqs == sorted(seqs)  # replayed in order, before anything newer
+    assert pub.stats.replayed_records == pub.stats.spooled_records
+    assert not list(spool_dir.rglob("*.spool"))  # acknowledged segments are deleted
+
+
+def test_next_incarnation_replays_what_the_last_one_spooled(spool_dir: Path) -> None:
+    broker = FlakyBroker()
+    broker.up = False
+    settings = Settings(flush_interval_s=0.02, shutdown_timeout_s=0.5)
+    first = Publisher(IDENT, settings, producer_factory=broker.factory)
+    for step in range(20):
+        first.enqueue(step, RecordKind.TRAIN, {"x": 1.0})
+    first.close()
+    assert first.stats.spooled_records == 20
+    broker.up = True
+    second = Publisher(IDENT, settings, producer_factory=broker.factory)
+    try:
+        assert second.flush(5)
+    finally:
+        second.close()
+    batches = [decode_batch(raw) for raw in broker.delivered]
+    assert [r.seq for b in batches for r in b.records] == list(range(20))
+    assert {b.incarnation for b in batches} == {first.incarnation}
+
+
+def test_deferred_values_and_bad_names() -> None:
+    calls: list[str] = []
+
+    class Stacked:
+        def tolist(self) -> list[float]:
+            calls.append(threading.current_thread().name)
+            return [1.0, float("nan")]
+
+    from producers.deferred import TensorValues
+
+    pub, producer = publisher()
+    pub.enqueue(3, RecordKind.GRAD, TensorValues(["a", "b"], Stacked()))
+    pub.enqueue(4, RecordKind.TRAIN, {"ok": 1.0, "has|pipe": 2.0, "has space": 3.0})
+    assert pub.flush(5)
+    pub.close()
+    first, second = records_of(producer)
+    assert calls == ["stepstream-publisher"]
+    assert first.values["a"] == 1.0 and first.values["b"] != first.values["b"]  # NaN kept
+    assert second.values == {"ok": 1.0}
+    assert pub.stats.skipped_values == 2
+
+
+def test_counters_as_values() -> None:
+    pub, _ = publisher(queue_size=3)
+    pub.close()
+    pub.stats.dropped, pub.stats.dropped_spool = 2, 5
+    values = pub.stats.values()
+    assert values["stepstream/dropped"] == 7.0
+    assert values["stepstream/dropped_queue"] == 2.0
+    assert values["stepstream/dropped_spool"] == 5.0
+
+
+def test_persist_flush_returns_once_spooled_while_broker_away(spool_dir: Path) -> None:
+    broker = FlakyBroker()
+    broker.up = False
+    pub = Publisher(IDENT, Settings(flush_interval_s=0.05), producer_factory=broker.factory)
+    try:
+        for step in range(10):
+            pub.enqueue(step, RecordKind.TRAIN, {"x": 1.0})
+        start = time.monotonic()
+        assert not pub.flush(5, persist=True)  # the path SIGTERM and crashes take
+        assert time.monotonic() - start < 2
+        assert pub.stats.spooled_records == 10 and list(spool_dir.rglob("*.spool"))
+    finally:
+        pub.close(5)

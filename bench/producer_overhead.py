@@ -1,0 +1,237 @@
+"""What instrumenting a training step costs: stepstream vs no monitoring vs TensorBoard.
+
+A small CPU MLP step (256 -> 512 -> 10, batch 64) runs in four modes, interleaved in
+shuffled order over several rounds so that the noise of a shared machine hits every mode
+alike:
+
+- ``none``: no monitoring at all (no monitor object, no threads);
+- ``stepstream``: one ``log()`` of 20 scalars per step, with heartbeats and the 1 s
+  system sampler running, publishing to a real (embedded tansu) broker;
+- ``tensorboard``: ``SummaryWriter.add_scalar`` of the same 20 scalars;
+- ``watch``: ``monitor.watch(model, optimizer, every=1)`` (norms every step), no log().
+
+Every mode builds the same dict of 20 values each step (the loop has its metrics either
+way); only handing them to a library differs. Each block is short and every round runs
+all four, so a slow phase of the machine hits all modes of that round; an overhead is the
+median over rounds of (median step time of the mode / median step time of ``none`` in the
+same round - 1). The logging cost of each library is timed directly around its calls
+(perf_counter_ns), which is what
+``tensorboard_ratio`` compares (median per step, 20 scalars). Run:
+``python bench/producer_overhead.py`` (about a minute). Prints figures; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import producers
+from producers.system import SystemSampler
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack
+
+N_SCALARS = 20
+
+
+def make_step() -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    """The model, optimizer and a closure running one training step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xs = [torch.randn(64, 256) for _ in range(16)]
+    ys = [torch.randint(0, 10, (64,)) for _ in range(16)]
+
+    def step(i: int) -> torch.Tensor:
+        x, y = xs[i % 16], ys[i % 16]
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return model, optimizer, step
+
+
+def scalars(i: int, loss: torch.Tensor) -> dict[str, Any]:
+    """20 values as a training loop would log them: the loss tensor and 19 floats."""
+    values: dict[str, Any] = {"loss": loss}
+    for k in range(N_SCALARS - 1):
+        values[f"metric_{k}"] = i * 0.001 + k
+    return values
+
+
+@contextlib.contextmanager
+def broker(tmp: Path) -> Iterator[Settings]:
+    """An embedded tansu broker without workers, stopped at the end."""
+    settings = Settings(state_dir=tmp / "stack", topic_prefix=f"bench{uuid.uuid4().hex[:6]}")
+    stack = LocalStack(settings, workers=False)
+    state = stack.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka_bootstrap": state.kafka_bootstrap, "spool_dir": tmp / "spool"}
+        )
+    finally:
+        stack.stop()
+
+
+def run_mode(
+    mode: str, steps: int, warmup: int, settings: Settings, tmp: Path
+) -> tuple[list[float], list[float], tuple[float, float]]:
+    """Per-step wall times (s), per-step logging-call times (s) and process CPU seconds
+    per step (all threads, ours included; and the training thread alone) of one block."""
+    model, optimizer, step = make_step()
+    monitor = writer = None
+    if mode in ("stepstream", "watch"):
+        monitor = producers.init("bench", rank=0, world=1, settings=settings)
+        if mode == "watch":
+            monitor.watch(model, optimizer, every=1)
+        # Steady state: connecting to the broker is a one-time cost outside the steps.
+        monitor.flush(10)
+    elif mode == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tmp / f"tb-{uuid.uuid4().hex[:6]}"))
+    step_times: list[float] = []
+    cpu: list[float] = []  # process CPU seconds (every thread) of the measured steps
+    log_times: list[float] = []
+    clock = time.perf_counter_ns
+    try:
+        for i in range(warmup + steps):
+            t0 = clock()
+            loss = step(i)
+            values = scalars(i, loss)  # the loop has its metrics in every mode
+            if mode == "stepstream":
+                a = clock()
+                monitor.log(i, **values)  # type: ignore[union-attr]
+                log_times.append((clock() - a) * 1e-9)
+            elif mode == "tensorboard":
+                a = clock()
+                for name, value in values.items():
+                    writer.add_scalar(name, value, i)  # type: ignore[union-attr]
+                log_times.append((clock() - a) * 1e-9)
+            if i == warmup:
+                cpu += [time.process_time(), time.thread_time()]
+            if i >= warmup:
+                step_times.append((clock() - t0) * 1e-9)
+    finally:
+        if monitor is not None:
+            monitor.close(10)
+        if writer is not None:
+            writer.close()
+    cpu_per_step = (time.process_time() - cpu[0]) / steps
+    main_per_step = (time.thread_time() - cpu[1]) / steps
+    return step_times, log_times[warmup:], (cpu_per_step, main_per_step)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    """Run the interleaved rounds and print the figures; the last line is the summary."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    modes = ["none", "stepstream", "tensorboard", "watch"]
+    steps: dict[str, list[float]] = {m: [] for m in modes}
+    medians: dict[str, list[float]] = {m: [] for m in modes}
+    logs: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[float]] = {m: [] for m in modes}
+    mains: dict[str, list[float]] = {m: [] for m in modes}
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as name, broker(Path(name)) as settings:
+        tmp = Path(name)
+        for r in range(args.rounds):
+            order = modes[:]
+            rng.shuffle(order)
+            for mode in order:
+                times, log_times, cpu = run_mode(mode, args.steps, args.warmup, settings, tmp)
+                cpus[mode].append(cpu[0])
+                mains[mode].append(cpu[1])
+                steps[mode] += times
+                medians[mode].append(statistics.median(times))
+                logs[mode] += log_times
+            print(f"round {r}: " + " ".join(f"{m}={medians[m][-1] * 1e3:.3f}ms" for m in modes))
+        sampler = SystemSampler("/")
+        costs = []
+        for _ in range(30):
+            start = time.perf_counter()
+            sampler.sample()
+            costs.append(time.perf_counter() - start)
+            time.sleep(0.01)
+        sampler.close()
+        sent_check = producers.init("bench-check", settings=settings)
+        delivered = sent_check.flush(10)
+        sent_check.close()
+
+    def paired(mode: str) -> float:
+        ratios = [m / b - 1 for m, b in zip(medians[mode], medians["none"], strict=True)]
+        return statistics.median(ratios) * 100
+
+    base = statistics.median(steps["none"])
+    for mode in modes:
+        mean = statistics.fmean(steps[mode])
+        print(
+            f"{mode:12s} step median {statistics.median(steps[mode]) * 1e3:.3f} ms  "
+            f"mean {mean * 1e3:.3f} ms  p99 {pct(steps[mode], 0.99) * 1e3:.3f} ms"
+        )
+    overhead = paired("stepstream")
+    pooled = (statistics.median(steps["stepstream"]) - base) / base * 100
+    overhead_mean = (
+        (statistics.fmean(steps["stepstream"]) - statistics.fmean(steps["none"]))
+        / statistics.fmean(steps["none"])
+        * 100
+    )
+    watch_overhead = paired("watch")
+    ours = statistics.median(logs["stepstream"])
+    theirs = statistics.median(logs["tensorboard"])
+    print(
+        f"per-step logging call, {N_SCALARS} scalars: stepstream {ours * 1e6:.2f} us, "
+        f"TensorBoard {theirs * 1e6:.1f} us; overhead of pooled medians {pooled:.2f}%, "
+        f"of means {overhead_mean:.2f}%; TensorBoard paired {paired('tensorboard'):.1f}%; "
+        f"broker reachable at end: {delivered}; torch threads {args.threads}"
+    )
+    print(
+        f"one system-metrics sample (psutil; NVML absent here): median "
+        f"{statistics.median(costs) * 1e3:.2f} ms, max {max(costs) * 1e3:.2f} ms "
+        f"(once per second by default)"
+    )
+    cpu_base = statistics.median(cpus["none"])
+    print(
+        "process CPU per step (all threads; robust to other tenants): "
+        + ", ".join(f"{m} {statistics.median(cpus[m]) * 1e3:.3f} ms" for m in modes)
+        + f"; stepstream +{(statistics.median(cpus['stepstream']) / cpu_base - 1) * 100:.2f}%"
+        + f", watch +{(statistics.median(cpus['watch']) / cpu_base - 1) * 100:.2f}%"
+    )
+    main_base = statistics.median(mains["none"])
+    print(
+        "training-thread CPU per step: "
+        + ", ".join(f"{m} {statistics.median(mains[m]) * 1e3:.3f} ms" for m in modes)
+        + f"; stepstream +{(statistics.median(mains['stepstream']) / main_base - 1) * 100:.2f}%"
+    )
+    print(
+        f"overhead_pct={overhead:.2f} log_p50_us={pct(logs['stepstream'], 0.5) * 1e6:.2f} "
+        f"log_p99_us={pct(logs['stepstream'], 0.99) * 1e6:.2f} "
+        f"tensorboard_ratio={theirs / ours:.1f} watch_overhead_pct={watch_overhead:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Torch hooks behind `Monitor.watch(model, optimizer)`: gradient, weight and update norms,
+the first layer with a non-finite gradient, learning rates and momentum, step time split
+into data wait and compute, and throughput.
+
+Everything on the training thread is tensor ops queued on the device (``_foreach_norm``,
+one ``stack``) and ``perf_counter`` reads; the stacked norms travel as one tensor to the
+publisher thread, where ``tolist()`` (the only host sync) and the per-layer arithmetic run.
+
+Timing is host-side: data wait is from the end of one optimizer step to the next forward,
+compute from that forward to the end of the step. On CUDA the host runs ahead of the device,
+so compute then means launch time unless something in the step synchronizes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from stepstream.contract import RecordKind
+
+GLOBAL_NORM = "grad/global_norm"
+NONFINITE_COUNT = "grad/nonfinite_count"
+STEP_TIME = "perf/step_time_s"
+DATA_WAIT = "perf/data_wait_s"
+COMPUTE = "perf/compute_s"
+SAMPLES_PER_S = "perf/samples_per_s"
+TOKENS_PER_S = "perf/tokens_per_s"
+
+Enqueue = Callable[[int | None, RecordKind, Any], None]
+
+
+def layer_names(model: torch.nn.Module) -> tuple[list[str], list[torch.nn.Parameter]]:
+    """Trainable parameters and their names, without DDP/compile wrapper prefixes."""
+    names, params = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            for prefix in ("module.", "_orig_mod."):
+                name = name.removeprefix(prefix)
+            names.append(name)
+            params.append(param)
+    return names, params
+
+
+class GradStats:
+    """Deferred values of one watched step: resolved on the publisher thread."""
+
+    __slots__ = ("index", "names", "order", "parts", "updates", "weights")
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        index: list[int],
+        order: list[int],
+        parts: Any,
+        weights: bool = True,
+        updates: bool = True,
+    ) -> None:
+        self.names = names
+        self.index = index  # positions (in `names`) of the params that had a gradient
+        self.order = order  # positions in the order backward produced their gradients
+        self.parts = parts  # one stacked tensor: grad norms[, weight norms[, update norms]]
+        self.weights = weights
+        self.updates = updates and weights
+
+    def resolve(self) -> tuple[dict[str, float], str | None]:
+        """Per-layer and global norms, update ratios and the first non-finite layer."""
+        parts = self.parts
+        flat = parts.tolist() if hasattr(parts, "tolist") else [p.item() for p in parts]
+        k = len(self.index)
+        grads = flat[:k]
+        weights = flat[k : 2 * k] if self.weights else []
+        updates = flat[2 * k : 3 * k] if self.updates else []
+        values: dict[str, float] = {}
+        by_pos: dict[int, float] = {}
+        for j, pos in enumerate(self.index):
+            name = self.names[pos]
+            g = grads[j]
+            by_pos[pos] = g
+            values[f"grad/norm/{name}"] = g
+            if weights:
+                w = weights[j]
+                values[f"weight/norm/{name}"] = w
+                if updates:
+                    u = updates[j]
+                    ratio = u / w if w else (0.0 if u == 0 else math.inf)
+                    values[f"update_ratio/{name}"] = ratio
+        values[GLOBAL_NORM] = math.sqrt(sum(g * g for g in grads))
+        bad = [pos for pos in by_pos if not math.isfinite(by_pos[pos])]
+        values[NONFINITE_COUNT] = float(len(bad))
+        text = None
+        if bad:
+            ranked = [p for p in self.order if p in bad] or sorted(bad)
+            text = f"first non-finite gradient: {self.names[ranked[0]]}"
+        return values, text
+
+
+class Watch:
+    """The hooks on one model and optimizer; `remove()` takes them all off."""
+
+    def __init__(
+        self,
+        enqueue: Enqueue,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every: int = 1,
+        tokens_per_sample: int | None = None,
+        update_ratio: bool = True,
+        weights_every: int | None = None,
+    ) -> None:
+        self._enqueue = enqueue
+        self._optimizer = optimizer
+        self.every = max(1, every)
+        # Weight norms and update ratios move slowly and cost a copy of the weights plus
+        # three more passes over them: by default they come every 10th watched step.
+        self.weights_every = max(1, weights_every or 10 * self.every)
+        self.tokens_per_sample = tokens_per_sample
+        self.update_ratio = update_ratio
+        self.names, self.params = layer_names(model)
+        self.step = 0
+        self._order: list[int] = []
+        self._t_end: float | None = None
+        self._t_fwd: float | None = None
+        self._samples = 0
+        self._tokens = 0
+        self._pending: tuple[list[int], list[torch.Tensor], bool, list[torch.Tensor] | None] | None
+        self._pending = None
+        self._handles = [
+            model.register_forward_pre_hook(self._on_forward),
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+        # Which layer's gradient came first is the order backward produces them: learn it
+        # once from the first backward, then drop these per-parameter hooks.
+        self._order_handles = [
+            p.register_post_accumulate_grad_hook(self._order_hook(i))
+            for i, p in enumerate(self.params)
+        ]
+
+    def _order_hook(self, pos: int) -> Callable[[torch.Tensor], None]:
+        def hook(_param: torch.Tensor) -> None:
+            if pos not in self._order:
+                self._order.append(pos)
+
+        return hook
+
+    def _on_forward(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if self._t_fwd is None:
+            self._t_fwd = time.perf_counter()
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor) and first.dim() > 0:
+            batch = first.shape[0]
+            self._samples += batch
+            if self.tokens_per_sample:
+                self._tokens += batch * self.tokens_per_sample
+            elif first.dim() >= 2 and not first.is_floating_point():
+                self._tokens += batch * first.shape[1]  # token ids (batch, sequence)
+
+    def _watched(self) -> bool:
+        return self.step % self.every == 0
+
+    def _pre_step(self, *_: Any) -> None:
+        if not self._watched():
+            return
+        with torch.no_grad():
+            index = [i for i, p in enumerate(self.params) if p.grad is not None]
+            params: list[torch.Tensor] = [self.params[i] for i in index]
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                return
+            norms = list(torch._foreach_norm(grads))
+            weights = self.step % self.weights_every == 0
+            before: list[torch.Tensor] | None = None
+            if weights:
+                norms += torch._foreach_norm(params)
+                if self.update_ratio:
+                    before = list(torch._foreach_mul(params, 1.0))
+        self._pending = (index, norms, weights, before)
+
+    def _post_step(self, *_: Any) -> None:
+        now = time.perf_counter()
+        if self._watched():
+            self._emit(now)
+        if self._order_handles and len(self._order) == len(self.params):
+            for handle in self._order_handles:
+                handle.remove()
+            self._order_handles = []
+        self._t_end = now
+        self._t_fwd = None
+        self._samples = 0
+        self._tokens = 0
+        self.step += 1
+
+    def _emit(self, now: float) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            index, norms, weights, before = pending
+            with torch.no_grad():
+                if before is not None:
+                    params: list[torch.Tensor] = [self.params[i] for i in index]
+                    torch._foreach_sub_(before, params)
+                    norms += list(torch._foreach_norm(before))
+                try:
+                    parts: Any = torch.stack(norms)
+                except RuntimeError:  # parameters on several devices: convert one by one
+                    parts = norms
+            stats = GradStats(self.names, index, self._order, parts, weights, before is not None)
+            self._enqueue(self.step, RecordKind.GRAD, stats)
+        values: dict[str, Any] = {}
+        for g, group in enumerate(self._optimizer.param_groups):
+            values[f"opt/lr/{g}"] = group.get("lr")
+            momentum = group.get("momentum")
+            if momentum is None and "betas" in group:
+                momentum = group["betas"][0]
+            if momentum is not None:
+                values[f"opt/momentum/{g}"] = momentum
+        if self._t_end is not None:
+            step_time = now - self._t_end
+            values[STEP_TIME] = step_time
+            if self._t_fwd is not None:
+                values[DATA_WAIT] = self._t_fwd - self._t_end
+                values[COMPUTE] = now - self._t_fwd
+            if step_time > 0 and self._samples:
+                values[SAMPLES_PER_S] = self._samples / step_time
+                if self._tokens:
+                    values[TOKENS_PER_S] = self._tokens / step_time
+        self._enqueue(self.step, RecordKind.TRAIN, values)
+
+    def remove(self) -> None:
+        """Take every hook off the model, optimizer and parameters."""
+        for handle in self._handles + self._order_handles:
+            handle.remove()
+        self._handles = []
+        self._order_handles = []
