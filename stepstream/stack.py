@@ -149,6 +149,8 @@ def free_port() -> int:
 def check_port_free(port: int, what: str) -> None:
     """Raise PortInUseError naming the port, its owner when known, and what to do."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port whose last connections sit in TIME_WAIT is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 import producers
-from stepstream import stack as stack_module
 from stepstream.contract import Batch, decode_batch
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, free_port, settings_env
@@ -66,14 +64,6 @@ def read_batches(settings: Settings, idle_s: float = 1.5, timeout_s: float = 30)
         consumer.close()
 
 
-def port_free_like_a_server(port: int, what: str) -> None:
-    """stack.check_port_free, but binding with SO_REUSEADDR as servers (tansu) do: our own
-    closed connections leave the port in TIME_WAIT, which refuses a plain bind for 60 s."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-
-
 @pytest.fixture
 def base_settings(tmp_path: Path) -> Settings:
     """Settings of one test: its own topics and spool; fast delivery timeouts."""
@@ -90,9 +80,8 @@ def base_settings(tmp_path: Path) -> Settings:
 
 
 def test_broker_restart_loses_nothing_and_never_stalls_log(
-    base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    base_settings: Settings, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(stack_module, "check_port_free", port_free_like_a_server)
     port = free_port()
     run = f"restart-{uuid.uuid4().hex[:6]}"
     log_times: list[float] = []
