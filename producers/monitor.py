@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from producers.control import ActionListener
 from producers.deferred import Deferred
 from producers.identity import Identity, detect_identity
 from producers.loghandler import LOG_LEVEL, ShippingHandler
@@ -14,7 +16,7 @@ from producers.periodic import Ticker
 from producers.publisher import ProducerFactory, Publisher, PublisherStats, kafka_producer
 from producers.shutdown import CrashHooks
 from producers.system import SystemSampler
-from stepstream.contract import RecordKind
+from stepstream.contract import ControlAction, RecordKind
 from stepstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class Monitor:
             sampler_factory=(lambda: SystemSampler(disk)) if settings.system_interval_s else None,
         )
         self._handler: ShippingHandler | None = None
+        self._actions: ActionListener | None = None
         # On a crash or SIGTERM, spooled is as good as sent: do not wait for a broker.
         self._hooks = CrashHooks(
             self._on_crash,
@@ -165,6 +168,21 @@ class Monitor:
         if fatal:
             self._ticker.heartbeat()
 
+    def _listener(self) -> ActionListener:
+        if self._actions is None:
+            self._actions = ActionListener(self.settings, self.identity.run, self.identity.rank)
+        return self._actions
+
+    def actions(self) -> list[ControlAction]:
+        """Actions alert rules sent to this run and rank since the last call (stop,
+        checkpoint, scale_lr). The first call starts listening; it never blocks. What to do
+        with an action is the training loop's decision."""
+        return self._listener().poll()
+
+    def on_action(self, callback: Callable[[ControlAction], None]) -> None:
+        """Call `callback(action)` (on a background thread) for every action that arrives."""
+        self._listener().add_callback(callback)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver every record logged so far; True if Kafka acknowledged all of it within
         `timeout` (False while the broker is away: the records wait in the spool)."""
@@ -175,6 +193,9 @@ class Monitor:
         for watch in self._watches:
             watch.remove()
         self._watches.clear()
+        if self._actions is not None:
+            self._actions.close()
+            self._actions = None
         if self._status != "crashed":
             self._status = "closing"
         if not self._publisher.disabled:

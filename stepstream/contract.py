@@ -137,6 +137,44 @@ class Alert(WireModel):
     )
 
 
+class ControlAction(WireModel):
+    """One message on the control topic: a rule's action for a training job to consider.
+
+    The job decides; nothing is forced. `rank` None means every rank of the run.
+    """
+
+    v: int = SCHEMA_VERSION
+    run: RunId
+    rank: int | None = None
+    action: Literal["stop", "checkpoint", "scale_lr"]
+    factor: float | None = Field(None, description="For scale_lr: multiply the LR by this.")
+    rule: str
+    fingerprint: str
+    step: int | None = None
+    t: float
+    summary: str = ""
+
+    @classmethod
+    def from_alert(cls, alert: Alert) -> ControlAction | None:
+        """The action a firing alert carries (``stop``, ``checkpoint``, ``scale_lr:<f>``)."""
+        if not alert.action or alert.status != "firing":
+            return None
+        name, _, factor = alert.action.partition(":")
+        if name not in ("stop", "checkpoint", "scale_lr"):
+            return None
+        return cls(
+            run=alert.run,
+            rank=alert.rank,
+            action=name,  # type: ignore[arg-type]
+            factor=float(factor) if factor else None,
+            rule=alert.rule,
+            fingerprint=alert.fingerprint,
+            step=alert.step,
+            t=alert.t,
+            summary=alert.summary,
+        )
+
+
 class DeadLetter(WireModel):
     """A message a stage could not use, kept with the reason so nothing is lost silently."""
 
