@@ -1,43 +1,91 @@
-"""Stage 1, per series: dedup by seq, windows per (run, rank, metric), per-series detectors.
+"""Stage 1, per series: validate, dedup by seq, windows per (run, rank, metric), per-series
+detectors, and the compact per-step summaries stage 2 compares across ranks.
 
 Pure logic with no faust or Kafka imports; the faust agent in ``processors.app`` feeds it
-decoded batches and sends what it returns.
+decoded batches and sends what it returns. Window statistics are computed once per touched
+series per call of `process_many`, however many records of the series the call carried.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from processors.detectors import Flag, NonFiniteDetector
+from processors.detectors import (
+    DivergenceDetector,
+    DivergenceParams,
+    ErrorBurstDetector,
+    ErrorBurstParams,
+    GradientDetector,
+    GradientParams,
+    NonFiniteDetector,
+    OverfittingDetector,
+    OverfittingParams,
+    PlateauDetector,
+    PlateauParams,
+    ResourceDetector,
+    ResourceParams,
+    SpikeDetector,
+    SpikeParams,
+    TelemetryLossDetector,
+    TelemetryLossParams,
+    ThroughputDetector,
+    ThroughputParams,
+)
+from processors.detectors.base import with_overrides
+from processors.flags import Flag, fingerprint, flag_to_alert
+from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
 from processors.windows import RollingWindow, Summary
-from stepstream.contract import Alert, Batch, RecordKind, WindowStats, WindowUpdate
+from stepstream.contract import (
+    Alert,
+    Batch,
+    RankSummary,
+    RecordKind,
+    StepPoint,
+    WindowStats,
+    WindowUpdate,
+)
 from stepstream.keys import step_window_name, time_window_name
 
-#: Record kinds whose values are not series to window (free-text logs).
-UNWINDOWED_KINDS = frozenset({RecordKind.LOG})
+__all__ = ["SeriesStage", "StageResult", "fingerprint", "flag_to_alert"]
+
+#: Record kinds whose values are not series to window (free-text logs, liveness pings).
+UNWINDOWED_KINDS = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT})
 
 
-@dataclass
+class ValueDetector(Protocol):
+    """A per-series detector: sees one value at a time."""
+
+    def wants(self, metric: str) -> bool:
+        """True if the detector watches `metric`."""
+        ...
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one value; a flag when an episode starts."""
+        ...
+
+
 class SeriesWindows:
-    """The step windows and time windows of one metric of one rank."""
+    """The windows of one metric of one rank: one buffer per kind (steps, seconds) holding
+    the largest span; smaller sizes are slices of it."""
 
-    by_step: list[tuple[str, RollingWindow]]
-    by_time: list[tuple[str, RollingWindow]]
+    __slots__ = ("by_step", "by_time")
+
+    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
+        self.by_step = RollingWindow(max_steps) if max_steps else None
+        self.by_time = RollingWindow(max_seconds) if max_seconds else None
 
     def add(self, step: int | None, t: float, value: float) -> None:
         """Place one value in every window it belongs to."""
-        if step is not None:
-            for _, window in self.by_step:
-                window.add(step, value)
-        for _, window in self.by_time:
-            window.add(t, value)
-
-    def summaries(self) -> list[tuple[str, Summary]]:
-        """(window name, summary) for every window of the series."""
-        return [(name, w.summary()) for name, w in (*self.by_step, *self.by_time)]
+        if step is not None and self.by_step is not None:
+            self.by_step.add(step, value)
+        if self.by_time is not None:
+            self.by_time.add(t, value)
 
 
 @dataclass
@@ -55,39 +103,23 @@ class RankState:
 
 @dataclass
 class StageResult:
-    """What processing one batch produced."""
+    """What processing one or more batches produced. `rejected` pairs the index of an
+    input batch with why it (or part of it) goes to the dead-letter topic."""
 
-    update: WindowUpdate | None
-    alerts: list[Alert]
+    updates: list[WindowUpdate] = field(default_factory=list)
+    summaries: list[RankSummary] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
     duplicates: int = 0
     lost: int = 0
 
-
-def fingerprint(rule: str, run: str, rank: int | None, metric: str | None) -> str:
-    """Stable alert id of (rule, run, rank, metric): receivers dedup on it."""
-    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}".encode()
-    return hashlib.sha1(raw).hexdigest()[:16]
-
-
-def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
-    """The alert message of a detector flag."""
-    return Alert(
-        fingerprint=fingerprint(flag.detector, flag.run, flag.rank, flag.metric),
-        rule=flag.detector,
-        status="firing",
-        severity=flag.severity,
-        run=flag.run,
-        rank=flag.rank,
-        metric=flag.metric,
-        step=flag.step,
-        t=flag.t,
-        raised_at=raised_at,
-        summary=flag.summary,
-        evidence=flag.evidence,
-    )
+    @property
+    def update(self) -> WindowUpdate | None:
+        """The last window update (the only one when a single batch was processed)."""
+        return self.updates[-1] if self.updates else None
 
 
-def _stats(summary: Summary) -> WindowStats:
+def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     return WindowStats(
         count=summary.count,
         nonfinite=summary.nonfinite,
@@ -95,39 +127,84 @@ def _stats(summary: Summary) -> WindowStats:
         min=summary.min,
         max=summary.max,
         last=summary.last,
+        std=summary.std,
+        ema=summary.ema,
+        p50=summary.p50,
+        p95=summary.p95,
+        slope=summary.slope,
+        flags=flags,
     )
 
 
-class SeriesStage:
-    """Turns telemetry batches into window updates and alerts.
+def build_value_detectors(params: Mapping[str, Mapping[str, Any]] | None) -> list[ValueDetector]:
+    """The per-series detectors with their parameter overrides (by detector name)."""
+    params = params or {}
+    return [
+        SpikeDetector(with_overrides(SpikeParams(), params.get("spike"))),
+        GradientDetector(with_overrides(GradientParams(), params.get("gradients"))),
+        PlateauDetector(with_overrides(PlateauParams(), params.get("plateau"))),
+        DivergenceDetector(with_overrides(DivergenceParams(), params.get("divergence"))),
+        OverfittingDetector(with_overrides(OverfittingParams(), params.get("overfitting"))),
+        ThroughputDetector(with_overrides(ThroughputParams(), params.get("throughput_regression"))),
+        ResourceDetector(with_overrides(ResourceParams(), params.get("resource_pressure"))),
+    ]
 
-    `window_steps` and `window_seconds` are the window sizes; `clock` stamps `raised_at`
-    on alerts (injected so tests control it).
+
+class SeriesStage:
+    """Turns telemetry batches into window updates, per-rank summaries and alerts.
+
+    `window_steps` and `window_seconds` are the window sizes; `crossrank_metrics` the
+    values forwarded per step to stage 2; `limits` bound what a batch may hold;
+    `detector_params` override detector parameters by detector name; `clock` stamps
+    `raised_at` on alerts and judges far-future event times (injected so tests control it).
     """
 
     def __init__(
         self,
-        window_steps: list[int],
-        window_seconds: list[float],
+        window_steps: Sequence[int],
+        window_seconds: Sequence[float],
         clock: Callable[[], float] = time.time,
+        *,
+        crossrank_metrics: Sequence[str] = (),
+        limits: Limits | None = None,
+        detector_params: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        self.window_steps = list(window_steps)
-        self.window_seconds = list(window_seconds)
-        self.window_names = [step_window_name(n) for n in self.window_steps] + [
-            time_window_name(s) for s in self.window_seconds
-        ]
+        self.window_steps = sorted(set(window_steps))
+        self.window_seconds = sorted(set(window_seconds))
+        self._step_names = [(step_window_name(n), float(n)) for n in self.window_steps]
+        self._time_names = [(time_window_name(s), float(s)) for s in self.window_seconds]
+        self.window_names = [n for n, _ in self._step_names + self._time_names]
         self._clock = clock
         self._ranks: dict[tuple[str, int], RankState] = {}
+        self.crossrank_metrics = frozenset(crossrank_metrics)
+        self.limits = limits or Limits()
+        self._cardinality = CardinalityGuard(self.limits.max_metrics_per_run)
+        params = detector_params or {}
         self._nonfinite = NonFiniteDetector()
+        self._detectors = build_value_detectors(params)
+        self._routes: dict[str, list[ValueDetector]] = {}
+        self._errors = ErrorBurstDetector(
+            with_overrides(ErrorBurstParams(), params.get("error_burst"))
+        )
+        self._loss = TelemetryLossDetector(
+            with_overrides(TelemetryLossParams(), params.get("telemetry_loss"))
+        )
+        #: Dead letters by reason since start, for the worker's log.
+        self.rejected: dict[str, int] = {}
 
     def _new_series(self) -> SeriesWindows:
         return SeriesWindows(
-            by_step=[(step_window_name(n), RollingWindow(n)) for n in self.window_steps],
-            by_time=[(time_window_name(s), RollingWindow(s)) for s in self.window_seconds],
+            self.window_steps[-1] if self.window_steps else None,
+            self.window_seconds[-1] if self.window_seconds else None,
         )
 
-    def process(self, batch: Batch) -> StageResult:
-        """Apply one batch; return the fresh stats of the series it touched and any alerts."""
+    def _route(self, metric: str) -> list[ValueDetector]:
+        route = self._routes.get(metric)
+        if route is None:
+            route = self._routes[metric] = [d for d in self._detectors if d.wants(metric)]
+        return route
+
+    def _state(self, batch: Batch) -> RankState:
         state = self._ranks.get((batch.run, batch.rank))
         if state is None or state.incarnation != batch.incarnation:
             previous = state
@@ -135,53 +212,165 @@ class SeriesStage:
             if previous is not None:
                 # A restarted publisher starts its seq again; its history stays.
                 state.series = previous.series
+                state.last_step, state.last_t = previous.last_step, previous.last_t
             self._ranks[(batch.run, batch.rank)] = state
+        return state
 
-        touched: dict[str, float] = {}
+    def process(self, batch: Batch) -> StageResult:
+        """Apply one batch; return the fresh stats of the series it touched and any alerts."""
+        return self.process_many([batch])
+
+    def process_many(self, batches: Sequence[Batch]) -> StageResult:
+        """Apply batches in order; window stats are computed once per touched series."""
+        result = StageResult()
+        now = self._clock()
         flags: list[Flag] = []
-        duplicates = lost = 0
+        touched: dict[tuple[str, int], tuple[Batch, RankState, dict[str, float]]] = {}
+        flagged: dict[tuple[str, int, str], list[str]] = {}
+        for index, batch in enumerate(batches):
+            rejection = check_batch(batch, now, self.limits)
+            if rejection is not None:
+                self._reject(result, index, rejection)
+                continue
+            state = self._state(batch)
+            latest = touched.get((batch.run, batch.rank))
+            values = latest[2] if latest else {}
+            summary = self._apply(batch, state, values, flags, result, index)
+            touched[(batch.run, batch.rank)] = (batch, state, values)
+            result.summaries.append(summary)
+        for flag in flags:
+            if flag.metric is not None and flag.rank is not None:
+                flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
+        for (_run, _rank), (batch, state, values) in touched.items():
+            if values:
+                result.updates.append(self._update(batch, state, values, flagged))
+        result.alerts = [flag_to_alert(flag, now) for flag in flags]
+        return result
+
+    def _reject(self, result: StageResult, index: int, rejection: Rejection) -> None:
+        result.rejected.append((index, rejection))
+        self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
+
+    def _apply(
+        self,
+        batch: Batch,
+        state: RankState,
+        touched: dict[str, float],
+        flags: list[Flag],
+        result: StageResult,
+        index: int,
+    ) -> RankSummary:
+        run, rank = batch.run, batch.rank
+        steps: dict[int, StepPoint] = {}
+        nonfinite: list[StepPoint] = []
+        crossrank = self.crossrank_metrics
+        refused: set[str] = set()
+        duplicates = lost = received = 0
+        series_of = state.series
+        isfinite = math.isfinite
         for record in batch.records:
             if record.seq <= state.high_seq:
                 duplicates += 1
                 continue
             if record.seq > state.high_seq + 1 and state.high_seq >= 0:
                 lost += record.seq - state.high_seq - 1
+            received += 1
             state.high_seq = record.seq
-            if record.step is not None and (state.last_step is None or record.step > state.last_step):
-                state.last_step = record.step
-            state.last_t = max(state.last_t, record.t)
+            step, t = record.step, record.t
+            if step is not None and (state.last_step is None or step > state.last_step):
+                state.last_step = step
+            if t > state.last_t:
+                state.last_t = t
             if record.kind in UNWINDOWED_KINDS:
+                if record.kind == RecordKind.LOG:
+                    flag = self._errors.observe_log(run, rank, step, t, record.values, record.text)
+                    if flag is not None:
+                        flags.append(flag)
                 continue
             for metric, value in record.values.items():
-                series = state.series.get(metric)
+                series = series_of.get(metric)
                 if series is None:
-                    series = state.series[metric] = self._new_series()
-                series.add(record.step, record.t, value)
+                    if not self._cardinality.admit(run, metric):
+                        refused.add(metric)
+                        continue
+                    series = series_of[metric] = self._new_series()
+                series.add(step, t, value)
                 touched[metric] = value
-                flag = self._nonfinite.observe(
-                    batch.run, batch.rank, metric, record.step, record.t, value
-                )
-                if flag is not None:
-                    flags.append(flag)
+                if not isfinite(value) or self._nonfinite.is_open(run, rank, metric):
+                    flag = self._nonfinite.observe(run, rank, metric, step, t, value)
+                    if flag is not None:
+                        flags.append(flag)
+                        if step is not None:
+                            nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
+                for detector in self._route(metric):
+                    flag = detector.observe(run, rank, metric, step, t, value)
+                    if flag is not None:
+                        flags.append(flag)
+                if step is not None and metric in crossrank:
+                    point = steps.get(step)
+                    if point is None:
+                        point = steps[step] = StepPoint(step=step, t=t)
+                    point.values[metric] = value
         state.duplicates += duplicates
         state.lost += lost
-
-        update = None
-        if touched:
-            windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
-            for metric in touched:
-                for name, summary in state.series[metric].summaries():
-                    windows[name][metric] = _stats(summary)
-            update = WindowUpdate(
-                run=batch.run,
-                rank=batch.rank,
-                world=batch.world,
-                node=batch.node,
-                step=state.last_step,
-                t=state.last_t,
-                latest=touched,
-                windows=windows,
+        result.duplicates += duplicates
+        result.lost += lost
+        if lost:
+            flag = self._loss.observe_batch(
+                run, rank, state.last_step, state.last_t, lost, received
             )
-        now = self._clock()
-        alerts = [flag_to_alert(flag, now) for flag in flags]
-        return StageResult(update=update, alerts=alerts, duplicates=duplicates, lost=lost)
+            if flag is not None:
+                flags.append(flag)
+        elif received:
+            self._loss.observe_batch(run, rank, state.last_step, state.last_t, 0, received)
+        if refused:
+            names = sorted(refused)
+            self._reject(
+                result,
+                index,
+                Rejection(
+                    "cardinality",
+                    f"run {run} is at its cap of {self.limits.max_metrics_per_run} metric names; "
+                    f"dropped {len(names)}: {', '.join(names[:10])}",
+                ),
+            )
+        return RankSummary(
+            run=run,
+            rank=rank,
+            world=batch.world,
+            node=batch.node,
+            last_step=state.last_step,
+            last_t=state.last_t,
+            records=received,
+            steps=[steps[s] for s in sorted(steps)],
+            nonfinite=nonfinite,
+        )
+
+    def _update(
+        self,
+        batch: Batch,
+        state: RankState,
+        touched: dict[str, float],
+        flagged: dict[tuple[str, int, str], list[str]],
+    ) -> WindowUpdate:
+        windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
+        for metric in touched:
+            series = state.series[metric]
+            marks = flagged.get((batch.run, batch.rank, metric))
+            if series.by_step is not None:
+                for name, span in self._step_names:
+                    if series.by_step.newest is not None:
+                        windows[name][metric] = _stats(series.by_step.summary(span), marks)
+            if series.by_time is not None:
+                for name, span in self._time_names:
+                    windows[name][metric] = _stats(series.by_time.summary(span), marks)
+        return WindowUpdate(
+            run=batch.run,
+            rank=batch.rank,
+            world=batch.world,
+            node=batch.node,
+            step=state.last_step,
+            t=state.last_t,
+            latest=touched,
+            windows=windows,
+        )

@@ -4,6 +4,14 @@ faust's own windows are whole-second and closed by the wall clock; training tele
 needs windows over the last N *steps* and over fine-grained *event* time, with records
 that may arrive out of order. A window here keeps the points whose position (step or event
 time) lies within `span` of the newest position seen, ordered by position.
+
+Cost model: adding a point is O(1) on the in-order path (two list appends), because it runs
+once per value. Statistics are computed on demand, once per touched series per processed
+batch, over the bounded window with C-level reductions (``sorted``, ``sum``, ``min``). That
+beats running sums updated per point in Python here: the per-value path is what limits
+throughput, and one reduction over a window of a few hundred points costs less than
+updating five running sums at every add. Several window sizes of the same kind share one
+point buffer (the largest span); a smaller window is a slice of it.
 """
 
 from __future__ import annotations
@@ -11,13 +19,26 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from operator import mul
+
+#: Weight of a point at the far edge of a window in the EMA: exp(-EMA_EDGE) ≈ 0.14,
+#: the same as an N-step EMA with alpha = 2 / (N + 1) gives a point N steps back.
+EMA_EDGE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Statistics of the values in a window. Non-finite values are counted in `nonfinite`
-    and left out of mean/min/max so that one NaN does not erase the window's history;
-    `last` is the value at the newest position, finite or not."""
+    """Statistics of the values in a window.
+
+    Non-finite values are counted in `nonfinite` and left out of every other statistic
+    so that one NaN does not erase the window's history; `last` is the value at the newest
+    position, finite or not. `std` is the population standard deviation. `p50`/`p95` use
+    linear interpolation between closest ranks (``statistics.quantiles(method=
+    "inclusive")``). `ema` is the exponentially weighted mean with weight
+    ``exp(-2 * age / span)`` (age in steps or seconds behind the newest point), so it does
+    not depend on arrival order. `slope` is the least-squares slope of value against
+    position: per step for step windows, per second for time windows.
+    """
 
     count: int
     nonfinite: int
@@ -25,29 +46,77 @@ class Summary:
     min: float | None
     max: float | None
     last: float | None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
 
 
 EMPTY_SUMMARY = Summary(count=0, nonfinite=0, mean=None, min=None, max=None, last=None)
 
 
-def summarize(values: list[float]) -> Summary:
-    """Summarize values given in position order (the last one is the newest)."""
+def percentile(ordered: list[float], q: float) -> float:
+    """The `q` quantile (0..1) of sorted values by linear interpolation between ranks."""
+    h = (len(ordered) - 1) * q
+    low = math.floor(h)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (h - low) * (ordered[high] - ordered[low])
+
+
+def summarize(
+    values: list[float], positions: list[float] | None = None, span: float | None = None
+) -> Summary:
+    """Summarize values given in position order (the last one is the newest).
+
+    Without `positions` the values are taken as one per unit position (consecutive steps);
+    without `span` the EMA weighs every point equally (span = infinity).
+    """
     if not values:
         return EMPTY_SUMMARY
-    finite = [v for v in values if math.isfinite(v)]
-    if finite:
-        mean: float | None = math.fsum(finite) / len(finite)
-        low: float | None = min(finite)
-        high: float | None = max(finite)
+    if positions is None:
+        positions = [float(i) for i in range(len(values))]
+    finite_count = sum(1 for v in values if v - v == 0.0)  # inf - inf and nan - nan are nan
+    if finite_count == len(values):
+        vals, pos = values, positions
     else:
-        mean = low = high = None
+        pairs = [(p, v) for p, v in zip(positions, values, strict=True) if math.isfinite(v)]
+        pos = [p for p, _ in pairs]
+        vals = [v for _, v in pairs]
+    last = values[-1]
+    n = len(vals)
+    if n == 0:
+        return Summary(len(values), len(values), None, None, None, last)
+    mean = math.fsum(vals) / n
+    dev = [v - mean for v in vals]
+    std = math.sqrt(sum(map(mul, dev, dev)) / n)
+    ordered = sorted(vals)
+    newest = positions[-1]
+    if span is None or not math.isfinite(span):
+        ema = mean
+    else:
+        k = EMA_EDGE / span
+        weights = [math.exp(k * (p - newest)) for p in pos]
+        ema = sum(map(mul, weights, vals)) / sum(weights)
+    slope = None
+    if n >= 2:
+        mean_pos = math.fsum(pos) / n
+        dpos = [p - mean_pos for p in pos]
+        sxx = sum(map(mul, dpos, dpos))
+        if sxx > 0:
+            slope = sum(map(mul, dpos, dev)) / sxx
     return Summary(
         count=len(values),
-        nonfinite=len(values) - len(finite),
+        nonfinite=len(values) - n,
         mean=mean,
-        min=low,
-        max=high,
-        last=values[-1],
+        min=ordered[0],
+        max=ordered[-1],
+        last=last,
+        std=std,
+        ema=ema,
+        p50=percentile(ordered, 0.5),
+        p95=percentile(ordered, 0.95),
+        slope=slope,
     )
 
 
@@ -57,7 +126,8 @@ class RollingWindow:
     For a step window the position is the step and `span` the number of steps; for a time
     window the position is the event time and `span` the seconds. A point at a position
     already held replaces it (a re-sent step overwrites). A point older than the window is
-    refused and counted in `late`, never raised.
+    refused and counted in `late`, never raised. `summary(span)` summarizes a smaller
+    window over the same points, so sizes of one kind share one buffer.
     """
 
     __slots__ = ("_positions", "_values", "late", "span")
@@ -84,7 +154,9 @@ class RollingWindow:
         if not positions or position > positions[-1]:
             positions.append(position)
             self._values.append(value)
-            self._evict(position - self.span)
+            # Evicting in chunks keeps the in-order path to two appends and a compare.
+            if positions[0] <= position - self.span:
+                self._evict(position - self.span)
             return True
         if position <= positions[-1] - self.span:
             self.late += 1
@@ -103,10 +175,19 @@ class RollingWindow:
             del self._positions[:drop]
             del self._values[:drop]
 
-    def values(self) -> list[float]:
-        """The values in position order, oldest first."""
-        return list(self._values)
+    def values(self, span: float | None = None) -> list[float]:
+        """The values in position order, oldest first, of the last `span` (default all)."""
+        start = self._start(span)
+        return self._values[start:]
 
-    def summary(self) -> Summary:
-        """Statistics of the window as it stands."""
-        return summarize(self._values)
+    def _start(self, span: float | None) -> int:
+        if span is None or span >= self.span or not self._positions:
+            return 0
+        return bisect_right(self._positions, self._positions[-1] - span)
+
+    def summary(self, span: float | None = None) -> Summary:
+        """Statistics of the window (or of its last `span`, which must be <= the span)."""
+        start = self._start(span)
+        if start == 0:
+            return summarize(self._values, self._positions, span or self.span)
+        return summarize(self._values[start:], self._positions[start:], span)

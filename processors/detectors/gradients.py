@@ -1,0 +1,96 @@
+"""Exploding and vanishing gradients, globally (``grad_norm``) and per layer
+(``grad_norm/<layer>``)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from processors.detectors.base import matches, median
+from processors.flags import Episodes, Flag, evidence
+
+
+@dataclass(frozen=True)
+class GradientParams:
+    """Parameters of `GradientDetector`.
+
+    metrics: gradient-norm names; ``grad_norm`` also matches ``grad_norm/<layer>``.
+    window: previous finite points forming the rolling-median baseline.
+    min_points: ratio tests wait for this many points (absolute limits apply at once).
+    explode_ratio: a norm this many times the rolling median is exploding.
+    explode_abs: a norm above this is exploding whatever the history.
+    vanish_ratio: a norm below this fraction of the rolling median is vanishing.
+    vanish_abs: a norm below this is vanishing whatever the history.
+    """
+
+    metrics: tuple[str, ...] = ("grad_norm",)
+    window: int = 50
+    min_points: int = 10
+    explode_ratio: float = 10.0
+    explode_abs: float = 1e4
+    vanish_ratio: float = 1e-3
+    vanish_abs: float = 1e-10
+
+
+class GradientDetector:
+    """Flags ``exploding_gradients`` and ``vanishing_gradients`` per series (so per layer).
+    Delay: the offending record itself."""
+
+    name = "gradients"
+    EXPLODING = "exploding_gradients"
+    VANISHING = "vanishing_gradients"
+
+    def __init__(self, params: GradientParams | None = None) -> None:
+        self.params = params or GradientParams()
+        self._history: dict[tuple[str, int, str], deque[float]] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for gradient-norm metrics."""
+        return matches(metric, self.params.metrics)
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one gradient norm; return a flag when an exploding/vanishing episode starts."""
+        if not math.isfinite(value):
+            return None  # the non-finite detector owns these
+        p = self.params
+        key = (run, rank, metric)
+        history = self._history.get(key)
+        if history is None:
+            history = self._history[key] = deque(maxlen=p.window)
+        base = median(history) if len(history) >= p.min_points else None
+        kind = threshold = None
+        if value > p.explode_abs:
+            kind, threshold = self.EXPLODING, p.explode_abs
+        elif base is not None and base > 0 and value > base * p.explode_ratio:
+            kind, threshold = self.EXPLODING, base * p.explode_ratio
+        elif value < p.vanish_abs:
+            kind, threshold = self.VANISHING, p.vanish_abs
+        elif base is not None and value < base * p.vanish_ratio:
+            kind, threshold = self.VANISHING, base * p.vanish_ratio
+        flag = None
+        for other in (self.EXPLODING, self.VANISHING):
+            if other != kind:
+                self._episodes.end((other, key))
+        if kind is not None:
+            if self._episodes.start((kind, key)):
+                word = "exploding" if kind == self.EXPLODING else "vanishing"
+                flag = Flag(
+                    detector=kind,
+                    run=run,
+                    rank=rank,
+                    metric=metric,
+                    step=step,
+                    t=t,
+                    severity="critical" if kind == self.EXPLODING else "warning",
+                    summary=f"{word} gradient: {metric}={value:.3g} on rank {rank} "
+                    f"(rolling median {base if base is None else f'{base:.3g}'})",
+                    evidence=evidence(value, base, threshold, float(len(history))),
+                )
+            if kind == self.EXPLODING:
+                return flag  # keep the baseline clean of the blow-up
+        history.append(value)
+        return flag
