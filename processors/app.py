@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import faust
 
@@ -37,7 +38,11 @@ def create_processor_app(settings: Settings) -> faust.App:
     """Build the processor app; nothing connects until a worker starts it."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("processor"))
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    raw: dict[str, Any] = {
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
     telemetry = app.topic(topics.telemetry, **raw)
     summaries = app.topic(topics.summaries, **raw)
     windows = app.topic(topics.windows, **raw)
@@ -63,7 +68,7 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     @app.agent(telemetry, name="series-stage")
     async def series_stage(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
+        async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.processor_batch, within=settings.processor_linger_s
         ):
             batches: list[Batch] = []
@@ -97,7 +102,7 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(500, within=0.05):
+        async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
             now = time.time()
             for event in events:
                 try:
