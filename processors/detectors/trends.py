@@ -91,7 +91,7 @@ class DivergenceParams:
 
     metrics: loss-like metrics.
     alpha: EMA smoothing factor per point.
-    start_points: the starting level is the mean of this many first finite points.
+    start_points: the starting level is the highest of this many first finite points.
     above_start: diverged when the EMA exceeds the starting level times this.
     window: steps over which a rise from the running minimum is judged.
     rise: diverged when the EMA rose this fraction above its minimum within `window`.
@@ -142,7 +142,9 @@ class DivergenceDetector:
             curve.start.append(value)
             curve.recent.append((step, curve.ema))
             return None
-        start = sum(curve.start) / len(curve.start)
+        # The highest early point, not their mean: the EMA starts at the first point and
+        # lags a fast early descent, so it would sit above a mean of the early points.
+        start = max(curve.start)
         recent = curve.recent
         recent.append((step, curve.ema))
         while recent and recent[0][0] <= step - p.window:
