@@ -62,7 +62,8 @@ class Episodes:
 
     def end(self, key: Hashable) -> None:
         """Close the episode of `key`, if open; the next `start` reports again."""
-        self._open.discard(key)
+        if self._open:
+            self._open.discard(key)
 
     def is_open(self, key: Hashable) -> bool:
         """True while the episode of `key` is open."""

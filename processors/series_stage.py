@@ -72,13 +72,25 @@ class ValueDetector(Protocol):
 
 class SeriesWindows:
     """The windows of one metric of one rank: one buffer per kind (steps, seconds) holding
-    the largest span; smaller sizes are slices of it."""
+    the largest span; smaller sizes are slices of it. `detectors` are the value detectors
+    that watch this metric, resolved once per series rather than once per value."""
 
-    __slots__ = ("by_step", "by_time")
+    __slots__ = ("by_step", "by_time", "detectors", "forward", "nonfinite")
 
-    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
+    def __init__(
+        self,
+        max_steps: int | None,
+        max_seconds: float | None,
+        detectors: Sequence[ValueDetector] = (),
+        forward: bool = False,
+    ) -> None:
         self.by_step = RollingWindow(max_steps) if max_steps else None
         self.by_time = RollingWindow(max_seconds) if max_seconds else None
+        self.detectors = tuple(detectors)
+        self.forward = forward
+        #: True while the series is in a non-finite episode (mirrors the detector, so the
+        #: detector is only called on non-finite values and on the first finite one after).
+        self.nonfinite = False
 
     def add(self, step: int | None, t: float, value: float) -> None:
         """Place one value in every window it belongs to."""
@@ -182,7 +194,6 @@ class SeriesStage:
         params = detector_params or {}
         self._nonfinite = NonFiniteDetector()
         self._detectors = build_value_detectors(params)
-        self._routes: dict[str, list[ValueDetector]] = {}
         self._errors = ErrorBurstDetector(
             with_overrides(ErrorBurstParams(), params.get("error_burst"))
         )
@@ -192,17 +203,13 @@ class SeriesStage:
         #: Dead letters by reason since start, for the worker's log.
         self.rejected: dict[str, int] = {}
 
-    def _new_series(self) -> SeriesWindows:
+    def _new_series(self, metric: str) -> SeriesWindows:
         return SeriesWindows(
             self.window_steps[-1] if self.window_steps else None,
             self.window_seconds[-1] if self.window_seconds else None,
+            [d for d in self._detectors if d.wants(metric)],
+            metric in self.crossrank_metrics,
         )
-
-    def _route(self, metric: str) -> list[ValueDetector]:
-        route = self._routes.get(metric)
-        if route is None:
-            route = self._routes[metric] = [d for d in self._detectors if d.wants(metric)]
-        return route
 
     def _state(self, batch: Batch) -> RankState:
         state = self._ranks.get((batch.run, batch.rank))
@@ -263,7 +270,6 @@ class SeriesStage:
         run, rank = batch.run, batch.rank
         steps: dict[int, StepPoint] = {}
         nonfinite: list[StepPoint] = []
-        crossrank = self.crossrank_metrics
         refused: set[str] = set()
         duplicates = lost = received = 0
         series_of = state.series
@@ -287,29 +293,35 @@ class SeriesStage:
                     if flag is not None:
                         flags.append(flag)
                 continue
+            point = None
             for metric, value in record.values.items():
                 series = series_of.get(metric)
                 if series is None:
                     if not self._cardinality.admit(run, metric):
                         refused.add(metric)
                         continue
-                    series = series_of[metric] = self._new_series()
-                series.add(step, t, value)
+                    series = series_of[metric] = self._new_series(metric)
+                if step is not None and series.by_step is not None:
+                    series.by_step.add(step, value)
+                if series.by_time is not None:
+                    series.by_time.add(t, value)
                 touched[metric] = value
-                if not isfinite(value) or self._nonfinite.is_open(run, rank, metric):
+                if not isfinite(value) or series.nonfinite:
+                    series.nonfinite = not isfinite(value)
                     flag = self._nonfinite.observe(run, rank, metric, step, t, value)
                     if flag is not None:
                         flags.append(flag)
                         if step is not None:
                             nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
-                for detector in self._route(metric):
+                for detector in series.detectors:
                     flag = detector.observe(run, rank, metric, step, t, value)
                     if flag is not None:
                         flags.append(flag)
-                if step is not None and metric in crossrank:
-                    point = steps.get(step)
+                if series.forward and step is not None:
                     if point is None:
-                        point = steps[step] = StepPoint(step=step, t=t)
+                        point = steps.get(step)
+                        if point is None:
+                            point = steps[step] = StepPoint(step=step, t=t)
                     point.values[metric] = value
         state.duplicates += duplicates
         state.lost += lost

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Flag, evidence
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class GradientParams:
     explode_abs: a norm above this is exploding whatever the history.
     vanish_ratio: a norm below this fraction of the rolling median is vanishing.
     vanish_abs: a norm below this is vanishing whatever the history.
+    refresh: the baseline median is recomputed every this many points (it moves slowly,
+        and a median per value is the dominant cost with many layers).
     """
 
     metrics: tuple[str, ...] = ("grad_norm",)
@@ -31,6 +33,17 @@ class GradientParams:
     explode_abs: float = 1e4
     vanish_ratio: float = 1e-3
     vanish_abs: float = 1e-10
+    refresh: int = 8
+
+
+class _Series:
+    __slots__ = ("age", "base", "history", "open")
+
+    def __init__(self, window: int) -> None:
+        self.history: deque[float] = deque(maxlen=window)
+        self.base: float | None = None
+        self.age = 0
+        self.open: str | None = None
 
 
 class GradientDetector:
@@ -43,8 +56,7 @@ class GradientDetector:
 
     def __init__(self, params: GradientParams | None = None) -> None:
         self.params = params or GradientParams()
-        self._history: dict[tuple[str, int, str], deque[float]] = {}
-        self._episodes = Episodes()
+        self._series: dict[tuple[str, int, str], _Series] = {}
 
     def wants(self, metric: str) -> bool:
         """True for gradient-norm metrics."""
@@ -58,10 +70,14 @@ class GradientDetector:
             return None  # the non-finite detector owns these
         p = self.params
         key = (run, rank, metric)
-        history = self._history.get(key)
-        if history is None:
-            history = self._history[key] = deque(maxlen=p.window)
-        base = median(history) if len(history) >= p.min_points else None
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(p.window)
+        history = series.history
+        series.age -= 1
+        if series.age <= 0 and len(history) >= p.min_points:
+            series.age, series.base = p.refresh, median(history)
+        base = series.base
         kind = threshold = None
         if value > p.explode_abs:
             kind, threshold = self.EXPLODING, p.explode_abs
@@ -71,26 +87,27 @@ class GradientDetector:
             kind, threshold = self.VANISHING, p.vanish_abs
         elif base is not None and value < base * p.vanish_ratio:
             kind, threshold = self.VANISHING, base * p.vanish_ratio
+        if kind is None:
+            series.open = None
+            history.append(value)
+            return None
         flag = None
-        for other in (self.EXPLODING, self.VANISHING):
-            if other != kind:
-                self._episodes.end((other, key))
-        if kind is not None:
-            if self._episodes.start((kind, key)):
-                word = "exploding" if kind == self.EXPLODING else "vanishing"
-                flag = Flag(
-                    detector=kind,
-                    run=run,
-                    rank=rank,
-                    metric=metric,
-                    step=step,
-                    t=t,
-                    severity="critical" if kind == self.EXPLODING else "warning",
-                    summary=f"{word} gradient: {metric}={value:.3g} on rank {rank} "
-                    f"(rolling median {base if base is None else f'{base:.3g}'})",
-                    evidence=evidence(value, base, threshold, float(len(history))),
-                )
-            if kind == self.EXPLODING:
-                return flag  # keep the baseline clean of the blow-up
-        history.append(value)
+        if series.open != kind:
+            series.open = kind
+            word = "exploding" if kind == self.EXPLODING else "vanishing"
+            shown = "n/a" if base is None else f"{base:.3g}"
+            flag = Flag(
+                detector=kind,
+                run=run,
+                rank=rank,
+                metric=metric,
+                step=step,
+                t=t,
+                severity="critical" if kind == self.EXPLODING else "warning",
+                summary=f"{word} gradient: {metric}={value:.3g} on rank {rank} "
+                f"(rolling median {shown})",
+                evidence=evidence(value, base, threshold, float(len(history))),
+            )
+        if kind != self.EXPLODING:
+            history.append(value)  # keep the baseline clean of a blow-up
         return flag

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from processors.detectors.base import matches
 from processors.flags import Episodes, Flag, evidence
 
 
@@ -69,11 +70,14 @@ class NonFiniteOriginParams:
     settle_s: or until this many seconds (processor clock) passed since the first report.
     rearm_steps: a non-finite value this many steps after the episode's last one opens a
         new episode.
+    ignore: metrics computed after a collective (``grad_norm`` after the all-reduce) are
+        non-finite on every rank at the same step, so they cannot name the origin.
     """
 
     settle_steps: int = 1
     settle_s: float = 3.0
     rearm_steps: int = 20
+    ignore: tuple[str, ...] = ("grad_norm",)
 
 
 @dataclass
@@ -113,6 +117,8 @@ class NonFiniteOrigin:
         now: float,
     ) -> Flag | None:
         """Record a rank's non-finite value; return the verdict if it is now settled."""
+        if matches(metric, self.params.ignore):
+            return None
         episode = self._episodes.get(run)
         if (
             episode is not None

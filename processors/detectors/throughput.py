@@ -57,8 +57,8 @@ class ThroughputDetector:
         if len(points) < p.recent_points + max(p.recent_points, p.baseline_points // 4):
             return None
         data = list(points)
-        base = median(data[: -p.recent_points])
         now = median(data[-p.recent_points :])
+        base = median(data[: -p.recent_points])
         threshold = base * (1 - p.drop)
         if now >= threshold:
             self._episodes.end(key)

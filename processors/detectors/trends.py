@@ -109,7 +109,18 @@ class DivergenceParams:
 class _Curve:
     start: list[float] = field(default_factory=list)
     ema: float | None = None
-    recent: deque[tuple[int, float]] = field(default_factory=deque)
+    #: (step, EMA) with increasing EMA: the front is the minimum of the window.
+    lows: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def push(self, step: int, ema: float, window: int) -> float:
+        """Add the EMA at `step`; return the minimum EMA within the last `window` steps."""
+        lows = self.lows
+        while lows and lows[-1][1] >= ema:
+            lows.pop()
+        lows.append((step, ema))
+        while lows[0][0] <= step - window:
+            lows.popleft()
+        return lows[0][1]
 
 
 class DivergenceDetector:
@@ -138,18 +149,13 @@ class DivergenceDetector:
         key = (run, rank, metric)
         curve = self._state.setdefault(key, _Curve())
         curve.ema = value if curve.ema is None else curve.ema + p.alpha * (value - curve.ema)
+        low = curve.push(step, curve.ema, p.window)
         if len(curve.start) < p.start_points:
             curve.start.append(value)
-            curve.recent.append((step, curve.ema))
             return None
         # The highest early point, not their mean: the EMA starts at the first point and
         # lags a fast early descent, so it would sit above a mean of the early points.
         start = max(curve.start)
-        recent = curve.recent
-        recent.append((step, curve.ema))
-        while recent and recent[0][0] <= step - p.window:
-            recent.popleft()
-        low = min(e for _, e in recent)
         ema = curve.ema
         above = start > 0 and ema > start * p.above_start
         rose = low > 0 and ema > low * (1 + p.rise)
