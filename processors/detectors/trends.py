@@ -7,7 +7,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from processors.detectors.base import matches
+from processors.detectors.base import matches, median
 from processors.flags import Episodes, Flag, evidence
 
 
@@ -91,6 +91,8 @@ class DivergenceParams:
 
     metrics: loss-like metrics.
     alpha: EMA smoothing factor per point.
+    median_of: the EMA is fed the median of this many latest points, so one spike (the
+        spike detector's business) does not look like a trend.
     start_points: the starting level is the highest of this many first finite points.
     above_start: diverged when the EMA exceeds the starting level times this.
     window: steps over which a rise from the running minimum is judged.
@@ -99,6 +101,7 @@ class DivergenceParams:
 
     metrics: tuple[str, ...] = ("loss",)
     alpha: float = 0.1
+    median_of: int = 5
     start_points: int = 10
     above_start: float = 1.2
     window: int = 100
@@ -109,6 +112,7 @@ class DivergenceParams:
 class _Curve:
     start: list[float] = field(default_factory=list)
     ema: float | None = None
+    last: deque[float] = field(default_factory=deque)
     #: (step, EMA) with increasing EMA: the front is the minimum of the window.
     lows: deque[tuple[int, float]] = field(default_factory=deque)
 
@@ -148,7 +152,11 @@ class DivergenceDetector:
         p = self.params
         key = (run, rank, metric)
         curve = self._state.setdefault(key, _Curve())
-        curve.ema = value if curve.ema is None else curve.ema + p.alpha * (value - curve.ema)
+        curve.last.append(value)
+        if len(curve.last) > p.median_of:
+            curve.last.popleft()
+        smooth = median(curve.last)
+        curve.ema = smooth if curve.ema is None else curve.ema + p.alpha * (smooth - curve.ema)
         low = curve.push(step, curve.ema, p.window)
         if len(curve.start) < p.start_points:
             curve.start.append(value)

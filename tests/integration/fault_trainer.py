@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--hang-s", type=float, default=60.0)
     args = parser.parse_args()
 
+    torch.set_num_threads(1)  # ranks share a few cores; threads would only contend
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)

@@ -195,3 +195,10 @@ def test_telemetry_loss() -> None:
     assert flag is not None and flag.evidence["lost"] == 3
     assert d.observe_batch("run", 0, 3, 3.0, 1, 10) is None  # same episode
     assert_evidence(flag)
+
+
+def test_one_spike_is_not_a_divergence() -> None:
+    rng = random.Random(11)
+    losses = [healthy_loss(rng, s) for s in range(200)]
+    losses[50] *= 20
+    assert feed(DivergenceDetector().observe, "loss", losses) == []
