@@ -11,9 +11,9 @@ its own topic prefix so no phase sees another's data:
    the wall clock at send.
 
 Throughput is counted from the first output to the last, over the input messages
-processed in between (each input message yields one summary on the summaries topic), so
-group joins and start-up are not counted. Messages are realistic batches: one rank,
-10 records, 20 values each. Every process started here is stopped, also on failure.
+processed in between (the per-rank summaries stage 1 writes say how many records they
+cover), so group joins and start-up are not counted. Messages are realistic batches: one
+rank, 10 records, 20 values each. Every process started here is stopped, also on failure.
 
 Usage: PYTHONPATH=. python bench/processor_throughput.py [--messages 12000]
 Last line: values_per_s=... msgs_per_s=... faust_ceiling_ratio=... p99_ms=... scale_2w=...
@@ -150,7 +150,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float]:
-    """Wait until `expected` summaries (one per input message) and the final window
+    """Wait until summaries covering `expected` input messages and the final window
     update of every rank arrived; return (messages counted after the first output, seconds
     from the first output to the last window update)."""
     topics = Topics(settings.topic_prefix)
@@ -164,9 +164,11 @@ def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float
     try:
         while time.time() < deadline and (seen < expected or len(done_ranks) < RUNS * RANKS):
             for records in summaries.poll(timeout_ms=100, max_records=100_000).values():
+                # A summary covers one or more input messages of one rank.
+                inputs = sum(json.loads(r.value)["records"] for r in records) // RECORDS
                 if first_at is None and records:
-                    first_at, first_count = time.time(), len(records)
-                seen += len(records)
+                    first_at, first_count = time.time(), inputs
+                seen += inputs
             for records in windows.poll(timeout_ms=10, max_records=100_000).values():
                 for record in records:
                     doc = json.loads(record.value)

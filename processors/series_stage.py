@@ -131,6 +131,24 @@ class StageResult:
         return self.updates[-1] if self.updates else None
 
 
+def _merge(older: RankSummary, newer: RankSummary) -> RankSummary:
+    """One summary of a rank from two consecutive ones (a step in both is merged)."""
+    steps = {p.step: p for p in older.steps}
+    for point in newer.steps:
+        known = steps.get(point.step)
+        if known is None:
+            steps[point.step] = point
+        else:
+            known.values.update(point.values)
+            known.t = max(known.t, point.t)
+    older.steps = [steps[s] for s in sorted(steps)]
+    older.nonfinite.extend(newer.nonfinite)
+    older.records += newer.records
+    older.world, older.node = newer.world, newer.node
+    older.last_step, older.last_t = newer.last_step, newer.last_t
+    return older
+
+
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     return WindowStats(
         count=summary.count,
@@ -234,6 +252,8 @@ class SeriesStage:
         flags: list[Flag] = []
         touched: dict[tuple[str, int], tuple[Batch, RankState, dict[str, float]]] = {}
         flagged: dict[tuple[str, int, str], list[str]] = {}
+        # One summary per rank per call: stage 2 pays a message per summary.
+        summaries: dict[tuple[str, int], RankSummary] = {}
         for index, batch in enumerate(batches):
             rejection = check_batch(batch, now, self.limits)
             if rejection is not None:
@@ -244,7 +264,11 @@ class SeriesStage:
             values = latest[2] if latest else {}
             summary = self._apply(batch, state, values, flags, result, index)
             touched[(batch.run, batch.rank)] = (batch, state, values)
-            result.summaries.append(summary)
+            merged = summaries.get((batch.run, batch.rank))
+            summaries[(batch.run, batch.rank)] = (
+                summary if merged is None else _merge(merged, summary)
+            )
+        result.summaries = list(summaries.values())
         for flag in flags:
             if flag.metric is not None and flag.rank is not None:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)

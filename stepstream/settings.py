@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most telemetry messages stage 1 processes as one batch."
     )
     processor_linger_s: float = Field(
-        0.05, ge=0, description="Longest stage 1 waits to fill a batch."
+        0.1, ge=0, description="Longest stage 1 waits to fill a batch."
     )
     max_records_per_batch: int = Field(
         20_000, ge=1, description="A telemetry message with more records is dead-lettered."

@@ -37,13 +37,16 @@ class GradientParams:
 
 
 class _Series:
-    __slots__ = ("age", "base", "history", "open")
+    __slots__ = ("age", "base", "high", "history", "low", "open")
 
     def __init__(self, window: int) -> None:
         self.history: deque[float] = deque(maxlen=window)
         self.base: float | None = None
         self.age = 0
         self.open: str | None = None
+        # The band of values that cannot flag until the next baseline refresh.
+        self.low = math.inf
+        self.high = -math.inf
 
 
 class GradientDetector:
@@ -75,8 +78,14 @@ class GradientDetector:
             series = self._series[key] = _Series(p.window)
         history = series.history
         series.age -= 1
+        if series.low <= value <= series.high and series.age > 0 and series.open is None:
+            history.append(value)  # the common case: well inside the healthy band
+            return None
         if series.age <= 0 and len(history) >= p.min_points:
             series.age, series.base = p.refresh, median(history)
+            base = series.base
+            series.low = max(p.vanish_abs, base * p.vanish_ratio if base > 0 else math.inf)
+            series.high = min(p.explode_abs, base * p.explode_ratio if base > 0 else -math.inf)
         base = series.base
         kind = threshold = None
         if value > p.explode_abs:
