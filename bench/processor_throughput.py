@@ -293,7 +293,8 @@ def main() -> None:
             rates[workers] = counted / seconds
             print(
                 f"{workers} processor worker(s): {rates[workers]:,.0f} msgs/s, "
-                f"{rates[workers] * RECORDS * VALUES:,.0f} values/s ({counted} msgs in {seconds:.1f}s)"
+                f"{rates[workers] * RECORDS * VALUES:,.0f} values/s "
+                f"({counted} msgs in {seconds:.1f}s)"
             )
 
         live = phase_settings(base, "lat")

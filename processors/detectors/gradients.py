@@ -82,10 +82,10 @@ class GradientDetector:
             history.append(value)  # the common case: well inside the healthy band
             return None
         if series.age <= 0 and len(history) >= p.min_points:
-            series.age, series.base = p.refresh, median(history)
-            base = series.base
-            series.low = max(p.vanish_abs, base * p.vanish_ratio if base > 0 else math.inf)
-            series.high = min(p.explode_abs, base * p.explode_ratio if base > 0 else -math.inf)
+            fresh = median(history)
+            series.age, series.base = p.refresh, fresh
+            series.low = max(p.vanish_abs, fresh * p.vanish_ratio if fresh > 0 else math.inf)
+            series.high = min(p.explode_abs, fresh * p.explode_ratio if fresh > 0 else -math.inf)
         base = series.base
         kind = threshold = None
         if value > p.explode_abs:

@@ -105,7 +105,8 @@ def train(
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= world
-        grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.norm(torch.stack(grads))
         optimizer.step()
         logged = loss.item()
         if rank == args.spike_rank and step == args.spike_step:
