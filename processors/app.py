@@ -59,6 +59,7 @@ def create_processor_app(settings: Settings) -> faust.App:
             max_metrics_per_run=settings.max_metrics_per_run,
         ),
         detector_params=settings.detector_params,
+        stats_interval_s=settings.window_stats_interval_s,
     )
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
@@ -118,6 +119,11 @@ def create_processor_app(settings: Settings) -> faust.App:
                     await crossrank.send(key=run_key(update.run), value=update.to_bytes())
                 for alert in result.alerts:
                     await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+
+    @app.timer(max(0.1, settings.window_stats_interval_s / 2))
+    async def flush_window_stats() -> None:
+        for update in stage.flush(time.time()):
+            await windows.send(key=series_key(update.run, update.rank), value=update.to_bytes())
 
     @app.timer(TICK_S)
     async def liveness_tick() -> None:

@@ -75,7 +75,7 @@ class SeriesWindows:
     the largest span; smaller sizes are slices of it. `detectors` are the value detectors
     that watch this metric, resolved once per series rather than once per value."""
 
-    __slots__ = ("by_step", "by_time", "detectors", "forward", "nonfinite")
+    __slots__ = ("by_step", "by_time", "detectors", "forward", "nonfinite", "stats_due")
 
     def __init__(
         self,
@@ -91,6 +91,8 @@ class SeriesWindows:
         #: True while the series is in a non-finite episode (mirrors the detector, so the
         #: detector is only called on non-finite values and on the first finite one after).
         self.nonfinite = False
+        #: Processor time before which this series' stats are not recomputed (rate limit).
+        self.stats_due = 0.0
 
     def add(self, step: int | None, t: float, value: float) -> None:
         """Place one value in every window it belongs to."""
@@ -111,6 +113,10 @@ class RankState:
     last_step: int | None = None
     last_t: float = 0.0
     series: dict[str, SeriesWindows] = field(default_factory=dict)
+    #: Metrics whose stats were held back by the rate limit -> their latest value.
+    pending: dict[str, float] = field(default_factory=dict)
+    world: int = 1
+    node: str = ""
 
 
 @dataclass
@@ -187,6 +193,9 @@ class SeriesStage:
     values forwarded per step to stage 2; `limits` bound what a batch may hold;
     `detector_params` override detector parameters by detector name; `clock` stamps
     `raised_at` on alerts and judges far-future event times (injected so tests control it).
+    `stats_interval_s` > 0 rate-limits window statistics per series: a series touched again
+    sooner gets only its latest value in the update, and `flush` later emits the held-back
+    stats (a flagged series is always computed at once).
     """
 
     def __init__(
@@ -198,8 +207,10 @@ class SeriesStage:
         crossrank_metrics: Sequence[str] = (),
         limits: Limits | None = None,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
+        stats_interval_s: float = 0.0,
     ) -> None:
         self.window_steps = sorted(set(window_steps))
+        self.stats_interval_s = stats_interval_s
         self.window_seconds = sorted(set(window_seconds))
         self._step_names = [(step_window_name(n), float(n)) for n in self.window_steps]
         self._time_names = [(time_window_name(s), float(s)) for s in self.window_seconds]
@@ -274,7 +285,7 @@ class SeriesStage:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
         for (_run, _rank), (batch, state, values) in touched.items():
             if values:
-                result.updates.append(self._update(batch, state, values, flagged))
+                result.updates.append(self._update(batch, state, values, flagged, now))
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
         return result
 
@@ -388,25 +399,71 @@ class SeriesStage:
         state: RankState,
         touched: dict[str, float],
         flagged: dict[tuple[str, int, str], list[str]],
+        now: float,
     ) -> WindowUpdate:
+        state.world, state.node = batch.world, batch.node
         windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
-        for metric in touched:
+        for metric, value in touched.items():
             series = state.series[metric]
             marks = flagged.get((batch.run, batch.rank, metric))
-            if series.by_step is not None:
-                for name, span in self._step_names:
-                    if series.by_step.newest is not None:
-                        windows[name][metric] = _stats(series.by_step.summary(span), marks)
-            if series.by_time is not None:
-                for name, span in self._time_names:
-                    windows[name][metric] = _stats(series.by_time.summary(span), marks)
+            if series.stats_due > now and marks is None:
+                state.pending[metric] = value
+                continue
+            state.pending.pop(metric, None)
+            self._fill(windows, metric, series, marks, now)
+        return self._window_update(batch.run, batch.rank, state, touched, windows)
+
+    def _fill(
+        self,
+        windows: dict[str, dict[str, WindowStats]],
+        metric: str,
+        series: SeriesWindows,
+        marks: list[str] | None,
+        now: float,
+    ) -> None:
+        series.stats_due = now + self.stats_interval_s
+        if series.by_step is not None and series.by_step.newest is not None:
+            for name, span in self._step_names:
+                windows[name][metric] = _stats(series.by_step.summary(span), marks)
+        if series.by_time is not None:
+            for name, span in self._time_names:
+                windows[name][metric] = _stats(series.by_time.summary(span), marks)
+
+    def _window_update(
+        self,
+        run: str,
+        rank: int,
+        state: RankState,
+        latest: dict[str, float],
+        windows: dict[str, dict[str, WindowStats]],
+    ) -> WindowUpdate:
         return WindowUpdate(
-            run=batch.run,
-            rank=batch.rank,
-            world=batch.world,
-            node=batch.node,
+            run=run,
+            rank=rank,
+            world=state.world,
+            node=state.node,
             step=state.last_step,
             t=state.last_t,
-            latest=touched,
+            latest=latest,
             windows=windows,
         )
+
+    def flush(self, now: float | None = None) -> list[WindowUpdate]:
+        """Window updates with the stats the rate limit held back and that are now due."""
+        now = self._clock() if now is None else now
+        out = []
+        for (run, rank), state in self._ranks.items():
+            if not state.pending:
+                continue
+            windows: dict[str, dict[str, WindowStats]] = {n: {} for n in self.window_names}
+            latest: dict[str, float] = {}
+            for metric, value in list(state.pending.items()):
+                series = state.series[metric]
+                if series.stats_due > now:
+                    continue
+                del state.pending[metric]
+                latest[metric] = value
+                self._fill(windows, metric, series, None, now)
+            if latest:
+                out.append(self._window_update(run, rank, state, latest, windows))
+        return out

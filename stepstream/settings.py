@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     processor_linger_s: float = Field(
         0.1, ge=0, description="Longest stage 1 waits to fill a batch."
     )
+    window_stats_interval_s: float = Field(
+        0.5, ge=0, description="Window stats of a series are recomputed at most this often."
+    )
     max_records_per_batch: int = Field(
         20_000, ge=1, description="A telemetry message with more records is dead-lettered."
     )

@@ -145,3 +145,23 @@ def test_seq_gap_raises_telemetry_loss() -> None:
     s.process(batch([rec(0, 0, loss=1.0)]))
     result = s.process(batch([rec(5, 5, loss=1.0)]))
     assert [a.rule for a in result.alerts] == ["telemetry_loss"]
+
+
+def test_stats_rate_limit_holds_back_and_flush_delivers() -> None:
+    now = [100.0]
+    s = SeriesStage(window_steps=[5], window_seconds=[], clock=lambda: now[0],
+                    stats_interval_s=1.0)
+    first = s.process(batch([rec(0, 0, loss=1.0)]))
+    assert first.update is not None and "loss" in first.update.windows["5steps"]
+    now[0] = 100.5
+    second = s.process(batch([rec(1, 1, loss=3.0)]))
+    assert second.update is not None and second.update.latest == {"loss": 3.0}
+    assert second.update.windows["5steps"] == {}  # held back
+    assert s.flush(100.9) == []
+    (flushed,) = s.flush(101.0)
+    assert flushed.latest == {"loss": 3.0} and flushed.step == 1
+    assert flushed.windows["5steps"]["loss"].mean == 2.0
+    assert s.flush(105.0) == []
+    now[0] = 100.6  # a flagged series is computed at once
+    nan = s.process(batch([rec(2, 2, loss=math.nan)]))
+    assert nan.update is not None and nan.update.windows["5steps"]["loss"].nonfinite == 1
