@@ -1,44 +1,138 @@
-"""The stage-1 faust app: telemetry batches in; window stats, alerts and dead letters out."""
+"""The processor faust app: thin wiring around the pure stages.
+
+Stage 1 (``series-stage``, telemetry keyed ``run:rank``): decode, validate, window, detect;
+emits window updates, alerts, dead letters and per-rank summaries (keyed by run).
+Stage 2 (``run-stage``, summaries keyed ``run``): cross-rank stats and detectors; a timer
+judges dead and hung ranks. Both agents live in one app, so one worker process runs both.
+
+Window and detector state is memory in the process that owns the partition. When a
+partition moves to another worker (a worker died or joined), the new owner starts that
+partition's series cold: windows refill from new data (50 steps / 60 s by default) and
+detectors re-learn their baselines. Nothing is rebuilt from the topic.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 import faust
 
+from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
-from stepstream.contract import decode_batch, run_key
+from processors.validation import Limits
+from stepstream.contract import Batch, RankSummary, decode_batch, run_key, series_key
 from stepstream.errors import ContractError
 from stepstream.settings import Settings
 from stepstream.streaming import dead_letter_of, make_app
 from stepstream.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: How often the stage-2 timer judges liveness, in seconds.
+TICK_S = 0.5
 
 
 def create_processor_app(settings: Settings) -> faust.App:
     """Build the processor app; nothing connects until a worker starts it."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("processor"))
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    raw: dict[str, Any] = {
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
     telemetry = app.topic(topics.telemetry, **raw)
+    summaries = app.topic(topics.summaries, **raw)
     windows = app.topic(topics.windows, **raw)
+    crossrank = app.topic(topics.crossrank, **raw)
     alerts = app.topic(topics.alerts, **raw)
     deadletters = app.topic(topics.deadletter, **raw)
-    stage = SeriesStage(settings.window_steps, settings.window_seconds)
+    stage = SeriesStage(
+        settings.window_steps,
+        settings.window_seconds,
+        crossrank_metrics=settings.crossrank_metrics,
+        limits=Limits(
+            max_records=settings.max_records_per_batch,
+            max_future_s=settings.max_future_s,
+            max_metrics_per_run=settings.max_metrics_per_run,
+        ),
+        detector_params=settings.detector_params,
+        stats_interval_s=settings.window_stats_interval_s,
+    )
+    run_stage = RunStage(
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        hung_after_s=settings.hung_after_s,
+        detector_params=settings.detector_params,
+    )
 
     @app.agent(telemetry, name="series-stage")
     async def series_stage(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            value: bytes = event.value
-            try:
-                batch = decode_batch(value)
-            except ContractError as err:
-                await deadletters.send(
-                    key=event.key,
-                    value=dead_letter_of(event, topics.telemetry, err.reason, err.detail),
-                )
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.processor_batch, within=settings.processor_linger_s
+        ):
+            batches: list[Batch] = []
+            sources: list[faust.EventT] = []
+            for event in events:
+                try:
+                    batches.append(decode_batch(event.value))
+                    sources.append(event)
+                except ContractError as err:
+                    stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
+                    await deadletters.send(
+                        key=event.key,
+                        value=dead_letter_of(event, topics.telemetry, err.reason, err.detail),
+                    )
+            if not batches:
                 continue
-            result = stage.process(batch)
-            if result.update is not None:
-                await windows.send(key=batch.key, value=result.update.to_bytes())
+            result = stage.process_many(batches)
+            for index, rejection in result.rejected:
+                await deadletters.send(
+                    key=sources[index].key,
+                    value=dead_letter_of(
+                        sources[index], topics.telemetry, rejection.reason, rejection.detail
+                    ),
+                )
+            for update in result.updates:
+                await windows.send(key=series_key(update.run, update.rank), value=update.to_bytes())
+            for summary in result.summaries:
+                await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
             for alert in result.alerts:
                 await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+
+    @app.agent(summaries, name="run-stage")
+    async def run_stage_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
+            now = time.time()
+            for event in events:
+                try:
+                    summary = RankSummary.model_validate_json(event.value)
+                except ValueError as exc:
+                    await deadletters.send(
+                        key=event.key,
+                        value=dead_letter_of(event, topics.summaries, "schema", str(exc)[:500]),
+                    )
+                    continue
+                result = run_stage.process(summary, now)
+                for update in result.crossrank:
+                    await crossrank.send(key=run_key(update.run), value=update.to_bytes())
+                for alert in result.alerts:
+                    await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+
+    @app.timer(max(0.1, settings.window_stats_interval_s / 2))
+    async def flush_window_stats() -> None:
+        for update in stage.flush(time.time()):
+            await windows.send(key=series_key(update.run, update.rank), value=update.to_bytes())
+
+    @app.timer(TICK_S)
+    async def liveness_tick() -> None:
+        for alert in run_stage.tick(time.time()):
+            await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+
+    @app.timer(60.0)
+    async def report_counters() -> None:
+        if stage.rejected:
+            log.warning("dead-lettered telemetry so far, by reason: %s", stage.rejected)
 
     return app

@@ -1,43 +1,105 @@
-"""Stage 1, per series: dedup by seq, windows per (run, rank, metric), per-series detectors.
+"""Stage 1, per series: validate, dedup by seq, windows per (run, rank, metric), per-series
+detectors, and the compact per-step summaries stage 2 compares across ranks.
 
 Pure logic with no faust or Kafka imports; the faust agent in ``processors.app`` feeds it
-decoded batches and sends what it returns.
+decoded batches and sends what it returns. Window statistics are computed once per touched
+series per call of `process_many`, however many records of the series the call carried.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from processors.detectors import Flag, NonFiniteDetector
+from processors.detectors import (
+    DivergenceDetector,
+    DivergenceParams,
+    ErrorBurstDetector,
+    ErrorBurstParams,
+    GradientDetector,
+    GradientParams,
+    NonFiniteDetector,
+    OverfittingDetector,
+    OverfittingParams,
+    PlateauDetector,
+    PlateauParams,
+    ResourceDetector,
+    ResourceParams,
+    SpikeDetector,
+    SpikeParams,
+    TelemetryLossDetector,
+    TelemetryLossParams,
+    ThroughputDetector,
+    ThroughputParams,
+)
+from processors.detectors.base import with_overrides
+from processors.flags import Flag, fingerprint, flag_to_alert
+from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
 from processors.windows import RollingWindow, Summary
-from stepstream.contract import Alert, Batch, RecordKind, WindowStats, WindowUpdate
+from stepstream.contract import (
+    Alert,
+    Batch,
+    RankSummary,
+    RecordKind,
+    StepPoint,
+    WindowStats,
+    WindowUpdate,
+)
 from stepstream.keys import step_window_name, time_window_name
 
-#: Record kinds whose values are not series to window (free-text logs).
-UNWINDOWED_KINDS = frozenset({RecordKind.LOG})
+__all__ = ["SeriesStage", "StageResult", "fingerprint", "flag_to_alert"]
+
+#: Record kinds whose values are not series to window (free-text logs, liveness pings).
+UNWINDOWED_KINDS = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT})
 
 
-@dataclass
+class ValueDetector(Protocol):
+    """A per-series detector: sees one value at a time."""
+
+    def wants(self, metric: str) -> bool:
+        """True if the detector watches `metric`."""
+        ...
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one value; a flag when an episode starts."""
+        ...
+
+
 class SeriesWindows:
-    """The step windows and time windows of one metric of one rank."""
+    """The windows of one metric of one rank: one buffer per kind (steps, seconds) holding
+    the largest span; smaller sizes are slices of it. `detectors` are the value detectors
+    that watch this metric, resolved once per series rather than once per value."""
 
-    by_step: list[tuple[str, RollingWindow]]
-    by_time: list[tuple[str, RollingWindow]]
+    __slots__ = ("by_step", "by_time", "detectors", "forward", "nonfinite", "stats_due")
+
+    def __init__(
+        self,
+        max_steps: int | None,
+        max_seconds: float | None,
+        detectors: Sequence[ValueDetector] = (),
+        forward: bool = False,
+    ) -> None:
+        self.by_step = RollingWindow(max_steps) if max_steps else None
+        self.by_time = RollingWindow(max_seconds) if max_seconds else None
+        self.detectors = tuple(detectors)
+        self.forward = forward
+        #: True while the series is in a non-finite episode (mirrors the detector, so the
+        #: detector is only called on non-finite values and on the first finite one after).
+        self.nonfinite = False
+        #: Processor time before which this series' stats are not recomputed (rate limit).
+        self.stats_due = 0.0
 
     def add(self, step: int | None, t: float, value: float) -> None:
         """Place one value in every window it belongs to."""
-        if step is not None:
-            for _, window in self.by_step:
-                window.add(step, value)
-        for _, window in self.by_time:
-            window.add(t, value)
-
-    def summaries(self) -> list[tuple[str, Summary]]:
-        """(window name, summary) for every window of the series."""
-        return [(name, w.summary()) for name, w in (*self.by_step, *self.by_time)]
+        if step is not None and self.by_step is not None:
+            self.by_step.add(step, value)
+        if self.by_time is not None:
+            self.by_time.add(t, value)
 
 
 @dataclass
@@ -51,43 +113,49 @@ class RankState:
     last_step: int | None = None
     last_t: float = 0.0
     series: dict[str, SeriesWindows] = field(default_factory=dict)
+    #: Metrics whose stats were held back by the rate limit -> their latest value.
+    pending: dict[str, float] = field(default_factory=dict)
+    world: int = 1
+    node: str = ""
 
 
 @dataclass
 class StageResult:
-    """What processing one batch produced."""
+    """What processing one or more batches produced. `rejected` pairs the index of an
+    input batch with why it (or part of it) goes to the dead-letter topic."""
 
-    update: WindowUpdate | None
-    alerts: list[Alert]
+    updates: list[WindowUpdate] = field(default_factory=list)
+    summaries: list[RankSummary] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
     duplicates: int = 0
     lost: int = 0
 
-
-def fingerprint(rule: str, run: str, rank: int | None, metric: str | None) -> str:
-    """Stable alert id of (rule, run, rank, metric): receivers dedup on it."""
-    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}".encode()
-    return hashlib.sha1(raw).hexdigest()[:16]
-
-
-def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
-    """The alert message of a detector flag."""
-    return Alert(
-        fingerprint=fingerprint(flag.detector, flag.run, flag.rank, flag.metric),
-        rule=flag.detector,
-        status="firing",
-        severity=flag.severity,
-        run=flag.run,
-        rank=flag.rank,
-        metric=flag.metric,
-        step=flag.step,
-        t=flag.t,
-        raised_at=raised_at,
-        summary=flag.summary,
-        evidence=flag.evidence,
-    )
+    @property
+    def update(self) -> WindowUpdate | None:
+        """The last window update (the only one when a single batch was processed)."""
+        return self.updates[-1] if self.updates else None
 
 
-def _stats(summary: Summary) -> WindowStats:
+def _merge(older: RankSummary, newer: RankSummary) -> RankSummary:
+    """One summary of a rank from two consecutive ones (a step in both is merged)."""
+    steps = {p.step: p for p in older.steps}
+    for point in newer.steps:
+        known = steps.get(point.step)
+        if known is None:
+            steps[point.step] = point
+        else:
+            known.values.update(point.values)
+            known.t = max(known.t, point.t)
+    older.steps = [steps[s] for s in sorted(steps)]
+    older.nonfinite.extend(newer.nonfinite)
+    older.records += newer.records
+    older.world, older.node = newer.world, newer.node
+    older.last_step, older.last_t = newer.last_step, newer.last_t
+    return older
+
+
+def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     return WindowStats(
         count=summary.count,
         nonfinite=summary.nonfinite,
@@ -95,39 +163,84 @@ def _stats(summary: Summary) -> WindowStats:
         min=summary.min,
         max=summary.max,
         last=summary.last,
+        std=summary.std,
+        ema=summary.ema,
+        p50=summary.p50,
+        p95=summary.p95,
+        slope=summary.slope,
+        flags=flags,
     )
 
 
-class SeriesStage:
-    """Turns telemetry batches into window updates and alerts.
+def build_value_detectors(params: Mapping[str, Mapping[str, Any]] | None) -> list[ValueDetector]:
+    """The per-series detectors with their parameter overrides (by detector name)."""
+    params = params or {}
+    return [
+        SpikeDetector(with_overrides(SpikeParams(), params.get("spike"))),
+        GradientDetector(with_overrides(GradientParams(), params.get("gradients"))),
+        PlateauDetector(with_overrides(PlateauParams(), params.get("plateau"))),
+        DivergenceDetector(with_overrides(DivergenceParams(), params.get("divergence"))),
+        OverfittingDetector(with_overrides(OverfittingParams(), params.get("overfitting"))),
+        ThroughputDetector(with_overrides(ThroughputParams(), params.get("throughput_regression"))),
+        ResourceDetector(with_overrides(ResourceParams(), params.get("resource_pressure"))),
+    ]
 
-    `window_steps` and `window_seconds` are the window sizes; `clock` stamps `raised_at`
-    on alerts (injected so tests control it).
+
+class SeriesStage:
+    """Turns telemetry batches into window updates, per-rank summaries and alerts.
+
+    `window_steps` and `window_seconds` are the window sizes; `crossrank_metrics` the
+    values forwarded per step to stage 2; `limits` bound what a batch may hold;
+    `detector_params` override detector parameters by detector name; `clock` stamps
+    `raised_at` on alerts and judges far-future event times (injected so tests control it).
+    `stats_interval_s` > 0 rate-limits window statistics per series: a series touched again
+    sooner gets only its latest value in the update, and `flush` later emits the held-back
+    stats (a flagged series is always computed at once).
     """
 
     def __init__(
         self,
-        window_steps: list[int],
-        window_seconds: list[float],
+        window_steps: Sequence[int],
+        window_seconds: Sequence[float],
         clock: Callable[[], float] = time.time,
+        *,
+        crossrank_metrics: Sequence[str] = (),
+        limits: Limits | None = None,
+        detector_params: Mapping[str, Mapping[str, Any]] | None = None,
+        stats_interval_s: float = 0.0,
     ) -> None:
-        self.window_steps = list(window_steps)
-        self.window_seconds = list(window_seconds)
-        self.window_names = [step_window_name(n) for n in self.window_steps] + [
-            time_window_name(s) for s in self.window_seconds
-        ]
+        self.window_steps = sorted(set(window_steps))
+        self.stats_interval_s = stats_interval_s
+        self.window_seconds = sorted(set(window_seconds))
+        self._step_names = [(step_window_name(n), float(n)) for n in self.window_steps]
+        self._time_names = [(time_window_name(s), float(s)) for s in self.window_seconds]
+        self.window_names = [n for n, _ in self._step_names + self._time_names]
         self._clock = clock
         self._ranks: dict[tuple[str, int], RankState] = {}
+        self.crossrank_metrics = frozenset(crossrank_metrics)
+        self.limits = limits or Limits()
+        self._cardinality = CardinalityGuard(self.limits.max_metrics_per_run)
+        params = detector_params or {}
         self._nonfinite = NonFiniteDetector()
+        self._detectors = build_value_detectors(params)
+        self._errors = ErrorBurstDetector(
+            with_overrides(ErrorBurstParams(), params.get("error_burst"))
+        )
+        self._loss = TelemetryLossDetector(
+            with_overrides(TelemetryLossParams(), params.get("telemetry_loss"))
+        )
+        #: Dead letters by reason since start, for the worker's log.
+        self.rejected: dict[str, int] = {}
 
-    def _new_series(self) -> SeriesWindows:
+    def _new_series(self, metric: str) -> SeriesWindows:
         return SeriesWindows(
-            by_step=[(step_window_name(n), RollingWindow(n)) for n in self.window_steps],
-            by_time=[(time_window_name(s), RollingWindow(s)) for s in self.window_seconds],
+            self.window_steps[-1] if self.window_steps else None,
+            self.window_seconds[-1] if self.window_seconds else None,
+            [d for d in self._detectors if d.wants(metric)],
+            metric in self.crossrank_metrics,
         )
 
-    def process(self, batch: Batch) -> StageResult:
-        """Apply one batch; return the fresh stats of the series it touched and any alerts."""
+    def _state(self, batch: Batch) -> RankState:
         state = self._ranks.get((batch.run, batch.rank))
         if state is None or state.incarnation != batch.incarnation:
             previous = state
@@ -135,53 +248,222 @@ class SeriesStage:
             if previous is not None:
                 # A restarted publisher starts its seq again; its history stays.
                 state.series = previous.series
+                state.last_step, state.last_t = previous.last_step, previous.last_t
             self._ranks[(batch.run, batch.rank)] = state
+        return state
 
-        touched: dict[str, float] = {}
+    def process(self, batch: Batch) -> StageResult:
+        """Apply one batch; return the fresh stats of the series it touched and any alerts."""
+        return self.process_many([batch])
+
+    def process_many(self, batches: Sequence[Batch]) -> StageResult:
+        """Apply batches in order; window stats are computed once per touched series."""
+        result = StageResult()
+        now = self._clock()
         flags: list[Flag] = []
-        duplicates = lost = 0
+        touched: dict[tuple[str, int], tuple[Batch, RankState, dict[str, float]]] = {}
+        flagged: dict[tuple[str, int, str], list[str]] = {}
+        # One summary per rank per call: stage 2 pays a message per summary.
+        summaries: dict[tuple[str, int], RankSummary] = {}
+        for index, batch in enumerate(batches):
+            rejection = check_batch(batch, now, self.limits)
+            if rejection is not None:
+                self._reject(result, index, rejection)
+                continue
+            state = self._state(batch)
+            latest = touched.get((batch.run, batch.rank))
+            values = latest[2] if latest else {}
+            summary = self._apply(batch, state, values, flags, result, index)
+            touched[(batch.run, batch.rank)] = (batch, state, values)
+            merged = summaries.get((batch.run, batch.rank))
+            summaries[(batch.run, batch.rank)] = (
+                summary if merged is None else _merge(merged, summary)
+            )
+        result.summaries = list(summaries.values())
+        for flag in flags:
+            if flag.metric is not None and flag.rank is not None:
+                flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
+        for (_run, _rank), (batch, state, values) in touched.items():
+            if values:
+                result.updates.append(self._update(batch, state, values, flagged, now))
+        result.alerts = [flag_to_alert(flag, now) for flag in flags]
+        return result
+
+    def _reject(self, result: StageResult, index: int, rejection: Rejection) -> None:
+        result.rejected.append((index, rejection))
+        self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
+
+    def _apply(
+        self,
+        batch: Batch,
+        state: RankState,
+        touched: dict[str, float],
+        flags: list[Flag],
+        result: StageResult,
+        index: int,
+    ) -> RankSummary:
+        run, rank = batch.run, batch.rank
+        steps: dict[int, StepPoint] = {}
+        nonfinite: list[StepPoint] = []
+        refused: set[str] = set()
+        duplicates = lost = received = 0
+        series_of = state.series
+        isfinite = math.isfinite
         for record in batch.records:
             if record.seq <= state.high_seq:
                 duplicates += 1
                 continue
             if record.seq > state.high_seq + 1 and state.high_seq >= 0:
                 lost += record.seq - state.high_seq - 1
+            received += 1
             state.high_seq = record.seq
-            if record.step is not None and (state.last_step is None or record.step > state.last_step):
-                state.last_step = record.step
-            state.last_t = max(state.last_t, record.t)
+            step, t = record.step, record.t
+            if step is not None and (state.last_step is None or step > state.last_step):
+                state.last_step = step
+            if t > state.last_t:
+                state.last_t = t
             if record.kind in UNWINDOWED_KINDS:
+                if record.kind == RecordKind.LOG:
+                    flag = self._errors.observe_log(run, rank, step, t, record.values, record.text)
+                    if flag is not None:
+                        flags.append(flag)
                 continue
+            point = None
             for metric, value in record.values.items():
-                series = state.series.get(metric)
+                series = series_of.get(metric)
                 if series is None:
-                    series = state.series[metric] = self._new_series()
-                series.add(record.step, record.t, value)
+                    if not self._cardinality.admit(run, metric):
+                        refused.add(metric)
+                        continue
+                    series = series_of[metric] = self._new_series(metric)
+                if step is not None and series.by_step is not None:
+                    series.by_step.add(step, value)
+                if series.by_time is not None:
+                    series.by_time.add(t, value)
                 touched[metric] = value
-                flag = self._nonfinite.observe(
-                    batch.run, batch.rank, metric, record.step, record.t, value
-                )
-                if flag is not None:
-                    flags.append(flag)
+                if not isfinite(value) or series.nonfinite:
+                    series.nonfinite = not isfinite(value)
+                    flag = self._nonfinite.observe(run, rank, metric, step, t, value)
+                    if flag is not None:
+                        flags.append(flag)
+                        if step is not None:
+                            nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
+                for detector in series.detectors:
+                    flag = detector.observe(run, rank, metric, step, t, value)
+                    if flag is not None:
+                        flags.append(flag)
+                if series.forward and step is not None:
+                    if point is None:
+                        point = steps.get(step)
+                        if point is None:
+                            point = steps[step] = StepPoint(step=step, t=t)
+                    point.values[metric] = value
         state.duplicates += duplicates
         state.lost += lost
-
-        update = None
-        if touched:
-            windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
-            for metric in touched:
-                for name, summary in state.series[metric].summaries():
-                    windows[name][metric] = _stats(summary)
-            update = WindowUpdate(
-                run=batch.run,
-                rank=batch.rank,
-                world=batch.world,
-                node=batch.node,
-                step=state.last_step,
-                t=state.last_t,
-                latest=touched,
-                windows=windows,
+        result.duplicates += duplicates
+        result.lost += lost
+        if lost:
+            flag = self._loss.observe_batch(
+                run, rank, state.last_step, state.last_t, lost, received
             )
-        now = self._clock()
-        alerts = [flag_to_alert(flag, now) for flag in flags]
-        return StageResult(update=update, alerts=alerts, duplicates=duplicates, lost=lost)
+            if flag is not None:
+                flags.append(flag)
+        elif received:
+            self._loss.observe_batch(run, rank, state.last_step, state.last_t, 0, received)
+        if refused:
+            names = sorted(refused)
+            self._reject(
+                result,
+                index,
+                Rejection(
+                    "cardinality",
+                    f"run {run} is at its cap of {self.limits.max_metrics_per_run} metric names; "
+                    f"dropped {len(names)}: {', '.join(names[:10])}",
+                ),
+            )
+        return RankSummary(
+            run=run,
+            rank=rank,
+            world=batch.world,
+            node=batch.node,
+            last_step=state.last_step,
+            last_t=state.last_t,
+            records=received,
+            steps=[steps[s] for s in sorted(steps)],
+            nonfinite=nonfinite,
+        )
+
+    def _update(
+        self,
+        batch: Batch,
+        state: RankState,
+        touched: dict[str, float],
+        flagged: dict[tuple[str, int, str], list[str]],
+        now: float,
+    ) -> WindowUpdate:
+        state.world, state.node = batch.world, batch.node
+        windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
+        for metric, value in touched.items():
+            series = state.series[metric]
+            marks = flagged.get((batch.run, batch.rank, metric))
+            if series.stats_due > now and marks is None:
+                state.pending[metric] = value
+                continue
+            state.pending.pop(metric, None)
+            self._fill(windows, metric, series, marks, now)
+        return self._window_update(batch.run, batch.rank, state, touched, windows)
+
+    def _fill(
+        self,
+        windows: dict[str, dict[str, WindowStats]],
+        metric: str,
+        series: SeriesWindows,
+        marks: list[str] | None,
+        now: float,
+    ) -> None:
+        series.stats_due = now + self.stats_interval_s
+        if series.by_step is not None and series.by_step.newest is not None:
+            for name, span in self._step_names:
+                windows[name][metric] = _stats(series.by_step.summary(span), marks)
+        if series.by_time is not None:
+            for name, span in self._time_names:
+                windows[name][metric] = _stats(series.by_time.summary(span), marks)
+
+    def _window_update(
+        self,
+        run: str,
+        rank: int,
+        state: RankState,
+        latest: dict[str, float],
+        windows: dict[str, dict[str, WindowStats]],
+    ) -> WindowUpdate:
+        return WindowUpdate(
+            run=run,
+            rank=rank,
+            world=state.world,
+            node=state.node,
+            step=state.last_step,
+            t=state.last_t,
+            latest=latest,
+            windows=windows,
+        )
+
+    def flush(self, now: float | None = None) -> list[WindowUpdate]:
+        """Window updates with the stats the rate limit held back and that are now due."""
+        now = self._clock() if now is None else now
+        out = []
+        for (run, rank), state in self._ranks.items():
+            if not state.pending:
+                continue
+            windows: dict[str, dict[str, WindowStats]] = {n: {} for n in self.window_names}
+            latest: dict[str, float] = {}
+            for metric, value in list(state.pending.items()):
+                series = state.series[metric]
+                if series.stats_due > now:
+                    continue
+                del state.pending[metric]
+                latest[metric] = value
+                self._fill(windows, metric, series, None, now)
+            if latest:
+                out.append(self._window_update(run, rank, state, latest, windows))
+        return out

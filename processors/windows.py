@@ -4,20 +4,48 @@ faust's own windows are whole-second and closed by the wall clock; training tele
 needs windows over the last N *steps* and over fine-grained *event* time, with records
 that may arrive out of order. A window here keeps the points whose position (step or event
 time) lies within `span` of the newest position seen, ordered by position.
+
+Cost model: adding a point is O(1) on the in-order path (two list appends), because it runs
+once per value. Statistics are computed on demand, once per touched series per processed
+batch, over the bounded window with C-level reductions (``sorted``, ``sum``, ``min``). That
+beats running sums updated per point in Python here: the per-value path is what limits
+throughput, and one reduction over a window of a few hundred points costs less than
+updating five running sums at every add. Several window sizes of the same kind share one
+point buffer (the largest span); a smaller window is a slice of it.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from operator import mul
+
+import numpy as np
+
+#: Windows with more finite points than this are summarized with numpy, fewer in Python
+#: (converting a short list to an array costs more than the arithmetic it saves).
+NUMPY_FROM = 128
+
+#: Weight of a point at the far edge of a window in the EMA: exp(-EMA_EDGE) ≈ 0.14,
+#: the same as an N-step EMA with alpha = 2 / (N + 1) gives a point N steps back.
+EMA_EDGE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Statistics of the values in a window. Non-finite values are counted in `nonfinite`
-    and left out of mean/min/max so that one NaN does not erase the window's history;
-    `last` is the value at the newest position, finite or not."""
+    """Statistics of the values in a window.
+
+    Non-finite values are counted in `nonfinite` and left out of every other statistic
+    so that one NaN does not erase the window's history; `last` is the value at the newest
+    position, finite or not. `std` is the population standard deviation. `p50`/`p95` use
+    linear interpolation between closest ranks (``statistics.quantiles(method=
+    "inclusive")``). `ema` is the exponentially weighted mean with weight
+    ``exp(-2 * age / span)`` (age in steps or seconds behind the newest point), so it does
+    not depend on arrival order. `slope` is the least-squares slope of value against
+    position: per step for step windows, per second for time windows.
+    """
 
     count: int
     nonfinite: int
@@ -25,30 +53,123 @@ class Summary:
     min: float | None
     max: float | None
     last: float | None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
 
 
 EMPTY_SUMMARY = Summary(count=0, nonfinite=0, mean=None, min=None, max=None, last=None)
 
 
-def summarize(values: list[float]) -> Summary:
-    """Summarize values given in position order (the last one is the newest)."""
+def percentile(ordered: list[float], q: float) -> float:
+    """The `q` quantile (0..1) of sorted values by linear interpolation between ranks."""
+    h = (len(ordered) - 1) * q
+    low = math.floor(h)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (h - low) * (ordered[high] - ordered[low])
+
+
+def summarize(
+    values: list[float], positions: list[float] | None = None, span: float | None = None
+) -> Summary:
+    """Summarize values given in position order (the last one is the newest).
+
+    Without `positions` the values are taken as one per unit position (consecutive steps);
+    without `span` the EMA weighs every point equally (span = infinity).
+    """
     if not values:
         return EMPTY_SUMMARY
-    finite = [v for v in values if math.isfinite(v)]
-    if finite:
-        mean: float | None = math.fsum(finite) / len(finite)
-        low: float | None = min(finite)
-        high: float | None = max(finite)
+    if positions is None:
+        positions = [float(i) for i in range(len(values))]
+    if math.isfinite(sum(values)):  # a NaN or an infinity anywhere makes the sum non-finite
+        vals, pos = values, positions
     else:
-        mean = low = high = None
+        pairs = [(p, v) for p, v in zip(positions, values, strict=True) if math.isfinite(v)]
+        pos = [p for p, _ in pairs]
+        vals = [v for _, v in pairs]
+    last = values[-1]
+    n = len(vals)
+    if n == 0:
+        return Summary(len(values), len(values), None, None, None, last)
+    mean = math.fsum(vals) / n
+    dev = [v - mean for v in vals]
+    std = math.sqrt(sum(map(mul, dev, dev)) / n)
+    ordered = sorted(vals)
+    newest = positions[-1]
+    if span is None or not math.isfinite(span):
+        ema = mean
+    else:
+        k = EMA_EDGE / span
+        weights = [math.exp(k * (p - newest)) for p in pos]
+        ema = sum(map(mul, weights, vals)) / sum(weights)
+    slope = None
+    if n >= 2:
+        mean_pos = math.fsum(pos) / n
+        dpos = [p - mean_pos for p in pos]
+        sxx = sum(map(mul, dpos, dpos))
+        if sxx > 0:
+            slope = sum(map(mul, dpos, dev)) / sxx
     return Summary(
         count=len(values),
-        nonfinite=len(values) - len(finite),
+        nonfinite=len(values) - n,
         mean=mean,
-        min=low,
-        max=high,
-        last=values[-1],
+        min=ordered[0],
+        max=ordered[-1],
+        last=last,
+        std=std,
+        ema=ema,
+        p50=percentile(ordered, 0.5),
+        p95=percentile(ordered, 0.95),
+        slope=slope,
     )
+
+
+def summarize_arrays(y: np.ndarray, x: np.ndarray, span: float | None) -> Summary:
+    """`summarize` for long windows: the same definitions, vectorized over float64 arrays
+    of values `y` and positions `x` in position order."""
+    count = len(y)
+    if count == 0:
+        return EMPTY_SUMMARY
+    last = float(y[-1])
+    newest = float(x[-1])
+    finite = np.isfinite(y)
+    if not finite.all():
+        y, x = y[finite], x[finite]
+    n = len(y)
+    if n == 0:
+        return Summary(count, count, None, None, None, last)
+    mean = float(y.sum()) / n
+    dev = y - mean
+    ordered = np.sort(y)
+    if span is None or not math.isfinite(span):
+        ema = mean
+    else:
+        weights = np.exp((EMA_EDGE / span) * (x - newest))
+        ema = float(weights @ y / weights.sum())
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    return Summary(
+        count=count,
+        nonfinite=count - n,
+        mean=mean,
+        min=float(ordered[0]),
+        max=float(ordered[-1]),
+        last=last,
+        std=math.sqrt(float(dev @ dev) / n),
+        ema=ema,
+        p50=_np_percentile(ordered, 0.5),
+        p95=_np_percentile(ordered, 0.95),
+        slope=float(dx @ dev) / sxx if n >= 2 and sxx > 0 else None,
+    )
+
+
+def _np_percentile(ordered: np.ndarray, q: float) -> float:
+    h = (len(ordered) - 1) * q
+    low = math.floor(h)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (h - low) * (ordered[high] - ordered[low]))
 
 
 class RollingWindow:
@@ -57,7 +178,8 @@ class RollingWindow:
     For a step window the position is the step and `span` the number of steps; for a time
     window the position is the event time and `span` the seconds. A point at a position
     already held replaces it (a re-sent step overwrites). A point older than the window is
-    refused and counted in `late`, never raised.
+    refused and counted in `late`, never raised. `summary(span)` summarizes a smaller
+    window over the same points, so sizes of one kind share one buffer.
     """
 
     __slots__ = ("_positions", "_values", "late", "span")
@@ -66,12 +188,13 @@ class RollingWindow:
         if span <= 0:
             raise ValueError(f"window span must be > 0, got {span}")
         self.span = span
-        self._positions: list[float] = []
-        self._values: list[float] = []
+        # array('d') appends as fast as a list and lends numpy a zero-copy view.
+        self._positions = array("d")
+        self._values = array("d")
         self.late = 0
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._values) - self._start(None)
 
     @property
     def newest(self) -> float | None:
@@ -84,7 +207,10 @@ class RollingWindow:
         if not positions or position > positions[-1]:
             positions.append(position)
             self._values.append(value)
-            self._evict(position - self.span)
+            # Evicting in chunks (once an eighth of a span is stale) keeps the in-order path
+            # to two appends and a compare; readers slice the window off by position.
+            if positions[0] <= position - self.span * 1.125:
+                self._evict(position - self.span)
             return True
         if position <= positions[-1] - self.span:
             self.late += 1
@@ -103,10 +229,30 @@ class RollingWindow:
             del self._positions[:drop]
             del self._values[:drop]
 
-    def values(self) -> list[float]:
-        """The values in position order, oldest first."""
-        return list(self._values)
+    def values(self, span: float | None = None) -> list[float]:
+        """The values in position order, oldest first, of the last `span` (default all)."""
+        start = self._start(span)
+        return self._values[start:].tolist()
 
-    def summary(self) -> Summary:
-        """Statistics of the window as it stands."""
-        return summarize(self._values)
+    def _start(self, span: float | None) -> int:
+        if not self._positions:
+            return 0
+        span = self.span if span is None else min(span, self.span)
+        if self._positions[0] > self._positions[-1] - span:
+            return 0
+        return bisect_right(self._positions, self._positions[-1] - span)
+
+    def summary(self, span: float | None = None) -> Summary:
+        """Statistics of the window (or of its last `span`, which must be <= the span)."""
+        start = self._start(span)
+        span = self.span if span is None else min(span, self.span)
+        if len(self._values) - start >= NUMPY_FROM:
+            # Views, not copies; they must not outlive this call (an array with a live
+            # buffer export cannot grow).
+            y = np.frombuffer(self._values, dtype=np.float64)[start:]
+            x = np.frombuffer(self._positions, dtype=np.float64)[start:]
+            try:
+                return summarize_arrays(y, x, span)
+            finally:
+                del y, x
+        return summarize(self._values[start:].tolist(), self._positions[start:].tolist(), span)

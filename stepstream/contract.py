@@ -89,6 +89,14 @@ class WindowStats(WireModel):
     min: float | None = None
     max: float | None = None
     last: float | None = None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
+    flags: list[str] | None = Field(
+        None, description="Detectors whose episode on this series is open at this update."
+    )
 
 
 class WindowUpdate(WireModel):
@@ -105,6 +113,59 @@ class WindowUpdate(WireModel):
     windows: dict[str, dict[MetricName, WindowStats]] = Field(
         default_factory=dict, description="window name -> metric -> stats"
     )
+
+
+CROSS_RANK_WINDOW = "ranks"
+"""Window name of cross-rank stats: one step, every rank."""
+
+
+class StepPoint(WireModel):
+    """The values of one rank at one step that stage 2 compares across ranks."""
+
+    step: int = Field(ge=0)
+    t: float
+    values: dict[MetricName, float] = Field(default_factory=dict)
+
+
+class RankSummary(WireModel):
+    """One message on the summaries topic (key = run): what stage 1 saw of one rank in one
+    batch, compact enough for a per-run stage to hold every rank of a run."""
+
+    v: int = SCHEMA_VERSION
+    run: RunId
+    rank: int = Field(ge=0)
+    world: int = 1
+    node: str = ""
+    last_step: int | None = None
+    last_t: float = 0.0
+    records: int = 0
+    steps: list[StepPoint] = Field(default_factory=list)
+    nonfinite: list[StepPoint] = Field(
+        default_factory=list, description="First non-finite value per metric, with its step."
+    )
+
+
+class CrossRankStats(WireModel):
+    """One metric at one step across the ranks that reported it."""
+
+    ranks: int
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    std: float | None = None
+    argmin: int | None = None
+    argmax: int | None = None
+
+
+class CrossRankUpdate(WireModel):
+    """One message on the cross-rank topic: per-step stats of a run across its ranks."""
+
+    v: int = SCHEMA_VERSION
+    run: RunId
+    step: int
+    t: float
+    world: int = 1
+    stats: dict[MetricName, CrossRankStats] = Field(default_factory=dict)
 
 
 Severity = Literal["info", "warning", "critical"]

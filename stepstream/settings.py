@@ -7,6 +7,7 @@ Reading settings is the only thing importing stepstream does with the environmen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from typing import Literal
 
@@ -132,6 +133,46 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(20, ge=0, description="Publisher linger before a send.")
     kafka_delivery_timeout_s: float = Field(
         10.0, gt=0, description="A batch not acknowledged by then goes to the spool."
+    )
+    # processors
+    processor_batch: int = Field(
+        1000, ge=1, description="Most telemetry messages stage 1 processes as one batch."
+    )
+    processor_linger_s: float = Field(
+        0.1, ge=0, description="Longest stage 1 waits to fill a batch."
+    )
+    window_stats_interval_s: float = Field(
+        0.5, ge=0, description="Window stats of a series are recomputed at most this often."
+    )
+    max_records_per_batch: int = Field(
+        20_000, ge=1, description="A telemetry message with more records is dead-lettered."
+    )
+    max_future_s: float = Field(
+        3600.0, gt=0, description="Records this far ahead of the processor clock are dead-lettered."
+    )
+    max_metrics_per_run: int = Field(
+        5000, ge=1, description="Distinct metric names per run; more are dead-lettered."
+    )
+    crossrank_metrics: list[str] = Field(
+        default_factory=lambda: [
+            "loss",
+            "grad_norm",
+            "data_time",
+            "compute_time",
+            "step_time",
+            "samples_per_s",
+        ],
+        description="Metrics stage 1 forwards per step for cross-rank analysis.",
+    )
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="How often ranks are expected to send anything (heartbeats)."
+    )
+    hung_after_s: float = Field(
+        120.0, gt=0, description="A rank that is alive but whose step does not move is hung."
+    )
+    detector_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per-detector parameter overrides, e.g. {"spike": {"z": 8}}.',
     )
 
     @field_validator("window_steps")

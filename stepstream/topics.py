@@ -22,6 +22,11 @@ class Topics:
         return f"{self.prefix}.summaries"
 
     @property
+    def crossrank(self) -> str:
+        """Per-step stats of each run across its ranks (stage 2), keyed by run."""
+        return f"{self.prefix}.crossrank"
+
+    @property
     def windows(self) -> str:
         """Rolling window stats, one message per rank per processed batch."""
         return f"{self.prefix}.windows"
@@ -46,6 +51,7 @@ class Topics:
         return [
             self.telemetry,
             self.summaries,
+            self.crossrank,
             self.windows,
             self.alerts,
             self.deadletter,

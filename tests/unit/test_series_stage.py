@@ -80,3 +80,88 @@ def test_log_records_are_not_windowed() -> None:
     s = stage()
     result = s.process(batch([rec(0, 0, RecordKind.LOG, level=40.0)]))
     assert result.update is None
+
+
+def big_stage(**kw: object) -> SeriesStage:
+    from processors.validation import Limits
+
+    return SeriesStage(window_steps=[5], window_seconds=[3.0], clock=lambda: 2000.0,
+                       crossrank_metrics=["loss", "data_time"],
+                       limits=Limits(max_records=50, max_future_s=60.0, max_metrics_per_run=3),
+                       **kw)  # type: ignore[arg-type]
+
+
+def test_absurd_batches_are_rejected_with_a_reason_and_counted() -> None:
+    s = big_stage()
+    future = s.process_many([
+        batch([Record(seq=0, t=2000.0 + 3600, step=0, values={"loss": 1.0})]),
+        batch([rec(i, i, loss=1.0) for i in range(51)], rank=1),
+        batch([Record(seq=0, t=math.inf, step=0, values={"loss": 1.0})], rank=2),
+        batch([rec(0, 0, loss=2.0)], rank=3),
+    ])
+    assert [(i, r.reason) for i, r in future.rejected] == [
+        (0, "future_time"), (1, "too_many_records"), (2, "absurd_time")]
+    assert [u.rank for u in future.updates] == [3]
+    assert s.rejected == {"future_time": 1, "too_many_records": 1, "absurd_time": 1}
+
+
+def test_cardinality_cap_keeps_known_names_and_dead_letters_the_rest() -> None:
+    s = big_stage()
+    result = s.process(batch([rec(0, 0, a=1.0, b=2.0, c=3.0, d=4.0, e=5.0)]))
+    assert [r.reason for _, r in result.rejected] == ["cardinality"]
+    assert "d, e" in result.rejected[0][1].detail
+    assert result.update is not None and set(result.update.latest) == {"a", "b", "c"}
+
+
+def test_summaries_carry_crossrank_values_per_step_and_first_nonfinite() -> None:
+    s = big_stage()
+    result = s.process(batch([rec(0, 0, loss=1.0, data_time=0.1), rec(1, 1, loss=math.nan)]))
+    (summ,) = result.summaries
+    assert next((p.step, p.values.get("loss")) for p in summ.steps) == (0, 1.0)
+    assert summ.steps[0].values == {"loss": 1.0, "data_time": 0.1}
+    assert [(p.step, list(p.values)) for p in summ.nonfinite] == [(1, ["loss"])]
+    assert (summ.last_step, summ.records) == (1, 2)
+
+
+def test_flags_go_into_the_window_records() -> None:
+    s = big_stage()
+    result = s.process(batch([rec(0, 0, loss=1.0), rec(1, 1, loss=math.nan)]))
+    assert result.update is not None
+    assert result.update.windows["5steps"]["loss"].flags == ["nonfinite"]
+
+
+def test_many_batches_give_one_update_per_rank_with_stats_once() -> None:
+    s = big_stage()
+    result = s.process_many([batch([rec(i, i, loss=float(i))]) for i in range(4)])
+    assert len(result.updates) == 1 and len(result.summaries) == 1
+    assert [p.step for p in result.summaries[0].steps] == [0, 1, 2, 3]
+    assert (result.summaries[0].records, result.summaries[0].last_step) == (4, 3)
+    stats = result.updates[0].windows["5steps"]["loss"]
+    assert (stats.count, stats.mean, stats.p50, stats.slope) == (4, 1.5, 1.5, 1.0)
+
+
+def test_seq_gap_raises_telemetry_loss() -> None:
+    s = big_stage()
+    s.process(batch([rec(0, 0, loss=1.0)]))
+    result = s.process(batch([rec(5, 5, loss=1.0)]))
+    assert [a.rule for a in result.alerts] == ["telemetry_loss"]
+
+
+def test_stats_rate_limit_holds_back_and_flush_delivers() -> None:
+    now = [100.0]
+    s = SeriesStage(window_steps=[5], window_seconds=[], clock=lambda: now[0],
+                    stats_interval_s=1.0)
+    first = s.process(batch([rec(0, 0, loss=1.0)]))
+    assert first.update is not None and "loss" in first.update.windows["5steps"]
+    now[0] = 100.5
+    second = s.process(batch([rec(1, 1, loss=3.0)]))
+    assert second.update is not None and second.update.latest == {"loss": 3.0}
+    assert second.update.windows["5steps"] == {}  # held back
+    assert s.flush(100.9) == []
+    (flushed,) = s.flush(101.0)
+    assert flushed.latest == {"loss": 3.0} and flushed.step == 1
+    assert flushed.windows["5steps"]["loss"].mean == 2.0
+    assert s.flush(105.0) == []
+    now[0] = 100.6  # a flagged series is computed at once
+    nan = s.process(batch([rec(2, 2, loss=math.nan)]))
+    assert nan.update is not None and nan.update.windows["5steps"]["loss"].nonfinite == 1

@@ -1,0 +1,192 @@
+"""Non-finite values: per series in stage 1, and the rank that produced the first one in
+stage 2 (an all-reduce spreads a NaN to every rank one step later, so the flag on every
+rank is not the answer to "where did it start")."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from processors.detectors.base import matches
+from processors.flags import Episodes, Flag, evidence
+
+
+def _word(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+class NonFiniteDetector:
+    """Flags a NaN or ±Infinity value in any metric of a series.
+
+    One flag per episode: a series that stays non-finite is flagged once, and the detector
+    re-arms when the series is finite again. Parameters: none. Delay: the record itself.
+    """
+
+    name = "nonfinite"
+
+    def __init__(self) -> None:
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """Every metric."""
+        return True
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Return a flag when `value` starts a non-finite episode of its series."""
+        series = (run, rank, metric)
+        if math.isfinite(value):
+            self._episodes.end(series)
+            return None
+        if not self._episodes.start(series):
+            return None
+        at = f"step {step}" if step is not None else f"t={t:.3f}"
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="critical",
+            summary=f"{metric} is {_word(value)} on rank {rank} of run {run} at {at}",
+            evidence=evidence(
+                value, None, None, None, step=float(step) if step is not None else None
+            ),
+        )
+
+    def is_open(self, run: str, rank: int, metric: str) -> bool:
+        """True while the series is in a non-finite episode."""
+        return self._episodes.is_open((run, rank, metric))
+
+
+@dataclass(frozen=True)
+class NonFiniteOriginParams:
+    """Parameters of `NonFiniteOrigin`.
+
+    settle_steps: the verdict waits until every rank reported a step this far past the
+        first non-finite step (so a rank whose NaN arrives later can still be earlier).
+    settle_s: or until this many seconds (processor clock) passed since the first report.
+    rearm_steps: a non-finite value this many steps after the episode's last one opens a
+        new episode.
+    ignore: metrics computed after a collective (``grad_norm`` after the all-reduce) are
+        non-finite on every rank at the same step, so they cannot name the origin.
+    """
+
+    settle_steps: int = 1
+    settle_s: float = 3.0
+    rearm_steps: int = 20
+    ignore: tuple[str, ...] = ("grad_norm",)
+
+
+@dataclass
+class _Episode:
+    opened_at: float
+    world: int
+    first: dict[int, tuple[int, float, str, float]] = field(default_factory=dict)
+    last_step: int = 0
+    reported: bool = False
+
+
+class NonFiniteOrigin:
+    """Names the rank whose non-finite value came first in a run: earliest (step, event
+    time) among the ranks' first non-finite values of the episode.
+
+    Fed per rank with `nonfinite(...)` and with each rank's progress by `progress(...)`;
+    `tick(now)` settles episodes whose wait ran out. Delay: `settle_steps` steps of every
+    rank, at most `settle_s` seconds.
+    """
+
+    name = "nonfinite_origin"
+
+    def __init__(self, params: NonFiniteOriginParams | None = None) -> None:
+        self.params = params or NonFiniteOriginParams()
+        self._episodes: dict[str, _Episode] = {}
+        self._progress: dict[str, dict[int, int]] = {}
+
+    def nonfinite(
+        self,
+        run: str,
+        rank: int,
+        world: int,
+        metric: str,
+        step: int,
+        t: float,
+        value: float,
+        now: float,
+    ) -> Flag | None:
+        """Record a rank's non-finite value; return the verdict if it is now settled."""
+        if matches(metric, self.params.ignore):
+            return None
+        episode = self._episodes.get(run)
+        if (
+            episode is not None
+            and episode.reported
+            and step > episode.last_step + self.params.rearm_steps
+        ):
+            episode = None
+        if episode is None:
+            episode = self._episodes[run] = _Episode(opened_at=now, world=world, last_step=step)
+        episode.last_step = max(episode.last_step, step)
+        if episode.reported:
+            return None
+        known = episode.first.get(rank)
+        if known is None or (step, t) < known[:2]:
+            episode.first[rank] = (step, t, metric, value)
+        return self._settle(run, episode, now)
+
+    def progress(self, run: str, rank: int, step: int, now: float) -> Flag | None:
+        """Record that `rank` reached `step`; return the verdict if it is now settled."""
+        ranks = self._progress.setdefault(run, {})
+        if step > ranks.get(rank, -1):
+            ranks[rank] = step
+        episode = self._episodes.get(run)
+        if episode is None or episode.reported:
+            return None
+        return self._settle(run, episode, now)
+
+    def tick(self, now: float) -> list[Flag]:
+        """Settle episodes whose wait ran out."""
+        out = []
+        for run, episode in self._episodes.items():
+            if not episode.reported:
+                flag = self._settle(run, episode, now)
+                if flag is not None:
+                    out.append(flag)
+        return out
+
+    def _settle(self, run: str, episode: _Episode, now: float) -> Flag | None:
+        first_step = min(s for s, *_ in episode.first.values())
+        ranks = self._progress.get(run, {})
+        waited = now - episode.opened_at
+        caught_up = len(ranks) >= episode.world and all(
+            ranks.get(r, -1) >= first_step + self.params.settle_steps for r in range(episode.world)
+        )
+        if not caught_up and waited < self.params.settle_s:
+            return None
+        episode.reported = True
+        rank, (step, t, metric, value) = min(episode.first.items(), key=lambda kv: kv[1][:2])
+        later = sorted(r for r in episode.first if r != rank)
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="critical",
+            summary=(
+                f"first non-finite value of run {run}: {metric}={_word(value)} on rank {rank} "
+                f"at step {step}; {len(later)} other rank(s) followed"
+            ),
+            evidence=evidence(
+                value,
+                None,
+                None,
+                None,
+                step=float(step),
+                ranks_affected=float(len(episode.first)),
+                waited_s=waited,
+            ),
+        )

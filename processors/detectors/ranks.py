@@ -1,0 +1,301 @@
+"""Cross-rank detectors (stage 2, per run): stragglers, step desync, dead and hung ranks,
+and data-parallel gradient-norm mismatch."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from processors.detectors.base import median
+from processors.flags import Episodes, Flag, evidence
+
+
+@dataclass(frozen=True)
+class StragglerParams:
+    """Parameters of `StragglerDetector`.
+
+    metrics: per-step times spent outside collectives; a rank's work time is their sum.
+        (Total step time cannot name the slow rank: every rank waits for it in the
+        all-reduce, so all step times grow together.)
+    window: steps per rank whose median is compared.
+    min_points: steps a rank needs before it is judged.
+    ratio: straggler when its median exceeds the median of the other ranks times this...
+    min_excess_s: ...and by at least this many seconds.
+    """
+
+    metrics: tuple[str, ...] = ("data_time", "compute_time")
+    window: int = 20
+    min_points: int = 5
+    ratio: float = 1.5
+    min_excess_s: float = 0.02
+
+
+class StragglerDetector:
+    """Flags a rank whose work time is well above the other ranks'. Fed one finished step
+    at a time (every rank's values at that step). Delay: about min_points..window/2 steps."""
+
+    name = "straggler"
+
+    def __init__(self, params: StragglerParams | None = None) -> None:
+        self.params = params or StragglerParams()
+        self._times: dict[tuple[str, int], deque[float]] = {}
+        self._episodes = Episodes()
+
+    def observe_step(
+        self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
+    ) -> list[Flag]:
+        """Add one step of every rank; return flags of ranks that start straggling."""
+        p = self.params
+        for rank, values in ranks.items():
+            parts = [values[m] for m in p.metrics if m in values and math.isfinite(values[m])]
+            if parts:
+                times = self._times.setdefault((run, rank), deque(maxlen=p.window))
+                times.append(sum(parts))
+        medians = {
+            rank: median(times)
+            for (r_run, rank), times in self._times.items()
+            if r_run == run and len(times) >= p.min_points
+        }
+        flags: list[Flag] = []
+        if len(medians) < 2:
+            return flags
+        for rank, own in medians.items():
+            others = median(v for r, v in medians.items() if r != rank)
+            threshold = max(others * p.ratio, others + p.min_excess_s)
+            key = (run, rank)
+            if own <= threshold:
+                self._episodes.end(key)
+                continue
+            if self._episodes.start(key):
+                flags.append(
+                    Flag(
+                        detector=self.name,
+                        run=run,
+                        rank=rank,
+                        metric="+".join(p.metrics),
+                        step=step,
+                        t=t,
+                        severity="warning",
+                        summary=f"rank {rank} is a straggler: {own * 1000:.0f} ms of work per step "
+                        f"against {others * 1000:.0f} ms on the other ranks",
+                        evidence=evidence(own, others, threshold, float(p.window)),
+                    )
+                )
+        return flags
+
+
+@dataclass(frozen=True)
+class DesyncParams:
+    """Parameters of `DesyncDetector`.
+
+    max_spread: flag when the newest steps of a run's ranks differ by more than this.
+    """
+
+    max_spread: int = 50
+
+
+class DesyncDetector:
+    """Flags the laggard rank when the spread of the ranks' newest steps exceeds
+    `max_spread`. Delay: the summary that makes the spread too large."""
+
+    name = "rank_desync"
+
+    def __init__(self, params: DesyncParams | None = None) -> None:
+        self.params = params or DesyncParams()
+        self._episodes = Episodes()
+
+    def observe(self, run: str, t: float, steps: dict[int, int]) -> Flag | None:
+        """Judge the newest step of each rank of `run`."""
+        if len(steps) < 2:
+            return None
+        lead = max(steps.values())
+        laggard, low = min(steps.items(), key=lambda kv: (kv[1], kv[0]))
+        spread = lead - low
+        if spread <= self.params.max_spread:
+            self._episodes.end(run)
+            return None
+        if not self._episodes.start(run):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=laggard,
+            metric=None,
+            step=low,
+            t=t,
+            severity="warning",
+            summary=f"ranks of run {run} are {spread} steps apart: rank {laggard} at step {low}, "
+            f"lead at step {lead}",
+            evidence=evidence(
+                float(spread),
+                None,
+                float(self.params.max_spread),
+                None,
+                lead=float(lead),
+                laggard_step=float(low),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LivenessParams:
+    """Parameters of `LivenessDetector`.
+
+    heartbeat_interval_s: how often a rank sends something (a heartbeat at least).
+    dead_after: a rank silent this many intervals is dead.
+    hung_after_s: a rank that is heard from but whose step has not moved this long is hung.
+    """
+
+    heartbeat_interval_s: float = 5.0
+    dead_after: float = 3.0
+    hung_after_s: float = 120.0
+
+
+@dataclass
+class _Rank:
+    seen: float
+    step: int | None = None
+    step_moved: float = 0.0
+
+
+@dataclass
+class _Run:
+    world: int = 1
+    ranks: dict[int, _Rank] = field(default_factory=dict)
+
+
+class LivenessDetector:
+    """Flags ``dead_rank`` (silent for dead_after × heartbeat_interval_s while another rank
+    of its run is still heard from: when every rank goes quiet the run has ended) and
+    ``hung_rank`` (heard from, step unchanged for hung_after_s). Time is the processor's
+    arrival clock, passed in as `now`, so skewed clocks on training nodes do not matter.
+    Delay: dead_after × heartbeat_interval_s plus the timer period.
+    """
+
+    DEAD = "dead_rank"
+    HUNG = "hung_rank"
+
+    def __init__(self, params: LivenessParams | None = None) -> None:
+        self.params = params or LivenessParams()
+        self._runs: dict[str, _Run] = {}
+        self._episodes = Episodes()
+
+    def seen(self, run: str, rank: int, world: int, step: int | None, now: float) -> None:
+        """Record that `rank` was heard from at `now`, at `step` (None if no step)."""
+        state = self._runs.setdefault(run, _Run())
+        state.world = max(state.world, world)
+        rank_state = state.ranks.get(rank)
+        if rank_state is None:
+            rank_state = state.ranks[rank] = _Rank(seen=now, step=step, step_moved=now)
+        rank_state.seen = max(rank_state.seen, now)
+        if step is not None and (rank_state.step is None or step > rank_state.step):
+            rank_state.step = step
+            rank_state.step_moved = now
+            self._episodes.end((self.HUNG, run, rank))
+        self._episodes.end((self.DEAD, run, rank))
+
+    def tick(self, now: float) -> list[Flag]:
+        """Judge every known rank at `now`."""
+        p = self.params
+        dead_s = p.dead_after * p.heartbeat_interval_s
+        flags: list[Flag] = []
+        for run, state in list(self._runs.items()):
+            alive = [r for r, s in state.ranks.items() if now - s.seen < dead_s]
+            if not alive:
+                if all(now - s.seen > 10 * dead_s for s in state.ranks.values()):
+                    del self._runs[run]  # ended long ago: forget it
+                continue
+            for rank, s in state.ranks.items():
+                silent = now - s.seen
+                if silent >= dead_s:
+                    if self._episodes.start((self.DEAD, run, rank)):
+                        flags.append(
+                            Flag(
+                                detector=self.DEAD,
+                                run=run,
+                                rank=rank,
+                                metric=None,
+                                step=s.step,
+                                t=s.seen,
+                                severity="critical",
+                                summary=f"rank {rank} of run {run} silent for {silent:.1f}s "
+                                f"(last step {s.step}) while {len(alive)} rank(s) still report",
+                                evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
+                            )
+                        )
+                    continue
+                stuck = now - s.step_moved
+                hung = s.step is not None and stuck >= p.hung_after_s
+                if hung and self._episodes.start((self.HUNG, run, rank)):
+                    flags.append(
+                        Flag(
+                            detector=self.HUNG,
+                            run=run,
+                            rank=rank,
+                            metric=None,
+                            step=s.step,
+                            t=s.seen,
+                            severity="critical",
+                            summary=f"rank {rank} of run {run} alive but stuck at step "
+                            f"{s.step} for {stuck:.0f}s",
+                            evidence=evidence(stuck, None, p.hung_after_s, None),
+                        )
+                    )
+        return flags
+
+
+@dataclass(frozen=True)
+class DPMismatchParams:
+    """Parameters of `DPMismatchDetector`.
+
+    metric: the global gradient norm after the all-reduce (identical on every DP rank).
+    rel_tol: ranks disagree when |value - median| / |median| exceeds this.
+    """
+
+    metric: str = "grad_norm"
+    rel_tol: float = 1e-3
+
+
+class DPMismatchDetector:
+    """Flags data-parallel ranks whose post-all-reduce gradient norm differs from the
+    others': a sign of silent data corruption (a bad GPU or link). With two ranks the
+    culprit cannot be told apart, so the flag names no rank. Delay: the finished step."""
+
+    name = "dp_mismatch"
+
+    def __init__(self, params: DPMismatchParams | None = None) -> None:
+        self.params = params or DPMismatchParams()
+        self._episodes = Episodes()
+
+    def observe_step(
+        self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
+    ) -> Flag | None:
+        """Judge one finished step of every rank of `run`."""
+        m = self.params.metric
+        norms = {r: v[m] for r, v in ranks.items() if m in v and math.isfinite(v[m])}
+        if len(norms) < 2:
+            return None
+        med = median(norms.values())
+        scale = max(abs(med), 1e-12)
+        rank, value = max(norms.items(), key=lambda kv: (abs(kv[1] - med), -kv[0]))
+        deviation = abs(value - med) / scale
+        if deviation <= self.params.rel_tol:
+            self._episodes.end(run)
+            return None
+        if not self._episodes.start(run):
+            return None
+        culprit = rank if len(norms) > 2 else None
+        listing = ", ".join(f"rank {r}: {v:.6g}" for r, v in sorted(norms.items()))
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=culprit,
+            metric=m,
+            step=step,
+            t=t,
+            severity="critical",
+            summary=f"{m} disagrees across data-parallel ranks at step {step} ({listing}): "
+            "possible silent data corruption",
+            evidence=evidence(value, med, self.params.rel_tol, None, rel_deviation=deviation),
+        )

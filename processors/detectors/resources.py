@@ -1,0 +1,77 @@
+"""Resource pressure: GPU/host memory and disk usage (system-kind values) near full."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from processors.flags import Episodes, Flag, evidence
+
+
+def _default_limits() -> dict[str, float]:
+    return {
+        "sys/host_mem_pct": 95.0,
+        "sys/gpu_mem_pct": 95.0,
+        "sys/disk_pct": 95.0,
+        "sys/swap_pct": 50.0,
+    }
+
+
+@dataclass(frozen=True)
+class ResourceParams:
+    """Parameters of `ResourceDetector`.
+
+    limits: metric name -> percentage at or above which the resource is under pressure.
+    sustain: consecutive points at or above the limit before a flag.
+    hysteresis: the episode ends when the value is this many points below the limit.
+    """
+
+    limits: dict[str, float] = field(default_factory=_default_limits)
+    sustain: int = 3
+    hysteresis: float = 2.0
+
+
+class ResourceDetector:
+    """Flags a resource at or above its limit for `sustain` consecutive samples.
+    Delay: `sustain` sampling intervals."""
+
+    name = "resource_pressure"
+
+    def __init__(self, params: ResourceParams | None = None) -> None:
+        self.params = params or ResourceParams()
+        self._streak: dict[tuple[str, int, str], int] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for metrics with a limit."""
+        return metric in self.params.limits
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one sample; return a flag when a pressure episode starts."""
+        if not math.isfinite(value):
+            return None
+        p = self.params
+        limit = p.limits[metric]
+        key = (run, rank, metric)
+        if value < limit:
+            self._streak[key] = 0
+            if value < limit - p.hysteresis:
+                self._episodes.end(key)
+            return None
+        streak = self._streak[key] = self._streak.get(key, 0) + 1
+        if streak < p.sustain or not self._episodes.start(key):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="warning",
+            summary=f"{metric} at {value:.1f} on rank {rank} (limit {limit:g}) "
+            f"for {streak} samples",
+            evidence=evidence(value, None, limit, float(streak)),
+        )

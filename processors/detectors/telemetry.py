@@ -1,0 +1,63 @@
+"""Telemetry loss: records missing from a publisher's seq sequence."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from processors.flags import Episodes, Flag, evidence
+
+
+@dataclass(frozen=True)
+class TelemetryLossParams:
+    """Parameters of `TelemetryLossDetector`.
+
+    window_batches: batches over which the loss fraction is computed.
+    max_fraction: loss when lost / (lost + received) exceeds this.
+    """
+
+    window_batches: int = 20
+    max_fraction: float = 0.0
+
+
+class TelemetryLossDetector:
+    """Flags seq gaps of one publisher (lost records) above `max_fraction` over the last
+    `window_batches` batches. Delay: the batch after the gap."""
+
+    name = "telemetry_loss"
+
+    def __init__(self, params: TelemetryLossParams | None = None) -> None:
+        self.params = params or TelemetryLossParams()
+        self._batches: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+        self._episodes = Episodes()
+
+    def observe_batch(
+        self, run: str, rank: int, step: int | None, t: float, lost: int, received: int
+    ) -> Flag | None:
+        """Add one batch's counts; return a flag when a loss episode starts."""
+        p = self.params
+        key = (run, rank)
+        batches = self._batches.setdefault(key, deque(maxlen=p.window_batches))
+        batches.append((lost, received))
+        total_lost = sum(b[0] for b in batches)
+        total = total_lost + sum(b[1] for b in batches)
+        fraction = total_lost / total if total else 0.0
+        if fraction <= p.max_fraction:
+            self._episodes.end(key)
+            return None
+        if not self._episodes.start(key):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=None,
+            step=step,
+            t=t,
+            severity="warning",
+            summary=f"{total_lost} telemetry records lost from rank {rank} "
+            f"({fraction:.1%} of the last {len(batches)} batches)",
+            evidence=evidence(
+                fraction, None, p.max_fraction, float(len(batches)), lost=float(total_lost)
+            ),
+        )

@@ -1,0 +1,78 @@
+"""Throughput regression: samples (or tokens) per second well below its own baseline."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from processors.detectors.base import matches, median
+from processors.flags import Episodes, Flag, evidence
+
+
+@dataclass(frozen=True)
+class ThroughputParams:
+    """Parameters of `ThroughputDetector`.
+
+    metrics: throughput metrics (higher is better).
+    baseline_points: points before the recent ones forming the baseline median.
+    recent_points: points whose median is compared to the baseline.
+    drop: regression when the recent median is below baseline * (1 - drop).
+    """
+
+    metrics: tuple[str, ...] = ("samples_per_s", "tokens_per_s")
+    baseline_points: int = 100
+    recent_points: int = 10
+    drop: float = 0.3
+
+
+class ThroughputDetector:
+    """Flags a sustained throughput drop: the median of the last `recent_points` below the
+    median of the `baseline_points` before them by `drop`. Delay: about recent_points / 2
+    points after the drop."""
+
+    name = "throughput_regression"
+
+    def __init__(self, params: ThroughputParams | None = None) -> None:
+        self.params = params or ThroughputParams()
+        self._points: dict[tuple[str, int, str], deque[float]] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for the configured metrics."""
+        return matches(metric, self.params.metrics)
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one point; return a flag when a regression episode starts."""
+        if not math.isfinite(value):
+            return None
+        p = self.params
+        key = (run, rank, metric)
+        points = self._points.get(key)
+        if points is None:
+            points = self._points[key] = deque(maxlen=p.baseline_points + p.recent_points)
+        points.append(value)
+        if len(points) < p.recent_points + max(p.recent_points, p.baseline_points // 4):
+            return None
+        data = list(points)
+        now = median(data[-p.recent_points :])
+        base = median(data[: -p.recent_points])
+        threshold = base * (1 - p.drop)
+        if now >= threshold:
+            self._episodes.end(key)
+            return None
+        if not self._episodes.start(key):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="warning",
+            summary=f"{metric} on rank {rank} fell to {now:.4g} from a baseline of {base:.4g}",
+            evidence=evidence(now, base, threshold, float(p.recent_points)),
+        )

@@ -1,0 +1,277 @@
+"""Training-curve detectors: plateau, divergence and overfitting. They watch a smoothed
+(EMA) loss so that step-to-step noise does not decide."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from processors.detectors.base import matches, median
+from processors.flags import Episodes, Flag, evidence
+
+
+@dataclass(frozen=True)
+class PlateauParams:
+    """Parameters of `PlateauDetector`.
+
+    metrics: loss-like metrics (lower is better).
+    alpha: EMA smoothing factor per point.
+    patience: steps without improvement that make a plateau.
+    min_rel_delta: an improvement must lower the best EMA by this fraction of it...
+    min_abs_delta: ...or by this much, whichever is larger.
+    """
+
+    metrics: tuple[str, ...] = ("loss",)
+    alpha: float = 0.1
+    patience: int = 200
+    min_rel_delta: float = 0.01
+    min_abs_delta: float = 1e-4
+
+
+@dataclass
+class _Best:
+    ema: float
+    best: float
+    best_step: int
+
+
+class PlateauDetector:
+    """Flags a loss whose EMA has not improved for `patience` steps.
+    Delay: `patience` steps after the last improvement."""
+
+    name = "plateau"
+
+    def __init__(self, params: PlateauParams | None = None) -> None:
+        self.params = params or PlateauParams()
+        self._state: dict[tuple[str, int, str], _Best] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for the configured metrics."""
+        return matches(metric, self.params.metrics)
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one point; return a flag when a plateau episode starts."""
+        if step is None or not math.isfinite(value):
+            return None
+        p = self.params
+        key = (run, rank, metric)
+        state = self._state.get(key)
+        if state is None:
+            self._state[key] = _Best(ema=value, best=value, best_step=step)
+            return None
+        state.ema += p.alpha * (value - state.ema)
+        if state.ema < state.best - max(p.min_rel_delta * abs(state.best), p.min_abs_delta):
+            state.best, state.best_step = state.ema, step
+            self._episodes.end(key)
+            return None
+        stalled = step - state.best_step
+        if stalled < p.patience or not self._episodes.start(key):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="info",
+            summary=f"{metric} has not improved for {stalled} steps on rank {rank} "
+            f"(best EMA {state.best:.4g} at step {state.best_step})",
+            evidence=evidence(state.ema, state.best, float(p.patience), float(stalled)),
+        )
+
+
+@dataclass(frozen=True)
+class DivergenceParams:
+    """Parameters of `DivergenceDetector`.
+
+    metrics: loss-like metrics.
+    alpha: EMA smoothing factor per point.
+    median_of: the EMA is fed the median of this many latest points, so one spike (the
+        spike detector's business) does not look like a trend.
+    start_points: the starting level is the highest of this many first finite points.
+    above_start: diverged when the EMA exceeds the starting level times this.
+    window: steps over which a rise from the running minimum is judged.
+    rise: diverged when the EMA rose this fraction above its minimum within `window`.
+    """
+
+    metrics: tuple[str, ...] = ("loss",)
+    alpha: float = 0.1
+    median_of: int = 5
+    start_points: int = 10
+    above_start: float = 1.2
+    window: int = 100
+    rise: float = 0.5
+
+
+@dataclass
+class _Curve:
+    start: list[float] = field(default_factory=list)
+    ema: float | None = None
+    last: deque[float] = field(default_factory=deque)
+    #: (step, EMA) with increasing EMA: the front is the minimum of the window.
+    lows: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def push(self, step: int, ema: float, window: int) -> float:
+        """Add the EMA at `step`; return the minimum EMA within the last `window` steps."""
+        lows = self.lows
+        while lows and lows[-1][1] >= ema:
+            lows.pop()
+        lows.append((step, ema))
+        while lows[0][0] <= step - window:
+            lows.popleft()
+        return lows[0][1]
+
+
+class DivergenceDetector:
+    """Flags a loss trending up: its EMA above the starting level, or risen by `rise`
+    over its minimum within the last `window` steps. Delay: a few EMA time constants
+    (1/alpha points) after the loss turns."""
+
+    name = "divergence"
+
+    def __init__(self, params: DivergenceParams | None = None) -> None:
+        self.params = params or DivergenceParams()
+        self._state: dict[tuple[str, int, str], _Curve] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for the configured metrics."""
+        return matches(metric, self.params.metrics)
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add one point; return a flag when a divergence episode starts."""
+        if step is None or not math.isfinite(value):
+            return None
+        p = self.params
+        key = (run, rank, metric)
+        curve = self._state.setdefault(key, _Curve())
+        curve.last.append(value)
+        if len(curve.last) > p.median_of:
+            curve.last.popleft()
+        smooth = median(curve.last)
+        curve.ema = smooth if curve.ema is None else curve.ema + p.alpha * (smooth - curve.ema)
+        low = curve.push(step, curve.ema, p.window)
+        if len(curve.start) < p.start_points:
+            curve.start.append(value)
+            return None
+        # The highest early point, not their mean: the EMA starts at the first point and
+        # lags a fast early descent, so it would sit above a mean of the early points.
+        start = max(curve.start)
+        ema = curve.ema
+        above = start > 0 and ema > start * p.above_start
+        rose = low > 0 and ema > low * (1 + p.rise)
+        if not (above or rose):
+            self._episodes.end(key)
+            return None
+        if not self._episodes.start(key):
+            return None
+        baseline, threshold = (start, start * p.above_start) if above else (low, low * (1 + p.rise))
+        why = "above its starting level" if above else f"up {ema / low - 1:.0%} from its minimum"
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="critical",
+            summary=f"{metric} is diverging on rank {rank}: EMA {ema:.4g} is {why}",
+            evidence=evidence(ema, baseline, threshold, float(p.window), start=start, minimum=low),
+        )
+
+
+@dataclass(frozen=True)
+class OverfittingParams:
+    """Parameters of `OverfittingDetector`.
+
+    train_metric / eval_metric: names of the training and evaluation loss.
+    alpha: EMA smoothing of the training loss.
+    evals: how many recent evaluation points are judged.
+    rise: overfitting when the last eval loss is this fraction above the best of them...
+    train_drop: ...while the train EMA fell at least this fraction since that best eval.
+    """
+
+    train_metric: str = "loss"
+    eval_metric: str = "eval_loss"
+    alpha: float = 0.1
+    evals: int = 5
+    rise: float = 0.05
+    train_drop: float = 0.01
+
+
+@dataclass
+class _Fit:
+    train_ema: float | None = None
+    evals: deque[tuple[float, float]] = field(default_factory=deque)  # (eval, train EMA then)
+
+
+class OverfittingDetector:
+    """Flags eval loss rising while train loss falls, judged at each evaluation point.
+    Delay: the evaluation at which eval loss is `rise` above its recent best."""
+
+    name = "overfitting"
+
+    def __init__(self, params: OverfittingParams | None = None) -> None:
+        self.params = params or OverfittingParams()
+        self._state: dict[tuple[str, int], _Fit] = {}
+        self._episodes = Episodes()
+
+    def wants(self, metric: str) -> bool:
+        """True for the train and eval loss."""
+        return metric in (self.params.train_metric, self.params.eval_metric)
+
+    def observe(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> Flag | None:
+        """Add a train or eval loss point; eval points may return a flag."""
+        if not math.isfinite(value):
+            return None
+        p = self.params
+        key = (run, rank)
+        fit = self._state.setdefault(key, _Fit())
+        if metric == p.train_metric:
+            fit.train_ema = (
+                value
+                if fit.train_ema is None
+                else (fit.train_ema + p.alpha * (value - fit.train_ema))
+            )
+            return None
+        if fit.train_ema is None:
+            return None
+        fit.evals.append((value, fit.train_ema))
+        while len(fit.evals) > p.evals:
+            fit.evals.popleft()
+        best_eval, train_then = min(fit.evals)
+        rising = value > best_eval * (1 + p.rise)
+        falling = fit.train_ema < train_then * (1 - p.train_drop)
+        if not (rising and falling):
+            self._episodes.end(key)
+            return None
+        if not self._episodes.start(key):
+            return None
+        return Flag(
+            detector=self.name,
+            run=run,
+            rank=rank,
+            metric=p.eval_metric,
+            step=step,
+            t=t,
+            severity="warning",
+            summary=f"overfitting on rank {rank}: {p.eval_metric} {value:.4g} is up from "
+            f"{best_eval:.4g} while {p.train_metric} fell {train_then:.4g} -> {fit.train_ema:.4g}",
+            evidence=evidence(
+                value,
+                best_eval,
+                best_eval * (1 + p.rise),
+                float(len(fit.evals)),
+                train_then=train_then,
+                train_now=fit.train_ema,
+            ),
+        )

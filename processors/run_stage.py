@@ -1,0 +1,176 @@
+"""Stage 2, per run: per-step statistics across ranks and the cross-rank detectors.
+
+Fed the compact per-rank summaries stage 1 writes to the summaries topic (key = run, so
+one run's ranks meet in one partition and one process). A step is finished when every rank
+of the run reported it, or when the run has moved `lag_steps` past it (a dead or slow rank
+must not hold the others' stats back). Pure logic; `processors.app` wires it to faust and
+calls `tick` from a timer for the time-based detectors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.detectors import (
+    DesyncDetector,
+    DesyncParams,
+    DPMismatchDetector,
+    DPMismatchParams,
+    LivenessDetector,
+    LivenessParams,
+    NonFiniteOrigin,
+    NonFiniteOriginParams,
+    StragglerDetector,
+    StragglerParams,
+)
+from processors.detectors.base import with_overrides
+from processors.flags import Flag, flag_to_alert
+from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary
+
+
+@dataclass
+class _PendingStep:
+    t: float
+    ranks: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _RunState:
+    world: int = 1
+    newest: int = -1
+    steps: dict[int, _PendingStep] = field(default_factory=dict)
+    latest: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What one summary (or one tick) produced."""
+
+    crossrank: list[CrossRankUpdate] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def crossrank_stats(ranks: Mapping[int, Mapping[str, float]]) -> dict[str, CrossRankStats]:
+    """Mean, min, max, population std and the arg-min/max rank of each metric across ranks;
+    non-finite values are left out (the non-finite detectors report them)."""
+    by_metric: dict[str, list[tuple[float, int]]] = {}
+    for rank, values in ranks.items():
+        for metric, value in values.items():
+            if math.isfinite(value):
+                by_metric.setdefault(metric, []).append((value, rank))
+    out: dict[str, CrossRankStats] = {}
+    for metric, pairs in by_metric.items():
+        vals = [v for v, _ in pairs]
+        mean = math.fsum(vals) / len(vals)
+        low, high = min(pairs), max(pairs)
+        out[metric] = CrossRankStats(
+            ranks=len(vals),
+            mean=mean,
+            min=low[0],
+            max=high[0],
+            std=math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / len(vals)),
+            argmin=low[1],
+            argmax=high[1],
+        )
+    return out
+
+
+class RunStage:
+    """Aggregates rank summaries per run and step; runs the cross-rank detectors.
+
+    `lag_steps`: a step is finished once the run's newest step is this far ahead.
+    `heartbeat_interval_s` / `hung_after_s`: liveness parameters (see LivenessParams).
+    `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
+    liveness, nonfinite_origin). `clock` stamps `raised_at`.
+    """
+
+    def __init__(
+        self,
+        *,
+        lag_steps: int = 10,
+        heartbeat_interval_s: float = 5.0,
+        hung_after_s: float = 120.0,
+        detector_params: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        params = detector_params or {}
+        self.lag_steps = lag_steps
+        self._clock = clock
+        self._runs: dict[str, _RunState] = {}
+        self.straggler = StragglerDetector(
+            with_overrides(StragglerParams(), params.get("straggler"))
+        )
+        self.dp = DPMismatchDetector(with_overrides(DPMismatchParams(), params.get("dp_mismatch")))
+        self.desync = DesyncDetector(with_overrides(DesyncParams(), params.get("rank_desync")))
+        liveness = LivenessParams(
+            heartbeat_interval_s=heartbeat_interval_s, hung_after_s=hung_after_s
+        )
+        self.liveness = LivenessDetector(with_overrides(liveness, params.get("liveness")))
+        self.origin = NonFiniteOrigin(
+            with_overrides(NonFiniteOriginParams(), params.get("nonfinite_origin"))
+        )
+
+    def process(self, summary: RankSummary, now: float) -> RunResult:
+        """Apply one rank summary received at `now` (processor clock)."""
+        run, rank = summary.run, summary.rank
+        state = self._runs.setdefault(run, _RunState())
+        state.world = max(state.world, summary.world)
+        flags: list[Flag] = []
+        self.liveness.seen(run, rank, summary.world, summary.last_step, now)
+        for point in summary.nonfinite:
+            for metric, value in point.values.items():
+                flag = self.origin.nonfinite(
+                    run, rank, summary.world, metric, point.step, point.t, value, now
+                )
+                if flag is not None:
+                    flags.append(flag)
+        if summary.last_step is not None:
+            if summary.last_step > state.latest.get(rank, -1):
+                state.latest[rank] = summary.last_step
+            flag = self.origin.progress(run, rank, summary.last_step, now)
+            if flag is not None:
+                flags.append(flag)
+            flag = self.desync.observe(run, summary.last_t, state.latest)
+            if flag is not None:
+                flags.append(flag)
+        for point in summary.steps:
+            if point.step <= state.newest - self.lag_steps:
+                continue  # already finished without this rank
+            pending = state.steps.get(point.step)
+            if pending is None:
+                pending = state.steps[point.step] = _PendingStep(t=point.t)
+            pending.t = max(pending.t, point.t)
+            pending.ranks.setdefault(rank, {}).update(point.values)
+            state.newest = max(state.newest, point.step)
+        result = RunResult()
+        for step in sorted(state.steps):
+            pending = state.steps[step]
+            if len(pending.ranks) < state.world and step > state.newest - self.lag_steps:
+                continue
+            del state.steps[step]
+            result.crossrank.append(
+                CrossRankUpdate(
+                    run=run,
+                    step=step,
+                    t=pending.t,
+                    world=state.world,
+                    stats=crossrank_stats(pending.ranks),
+                )
+            )
+            flags.extend(self.straggler.observe_step(run, step, pending.t, pending.ranks))
+            flag = self.dp.observe_step(run, step, pending.t, pending.ranks)
+            if flag is not None:
+                flags.append(flag)
+        raised = self._clock()
+        result.alerts = [flag_to_alert(f, raised) for f in flags]
+        return result
+
+    def tick(self, now: float) -> list[Alert]:
+        """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins."""
+        flags = self.liveness.tick(now) + self.origin.tick(now)
+        raised = self._clock()
+        return [flag_to_alert(f, raised) for f in flags]

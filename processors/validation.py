@@ -1,0 +1,77 @@
+"""Checks a decoded batch must pass before stage 1 uses it: absurd values and cardinality.
+
+Schema errors (negative steps, wrong types) and unknown major versions are caught by the
+contract already; these are values that are well-formed but cannot be right, and that
+would hurt the processor (memory, CPU) or every reader if let through.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from stepstream.contract import Batch
+
+#: Steps beyond this are absurd (a trillion steps): likely a timestamp sent as a step.
+MAX_STEP = 10**12
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one batch may hold.
+
+    max_records: records per message.
+    max_future_s: event times further ahead of the processor clock than this.
+    max_metrics_per_run: distinct metric names per run (per processor process).
+    """
+
+    max_records: int = 20_000
+    max_future_s: float = 3600.0
+    max_metrics_per_run: int = 5000
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a batch (or part of it) goes to the dead-letter topic."""
+
+    reason: str
+    detail: str
+
+
+def check_batch(batch: Batch, now: float, limits: Limits) -> Rejection | None:
+    """The reason to reject the whole batch, or None if it is usable."""
+    if len(batch.records) > limits.max_records:
+        return Rejection(
+            "too_many_records", f"{len(batch.records)} records > limit {limits.max_records}"
+        )
+    horizon = now + limits.max_future_s
+    for record in batch.records:
+        if not math.isfinite(record.t) or record.t < 0:
+            return Rejection("absurd_time", f"record seq {record.seq} has event time {record.t}")
+        if record.t > horizon:
+            return Rejection(
+                "future_time",
+                f"record seq {record.seq} is {record.t - now:.0f}s ahead of the processor "
+                f"clock (limit {limits.max_future_s:g}s)",
+            )
+        if record.step is not None and record.step > MAX_STEP:
+            return Rejection("absurd_step", f"record seq {record.seq} has step {record.step}")
+    return None
+
+
+@dataclass
+class CardinalityGuard:
+    """Remembers the metric names of each run and refuses new ones beyond the cap."""
+
+    cap: int
+    names: dict[str, set[str]] = field(default_factory=dict)
+
+    def admit(self, run: str, metric: str) -> bool:
+        """True if `metric` is known for `run` or fits under the cap (and is now known)."""
+        known = self.names.setdefault(run, set())
+        if metric in known:
+            return True
+        if len(known) >= self.cap:
+            return False
+        known.add(metric)
+        return True
