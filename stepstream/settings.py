@@ -118,7 +118,9 @@ class Settings(BaseSettings):
     spool_segment_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Spool segment size; whole segments are replayed."
     )
-    heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period of every rank.")
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="Heartbeat period of every rank; 3 missed ones mean a dead rank."
+    )
     system_interval_s: float = Field(
         1.0, ge=0, description="System metrics sampling period; 0 turns the sampler off."
     )
@@ -163,9 +165,6 @@ class Settings(BaseSettings):
             "samples_per_s",
         ],
         description="Metrics stage 1 forwards per step for cross-rank analysis.",
-    )
-    heartbeat_interval_s: float = Field(
-        5.0, gt=0, description="How often ranks are expected to send anything (heartbeats)."
     )
     hung_after_s: float = Field(
         120.0, gt=0, description="A rank that is alive but whose step does not move is hung."
