@@ -19,10 +19,11 @@ from typing import Any
 
 import faust
 
+from processors.alerting.agent import Alerting
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
-from stepstream.contract import Batch, RankSummary, decode_batch, run_key, series_key
+from stepstream.contract import Batch, RankSummary, decode_batch, run_key
 from stepstream.errors import ContractError
 from stepstream.settings import Settings
 from stepstream.streaming import dead_letter_of, make_app
@@ -47,7 +48,6 @@ def create_processor_app(settings: Settings) -> faust.App:
     summaries = app.topic(topics.summaries, **raw)
     windows = app.topic(topics.windows, **raw)
     crossrank = app.topic(topics.crossrank, **raw)
-    alerts = app.topic(topics.alerts, **raw)
     deadletters = app.topic(topics.deadletter, **raw)
     stage = SeriesStage(
         settings.window_steps,
@@ -61,6 +61,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         detector_params=settings.detector_params,
         stats_interval_s=settings.window_stats_interval_s,
     )
+    alerting = Alerting(app, settings)
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         hung_after_s=settings.hung_after_s,
@@ -95,11 +96,11 @@ def create_processor_app(settings: Settings) -> faust.App:
                     ),
                 )
             for update in result.updates:
-                await windows.send(key=series_key(update.run, update.rank), value=update.to_bytes())
+                await windows.send(key=run_key(update.run), value=update.to_bytes())
+            await alerting.on_updates(result.updates)
             for summary in result.summaries:
                 await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
-            for alert in result.alerts:
-                await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+            await alerting.on_flags(result.alerts)
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:
@@ -117,18 +118,18 @@ def create_processor_app(settings: Settings) -> faust.App:
                 result = run_stage.process(summary, now)
                 for update in result.crossrank:
                     await crossrank.send(key=run_key(update.run), value=update.to_bytes())
-                for alert in result.alerts:
-                    await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+                await alerting.on_flags(result.alerts)
 
     @app.timer(max(0.1, settings.window_stats_interval_s / 2))
     async def flush_window_stats() -> None:
-        for update in stage.flush(time.time()):
-            await windows.send(key=series_key(update.run, update.rank), value=update.to_bytes())
+        updates = stage.flush(time.time())
+        for update in updates:
+            await windows.send(key=run_key(update.run), value=update.to_bytes())
+        await alerting.on_updates(updates)
 
     @app.timer(TICK_S)
     async def liveness_tick() -> None:
-        for alert in run_stage.tick(time.time()):
-            await alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+        await alerting.on_flags(run_stage.tick(time.time()))
 
     @app.timer(60.0)
     async def report_counters() -> None:

@@ -82,6 +82,8 @@ class WebhookDispatcher:
 
     async def dispatch(self, alert: Alert) -> list[DeliveryResult]:
         """Deliver to every target whose severity filter admits the alert."""
+        if alert.suppressed_by is not None:  # silenced or inhibited: recorded, not notified
+            return []
         targets = [t for t in self.targets if alert.severity in t.severities]
         if not targets:
             return []

@@ -6,8 +6,10 @@ Exit codes: 0 success, 1 a stepstream error (the message says what to do), 2 bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -358,6 +360,99 @@ def alerts(
                     show(alert)
         finally:
             reader.close()
+
+    _guard(go)
+
+
+silence_app = typer.Typer(help="Silences: mute matching alerts for a while.", no_args_is_help=True)
+app.add_typer(silence_app, name="silence")
+
+
+def _silence_store(redis_url: str | None, state_dir: Path | None) -> Any:
+    from sinks.redis_client import sync_client
+    from sinks.silence_store import SilenceStore
+    from stepstream.keys import RedisKeys
+    from stepstream.stack import load_settings
+
+    settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+    client = sync_client(settings.redis_url, settings.redis_cluster)
+    return SilenceStore(client, RedisKeys(settings.key_prefix))
+
+
+@silence_app.command("add")
+def silence_add(
+    match: Annotated[list[str], typer.Option("--match", "-m", help="label=glob, e.g. rule=spike, run=exp-*, rank=3 (repeatable).")],
+    duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 3600.")] = "1h",
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    author: Annotated[str, typer.Option(help="Who.")] = "",
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a silence; matching alerts are still recorded but nobody is notified."""
+    from processors.alerting.durations import parse_span
+    from sinks.silence_store import new_silence
+
+    def go() -> None:
+        matchers: dict[str, str] = {}
+        for item in match:
+            name, sep, pattern = item.partition("=")
+            if not sep or not name or not pattern:
+                raise StepstreamError(f"--match {item!r}: use label=glob, e.g. rule=spike")
+            matchers[name.strip()] = pattern.strip()
+        try:
+            span = parse_span(duration)
+        except ValueError as exc:
+            raise StepstreamError(f"--for {duration!r}: {exc}") from exc
+        if span.unit != "seconds" or span.amount <= 0:
+            raise StepstreamError("--for must be a positive time, e.g. 30m or 2h")
+        silence = new_silence(matchers, span.amount, author, comment)
+        _silence_store(redis_url, state_dir).add(silence)
+        if json_out:
+            print(json.dumps({"id": silence.id, "ends_at": silence.ends_at}))
+        else:
+            console.print(f"silence [bold]{silence.id}[/bold] until "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(silence.ends_at))}")
+
+    _guard(go)
+
+
+@silence_app.command("list")
+def silence_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List silences (active ones unless --all)."""
+
+    def go() -> None:
+        silences = _silence_store(redis_url, state_dir).list(include_expired=all_)
+        if json_out:
+            print(json.dumps([dataclasses.asdict(s) for s in silences]))
+            return
+        table = Table("id", "matchers", "ends", "by", "comment")
+        for s in silences:
+            table.add_row(s.id, ", ".join(f"{k}={v}" for k, v in s.matchers.items()),
+                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.ends_at)),
+                          s.created_by, s.comment)
+        console.print(table)
+
+    _guard(go)
+
+
+@silence_app.command("expire")
+def silence_expire(
+    silence_id: Annotated[str, typer.Argument(help="The silence id.")],
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """End a silence now."""
+
+    def go() -> None:
+        if not _silence_store(redis_url, state_dir).expire(silence_id):
+            raise StepstreamError(f"no silence {silence_id!r}: see 'stepstream silence list --all'")
+        console.print(f"silence {silence_id} expired")
 
     _guard(go)
 

@@ -152,6 +152,10 @@ class RedisKeys:
         time of metrics logged with a step read their points by step through it."""
         return self._run(run, f"tindex:{check_rank(rank)}")
 
+    def silences(self) -> str:
+        """Hash: silence id -> JSON silence (matchers, start, end, author, comment)."""
+        return f"{self.prefix}:silences"
+
     def alerts_channel(self, run: str) -> str:
         """Pub/sub channel receiving each alert transition of a run as JSON."""
         return f"{self.prefix}:alerts:{check_run_id(run)}"

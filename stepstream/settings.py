@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         description='Alert webhooks as JSON: [{"url": "...", "format": "slack"}].',
     )
     rules_file: Path | None = Field(None, description="YAML file of user alert rules.")
+    resolve_timeout_s: float = Field(
+        300.0, gt=0, description="A detector alert with no new evidence this long resolves."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "warning", description="Worker log level."
     )

@@ -316,10 +316,18 @@ class LocalStack:
         self.progress("creating topics")
         ensure_topics(live)
         if self.workers:
+            from stepstream.streaming import ready_file
+            from stepstream.topics import Topics
+
             env = {**os.environ, **settings_env(live)}
+            markers = [ready_file(live, Topics(live.topic_prefix).group(s)) for s in WORKER_STAGES]
+            for marker in markers:
+                marker.unlink(missing_ok=True)
             for stage in WORKER_STAGES:
                 self.progress(f"starting {stage} worker")
                 self._spawn(stage, worker_command(stage), env)
+            self.progress("waiting for the workers to join their consumer groups")
+            self._wait_ready(markers, timeout=max(30.0, 6 * live.session_timeout_s))
         self.state = StackState(
             kafka_bootstrap=bootstrap,
             redis_url=redis_url,
@@ -330,6 +338,20 @@ class LocalStack:
         )
         self.state.save(self.state_dir)
         return self.state
+
+    def _wait_ready(self, markers: list[Path], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(m.exists() for m in markers):
+            for proc in self._children:
+                if not proc.is_running():
+                    tail = Path(proc.log).read_text(errors="replace")[-800:]
+                    raise StackError(f"the {proc.name} exited at start-up; its log ends:\n{tail}")
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"workers did not join their groups within {timeout:.0f}s; see the logs in "
+                    f"{self.state_dir / 'logs'}"
+                )
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop every process this object started, newest first, and remove the state file."""

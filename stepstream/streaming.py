@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -15,6 +18,11 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
 
 
+def ready_file(settings: Settings, app_id: str) -> Path:
+    """The file a worker writes once it has joined its group and holds partitions."""
+    return settings.state_dir / "ready" / app_id
+
+
 def make_app(settings: Settings, app_id: str) -> faust.App:
     """A faust app with stepstream's settings: memory store, no web server, short sessions.
 
@@ -22,7 +30,7 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
     the heartbeat interval must stay well below it.
     """
     session_s = settings.session_timeout_s
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
         store="memory://",
@@ -35,10 +43,48 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         producer_linger=0.005,
         stream_buffer_maxsize=4096,
     )
+    marker = ready_file(settings, app_id)
+
+    @app.on_rebalance_complete.connect
+    async def _mark_ready(sender: faust.App, **kwargs: Any) -> None:
+        # The local stack waits for this file: data sent after it is read at once.
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(os.getpid()))
+
+    return app
+
+
+FETCH_MAX_WAIT_MS = 50
+
+
+def shorten_fetch_wait(max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
+    """Make faust's consumers wait at most `max_wait_ms` for a fetch.
+
+    faust hard-codes fetch_max_wait_ms=1500 for its consumer, and tansu holds a fetch for
+    the whole wait even when data is ready for another partition: every hop then costs up
+    to 1.5 s. Called once in a worker process, before the worker starts (it changes the
+    aiokafka consumer class faust's driver builds, in this process only).
+    """
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    base = aiokafka.AIOKafkaConsumer
+    if getattr(base, "_stepstream_short_wait", False):
+        return
+
+    class ShortWaitConsumer(base):  # type: ignore[misc, valid-type]
+        _stepstream_short_wait = True
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["fetch_max_wait_ms"] = max_wait_ms
+            super().__init__(*args, **kwargs)
+
+    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer  # type: ignore[misc]
 
 
 def run_worker(app: faust.App, log_level: str) -> None:
     """Run `app` in this process until SIGTERM or Ctrl-C (faust handles both)."""
+    shorten_fetch_wait()
     worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 

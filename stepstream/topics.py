@@ -28,7 +28,7 @@ class Topics:
 
     @property
     def windows(self) -> str:
-        """Rolling window stats, one message per rank per processed batch."""
+        """Rolling window stats, one message per rank per processed batch, keyed by run."""
         return f"{self.prefix}.windows"
 
     @property

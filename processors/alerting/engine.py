@@ -38,8 +38,9 @@ class Signal:
     evidence: dict[str, float | None] = field(default_factory=dict)
 
 
-def alert_fingerprint(rule: str, run: str, rank: int | None, metric: str | None,
-                      labels: dict[str, str] | None = None) -> str:
+def alert_fingerprint(
+    rule: str, run: str, rank: int | None, metric: str | None, labels: dict[str, str] | None = None
+) -> str:
     """Stable id of (rule, run, rank, metric, labels): receivers dedup on it."""
     extra = "\x1f".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
     raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}\x1f{extra}".encode()
@@ -51,6 +52,8 @@ class _Tracked:
     state: AlertState
     labels: dict[str, str]
     last: Alert | None = None
+    detector: bool = False
+    last_signal_at: float = 0.0
 
 
 def _selector_labels(run: str, rank: int | None, metric: str | None) -> dict[str, str]:
@@ -96,13 +99,24 @@ class AlertEngine:
                 self._conditions.append(rule)
         names = {r.name for r in self.rules}
         self._tracked = {
-            fp: t for fp, t in self._tracked.items()
+            fp: t
+            for fp, t in self._tracked.items()
             if t.labels["rule"] in names or t.labels.get("builtin") == "true"
         }
 
+    @property
+    def has_conditions(self) -> bool:
+        """True when some rule evaluates window stats (window updates are worth reading)."""
+        return bool(self._conditions)
+
     def _builtin(self, signal: Signal) -> Rule:
-        return Rule(name=signal.detector, severity=signal.severity, timing=Timing(),
-                    detector=signal.detector, labels={"builtin": "true"})
+        return Rule(
+            name=signal.detector,
+            severity=signal.severity,
+            timing=Timing(),
+            detector=signal.detector,
+            labels={"builtin": "true"},
+        )
 
     def on_signal(self, signal: Signal) -> list[Alert]:
         """Apply a detector signal to every rule that watches that detector."""
@@ -112,12 +126,57 @@ class AlertEngine:
         for rule in rules:
             if not match_all(rule.selector, selector_labels):
                 continue
-            values = {"value": signal.evidence.get("value"), **signal.evidence,
-                      "detector_summary": signal.summary}
-            alert = self._advance(rule, signal.run, signal.rank, signal.metric, signal.active,
-                                  signal.t, signal.step, values, signal.summary, signal.evidence)
+            values = {
+                "value": signal.evidence.get("value"),
+                **signal.evidence,
+                "detector_summary": signal.summary,
+            }
+            alert = self._advance(
+                rule,
+                signal.run,
+                signal.rank,
+                signal.metric,
+                signal.active,
+                signal.t,
+                signal.step,
+                values,
+                signal.summary,
+                signal.evidence,
+            )
+            fp = alert_fingerprint(rule.name, signal.run, signal.rank, signal.metric, rule.labels)
+            tracked = self._tracked.get(fp)
+            if tracked is not None:
+                tracked.detector = True
+                tracked.last_signal_at = self._clock()
             if alert:
                 out.append(alert)
+        return out
+
+    def resolve_quiet(self, timeout_s: float) -> list[Alert]:
+        """Resolve detector alerts with no new signal for `timeout_s` (wall clock).
+
+        Detectors report when an episode starts, not always when it ends; like
+        Alertmanager's resolve_timeout, a detector alert with no fresh evidence for that
+        long is resolved. A new episode fires it again.
+        """
+        now = self._clock()
+        out = []
+        for fp, tracked in list(self._tracked.items()):
+            last = tracked.last
+            if not tracked.detector or last is None or now - tracked.last_signal_at < timeout_s:
+                continue
+            del self._tracked[fp]
+            out.append(
+                last.model_copy(
+                    update={
+                        "status": "resolved",
+                        "raised_at": now,
+                        "action": None,
+                        "suppressed_by": None,
+                        "summary": f"{last.summary} (no new evidence for {timeout_s:g}s)",
+                    }
+                )
+            )
         return out
 
     def on_window_update(self, update: WindowUpdate) -> list[Alert]:
@@ -145,8 +204,18 @@ class AlertEngine:
                 peers = self._peers.get((update.run, across.window, across.metric, cond.stat))
             holds, threshold = cond.evaluate(value, peers)
             values = {"value": value, "threshold": threshold}
-            alert = self._advance(rule, update.run, update.rank, cond.metric, holds, update.t,
-                                  update.step, values, "", {"value": value, "threshold": threshold})
+            alert = self._advance(
+                rule,
+                update.run,
+                update.rank,
+                cond.metric,
+                holds,
+                update.t,
+                update.step,
+                values,
+                "",
+                {"value": value, "threshold": threshold},
+            )
             if alert:
                 out.append(alert)
         return out
@@ -169,21 +238,34 @@ class AlertEngine:
         if tracked is None:
             if not active:
                 return None  # nothing to clear: do not track series that never fired
-            labels = {"rule": rule.name, "severity": rule.severity, **rule.labels,
-                      **_selector_labels(run, rank, metric)}
+            labels = {
+                "rule": rule.name,
+                "severity": rule.severity,
+                **rule.labels,
+                **_selector_labels(run, rank, metric),
+            }
             tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
         notice = tracked.state.evaluate(active, t, step, rule.timing)
         if notice is None:
             return None
-        context = {**values, "run": run, "rank": rank, "metric": metric, "step": step,
-                   "rule": rule.name, "labels": rule.labels}
+        context = {
+            **values,
+            "run": run,
+            "rank": rank,
+            "metric": metric,
+            "step": step,
+            "rule": rule.name,
+            "labels": rule.labels,
+        }
         if notice is Notice.RESOLVED:
             status = "resolved"
             summary = (tracked.last.summary if tracked.last else fallback_summary) or rule.name
         else:
             status = "firing"
             summary = render(rule.summary, context) if rule.summary else fallback_summary
-            summary = summary or f"{rule.name} on run {run}" + (f" rank {rank}" if rank is not None else "")
+            summary = summary or f"{rule.name} on run {run}" + (
+                f" rank {rank}" if rank is not None else ""
+            )
         alert = Alert(
             fingerprint=fp,
             rule=rule.name,
@@ -198,7 +280,9 @@ class AlertEngine:
             summary=summary,
             description=render(rule.description, context) if rule.description else "",
             labels={k: v for k, v in rule.labels.items() if k != "builtin"},
-            evidence=evidence if status == "firing" else (tracked.last.evidence if tracked.last else {}),
+            evidence=evidence
+            if status == "firing"
+            else (tracked.last.evidence if tracked.last else {}),
             action=rule.action if status == "firing" and notice is Notice.FIRING else None,
             suppressed_by=self._suppressed(tracked.labels, fp, self._clock()),
         )

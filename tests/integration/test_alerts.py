@@ -87,24 +87,28 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
     run = f"w-{uuid.uuid4().hex[:8]}"
     publish_nans(hooked, run, ranks=3)
 
+    def mine(body: dict) -> bool:
+        return body["run"] == run and body["rule"] == "nonfinite"
+
     def delivered() -> set[str] | None:
-        keys = {h["Idempotency-Key"] for h, body in receiver.requests if body["run"] == run}
+        keys = {h["Idempotency-Key"] for h, body in receiver.requests if mine(body)}
         return keys if len(keys) == 3 else None
 
     keys = wait_for(delivered, timeout=60)
-    bodies = {b["idempotency_key"]: b for _, b in receiver.requests if b["run"] == run}
+    bodies = {b["idempotency_key"]: b for _, b in receiver.requests if mine(b)}
     assert sorted(b["rank"] for b in bodies.values()) == [0, 1, 2]
     assert all(b["step"] == 5 and b["evidence"]["value"] == "NaN" for b in bodies.values())
     assert keys == {idempotency_key(Alert.model_validate(b)) for b in bodies.values()}
     # The receiver failed its first 3 requests: retries happened, nothing was lost.
-    assert len([1 for _, b in receiver.requests if b["run"] == run]) >= 3
+    assert len([1 for _, b in receiver.requests if mine(b)]) >= 3
 
     listing = cli(hooked, "alerts", "--run", run, "--json")
     out, err = listing.communicate(timeout=60)
     assert listing.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert sorted(r["rank"] for r in rows) == [0, 1, 2]
-    assert {r["rule"] for r in rows} == {"nonfinite"}
+    assert sorted(r["rank"] for r in rows if r["rule"] == "nonfinite") == [0, 1, 2]
+    # Stage 2 also names the rank whose NaN came first (all three logged it at step 5).
+    assert {r["rule"] for r in rows} <= {"nonfinite", "nonfinite_origin"}
 
 
 def test_rules_check_exit_codes(tmp_path: Path, hooked: Settings) -> None:

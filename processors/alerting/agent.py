@@ -1,0 +1,134 @@
+"""Wires the alert engine into the processor app: detector flags and window updates in
+(both keyed by run), alert transitions and control actions out. Rules hot-reload from
+``STEPSTREAM_RULES_FILE``; silences are read from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from processors.alerting.engine import AlertEngine, Signal
+from processors.alerting.rules import Rule, load_rules
+from sinks.redis_client import async_client
+from sinks.silence_store import load_silences
+from stepstream.contract import Alert, ControlAction, WindowUpdate, run_key
+from stepstream.errors import ConfigError
+from stepstream.keys import RedisKeys
+from stepstream.settings import Settings
+from stepstream.topics import Topics
+
+log = logging.getLogger(__name__)
+
+RELOAD_S = 2.0
+
+
+class RuleFile:
+    """The rules of a file, re-read when its modification time changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._mtime: float | None = None
+
+    def changed(self) -> list[Rule] | None:
+        """New rules if the file changed since the last call; None otherwise. A broken
+        file is logged with its line numbers and the previous rules stay in force."""
+        if self.path is None:
+            return None
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return None
+        if mtime == self._mtime:
+            return None
+        self._mtime = mtime
+        try:
+            return load_rules(self.path)
+        except ConfigError as exc:
+            log.error("rule file not reloaded, keeping the previous rules:\n%s", exc)
+            return None
+
+
+def signal_of(flag: Alert) -> Signal:
+    """A detector finding (as sent on the flags topic) as an engine signal."""
+    return Signal(
+        detector=flag.rule,
+        run=flag.run,
+        rank=flag.rank,
+        metric=flag.metric,
+        step=flag.step,
+        t=flag.t,
+        active=True,
+        severity=flag.severity,
+        summary=flag.summary,
+        evidence=flag.evidence,
+    )
+
+
+class Alerting:
+    """The alert engine inside the processor worker.
+
+    The stages hand it their detector flags and window updates in-process, so alerts cost
+    no extra Kafka hop. The engine sees what this worker processes: with several
+    processor workers, cross-rank conditions and inhibition see the ranks whose
+    partitions this worker owns (all of them with one worker).
+    """
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        topics = Topics(settings.topic_prefix)
+        raw: dict[str, Any] = {
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+            "partitions": settings.partitions,
+        }
+        self._alerts = app.topic(topics.alerts, **raw)
+        self._control = app.topic(topics.control, **raw)
+        self._settings = settings
+        self._rule_file = RuleFile(settings.rules_file)
+        rules = self._rule_file.changed() or []
+        if settings.rules_file is not None:
+            log.warning("alert rules from %s: %d rules", settings.rules_file, len(rules))
+        self.engine = AlertEngine(rules, clock=time.time)
+        self._keys = RedisKeys(settings.key_prefix)
+        self._redis: Any = None
+        app.timer(RELOAD_S)(self.refresh)
+
+    async def emit(self, transitions: list[Alert]) -> None:
+        """Send alert transitions, and the actions of unsuppressed firing ones."""
+        for alert in transitions:
+            await self._alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+            action = ControlAction.from_alert(alert) if alert.suppressed_by is None else None
+            if action is not None:
+                await self._control.send(key=run_key(alert.run), value=action.to_bytes())
+
+    async def on_flags(self, flags: list[Alert]) -> None:
+        """Detector findings of the stages."""
+        for flag in flags:
+            await self.emit(self.engine.on_signal(signal_of(flag)))
+
+    async def on_updates(self, updates: list[WindowUpdate]) -> None:
+        """Window updates of stage 1, for condition rules."""
+        if not self.engine.has_conditions:
+            return
+        for update in updates:
+            await self.emit(self.engine.on_window_update(update))
+
+    async def refresh(self) -> None:
+        """Reload a changed rule file, re-read silences, resolve quiet detector alerts."""
+        rules = self._rule_file.changed()
+        if rules is not None:
+            self.engine.set_rules(rules)
+            log.warning(
+                "alert rules loaded from %s: %d rules", self._settings.rules_file, len(rules)
+            )
+        try:
+            if self._redis is None:
+                self._redis = async_client(self._settings.redis_url, self._settings.redis_cluster)
+            self.engine.silences = await load_silences(self._redis, self._keys)
+        except Exception as exc:  # Redis away: keep the silences we had
+            log.debug("silences not refreshed: %s", exc)
+        await self.emit(self.engine.resolve_quiet(self._settings.resolve_timeout_s))

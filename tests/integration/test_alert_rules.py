@@ -1,0 +1,165 @@
+"""User rules end to end: lifecycle on a flapping series, silences from the CLI, actions
+back to the training loop, hot reload of the rule file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import producers
+from stepstream.settings import Settings, WebhookTarget
+from stepstream.stack import LocalStack, settings_env
+from tests.unit.test_webhooks import Receiver
+
+from .conftest import wait_for
+
+RULES = """\
+rules:
+  - name: loss-high
+    condition: last(loss, 50 steps) > 2
+    for: 2 steps
+    keep_firing_for: 15 steps
+    severity: warning
+    summary: "loss {{ value }} above {{ threshold }} on rank {{ rank }}"
+    action: scale_lr:0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver that always answers 200."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(RULES)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ruled(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
+          rules_file: Path) -> Iterator[Settings]:
+    """A stack with the rule file, per-batch window stats and the webhook receiver."""
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("ruled"),
+        topic_prefix=f"r{uuid.uuid4().hex[:8]}",
+        rules_file=rules_file,
+        window_stats_interval_s=0,
+        flush_interval_s=0.02,
+        system_interval_s=0,
+        webhooks=[WebhookTarget(url=receiver.url, backoff_s=0.05)],
+    )
+    stack = LocalStack(settings)
+    state = stack.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url})
+    finally:
+        stack.stop()
+
+
+def hooks_for(receiver: Receiver, run: str, rule: str) -> list[dict]:
+    return [b for _, b in receiver.requests if b["run"] == run and b["rule"] == rule]
+
+
+def publish(
+    settings: Settings, run: str, losses: list[float], monitor: producers.Monitor | None = None
+) -> producers.Monitor:
+    monitor = monitor or producers.init(run, rank=0, world=1, settings=settings)
+    # Wait until the publisher is connected, so the steps below arrive as they are logged.
+    monitor.log(None, warmup=1.0)
+    assert monitor.flush(30)
+    for step, loss in enumerate(losses):
+        monitor.log(step, loss=loss)
+        time.sleep(0.03)  # about one batch per step, so every step is evaluated
+    assert monitor.flush(10)
+    return monitor
+
+
+def test_flapping_series_gives_one_firing_one_resolved_and_one_action(
+    ruled: Settings, receiver: Receiver
+) -> None:
+    run = f"flap-{uuid.uuid4().hex[:6]}"
+    # healthy, then bad with a dip every 4th step (flapping), then healthy for long enough
+    losses = [1.0] * 10 + [1.0 if s % 4 == 3 else 5.0 for s in range(40)] + [1.0] * 40
+    monitor = producers.init(run, rank=0, world=1, settings=ruled)
+    assert monitor.actions() == []  # starts listening before the alert can fire
+    assert monitor._listener().wait_ready(10)
+    try:
+        publish(ruled, run, losses, monitor)
+        got = wait_for(lambda: monitor.actions() or None, timeout=30)
+        assert [(a.action, a.factor, a.rule, a.rank) for a in got] == [("scale_lr", 0.5, "loss-high", 0)]
+        sent = wait_for(lambda: (h := hooks_for(receiver, run, "loss-high")) and len(h) >= 2 and h,
+                        timeout=30)
+    finally:
+        monitor.close()
+    time.sleep(1.0)  # any extra notification would arrive by now
+    sent = hooks_for(receiver, run, "loss-high")
+    assert [b["status"] for b in sent] == ["firing", "resolved"]
+    firing = sent[0]
+    assert firing["summary"] == "loss 5 above 2 on rank 0"
+    assert 12 <= firing["step"] < 50  # bad from step 10, 2 steps of 'for'
+    assert sent[1]["step"] >= 49 + 15  # 15 steps of keep_firing_for after the last bad step
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.run([sys.executable, "-m", "stepstream.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
+    ruled: Settings, receiver: Receiver
+) -> None:
+    run = f"quiet-{uuid.uuid4().hex[:6]}"
+    added = cli(ruled, "silence", "add", "-m", f"run={run}", "-m", "rule=loss-*", "--for", "10m",
+                "--comment", "known issue", "--json")
+    assert added.returncode == 0, added.stderr
+    silence_id = json.loads(added.stdout)["id"]
+    listed = cli(ruled, "silence", "list", "--json")
+    assert silence_id in {s["id"] for s in json.loads(listed.stdout)}
+    time.sleep(2.5)  # the alerting stage re-reads silences every 2 s
+    publish(ruled, run, [5.0] * 8).close()
+
+    def history() -> list[dict] | None:
+        out = cli(ruled, "alerts", "--run", run, "--json").stdout
+        rows = [json.loads(line) for line in out.splitlines()]
+        return rows or None
+
+    rows = wait_for(history, timeout=30)
+    assert rows[0]["rule"] == "loss-high" and rows[0]["suppressed_by"] == f"silence:{silence_id}"
+    time.sleep(1.0)
+    assert hooks_for(receiver, run, "loss-high") == []
+    expired = cli(ruled, "silence", "expire", silence_id)
+    assert expired.returncode == 0
+    assert silence_id not in {s["id"] for s in json.loads(cli(ruled, "silence", "list", "--json").stdout)}
+    assert cli(ruled, "silence", "expire", "nope").returncode == 1
+
+
+def test_rule_file_reloads_without_restart(ruled: Settings, receiver: Receiver,
+                                           rules_file: Path) -> None:
+    run = f"reload-{uuid.uuid4().hex[:6]}"
+    rules_file.write_text(RULES + """\
+  - name: lr-zero
+    condition: last(lr, 50 steps) == 0
+    severity: info
+""")
+    time.sleep(3.0)  # reload period is 2 s
+    with producers.init(run, rank=0, world=1, settings=ruled) as monitor:
+        for step in range(5):
+            monitor.log(step, lr=0.0, loss=1.0)
+            time.sleep(0.03)
+    sent = wait_for(lambda: hooks_for(receiver, run, "lr-zero") or None, timeout=30)
+    assert sent[0]["severity"] == "info" and sent[0]["status"] == "firing"
