@@ -33,7 +33,11 @@ def silence_from_json(raw: bytes | str) -> Silence:
 
 
 def new_silence(
-    matchers: dict[str, str], duration_s: float, created_by: str, comment: str, now: float | None = None
+    matchers: dict[str, str],
+    duration_s: float,
+    created_by: str,
+    comment: str,
+    now: float | None = None,
 ) -> Silence:
     """A silence starting now for `duration_s`."""
     start = time.time() if now is None else now

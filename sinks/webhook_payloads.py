@@ -10,7 +10,11 @@ from stepstream.contract import Alert
 
 WebhookFormat = Literal["json", "slack"]
 
-_SEVERITY_EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
+_SEVERITY_EMOJI = {
+    "info": ":information_source:",
+    "warning": ":warning:",
+    "critical": ":rotating_light:",
+}
 
 
 def idempotency_key(alert: Alert) -> str:

@@ -56,14 +56,16 @@ async def deliver(
     timeout = aiohttp.ClientTimeout(total=target.timeout_s)
     for attempt in range(1, target.max_attempts + 1):
         try:
-            async with session.post(target.url, data=body, headers=headers, timeout=timeout) as resp:
+            async with session.post(
+                target.url, data=body, headers=headers, timeout=timeout
+            ) as resp:
                 status = resp.status
                 if 200 <= status < 300:
                     return DeliveryResult(target.url, True, attempt, status, "ok")
                 reason = f"HTTP {status}"
                 if 400 <= status < 500 and status not in RETRYABLE_4XX:
                     return DeliveryResult(target.url, False, attempt, status, reason)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             status, reason = None, f"{type(exc).__name__}: {exc}"
         if attempt < target.max_attempts:
             await asyncio.sleep(backoff_delay(attempt, target.backoff_s))

@@ -11,15 +11,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-
-from pydantic import ValidationError
 
 from stepstream.errors import StackNotRunningError, StepstreamError
 
@@ -93,9 +92,13 @@ def up(
             )
             state = stack.start()
         if json_out:
-            print(json.dumps({"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}))
+            print(
+                json.dumps({"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url})
+            )
             return
-        console.print(f"[green]stack up[/green]  kafka {state.kafka_bootstrap}  redis {state.redis_url}")
+        console.print(
+            f"[green]stack up[/green]  kafka {state.kafka_bootstrap}  redis {state.redis_url}"
+        )
         console.print(
             "Training scripts on this machine find it automatically; elsewhere set\n"
             f"  STEPSTREAM_KAFKA_BOOTSTRAP={state.kafka_bootstrap} "
@@ -133,8 +136,15 @@ def status(state_dir: StateDir = None, json_out: JsonFlag = False) -> None:
             )
         alive = state.running()
         if json_out:
-            print(json.dumps({"kafka_bootstrap": state.kafka_bootstrap,
-                              "redis_url": state.redis_url, "processes": alive}))
+            print(
+                json.dumps(
+                    {
+                        "kafka_bootstrap": state.kafka_bootstrap,
+                        "redis_url": state.redis_url,
+                        "processes": alive,
+                    }
+                )
+            )
         else:
             table = Table(title=f"kafka {state.kafka_bootstrap}   redis {state.redis_url}")
             table.add_column("process")
@@ -184,8 +194,9 @@ def query(
             if run is None:
                 view = query_views.runs_view(reader)
             elif series is not None:
-                view = query_views.series_view(reader, run, series, rank, from_step, to_step,
-                                               points)
+                view = query_views.series_view(
+                    reader, run, series, rank, from_step, to_step, points
+                )
             elif latest:
                 view = query_views.latest_view(reader, run)
             elif alerts:
@@ -224,7 +235,9 @@ def serve(
             lambda: MetricsReader.from_url(
                 settings.redis_url, settings.key_prefix, settings.redis_cluster
             ),
-            host, port, settings.metrics_max_series,
+            host,
+            port,
+            settings.metrics_max_series,
         )
 
     _guard(go)
@@ -271,7 +284,7 @@ def rolling_tables(run: str, rows: list[Any]) -> list[Table]:
     return tables(run, rows)
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     """The worker stages."""
 
     processor = "processor"
@@ -304,15 +317,20 @@ def _alert_line(alert: Any) -> str:
     step = f" step {alert.step}" if alert.step is not None else ""
     colour = {"critical": "red", "warning": "yellow"}.get(alert.severity, "cyan")
     state = "RESOLVED" if alert.status == "resolved" else alert.severity.upper()
-    return (f"[{colour}]{state:<8}[/{colour}] {alert.run} {where}{step}  {alert.rule}: "
-            f"{alert.summary}")
+    return (
+        f"[{colour}]{state:<8}[/{colour}] {alert.run} {where}{step}  {alert.rule}: {alert.summary}"
+    )
 
 
 @app.command()
 def alerts(
     run: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print alerts as they arrive (Ctrl-C stops).")] = False,
-    severity: Annotated[str, typer.Option(help="Lowest severity shown: info, warning, critical.")] = "info",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print alerts as they arrive (Ctrl-C stops).")
+    ] = False,
+    severity: Annotated[
+        str, typer.Option(help="Lowest severity shown: info, warning, critical.")
+    ] = "info",
     count: Annotated[int, typer.Option(help="Recent transitions listed per run.")] = 20,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
@@ -381,7 +399,12 @@ def _silence_store(redis_url: str | None, state_dir: Path | None) -> Any:
 
 @silence_app.command("add")
 def silence_add(
-    match: Annotated[list[str], typer.Option("--match", "-m", help="label=glob, e.g. rule=spike, run=exp-*, rank=3 (repeatable).")],
+    match: Annotated[
+        list[str],
+        typer.Option(
+            "--match", "-m", help="label=glob, e.g. rule=spike, run=exp-*, rank=3 (repeatable)."
+        ),
+    ],
     duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 3600.")] = "1h",
     comment: Annotated[str, typer.Option(help="Why.")] = "",
     author: Annotated[str, typer.Option(help="Who.")] = "",
@@ -411,8 +434,10 @@ def silence_add(
         if json_out:
             print(json.dumps({"id": silence.id, "ends_at": silence.ends_at}))
         else:
-            console.print(f"silence [bold]{silence.id}[/bold] until "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(silence.ends_at))}")
+            console.print(
+                f"silence [bold]{silence.id}[/bold] until "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(silence.ends_at))}"
+            )
 
     _guard(go)
 
@@ -433,9 +458,13 @@ def silence_list(
             return
         table = Table("id", "matchers", "ends", "by", "comment")
         for s in silences:
-            table.add_row(s.id, ", ".join(f"{k}={v}" for k, v in s.matchers.items()),
-                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.ends_at)),
-                          s.created_by, s.comment)
+            table.add_row(
+                s.id,
+                ", ".join(f"{k}={v}" for k, v in s.matchers.items()),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.ends_at)),
+                s.created_by,
+                s.comment,
+            )
         console.print(table)
 
     _guard(go)
@@ -472,8 +501,11 @@ def rules_check(
     def run() -> None:
         rules = load_rules(path)
         if json_out:
-            print(json.dumps([{"name": r.name, "line": r.line, "severity": r.severity}
-                              for r in rules]))
+            print(
+                json.dumps(
+                    [{"name": r.name, "line": r.line, "severity": r.severity} for r in rules]
+                )
+            )
             return
         console.print(f"[green]ok[/green] {path}: {len(rules)} rules")
         for rule in rules:

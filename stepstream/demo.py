@@ -31,7 +31,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _spawn_trainers(settings: Settings, run: str, steps: int, nan_step: int) -> list[subprocess.Popen[bytes]]:
+def _spawn_trainers(
+    settings: Settings, run: str, steps: int, nan_step: int
+) -> list[subprocess.Popen[bytes]]:
     port = free_port()
     procs = []
     for rank in range(WORLD):
@@ -44,8 +46,19 @@ def _spawn_trainers(settings: Settings, run: str, steps: int, nan_step: int) -> 
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
         }
-        cmd = [sys.executable, "-m", "producers.demo_trainer", "--run", run,
-               "--steps", str(steps), "--nan-step", str(nan_step), "--nan-rank", str(NAN_RANK)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "producers.demo_trainer",
+            "--run",
+            run,
+            "--steps",
+            str(steps),
+            "--nan-step",
+            str(nan_step),
+            "--nan-rank",
+            str(NAN_RANK),
+        ]
         procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
     return procs
 
@@ -84,8 +97,10 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
             update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
         )
         feed = AlertFeed(live, run=run)
-        console.print(f"[dim]· training run {run}: {WORLD} ranks (gloo), {steps} steps, "
-                      f"NaN loss on rank {NAN_RANK} at step {nan_step}[/dim]")
+        console.print(
+            f"[dim]· training run {run}: {WORLD} ranks (gloo), {steps} steps, "
+            f"NaN loss on rank {NAN_RANK} at step {nan_step}[/dim]"
+        )
         trainers = _spawn_trainers(live, run, steps, nan_step)
 
         deadline = time.monotonic() + timeout
@@ -93,9 +108,15 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
         with console.status("waiting for alerts"):
             while nan_alert is None and time.monotonic() < deadline:
                 for alert in feed.poll(0.5):
-                    console.print(f"[bold red]ALERT[/bold red] [{alert.severity}] {alert.summary}"
-                                  f"  (rule={alert.rule}, fingerprint={alert.fingerprint})")
-                    if alert.rule == "nonfinite" and alert.rank == NAN_RANK and alert.step == nan_step:
+                    console.print(
+                        f"[bold red]ALERT[/bold red] [{alert.severity}] {alert.summary}"
+                        f"  (rule={alert.rule}, fingerprint={alert.fingerprint})"
+                    )
+                    if (
+                        alert.rule == "nonfinite"
+                        and alert.rank == NAN_RANK
+                        and alert.step == nan_step
+                    ):
                         nan_alert = alert
                 if any(p.poll() not in (None, 0) for p in trainers):
                     raise StepstreamError("a training rank failed; see its output above")
@@ -117,11 +138,16 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
         ok = nan_alert is not None and {r.rank for r in rows} == set(range(WORLD))
         elapsed = time.monotonic() - started
         if ok:
-            console.print(f"[green]demo ok[/green] in {elapsed:.1f}s: NaN alert for rank "
-                          f"{NAN_RANK} at step {nan_step}, rolling stats for {WORLD} ranks")
+            console.print(
+                f"[green]demo ok[/green] in {elapsed:.1f}s: NaN alert for rank "
+                f"{NAN_RANK} at step {nan_step}, rolling stats for {WORLD} ranks"
+            )
         else:
-            console.print(f"[red]demo failed[/red] after {elapsed:.1f}s: "
-                          f"alert seen={nan_alert is not None}, ranks in Redis={sorted({r.rank for r in rows})}")
+            ranks_seen = sorted({r.rank for r in rows})
+            console.print(
+                f"[red]demo failed[/red] after {elapsed:.1f}s: "
+                f"alert seen={nan_alert is not None}, ranks in Redis={ranks_seen}"
+            )
         return ok
     finally:
         _stop(trainers)

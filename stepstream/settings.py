@@ -7,9 +7,7 @@ Reading settings is the only thing importing stepstream does with the environmen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -208,7 +208,9 @@ def find_redis_binary(configured: str | None = None) -> str:
     )
 
 
-def _wait_tcp(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_tcp(
+    port: int, timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -219,7 +221,9 @@ def _wait_tcp(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise StackError(f"the {what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}")
+    raise StackError(
+        f"the {what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}"
+    )
 
 
 def worker_command(stage: str) -> list[str]:
@@ -247,7 +251,9 @@ class LocalStack:
         self.state: StackState | None = None
         self._children: list[ManagedProcess] = []
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{name}.log"
@@ -294,16 +300,35 @@ class LocalStack:
         url = f"tcp://127.0.0.1:{kafka_port}"
         broker = self._spawn(
             "broker",
-            [broker_bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                broker_bin,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
         )
         self.progress(f"starting Redis server on 127.0.0.1:{redis_port}")
         redis_dir = self.state_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         redis = self._spawn(
             "redis",
-            [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(redis_dir)],
+            [
+                redis_bin,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_dir),
+            ],
         )
         _wait_tcp(kafka_port, 20, "tansu broker", broker, Path(self._children[0].log))
         _wait_tcp(redis_port, 20, "Redis server", redis, Path(self._children[1].log))

@@ -19,7 +19,10 @@ def _listening(port: int) -> bool:
 def test_demo_prints_the_nan_alert_and_both_ranks_then_exits_clean() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "stepstream.cli", "demo", "--steps", "40", "--nan-step", "25"],
-        capture_output=True, text=True, timeout=240, env={"COLUMNS": "120", **_env()},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"COLUMNS": "120", **_env()},
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

@@ -49,8 +49,9 @@ def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ruled(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
-          rules_file: Path) -> Iterator[Settings]:
+def ruled(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, rules_file: Path
+) -> Iterator[Settings]:
     """A stack with the rule file, per-batch window stats and the webhook receiver."""
     settings = Settings(
         state_dir=tmp_path_factory.mktemp("ruled"),
@@ -65,7 +66,8 @@ def ruled(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
     state = stack.start()
     try:
         yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url})
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+        )
     finally:
         stack.stop()
 
@@ -100,9 +102,12 @@ def test_flapping_series_gives_one_firing_one_resolved_and_one_action(
     try:
         publish(ruled, run, losses, monitor)
         got = wait_for(lambda: monitor.actions() or None, timeout=30)
-        assert [(a.action, a.factor, a.rule, a.rank) for a in got] == [("scale_lr", 0.5, "loss-high", 0)]
-        sent = wait_for(lambda: (h := hooks_for(receiver, run, "loss-high")) and len(h) >= 2 and h,
-                        timeout=30)
+        assert [(a.action, a.factor, a.rule, a.rank) for a in got] == [
+            ("scale_lr", 0.5, "loss-high", 0)
+        ]
+        sent = wait_for(
+            lambda: (h := hooks_for(receiver, run, "loss-high")) and len(h) >= 2 and h, timeout=30
+        )
     finally:
         monitor.close()
     time.sleep(1.0)  # any extra notification would arrive by now
@@ -116,16 +121,33 @@ def test_flapping_series_gives_one_firing_one_resolved_and_one_action(
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings)}
-    return subprocess.run([sys.executable, "-m", "stepstream.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
     ruled: Settings, receiver: Receiver
 ) -> None:
     run = f"quiet-{uuid.uuid4().hex[:6]}"
-    added = cli(ruled, "silence", "add", "-m", f"run={run}", "-m", "rule=loss-*", "--for", "10m",
-                "--comment", "known issue", "--json")
+    added = cli(
+        ruled,
+        "silence",
+        "add",
+        "-m",
+        f"run={run}",
+        "-m",
+        "rule=loss-*",
+        "--for",
+        "10m",
+        "--comment",
+        "known issue",
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     silence_id = json.loads(added.stdout)["id"]
     listed = cli(ruled, "silence", "list", "--json")
@@ -144,18 +166,24 @@ def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
     assert hooks_for(receiver, run, "loss-high") == []
     expired = cli(ruled, "silence", "expire", silence_id)
     assert expired.returncode == 0
-    assert silence_id not in {s["id"] for s in json.loads(cli(ruled, "silence", "list", "--json").stdout)}
+    assert silence_id not in {
+        s["id"] for s in json.loads(cli(ruled, "silence", "list", "--json").stdout)
+    }
     assert cli(ruled, "silence", "expire", "nope").returncode == 1
 
 
-def test_rule_file_reloads_without_restart(ruled: Settings, receiver: Receiver,
-                                           rules_file: Path) -> None:
+def test_rule_file_reloads_without_restart(
+    ruled: Settings, receiver: Receiver, rules_file: Path
+) -> None:
     run = f"reload-{uuid.uuid4().hex[:6]}"
-    rules_file.write_text(RULES + """\
+    rules_file.write_text(
+        RULES
+        + """\
   - name: lr-zero
     condition: last(lr, 50 steps) == 0
     severity: info
-""")
+"""
+    )
     time.sleep(3.0)  # reload period is 2 s
     with producers.init(run, rank=0, world=1, settings=ruled) as monitor:
         for step in range(5):

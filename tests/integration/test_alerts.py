@@ -44,15 +44,21 @@ def hooked(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     state = stack.start()
     try:
         yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url})
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+        )
     finally:
         stack.stop()
 
 
 def cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "stepstream.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stepstream.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def publish_nans(settings: Settings, run: str, ranks: int) -> None:

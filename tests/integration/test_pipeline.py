@@ -52,7 +52,8 @@ def test_published_values_land_in_redis_exactly(
         assert stats.count == 50
         assert stats.nonfinite == 1
         assert stats.mean == statistics.fmean(finite) or math.isclose(
-            stats.mean or 0.0, statistics.fmean(finite), rel_tol=1e-12)
+            stats.mean or 0.0, statistics.fmean(finite), rel_tol=1e-12
+        )
         assert (stats.min, stats.max, stats.last) == (min(finite), max(finite), window[-1])
         assert rows[(rank, "lr")].mean == 0.1 * (rank + 1)
 
@@ -85,22 +86,31 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
     topics = Topics(live_settings.topic_prefix)
     producer = KafkaProducer(bootstrap_servers=live_settings.kafka_bootstrap)
     future_version = json.dumps({"v": 9, "run": run_id, "rank": 0, "records": []}).encode()
-    good = Batch(run=run_id, rank=0, incarnation="x",
-                 records=[Record(seq=0, t=1.0, step=0, values={"loss": 0.5})])
-    for key, value in [(b"bad:0", b"\xff\xfe garbage"), (b"bad:1", future_version),
-                       (b"bad:2", b'{"v": 1, "run": "has space", "rank": 0}'),
-                       (good.key, good.to_bytes())]:
+    good = Batch(
+        run=run_id,
+        rank=0,
+        incarnation="x",
+        records=[Record(seq=0, t=1.0, step=0, values={"loss": 0.5})],
+    )
+    for key, value in [
+        (b"bad:0", b"\xff\xfe garbage"),
+        (b"bad:1", future_version),
+        (b"bad:2", b'{"v": 1, "run": "has space", "rank": 0}'),
+        (good.key, good.to_bytes()),
+    ]:
         producer.send(topics.telemetry, key=key, value=value)
     producer.flush()
     producer.close()
 
     assert wait_for(lambda: reader.latest(run_id).get((0, "loss")) == 0.5)
 
-    consumer = KafkaConsumer(bootstrap_servers=live_settings.kafka_bootstrap,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=live_settings.kafka_bootstrap, enable_auto_commit=False
+    )
     try:
-        consumer.assign([TopicPartition(topics.deadletter, p)
-                         for p in range(live_settings.partitions)])
+        consumer.assign(
+            [TopicPartition(topics.deadletter, p) for p in range(live_settings.partitions)]
+        )
         consumer.seek_to_beginning()
         letters: dict[str, dict] = {}
 

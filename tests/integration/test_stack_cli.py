@@ -19,8 +19,13 @@ from stepstream.stack import LocalStack, check_port_free, find_broker_binary, lo
 
 def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STEPSTREAM_STATE_DIR": str(state_dir), "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "stepstream.cli", *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_up_status_down_round_trip(tmp_path: Path) -> None:

@@ -15,21 +15,38 @@ def engine(rules_yaml: str = "rules: []\n") -> AlertEngine:
 
 
 def signal(detector: str, rank: int, active: bool, step: int, **kw: object) -> Signal:
-    return Signal(detector=detector, run="r", rank=rank, metric=kw.pop("metric", "loss"),  # type: ignore[arg-type]
-                  step=step, t=float(step), active=active, severity="critical",
-                  summary=f"{detector} on {rank}", evidence={"value": 1.0})
+    return Signal(
+        detector=detector,
+        run="r",
+        rank=rank,
+        metric=kw.pop("metric", "loss"),  # type: ignore[arg-type]
+        step=step,
+        t=float(step),
+        active=active,
+        severity="critical",
+        summary=f"{detector} on {rank}",
+        evidence={"value": 1.0},
+    )
 
 
-def update(rank: int, step: int, mean: float, window: str = "50steps", metric: str = "loss") -> WindowUpdate:
-    return WindowUpdate(run="r", rank=rank, step=step, t=float(step),
-                        windows={window: {metric: WindowStats(count=1, mean=mean, max=mean)}})
+def update(
+    rank: int, step: int, mean: float, window: str = "50steps", metric: str = "loss"
+) -> WindowUpdate:
+    return WindowUpdate(
+        run="r",
+        rank=rank,
+        step=step,
+        t=float(step),
+        windows={window: {metric: WindowStats(count=1, mean=mean, max=mean)}},
+    )
 
 
 def test_builtin_rule_fires_with_the_detector_and_resolves_when_it_clears() -> None:
     e = engine()
     fired = e.on_signal(signal("nonfinite", 1, True, 40))
     assert [(a.rule, a.status, a.rank, a.step, a.severity) for a in fired] == [
-        ("nonfinite", "firing", 1, 40, "critical")]
+        ("nonfinite", "firing", 1, 40, "critical")
+    ]
     assert e.on_signal(signal("nonfinite", 1, True, 41)) == []
     resolved = e.on_signal(signal("nonfinite", 1, False, 45))
     assert [(a.status, a.fingerprint) for a in resolved] == [("resolved", fired[0].fingerprint)]
@@ -52,7 +69,11 @@ def test_condition_rule_with_for_in_steps_and_template() -> None:
     assert len(fired) == 1
     alert = fired[0]
     assert (alert.status, alert.summary, alert.action, alert.labels) == (
-        "firing", "mean loss 5.5 > 4 on rank 0", "scale_lr:0.5", {"team": "ml"})
+        "firing",
+        "mean loss 5.5 > 4 on rank 0",
+        "scale_lr:0.5",
+        {"team": "ml"},
+    )
     assert alert.evidence == {"value": 5.5, "threshold": 4.0}
     resolved = e.on_window_update(update(0, 13, 1.0))
     assert [(a.status, a.action) for a in resolved] == [("resolved", None)]

@@ -53,12 +53,20 @@ def test_nan_survives_bytes_as_an_explicit_string() -> None:
 
 def test_non_finite_window_stats_and_alert_evidence_round_trip() -> None:
     stats = WindowStats(count=2, nonfinite=1, mean=1.0, min=1.0, max=1.0, last=math.nan)
-    update = WindowUpdate(run="r", rank=0, latest={"loss": -math.inf}, windows={"10s": {"loss": stats}})
+    update = WindowUpdate(
+        run="r", rank=0, latest={"loss": -math.inf}, windows={"10s": {"loss": stats}}
+    )
     back = WindowUpdate.model_validate_json(update.to_bytes())
     assert math.isnan(back.windows["10s"]["loss"].last or 0.0)
     assert back.latest["loss"] == -math.inf
-    alert = Alert(fingerprint="f", rule="nonfinite", run="r", t=1.0, raised_at=2.0,
-                  evidence={"value": math.nan})
+    alert = Alert(
+        fingerprint="f",
+        rule="nonfinite",
+        run="r",
+        t=1.0,
+        raised_at=2.0,
+        evidence={"value": math.nan},
+    )
     assert math.isnan(Alert.model_validate_json(alert.to_bytes()).evidence["value"] or 0.0)
 
 
@@ -116,7 +124,15 @@ def test_metric_names_with_separator_are_rejected() -> None:
 
 
 def test_dead_letter_keeps_the_original_bytes() -> None:
-    letter = DeadLetter.of(reason="undecodable", detail="d", topic="t", key=b"k",
-                           value=b"abc\xff", partition=1, offset=9, now=3.0)
+    letter = DeadLetter.of(
+        reason="undecodable",
+        detail="d",
+        topic="t",
+        key=b"k",
+        value=b"abc\xff",
+        partition=1,
+        offset=9,
+        now=3.0,
+    )
     back = DeadLetter.model_validate_json(letter.to_bytes())
     assert (back.key, back.payload, back.partition, back.offset) == ("k", "abc\ufffd", 1, 9)

@@ -12,15 +12,30 @@ def test_torchrun_environment() -> None:
     env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "job7"}
     ident = detect_identity(env=env, node="n3")
     assert (ident.run, ident.rank, ident.world, ident.local_rank, ident.node) == (
-        "job7", 5, 8, 1, "n3")
+        "job7",
+        5,
+        8,
+        1,
+        "n3",
+    )
 
 
 def test_slurm_environment() -> None:
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "3",
-           "SLURM_JOB_ID": "991", "SLURMD_NODENAME": "gpu12"}
+    env = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "3",
+        "SLURM_JOB_ID": "991",
+        "SLURMD_NODENAME": "gpu12",
+    }
     ident = detect_identity(env=env)
     assert (ident.run, ident.rank, ident.world, ident.local_rank, ident.node) == (
-        "slurm-991", 3, 4, 3, "gpu12")
+        "slurm-991",
+        3,
+        4,
+        3,
+        "gpu12",
+    )
 
 
 def test_arguments_beat_environment() -> None:

@@ -10,8 +10,9 @@ from stepstream.contract import Batch, Record, RecordKind
 
 
 def batch(records: list[Record], rank: int = 0, incarnation: str = "i1") -> Batch:
-    return Batch(run="r1", rank=rank, world=2, node="n", pid=1, incarnation=incarnation,
-                 records=records)
+    return Batch(
+        run="r1", rank=rank, world=2, node="n", pid=1, incarnation=incarnation, records=records
+    )
 
 
 def rec(seq: int, step: int, kind: RecordKind = RecordKind.TRAIN, **values: float) -> Record:
@@ -28,7 +29,12 @@ def test_window_update_holds_stats_of_each_window() -> None:
     assert result.update is not None
     steps5 = result.update.windows["5steps"]["loss"]
     assert (steps5.count, steps5.mean, steps5.min, steps5.max, steps5.last) == (
-        5, statistics.fmean([3, 4, 5, 6, 7]), 3.0, 7.0, 7.0)
+        5,
+        statistics.fmean([3, 4, 5, 6, 7]),
+        3.0,
+        7.0,
+        7.0,
+    )
     secs3 = result.update.windows["3s"]["loss"]
     assert (secs3.count, secs3.mean) == (3, 6.0)
     assert result.update.latest == {"loss": 7.0}
@@ -56,7 +62,9 @@ def test_new_incarnation_restarts_seq_but_keeps_history() -> None:
 def test_nan_raises_one_alert_per_episode_and_rearms() -> None:
     s = stage()
     first = s.process(batch([rec(0, 0, loss=1.0), rec(1, 1, loss=math.nan)], rank=1))
-    assert [(a.rule, a.rank, a.step, a.metric) for a in first.alerts] == [("nonfinite", 1, 1, "loss")]
+    assert [(a.rule, a.rank, a.step, a.metric) for a in first.alerts] == [
+        ("nonfinite", 1, 1, "loss")
+    ]
     alert = first.alerts[0]
     assert alert.fingerprint == fingerprint("nonfinite", "r1", 1, "loss")
     assert alert.raised_at == 42.0 and math.isnan(alert.evidence["value"] or 0.0)
@@ -85,22 +93,31 @@ def test_log_records_are_not_windowed() -> None:
 def big_stage(**kw: object) -> SeriesStage:
     from processors.validation import Limits
 
-    return SeriesStage(window_steps=[5], window_seconds=[3.0], clock=lambda: 2000.0,
-                       crossrank_metrics=["loss", "data_time"],
-                       limits=Limits(max_records=50, max_future_s=60.0, max_metrics_per_run=3),
-                       **kw)  # type: ignore[arg-type]
+    return SeriesStage(
+        window_steps=[5],
+        window_seconds=[3.0],
+        clock=lambda: 2000.0,
+        crossrank_metrics=["loss", "data_time"],
+        limits=Limits(max_records=50, max_future_s=60.0, max_metrics_per_run=3),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_absurd_batches_are_rejected_with_a_reason_and_counted() -> None:
     s = big_stage()
-    future = s.process_many([
-        batch([Record(seq=0, t=2000.0 + 3600, step=0, values={"loss": 1.0})]),
-        batch([rec(i, i, loss=1.0) for i in range(51)], rank=1),
-        batch([Record(seq=0, t=math.inf, step=0, values={"loss": 1.0})], rank=2),
-        batch([rec(0, 0, loss=2.0)], rank=3),
-    ])
+    future = s.process_many(
+        [
+            batch([Record(seq=0, t=2000.0 + 3600, step=0, values={"loss": 1.0})]),
+            batch([rec(i, i, loss=1.0) for i in range(51)], rank=1),
+            batch([Record(seq=0, t=math.inf, step=0, values={"loss": 1.0})], rank=2),
+            batch([rec(0, 0, loss=2.0)], rank=3),
+        ]
+    )
     assert [(i, r.reason) for i, r in future.rejected] == [
-        (0, "future_time"), (1, "too_many_records"), (2, "absurd_time")]
+        (0, "future_time"),
+        (1, "too_many_records"),
+        (2, "absurd_time"),
+    ]
     assert [u.rank for u in future.updates] == [3]
     assert s.rejected == {"future_time": 1, "too_many_records": 1, "absurd_time": 1}
 
@@ -149,8 +166,7 @@ def test_seq_gap_raises_telemetry_loss() -> None:
 
 def test_stats_rate_limit_holds_back_and_flush_delivers() -> None:
     now = [100.0]
-    s = SeriesStage(window_steps=[5], window_seconds=[], clock=lambda: now[0],
-                    stats_interval_s=1.0)
+    s = SeriesStage(window_steps=[5], window_seconds=[], clock=lambda: now[0], stats_interval_s=1.0)
     first = s.process(batch([rec(0, 0, loss=1.0)]))
     assert first.update is not None and "loss" in first.update.windows["5steps"]
     now[0] = 100.5

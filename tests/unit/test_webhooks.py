@@ -19,9 +19,18 @@ from stepstream.settings import WebhookTarget
 
 
 def alert(**overrides: object) -> Alert:
-    base = {"fingerprint": "fp1", "rule": "nonfinite", "run": "r", "rank": 1, "metric": "loss",
-            "step": 40, "t": 5.0, "raised_at": 6.0, "summary": "loss is NaN",
-            "evidence": {"value": math.nan}}
+    base = {
+        "fingerprint": "fp1",
+        "rule": "nonfinite",
+        "run": "r",
+        "rank": 1,
+        "metric": "loss",
+        "step": 40,
+        "t": 5.0,
+        "raised_at": 6.0,
+        "summary": "loss is NaN",
+        "evidence": {"value": math.nan},
+    }
     return Alert(**{**base, **overrides})
 
 
@@ -35,7 +44,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((dict(self.headers), json.loads(body)))
                 failing = len(receiver.requests) <= receiver.fail_first
@@ -104,7 +113,8 @@ def test_client_errors_are_not_retried_and_go_to_the_dead_letter() -> None:
 
     async def go() -> None:
         dispatcher = WebhookDispatcher(
-            [WebhookTarget(url=bad.url, backoff_s=0.01, max_attempts=5)], dead_letter)
+            [WebhookTarget(url=bad.url, backoff_s=0.01, max_attempts=5)], dead_letter
+        )
         await dispatcher.dispatch(alert())
         await dispatcher.close()
 
@@ -117,8 +127,9 @@ def test_client_errors_are_not_retried_and_go_to_the_dead_letter() -> None:
 
 
 def test_unreachable_target_exhausts_attempts() -> None:
-    target = WebhookTarget(url="http://127.0.0.1:9/none", backoff_s=0.0, max_attempts=3,
-                           timeout_s=1)
+    target = WebhookTarget(
+        url="http://127.0.0.1:9/none", backoff_s=0.0, max_attempts=3, timeout_s=1
+    )
 
     async def go() -> object:
         async with aiohttp.ClientSession() as session:
@@ -135,8 +146,14 @@ def test_severity_filter() -> None:
         calls.append(a)
 
     async def go() -> list:
-        d = WebhookDispatcher([WebhookTarget(url="http://127.0.0.1:9/x", severities=["critical"],
-                                             max_attempts=1, timeout_s=1)], dead_letter)
+        d = WebhookDispatcher(
+            [
+                WebhookTarget(
+                    url="http://127.0.0.1:9/x", severities=["critical"], max_attempts=1, timeout_s=1
+                )
+            ],
+            dead_letter,
+        )
         skipped = await d.dispatch(alert(severity="info"))
         await d.close()
         return skipped
