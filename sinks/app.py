@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import faust
 from pydantic import ValidationError
@@ -74,7 +75,11 @@ def create_sink_app(settings: Settings) -> faust.App:
     """Build the sink app; nothing connects until a worker starts it."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("sink"))
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    raw: dict[str, Any] = {
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
     keys = RedisKeys(settings.key_prefix)
     limits = SeriesLimits.from_settings(settings)
     writer = RedisWriter(
@@ -85,7 +90,9 @@ def create_sink_app(settings: Settings) -> faust.App:
     async def drain(
         stream: faust.StreamT, topic: str, add: Callable[[WritePlan, bytes], None]
     ) -> None:
-        async for events in stream.take_events(settings.sink_batch, within=settings.sink_linger_s):
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.sink_batch, within=settings.sink_linger_s
+        ):
             plan = WritePlan(keys, limits)
             for event in events:
                 try:

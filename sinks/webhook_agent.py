@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import faust
 
@@ -17,7 +18,11 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
     if not settings.webhooks:
         return None
     topics = Topics(settings.topic_prefix)
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+    raw: dict[str, Any] = {
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
     deadletters = app.topic(topics.deadletter, **raw)
 
     async def dead_letter(alert: Alert, result: DeliveryResult) -> None:
@@ -40,7 +45,7 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
         async for value in stream:
             await dispatcher.dispatch(Alert.model_validate_json(value))
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **kwargs: object) -> None:
         await dispatcher.close()
 

@@ -226,7 +226,7 @@ class ControlAction(WireModel):
         return cls(
             run=alert.run,
             rank=alert.rank,
-            action=name,  # type: ignore[arg-type]
+            action=name,
             factor=float(factor) if factor else None,
             rule=alert.rule,
             fingerprint=alert.fingerprint,

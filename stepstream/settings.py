@@ -18,13 +18,16 @@ def default_state_dir() -> Path:
     return Path.home() / ".stepstream"
 
 
+ALL_SEVERITIES: tuple[Literal["info", "warning", "critical"], ...] = ("info", "warning", "critical")
+
+
 class WebhookTarget(BaseModel):
     """Where alert transitions are POSTed, and how hard to try."""
 
     url: str
     format: Literal["json", "slack"] = "json"
     severities: list[Literal["info", "warning", "critical"]] = Field(
-        default_factory=lambda: ["info", "warning", "critical"]
+        default_factory=lambda: list(ALL_SEVERITIES)
     )
     timeout_s: float = Field(5.0, gt=0)
     max_attempts: int = Field(6, ge=1)

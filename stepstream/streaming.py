@@ -45,7 +45,7 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
     )
     marker = ready_file(settings, app_id)
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def _mark_ready(sender: faust.App, **kwargs: Any) -> None:
         # The local stack waits for this file: data sent after it is read at once.
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def shorten_fetch_wait(max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
             kwargs["fetch_max_wait_ms"] = max_wait_ms
             super().__init__(*args, **kwargs)
 
-    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer  # type: ignore[misc]
+    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer
 
 
 def run_worker(app: faust.App, log_level: str) -> None:

@@ -126,7 +126,7 @@ class AlertEngine:
         for rule in rules:
             if not match_all(rule.selector, selector_labels):
                 continue
-            values = {
+            values: dict[str, object] = {
                 "value": signal.evidence.get("value"),
                 **signal.evidence,
                 "detector_summary": signal.summary,
@@ -203,7 +203,7 @@ class AlertEngine:
                         self._peers[key][update.rank] = peer_value
                 peers = self._peers.get((update.run, across.window, across.metric, cond.stat))
             holds, threshold = cond.evaluate(value, peers)
-            values = {"value": value, "threshold": threshold}
+            values: dict[str, object] = {"value": value, "threshold": threshold}
             alert = self._advance(
                 rule,
                 update.run,

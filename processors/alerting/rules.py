@@ -158,7 +158,7 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         context = getattr(exc, "context_mark", None)
-        opened = f" ({exc.context} at line {context.line + 1})" if context else ""  # type: ignore[attr-defined]
+        opened = f" ({exc.context} at line {context.line + 1})" if context else ""
         raise ConfigError(
             f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}{opened}"
         ) from exc
@@ -181,10 +181,10 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
             spec = RuleSpec.model_validate(item)
         except ValidationError as exc:
             for err in exc.errors():
-                where = _line_of(lines, (*path, *err["loc"]))
+                at = _line_of(lines, (*path, *err["loc"]))
                 field_name = ".".join(str(p) for p in err["loc"]) or "rule"
                 message = str(err["msg"]).removeprefix("Value error, ")
-                problems.append(f"{source}:{where}: {field_name}: {message}")
+                problems.append(f"{source}:{at}: {field_name}: {message}")
             continue
         if spec.name in seen:
             problems.append(
