@@ -9,7 +9,7 @@ firing, resolved) is built later on top of `flag_to_alert`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from stepstream.contract import Alert, Severity
@@ -73,9 +73,16 @@ class Episodes:
         return len(self._open)
 
 
-def fingerprint(rule: str, run: str, rank: int | None, metric: str | None) -> str:
-    """Stable alert id of (rule, run, rank, metric): receivers dedup on it."""
-    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}".encode()
+def fingerprint(
+    rule: str,
+    run: str,
+    rank: int | None,
+    metric: str | None,
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """Stable alert id of (rule, run, rank, metric, labels): receivers dedup on it."""
+    extra = "\x1f".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}\x1f{extra}".encode()
     return hashlib.sha1(raw).hexdigest()[:16]
 
 

@@ -7,7 +7,6 @@ inhibition between ranks see every rank.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from processors.alerting.matchers import match_all
 from processors.alerting.rules import Rule
 from processors.alerting.silences import Silence, silenced_by
 from processors.alerting.templates import render
+from processors.flags import fingerprint
 from stepstream.contract import Alert, Severity, WindowUpdate
 
 
@@ -36,15 +36,6 @@ class Signal:
     severity: Severity = "warning"
     summary: str = ""
     evidence: dict[str, float | None] = field(default_factory=dict)
-
-
-def alert_fingerprint(
-    rule: str, run: str, rank: int | None, metric: str | None, labels: dict[str, str] | None = None
-) -> str:
-    """Stable id of (rule, run, rank, metric, labels): receivers dedup on it."""
-    extra = "\x1f".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
-    raw = f"{rule}\x1f{run}\x1f{rank}\x1f{metric}\x1f{extra}".encode()
-    return hashlib.sha1(raw).hexdigest()[:16]
 
 
 @dataclass
@@ -143,7 +134,7 @@ class AlertEngine:
                 signal.summary,
                 signal.evidence,
             )
-            fp = alert_fingerprint(rule.name, signal.run, signal.rank, signal.metric, rule.labels)
+            fp = fingerprint(rule.name, signal.run, signal.rank, signal.metric, rule.labels)
             tracked = self._tracked.get(fp)
             if tracked is not None:
                 tracked.detector = True
@@ -233,7 +224,7 @@ class AlertEngine:
         fallback_summary: str,
         evidence: dict[str, float | None],
     ) -> Alert | None:
-        fp = alert_fingerprint(rule.name, run, rank, metric, rule.labels)
+        fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
         if tracked is None:
             if not active:
