@@ -227,9 +227,7 @@ class SeriesStage:
         stats_interval_s: float = 0.0,
         quality_window_steps: int | None = None,
     ) -> None:
-        self.quality_window_steps = quality_window_steps or (
-            list(window_steps)[0] if window_steps else 50
-        )
+        self.quality_window_steps = quality_window_steps or next(iter(window_steps), 50)
         self._quality_name = step_window_name(self.quality_window_steps)
         self._quality_math: dict[str, TaskQuality] = {}
         self.window_steps = sorted(set(window_steps))
