@@ -172,7 +172,7 @@ def test_stage2_pools_ranks_like_one_process_seeing_every_example() -> None:
     last = crossrank[-1]
     assert last.step == 5
     got = {k: v.last for k, v in last.quality[f"{WINDOW}steps"].items()}
-    assert_metrics(got, direct(pooled(per_step[-WINDOW:])))  # type: ignore[arg-type]
+    assert_metrics(got, direct(pooled(per_step[-WINDOW:])))
     assert not last.stats  # raw statistics are not compared as per-rank values
 
 
@@ -193,3 +193,22 @@ def test_healthy_quality_series_creates_no_flags_or_dead_letters() -> None:
         assert not result.rejected
     assert alerts == []
     assert s.rejected == {}
+
+
+def test_new_incarnation_starts_quality_windows_empty() -> None:
+    s = SeriesStage(window_steps=[WINDOW], window_seconds=[], clock=lambda: 2000.0)
+    first = q.Regression(2.0, 2.0, 2.0).to_values("reg")
+    again = q.Regression(1.0, 3.0, 9.0).to_values("reg")
+    s.process(batch(0, [Record(seq=0, t=1.0, step=0, kind=RecordKind.QUALITY, values=first)]))
+    restarted = Batch(
+        run="r1",
+        rank=0,
+        world=2,
+        incarnation="i2",
+        records=[Record(seq=0, t=2.0, step=0, kind=RecordKind.QUALITY, values=again)],
+    )
+    result = s.process(restarted)
+    assert result.update is not None
+    stats = result.update.windows[f"{WINDOW}steps"]
+    assert (stats["quality/reg/mse"].count, stats["quality/reg/mse"].last) == (1, 9.0)
+    assert stats["quality/reg/mae"].last == 3.0
