@@ -60,12 +60,14 @@ def create_processor_app(settings: Settings) -> faust.App:
         ),
         detector_params=settings.detector_params,
         stats_interval_s=settings.window_stats_interval_s,
+        quality_window_steps=settings.window_steps[0],
     )
     alerting = Alerting(app, settings)
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         hung_after_s=settings.hung_after_s,
         detector_params=settings.detector_params,
+        quality_window_steps=settings.window_steps[0],
     )
 
     @app.agent(telemetry, name="series-stage")

@@ -5,6 +5,11 @@ one run's ranks meet in one partition and one process). A step is finished when 
 of the run reported it, or when the run has moved `lag_steps` past it (a dead or slow rank
 must not hold the others' stats back). Pure logic; `processors.app` wires it to faust and
 calls `tick` from a timer for the time-based detectors.
+
+Quality: the quality sufficient statistics a summary carries per step (`StepPoint.quality`)
+are summed across the ranks of a finished step and fed to one `QualityWindow` per (run,
+task); each `CrossRankUpdate` of a step that had any carries the run-level quality metrics
+of the window (`CrossRankUpdate.quality`), exactly as if one process had seen every example.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ from processors.detectors import (
 )
 from processors.detectors.base import with_overrides
 from processors.flags import Flag, flag_to_alert
-from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary
+from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
+from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary, WindowStats
+from stepstream.keys import step_window_name
 
 
 @dataclass
 class _PendingStep:
     t: float
     ranks: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: Quality statistics of the step summed over the ranks that reported it.
+    quality: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,6 +53,7 @@ class _RunState:
     newest: int = -1
     steps: dict[int, _PendingStep] = field(default_factory=dict)
     latest: dict[int, int] = field(default_factory=dict)
+    quality: dict[str, QualityWindow] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +96,7 @@ class RunStage:
     `heartbeat_interval_s` / `hung_after_s`: liveness parameters (see LivenessParams).
     `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
     liveness, nonfinite_origin). `clock` stamps `raised_at`.
+    `quality_window_steps`: size of the run-level quality windows (finished steps).
     """
 
     def __init__(
@@ -96,7 +107,10 @@ class RunStage:
         hung_after_s: float = 120.0,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        quality_window_steps: int = 50,
     ) -> None:
+        self.quality_window_steps = quality_window_steps
+        self._quality_name = step_window_name(quality_window_steps)
         params = detector_params or {}
         self.lag_steps = lag_steps
         self._clock = clock
@@ -145,6 +159,8 @@ class RunStage:
                 pending = state.steps[point.step] = _PendingStep(t=point.t)
             pending.t = max(pending.t, point.t)
             pending.ranks.setdefault(rank, {}).update(point.values)
+            for name, value in point.quality.items():
+                pending.quality[name] = pending.quality.get(name, 0.0) + value
             state.newest = max(state.newest, point.step)
         result = RunResult()
         for step in sorted(state.steps):
@@ -159,6 +175,7 @@ class RunStage:
                     t=pending.t,
                     world=state.world,
                     stats=crossrank_stats(pending.ranks),
+                    quality=self._quality(state, step, pending.quality),
                 )
             )
             flags.extend(self.straggler.observe_step(run, step, pending.t, pending.ranks))
@@ -168,6 +185,24 @@ class RunStage:
         raised = self._clock()
         result.alerts = [flag_to_alert(f, raised) for f in flags]
         return result
+
+    def _quality(
+        self, state: _RunState, step: int, sums: Mapping[str, float]
+    ) -> dict[str, dict[str, WindowStats]]:
+        """Add a finished step's run-level statistics; the metrics of the tasks it had."""
+        if not sums:
+            return {}
+        out: dict[str, WindowStats] = {}
+        for task, stats in split_by_task(sums).items():
+            window = state.quality.get(task)
+            if window is None:
+                window = state.quality[task] = QualityWindow(
+                    self.quality_window_steps, TaskQuality(task)
+                )
+            window.add(step, stats, accumulate=True)
+            for short, (value, n) in TaskQuality(task).counted(window.sums()).items():
+                out[metric_name(task, short)] = WindowStats(count=int(n), mean=value, last=value)
+        return {self._quality_name: out}
 
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins."""

@@ -37,6 +37,7 @@ from processors.detectors import (
 )
 from processors.detectors.base import with_overrides
 from processors.flags import Flag, fingerprint, flag_to_alert
+from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
 from processors.windows import RollingWindow, Summary
 from stepstream.contract import (
@@ -117,6 +118,10 @@ class RankState:
     pending: dict[str, float] = field(default_factory=dict)
     world: int = 1
     node: str = ""
+    #: Quality windows by task (sufficient statistics of kind-quality records).
+    quality: dict[str, QualityWindow] = field(default_factory=dict)
+    #: Tasks whose quality window got statistics since the last update.
+    quality_touched: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -146,6 +151,8 @@ def _merge(older: RankSummary, newer: RankSummary) -> RankSummary:
             steps[point.step] = point
         else:
             known.values.update(point.values)
+            for name, value in point.quality.items():
+                known.quality[name] = known.quality.get(name, 0.0) + value
             known.t = max(known.t, point.t)
     older.steps = [steps[s] for s in sorted(steps)]
     older.nonfinite.extend(newer.nonfinite)
@@ -172,6 +179,12 @@ def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     )
 
 
+def quality_stats(value: float, examples: float) -> WindowStats:
+    """A quality metric as window stats: `count` is the examples behind it, `mean` and
+    `last` its value over the window (there is one value per window, not a series)."""
+    return WindowStats(count=int(examples), mean=value, last=value)
+
+
 def build_value_detectors(params: Mapping[str, Mapping[str, Any]] | None) -> list[ValueDetector]:
     """The per-series detectors with their parameter overrides (by detector name)."""
     params = params or {}
@@ -196,6 +209,10 @@ class SeriesStage:
     `stats_interval_s` > 0 rate-limits window statistics per series: a series touched again
     sooner gets only its latest value in the update, and `flush` later emits the held-back
     stats (a flagged series is always computed at once).
+    `quality_window_steps` (default: the first of `window_steps`) is the size of the
+    quality windows: records of kind quality carry additive sufficient statistics
+    (stepstream.quality) that are summed per (run, rank, task) over that many steps and
+    published as metrics ``quality/<task>/<metric>`` of that step window.
     """
 
     def __init__(
@@ -208,7 +225,11 @@ class SeriesStage:
         limits: Limits | None = None,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
         stats_interval_s: float = 0.0,
+        quality_window_steps: int | None = None,
     ) -> None:
+        self.quality_window_steps = quality_window_steps or next(iter(window_steps), 50)
+        self._quality_name = step_window_name(self.quality_window_steps)
+        self._quality_math: dict[str, TaskQuality] = {}
         self.window_steps = sorted(set(window_steps))
         self.stats_interval_s = stats_interval_s
         self.window_seconds = sorted(set(window_seconds))
@@ -249,6 +270,8 @@ class SeriesStage:
                 # A restarted publisher starts its seq again; its history stays.
                 state.series = previous.series
                 state.last_step, state.last_t = previous.last_step, previous.last_t
+                # Quality windows start empty: a restarted job re-sends the steps since its
+                # checkpoint, and summing them again would count those examples twice.
             self._ranks[(batch.run, batch.rank)] = state
         return state
 
@@ -284,7 +307,7 @@ class SeriesStage:
             if flag.metric is not None and flag.rank is not None:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
         for (_run, _rank), (batch, state, values) in touched.items():
-            if values:
+            if values or state.quality_touched:
                 result.updates.append(self._update(batch, state, values, flagged, now))
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
         return result
@@ -327,6 +350,10 @@ class SeriesStage:
                     flag = self._errors.observe_log(run, rank, step, t, record.values, record.text)
                     if flag is not None:
                         flags.append(flag)
+                continue
+            if record.kind == RecordKind.QUALITY:
+                if step is not None:
+                    self._add_quality(state, step, t, record.values, steps)
                 continue
             point = None
             for metric, value in record.values.items():
@@ -393,6 +420,55 @@ class SeriesStage:
             nonfinite=nonfinite,
         )
 
+    def _add_quality(
+        self,
+        state: RankState,
+        step: int,
+        t: float,
+        values: Mapping[str, float],
+        steps: dict[int, StepPoint],
+    ) -> None:
+        """Feed one quality record to the rank's windows (by task) and to its step point
+        for stage 2. Distinct records of one step add up (e.g. one per micro-batch)."""
+        for task, stats in split_by_task(values).items():
+            window = state.quality.get(task)
+            if window is None:
+                window = state.quality[task] = QualityWindow(
+                    self.quality_window_steps, self._math(task)
+                )
+            window.add(step, stats, accumulate=True)
+            state.quality_touched.add(task)
+            point = steps.get(step)
+            if point is None:
+                point = steps[step] = StepPoint(step=step, t=t)
+            for name, value in stats.items():
+                if math.isfinite(value):
+                    point.quality[name] = point.quality.get(name, 0.0) + value
+
+    def _math(self, task: str) -> TaskQuality:
+        math_ = self._quality_math.get(task)
+        if math_ is None:
+            math_ = self._quality_math[task] = TaskQuality(task)
+        return math_
+
+    def _quality_metrics(
+        self, run: str, state: RankState, windows: dict[str, dict[str, WindowStats]]
+    ) -> dict[str, float]:
+        """Metrics of the touched quality windows into `windows`; their values."""
+        out: dict[str, float] = {}
+        target = windows.setdefault(self._quality_name, {})
+        for task in sorted(state.quality_touched):
+            window = state.quality[task]
+            for short, (value, examples) in self._math(task).counted(window.sums()).items():
+                name = metric_name(task, short)
+                if not self._cardinality.admit(run, name):
+                    self.rejected["cardinality"] = self.rejected.get("cardinality", 0) + 1
+                    continue
+                target[name] = quality_stats(value, examples)
+                out[name] = value
+        state.quality_touched.clear()
+        return out
+
     def _update(
         self,
         batch: Batch,
@@ -411,6 +487,8 @@ class SeriesStage:
                 continue
             state.pending.pop(metric, None)
             self._fill(windows, metric, series, marks, now)
+        if state.quality_touched:
+            touched.update(self._quality_metrics(batch.run, state, windows))
         return self._window_update(batch.run, batch.rank, state, touched, windows)
 
     def _fill(

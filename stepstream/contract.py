@@ -125,6 +125,11 @@ class StepPoint(WireModel):
     step: int = Field(ge=0)
     t: float
     values: dict[MetricName, float] = Field(default_factory=dict)
+    quality: dict[MetricName, float] = Field(
+        default_factory=dict,
+        description="Quality sufficient statistics (quality/<task>/...) of this rank at this "
+        "step, summed over its records; additive, so stage 2 sums them across ranks.",
+    )
 
 
 class RankSummary(WireModel):
@@ -166,6 +171,12 @@ class CrossRankUpdate(WireModel):
     t: float
     world: int = 1
     stats: dict[MetricName, CrossRankStats] = Field(default_factory=dict)
+    quality: dict[str, dict[MetricName, WindowStats]] = Field(
+        default_factory=dict,
+        description="window name -> run-level quality metric (quality/<task>/...) -> stats "
+        "(count = examples, mean = last = value): statistics of the window's finished steps "
+        "summed across ranks.",
+    )
 
 
 Severity = Literal["info", "warning", "critical"]
