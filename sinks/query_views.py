@@ -5,6 +5,7 @@ The CLI stays thin: it picks a view and prints either side of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,10 @@ def runs_view(reader: MetricsReader) -> View:
     return View(runs, [table])
 
 
-def rolling_tables(run: str, rows: list[RollingRow]) -> list[Table]:
-    """One table per window; columns for every stat any row has."""
+def rolling_tables(
+    run: str, rows: list[RollingRow], stats: Sequence[str] | None = None
+) -> list[Table]:
+    """One table per window; columns for `stats`, else every stat any row has."""
     by_window: dict[str, list[RollingRow]] = {}
     for row in rows:
         by_window.setdefault(row.window, []).append(row)
@@ -53,7 +56,7 @@ def rolling_tables(run: str, rows: list[RollingRow]) -> list[Table]:
     for window, group in by_window.items():
         numbers = [row.stats.numbers() for row in group]
         extra = sorted({k for n in numbers for k in n} - set(_KNOWN_STATS))
-        columns = [*_KNOWN_STATS, *extra]
+        columns = list(stats) if stats else [*_KNOWN_STATS, *extra]
         table = Table(title=f"run {run} · window {window}")
         table.add_column("rank", justify="right")
         table.add_column("metric")

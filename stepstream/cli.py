@@ -277,13 +277,6 @@ def export(
     _guard(go)
 
 
-def rolling_tables(run: str, rows: list[Any]) -> list[Table]:
-    """One rich table of RollingRow objects per window (kept here for the demo)."""
-    from sinks.query_views import rolling_tables as tables
-
-    return tables(run, rows)
-
-
 class Stage(StrEnum):
     """The worker stages."""
 

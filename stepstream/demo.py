@@ -25,6 +25,8 @@ from stepstream.stack import LocalStack, free_port, settings_env
 
 WORLD = 2
 NAN_RANK = 1
+DEMO_METRICS = ("loss", "accuracy", "lr")
+DEMO_STATS = ("count", "mean", "min", "max", "p95", "last", "nonfinite")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -80,8 +82,8 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
     if not 0 <= nan_step < steps:
         raise StepstreamError(f"--nan-step must be in [0, {steps}), got {nan_step}")
     from sinks.alert_feed import AlertFeed
+    from sinks.query_views import rolling_tables
     from sinks.reader import MetricsReader
-    from stepstream.cli import rolling_tables
 
     started = time.monotonic()
     state_dir = tempfile.mkdtemp(prefix="stepstream-demo-")
@@ -133,7 +135,9 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
                     rows = reader.rolling(run)
                     break
                 time.sleep(0.2)
-        for table in rolling_tables(run, rows):
+        # What the trainers logged, over the last 50 steps; `stepstream query` shows all.
+        shown = [r for r in rows if r.metric in DEMO_METRICS and r.window == "50steps"]
+        for table in rolling_tables(run, shown, DEMO_STATS):
             console.print(table)
         ok = nan_alert is not None and {r.rank for r in rows} == set(range(WORLD))
         elapsed = time.monotonic() - started

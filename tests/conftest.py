@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +52,16 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         child.kill()
     names = [f"{c.pid}:{c.name()}" for c in children]
     pytest.fail(f"test leaked processes {names} and threads {[t.name for t in threads]}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C, so fixtures still
+    stop the brokers, Redis servers and workers they started."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
