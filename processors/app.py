@@ -32,7 +32,7 @@ from stepstream.topics import Topics
 log = logging.getLogger(__name__)
 
 #: How often the stage-2 timer judges liveness, in seconds.
-TICK_S = 0.5
+TICK_S = 0.2
 
 
 def create_processor_app(settings: Settings) -> faust.App:

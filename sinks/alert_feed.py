@@ -32,6 +32,7 @@ class AlertFeed:
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             client_id="stepstream-alert-feed",
             enable_auto_commit=False,
+            fetch_max_wait_ms=100,  # a person is watching: do not sit on new alerts
             **settings.kafka_client_config(),
         )
         partitions = [TopicPartition(self._topic, p) for p in range(settings.partitions)]
