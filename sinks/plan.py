@@ -44,7 +44,7 @@ if ARGV[3] == 'firing' then
 else
   redis.call('HDEL', KEYS[3], ARGV[2])
 end
-redis.call('PUBLISH', ARGV[6], ARGV[4])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[4]) end
 return 1
 """
 
@@ -208,7 +208,8 @@ class WritePlan:
                 fingerprint=alert.fingerprint,
                 status=alert.status,
                 body=alert.model_dump_json(),
-                channel=keys.alerts_channel(run),
+                # Silenced or inhibited: recorded, but subscribers are not notified.
+                channel="" if alert.suppressed_by else keys.alerts_channel(run),
             )
         )
         self.values += 1

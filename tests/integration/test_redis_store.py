@@ -4,6 +4,7 @@ HTTP, exports. The writer path is RedisWriter (+ write_with_retry), as the sink 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 import uuid
@@ -389,3 +390,29 @@ def test_cli_query_views_and_export(server: LocalRedis, run: str, tmp_path: Path
         ],
     )
     assert out.exit_code == 0 and (tmp_path / "r.csv").read_text().count("\n") == 241
+
+
+def test_only_unsuppressed_alerts_reach_pubsub(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    import redis
+
+    subscriber = redis.Redis.from_url(server.url).pubsub()
+    subscriber.subscribe(KEYS.alerts_channel(run))
+    try:
+        assert subscriber.get_message(timeout=2)["type"] == "subscribe"  # type: ignore[index]
+        base = {"rule": "spike", "run": run, "rank": 0, "t": 5.0, "raised_at": 6.0}
+        muted = Alert(fingerprint="m1", suppressed_by="silence:s1", **base)
+        loud = Alert(fingerprint="l1", **base)
+        write_all(server.url, [muted, loud], flush_every=10)
+        got = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not got:
+            message = subscriber.get_message(timeout=0.5)
+            if message and message["type"] == "message":
+                got.append(json.loads(message["data"])["fingerprint"])
+        assert got == ["l1"]
+        assert subscriber.get_message(timeout=0.5) is None
+    finally:
+        subscriber.close()
+    assert sorted(a.fingerprint for a in reader.alerts(run)) == ["l1", "m1"]

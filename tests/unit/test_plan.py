@@ -143,3 +143,13 @@ def test_extra_stats_fields_survive_the_plan() -> None:
     plan.add_window_update(OpenWindowUpdate.model_validate_json(raw))
     body = json.loads(plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"])
     assert (body["count"], body["p999"], body["kurtosis"]) == (2, 0.5, "NaN")
+
+
+def test_suppressed_alerts_are_stored_but_not_published() -> None:
+    keys = RedisKeys()
+    plan = WritePlan(keys)
+    base = {"fingerprint": "f9", "rule": "spike", "run": "r", "t": 1.0, "raised_at": 2.0}
+    plan.add_alert(Alert(status="firing", suppressed_by="silence:abc", **base))
+    plan.add_alert(Alert(status="firing", **{**base, "fingerprint": "f10"}))
+    assert [a.channel for a in plan.alerts] == ["", keys.alerts_channel("r")]
+    assert [a.fingerprint for a in plan.alerts] == ["f9", "f10"]
