@@ -32,6 +32,8 @@ class Flag:
     severity: Severity
     summary: str
     evidence: dict[str, float | None] = field(default_factory=dict)
+    cleared: bool = False
+    """True when the flag reports the end of an episode (the condition cleared)."""
 
 
 def evidence(
@@ -91,7 +93,7 @@ def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
     return Alert(
         fingerprint=fingerprint(flag.detector, flag.run, flag.rank, flag.metric),
         rule=flag.detector,
-        status="firing",
+        status="resolved" if flag.cleared else "firing",
         severity=flag.severity,
         run=flag.run,
         rank=flag.rank,

@@ -51,6 +51,25 @@ from stepstream.contract import (
 )
 from stepstream.keys import step_window_name, time_window_name
 
+
+def nonfinite_cleared(
+    run: str, rank: int, metric: str, step: int | None, t: float, value: float
+) -> Flag:
+    """The end of a non-finite episode of one series."""
+    return Flag(
+        detector="nonfinite",
+        run=run,
+        rank=rank,
+        metric=metric,
+        step=step,
+        t=t,
+        severity="critical",
+        summary=f"{metric} is finite again on rank {rank} of run {run}",
+        evidence={"value": value},
+        cleared=True,
+    )
+
+
 __all__ = ["SeriesStage", "StageResult", "fingerprint", "flag_to_alert"]
 
 #: Record kinds whose values are not series to window (free-text logs, liveness pings).
@@ -369,12 +388,16 @@ class SeriesStage:
                     series.by_time.add(t, value)
                 touched[metric] = value
                 if not isfinite(value) or series.nonfinite:
+                    was_nonfinite = series.nonfinite
                     series.nonfinite = not isfinite(value)
                     flag = self._nonfinite.observe(run, rank, metric, step, t, value)
                     if flag is not None:
                         flags.append(flag)
                         if step is not None:
                             nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
+                    elif was_nonfinite and not series.nonfinite:
+                        # The series is finite again: the alert resolves now, not on a timeout.
+                        flags.append(nonfinite_cleared(run, rank, metric, step, t, value))
                 for detector in series.detectors:
                     flag = detector.observe(run, rank, metric, step, t, value)
                     if flag is not None:

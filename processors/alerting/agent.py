@@ -54,7 +54,7 @@ class RuleFile:
 
 
 def signal_of(flag: Alert) -> Signal:
-    """A detector finding (as sent on the flags topic) as an engine signal."""
+    """A detector finding (an episode starting, or ending when resolved) as a signal."""
     return Signal(
         detector=flag.rule,
         run=flag.run,
@@ -62,7 +62,7 @@ def signal_of(flag: Alert) -> Signal:
         metric=flag.metric,
         step=flag.step,
         t=flag.t,
-        active=True,
+        active=flag.status == "firing",
         severity=flag.severity,
         summary=flag.summary,
         evidence=flag.evidence,

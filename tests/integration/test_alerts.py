@@ -94,7 +94,7 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
     publish_nans(hooked, run, ranks=3)
 
     def mine(body: dict) -> bool:
-        return body["run"] == run and body["rule"] == "nonfinite"
+        return body["run"] == run and body["rule"] == "nonfinite" and body["status"] == "firing"
 
     def delivered() -> set[str] | None:
         keys = {h["Idempotency-Key"] for h, body in receiver.requests if mine(body)}
@@ -112,7 +112,11 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
     out, err = listing.communicate(timeout=60)
     assert listing.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert sorted(r["rank"] for r in rows if r["rule"] == "nonfinite") == [0, 1, 2]
+    firing = [r for r in rows if r["rule"] == "nonfinite" and r["status"] == "firing"]
+    assert sorted(r["rank"] for r in firing) == [0, 1, 2]
+    # The loss is finite again at step 6: each episode resolved.
+    resolved = [r for r in rows if r["rule"] == "nonfinite" and r["status"] == "resolved"]
+    assert sorted((r["rank"], r["step"]) for r in resolved) == [(0, 6), (1, 6), (2, 6)]
     # Stage 2 also names the rank whose NaN came first (all three logged it at step 5).
     assert {r["rule"] for r in rows} <= {"nonfinite", "nonfinite_origin"}
 

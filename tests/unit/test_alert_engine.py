@@ -136,3 +136,21 @@ def test_hot_reload_keeps_state_of_kept_rules() -> None:
     e.set_rules(parse_rules(text + "  - name: b\n    condition: max(loss, 50 steps) > 100\n"))
     assert e.on_window_update(update(0, 2, 5.0)) == []  # still firing, not re-fired
     assert [a.status for a in e.on_window_update(update(0, 3, 0.0))] == ["resolved"]
+
+
+def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
+    from processors.alerting.agent import signal_of
+    from processors.series_stage import SeriesStage
+    from stepstream.contract import Batch, Record
+
+    stage = SeriesStage([5], [3.0], stats_interval_s=0)
+    e = engine()
+    transitions = []
+    for step, loss in enumerate([1.0, float("nan"), float("nan"), 0.5]):
+        record = Record(seq=step, t=100.0 + step, step=step, values={"loss": loss})
+        result = stage.process_many([Batch(run="r", rank=1, incarnation="i", records=[record])])
+        for flag in result.alerts:
+            transitions += e.on_signal(signal_of(flag))
+    assert [(a.status, a.step) for a in transitions] == [("firing", 1), ("resolved", 3)]
+    assert transitions[0].fingerprint == transitions[1].fingerprint
+    assert e.firing() == []
