@@ -132,10 +132,14 @@ def test_broker_restart_loses_nothing_and_never_stalls_log(
     assert stats.dropped == stats.dropped_spool == 0
     assert incarnation
     # log() only appends to a deque: the broker being away must not show on the caller.
-    # Waiting on I/O would take seconds here (2 s bootstrap and delivery timeouts); the
-    # bound left is a GIL hand-over from a background thread, one 5 ms switch interval.
+    # Waiting on I/O would take seconds here (2 s bootstrap and delivery timeouts). What
+    # is left is the GIL hand-over from a background thread (one 5 ms switch interval) and,
+    # on this shared 2-core machine, the odd descheduling of the whole process (seen once
+    # at 0.19 s in CI): so the bound is on how many calls exceed 10 ms, and on the worst.
     ordered = sorted(log_times)
-    assert ordered[-1] < 0.010, (ordered[-1], duplicates)
+    slow = [t for t in ordered if t >= 0.010]
+    assert len(slow) <= 1 + len(ordered) // 1000, (slow, duplicates)
+    assert ordered[-1] < 0.5, ordered[-1]
     assert ordered[int(len(ordered) * 0.99)] < 0.001
 
 
