@@ -62,6 +62,14 @@ class Episodes:
         self._open.add(key)
         return True
 
+    def begins(self, key: Hashable, holds: bool) -> bool:
+        """Track whether the condition of `key` holds; True only when an episode starts
+        now (it holds and did not before). A condition that stops holding re-arms."""
+        if not holds:
+            self.end(key)
+            return False
+        return self.start(key)
+
     def end(self, key: Hashable) -> None:
         """Close the episode of `key`, if open; the next `start` reports again."""
         if self._open:

@@ -399,8 +399,3 @@ class MetricsReader:
 
     def _scan(self, pattern: str) -> list[Any]:
         return list(self._client.scan_iter(match=pattern, count=1000))
-
-
-def _constant(name: str) -> float:
-    # Python's json module reads NaN/Infinity itself; this keeps -Infinity too.
-    return float(name)

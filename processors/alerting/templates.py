@@ -37,8 +37,3 @@ def render(template: str, values: Mapping[str, object]) -> str:
         return _show(current)
 
     return _PLACEHOLDER.sub(substitute, template)
-
-
-def placeholders(template: str) -> list[str]:
-    """The names a template refers to (for validating rule files)."""
-    return [m.group(1) for m in _PLACEHOLDER.finditer(template)]

@@ -36,10 +36,7 @@ class NonFiniteDetector:
     ) -> Flag | None:
         """Return a flag when `value` starts a non-finite episode of its series."""
         series = (run, rank, metric)
-        if math.isfinite(value):
-            self._episodes.end(series)
-            return None
-        if not self._episodes.start(series):
+        if not self._episodes.begins(series, not math.isfinite(value)):
             return None
         at = f"step {step}" if step is not None else f"t={t:.3f}"
         return Flag(

@@ -42,10 +42,7 @@ class TelemetryLossDetector:
         total_lost = sum(b[0] for b in batches)
         total = total_lost + sum(b[1] for b in batches)
         fraction = total_lost / total if total else 0.0
-        if fraction <= p.max_fraction:
-            self._episodes.end(key)
-            return None
-        if not self._episodes.start(key):
+        if not self._episodes.begins(key, fraction > p.max_fraction):
             return None
         return Flag(
             detector=self.name,

@@ -60,10 +60,7 @@ class ThroughputDetector:
         now = median(data[-p.recent_points :])
         base = median(data[: -p.recent_points])
         threshold = base * (1 - p.drop)
-        if now >= threshold:
-            self._episodes.end(key)
-            return None
-        if not self._episodes.start(key):
+        if not self._episodes.begins(key, now < threshold):
             return None
         return Flag(
             detector=self.name,

@@ -167,10 +167,7 @@ class DivergenceDetector:
         ema = curve.ema
         above = start > 0 and ema > start * p.above_start
         rose = low > 0 and ema > low * (1 + p.rise)
-        if not (above or rose):
-            self._episodes.end(key)
-            return None
-        if not self._episodes.start(key):
+        if not self._episodes.begins(key, above or rose):
             return None
         baseline, threshold = (start, start * p.above_start) if above else (low, low * (1 + p.rise))
         why = "above its starting level" if above else f"up {ema / low - 1:.0%} from its minimum"
@@ -251,10 +248,7 @@ class OverfittingDetector:
         best_eval, train_then = min(fit.evals)
         rising = value > best_eval * (1 + p.rise)
         falling = fit.train_ema < train_then * (1 - p.train_drop)
-        if not (rising and falling):
-            self._episodes.end(key)
-            return None
-        if not self._episodes.start(key):
+        if not self._episodes.begins(key, rising and falling):
             return None
         return Flag(
             detector=self.name,
