@@ -133,12 +133,8 @@ class AlertEngine:
                 values,
                 signal.summary,
                 signal.evidence,
+                from_detector=True,
             )
-            fp = fingerprint(rule.name, signal.run, signal.rank, signal.metric, rule.labels)
-            tracked = self._tracked.get(fp)
-            if tracked is not None:
-                tracked.detector = True
-                tracked.last_signal_at = self._clock()
             if alert:
                 out.append(alert)
         return out
@@ -223,6 +219,7 @@ class AlertEngine:
         values: dict[str, object],
         fallback_summary: str,
         evidence: dict[str, float | None],
+        from_detector: bool = False,
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
@@ -236,6 +233,9 @@ class AlertEngine:
                 **_selector_labels(run, rank, metric),
             }
             tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
+        if from_detector:  # evidence of a detector keeps its alert from resolve_quiet
+            tracked.detector = True
+            tracked.last_signal_at = self._clock()
         notice = tracked.state.evaluate(active, t, step, rule.timing)
         if notice is None:
             return None

@@ -154,3 +154,18 @@ def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
     assert [(a.status, a.step) for a in transitions] == [("firing", 1), ("resolved", 3)]
     assert transitions[0].fingerprint == transitions[1].fingerprint
     assert e.firing() == []
+
+
+def test_detector_alert_without_new_evidence_resolves_after_the_timeout() -> None:
+    now = [1000.0]
+    e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    e.on_signal(signal("spike", 0, True, 5))
+    now[0] += 299.0
+    assert e.resolve_quiet(300.0) == []
+    e.on_signal(signal("spike", 0, True, 9))  # fresh evidence restarts the quiet period
+    now[0] += 299.0
+    assert e.resolve_quiet(300.0) == []
+    now[0] += 2.0
+    resolved = e.resolve_quiet(300.0)
+    assert [(a.rule, a.status, a.rank) for a in resolved] == [("spike", "resolved", 0)]
+    assert e.firing() == []
