@@ -19,14 +19,15 @@ class StragglerParams:
         (Total step time cannot name the slow rank: every rank waits for it in the
         all-reduce, so all step times grow together.)
     window: steps per rank whose median is compared.
-    min_points: steps a rank needs before it is judged.
+    min_points: steps a rank needs before it is judged (first steps are noisy: process
+        start, allocator and data-loader warm-up).
     ratio: straggler when its median exceeds the median of the other ranks times this...
     min_excess_s: ...and by at least this many seconds.
     """
 
     metrics: tuple[str, ...] = ("data_time", "compute_time")
     window: int = 20
-    min_points: int = 5
+    min_points: int = 10
     ratio: float = 1.5
     min_excess_s: float = 0.02
 

@@ -39,6 +39,9 @@ def fault_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         topic_prefix=f"f{uuid.uuid4().hex[:8]}",
         heartbeat_interval_s=HEARTBEAT_S,
         hung_after_s=HUNG_AFTER_S,
+        # The injected straggler sleeps 100 ms per step; 50 ms of required excess keeps
+        # scheduling noise of a loaded 2-core CI machine from naming a false straggler.
+        detector_params={"straggler": {"min_excess_s": 0.05}},
     )
     stack = LocalStack(settings)
     state = stack.start()
