@@ -39,13 +39,17 @@ class Receiver:
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
-        arrived = self.arrived
+        self.notifications: set[str] = set()
+        arrived, notifications = self.arrived, self.notifications
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body.get("rule") == "nonfinite" and body.get("status") == "firing":
-                    arrived.setdefault(body["metric"], time.time())
+                now = time.time()
+                for alert in body["alerts"]:  # one notification: a run's transitions
+                    if alert["rule"] == "nonfinite" and alert["status"] == "firing":
+                        arrived.setdefault(alert["metric"], now)
+                        notifications.add(body["idempotency_key"])
                 self.send_response(200)
                 self.end_headers()
 
@@ -183,6 +187,11 @@ def main() -> None:
         figures("topic", on_topic)
         figures("redis", in_redis)
         webhook = figures("webhook", receiver.arrived)
+        print(
+            f"webhook notifications: {len(receiver.notifications)} for {len(receiver.arrived)} "
+            f"firing transitions (grouped per run: wait {live.alert_group_wait_s:g} s, "
+            f"interval {live.alert_group_interval_s:g} s)"
+        )
 
         # Dead rank: rank 1 dies (SIGKILL) while rank 0 goes on.
         dead_run = f"dead-{uuid.uuid4().hex[:6]}"

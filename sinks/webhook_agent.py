@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from sinks.webhooks import DeliveryResult, WebhookDispatcher
 from stepstream.contract import Alert, DeadLetter
@@ -38,12 +39,24 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
         )
         await deadletters.send(key=alert.run.encode(), value=letter.to_bytes())
 
-    dispatcher = WebhookDispatcher(settings.webhooks, dead_letter)
+    dispatcher = WebhookDispatcher(
+        settings.webhooks,
+        dead_letter,
+        group_wait_s=settings.alert_group_wait_s,
+        group_interval_s=settings.alert_group_interval_s,
+    )
 
     @app.agent(app.topic(topics.alerts, **raw), name="alerts-webhooks")
     async def alerts_webhooks(stream: faust.StreamT) -> None:
-        async for value in stream:
-            await dispatcher.dispatch(Alert.model_validate_json(value))
+        # Manual acks: an alert's offset commits only after its notification was
+        # delivered or dead-lettered, not when it was queued for its group.
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
+            try:
+                alert = Alert.model_validate_json(event.value)
+            except ValidationError:
+                event.ack()  # the alerts sink dead-letters it; nothing to notify
+                continue
+            dispatcher.submit(alert, event.ack)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **kwargs: object) -> None:

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Alert webhooks as JSON: [{"url": "...", "format": "slack"}].',
     )
+    alert_group_wait_s: float = Field(
+        0.1, ge=0, description="A run's first webhook notification waits this long for company."
+    )
+    alert_group_interval_s: float = Field(
+        0.5, ge=0, description="Later notifications of one run are sent at most this often."
+    )
     rules_file: Path | None = Field(None, description="YAML file of user alert rules.")
     resolve_timeout_s: float = Field(
         300.0, gt=0, description="A detector alert with no new evidence this long resolves."

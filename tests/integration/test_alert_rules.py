@@ -73,7 +73,14 @@ def ruled(
 
 
 def hooks_for(receiver: Receiver, run: str, rule: str) -> list[dict]:
-    return [b for _, b in receiver.requests if b["run"] == run and b["rule"] == rule]
+    """The transitions of `rule` on `run` the receiver got, in arrival order."""
+    return [
+        a
+        for _, body in receiver.requests
+        if body["run"] == run
+        for a in body["alerts"]
+        if a["rule"] == rule
+    ]
 
 
 def publish(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import producers
-from sinks.webhook_payloads import idempotency_key
+from sinks.webhook_payloads import idempotency_key, notification_key
 from stepstream.contract import Alert
 from stepstream.settings import Settings, WebhookTarget
 from stepstream.stack import LocalStack, settings_env
@@ -26,8 +26,8 @@ from .conftest import wait_for
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    """A webhook receiver that fails its first 3 requests with 503."""
-    r = Receiver(fail_first=3, fail_status=503)
+    """A webhook receiver answering 503 where a test says so (`fail_if`)."""
+    r = Receiver(fail_status=503)
     yield r
     r.close()
 
@@ -91,22 +91,36 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
     hooked: Settings, receiver: Receiver
 ) -> None:
     run = f"w-{uuid.uuid4().hex[:8]}"
+    failures = iter(range(3))
+    # The first 3 requests for this run fail with 503 (other runs' requests succeed).
+    receiver.fail_if = lambda body: body["run"] == run and next(failures, None) is not None
     publish_nans(hooked, run, ranks=3)
 
-    def mine(body: dict) -> bool:
-        return body["run"] == run and body["rule"] == "nonfinite" and body["status"] == "firing"
+    def transitions() -> list[dict]:
+        """Every transition of this run in every request, duplicates from retries kept."""
+        return [a for _, body in receiver.requests if body["run"] == run for a in body["alerts"]]
 
-    def delivered() -> set[str] | None:
-        keys = {h["Idempotency-Key"] for h, body in receiver.requests if mine(body)}
-        return keys if len(keys) == 3 else None
+    def firing_nans() -> dict[str, dict] | None:
+        mine = {
+            a["idempotency_key"]: a
+            for a in transitions()
+            if a["rule"] == "nonfinite" and a["status"] == "firing"
+        }
+        return mine if len(mine) == 3 else None
 
-    keys = wait_for(delivered, timeout=60)
-    bodies = {b["idempotency_key"]: b for _, b in receiver.requests if mine(b)}
-    assert sorted(b["rank"] for b in bodies.values()) == [0, 1, 2]
-    assert all(b["step"] == 5 and b["evidence"]["value"] == "NaN" for b in bodies.values())
-    assert keys == {idempotency_key(Alert.model_validate(b)) for b in bodies.values()}
-    # The receiver failed its first 3 requests: retries happened, nothing was lost.
-    assert len([1 for _, b in receiver.requests if mine(b)]) >= 3
+    by_key = wait_for(firing_nans, timeout=60)
+    assert sorted(a["rank"] for a in by_key.values()) == [0, 1, 2]
+    assert all(a["step"] == 5 and a["evidence"]["value"] == "NaN" for a in by_key.values())
+    assert set(by_key) == {idempotency_key(Alert.model_validate(a)) for a in by_key.values()}
+    requests = [(h, body) for h, body in receiver.requests if body["run"] == run]
+    # Each request carries its notification's key; a retry repeats it unchanged.
+    for headers, body in requests:
+        assert headers["Idempotency-Key"] == body["idempotency_key"]
+        assert body["idempotency_key"] == notification_key(
+            [Alert.model_validate(a) for a in body["alerts"]]
+        )
+    # The receiver failed 3 requests: they were retried with the same key, nothing lost.
+    assert len(requests) - len({body["idempotency_key"] for _, body in requests}) == 3
 
     listing = cli(hooked, "alerts", "--run", run, "--json")
     out, err = listing.communicate(timeout=60)
