@@ -93,7 +93,8 @@ class RedisKeys:
             )
 
     def runs(self) -> str:
-        """Sorted set: run id scored by its last activity (Unix seconds). Not per run."""
+        """Sorted set: run id scored by its last activity (event time, Unix seconds). Not
+        per run; runs idle longer than the retention leave it (`WritePlan.registry_commands`)."""
         return f"{self.prefix}:runs"
 
     def _run(self, run: str, suffix: str) -> str:
