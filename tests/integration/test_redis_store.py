@@ -8,7 +8,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from sinks.redis_writer import RedisWriter
 from sinks.stats import OpenStats, OpenWindowUpdate
 from stepstream.contract import Alert, Batch, Record, WindowUpdate
 from stepstream.keys import RedisKeys
+from stepstream.settings import Settings
 
 RETENTION_S = 3600
 KEYS = RedisKeys()
@@ -132,12 +133,13 @@ def write_all(
     flush_every: int,
     limits: SeriesLimits | None = None,
     cluster: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     """Plan and write `messages` in flushes of `flush_every`, like the sink's take()."""
 
     async def go() -> None:
         client = async_client(url, cluster)
-        writer = RedisWriter(client, RETENTION_S)
+        writer = RedisWriter(client, RETENTION_S, clock)
         try:
             for i in range(0, len(messages), flush_every):
                 plan = WritePlan(KEYS, limits or SeriesLimits())
@@ -416,3 +418,45 @@ def test_only_unsuppressed_alerts_reach_pubsub(
     finally:
         subscriber.close()
     assert sorted(a.fingerprint for a in reader.alerts(run)) == ["l1", "m1"]
+
+
+def activity(run: str, t: float, step: int = 0) -> Batch:
+    """One point of `run` at event time `t`."""
+    return Batch(run=run, rank=0, records=[Record(seq=step, t=t, step=step, values={"loss": 1.0})])
+
+
+def test_runs_idle_longer_than_the_retention_leave_the_registry(run: str) -> None:
+    """A store of its own: the registry is global, and pruning it is what is tested."""
+    now = time.time()
+    then = now - 2 * RETENTION_S
+    old, fresh = f"{run}-old", f"{run}-new"
+    with LocalRedis() as srv:
+        admin = redis.Redis.from_url(srv.url)
+        try:
+            # Written two retentions ago, when it was fresh.
+            write_all(srv.url, [activity(old, then)], flush_every=1, clock=lambda: then)
+            with MetricsReader.from_url(srv.url) as everything:
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(old, then)]
+            # Before any write prunes it, a reader given the retention hides it already.
+            settings = Settings(redis_url=srv.url, retention_s=RETENTION_S)
+            with MetricsReader.from_settings(settings) as current:
+                assert current.runs() == []
+                assert [r.run for r in current.runs(now=then + 1)] == [old]
+
+            write_all(srv.url, [activity(fresh, now)], flush_every=1)
+            with MetricsReader.from_url(srv.url) as everything:
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(fresh, now)]
+                assert 0 < admin.ttl(KEYS.runs()) <= RETENTION_S  # an idle store empties
+
+                # Its keys' TTLs ran on the server's clock, not the test's: expire them now.
+                admin.delete(*admin.scan_iter(match=KEYS.run_pattern(old)))
+                # A replay of the expired run rewrites its keys (they expire again) but does
+                # not list it again; an older message of a live run does not move it back.
+                write_all(
+                    srv.url, [activity(old, then, step=1), activity(fresh, now - 60, step=1)], 1
+                )
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(fresh, now)]
+                assert [p.step for p in everything.series(old, "loss").points] == [1]
+                assert 0 < admin.ttl(KEYS.series(old, "step", 0, "loss")) <= RETENTION_S
+        finally:
+            admin.close()
