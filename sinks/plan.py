@@ -9,6 +9,8 @@ hashes are overwritten with the same values, series points are sorted-set member
 hold everything identifying the point (ZADD of an existing member changes nothing), trims
 keep the newest points by score whatever the grouping into flushes, and each alert
 transition passes a dedup hash inside a script before it is appended to the history.
+The run registry is the one write that depends on the clock: runs idle longer than the
+retention leave it (see `WritePlan.registry_commands`).
 """
 
 from __future__ import annotations
@@ -242,6 +244,31 @@ class WritePlan:
             out.append(("zadd", (key, entries), {"nx": True}))
             out.append(("zremrangebyscore", (key, "-inf", f"({newest - horizon_ms!r}")))
             out.append(("zremrangebyrank", (key, 0, -lim.time_max_points - 1)))
+        return out
+
+    def registry_commands(self, now: float, retention_s: int) -> list[tuple[Any, ...]]:
+        """(command, args[, kwargs]) keeping the run registry in step with the retention.
+
+        Each run's newest activity in this plan goes in with ``ZADD GT`` (a replayed older
+        message never moves a run back), runs whose last activity is older than
+        ``now - retention_s`` are removed, and the registry itself gets the retention as
+        TTL, so a store nobody writes to empties. Activity is event time, `now` the
+        sink's clock: a run is listed while its newest event is within the retention.
+
+        Runs of this plan that are already past the cutoff are not added: replaying the
+        range of an expired run rewrites its per-run keys (which expire again after
+        `retention_s`) but does not list the run again under its stale activity time.
+        """
+        if not self.run_activity:
+            return []
+        key = self.keys.runs()
+        cutoff = now - retention_s
+        fresh = {run: at for run, at in self.run_activity.items() if at >= cutoff}
+        out: list[tuple[Any, ...]] = []
+        if fresh:
+            out.append(("zadd", (key, fresh), {"gt": True}))
+        out.append(("zremrangebyscore", (key, "-inf", f"({cutoff!r}")))
+        out.append(("expire", (key, retention_s)))
         return out
 
     def expiring_keys(self) -> list[str]:

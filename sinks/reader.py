@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -25,6 +25,9 @@ from stepstream.keys import (
     parse_series_field,
     parse_series_member,
 )
+
+if TYPE_CHECKING:
+    from stepstream.settings import Settings
 
 
 class QueryModel(BaseModel):
@@ -128,18 +131,36 @@ def _point(member: bytes | str) -> tuple[int | None, float]:
 
 
 class MetricsReader:
-    """Reads runs, rolling stats, latest values, series and alerts of the Redis store."""
+    """Reads runs, rolling stats, latest values, series and alerts of the Redis store.
 
-    def __init__(self, client: Any, keys: RedisKeys | None = None) -> None:
+    With `retention_s` (the sink's ``STEPSTREAM_RETENTION_S``), `runs` lists only runs
+    active within it: the sink drops older ones from the registry only when it writes.
+    """
+
+    def __init__(
+        self, client: Any, keys: RedisKeys | None = None, retention_s: float | None = None
+    ) -> None:
         self._client = client
         self.keys = keys or RedisKeys()
+        self.retention_s = retention_s
 
     @classmethod
     def from_url(
-        cls, url: str, key_prefix: str = "stepstream", cluster: bool = False
+        cls,
+        url: str,
+        key_prefix: str = "stepstream",
+        cluster: bool = False,
+        retention_s: float | None = None,
     ) -> MetricsReader:
         """A reader over a Redis URL (``redis://``, ``rediss://``, user:password@ for ACL)."""
-        return cls(sync_client(url, cluster), RedisKeys(key_prefix))
+        return cls(sync_client(url, cluster), RedisKeys(key_prefix), retention_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsReader:
+        """A reader with the URL, key prefix, cluster mode and retention of `settings`."""
+        return cls.from_url(
+            settings.redis_url, settings.key_prefix, settings.redis_cluster, settings.retention_s
+        )
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -151,9 +172,15 @@ class MetricsReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def runs(self) -> list[RunInfo]:
-        """Every run, most recently active first."""
-        entries = self._client.zrevrange(self.keys.runs(), 0, -1, withscores=True)
+    def runs(self, now: float | None = None) -> list[RunInfo]:
+        """Every run, most recently active first; with `retention_s`, only those whose
+        last activity is at or after `now` (default: the time) minus the retention."""
+        low: float | str = "-inf"
+        if self.retention_s is not None:
+            low = (time.time() if now is None else now) - self.retention_s
+        entries = self._client.zrange(
+            self.keys.runs(), "+inf", low, desc=True, byscore=True, withscores=True
+        )
         runs = [_text(m) for m, _ in entries]
         pipe = self._client.pipeline(transaction=False)
         for run in runs:

@@ -187,9 +187,7 @@ def query(
 
     def go() -> None:
         settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
-        reader = MetricsReader.from_url(
-            settings.redis_url, settings.key_prefix, settings.redis_cluster
-        )
+        reader = MetricsReader.from_settings(settings)
         try:
             if run is None:
                 view = query_views.runs_view(reader)
@@ -232,9 +230,7 @@ def serve(
         settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
         err_console.print(f"serving http://{host}:{port}  (docs: /docs, Prometheus: /metrics)")
         serve_api(
-            lambda: MetricsReader.from_url(
-                settings.redis_url, settings.key_prefix, settings.redis_cluster
-            ),
+            lambda: MetricsReader.from_settings(settings),
             host,
             port,
             settings.metrics_max_series,
@@ -264,9 +260,7 @@ def export(
 
     def go() -> None:
         settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
-        with MetricsReader.from_url(
-            settings.redis_url, settings.key_prefix, settings.redis_cluster
-        ) as reader:
+        with MetricsReader.from_settings(settings) as reader:
             if tensorboard is not None:
                 n = export_tensorboard(reader, run, tensorboard)
                 console.print(f"{n} scalars -> {tensorboard} (tensorboard --logdir {tensorboard})")
@@ -360,7 +354,7 @@ def alerts(
             return
         from sinks.reader import MetricsReader
 
-        reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+        reader = MetricsReader.from_settings(settings)
         try:
             runs = [run] if run else [r.run for r in reader.runs()]
             for name in runs:

@@ -93,7 +93,8 @@ class RedisKeys:
             )
 
     def runs(self) -> str:
-        """Sorted set: run id scored by its last activity (Unix seconds). Not per run."""
+        """Sorted set: run id scored by its last activity (event time, Unix seconds). Not
+        per run; runs idle longer than the retention leave it (`WritePlan.registry_commands`)."""
         return f"{self.prefix}:runs"
 
     def _run(self, run: str, suffix: str) -> str:
@@ -159,6 +160,15 @@ class RedisKeys:
     def alerts_channel(self, run: str) -> str:
         """Pub/sub channel receiving each alert transition of a run as JSON."""
         return f"{self.prefix}:alerts:{check_run_id(run)}"
+
+    def alerts_channel_pattern(self) -> str:
+        """Glob of every run's alerts channel (ACL ``&`` rules, PSUBSCRIBE)."""
+        return f"{self.prefix}:alerts:*"
+
+    def key_pattern(self) -> str:
+        """Glob of every key stepstream writes or reads (ACL ``~`` rules). The prefix holds
+        no glob characters, so it matches exactly the keys under it."""
+        return f"{self.prefix}:*"
 
     def run_keys(self, run: str, windows: list[str]) -> list[str]:
         """Every per-run key except the raw series keys, for TTL refresh and cleanup."""

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://)."
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS "
+        "with ssl_ca_certs, ssl_certfile, ssl_keyfile as query parameters.",
     )
     topic_prefix: str = Field("stepstream", description="Prefix of every topic and consumer group.")
     key_prefix: str = Field("stepstream", description="Prefix of every Redis key.")

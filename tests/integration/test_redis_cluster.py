@@ -14,10 +14,11 @@ from redis.cluster import RedisCluster
 
 from sinks.local_redis import LocalRedis
 from sinks.reader import MetricsReader
+from sinks.redis_client import acl_rules
 from stepstream.errors import StackError
 from stepstream.keys import RedisKeys
 
-from .test_redis_store import all_messages, value, write_all
+from .test_redis_store import KEYS, all_messages, value, write_all
 
 SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 
@@ -91,3 +92,27 @@ def test_sink_and_reader_work_on_redis_cluster(cluster: list[LocalRedis]) -> Non
         assert owner is not None
     finally:
         client.close()
+
+
+def test_least_privilege_acl_user_works_on_the_cluster(cluster: list[LocalRedis]) -> None:
+    """The documented ACL covers what cluster clients add (slot map, command table).
+    ACL users are per node: the rules go to every node, as an operator must do."""
+    run = f"cl-{uuid.uuid4().hex[:8]}"
+    name, password = f"u-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admins = [redis.Redis(port=n.port, decode_responses=True) for n in cluster]
+    try:
+        for admin in admins:
+            admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", *acl_rules(KEYS))
+        url = f"redis://{name}:{password}@127.0.0.1:{cluster[0].port}/0"
+        write_all(url, all_messages(run), flush_every=9, cluster=True)
+        with MetricsReader.from_url(url, cluster=True) as reader:
+            assert [p.step for p in reader.series(run, "loss", rank=1).points] == list(range(60))
+            assert [a.status for a in reader.alerts(run)] == ["firing", "resolved", "firing"]
+            assert run in [r.run for r in reader.runs()]
+        refused = [e for a in admins for e in a.acl_log() if e["username"] == name]
+        assert refused == []
+    finally:
+        for admin in admins:
+            with contextlib.suppress(redis.RedisError):
+                admin.execute_command("ACL", "DELUSER", name)
+            admin.close()

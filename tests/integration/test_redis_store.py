@@ -4,28 +4,33 @@ HTTP, exports. The writer path is RedisWriter (+ write_with_retry), as the sink 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from processors.alerting.silences import Silence
 from sinks.app import write_with_retry
 from sinks.export import export_csv, export_tensorboard
 from sinks.http_api import create_api
 from sinks.local_redis import LocalRedis
 from sinks.plan import SeriesLimits, WritePlan
 from sinks.reader import MetricsReader
-from sinks.redis_client import async_client
+from sinks.redis_client import WRITE_COMMANDS, acl_rules, async_client, sync_client
 from sinks.redis_writer import RedisWriter
+from sinks.silence_store import SilenceStore, load_silences, new_silence
 from sinks.stats import OpenStats, OpenWindowUpdate
 from stepstream.contract import Alert, Batch, Record, WindowUpdate
 from stepstream.keys import RedisKeys
+from stepstream.settings import Settings
 
 RETENTION_S = 3600
 KEYS = RedisKeys()
@@ -128,16 +133,17 @@ def alerts(run: str) -> list[Alert]:
 
 def write_all(
     url: str,
-    messages: list[object],
+    messages: Sequence[object],
     flush_every: int,
     limits: SeriesLimits | None = None,
     cluster: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     """Plan and write `messages` in flushes of `flush_every`, like the sink's take()."""
 
     async def go() -> None:
         client = async_client(url, cluster)
-        writer = RedisWriter(client, RETENTION_S)
+        writer = RedisWriter(client, RETENTION_S, clock)
         try:
             for i in range(0, len(messages), flush_every):
                 plan = WritePlan(KEYS, limits or SeriesLimits())
@@ -288,6 +294,132 @@ def test_auth_password_urls_work_and_a_wrong_password_fails(run: str) -> None:
             reader.runs()
 
 
+@dataclass
+class AclUser:
+    """A user made for one test: its URL and what the server refused it."""
+
+    url: str
+    name: str
+    admin: redis.Redis
+
+    def refusals(self) -> set[tuple[str, str]]:
+        """(reason, object) of every ACL LOG entry of this user: ("command", "zadd") ..."""
+        return {
+            (e["reason"], e["object"]) for e in self.admin.acl_log() if e["username"] == self.name
+        }
+
+
+@contextlib.contextmanager
+def acl_user(server: LocalRedis, rules: list[str]) -> Iterator[AclUser]:
+    """A user with `rules` on `server` for the duration of the block."""
+    name, password = f"u-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", *rules)
+        yield AclUser(f"redis://{name}:{password}@127.0.0.1:{server.port}/0", name, admin)
+    finally:
+        admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
+
+
+def test_least_privilege_acl_user_runs_the_sink_reader_and_silences(
+    server: LocalRedis, run: str
+) -> None:
+    """The ACL documented in docs/redis-schema.md: the sink prefix's keys and alert
+    channels, and only the commands stepstream sends."""
+    with acl_user(server, acl_rules(KEYS)) as user:
+        url = user.url
+        subscriber = redis.Redis.from_url(server.url).pubsub()
+        try:
+            subscriber.subscribe(KEYS.alerts_channel(run))
+            write_all(url, all_messages(run), flush_every=7)
+            published = [subscriber.get_message(timeout=2) for _ in range(3)]
+        finally:
+            subscriber.close()
+        assert [m["type"] for m in published if m] == ["subscribe", "message", "message"]
+        with MetricsReader.from_url(url, retention_s=RETENTION_S) as reader:
+            assert [p.step for p in reader.series(run, "loss", rank=0).points] == list(range(60))
+            timed = reader.series_by_time(run, "grad/norm:l1", rank=0, to_t=1_700_000_000.5)
+            assert [(p.step, p.value) for p in timed.points] == [(s, float(s)) for s in range(6)]
+            assert reader.latest(run) == {(0, "loss"): value(0, 59), (1, "loss"): value(1, 59)}
+            assert {(r.window, r.rank) for r in reader.rolling(run)} == {
+                (w, r) for w in ("10s", "50steps") for r in (0, 1)
+            }
+            meta = reader.run_meta(run)
+            assert (meta.world, meta.windows, 0 < (meta.ttl_s or 0) <= RETENTION_S) == (
+                2,
+                ["10s", "50steps"],
+                True,
+            )
+            assert [(a.status, a.t) for a in reader.alerts(run)] == [
+                ("firing", 3.0),
+                ("resolved", 4.0),
+                ("firing", 6.0),
+            ]
+            assert [a.t for a in reader.active_alerts(run)] == [6.0]
+            assert run in [r.run for r in reader.runs()]
+        # The CLI's silence commands and the alerting stage's silence refresh.
+        client = sync_client(url)
+        try:
+            store = SilenceStore(client, KEYS)
+            silence = new_silence({"run": run}, 60.0, "ops", "acl test")
+            store.add(silence)
+            assert store.expire(silence.id)
+            assert silence.id in [s.id for s in store.list(include_expired=True)]
+        finally:
+            client.close()
+        loaded = asyncio.run(_load_silences(url))
+        assert silence.id in [s.id for s in loaded]
+        # Nothing was refused, not even what redis-py ignores (CLIENT SETINFO).
+        assert user.refusals() == set()
+
+
+async def _load_silences(url: str) -> list[Silence]:
+    client = async_client(url)
+    try:
+        return await load_silences(client, KEYS)
+    finally:
+        await client.aclose()
+
+
+def test_read_only_acl_user_queries_but_cannot_write(server: LocalRedis, run: str) -> None:
+    write_all(server.url, all_messages(run), flush_every=20)
+    with (
+        acl_user(server, acl_rules(KEYS, read_only=True)) as user,
+        MetricsReader.from_url(user.url) as reader,
+        MetricsReader.from_url(server.url) as admin_view,
+    ):
+        assert reader.series(run, "loss", rank=1).stored == 60
+        assert reader.rolling(run) == admin_view.rolling(run)
+        assert [a.t for a in reader.alerts(run)] == [3.0, 4.0, 6.0]
+        assert user.refusals() == set()
+        with pytest.raises(redis.exceptions.NoPermissionError, match="no permissions to run"):
+            write_all(user.url, batches(run, steps=10), flush_every=10)
+        refused = user.refusals()
+        assert {reason for reason, _ in refused} == {"command"}
+        assert ("command", "zadd") in refused
+        assert {command for _, command in refused} <= set(WRITE_COMMANDS)
+
+
+def test_acl_user_of_another_prefix_gets_no_permission_error(server: LocalRedis, run: str) -> None:
+    with acl_user(server, acl_rules(RedisKeys("elsewhere"))) as user:
+        with pytest.raises(
+            redis.exceptions.NoPermissionError, match="No permissions to access a key"
+        ):
+            write_all(user.url, batches(run, steps=10), flush_every=10)
+        with (
+            MetricsReader.from_url(user.url) as reader,
+            pytest.raises(redis.exceptions.NoPermissionError),
+        ):
+            reader.runs()
+        refused = user.refusals()
+        assert {reason for reason, _ in refused} == {"key"}
+        assert ("key", KEYS.runs()) in refused
+        assert all(key.startswith(f"{KEYS.prefix}:") for _, key in refused)
+    with MetricsReader.from_url(server.url) as reader:
+        assert reader.series_names(run) == []  # nothing got through
+
+
 def test_http_api_serves_the_same_queries_and_metrics(server: LocalRedis, run: str) -> None:
     write_all(server.url, all_messages(run), flush_every=20)
     api = create_api(lambda: MetricsReader.from_url(server.url), metrics_max_series=3)
@@ -416,3 +548,45 @@ def test_only_unsuppressed_alerts_reach_pubsub(
     finally:
         subscriber.close()
     assert sorted(a.fingerprint for a in reader.alerts(run)) == ["l1", "m1"]
+
+
+def activity(run: str, t: float, step: int = 0) -> Batch:
+    """One point of `run` at event time `t`."""
+    return Batch(run=run, rank=0, records=[Record(seq=step, t=t, step=step, values={"loss": 1.0})])
+
+
+def test_runs_idle_longer_than_the_retention_leave_the_registry(run: str) -> None:
+    """A store of its own: the registry is global, and pruning it is what is tested."""
+    now = time.time()
+    then = now - 2 * RETENTION_S
+    old, fresh = f"{run}-old", f"{run}-new"
+    with LocalRedis() as srv:
+        admin = redis.Redis.from_url(srv.url)
+        try:
+            # Written two retentions ago, when it was fresh.
+            write_all(srv.url, [activity(old, then)], flush_every=1, clock=lambda: then)
+            with MetricsReader.from_url(srv.url) as everything:
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(old, then)]
+            # Before any write prunes it, a reader given the retention hides it already.
+            settings = Settings(redis_url=srv.url, retention_s=RETENTION_S)
+            with MetricsReader.from_settings(settings) as current:
+                assert current.runs() == []
+                assert [r.run for r in current.runs(now=then + 1)] == [old]
+
+            write_all(srv.url, [activity(fresh, now)], flush_every=1)
+            with MetricsReader.from_url(srv.url) as everything:
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(fresh, now)]
+                assert 0 < admin.ttl(KEYS.runs()) <= RETENTION_S  # an idle store empties
+
+                # Its keys' TTLs ran on the server's clock, not the test's: expire them now.
+                admin.delete(*admin.scan_iter(match=KEYS.run_pattern(old)))
+                # A replay of the expired run rewrites its keys (they expire again) but does
+                # not list it again; an older message of a live run does not move it back.
+                write_all(
+                    srv.url, [activity(old, then, step=1), activity(fresh, now - 60, step=1)], 1
+                )
+                assert [(r.run, r.last_activity) for r in everything.runs()] == [(fresh, now)]
+                assert [p.step for p in everything.series(old, "loss").points] == [1]
+                assert 0 < admin.ttl(KEYS.series(old, "step", 0, "loss")) <= RETENTION_S
+        finally:
+            admin.close()

@@ -153,3 +153,35 @@ def test_suppressed_alerts_are_stored_but_not_published() -> None:
     plan.add_alert(Alert(status="firing", **{**base, "fingerprint": "f10"}))
     assert [a.channel for a in plan.alerts] == ["", keys.alerts_channel("r")]
     assert [a.fingerprint for a in plan.alerts] == ["f9", "f10"]
+
+
+def test_registry_adds_fresh_runs_drops_idle_ones_and_expires_with_the_retention() -> None:
+    keys = RedisKeys()
+    plan = WritePlan(keys)
+    plan.add_window_update(update(0, 1.0, 1_000.0))
+    plan.add_window_update(update(1, 1.0, 1_050.0))
+    now, retention = 1_100.0, 500
+    assert plan.registry_commands(now, retention) == [
+        ("zadd", (keys.runs(), {"r": 1_050.0}), {"gt": True}),
+        # exclusive: a run active exactly at the cutoff stays, as readers list it
+        ("zremrangebyscore", (keys.runs(), "-inf", "(600.0")),
+        ("expire", (keys.runs(), 500)),
+    ]
+
+
+def test_registry_does_not_list_again_a_run_replayed_after_its_retention() -> None:
+    keys = RedisKeys()
+    plan = WritePlan(keys)
+    plan.add_batch(batch(0, range(3), t0=100.0))  # newest activity 102.0
+    commands = plan.registry_commands(now=10_000.0, retention_s=1_000)
+    assert [c[0] for c in commands] == ["zremrangebyscore", "expire"]
+    assert commands[0] == ("zremrangebyscore", (keys.runs(), "-inf", "(9000.0"))
+    # The per-run keys are still written (idempotent, and they expire again).
+    assert keys.series("r", "step", 0, "loss") in plan.expiring_keys()
+    # At the cutoff exactly, the run is still fresh.
+    at_cutoff = plan.registry_commands(now=1_102.0, retention_s=1_000)
+    assert at_cutoff[0] == ("zadd", (keys.runs(), {"r": 102.0}), {"gt": True})
+
+
+def test_a_plan_without_run_activity_leaves_the_registry_alone() -> None:
+    assert WritePlan(RedisKeys()).registry_commands(now=1.0, retention_s=10) == []
