@@ -143,12 +143,15 @@ class LivenessParams:
     """Parameters of `LivenessDetector`.
 
     heartbeat_interval_s: how often a rank sends something (a heartbeat at least).
-    dead_after: a rank silent this many intervals is dead.
+    dead_after: a rank silent this many intervals is dead. 2.5 keeps the alert within 3
+        intervals of the death (the timer and the pipeline add about 0.3 interval) while a
+        live rank, whose apparent silence is at most about one interval plus its delivery
+        jitter, stays 1.5 intervals clear of it.
     hung_after_s: a rank that is heard from but whose step has not moved this long is hung.
     """
 
     heartbeat_interval_s: float = 2.0
-    dead_after: float = 3.0
+    dead_after: float = 2.5
     hung_after_s: float = 120.0
 
 

@@ -160,3 +160,13 @@ def test_nonfinite_origin_settles_on_timeout_without_every_rank() -> None:
     assert not stage.process(summary(0, {7: {}}, world=2, nonfinite=[point]), 10.0).alerts
     assert stage.tick(11.0) == []
     assert [(a.rule, a.rank) for a in stage.tick(13.5)] == [("nonfinite_origin", 0)]
+
+
+def test_dead_after_default_is_two_and_a_half_intervals() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=2.0))
+    for rank in range(2):
+        d.seen("r", rank, 2, 1, 0.0)
+    d.seen("r", 0, 2, 2, 4.9)
+    assert d.tick(4.99) == []
+    d.seen("r", 0, 2, 3, 5.0)
+    assert [(f.rank, f.evidence["threshold"]) for f in d.tick(5.0)] == [(1, 5.0)]
