@@ -206,7 +206,7 @@ class RunStage:
 
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.
-        (Their ends come with the summaries: see `process`.)"""
+        A dead or hung rank's end comes with its next summary instead: see `process`."""
         flags = self.liveness.tick(now) + self.origin.tick(now)
         raised = self._clock()
         return [flag_to_alert(f, raised) for f in flags]
