@@ -1,13 +1,16 @@
 """Flags, their episodes, and the one place a flag becomes an alert message.
 
-A detector reports a condition as a Flag when an episode starts; `Episodes` keeps which
-(detector, run, rank, metric) conditions are open so a condition that holds for many
-points is reported once and re-arms when it clears. The alerting lifecycle (pending,
-firing, resolved) is built later on top of `flag_to_alert`.
+A detector reports a condition twice: a Flag when an episode starts and a Flag with
+``cleared=True`` when it ends because the condition stopped holding. `Episodes` keeps which
+(detector, run, rank, metric) conditions are open, with the flag that opened each, so a
+condition that holds for many points is reported once, re-arms when it clears, and its end
+names exactly what its start named (the alert fingerprint is computed from those fields).
+The alerting lifecycle (pending, firing, resolved) is built later on top of `flag_to_alert`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -47,33 +50,53 @@ def evidence(
     return {"value": value, "baseline": baseline, "threshold": threshold, "window": window, **extra}
 
 
+def moment(step: int | None, t: float) -> str:
+    """Where a point lies, for summaries: ``step 230``, or its event time without a step."""
+    return f"step {step}" if step is not None else f"t={t:.3f}"
+
+
+def cleared_flag(
+    opening: Flag,
+    step: int | None,
+    t: float,
+    summary: str,
+    evidence: dict[str, float | None],
+) -> Flag:
+    """The flag reporting that the episode `opening` started has ended at (`step`, `t`).
+
+    Detector, run, rank, metric and severity are the opening flag's, so the end resolves
+    the very alert the start raised whatever the detector would name now (e.g. the laggard
+    rank of a desync may have changed since).
+    """
+    return dataclasses.replace(
+        opening, step=step, t=t, summary=summary, evidence=evidence, cleared=True
+    )
+
+
 class Episodes:
-    """Open episodes by key: `start` is True only for the first point of an episode."""
+    """Open episodes by key, each with the flag that opened it.
+
+    A detector checks `is_open` before building a flag (so a condition that holds for many
+    points builds one flag), opens the episode with `start`, and calls `end` when the
+    condition stops holding: `end` hands back the opening flag, for `cleared_flag`.
+    """
 
     __slots__ = ("_open",)
 
     def __init__(self) -> None:
-        self._open: set[Hashable] = set()
+        self._open: dict[Hashable, Flag] = {}
 
-    def start(self, key: Hashable) -> bool:
-        """Mark `key` open; True if it was closed (a new episode begins)."""
-        if key in self._open:
-            return False
-        self._open.add(key)
-        return True
+    def start(self, key: Hashable, flag: Flag) -> Flag:
+        """Open the episode of `key` with `flag` (the first flag of the episode); return it."""
+        self._open[key] = flag
+        return flag
 
-    def begins(self, key: Hashable, holds: bool) -> bool:
-        """Track whether the condition of `key` holds; True only when an episode starts
-        now (it holds and did not before). A condition that stops holding re-arms."""
-        if not holds:
-            self.end(key)
-            return False
-        return self.start(key)
-
-    def end(self, key: Hashable) -> None:
-        """Close the episode of `key`, if open; the next `start` reports again."""
-        if self._open:
-            self._open.discard(key)
+    def end(self, key: Hashable) -> Flag | None:
+        """Close the episode of `key`; the flag that opened it, or None if none was open.
+        Callers that close for bookkeeping (state forgotten) ignore the result."""
+        if not self._open:  # the common case on every healthy point: nothing open at all
+            return None
+        return self._open.pop(key, None)
 
     def is_open(self, key: Hashable) -> bool:
         """True while the episode of `key` is open."""

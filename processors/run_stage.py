@@ -133,8 +133,8 @@ class RunStage:
         run, rank = summary.run, summary.rank
         state = self._runs.setdefault(run, _RunState())
         state.world = max(state.world, summary.world)
-        flags: list[Flag] = []
-        self.liveness.seen(run, rank, summary.world, summary.last_step, now)
+        # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
+        flags: list[Flag] = self.liveness.seen(run, rank, summary.world, summary.last_step, now)
         for point in summary.nonfinite:
             for metric, value in point.values.items():
                 flag = self.origin.nonfinite(
@@ -205,7 +205,8 @@ class RunStage:
         return {self._quality_name: out}
 
     def tick(self, now: float) -> list[Alert]:
-        """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins."""
+        """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.
+        A dead or hung rank's end comes with its next summary instead: see `process`."""
         flags = self.liveness.tick(now) + self.origin.tick(now)
         raised = self._clock()
         return [flag_to_alert(f, raised) for f in flags]

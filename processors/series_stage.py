@@ -51,25 +51,6 @@ from stepstream.contract import (
 )
 from stepstream.keys import step_window_name, time_window_name
 
-
-def nonfinite_cleared(
-    run: str, rank: int, metric: str, step: int | None, t: float, value: float
-) -> Flag:
-    """The end of a non-finite episode of one series."""
-    return Flag(
-        detector="nonfinite",
-        run=run,
-        rank=rank,
-        metric=metric,
-        step=step,
-        t=t,
-        severity="critical",
-        summary=f"{metric} is finite again on rank {rank} of run {run}",
-        evidence={"value": value},
-        cleared=True,
-    )
-
-
 __all__ = ["SeriesStage", "StageResult", "fingerprint", "flag_to_alert"]
 
 #: Record kinds whose values are not series to window (free-text logs, liveness pings).
@@ -85,8 +66,9 @@ class ValueDetector(Protocol):
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one value; a flag when an episode starts."""
+    ) -> Sequence[Flag]:
+        """Add one value; the flags of episodes it starts and (``cleared``) ends, usually
+        none (an empty tuple, so the common case allocates nothing)."""
         ...
 
 
@@ -323,7 +305,8 @@ class SeriesStage:
             )
         result.summaries = list(summaries.values())
         for flag in flags:
-            if flag.metric is not None and flag.rank is not None:
+            # A cleared flag reports an end, not a finding on this window.
+            if flag.metric is not None and flag.rank is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
         for (_run, _rank), (batch, state, values) in touched.items():
             if values or state.quality_touched:
@@ -388,20 +371,15 @@ class SeriesStage:
                     series.by_time.add(t, value)
                 touched[metric] = value
                 if not isfinite(value) or series.nonfinite:
-                    was_nonfinite = series.nonfinite
                     series.nonfinite = not isfinite(value)
-                    flag = self._nonfinite.observe(run, rank, metric, step, t, value)
-                    if flag is not None:
+                    for flag in self._nonfinite.observe(run, rank, metric, step, t, value):
                         flags.append(flag)
-                        if step is not None:
+                        if not flag.cleared and step is not None:
                             nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
-                    elif was_nonfinite and not series.nonfinite:
-                        # The series is finite again: the alert resolves now, not on a timeout.
-                        flags.append(nonfinite_cleared(run, rank, metric, step, t, value))
                 for detector in series.detectors:
-                    flag = detector.observe(run, rank, metric, step, t, value)
-                    if flag is not None:
-                        flags.append(flag)
+                    found = detector.observe(run, rank, metric, step, t, value)
+                    if found:
+                        flags.extend(found)
                 if series.forward and step is not None:
                     if point is None:
                         point = steps.get(step)
@@ -412,14 +390,15 @@ class SeriesStage:
         state.lost += lost
         result.duplicates += duplicates
         result.lost += lost
-        if lost:
+        if lost or received:
             flag = self._loss.observe_batch(
                 run, rank, state.last_step, state.last_t, lost, received
             )
             if flag is not None:
                 flags.append(flag)
-        elif received:
-            self._loss.observe_batch(run, rank, state.last_step, state.last_t, 0, received)
+            flag = self._errors.advance(run, rank, state.last_step, state.last_t)
+            if flag is not None:
+                flags.append(flag)
         if refused:
             names = sorted(refused)
             self._reject(

@@ -142,9 +142,11 @@ class AlertEngine:
     def resolve_quiet(self, timeout_s: float) -> list[Alert]:
         """Resolve detector alerts with no new signal for `timeout_s` (wall clock).
 
-        Detectors report when an episode starts, not always when it ends; like
-        Alertmanager's resolve_timeout, a detector alert with no fresh evidence for that
-        long is resolved. A new episode fires it again.
+        Detectors report when an episode ends (a cleared flag resolves its alert at once),
+        but some ends are never seen: a run that stops, a dead rank that never returns, a
+        rule whose keep_firing_for outlasts the one cleared signal. Like Alertmanager's
+        resolve_timeout, a detector alert with no fresh evidence for that long is resolved.
+        A new episode fires it again.
         """
         now = self._clock()
         out = []
@@ -250,7 +252,13 @@ class AlertEngine:
         }
         if notice is Notice.RESOLVED:
             status = "resolved"
-            summary = (tracked.last.summary if tracked.last else fallback_summary) or rule.name
+            # A detector's cleared flag says what cleared and when; a condition rule's
+            # resolution repeats what fired.
+            summary = (
+                (fallback_summary if from_detector else "")
+                or (tracked.last.summary if tracked.last else fallback_summary)
+                or rule.name
+            )
         else:
             status = "firing"
             summary = render(rule.summary, context) if rule.summary else fallback_summary
@@ -272,7 +280,7 @@ class AlertEngine:
             description=render(rule.description, context) if rule.description else "",
             labels={k: v for k, v in rule.labels.items() if k != "builtin"},
             evidence=evidence
-            if status == "firing"
+            if status == "firing" or from_detector
             else (tracked.last.evidence if tracked.last else {}),
             action=rule.action if status == "firing" and notice is Notice.FIRING else None,
             suppressed_by=self._suppressed(tracked.labels, fp, self._clock()),

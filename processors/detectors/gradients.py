@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import matches, median
-from processors.flags import Flag, evidence
+from processors.flags import Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,16 @@ class _Series:
         self.history: deque[float] = deque(maxlen=window)
         self.base: float | None = None
         self.age = 0
-        self.open: str | None = None
+        #: The flag that opened the current exploding/vanishing episode, if one is open.
+        self.open: Flag | None = None
         # The band of values that cannot flag until the next baseline refresh.
         self.low = math.inf
         self.high = -math.inf
 
 
 class GradientDetector:
-    """Flags ``exploding_gradients`` and ``vanishing_gradients`` per series (so per layer).
+    """Flags ``exploding_gradients`` and ``vanishing_gradients`` per series (so per layer);
+    an episode clears at the first norm inside the limits again (or of the other kind).
     Delay: the offending record itself."""
 
     name = "gradients"
@@ -67,10 +69,11 @@ class GradientDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one gradient norm; return a flag when an exploding/vanishing episode starts."""
+    ) -> tuple[Flag, ...]:
+        """Add one gradient norm; a flag when an exploding/vanishing episode starts, a
+        cleared flag when one ends (both when a norm jumps from one kind to the other)."""
         if not math.isfinite(value):
-            return None  # the non-finite detector owns these
+            return ()  # the non-finite detector owns these
         p = self.params
         key = (run, rank, metric)
         series = self._series.get(key)
@@ -80,7 +83,7 @@ class GradientDetector:
         series.age -= 1
         if series.low <= value <= series.high and series.age > 0 and series.open is None:
             history.append(value)  # the common case: well inside the healthy band
-            return None
+            return ()
         if series.age <= 0 and len(history) >= p.min_points:
             fresh = median(history)
             series.age, series.base = p.refresh, fresh
@@ -96,27 +99,55 @@ class GradientDetector:
             kind, threshold = self.VANISHING, p.vanish_abs
         elif base is not None and value < base * p.vanish_ratio:
             kind, threshold = self.VANISHING, base * p.vanish_ratio
-        if kind is None:
+        opening = series.open
+        if opening is not None and opening.detector == kind:
+            if kind != self.EXPLODING:
+                history.append(value)
+            return ()  # the episode goes on
+        ended: tuple[Flag, ...] = ()
+        if opening is not None:
             series.open = None
+            ended = (self._cleared(opening, step, t, value, base, len(history)),)
+        if kind is None:
             history.append(value)
-            return None
-        flag = None
-        if series.open != kind:
-            series.open = kind
-            word = "exploding" if kind == self.EXPLODING else "vanishing"
-            shown = "n/a" if base is None else f"{base:.3g}"
-            flag = Flag(
-                detector=kind,
-                run=run,
-                rank=rank,
-                metric=metric,
-                step=step,
-                t=t,
-                severity="critical" if kind == self.EXPLODING else "warning",
-                summary=f"{word} gradient: {metric}={value:.3g} on rank {rank} "
-                f"(rolling median {shown})",
-                evidence=evidence(value, base, threshold, float(len(history))),
-            )
+            return ended
+        word = "exploding" if kind == self.EXPLODING else "vanishing"
+        shown = "n/a" if base is None else f"{base:.3g}"
+        flag = series.open = Flag(
+            detector=kind,
+            run=run,
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=t,
+            severity="critical" if kind == self.EXPLODING else "warning",
+            summary=f"{word} gradient: {metric}={value:.3g} on rank {rank} "
+            f"(rolling median {shown})",
+            evidence=evidence(value, base, threshold, float(len(history))),
+        )
         if kind != self.EXPLODING:
             history.append(value)  # keep the baseline clean of a blow-up
-        return flag
+        return (*ended, flag)
+
+    def _cleared(
+        self, opening: Flag, step: int | None, t: float, value: float, base: float | None, n: int
+    ) -> Flag:
+        """The end of the episode `opening` started, at a norm no longer of its kind."""
+        p = self.params
+        if opening.detector == self.EXPLODING:
+            word = "exploding"
+            limit = p.explode_abs
+            if base is not None and base > 0:
+                limit = min(limit, base * p.explode_ratio)
+        else:
+            word = "vanishing"
+            limit = p.vanish_abs if base is None else max(p.vanish_abs, base * p.vanish_ratio)
+        shown = "n/a" if base is None else f"{base:.3g}"
+        return cleared_flag(
+            opening,
+            step,
+            t,
+            f"{word} gradient on {opening.metric} of rank {opening.rank} cleared at "
+            f"{moment(step, t)}: {value:.3g} (rolling median {shown})",
+            evidence(value, base, limit, float(n)),
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,10 @@ class ErrorBurstParams:
 
 
 class ErrorBurstDetector:
-    """Flags `count` error records of one rank within `window_s` seconds of event time.
-    Delay: the record that completes the burst."""
+    """Flags `count` error records of one rank within `window_s` seconds of event time; the
+    burst clears once `window_s` seconds pass without an error record (seen at the rank's
+    next log record, or at any of its records through `advance`). Delay: the record that
+    completes the burst."""
 
     name = "error_burst"
 
@@ -45,22 +47,18 @@ class ErrorBurstDetector:
         values: dict[str, float],
         text: str | None,
     ) -> Flag | None:
-        """Add one log record; return a flag when a burst episode starts."""
+        """Add one log record; a flag when a burst episode starts, a cleared flag when the
+        record finds the window empty of errors during one."""
         p = self.params
         key = (run, rank)
         times = self._times.setdefault(key, deque())
         level = values.get(p.level_key, p.min_level)
         if level >= p.min_level:
             times.append(t)
-        while times and times[0] <= t - p.window_s:
-            times.popleft()
-        if len(times) < p.count:
-            if not times:
-                self._episodes.end(key)
-            return None
-        if not self._episodes.start(key):
-            return None
-        return Flag(
+        ended = self._expire(key, times, step, t)
+        if ended is not None or len(times) < p.count or self._episodes.is_open(key):
+            return ended
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -71,4 +69,37 @@ class ErrorBurstDetector:
             summary=f"{len(times)} error logs in {p.window_s:g}s on rank {rank}"
             + (f"; last: {text[:200]}" if text else ""),
             evidence=evidence(float(len(times)), None, float(p.count), p.window_s),
+        )
+        return self._episodes.start(key, flag)
+
+    def advance(self, run: str, rank: int, step: int | None, t: float) -> Flag | None:
+        """The rank's event time reached `t` (any record, not only a log): a cleared flag if
+        that empties the window of an open burst. A rank that stops logging errors often
+        logs nothing at all, so waiting for its next log record could wait forever."""
+        times = self._times.get((run, rank))
+        if times is None or not self._episodes.is_open((run, rank)):
+            return None
+        return self._expire((run, rank), times, step, t)
+
+    def _expire(
+        self, key: tuple[str, int], times: deque[float], step: int | None, t: float
+    ) -> Flag | None:
+        """Drop error times older than the window at `t`; the cleared flag when that leaves
+        an open burst without any (an empty window, not merely fewer than `count`, so a
+        burst that goes on at a slower rate stays one episode)."""
+        p = self.params
+        while times and times[0] <= t - p.window_s:
+            times.popleft()
+        if times:
+            return None
+        opening = self._episodes.end(key)
+        if opening is None:
+            return None
+        return cleared_flag(
+            opening,
+            step,
+            t,
+            f"error burst on rank {key[1]} cleared at {moment(step, t)}: no error log in "
+            f"{p.window_s:g}s",
+            evidence(0.0, None, float(p.count), p.window_s),
         )

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 def _word(value: float) -> str:
@@ -18,8 +18,9 @@ def _word(value: float) -> str:
 class NonFiniteDetector:
     """Flags a NaN or ±Infinity value in any metric of a series.
 
-    One flag per episode: a series that stays non-finite is flagged once, and the detector
-    re-arms when the series is finite again. Parameters: none. Delay: the record itself.
+    One flag per episode: a series that stays non-finite is flagged once, and the episode
+    clears (a cleared flag) at its first finite value again. Parameters: none. Delay: the
+    record itself.
     """
 
     name = "nonfinite"
@@ -33,13 +34,26 @@ class NonFiniteDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Return a flag when `value` starts a non-finite episode of its series."""
+    ) -> tuple[Flag, ...]:
+        """A flag when `value` starts a non-finite episode of its series, a cleared flag
+        when it is the first finite value after one."""
         series = (run, rank, metric)
-        if not self._episodes.begins(series, not math.isfinite(value)):
-            return None
-        at = f"step {step}" if step is not None else f"t={t:.3f}"
-        return Flag(
+        if math.isfinite(value):
+            opening = self._episodes.end(series)
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"{metric} is finite again on rank {rank} of run {run} at {moment(step, t)}",
+                    evidence(value, None, None, None, step=_as_float(step)),
+                ),
+            )
+        if self._episodes.is_open(series):
+            return ()
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -47,15 +61,18 @@ class NonFiniteDetector:
             step=step,
             t=t,
             severity="critical",
-            summary=f"{metric} is {_word(value)} on rank {rank} of run {run} at {at}",
-            evidence=evidence(
-                value, None, None, None, step=float(step) if step is not None else None
-            ),
+            summary=f"{metric} is {_word(value)} on rank {rank} of run {run} at {moment(step, t)}",
+            evidence=evidence(value, None, None, None, step=_as_float(step)),
         )
+        return (self._episodes.start(series, flag),)
 
     def is_open(self, run: str, rank: int, metric: str) -> bool:
         """True while the series is in a non-finite episode."""
         return self._episodes.is_open((run, rank, metric))
+
+
+def _as_float(step: int | None) -> float | None:
+    return float(step) if step is not None else None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 def _default_limits() -> dict[str, float]:
@@ -32,8 +32,9 @@ class ResourceParams:
 
 
 class ResourceDetector:
-    """Flags a resource at or above its limit for `sustain` consecutive samples.
-    Delay: `sustain` sampling intervals."""
+    """Flags a resource at or above its limit for `sustain` consecutive samples; it clears
+    at the first sample `hysteresis` points below the limit. Delay: `sustain` sampling
+    intervals."""
 
     name = "resource_pressure"
 
@@ -48,22 +49,34 @@ class ResourceDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one sample; return a flag when a pressure episode starts."""
+    ) -> tuple[Flag, ...]:
+        """Add one sample; a flag when a pressure episode starts, a cleared flag when the
+        value falls `hysteresis` below the limit during one."""
         if not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         limit = p.limits[metric]
         key = (run, rank, metric)
         if value < limit:
             self._streak[key] = 0
-            if value < limit - p.hysteresis:
-                self._episodes.end(key)
-            return None
+            # Hysteresis: a value hovering at the limit must not resolve and re-fire.
+            opening = self._episodes.end(key) if value < limit - p.hysteresis else None
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"{metric} pressure on rank {rank} cleared at {moment(step, t)}: "
+                    f"{value:.1f} (limit {limit:g})",
+                    evidence(value, None, limit, None, clear_below=limit - p.hysteresis),
+                ),
+            )
         streak = self._streak[key] = self._streak.get(key, 0) + 1
-        if streak < p.sustain or not self._episodes.start(key):
-            return None
-        return Flag(
+        if streak < p.sustain or self._episodes.is_open(key):
+            return ()
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -75,3 +88,4 @@ class ResourceDetector:
             f"for {streak} samples",
             evidence=evidence(value, None, limit, float(streak)),
         )
+        return (self._episodes.start(key, flag),)

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import MAD_SCALE, matches, median_mad
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class SpikeParams:
 
 class SpikeDetector:
     """Flags a point whose robust z-score against the rolling median and MAD of the previous
-    `window` points reaches `z`. Delay: the spiking record itself."""
+    `window` points reaches `z`; the episode clears at the first point below `z` again.
+    Delay: the spiking record itself."""
 
     name = "spike"
 
@@ -46,38 +47,53 @@ class SpikeDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one point; return a flag if it starts a spike episode."""
+    ) -> tuple[Flag, ...]:
+        """Add one point; a flag if it starts a spike episode, a cleared flag if it is the
+        first point of the series that no longer spikes."""
         if not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         key = (run, rank, metric)
         history = self._history.get(key)
         if history is None:
             history = self._history[key] = deque(maxlen=p.window)
-        flag = None
-        if len(history) >= p.min_points:
-            med, mad = median_mad(history)
-            scale = max(MAD_SCALE * mad, p.min_rel_scale * abs(med), 1e-12)
-            z = (value - med) / scale
-            if abs(z) >= p.z:
-                if self._episodes.start(key):
-                    flag = Flag(
-                        detector=self.name,
-                        run=run,
-                        rank=rank,
-                        metric=metric,
-                        step=step,
-                        t=t,
-                        severity="warning",
-                        summary=(
-                            f"{metric} spiked to {value:.6g} on rank {rank} (median {med:.6g}, "
-                            f"robust z {z:.1f})"
-                        ),
-                        evidence=evidence(value, med, p.z, float(len(history)), z=z, mad=mad),
-                    )
-                # A spike stays out of its own baseline so a burst does not become normal.
-                return flag
-            self._episodes.end(key)
+        if len(history) < p.min_points:
+            history.append(value)
+            return ()
+        med, mad = median_mad(history)
+        scale = max(MAD_SCALE * mad, p.min_rel_scale * abs(med), 1e-12)
+        z = (value - med) / scale
+        if abs(z) >= p.z:
+            # A spike stays out of its own baseline so a burst does not become normal.
+            if self._episodes.is_open(key):
+                return ()
+            flag = Flag(
+                detector=self.name,
+                run=run,
+                rank=rank,
+                metric=metric,
+                step=step,
+                t=t,
+                severity="warning",
+                summary=(
+                    f"{metric} spiked to {value:.6g} on rank {rank} (median {med:.6g}, "
+                    f"robust z {z:.1f})"
+                ),
+                evidence=evidence(value, med, p.z, float(len(history)), z=z, mad=mad),
+            )
+            return (self._episodes.start(key, flag),)
+        baseline_points = float(len(history))
         history.append(value)
-        return flag
+        opening = self._episodes.end(key)
+        if opening is None:
+            return ()
+        return (
+            cleared_flag(
+                opening,
+                step,
+                t,
+                f"{metric} spike on rank {rank} cleared at {moment(step, t)}: {value:.6g} "
+                f"(median {med:.6g}, robust z {z:.1f})",
+                evidence(value, med, p.z, baseline_points, z=z, mad=mad),
+            ),
+        )

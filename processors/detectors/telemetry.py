@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class TelemetryLossParams:
 
 class TelemetryLossDetector:
     """Flags seq gaps of one publisher (lost records) above `max_fraction` over the last
-    `window_batches` batches. Delay: the batch after the gap."""
+    `window_batches` batches; it clears when the lost fraction over that window is back at
+    or below `max_fraction` (with the default 0: `window_batches` batches without a gap).
+    Delay: the batch after the gap."""
 
     name = "telemetry_loss"
 
@@ -34,7 +36,8 @@ class TelemetryLossDetector:
     def observe_batch(
         self, run: str, rank: int, step: int | None, t: float, lost: int, received: int
     ) -> Flag | None:
-        """Add one batch's counts; return a flag when a loss episode starts."""
+        """Add one batch's counts; a flag when a loss episode starts, a cleared flag when
+        one ends."""
         p = self.params
         key = (run, rank)
         batches = self._batches.setdefault(key, deque(maxlen=p.window_batches))
@@ -42,9 +45,23 @@ class TelemetryLossDetector:
         total_lost = sum(b[0] for b in batches)
         total = total_lost + sum(b[1] for b in batches)
         fraction = total_lost / total if total else 0.0
-        if not self._episodes.begins(key, fraction > p.max_fraction):
+        if fraction <= p.max_fraction:
+            opening = self._episodes.end(key)
+            if opening is None:
+                return None
+            return cleared_flag(
+                opening,
+                step,
+                t,
+                f"telemetry loss from rank {rank} cleared at {moment(step, t)}: "
+                f"{total_lost} records lost in the last {len(batches)} batches",
+                evidence(
+                    fraction, None, p.max_fraction, float(len(batches)), lost=float(total_lost)
+                ),
+            )
+        if self._episodes.is_open(key):
             return None
-        return Flag(
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -58,3 +75,4 @@ class TelemetryLossDetector:
                 fraction, None, p.max_fraction, float(len(batches)), lost=float(total_lost)
             ),
         )
+        return self._episodes.start(key, flag)

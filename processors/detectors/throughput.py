@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,10 @@ class ThroughputParams:
 
 class ThroughputDetector:
     """Flags a sustained throughput drop: the median of the last `recent_points` below the
-    median of the `baseline_points` before them by `drop`. Delay: about recent_points / 2
-    points after the drop."""
+    median of the `baseline_points` before them by `drop`. It clears when the recent median
+    is back at or above that threshold (the baseline follows the series, so a lasting drop
+    becomes the new baseline and clears too). Delay: about recent_points / 2 points after
+    the drop."""
 
     name = "throughput_regression"
 
@@ -44,10 +46,11 @@ class ThroughputDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one point; return a flag when a regression episode starts."""
+    ) -> tuple[Flag, ...]:
+        """Add one point; a flag when a regression episode starts, a cleared flag when the
+        recent median is back above the threshold during one."""
         if not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         key = (run, rank, metric)
         points = self._points.get(key)
@@ -55,14 +58,28 @@ class ThroughputDetector:
             points = self._points[key] = deque(maxlen=p.baseline_points + p.recent_points)
         points.append(value)
         if len(points) < p.recent_points + max(p.recent_points, p.baseline_points // 4):
-            return None
+            return ()
         data = list(points)
         now = median(data[-p.recent_points :])
         base = median(data[: -p.recent_points])
         threshold = base * (1 - p.drop)
-        if not self._episodes.begins(key, now < threshold):
-            return None
-        return Flag(
+        if now >= threshold:
+            opening = self._episodes.end(key)
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"{metric} regression on rank {rank} cleared at {moment(step, t)}: "
+                    f"{now:.4g} against a baseline of {base:.4g}",
+                    evidence(now, base, threshold, float(p.recent_points)),
+                ),
+            )
+        if self._episodes.is_open(key):
+            return ()
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -73,3 +90,4 @@ class ThroughputDetector:
             summary=f"{metric} on rank {rank} fell to {now:.4g} from a baseline of {base:.4g}",
             evidence=evidence(now, base, threshold, float(p.recent_points)),
         )
+        return (self._episodes.start(key, flag),)

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, evidence
+from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class _Best:
 
 
 class PlateauDetector:
-    """Flags a loss whose EMA has not improved for `patience` steps.
-    Delay: `patience` steps after the last improvement."""
+    """Flags a loss whose EMA has not improved for `patience` steps; the plateau clears at
+    the next improvement. Delay: `patience` steps after the last improvement."""
 
     name = "plateau"
 
@@ -53,25 +53,38 @@ class PlateauDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one point; return a flag when a plateau episode starts."""
+    ) -> tuple[Flag, ...]:
+        """Add one point; a flag when a plateau episode starts, a cleared flag when the EMA
+        improves again during one."""
         if step is None or not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         key = (run, rank, metric)
         state = self._state.get(key)
         if state is None:
             self._state[key] = _Best(ema=value, best=value, best_step=step)
-            return None
+            return ()
         state.ema += p.alpha * (value - state.ema)
         if state.ema < state.best - max(p.min_rel_delta * abs(state.best), p.min_abs_delta):
+            previous, stalled = state.best, step - state.best_step
             state.best, state.best_step = state.ema, step
-            self._episodes.end(key)
-            return None
+            opening = self._episodes.end(key)
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"{metric} plateau on rank {rank} cleared at step {step}: EMA "
+                    f"{state.ema:.4g} improved on {previous:.4g} after {stalled} steps",
+                    evidence(state.ema, previous, float(p.patience), float(stalled)),
+                ),
+            )
         stalled = step - state.best_step
-        if stalled < p.patience or not self._episodes.start(key):
-            return None
-        return Flag(
+        if stalled < p.patience or self._episodes.is_open(key):
+            return ()
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -83,6 +96,7 @@ class PlateauDetector:
             f"(best EMA {state.best:.4g} at step {state.best_step})",
             evidence=evidence(state.ema, state.best, float(p.patience), float(stalled)),
         )
+        return (self._episodes.start(key, flag),)
 
 
 @dataclass(frozen=True)
@@ -129,8 +143,8 @@ class _Curve:
 
 class DivergenceDetector:
     """Flags a loss trending up: its EMA above the starting level, or risen by `rise`
-    over its minimum within the last `window` steps. Delay: a few EMA time constants
-    (1/alpha points) after the loss turns."""
+    over its minimum within the last `window` steps; it clears when neither holds any more.
+    Delay: a few EMA time constants (1/alpha points) after the loss turns."""
 
     name = "divergence"
 
@@ -145,10 +159,11 @@ class DivergenceDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add one point; return a flag when a divergence episode starts."""
+    ) -> tuple[Flag, ...]:
+        """Add one point; a flag when a divergence episode starts, a cleared flag when the
+        EMA is back under both limits during one."""
         if step is None or not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         key = (run, rank, metric)
         curve = self._state.setdefault(key, _Curve())
@@ -160,18 +175,35 @@ class DivergenceDetector:
         low = curve.push(step, curve.ema, p.window)
         if len(curve.start) < p.start_points:
             curve.start.append(value)
-            return None
+            return ()
         # The highest early point, not their mean: the EMA starts at the first point and
         # lags a fast early descent, so it would sit above a mean of the early points.
         start = max(curve.start)
         ema = curve.ema
         above = start > 0 and ema > start * p.above_start
         rose = low > 0 and ema > low * (1 + p.rise)
-        if not self._episodes.begins(key, above or rose):
-            return None
+        if not (above or rose):
+            opening = self._episodes.end(key)
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"{metric} divergence on rank {rank} cleared at step {step}: EMA {ema:.4g} "
+                    f"is within {p.above_start:g}x its starting level {start:.4g} and "
+                    f"{p.rise:.0%} of its minimum {low:.4g}",
+                    evidence(
+                        ema, start, start * p.above_start, float(p.window), start=start, minimum=low
+                    ),
+                ),
+            )
+        if self._episodes.is_open(key):
+            return ()
         baseline, threshold = (start, start * p.above_start) if above else (low, low * (1 + p.rise))
         why = "above its starting level" if above else f"up {ema / low - 1:.0%} from its minimum"
-        return Flag(
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -182,6 +214,7 @@ class DivergenceDetector:
             summary=f"{metric} is diverging on rank {rank}: EMA {ema:.4g} is {why}",
             evidence=evidence(ema, baseline, threshold, float(p.window), start=start, minimum=low),
         )
+        return (self._episodes.start(key, flag),)
 
 
 @dataclass(frozen=True)
@@ -210,8 +243,9 @@ class _Fit:
 
 
 class OverfittingDetector:
-    """Flags eval loss rising while train loss falls, judged at each evaluation point.
-    Delay: the evaluation at which eval loss is `rise` above its recent best."""
+    """Flags eval loss rising while train loss falls, judged at each evaluation point; it
+    clears at the first evaluation where that no longer holds. Delay: the evaluation at
+    which eval loss is `rise` above its recent best."""
 
     name = "overfitting"
 
@@ -226,10 +260,10 @@ class OverfittingDetector:
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> Flag | None:
-        """Add a train or eval loss point; eval points may return a flag."""
+    ) -> tuple[Flag, ...]:
+        """Add a train or eval loss point; an eval point may start or clear an episode."""
         if not math.isfinite(value):
-            return None
+            return ()
         p = self.params
         key = (run, rank)
         fit = self._state.setdefault(key, _Fit())
@@ -239,18 +273,40 @@ class OverfittingDetector:
                 if fit.train_ema is None
                 else (fit.train_ema + p.alpha * (value - fit.train_ema))
             )
-            return None
+            return ()
         if fit.train_ema is None:
-            return None
+            return ()
         fit.evals.append((value, fit.train_ema))
         while len(fit.evals) > p.evals:
             fit.evals.popleft()
         best_eval, train_then = min(fit.evals)
         rising = value > best_eval * (1 + p.rise)
         falling = fit.train_ema < train_then * (1 - p.train_drop)
-        if not self._episodes.begins(key, rising and falling):
-            return None
-        return Flag(
+        if not (rising and falling):
+            opening = self._episodes.end(key)
+            if opening is None:
+                return ()
+            return (
+                cleared_flag(
+                    opening,
+                    step,
+                    t,
+                    f"overfitting on rank {rank} cleared at {moment(step, t)}: {p.eval_metric} "
+                    f"{value:.4g} (best {best_eval:.4g}), {p.train_metric} EMA "
+                    f"{train_then:.4g} -> {fit.train_ema:.4g}",
+                    evidence(
+                        value,
+                        best_eval,
+                        best_eval * (1 + p.rise),
+                        float(len(fit.evals)),
+                        train_then=train_then,
+                        train_now=fit.train_ema,
+                    ),
+                ),
+            )
+        if self._episodes.is_open(key):
+            return ()
+        flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -269,3 +325,4 @@ class OverfittingDetector:
                 train_now=fit.train_ema,
             ),
         )
+        return (self._episodes.start(key, flag),)

@@ -169,3 +169,29 @@ def test_detector_alert_without_new_evidence_resolves_after_the_timeout() -> Non
     resolved = e.resolve_quiet(300.0)
     assert [(a.rule, a.status, a.rank) for a in resolved] == [("spike", "resolved", 0)]
     assert e.firing() == []
+
+
+def test_a_detectors_cleared_flag_resolves_its_alert_without_the_timeout() -> None:
+    from processors.alerting.agent import signal_of
+    from processors.detectors import SpikeDetector
+    from processors.flags import flag_to_alert
+
+    now = [1000.0]
+    e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    detector = SpikeDetector()
+    transitions = []
+    for step, loss in enumerate([1.0, 1.01, 1.02] * 10 + [9.0, 1.01]):
+        for flag in detector.observe("r", 1, "loss", step, 100.0 + step, loss):
+            transitions += e.on_signal(signal_of(flag_to_alert(flag, now[0])))
+        now[0] += 0.1  # far less than any resolve timeout
+    assert [(a.rule, a.status, a.rank, a.metric, a.step) for a in transitions] == [
+        ("spike", "firing", 1, "loss", 30),
+        ("spike", "resolved", 1, "loss", 31),
+    ]
+    firing, resolved = transitions
+    assert resolved.fingerprint == firing.fingerprint
+    assert resolved.raised_at - firing.raised_at < 0.2
+    # The resolved notice carries the detector's account of the clearing point.
+    assert resolved.summary.startswith("loss spike on rank 1 cleared at step 31")
+    assert resolved.evidence["value"] == 1.01 and resolved.action is None
+    assert e.firing() == [] and e.resolve_quiet(0.0) == []

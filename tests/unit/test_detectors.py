@@ -1,31 +1,38 @@
-"""Per-series detectors: each fires on its fault, within its documented delay, and stays
-quiet on a noisy but healthy series."""
+"""Per-series detectors: each fires on its fault, within its documented delay, stays quiet
+on a noisy but healthy series, and reports the end of each episode with a cleared flag."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import pytest
 
 from processors.detectors import (
     DivergenceDetector,
+    DivergenceParams,
     ErrorBurstDetector,
+    ErrorBurstParams,
     Flag,
     GradientDetector,
     NonFiniteDetector,
     OverfittingDetector,
+    OverfittingParams,
     PlateauDetector,
     PlateauParams,
     ResourceDetector,
     SpikeDetector,
     TelemetryLossDetector,
+    TelemetryLossParams,
     ThroughputDetector,
+    ThroughputParams,
 )
 from processors.detectors.base import with_overrides
+from processors.series_stage import ValueDetector
 
-Observe = Callable[[str, int, str, int | None, float, float], Flag | None]
+Observe = Callable[[str, int, str, int | None, float, float], Sequence[Flag]]
 
 
 def healthy_loss(rng: random.Random, step: int) -> float:
@@ -33,11 +40,9 @@ def healthy_loss(rng: random.Random, step: int) -> float:
 
 
 def feed(observe: Observe, metric: str, values: Iterable[float], start: int = 0) -> list[Flag]:
-    flags = []
+    flags: list[Flag] = []
     for i, value in enumerate(values, start=start):
-        flag = observe("run", 0, metric, i, 1000.0 + i, value)
-        if flag is not None:
-            flags.append(flag)
+        flags.extend(observe("run", 0, metric, i, 1000.0 + i, value))
     return flags
 
 
@@ -56,8 +61,13 @@ def test_loss_detectors_stay_quiet_on_a_noisy_healthy_run(seed: int) -> None:
 def test_nonfinite_flags_once_per_episode() -> None:
     d = NonFiniteDetector()
     flags = feed(d.observe, "loss", [1.0, math.nan, math.nan, 1.0, math.inf])
-    assert [(f.step, f.severity) for f in flags] == [(1, "critical"), (4, "critical")]
+    assert [(f.step, f.cleared, f.severity) for f in flags] == [
+        (1, False, "critical"),
+        (3, True, "critical"),
+        (4, False, "critical"),
+    ]
     assert_evidence(flags[0])
+    assert flags[1].evidence["value"] == 1.0
 
 
 def test_spike_is_flagged_at_the_spiking_step_with_evidence() -> None:
@@ -65,7 +75,7 @@ def test_spike_is_flagged_at_the_spiking_step_with_evidence() -> None:
     losses = [healthy_loss(rng, s) for s in range(200)]
     losses[150] *= 5
     flags = feed(SpikeDetector().observe, "loss", losses)
-    assert [f.step for f in flags] == [150]
+    assert [(f.step, f.cleared) for f in flags] == [(150, False), (151, True)]
     flag = flags[0]
     assert_evidence(flag)
     assert flag.evidence["value"] == losses[150]
@@ -88,9 +98,11 @@ def test_gradients_explode_and_vanish_per_layer_and_stay_quiet_when_healthy() ->
     assert d.wants("grad_norm/encoder.0") and not d.wants("grad_norm_x")
     blown = [*healthy[:100], 50.0, 60.0, *healthy[100:120], 1e-06, *healthy[120:140]]
     flags = feed(GradientDetector().observe, "grad_norm/layer2", blown)
-    assert [(f.detector, f.step) for f in flags] == [
-        ("exploding_gradients", 100),
-        ("vanishing_gradients", 122),
+    assert [(f.detector, f.step, f.cleared) for f in flags] == [
+        ("exploding_gradients", 100, False),
+        ("exploding_gradients", 102, True),
+        ("vanishing_gradients", 122, False),
+        ("vanishing_gradients", 123, True),
     ]
     for flag in flags:
         assert_evidence(flag)
@@ -131,9 +143,9 @@ def test_overfitting_when_eval_rises_while_train_falls() -> None:
         ev = 1.0 * math.exp(-epoch / 8) + 0.5 + rng.gauss(0, 0.005)
         if epoch >= 20:
             ev += 0.03 * (epoch - 19)  # turns up at epoch 20
-        flag = d.observe("run", 0, "eval_loss", step, float(step), ev)
-        if flag:
-            flags.append(flag)
+        found = d.observe("run", 0, "eval_loss", step, float(step), ev)
+        if found:
+            flags.extend(found)
             assert epoch <= 24
     assert len(flags) == 1 and flags[0].metric == "eval_loss"
     assert_evidence(flags[0])
@@ -150,7 +162,7 @@ def test_overfitting_quiet_when_both_fall() -> None:
             )
             step += 1
         ev = math.exp(-epoch / 8) + 0.5 + rng.gauss(0, 0.005)
-        assert d.observe("run", 0, "eval_loss", step, float(step), ev) is None
+        assert d.observe("run", 0, "eval_loss", step, float(step), ev) == ()
 
 
 def test_throughput_regression_and_healthy() -> None:
@@ -170,7 +182,7 @@ def test_resource_pressure_sustained_only() -> None:
     assert feed(d.observe, "sys/host_mem_pct", [min(v, 94.0) for v in healthy]) == []
     assert feed(d.observe, "sys/gpu_mem_pct", [96, 90, 97, 91]) == []  # blips
     flags = feed(d.observe, "sys/disk_pct", [90, 96, 97, 98, 99])
-    assert [f.step for f in flags] == [3]
+    assert [(f.step, f.cleared) for f in flags] == [(3, False)]
     assert_evidence(flags[0])
 
 
@@ -202,3 +214,218 @@ def test_one_spike_is_not_a_divergence() -> None:
     losses = [healthy_loss(rng, s) for s in range(200)]
     losses[50] *= 20
     assert feed(DivergenceDetector().observe, "loss", losses) == []
+
+
+# Episodes end with a cleared flag -------------------------------------------------------
+
+
+def flat(n: int, level: float = 1.0, seed: int = 0) -> list[float]:
+    """`n` points of small noise around `level`."""
+    rng = random.Random(seed)
+    return [level * (1 + rng.gauss(0, 0.01)) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A series whose condition starts, clears and starts again, and what it must give:
+    (cleared, step) per flag, in order, and each flag's evidence value (the point itself,
+    or the statistic the detector judges)."""
+
+    name: str
+    make: Callable[[], ValueDetector]
+    metric: str
+    values: list[float]
+    expected: list[tuple[bool, int]]
+    detector: str
+    reported: list[float] | None = None  # None: the points at the expected steps
+
+
+PLATEAU = PlateauParams(alpha=1.0, patience=20)  # EMA = value: exact steps
+DIVERGENCE = DivergenceParams(alpha=1.0, median_of=1, start_points=3, rise=10.0)
+THROUGHPUT = ThroughputParams(baseline_points=20, recent_points=4)
+
+EPISODES = [
+    Episode(
+        "spike",
+        SpikeDetector,
+        "loss",
+        [*flat(30), 5.0, *flat(20, seed=1), 5.0],
+        [(False, 30), (True, 31), (False, 51)],
+        "spike",
+    ),
+    Episode(
+        "exploding",
+        GradientDetector,
+        "grad_norm/layer1",
+        [*flat(20), 50.0, *flat(19, seed=1), 50.0],
+        [(False, 20), (True, 21), (False, 40)],
+        "exploding_gradients",
+    ),
+    Episode(
+        "vanishing",
+        GradientDetector,
+        "grad_norm",
+        [*flat(20), 1e-6, *flat(19, seed=1), 1e-6],
+        [(False, 20), (True, 21), (False, 40)],
+        "vanishing_gradients",
+    ),
+    Episode(
+        "plateau",
+        lambda: PlateauDetector(PLATEAU),
+        "loss",
+        # flat from step 0: stalled 20 steps at step 20; improves at 25; flat again
+        [1.0] * 25 + [0.5] * 21,
+        [(False, 20), (True, 25), (False, 45)],
+        "plateau",
+    ),
+    Episode(
+        "divergence",
+        lambda: DivergenceDetector(DIVERGENCE),
+        "loss",
+        [1.0] * 10 + [2.0] + [1.0] * 9 + [2.0],
+        [(False, 10), (True, 11), (False, 20)],
+        "divergence",
+    ),
+    Episode(
+        "throughput",
+        lambda: ThroughputDetector(THROUGHPUT),
+        "samples_per_s",
+        # the recent median (4 points) drops below 70 % of 100 at the third slow point,
+        # is back at (50, 50, 100, 100) -> 75, and drops again
+        [100.0] * 20 + [50.0] * 3 + [100.0] * 7 + [50.0] * 3,
+        [(False, 22), (True, 24), (False, 32)],
+        "throughput_regression",
+        reported=[50.0, 75.0, 50.0],  # recent medians
+    ),
+    Episode(
+        "resource",
+        ResourceDetector,
+        "sys/disk_pct",
+        # 94 is under the limit but within the hysteresis: the episode goes on until 92
+        [90.0, 96, 97, 98, 94, 92, 96, 97, 98],
+        [(False, 3), (True, 5), (False, 8)],
+        "resource_pressure",
+    ),
+    Episode(
+        "nonfinite",
+        NonFiniteDetector,
+        "loss",
+        [1.0, math.nan, math.inf, 1.0, 1.0, -math.inf],
+        [(False, 1), (True, 3), (False, 5)],
+        "nonfinite",
+    ),
+]
+
+
+def check_episode(flags: list[Flag], expected: list[tuple[bool, int]], detector: str) -> None:
+    """Flags match `expected` and all name the same (detector, run, rank, metric) and
+    severity; cleared ones say so and carry the usual evidence."""
+    assert [(f.cleared, f.step) for f in flags] == expected
+    assert {(f.detector, f.run, f.rank, f.metric, f.severity) for f in flags} == {
+        (detector, flags[0].run, flags[0].rank, flags[0].metric, flags[0].severity)
+    }
+    for flag in flags:
+        assert_evidence(flag)
+        if flag.cleared:
+            assert "cleared" in flag.summary or "again" in flag.summary, flag.summary
+            assert f"step {flag.step}" in flag.summary, flag.summary
+
+
+@pytest.mark.parametrize("case", EPISODES, ids=lambda c: c.name)
+def test_an_episode_starts_clears_and_starts_again(case: Episode) -> None:
+    detector = case.make()
+    flags = feed(detector.observe, case.metric, case.values)
+    check_episode(flags, case.expected, case.detector)
+    assert flags[0].metric == case.metric
+    assert [f.t for f in flags] == [1000.0 + step for _, step in case.expected]
+    reported = case.reported or [case.values[step] for _, step in case.expected]
+    assert [repr(f.evidence["value"]) for f in flags] == [repr(v) for v in reported]
+
+
+def test_episode_values_of_smoothed_detectors() -> None:
+    # Detectors that judge a statistic report that statistic, not the raw point.
+    plateau = feed(PlateauDetector(PLATEAU).observe, "loss", [1.0] * 25 + [0.5])
+    assert [(f.cleared, f.evidence["value"], f.evidence["baseline"]) for f in plateau] == [
+        (False, 1.0, 1.0),
+        (True, 0.5, 1.0),
+    ]
+    slow = [100.0] * 20 + [50.0] * 3 + [100.0] * 2
+    throughput = feed(ThroughputDetector(THROUGHPUT).observe, "samples_per_s", slow)
+    assert [(f.cleared, f.evidence["value"], f.evidence["threshold"]) for f in throughput] == [
+        (False, 50.0, 70.0),
+        (True, 75.0, 70.0),
+    ]
+
+
+@pytest.mark.parametrize("case", EPISODES, ids=lambda c: c.name)
+def test_no_cleared_flag_without_an_episode(case: Episode) -> None:
+    # Healthy points (here those before the first start; above, the noisy healthy runs)
+    # take the branch that would end an episode: with none open it must give nothing.
+    first = case.expected[0][1]
+    detector = case.make()
+    assert feed(detector.observe, case.metric, case.values[:first]) == []
+
+
+def test_exploding_then_vanishing_ends_one_episode_and_starts_the_other() -> None:
+    flags = feed(GradientDetector().observe, "grad_norm", [*flat(20), 50.0, 1e-6, 1.0])
+    assert [(f.detector, f.cleared, f.step) for f in flags] == [
+        ("exploding_gradients", False, 20),
+        ("exploding_gradients", True, 21),
+        ("vanishing_gradients", False, 21),
+        ("vanishing_gradients", True, 22),
+    ]
+    assert [f.severity for f in flags] == ["critical", "critical", "warning", "warning"]
+
+
+def test_overfitting_starts_clears_and_starts_again() -> None:
+    d = OverfittingDetector(OverfittingParams(alpha=1.0))
+    evals = [1.0, 0.9, 0.8, 0.9, 0.7, 0.9]  # up at 3, a new best at 4, up again at 5
+    flags: list[Flag] = []
+    for epoch, ev in enumerate(evals):
+        step = 10 * epoch
+        assert d.observe("run", 0, "loss", step, float(step), 1.0 - 0.05 * epoch) == ()
+        flags += d.observe("run", 0, "eval_loss", step, float(step), ev)
+    check_episode(flags, [(False, 30), (True, 40), (False, 50)], "overfitting")
+    assert flags[0].metric == "eval_loss"
+    assert [(f.evidence["value"], f.evidence["baseline"]) for f in flags] == [
+        (0.9, 0.8),
+        (0.7, 0.7),
+        (0.9, 0.7),
+    ]
+
+
+def test_error_burst_starts_clears_and_starts_again() -> None:
+    d = ErrorBurstDetector(ErrorBurstParams(window_s=10.0, count=3))
+    flags: list[Flag] = []
+    for t, level in [(0, 40), (1, 40), (2, 40), (5, 40), (16, 20), (20, 40), (21, 40), (22, 40)]:
+        flag = d.observe_log("run", 1, t, float(t), {"level": level}, "boom")
+        flags += [flag] if flag else []
+    # Started by the third error; the info log at 16 finds no error since 6; again at 22.
+    check_episode(flags, [(False, 2), (True, 16), (False, 22)], "error_burst")
+    assert flags[1].evidence["value"] == 0.0
+
+
+def test_error_burst_clears_on_any_record_of_the_rank() -> None:
+    d = ErrorBurstDetector(ErrorBurstParams(window_s=10.0, count=3))
+    assert d.advance("run", 1, 0, 0.0) is None  # nothing known of the rank
+    flags = [d.observe_log("run", 1, t, float(t), {}, None) for t in range(3)]
+    assert [f is not None for f in flags] == [False, False, True]
+    assert d.advance("run", 1, 11, 11.9) is None  # the error at t=2 is still in the window
+    cleared = d.advance("run", 1, 12, 12.0)
+    assert cleared is not None and (cleared.cleared, cleared.step, cleared.t) == (True, 12, 12.0)
+    assert d.advance("run", 1, 13, 13.0) is None  # one end per episode
+
+
+def test_telemetry_loss_starts_clears_and_starts_again() -> None:
+    d = TelemetryLossDetector(TelemetryLossParams(window_batches=3))
+    flags: list[Flag] = []
+    for step, lost in enumerate([0, 2, 0, 0, 0, 1]):
+        flag = d.observe_batch("run", 0, step, float(step), lost, 10)
+        flags += [flag] if flag else []
+    # Lost at batch 1; the window of 3 batches has none from batch 4; lost again at 5.
+    check_episode(flags, [(False, 1), (True, 4), (False, 5)], "telemetry_loss")
+    assert [(f.evidence["value"], f.evidence["lost"]) for f in flags] == [
+        (2 / 22, 2.0),
+        (0.0, 0.0),
+        (1 / 31, 1.0),
+    ]

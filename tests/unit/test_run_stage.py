@@ -10,9 +10,11 @@ import statistics
 from processors.detectors import (
     DesyncDetector,
     DPMismatchDetector,
+    Flag,
     LivenessDetector,
     LivenessParams,
     StragglerDetector,
+    StragglerParams,
 )
 from processors.run_stage import RunStage, crossrank_stats
 from stepstream.contract import RankSummary, StepPoint
@@ -160,3 +162,169 @@ def test_nonfinite_origin_settles_on_timeout_without_every_rank() -> None:
     assert not stage.process(summary(0, {7: {}}, world=2, nonfinite=[point]), 10.0).alerts
     assert stage.tick(11.0) == []
     assert [(a.rule, a.rank) for a in stage.tick(13.5)] == [("nonfinite_origin", 0)]
+
+
+# Episodes end with a cleared flag -------------------------------------------------------
+
+
+def check_episode(flags: list[Flag], expected: list[tuple[bool, int]], detector: str) -> None:
+    """Flags are `expected` (cleared, step) in order and all name one (detector, run, rank,
+    metric) and severity, so the cleared flag resolves the very alert the start raised."""
+    assert [(f.cleared, f.step) for f in flags] == expected
+    assert len({(f.detector, f.run, f.rank, f.metric, f.severity) for f in flags}) == 1
+    assert flags[0].detector == detector
+    for flag in flags:
+        assert {"value", "baseline", "threshold", "window"} <= set(flag.evidence)
+        if flag.cleared:
+            assert "cleared" in flag.summary or "again" in flag.summary, flag.summary
+
+
+def fixed_times(slow: int | None) -> dict[int, dict[str, float]]:
+    return {r: {"data_time": 0.22 if r == slow else 0.02, "compute_time": 0.08} for r in range(3)}
+
+
+def test_straggler_starts_clears_and_starts_again() -> None:
+    d = StragglerDetector(StragglerParams(window=5, min_points=3))
+    flags: list[Flag] = []
+    for step in range(18):
+        slow = 1 if 5 <= step < 10 or step >= 15 else None
+        flags += d.observe_step("r", step, float(step), fixed_times(slow))
+    # Rank 1's median over 5 steps is slow once 3 of them are: steps 7 and 17; it is back
+    # to normal once 3 are normal again: step 12.
+    check_episode(flags, [(False, 7), (True, 12), (False, 17)], "straggler")
+    assert {f.rank for f in flags} == {1}
+    assert [(f.evidence["value"], f.evidence["baseline"]) for f in flags] == [
+        (0.22 + 0.08, 0.02 + 0.08),
+        (0.02 + 0.08, 0.02 + 0.08),
+        (0.22 + 0.08, 0.02 + 0.08),
+    ]
+
+
+def test_desync_clear_names_the_rank_it_flagged() -> None:
+    d = DesyncDetector()
+    flags = [
+        d.observe("r", float(t), steps)
+        for t, steps in enumerate(
+            [
+                {0: 100, 1: 90},
+                {0: 200, 1: 120},  # rank 1 lags by 80
+                {0: 205, 1: 170},  # 35 apart, within 50: cleared
+                {0: 205, 1: 210},  # rank 0 lags now, by 5: nothing open, nothing to clear
+                {0: 300, 1: 240},
+            ]
+        )
+    ]
+    got = [f for f in flags if f is not None]
+    check_episode(got, [(False, 120), (True, 170), (False, 240)], "rank_desync")
+    assert [f.rank for f in got] == [1, 1, 1]
+    assert [f.evidence["value"] for f in got] == [80.0, 35.0, 60.0]
+
+
+def test_desync_clear_reports_the_flagged_rank_even_when_another_lags() -> None:
+    d = DesyncDetector()
+    assert d.observe("r", 0.0, {0: 200, 1: 120, 2: 199}) is not None
+    cleared = d.observe("r", 1.0, {0: 200, 1: 210, 2: 199})  # rank 2 is the laggard now
+    assert cleared is not None and cleared.cleared
+    assert (cleared.rank, cleared.step, cleared.t) == (1, 210, 1.0)
+
+
+def test_dp_mismatch_starts_clears_and_starts_again() -> None:
+    d = DPMismatchDetector()
+    same = {r: {"grad_norm": 1.5} for r in range(4)}
+    bad = {**same, 3: {"grad_norm": 1.6}}
+    flags = [
+        d.observe_step("r", step, float(step), ranks)
+        for step, ranks in enumerate([same, bad, bad, same, same, bad])
+    ]
+    got = [f for f in flags if f is not None]
+    check_episode(got, [(False, 1), (True, 3), (False, 5)], "dp_mismatch")
+    assert [f.rank for f in got] == [3, 3, 3]
+    assert [(f.evidence["value"], f.evidence["baseline"]) for f in got] == [
+        (1.6, 1.5),
+        (1.5, 1.5),
+        (1.6, 1.5),
+    ]
+
+
+def test_dead_rank_clears_when_heard_from_and_dies_again() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=1.0, hung_after_s=100))
+    flags: list[Flag] = []
+    for now in range(20):
+        for rank in range(2):
+            if rank == 1 and (5 < now < 10 or now > 12):
+                continue  # silent after t=5, back at t=10, silent again after t=12
+            flags += d.seen("r", rank, 2, now, float(now))
+        flags += d.tick(now + 0.5)
+    # Default dead_after 2.5 intervals: silent since 5, dead at the tick of 7.5; heard
+    # from at 10 (its step then); silent since 12, dead at 14.5.
+    check_episode(flags, [(False, 5), (True, 10), (False, 12)], "dead_rank")
+    assert {f.rank for f in flags} == {1}
+    assert [(f.t, f.evidence["value"]) for f in flags] == [(5.0, 2.5), (10.0, 5.0), (12.0, 2.5)]
+    assert flags[1].evidence["threshold"] == 2.5
+
+
+def test_hung_rank_clears_when_its_step_moves() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=1.0, hung_after_s=10))
+    flags: list[Flag] = []
+    for now in range(30):
+        flags += d.seen("r", 0, 2, now, float(now))
+        flags += d.seen("r", 1, 2, min(now, 3) if now < 16 else 4, float(now))  # stuck at 3, 4
+        flags += d.tick(now + 0.5)
+    # Step 3 since t=3: hung at the tick of 13.5; moves at 16; stuck at 4, hung at 26.5.
+    check_episode(flags, [(False, 3), (True, 4), (False, 4)], "hung_rank")
+    assert [(f.rank, f.t) for f in flags] == [(1, 13.0), (1, 16.0), (1, 26.0)]
+    assert flags[1].evidence["value"] == 13.0  # stuck 13 s before the step moved
+
+
+def test_a_forgotten_run_gives_no_cleared_flag() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=1.0))
+    for now in range(10):
+        d.seen("r", 0, 2, now, float(now))
+        if now <= 5:
+            d.seen("r", 1, 2, now, float(now))
+    assert [(f.detector, f.rank) for f in d.tick(9.0)] == [("dead_rank", 1)]
+    assert d.tick(40.0) == []  # every rank silent for 10x dead_after: the run is forgotten
+    assert d.seen("r", 1, 2, 50, 41.0) == []  # back, but its alert is not this episode's
+    assert d.seen("r", 0, 2, 50, 41.0) == []
+
+
+def test_dead_after_default_is_two_and_a_half_intervals() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=2.0))
+    for rank in range(2):
+        d.seen("r", rank, 2, 1, 0.0)
+    d.seen("r", 0, 2, 2, 4.9)
+    assert d.tick(4.99) == []
+    d.seen("r", 0, 2, 3, 5.0)
+    assert [(f.rank, f.evidence["threshold"]) for f in d.tick(5.0)] == [(1, 5.0)]
+
+
+def test_run_stage_turns_a_dead_rank_return_into_a_resolved_alert() -> None:
+    stage = RunStage(heartbeat_interval_s=1.0, clock=lambda: 7.0)
+    for now in range(6):
+        for rank in range(2):
+            stage.process(summary(rank, {now: {"loss": 1.0}}, world=2), float(now))
+    stage.process(summary(0, {6: {"loss": 1.0}}, world=2), 6.0)
+    stage.process(summary(0, {7: {"loss": 1.0}}, world=2), 7.0)
+    fired = stage.tick(7.6)
+    assert [(a.rule, a.rank, a.status) for a in fired] == [("dead_rank", 1, "firing")]
+    back = stage.process(summary(1, {8: {"loss": 1.0}}, world=2), 8.0).alerts
+    assert [(a.rule, a.rank, a.status, a.step) for a in back] == [("dead_rank", 1, "resolved", 8)]
+    assert back[0].fingerprint == fired[0].fingerprint
+    assert "heard from again" in back[0].summary
+    assert stage.tick(8.2) == []
+
+
+def test_run_stage_resolves_a_straggler_through_the_finished_steps() -> None:
+    stage = RunStage(
+        detector_params={"straggler": {"window": 5, "min_points": 3}}, clock=lambda: 0.0
+    )
+    alerts = []
+    for step in range(13):
+        slow = 1 if 5 <= step < 10 else None
+        for rank, values in fixed_times(slow).items():
+            alerts += stage.process(summary(rank, {step: values}, world=3), 0.0).alerts
+    assert [(a.rule, a.rank, a.status, a.step) for a in alerts] == [
+        ("straggler", 1, "firing", 7),
+        ("straggler", 1, "resolved", 12),
+    ]
+    assert alerts[0].fingerprint == alerts[1].fingerprint

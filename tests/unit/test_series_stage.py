@@ -71,9 +71,14 @@ def test_nan_raises_one_alert_per_episode_and_rearms() -> None:
     assert "NaN" in alert.summary and "rank 1" in alert.summary
     still = s.process(batch([rec(2, 2, loss=math.nan)], rank=1))
     assert still.alerts == []
-    s.process(batch([rec(3, 3, loss=0.5)], rank=1))
+    finite = s.process(batch([rec(3, 3, loss=0.5)], rank=1))
+    assert [(a.rule, a.status, a.step, a.fingerprint) for a in finite.alerts] == [
+        ("nonfinite", "resolved", 3, alert.fingerprint)
+    ]
+    assert finite.alerts[0].evidence["value"] == 0.5
+    assert finite.update is not None and finite.update.windows["5steps"]["loss"].flags is None
     again = s.process(batch([rec(4, 4, loss=math.inf)], rank=1))
-    assert [a.step for a in again.alerts] == [4]
+    assert [(a.step, a.status) for a in again.alerts] == [(4, "firing")]
 
 
 def test_ranks_are_separate_series() -> None:
@@ -181,3 +186,62 @@ def test_stats_rate_limit_holds_back_and_flush_delivers() -> None:
     now[0] = 100.6  # a flagged series is computed at once
     nan = s.process(batch([rec(2, 2, loss=math.nan)]))
     assert nan.update is not None and nan.update.windows["5steps"]["loss"].nonfinite == 1
+
+
+def test_spike_alert_resolves_at_the_next_normal_point() -> None:
+    s = stage()
+    s.process(batch([rec(i, i, loss=1.0 + 0.01 * (i % 3)) for i in range(25)]))
+    spiked = s.process(batch([rec(25, 25, loss=9.0)]))
+    assert [(a.rule, a.status, a.rank, a.metric, a.step) for a in spiked.alerts] == [
+        ("spike", "firing", 0, "loss", 25)
+    ]
+    assert spiked.update is not None and spiked.update.windows["5steps"]["loss"].flags == ["spike"]
+    normal = s.process(batch([rec(26, 26, loss=1.01), rec(27, 27, loss=9.0)]))
+    # One batch: the spike clears at 26 and a new episode starts at 27, in that order.
+    assert [(a.rule, a.status, a.step) for a in normal.alerts] == [
+        ("spike", "resolved", 26),
+        ("spike", "firing", 27),
+    ]
+    assert {a.fingerprint for a in [*spiked.alerts, *normal.alerts]} == {
+        fingerprint("spike", "r1", 0, "loss")
+    }
+    assert normal.alerts[0].summary.startswith("loss spike on rank 0 cleared at step 26")
+    assert normal.alerts[0].evidence["value"] == 1.01
+
+
+def test_telemetry_loss_resolves_after_a_window_without_gaps() -> None:
+    s = SeriesStage(
+        window_steps=[5],
+        window_seconds=[],
+        clock=lambda: 42.0,
+        detector_params={"telemetry_loss": {"window_batches": 2}},
+    )
+    got = []
+    for seqs in ([0], [3], [4], [5], [6], [9]):
+        result = s.process(batch([rec(q, q, loss=1.0) for q in seqs]))
+        got += [(a.rule, a.status, a.step) for a in result.alerts]
+    # Lost 1-2 at the batch of seq 3; two batches without loss by seq 5; lost 7-8.
+    assert got == [
+        ("telemetry_loss", "firing", 3),
+        ("telemetry_loss", "resolved", 5),
+        ("telemetry_loss", "firing", 9),
+    ]
+
+
+def test_error_burst_resolves_on_a_later_record_of_any_kind() -> None:
+    s = SeriesStage(
+        window_steps=[5],
+        window_seconds=[],
+        clock=lambda: 2000.0,
+        detector_params={"error_burst": {"window_s": 10.0, "count": 2}},
+    )
+    logs = [rec(q, q, RecordKind.LOG, level=40.0) for q in range(2)]  # t = 1000, 1001
+    fired = s.process(batch(logs))
+    assert [(a.rule, a.status, a.step) for a in fired.alerts] == [("error_burst", "firing", 1)]
+    # Train records only; the window of 10 s holds no error from t = 1011 on.
+    assert s.process(batch([rec(2, 10, loss=1.0)])).alerts == []
+    resolved = s.process(batch([rec(3, 11, loss=1.0)])).alerts
+    assert [(a.rule, a.status, a.step, a.t) for a in resolved] == [
+        ("error_burst", "resolved", 11, 1011.0)
+    ]
+    assert resolved[0].fingerprint == fired.alerts[0].fingerprint
