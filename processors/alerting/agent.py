@@ -25,6 +25,8 @@ from stepstream.topics import Topics
 log = logging.getLogger(__name__)
 
 RELOAD_S = 2.0
+#: How often detector-driven alerts advance between signals (`for` / `keep_firing_for`).
+TICK_S = 0.25
 
 
 class RuleFile:
@@ -96,6 +98,7 @@ class Alerting:
         self._keys = RedisKeys(settings.key_prefix)
         self._redis: Any = None
         app.timer(RELOAD_S)(self.refresh)
+        app.timer(TICK_S)(self.tick)
 
     async def emit(self, transitions: list[Alert]) -> None:
         """Send alert transitions, and the actions of unsuppressed firing ones."""
@@ -116,6 +119,10 @@ class Alerting:
             return
         for update in updates:
             await self.emit(self.engine.on_window_update(update))
+
+    async def tick(self) -> None:
+        """Let `for` and `keep_firing_for` of detector rules elapse between signals."""
+        await self.emit(self.engine.tick())
 
     async def refresh(self) -> None:
         """Reload a changed rule file, re-read silences, resolve quiet detector alerts."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from processors.alerting.conditions import AcrossRanks
 from processors.alerting.inhibition import DEFAULT_INHIBIT_RULES, InhibitRule, inhibited_by
-from processors.alerting.lifecycle import AlertState, Notice, Timing
+from processors.alerting.lifecycle import AlertState, Notice, Phase, Timing
 from processors.alerting.matchers import match_all
 from processors.alerting.rules import Rule
 from processors.alerting.silences import Silence, silenced_by
@@ -45,6 +45,9 @@ class _Tracked:
     last: Alert | None = None
     detector: bool = False
     last_signal_at: float = 0.0
+    # Detectors report edges (an episode starts, an episode clears); the level between
+    # edges is kept here so `for` and `keep_firing_for` in seconds can elapse on `tick`.
+    level: Signal | None = None
 
 
 def _selector_labels(run: str, rank: int | None, metric: str | None) -> dict[str, str]:
@@ -117,27 +120,62 @@ class AlertEngine:
         for rule in rules:
             if not match_all(rule.selector, selector_labels):
                 continue
-            values: dict[str, object] = {
-                "value": signal.evidence.get("value"),
-                **signal.evidence,
-                "detector_summary": signal.summary,
-            }
-            alert = self._advance(
-                rule,
-                signal.run,
-                signal.rank,
-                signal.metric,
-                signal.active,
-                signal.t,
-                signal.step,
-                values,
-                signal.summary,
-                signal.evidence,
-                from_detector=True,
-            )
+            alert = self._advance_signal(rule, signal, signal.t, fresh=True)
             if alert:
                 out.append(alert)
         return out
+
+    def _advance_signal(self, rule: Rule, signal: Signal, t: float, *, fresh: bool) -> Alert | None:
+        """Apply a detector signal (`fresh`: as it arrives; else its level, at `t`)."""
+        values: dict[str, object] = {
+            "value": signal.evidence.get("value"),
+            **signal.evidence,
+            "detector_summary": signal.summary,
+        }
+        return self._advance(
+            rule,
+            signal.run,
+            signal.rank,
+            signal.metric,
+            signal.active,
+            t,
+            signal.step if fresh else None,
+            values,
+            signal.summary,
+            signal.evidence,
+            from_detector=True,
+            level=signal if fresh else None,
+        )
+
+    def tick(self) -> list[Alert]:
+        """Advance detector-driven alerts between signals.
+
+        A detector says when its condition starts and when it clears, nothing in between.
+        A rule with `for: 30s` on a detector fires 30 s after the start if no clear came,
+        and `keep_firing_for: 1m` resolves 1 min after the clear if no new start came;
+        this advances both on the wall clock. Spans in steps advance only with signals.
+        """
+        now = self._clock()
+        out = []
+        for tracked in list(self._tracked.values()):
+            signal = tracked.level
+            if signal is None:
+                continue
+            rule = self._rule_named(tracked.labels["rule"], signal)
+            if rule is None:
+                continue
+            # Event time of the last signal, moved on by the wall time since it arrived.
+            t = signal.t + max(0.0, now - tracked.last_signal_at)
+            alert = self._advance_signal(rule, signal, t, fresh=False)
+            if alert:
+                out.append(alert)
+        return out
+
+    def _rule_named(self, name: str, signal: Signal) -> Rule | None:
+        for rule in self._by_detector.get(signal.detector, ()):
+            if rule.name == name:
+                return rule
+        return self._builtin(signal) if name == signal.detector else None
 
     def resolve_quiet(self, timeout_s: float) -> list[Alert]:
         """Resolve detector alerts with no new signal for `timeout_s` (wall clock).
@@ -222,6 +260,7 @@ class AlertEngine:
         fallback_summary: str,
         evidence: dict[str, float | None],
         from_detector: bool = False,
+        level: Signal | None = None,
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
@@ -235,11 +274,14 @@ class AlertEngine:
                 **_selector_labels(run, rank, metric),
             }
             tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
-        if from_detector:  # evidence of a detector keeps its alert from resolve_quiet
+        if level is not None:  # fresh evidence keeps its alert from resolve_quiet
             tracked.detector = True
             tracked.last_signal_at = self._clock()
+            tracked.level = level
         notice = tracked.state.evaluate(active, t, step, rule.timing)
         if notice is None:
+            if tracked.state.phase is Phase.INACTIVE:  # pending, then cleared: forget it
+                del self._tracked[fp]
             return None
         context = {
             **values,

@@ -195,3 +195,43 @@ def test_a_detectors_cleared_flag_resolves_its_alert_without_the_timeout() -> No
     assert resolved.summary.startswith("loss spike on rank 1 cleared at step 31")
     assert resolved.evidence["value"] == 1.01 and resolved.action is None
     assert e.firing() == [] and e.resolve_quiet(0.0) == []
+
+
+def test_detector_rule_for_and_keep_firing_for_elapse_between_signals() -> None:
+    now = [1000.0]
+    e = AlertEngine(
+        parse_rules("""rules:
+  - name: slow-spike
+    detector: spike
+    for: 10s
+    keep_firing_for: 30s
+"""),
+        clock=lambda: now[0],
+    )
+    assert e.on_signal(signal("spike", 0, True, 5)) == []  # pending: for 10 s
+    now[0] += 9.0
+    assert e.tick() == []
+    now[0] += 1.5
+    fired = e.tick()  # no new signal: the level held for 10 s
+    assert [(a.rule, a.status, a.rank) for a in fired] == [("slow-spike", "firing", 0)]
+    assert e.on_signal(signal("spike", 0, False, 20)) == []  # cleared: kept firing 30 s
+    now[0] += 29.0
+    assert e.tick() == []
+    now[0] += 2.0
+    resolved = e.tick()
+    assert [(a.status, a.fingerprint) for a in resolved] == [("resolved", fired[0].fingerprint)]
+    assert e.tick() == [] and e.firing() == []
+
+
+def test_a_detector_start_cleared_within_for_never_fires_and_is_forgotten() -> None:
+    now = [1000.0]
+    e = AlertEngine(
+        parse_rules("rules:\n  - name: s\n    detector: spike\n    for: 10s\n"),
+        clock=lambda: now[0],
+    )
+    assert e.on_signal(signal("spike", 0, True, 5)) == []
+    now[0] += 5.0
+    assert e.on_signal(signal("spike", 0, False, 10)) == []
+    now[0] += 60.0
+    assert e.tick() == [] and e.resolve_quiet(0.0) == []
+    assert e._tracked == {}  # nothing kept for an episode that never fired
