@@ -35,7 +35,7 @@ from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
 from sinks.stats import OpenWindowUpdate
 from stepstream.contract import Batch, Record, WindowStats, WindowUpdate, decode_batch
-from stepstream.keys import RedisKeys
+from stepstream.keys import SERIES_STEP, RedisKeys
 
 RANKS, METRICS, RECORDS_PER_BATCH, SINK_BATCH = 64, 30, 20, 500
 WINDOWS = ("50steps", "10s", "60s")
@@ -226,6 +226,15 @@ def main() -> None:
             a50, a99 = latency(lambda: reader.rolling("bench-u"), 50)
             print(f"rolling stats, 1 window, {RANKS}x{METRICS}: p50 {r50:.2f} ms, p99 {r99:.2f} ms")
             print(f"rolling stats, all {len(WINDOWS)} windows: p50 {a50:.2f} ms, p99 {a99:.2f} ms")
+            # The floor under the query: the same bytes fetched by a bare redis-py call,
+            # nothing parsed, on the same server in the same run.
+            bare = redis.Redis.from_url(server.url)
+            window_key = RedisKeys().window("bench-u", "50steps")
+            h50, h99 = latency(lambda: bare.hgetall(window_key), 200)
+            print(
+                f"  floor: bare HGETALL of the {RANKS * METRICS} fields: p50 {h50:.2f} ms, "
+                f"p99 {h99:.2f} ms (query/floor p50 ratio {r50 / h50:.1f})"
+            )
 
             long = [
                 (
@@ -253,6 +262,13 @@ def main() -> None:
             f50, f99 = latency(lambda: reader.series("bench-s", "loss", 0), 50)
             print(f"series 10,000 points -> 1,000 (LTTB): p50 {s50:.2f} ms, p99 {s99:.2f} ms")
             print(f"series 10,000 points, all: p50 {f50:.2f} ms, p99 {f99:.2f} ms")
+            series_key = RedisKeys().series("bench-s", SERIES_STEP, 0, "loss")
+            z50, z99 = latency(lambda: bare.zrange(series_key, 0, -1), 100)
+            print(
+                f"  floor: bare ZRANGE of the 10,000 members: p50 {z50:.2f} ms, "
+                f"p99 {z99:.2f} ms (query/floor p50 ratio {s50 / z50:.1f})"
+            )
+            bare.close()
 
     values = m_best
     print(f"against the blocking client's ceiling: ratio {values / sync_best:.2f}")
