@@ -97,6 +97,7 @@ class Alerting:
         self.engine = AlertEngine(rules, clock=time.time)
         self._keys = RedisKeys(settings.key_prefix)
         self._redis: Any = None
+        self._silences_ok = True
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
 
@@ -136,6 +137,19 @@ class Alerting:
             if self._redis is None:
                 self._redis = async_client(self._settings.redis_url, self._settings.redis_cluster)
             self.engine.silences = await load_silences(self._redis, self._keys)
-        except Exception as exc:  # Redis away: keep the silences we had
-            log.debug("silences not refreshed: %s", exc)
+            if not self._silences_ok:
+                log.warning("silences loaded from Redis again")
+            self._silences_ok = True
+        except Exception as exc:  # Redis away, ACL or TLS wrong: keep the silences we had
+            # Once per failure streak: a refresh every 2 s would flood the log.
+            if self._silences_ok:
+                log.warning(
+                    "silences not refreshed from %s (%s: %s); keeping %d known silences. "
+                    "Check STEPSTREAM_REDIS_URL and the Redis user's ACL.",
+                    self._keys.silences(),
+                    type(exc).__name__,
+                    exc,
+                    len(self.engine.silences),
+                )
+            self._silences_ok = False
         await self.emit(self.engine.resolve_quiet(self._settings.resolve_timeout_s))
