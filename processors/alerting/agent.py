@@ -98,8 +98,10 @@ class Alerting:
         self._keys = RedisKeys(settings.key_prefix)
         self._redis: Any = None
         self._silences_ok = True
+        self._taken_over: set[str] = set()
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def emit(self, transitions: list[Alert]) -> None:
         """Send alert transitions, and the actions of unsuppressed firing ones."""
@@ -112,14 +114,50 @@ class Alerting:
     async def on_flags(self, flags: list[Alert]) -> None:
         """Detector findings of the stages."""
         for flag in flags:
+            await self.take_over(flag.run)
             await self.emit(self.engine.on_signal(signal_of(flag)))
 
     async def on_updates(self, updates: list[WindowUpdate]) -> None:
         """Window updates of stage 1, for condition rules."""
+        for update in updates:
+            await self.take_over(update.run)
         if not self.engine.has_conditions:
             return
         for update in updates:
             await self.emit(self.engine.on_window_update(update))
+
+    async def take_over(self, run: str) -> None:
+        """The first time this worker sees `run`, restore the run's firing alerts from
+        Redis, so a restart or a moved partition neither pages again for a condition
+        that still holds nor leaves alerts active that nobody would resolve."""
+        if run in self._taken_over:
+            return
+        try:
+            client = self._redis_client()
+            stored = await client.hvals(self._keys.active_alerts(run))
+            alerts = [Alert.model_validate_json(body) for body in stored]
+        except Exception as exc:  # Redis away: alerting goes on without the history
+            log.warning("firing alerts of run %s not restored: %s", run, exc)
+            alerts = []
+        self._taken_over.add(run)
+        taken = self.engine.restore(alerts)
+        if taken:
+            log.warning("restored %d firing alert(s) of run %s from Redis", taken, run)
+
+    async def _on_revoked(
+        self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any
+    ) -> None:
+        # Runs may come back after another worker changed their alerts: forget them all
+        # and restore each from Redis when it is next seen (see take_over).
+        if not revoked:  # the first assignment: nothing was ours yet
+            return
+        self._taken_over.clear()
+        self.engine.forget_all()
+
+    def _redis_client(self) -> Any:
+        if self._redis is None:
+            self._redis = async_client(self._settings.redis_url, self._settings.redis_cluster)
+        return self._redis
 
     async def tick(self) -> None:
         """Let `for` and `keep_firing_for` of detector rules elapse between signals."""
@@ -134,9 +172,7 @@ class Alerting:
                 "alert rules loaded from %s: %d rules", self._settings.rules_file, len(rules)
             )
         try:
-            if self._redis is None:
-                self._redis = async_client(self._settings.redis_url, self._settings.redis_cluster)
-            self.engine.silences = await load_silences(self._redis, self._keys)
+            self.engine.silences = await load_silences(self._redis_client(), self._keys)
             if not self._silences_ok:
                 log.warning("silences loaded from Redis again")
             self._silences_ok = True

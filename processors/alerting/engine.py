@@ -147,6 +147,51 @@ class AlertEngine:
             level=signal if fresh else None,
         )
 
+    def restore(self, alerts: Iterable[Alert]) -> int:
+        """Take over alerts that were firing before this engine started (a restart, or a
+        run's partition moving to this worker); return how many were taken.
+
+        A restored alert is firing: the condition still holding does not notify again, a
+        condition rule that no longer holds resolves it as usual, and a detector alert
+        whose detector (fresh after the restart) never reports again resolves after the
+        resolve timeout. Alerts of rules that no longer exist are left alone.
+        """
+        names = {rule.name: rule for rule in self.rules}
+        taken = 0
+        for alert in alerts:
+            if alert.status != "firing" or alert.fingerprint in self._tracked:
+                continue
+            # No user rule of that name: a detector's built-in rule (or a user rule since
+            # removed, which then resolves on the resolve timeout like a quiet detector).
+            rule = names.get(alert.rule)
+            rule_labels = {"builtin": "true"} if rule is None else dict(rule.labels)
+            labels = {
+                "rule": alert.rule,
+                "severity": alert.severity,
+                **rule_labels,
+                **_selector_labels(alert.run, alert.rank, alert.metric),
+            }
+            state = AlertState(
+                phase=Phase.FIRING,
+                active_since_t=alert.t,
+                active_since_step=alert.step,
+                last_notified_t=alert.t,
+            )
+            self._tracked[alert.fingerprint] = _Tracked(
+                state,
+                labels,
+                last=alert,
+                detector=rule is None or rule.detector is not None,
+                last_signal_at=self._clock(),
+            )
+            taken += 1
+        return taken
+
+    def forget_all(self) -> None:
+        """Drop every alert state (this worker's runs are being reassigned; see restore)."""
+        self._tracked.clear()
+        self._peers.clear()
+
     def tick(self) -> list[Alert]:
         """Advance detector-driven alerts between signals.
 

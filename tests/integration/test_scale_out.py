@@ -6,9 +6,11 @@ that the moved series' windows refill from new data."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +117,55 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
         for run, stats in loss_windows().items():
             assert stats.last == 1.0 / 40, run
             assert (stats.count or 0) >= 20, run
+    finally:
+        for monitor in monitors:
+            monitor.close()
+        reader.close()
+
+
+@pytest.mark.integration
+def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
+    broker: tuple[Settings, list[subprocess.Popen[bytes]]],
+) -> None:
+    """The survivor restores the firing alerts of runs it takes over from Redis: a NaN
+    that goes on across the failover is one firing and, when it ends, one resolved."""
+    settings, procs = broker
+    runs = [f"fo-{uuid.uuid4().hex[:6]}-{i}" for i in range(RUNS)]
+    reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+    monitors = [producers.init(run, rank=0, world=1, settings=settings) for run in runs]
+
+    def publish(steps: range, loss: float) -> None:
+        for step in steps:
+            for monitor in monitors:
+                monitor.log(step, loss=loss)
+        for monitor in monitors:
+            assert monitor.flush(20)
+
+    def nan_alerts(run: str) -> list[str]:
+        return [
+            a.status for a in reader.alerts(run) if a.rule == "nonfinite" and a.metric == "loss"
+        ]
+
+    try:
+        publish(range(0, 10), 1.0)
+        publish(range(10, 20), math.nan)
+        wait_for(lambda: all(nan_alerts(run) == ["firing"] for run in runs), timeout=60)
+        # Let the workers commit past the NaN steps (faust commits every 2.8 s): a survivor
+        # that re-read them would re-raise the same transition, which the sink dedups, and
+        # this test would not see a restart at all.
+        time.sleep(6)
+
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(10)
+
+        publish(range(20, 40), math.nan)  # the moved runs' detectors start afresh here
+        publish(range(40, 45), 1.0)
+        wait_for(lambda: all("resolved" in nan_alerts(run) for run in runs), timeout=90)
+        for run in runs:
+            assert nan_alerts(run) == ["firing", "resolved"], run
+            assert reader.active_alerts(run) == [] or all(
+                a.rule != "nonfinite" for a in reader.active_alerts(run)
+            )
     finally:
         for monitor in monitors:
             monitor.close()

@@ -235,3 +235,43 @@ def test_a_detector_start_cleared_within_for_never_fires_and_is_forgotten() -> N
     now[0] += 60.0
     assert e.tick() == [] and e.resolve_quiet(0.0) == []
     assert e._tracked == {}  # nothing kept for an episode that never fired
+
+
+def test_restored_firing_alert_is_not_paged_again_and_resolves_on_clear() -> None:
+    before = engine()
+    (fired,) = before.on_signal(signal("spike", 0, True, 5))
+    after = engine()  # a restarted worker
+    assert after.restore([fired, fired.model_copy(update={"status": "resolved"})]) == 1
+    assert after.on_signal(signal("spike", 0, True, 9)) == []  # still firing: no new page
+    (resolved,) = after.on_signal(signal("spike", 0, False, 12))
+    assert (resolved.status, resolved.fingerprint, resolved.step) == (
+        "resolved",
+        fired.fingerprint,
+        12,
+    )
+    assert after.restore([fired]) == 1 and after.restore([fired]) == 0  # once per fingerprint
+
+
+def test_restored_detector_alert_without_evidence_resolves_on_the_timeout() -> None:
+    now = [1000.0]
+    (fired,) = engine().on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    after.restore([fired])
+    now[0] += 301.0
+    (resolved,) = after.resolve_quiet(300.0)
+    assert (resolved.rule, resolved.status, resolved.rank) == ("dead_rank", "resolved", 1)
+    assert resolved.fingerprint == fired.fingerprint
+
+
+def test_restored_condition_alert_resolves_when_the_condition_no_longer_holds() -> None:
+    text = "rules:\n  - name: high\n    condition: mean(loss, 50 steps) > 1\n"
+    (fired,) = engine(text).on_window_update(update(0, 1, 5.0))
+    after = engine(text)
+    after.restore([fired])
+    assert after.on_window_update(update(0, 2, 5.0)) == []
+    (resolved,) = after.on_window_update(update(0, 3, 0.5))
+    assert (resolved.rule, resolved.status, resolved.fingerprint) == (
+        "high",
+        "resolved",
+        fired.fingerprint,
+    )
