@@ -145,7 +145,7 @@ class RunStage:
         if summary.last_step is not None:
             if summary.last_step > state.latest.get(rank, -1):
                 state.latest[rank] = summary.last_step
-            flag = self.origin.progress(run, rank, summary.last_step, now)
+            flag = self.origin.progress(run, rank, summary.last_step, now, summary.last_t)
             if flag is not None:
                 flags.append(flag)
             flag = self.desync.observe(run, summary.last_t, state.latest)

@@ -121,6 +121,7 @@ class Alerting:
         """Window updates of stage 1, for condition rules."""
         for update in updates:
             await self.take_over(update.run)
+            self.engine.note_activity(update.run)
         if not self.engine.has_conditions:
             return
         for update in updates:

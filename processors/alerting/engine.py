@@ -77,6 +77,7 @@ class AlertEngine:
         self.inhibit_rules = tuple(inhibit_rules)
         self.silences: list[Silence] = []
         self._tracked: dict[str, _Tracked] = {}
+        self._run_seen: dict[str, float] = {}  # run -> wall clock of its latest input
         # (run, window, metric, stat) -> rank -> value: peers for cross-rank thresholds
         self._peers: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
         self.set_rules(rules)
@@ -114,6 +115,7 @@ class AlertEngine:
 
     def on_signal(self, signal: Signal) -> list[Alert]:
         """Apply a detector signal to every rule that watches that detector."""
+        self.note_activity(signal.run)
         rules = self._by_detector.get(signal.detector) or [self._builtin(signal)]
         selector_labels = _selector_labels(signal.run, signal.rank, signal.metric)
         out = []
@@ -191,6 +193,7 @@ class AlertEngine:
         """Drop every alert state (this worker's runs are being reassigned; see restore)."""
         self._tracked.clear()
         self._peers.clear()
+        self._run_seen.clear()
 
     def tick(self) -> list[Alert]:
         """Advance detector-driven alerts between signals.
@@ -222,21 +225,37 @@ class AlertEngine:
                 return rule
         return self._builtin(signal) if name == signal.detector else None
 
-    def resolve_quiet(self, timeout_s: float) -> list[Alert]:
-        """Resolve detector alerts with no new signal for `timeout_s` (wall clock).
+    def note_activity(self, run: str) -> None:
+        """Record that something of `run` arrived now (see resolve_quiet)."""
+        self._run_seen[run] = self._clock()
 
-        Detectors report when an episode ends (a cleared flag resolves its alert at once),
-        but some ends are never seen: a run that stops, a dead rank that never returns, a
-        rule whose keep_firing_for outlasts the one cleared signal. Like Alertmanager's
-        resolve_timeout, a detector alert with no fresh evidence for that long is resolved.
-        A new episode fires it again.
+    def resolve_quiet(self, timeout_s: float) -> list[Alert]:
+        """Resolve detector alerts whose end will not be reported (wall clock).
+
+        Detectors report when a condition clears, and a firing alert whose condition
+        still holds stays firing for as long as its run reports anything (a dead rank
+        stays an open incident until it returns). Some ends are never seen, though: a run
+        that stops altogether, an alert restored after a restart whose detector starts
+        afresh, a rule whose keep_firing_for is counted in steps. Like Alertmanager's
+        resolve_timeout, such an alert resolves after `timeout_s`: one still holding when
+        its run has been silent that long, any other with no new signal that long.
         """
         now = self._clock()
         out = []
         for fp, tracked in list(self._tracked.items()):
             last = tracked.last
-            if not tracked.detector or last is None or now - tracked.last_signal_at < timeout_s:
+            if not tracked.detector or last is None:
                 continue
+            holding = tracked.level is not None and tracked.level.active
+            if holding:
+                run_seen = max(self._run_seen.get(last.run, 0.0), tracked.last_signal_at)
+                if now - run_seen < timeout_s:
+                    continue
+                why = f"run {last.run} silent for {timeout_s:g}s"
+            else:
+                if now - tracked.last_signal_at < timeout_s:
+                    continue
+                why = f"no new evidence for {timeout_s:g}s"
             del self._tracked[fp]
             out.append(
                 last.model_copy(
@@ -245,14 +264,22 @@ class AlertEngine:
                         "raised_at": now,
                         "action": None,
                         "suppressed_by": None,
-                        "summary": f"{last.summary} (no new evidence for {timeout_s:g}s)",
+                        "summary": f"{last.summary} ({why})",
                     }
                 )
             )
+        self._forget_quiet_runs(now, timeout_s)
         return out
+
+    def _forget_quiet_runs(self, now: float, timeout_s: float) -> None:
+        tracked_runs = {t.labels["run"] for t in self._tracked.values()}
+        for run, seen in list(self._run_seen.items()):
+            if now - seen >= timeout_s and run not in tracked_runs:
+                del self._run_seen[run]
 
     def on_window_update(self, update: WindowUpdate) -> list[Alert]:
         """Evaluate every condition rule on the stats this update carries."""
+        self.note_activity(update.run)
         out: list[Alert] = []
         for rule in self._conditions:
             cond = rule.condition

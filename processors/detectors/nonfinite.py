@@ -101,6 +101,7 @@ class _Episode:
     first: dict[int, tuple[int, float, str, float]] = field(default_factory=dict)
     last_step: int = 0
     reported: bool = False
+    verdict: Flag | None = None
 
 
 class NonFiniteOrigin:
@@ -150,15 +151,34 @@ class NonFiniteOrigin:
             episode.first[rank] = (step, t, metric, value)
         return self._settle(run, episode, now)
 
-    def progress(self, run: str, rank: int, step: int, now: float) -> Flag | None:
-        """Record that `rank` reached `step`; return the verdict if it is now settled."""
+    def progress(
+        self, run: str, rank: int, step: int, now: float, t: float | None = None
+    ) -> Flag | None:
+        """Record that `rank` reached `step` (at event time `t`); return the verdict if it
+        is now settled, or its cleared flag once every rank is `rearm_steps` past the
+        episode's last non-finite value."""
         ranks = self._progress.setdefault(run, {})
         if step > ranks.get(rank, -1):
             ranks[rank] = step
         episode = self._episodes.get(run)
-        if episode is None or episode.reported:
+        if episode is None:
             return None
-        return self._settle(run, episode, now)
+        if not episode.reported:
+            return self._settle(run, episode, now)
+        # Every rank went `rearm_steps` past the episode's last non-finite value: the
+        # episode is over, and its verdict's alert resolves.
+        quiet_from = episode.last_step + self.params.rearm_steps
+        if episode.verdict is not None and min(ranks.values()) > quiet_from:
+            del self._episodes[run]
+            return cleared_flag(
+                episode.verdict,
+                step,
+                episode.verdict.t if t is None else t,
+                f"no non-finite value in run {run} for {self.params.rearm_steps} steps "
+                f"after step {episode.last_step}",
+                evidence(None, None, None, float(self.params.rearm_steps)),
+            )
+        return None
 
     def tick(self, now: float) -> list[Flag]:
         """Settle episodes whose wait ran out."""
@@ -182,7 +202,7 @@ class NonFiniteOrigin:
         episode.reported = True
         rank, (step, t, metric, value) = min(episode.first.items(), key=lambda kv: kv[1][:2])
         later = sorted(r for r in episode.first if r != rank)
-        return Flag(
+        episode.verdict = Flag(
             detector=self.name,
             run=run,
             rank=rank,
@@ -204,3 +224,4 @@ class NonFiniteOrigin:
                 waited_s=waited,
             ),
         )
+        return episode.verdict

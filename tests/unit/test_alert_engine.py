@@ -275,3 +275,20 @@ def test_restored_condition_alert_resolves_when_the_condition_no_longer_holds() 
         "resolved",
         fired.fingerprint,
     )
+
+
+def test_a_holding_detector_alert_stays_firing_while_its_run_reports() -> None:
+    now = [1000.0]
+    e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    (fired,) = e.on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    for _ in range(10):  # the other ranks go on for 10 minutes
+        now[0] += 60.0
+        e.on_window_update(update(0, 100, 1.0))
+        assert e.resolve_quiet(300.0) == []
+    assert [a.fingerprint for a in e.firing()] == [fired.fingerprint]
+    now[0] += 299.0  # then the whole run falls silent
+    assert e.resolve_quiet(300.0) == []
+    now[0] += 2.0
+    (resolved,) = e.resolve_quiet(300.0)
+    assert (resolved.status, resolved.fingerprint) == ("resolved", fired.fingerprint)
+    assert resolved.summary.endswith("(run r silent for 300s)")

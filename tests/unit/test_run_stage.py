@@ -13,6 +13,7 @@ from processors.detectors import (
     Flag,
     LivenessDetector,
     LivenessParams,
+    NonFiniteOrigin,
     StragglerDetector,
     StragglerParams,
 )
@@ -162,6 +163,27 @@ def test_nonfinite_origin_settles_on_timeout_without_every_rank() -> None:
     assert not stage.process(summary(0, {7: {}}, world=2, nonfinite=[point]), 10.0).alerts
     assert stage.tick(11.0) == []
     assert [(a.rule, a.rank) for a in stage.tick(13.5)] == [("nonfinite_origin", 0)]
+
+
+def test_nonfinite_origin_clears_once_every_rank_is_past_the_rearm_steps() -> None:
+    detector = NonFiniteOrigin()
+    verdict = detector.nonfinite("r", 1, 2, "loss", 40, 140.0, math.nan, now=0.0)
+    assert verdict is None  # the ranks have not caught up yet
+    assert detector.progress("r", 1, 41, now=0.1) is None
+    verdict = detector.progress("r", 0, 41, now=0.1)
+    assert verdict is not None and (verdict.rank, verdict.step, verdict.cleared) == (1, 40, False)
+    assert detector.progress("r", 1, 61, now=1.0, t=161.0) is None  # rank 0 still at 41
+    assert detector.progress("r", 0, 60, now=1.0, t=160.0) is None  # 60 is not past 40 + 20
+    cleared = detector.progress("r", 0, 61, now=1.1, t=161.0)
+    assert cleared is not None and cleared.cleared
+    assert (cleared.detector, cleared.rank, cleared.metric, cleared.step, cleared.t) == (
+        "nonfinite_origin",
+        1,
+        "loss",
+        61,
+        161.0,
+    )
+    assert detector.progress("r", 1, 90, now=2.0) is None  # reported once
 
 
 # Episodes end with a cleared flag -------------------------------------------------------
