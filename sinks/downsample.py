@@ -1,7 +1,11 @@
-"""Downsampling a series for plotting: pure functions over (x, y) points sorted by x.
+"""Downsampling a series for plotting: pure functions over points sorted by x.
+
+The work is done on columns (`select` takes xs and ys and returns the indices to keep),
+so a reader holding columns never builds a tuple per stored point; `downsample`, `lttb`
+and `minmax` are the same over (x, y) points.
 
 Non-finite values (a NaN loss) are never averaged away or dropped: both methods plot the
-finite points and return every non-finite point as well, so a result may hold up to
+finite points and keep every non-finite point as well, so a result may hold up to
 ``points`` finite points plus the non-finite ones.
 """
 
@@ -15,35 +19,30 @@ Point = tuple[float, float]
 Method = Literal["lttb", "minmax", "none"]
 
 
-def _split(points: Sequence[Point]) -> tuple[list[Point], list[Point]]:
-    finite = [p for p in points if math.isfinite(p[1])]
-    if len(finite) == len(points):
-        return finite, []
-    return finite, [p for p in points if not math.isfinite(p[1])]
+def _finite_positions(ys: Sequence[float]) -> list[int] | None:
+    """Positions of the finite values, or None when every value is finite (the usual
+    case, checked in one C-level pass)."""
+    if all(map(math.isfinite, ys)):
+        return None
+    return [i for i, y in enumerate(ys) if math.isfinite(y)]
 
 
-def _merge(finite: list[Point], nonfinite: list[Point]) -> list[Point]:
-    if not nonfinite:
-        return finite
-    return sorted(finite + nonfinite, key=lambda p: p[0])
+def _with_nonfinite(keep: list[int], finite: list[int] | None, ys: Sequence[float]) -> list[int]:
+    """Map `keep` (positions among the finite values) back and add every non-finite one."""
+    if finite is None:
+        return keep
+    chosen = [finite[k] for k in keep]
+    chosen.extend(i for i, y in enumerate(ys) if not math.isfinite(y))
+    return sorted(chosen)
 
 
-def lttb(points: Sequence[Point], threshold: int) -> list[Point]:
-    """Largest-Triangle-Three-Buckets: `threshold` points that keep the visual shape.
-
-    Keeps the first and last point; from each of the threshold-2 buckets between them it
-    keeps the point forming the largest triangle with the previous kept point and the
-    mean of the next bucket.
-    """
-    finite, nonfinite = _split(points)
-    n = len(finite)
+def _lttb_keep(xs: Sequence[float], ys: Sequence[float], threshold: int) -> list[int]:
+    """LTTB over all-finite columns: positions of the kept points, in order."""
+    n = len(xs)
     if threshold >= n or n <= 2:
-        return _merge(list(finite), nonfinite)
-    if threshold < 3:
-        threshold = 3
-    xs = [p[0] for p in finite]
-    ys = [p[1] for p in finite]
-    out = [finite[0]]
+        return list(range(n))
+    threshold = max(threshold, 3)
+    out = [0]
     every = (n - 2) / (threshold - 2)
     a = 0
     for i in range(threshold - 2):
@@ -64,30 +63,62 @@ def lttb(points: Sequence[Point], threshold: int) -> list[Point]:
             area = abs(dx * (ys[j] - ay) - (ax - xs[j]) * dy)
             if area > best_area:
                 best, best_area = j, area
-        out.append(finite[best])
+        out.append(best)
         a = best
-    out.append(finite[-1])
-    return _merge(out, nonfinite)
+    out.append(n - 1)
+    return out
+
+
+def _minmax_keep(ys: Sequence[float], threshold: int) -> list[int]:
+    """Min/max buckets over all-finite values: positions kept, in order."""
+    n = len(ys)
+    if threshold >= n or n <= 2:
+        return list(range(n))
+    buckets = max(1, threshold // 2)
+    every = n / buckets
+    out: list[int] = []
+    value = ys.__getitem__
+    for i in range(buckets):
+        chunk = range(int(i * every), int((i + 1) * every))
+        if not chunk:
+            continue
+        lo, hi = min(chunk, key=value), max(chunk, key=value)
+        out.extend(sorted({lo, hi}))
+    return out
+
+
+def select(
+    xs: Sequence[float], ys: Sequence[float], threshold: int | None, method: Method = "lttb"
+) -> list[int]:
+    """Indices of the points of columns (`xs`, `ys`) to plot about `threshold` of them by
+    `method`, in order; None or "none" keeps all."""
+    if threshold is None or method == "none":
+        return list(range(len(xs)))
+    if threshold < 1:
+        raise ValueError("threshold must be >= 1")
+    if method not in ("lttb", "minmax"):
+        raise ValueError(f"unknown downsampling method {method!r}: use lttb, minmax or none")
+    finite = _finite_positions(ys)
+    fxs = xs if finite is None else [xs[i] for i in finite]
+    fys = ys if finite is None else [ys[i] for i in finite]
+    keep = _lttb_keep(fxs, fys, threshold) if method == "lttb" else _minmax_keep(fys, threshold)
+    return _with_nonfinite(keep, finite, ys)
+
+
+def lttb(points: Sequence[Point], threshold: int) -> list[Point]:
+    """Largest-Triangle-Three-Buckets: `threshold` points that keep the visual shape.
+
+    Keeps the first and last point; from each of the threshold-2 buckets between them it
+    keeps the point forming the largest triangle with the previous kept point and the
+    mean of the next bucket.
+    """
+    return downsample(points, threshold, "lttb")
 
 
 def minmax(points: Sequence[Point], threshold: int) -> list[Point]:
     """Min/max buckets: the lowest and highest point of each of threshold/2 equal-count
     buckets, in x order. Keeps every spike, at the cost of a jagged look."""
-    finite, nonfinite = _split(points)
-    n = len(finite)
-    if threshold >= n or n <= 2:
-        return _merge(list(finite), nonfinite)
-    buckets = max(1, threshold // 2)
-    every = n / buckets
-    out: list[Point] = []
-    for i in range(buckets):
-        chunk = finite[int(i * every) : int((i + 1) * every)]
-        if not chunk:
-            continue
-        lo = min(chunk, key=lambda p: p[1])
-        hi = max(chunk, key=lambda p: p[1])
-        out.extend(sorted({lo, hi}, key=lambda p: p[0]))
-    return _merge(out, nonfinite)
+    return downsample(points, threshold, "minmax")
 
 
 def downsample(
@@ -96,10 +127,6 @@ def downsample(
     """`points` reduced to about `threshold` points by `method`; None or "none" keeps all."""
     if threshold is None or method == "none":
         return list(points)
-    if threshold < 1:
-        raise ValueError("threshold must be >= 1")
-    if method == "lttb":
-        return lttb(points, threshold)
-    if method == "minmax":
-        return minmax(points, threshold)
-    raise ValueError(f"unknown downsampling method {method!r}: use lttb, minmax or none")
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    return [points[i] for i in select(xs, ys, threshold, method)]

@@ -6,6 +6,7 @@ and become ``"NaN"``/``"Infinity"`` strings in JSON, like on the wire.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import json
 import math
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from sinks.downsample import Method, downsample
+from sinks.downsample import Method, select
 from sinks.redis_client import sync_client
 from sinks.stats import OpenStats
 from stepstream.contract import Alert
@@ -127,16 +128,16 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def _stepped_points(members: list[bytes]) -> list[tuple[int, float]]:
-    """(step, value) of members ``step|seq|value`` of a series by step (every member has
-    a step; see stepstream.keys.series_member). One join and split, then C-level int and
-    float conversion: a per-member Python parse was most of a 10,000-point read."""
+def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
+    """Steps and values of members ``step|seq|value`` of a series by step (every member
+    has a step; see stepstream.keys.series_member). One join and split, then C-level int
+    and float conversion: a per-member Python parse was most of a 10,000-point read."""
     if not members:
-        return []
+        return [], []
     if isinstance(members[0], str):  # a client made with decode_responses=True
         members = [m.encode() for m in members]
     parts = b"|".join(members).split(b"|")
-    return list(zip(map(int, parts[0::3]), map(float, parts[2::3]), strict=True))
+    return list(map(int, parts[0::3])), list(map(float, parts[2::3]))
 
 
 @contextmanager
@@ -296,9 +297,9 @@ class MetricsReader:
 
     def _step_points(
         self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
-    ) -> tuple[list[tuple[int, float]], float | None]:
-        """(step, value) in [lo, hi] by step: every stored raw point, and before the oldest
-        of those the decimated ones; and the step where decimation ends (or None)."""
+    ) -> tuple[list[int], list[float], float | None]:
+        """Steps and values in [lo, hi] by step: every stored raw point, and before the
+        oldest of those the decimated ones; and the step where decimation ends (or None)."""
         pipe = self._client.pipeline(transaction=False)
         step_key = self.keys.series(run, SERIES_STEP, rank, metric)
         pipe.zrange(step_key, lo, hi, byscore=True)
@@ -306,10 +307,14 @@ class MetricsReader:
         pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
         raw, first, coarse = pipe.execute()
         oldest_raw = first[0][1] if first else math.inf
-        out = [(step, value) for step, value in _stepped_points(coarse) if step < oldest_raw]
-        decimated_before = oldest_raw if out else None
-        out.extend(_stepped_points(raw))
-        return out, decimated_before
+        steps, values = _step_columns(coarse)
+        older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
+        del steps[older:], values[older:]
+        decimated_before = oldest_raw if steps else None
+        raw_steps, raw_values = _step_columns(raw)
+        steps.extend(raw_steps)
+        values.extend(raw_values)
+        return steps, values, decimated_before
 
     def series(
         self,
@@ -326,19 +331,18 @@ class MetricsReader:
         lo = "-inf" if from_step is None else from_step
         hi = "+inf" if to_step is None else to_step
         with _no_gc_pause():
-            stepped, decimated_before = self._step_points(run, metric, rank, lo, hi)
+            steps, values, decimated_before = self._step_points(run, metric, rank, lo, hi)
             # Steps stay ints: they are valid x coordinates for downsampling as they are.
-            pts: list[tuple[float, float]] = stepped  # type: ignore[assignment]
-            kept = downsample(pts, points, method) if points else pts
-            found = [{"x": x, "value": v, "step": x} for x, v in kept]
+            keep = select(steps, values, points, method) if points else range(len(steps))
+            found = [{"x": steps[i], "value": values[i], "step": steps[i]} for i in keep]
             return SeriesResult(
                 run=run,
                 rank=rank,
                 metric=metric,
                 by="step",
-                stored=len(pts),
+                stored=len(steps),
                 points=_POINTS.validate_python(found),
-                method=method if points and len(kept) < len(pts) else "none",
+                method=method if points and len(found) < len(steps) else "none",
                 decimated_before=decimated_before,
             )
 
@@ -356,10 +360,10 @@ class MetricsReader:
         out = []
         if index:
             times = {int(_text(m)): score / 1000.0 for m, score in index}
-            stepped, _ = self._step_points(run, metric, rank, min(times), max(times))
+            steps, values, _ = self._step_points(run, metric, rank, min(times), max(times))
             out = [
                 SeriesPoint(x=times[step], value=value, step=step, t=times[step])
-                for step, value in stepped
+                for step, value in zip(steps, values, strict=True)
                 if step in times
             ]
         for member, score in stepless:
@@ -383,9 +387,8 @@ class MetricsReader:
         hi = "+inf" if to_t is None else to_t * 1000.0
         timed = self._timed_points(run, metric, rank, lo, hi)
         if points and len(timed) > points:
-            by_x = {p.x: p for p in timed}
-            kept = downsample([(p.x, p.value) for p in timed], points, method)
-            timed_kept = [by_x[x] for x, _ in kept]
+            keep = select([p.x for p in timed], [p.value for p in timed], points, method)
+            timed_kept = [timed[i] for i in keep]
         else:
             timed_kept = timed
         return SeriesResult(
@@ -402,12 +405,12 @@ class MetricsReader:
     def raw_points(self, run: str, metric: str, rank: int = 0) -> list[SeriesPoint]:
         """Every stored point of a series with its step and event time (where known), by
         step (decimated older points included), then step-less points by time: exports."""
-        stepped, _ = self._step_points(run, metric, rank, "-inf", "+inf")
+        steps, values, _ = self._step_points(run, metric, rank, "-inf", "+inf")
         index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
         times = {int(_text(m)): score / 1000.0 for m, score in index}
         out = [
             SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
-            for step, value in stepped
+            for step, value in zip(steps, values, strict=True)
         ]
         out.extend(
             p for p in self._timed_points(run, metric, rank, "-inf", "+inf") if p.step is None
