@@ -82,11 +82,13 @@ def up(
     json_out: JsonFlag = False,
 ) -> None:
     """Start the embedded stack (tansu, Redis, workers) in the background."""
+    from stepstream.signals import sigterm_interrupts
     from stepstream.stack import LocalStack, load_settings
 
     def run() -> None:
         settings = load_settings(**_overrides(state_dir=state_dir))
-        with console.status("starting the local stack") as status:
+        # Killed mid-start (SIGTERM), start() stops what it had started, as on Ctrl-C.
+        with sigterm_interrupts(), console.status("starting the local stack") as status:
             stack = LocalStack(
                 settings, kafka_port, redis_port, workers, progress=lambda m: status.update(m)
             )

@@ -10,27 +10,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from types import FrameType
 
 from rich.console import Console
 
 from stepstream.errors import StepstreamError
 from stepstream.settings import Settings
+from stepstream.signals import sigterm_interrupts
 from stepstream.stack import LocalStack, free_port, settings_env
 
 WORLD = 2
 NAN_RANK = 1
 DEMO_METRICS = ("loss", "accuracy", "lr")
 DEMO_STATS = ("count", "mean", "min", "max", "p95", "last", "nonfinite")
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _spawn_trainers(
@@ -89,7 +84,8 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
     state_dir = tempfile.mkdtemp(prefix="stepstream-demo-")
     settings = Settings(state_dir=state_dir)
     run = time.strftime("demo-%Y%m%d-%H%M%S")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    sigterm = contextlib.ExitStack()  # cleanup below runs on SIGTERM too
+    sigterm.enter_context(sigterm_interrupts())
     trainers: list[subprocess.Popen[bytes]] = []
     feed = reader = None
     stack = LocalStack(settings, progress=lambda msg: console.print(f"[dim]· {msg}[/dim]"))
@@ -160,6 +156,6 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
         if reader is not None:
             reader.close()
         stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+        sigterm.close()
         with contextlib.suppress(OSError):
             shutil.rmtree(state_dir)

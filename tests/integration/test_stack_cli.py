@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -75,3 +77,33 @@ def test_missing_binary_says_what_to_install(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, redis_server_bin="/nonexistent/valkey")
     with pytest.raises(BinaryNotFoundError, match="STEPSTREAM_REDIS_SERVER_BIN"):
         LocalStack(settings, workers=False).start()
+
+
+def test_sigterm_during_up_stops_what_it_had_started(tmp_path: Path) -> None:
+    env = {**os.environ, "STEPSTREAM_STATE_DIR": str(tmp_path)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "stepstream.cli", "up"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: set[int] = set()
+    try:
+        parent = psutil.Process(up.pid)
+        deadline = time.monotonic() + 60
+        # Wait until the broker and Redis run (workers start last), then stop `up`.
+        while time.monotonic() < deadline and len(started) < 2 and up.poll() is None:
+            started |= {c.pid for c in parent.children(recursive=True)}
+            time.sleep(0.05)
+        assert len(started) >= 2, "up started no servers"
+        up.send_signal(signal.SIGTERM)
+        _, err = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 130, err
+    alive = [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == []
+    assert not (tmp_path / "stack.json").exists()
