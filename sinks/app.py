@@ -1,4 +1,4 @@
-"""The sink faust app: raw series, window stats and alerts from Kafka into Redis.
+"""The sink faust app: raw series, window stats, cross-rank stats and alerts into Redis.
 
 Each agent takes up to `sink_batch` messages, plans them, and writes the plan in one
 pipeline before it asks for more. faust commits only offsets of events the agent has
@@ -25,7 +25,7 @@ from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
 from sinks.stats import OpenWindowUpdate
 from sinks.webhook_agent import add_webhook_agent
-from stepstream.contract import Alert, decode_batch
+from stepstream.contract import Alert, CrossRankUpdate, decode_batch
 from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
@@ -113,6 +113,14 @@ def create_sink_app(settings: Settings) -> faust.App:
             stream,
             topics.windows,
             lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
+        )
+
+    @app.agent(app.topic(topics.crossrank, **raw), name="crossrank-sink")
+    async def crossrank_sink(stream: faust.StreamT) -> None:
+        await drain(
+            stream,
+            topics.crossrank,
+            lambda plan, raw: plan.add_crossrank(CrossRankUpdate.model_validate_json(raw)),
         )
 
     @app.agent(app.topic(topics.alerts, **raw), name="alerts-sink")

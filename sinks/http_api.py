@@ -15,8 +15,10 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from sinks.reader import (
+    CrossRankRow,
     LatestValue,
     MetricsReader,
+    QualityRow,
     RankLiveness,
     RollingRow,
     RunInfo,
@@ -79,6 +81,22 @@ def create_api(
     @api.get("/runs/{run}/rolling", response_model=list[RollingRow], summary="Rolling stats")
     def rolling(run: str, window: str | None = None) -> list[RollingRow]:
         return reader().rolling(run, window)
+
+    @api.get(
+        "/runs/{run}/crossrank",
+        response_model=list[CrossRankRow],
+        summary="Each metric across the ranks at the newest finished step",
+    )
+    def crossrank(run: str) -> list[CrossRankRow]:
+        return reader().crossrank(run)
+
+    @api.get(
+        "/runs/{run}/quality",
+        response_model=list[QualityRow],
+        summary="Run-level quality metrics (summed over ranks) by window",
+    )
+    def quality(run: str) -> list[QualityRow]:
+        return reader().quality(run)
 
     @api.get(
         "/runs/{run}/series/{rank}/{metric:path}",

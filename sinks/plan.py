@@ -20,8 +20,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepstream.contract import Alert, Batch, WindowUpdate
+from stepstream.contract import Alert, Batch, CrossRankUpdate, WindowUpdate
 from stepstream.keys import (
+    FIELD_SEPARATOR,
     SERIES_COARSE,
     SERIES_STEP,
     SERIES_TIME,
@@ -155,6 +156,30 @@ class WritePlan:
         self._hset(keys.ranks(run), {str(rank): json.dumps(liveness)})
         self._hset(keys.meta(run), {"world": str(update.world), "last_t": repr(update.t)})
         self.values += len(latest) + sum(len(m) for m in windows.values())
+
+    def add_crossrank(self, update: CrossRankUpdate) -> None:
+        """Cross-rank stats of one finished step and the run's quality windows.
+
+        Raises ConfigError (and changes nothing) when a name could not be a safe key part.
+        """
+        keys, run = self.keys, update.run
+        stats = {
+            check_metric(m): json.dumps(
+                {"step": update.step, "t": update.t, **s.model_dump(mode="json")}
+            )
+            for m, s in update.stats.items()
+        }
+        quality = {
+            f"{check_window(w)}{FIELD_SEPARATOR}{check_metric(m)}": s.model_dump_json()
+            for w, by_metric in update.quality.items()
+            for m, s in by_metric.items()
+        }
+        self._touch(run, update.t)
+        if stats:
+            self._hset(keys.crossrank(run), stats)
+        if quality:
+            self._hset(keys.quality(run), quality)
+        self.values += len(stats) + len(quality)
 
     def add_batch(self, batch: Batch) -> None:
         """Every raw point of one telemetry batch, into its series by step and by time.

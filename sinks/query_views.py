@@ -81,6 +81,46 @@ def rolling_view(reader: MetricsReader, run: str, window: str | None) -> View:
     return View(rows, tables)
 
 
+def crossrank_view(reader: MetricsReader, run: str) -> View:
+    """Each metric across the ranks at the newest finished step, and quality windows."""
+    rows = reader.crossrank(run)
+    quality = reader.quality(run)
+    table = Table(
+        "metric",
+        "step",
+        "ranks",
+        "mean",
+        "min",
+        "max",
+        "std",
+        "slowest/lowest rank",
+        "highest rank",
+        title=f"run {run} · across ranks",
+    )
+    for row in rows:
+        table.add_row(
+            row.metric,
+            str(row.step),
+            str(row.ranks),
+            _fmt(row.mean),
+            _fmt(row.min),
+            _fmt(row.max),
+            _fmt(row.std),
+            str(row.argmin),
+            str(row.argmax),
+        )
+    tables: list[Any] = [table]
+    if quality:
+        scores = Table("window", "metric", "examples", "value", title=f"run {run} · quality")
+        for q in quality:
+            count = "-" if q.stats.count is None else str(q.stats.count)
+            scores.add_row(q.window, q.metric, count, _fmt(q.stats.mean))
+        tables.append(scores)
+    if not rows and not quality:
+        tables = [f"no cross-rank stats for run {run!r} yet (they follow finished steps)"]
+    return View([*rows, *quality], tables)
+
+
 def latest_view(reader: MetricsReader, run: str) -> View:
     """Latest value of every series of a run."""
     rows = reader.latest_values(run)

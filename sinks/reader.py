@@ -84,6 +84,29 @@ class RollingRow(QueryModel):
     stats: RollingStats
 
 
+class CrossRankRow(QueryModel):
+    """One metric across the ranks of a run at the newest finished step."""
+
+    metric: str
+    step: int
+    t: float = Field(description="Event time of the step (Unix s).")
+    ranks: int = Field(description="Ranks that reported the metric at that step.")
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    std: float | None = None
+    argmin: int | None = Field(None, description="Rank with the lowest value.")
+    argmax: int | None = Field(None, description="Rank with the highest value.")
+
+
+class QualityRow(QueryModel):
+    """A run-level quality metric (summed over ranks) over one window."""
+
+    window: str
+    metric: str
+    stats: RollingStats
+
+
 class LatestValue(QueryModel):
     """The latest value of one (rank, metric)."""
 
@@ -264,6 +287,26 @@ class MetricsReader:
         if window is None:
             rows.sort(key=lambda r: r.window)  # stable: rank, metric order stays
         return rows
+
+    def crossrank(self, run: str) -> list[CrossRankRow]:
+        """Every metric across the ranks of a run at its newest finished step, by metric
+        (the metrics of `STEPSTREAM_CROSSRANK_METRICS`)."""
+        mapping = self._client.hgetall(self.keys.crossrank(run))
+        rows = [
+            CrossRankRow.model_validate({"metric": _text(m), **json.loads(body)})
+            for m, body in mapping.items()
+        ]
+        return sorted(rows, key=lambda r: r.metric)
+
+    def quality(self, run: str) -> list[QualityRow]:
+        """Run-level quality metrics (examples summed over ranks) by window and metric."""
+        mapping = self._client.hgetall(self.keys.quality(run))
+        rows = []
+        for field, body in mapping.items():
+            window, _, metric = _text(field).partition("|")
+            stats = RollingStats.model_validate_json(body)
+            rows.append(QualityRow(window=window, metric=metric, stats=stats))
+        return sorted(rows, key=lambda r: (r.window, r.metric))
 
     def latest(self, run: str) -> dict[tuple[int, str], float]:
         """Latest value of every (rank, metric) of a run."""

@@ -178,6 +178,9 @@ def query(
     ] = None,
     alerts: Annotated[bool, typer.Option("--alerts", help="Alert transitions.")] = False,
     ranks: Annotated[bool, typer.Option("--ranks", help="Run metadata, rank liveness.")] = False,
+    across: Annotated[
+        bool, typer.Option("--across-ranks", help="Stats across ranks, quality metrics.")
+    ] = False,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
@@ -203,6 +206,8 @@ def query(
                 view = query_views.alerts_view(reader, run)
             elif ranks:
                 view = query_views.ranks_view(reader, run)
+            elif across:
+                view = query_views.crossrank_view(reader, run)
             else:
                 view = query_views.rolling_view(reader, run, window)
         finally:

@@ -116,6 +116,16 @@ class RedisKeys:
         """Hash: ``rank|metric`` -> JSON WindowStats of one window (``50steps``, ``10s``)."""
         return self._run(run, f"win:{check_window(window)}")
 
+    def crossrank(self, run: str) -> str:
+        """Hash: ``m`` -> JSON stats of the metric across ranks at the newest finished
+        step (step, t, ranks, mean, min, max, std, argmin, argmax)."""
+        return self._run(run, "crossrank")
+
+    def quality(self, run: str) -> str:
+        """Hash: ``w|m`` -> JSON WindowStats of a run-level quality metric (summed over
+        ranks) over window w."""
+        return self._run(run, "quality")
+
     def windows_index(self, run: str) -> str:
         """Set: the window names a run has stats for."""
         return self._run(run, "windows")
@@ -176,6 +186,8 @@ class RedisKeys:
             self.meta(run),
             self.ranks(run),
             self.latest(run),
+            self.crossrank(run),
+            self.quality(run),
             self.windows_index(run),
             self.alerts(run),
             self.active_alerts(run),

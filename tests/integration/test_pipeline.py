@@ -59,6 +59,19 @@ def test_published_values_land_in_redis_exactly(
 
     latest = reader.latest(run_id)
     assert latest[(0, "loss")] == loss_at(0, steps - 1)
+
+    # Across ranks at the newest finished step (stage 2 -> crossrank topic -> sink).
+    def crossrank_loss() -> object:
+        rows = {r.metric: r for r in reader.crossrank(run_id)}
+        loss = rows.get("loss")
+        return loss if loss is not None and loss.step == steps - 1 else None
+
+    across = wait_for(crossrank_loss)
+    ends = [loss_at(0, steps - 1), loss_at(1, steps - 1)]
+    assert across.ranks == 2  # type: ignore[attr-defined]
+    assert (across.min, across.max) == (ends[0], ends[1])  # type: ignore[attr-defined]
+    assert (across.argmin, across.argmax) == (0, 1)  # type: ignore[attr-defined]
+    assert math.isclose(across.mean, statistics.fmean(ends), rel_tol=1e-12)  # type: ignore[attr-defined]
     assert [r.run for r in reader.runs()].count(run_id) == 1
 
     # The NaN of rank 1 at step 30 and the +Inf of rank 0 at step 45, each once.

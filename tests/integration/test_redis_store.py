@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +31,15 @@ from sinks.redis_client import WRITE_COMMANDS, acl_rules, async_client, sync_cli
 from sinks.redis_writer import RedisWriter
 from sinks.silence_store import SilenceStore, load_silences, new_silence
 from sinks.stats import OpenStats, OpenWindowUpdate
-from stepstream.contract import Alert, Batch, Record, WindowUpdate
+from stepstream.contract import (
+    Alert,
+    Batch,
+    CrossRankStats,
+    CrossRankUpdate,
+    Record,
+    WindowStats,
+    WindowUpdate,
+)
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
 
@@ -152,6 +163,8 @@ def write_all(
                         plan.add_batch(m)
                     elif isinstance(m, WindowUpdate):
                         plan.add_window_update(m)
+                    elif isinstance(m, CrossRankUpdate):
+                        plan.add_crossrank(m)
                     else:
                         assert isinstance(m, Alert)
                         plan.add_alert(m)
@@ -445,6 +458,46 @@ def test_http_api_serves_the_same_queries_and_metrics(server: LocalRedis, run: s
         assert metrics.status_code == 200
         assert "stepstream_exporter_series 3.0" in metrics.text
         assert "/runs/{run}/series/{rank}/{metric}" in http.get("/openapi.json").json()["paths"]
+
+
+def test_crossrank_and_quality_round_trip_through_reader_http_and_cli(
+    server: LocalRedis, run: str
+) -> None:
+    stats = CrossRankStats(ranks=2, mean=1.5, min=1.0, max=2.0, std=0.5, argmin=1, argmax=0)
+    updates = [
+        CrossRankUpdate(
+            run=run,
+            step=step,
+            t=float(step),
+            world=2,
+            stats={"loss": stats.model_copy(update={"mean": float(step)})},
+            quality={"50steps": {"quality/val/acc": WindowStats(count=64 * step, mean=0.5)}},
+        )
+        for step in (1, 2, 3)
+    ]
+    write_all(server.url, updates, flush_every=2)
+    with MetricsReader.from_url(server.url) as reader:
+        (row,) = reader.crossrank(run)
+        assert (row.metric, row.step, row.t, row.ranks, row.mean) == ("loss", 3, 3.0, 2, 3.0)
+        assert (row.min, row.max, row.std, row.argmin, row.argmax) == (1.0, 2.0, 0.5, 1, 0)
+        (quality,) = reader.quality(run)
+        assert (quality.window, quality.metric) == ("50steps", "quality/val/acc")
+        assert (quality.stats.count, quality.stats.mean) == (192, 0.5)
+    api = create_api(lambda: MetricsReader.from_url(server.url))
+    with TestClient(api) as http:
+        assert http.get(f"/runs/{run}/crossrank").json()[0]["mean"] == 3.0
+        assert http.get(f"/runs/{run}/quality").json()[0]["stats"]["count"] == 192
+    env = {**os.environ, "STEPSTREAM_REDIS_URL": server.url}
+    out = subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", "query", "--run", run, "--across-ranks", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r.get("metric") for r in rows] == ["loss", "quality/val/acc"]
 
 
 def test_tensorboard_and_csv_exports_read_back(

@@ -9,7 +9,15 @@ import pytest
 
 from sinks.plan import SeriesLimits, WritePlan
 from sinks.stats import OpenWindowUpdate
-from stepstream.contract import Alert, Batch, Record, WindowStats, WindowUpdate
+from stepstream.contract import (
+    Alert,
+    Batch,
+    CrossRankStats,
+    CrossRankUpdate,
+    Record,
+    WindowStats,
+    WindowUpdate,
+)
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
 
@@ -185,3 +193,39 @@ def test_registry_does_not_list_again_a_run_replayed_after_its_retention() -> No
 
 def test_a_plan_without_run_activity_leaves_the_registry_alone() -> None:
     assert WritePlan(RedisKeys()).registry_commands(now=1.0, retention_s=10) == []
+
+
+def test_crossrank_stats_and_quality_windows_go_to_their_hashes() -> None:
+    keys = RedisKeys("p")
+    plan = WritePlan(keys)
+    plan.add_crossrank(
+        CrossRankUpdate(
+            run="r",
+            step=7,
+            t=70.0,
+            world=2,
+            stats={"loss": CrossRankStats(ranks=2, mean=1.5, min=1.0, max=2.0, argmin=0, argmax=1)},
+            quality={"50steps": {"quality/val/acc": WindowStats(count=64, mean=0.75, last=0.75)}},
+        )
+    )
+    across = json.loads(plan.hashes[keys.crossrank("r")]["loss"])
+    assert (across["step"], across["t"], across["ranks"], across["mean"]) == (7, 70.0, 2, 1.5)
+    assert (across["argmin"], across["argmax"]) == (0, 1)
+    quality = json.loads(plan.hashes[keys.quality("r")]["50steps|quality/val/acc"])
+    assert (quality["count"], quality["mean"]) == (64, 0.75)
+    assert {keys.crossrank("r"), keys.quality("r")} <= set(plan.expiring_keys())
+    assert plan.run_activity == {"r": 70.0} and plan.values == 2
+
+
+def test_unsafe_quality_window_rejects_the_update_and_changes_nothing() -> None:
+    plan = WritePlan(RedisKeys("p"))
+    bad = CrossRankUpdate(
+        run="r",
+        step=1,
+        t=1.0,
+        stats={"loss": CrossRankStats(ranks=1)},
+        quality={"50 steps|x": {"quality/val/acc": WindowStats(count=1)}},
+    )
+    with pytest.raises(ConfigError):
+        plan.add_crossrank(bad)
+    assert plan.is_empty() and plan.run_activity == {}
