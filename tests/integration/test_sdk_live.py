@@ -133,14 +133,17 @@ def test_broker_restart_loses_nothing_and_never_stalls_log(
     assert incarnation
     # log() only appends to a deque: the broker being away must not show on the caller.
     # Waiting on I/O would take seconds here (2 s bootstrap and delivery timeouts). What
-    # is left is the GIL hand-over from a background thread (one 5 ms switch interval) and,
-    # on this shared 2-core machine, the odd descheduling of the whole process (seen once
-    # at 0.19 s in CI): so the bound is on how many calls exceed 10 ms, and on the worst.
+    # is left is the GIL: while the spool is replayed, the publisher and kafka-python
+    # threads are busy, and a log() call that a waiting thread interrupts lasts one switch
+    # interval (5 ms) or two. On this shared 2-core machine the whole process is also
+    # descheduled now and then (seen once at 0.19 s in CI). So: no call near an I/O wait,
+    # p99 within two switch intervals, and calls over 50 ms rare.
     ordered = sorted(log_times)
-    slow = [t for t in ordered if t >= 0.010]
-    assert len(slow) <= 1 + len(ordered) // 1000, (slow, duplicates)
+    gil = 2 * sys.getswitchinterval()
+    slow = [t for t in ordered if t >= 0.050]
     assert ordered[-1] < 0.5, ordered[-1]
-    assert ordered[int(len(ordered) * 0.99)] < 0.001
+    assert ordered[int(len(ordered) * 0.99)] < gil, (ordered[int(len(ordered) * 0.99)], gil)
+    assert len(slow) <= 1 + len(ordered) // 1000, (slow, duplicates)
 
 
 def test_two_ranks_ddp_grad_norms_agree(base_settings: Settings, tmp_path: Path) -> None:
