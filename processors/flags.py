@@ -77,8 +77,9 @@ class Episodes:
     """Open episodes by key, each with the flag that opened it.
 
     A detector checks `is_open` before building a flag (so a condition that holds for many
-    points builds one flag), opens the episode with `start`, and calls `end` when the
-    condition stops holding: `end` hands back the opening flag, for `cleared_flag`.
+    points builds one flag), opens the episode with `start`, and when the condition stops
+    holding `close`s it into a cleared flag (or `end`s it, for bookkeeping, getting back
+    the opening flag).
     """
 
     __slots__ = ("_open",)
@@ -100,7 +101,19 @@ class Episodes:
 
     def is_open(self, key: Hashable) -> bool:
         """True while the episode of `key` is open."""
-        return key in self._open
+        return bool(self._open) and key in self._open
+
+    def close(
+        self,
+        key: Hashable,
+        step: int | None,
+        t: float,
+        summary: str,
+        evidence: dict[str, float | None],
+    ) -> Flag:
+        """End the open episode of `key` and return its cleared flag (see `cleared_flag`).
+        Check `is_open` first, so the summary is only built for an episode that ends."""
+        return cleared_flag(self._open.pop(key), step, t, summary, evidence)
 
     def __len__(self) -> int:
         return len(self._open)

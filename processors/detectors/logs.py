@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.flags import Episodes, Flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,10 @@ class ErrorBurstDetector:
             times.popleft()
         if times:
             return None
-        opening = self._episodes.end(key)
-        if opening is None:
+        if not self._episodes.is_open(key):
             return None
-        return cleared_flag(
-            opening,
+        return self._episodes.close(
+            key,
             step,
             t,
             f"error burst on rank {key[1]} cleared at {moment(step, t)}: no error log in "

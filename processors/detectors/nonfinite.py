@@ -39,12 +39,11 @@ class NonFiniteDetector:
         when it is the first finite value after one."""
         series = (run, rank, metric)
         if math.isfinite(value):
-            opening = self._episodes.end(series)
-            if opening is None:
+            if not self._episodes.is_open(series):
                 return ()
             return (
-                cleared_flag(
-                    opening,
+                self._episodes.close(
+                    series,
                     step,
                     t,
                     f"{metric} is finite again on rank {rank} of run {run} at {moment(step, t)}",

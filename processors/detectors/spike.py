@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import MAD_SCALE, matches, median_mad
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.flags import Episodes, Flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,11 @@ class SpikeDetector:
             return (self._episodes.start(key, flag),)
         baseline_points = float(len(history))
         history.append(value)
-        opening = self._episodes.end(key)
-        if opening is None:
+        if not self._episodes.is_open(key):
             return ()
         return (
-            cleared_flag(
-                opening,
+            self._episodes.close(
+                key,
                 step,
                 t,
                 f"{metric} spike on rank {rank} cleared at {moment(step, t)}: {value:.6g} "

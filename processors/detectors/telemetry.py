@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.flags import Episodes, Flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,10 @@ class TelemetryLossDetector:
         total = total_lost + sum(b[1] for b in batches)
         fraction = total_lost / total if total else 0.0
         if fraction <= p.max_fraction:
-            opening = self._episodes.end(key)
-            if opening is None:
+            if not self._episodes.is_open(key):
                 return None
-            return cleared_flag(
-                opening,
+            return self._episodes.close(
+                key,
                 step,
                 t,
                 f"telemetry loss from rank {rank} cleared at {moment(step, t)}: "

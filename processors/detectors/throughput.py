@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.flags import Episodes, Flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,11 @@ class ThroughputDetector:
         base = median(data[: -p.recent_points])
         threshold = base * (1 - p.drop)
         if now >= threshold:
-            opening = self._episodes.end(key)
-            if opening is None:
+            if not self._episodes.is_open(key):
                 return ()
             return (
-                cleared_flag(
-                    opening,
+                self._episodes.close(
+                    key,
                     step,
                     t,
                     f"{metric} regression on rank {rank} cleared at {moment(step, t)}: "

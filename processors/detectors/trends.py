@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.flags import Episodes, Flag, evidence, moment
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,11 @@ class PlateauDetector:
         if state.ema < state.best - max(p.min_rel_delta * abs(state.best), p.min_abs_delta):
             previous, stalled = state.best, step - state.best_step
             state.best, state.best_step = state.ema, step
-            opening = self._episodes.end(key)
-            if opening is None:
+            if not self._episodes.is_open(key):
                 return ()
             return (
-                cleared_flag(
-                    opening,
+                self._episodes.close(
+                    key,
                     step,
                     t,
                     f"{metric} plateau on rank {rank} cleared at step {step}: EMA "
@@ -183,12 +182,11 @@ class DivergenceDetector:
         above = start > 0 and ema > start * p.above_start
         rose = low > 0 and ema > low * (1 + p.rise)
         if not (above or rose):
-            opening = self._episodes.end(key)
-            if opening is None:
+            if not self._episodes.is_open(key):
                 return ()
             return (
-                cleared_flag(
-                    opening,
+                self._episodes.close(
+                    key,
                     step,
                     t,
                     f"{metric} divergence on rank {rank} cleared at step {step}: EMA {ema:.4g} "
@@ -283,12 +281,11 @@ class OverfittingDetector:
         rising = value > best_eval * (1 + p.rise)
         falling = fit.train_ema < train_then * (1 - p.train_drop)
         if not (rising and falling):
-            opening = self._episodes.end(key)
-            if opening is None:
+            if not self._episodes.is_open(key):
                 return ()
             return (
-                cleared_flag(
-                    opening,
+                self._episodes.close(
+                    key,
                     step,
                     t,
                     f"overfitting on rank {rank} cleared at {moment(step, t)}: {p.eval_metric} "
