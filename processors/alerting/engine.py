@@ -59,6 +59,16 @@ def _selector_labels(run: str, rank: int | None, metric: str | None) -> dict[str
     return labels
 
 
+def _labels(rule: Rule, run: str, rank: int | None, metric: str | None) -> dict[str, str]:
+    """The labels silences and inhibition match an alert of `rule` by."""
+    return {
+        "rule": rule.name,
+        "severity": rule.severity,
+        **rule.labels,
+        **_selector_labels(run, rank, metric),
+    }
+
+
 class AlertEngine:
     """Turns signals and window updates into alert transitions.
 
@@ -104,19 +114,21 @@ class AlertEngine:
         """True when some rule evaluates window stats (window updates are worth reading)."""
         return bool(self._conditions)
 
-    def _builtin(self, signal: Signal) -> Rule:
+    def _builtin(self, detector: str, severity: Severity) -> Rule:
         return Rule(
-            name=signal.detector,
-            severity=signal.severity,
+            name=detector,
+            severity=severity,
             timing=Timing(),
-            detector=signal.detector,
+            detector=detector,
             labels={"builtin": "true"},
         )
 
     def on_signal(self, signal: Signal) -> list[Alert]:
         """Apply a detector signal to every rule that watches that detector."""
         self.note_activity(signal.run)
-        rules = self._by_detector.get(signal.detector) or [self._builtin(signal)]
+        rules = self._by_detector.get(signal.detector) or [
+            self._builtin(signal.detector, signal.severity)
+        ]
         selector_labels = _selector_labels(signal.run, signal.rank, signal.metric)
         out = []
         for rule in rules:
@@ -165,14 +177,7 @@ class AlertEngine:
                 continue
             # No user rule of that name: a detector's built-in rule (or a user rule since
             # removed, which then resolves on the resolve timeout like a quiet detector).
-            rule = names.get(alert.rule)
-            rule_labels = {"builtin": "true"} if rule is None else dict(rule.labels)
-            labels = {
-                "rule": alert.rule,
-                "severity": alert.severity,
-                **rule_labels,
-                **_selector_labels(alert.run, alert.rank, alert.metric),
-            }
+            rule = names.get(alert.rule) or self._builtin(alert.rule, alert.severity)
             state = AlertState(
                 phase=Phase.FIRING,
                 active_since_t=alert.t,
@@ -181,9 +186,9 @@ class AlertEngine:
             )
             self._tracked[alert.fingerprint] = _Tracked(
                 state,
-                labels,
+                _labels(rule, alert.run, alert.rank, alert.metric),
                 last=alert,
-                detector=rule is None or rule.detector is not None,
+                detector=rule.detector is not None,
                 last_signal_at=self._clock(),
             )
             taken += 1
@@ -223,7 +228,7 @@ class AlertEngine:
         for rule in self._by_detector.get(signal.detector, ()):
             if rule.name == name:
                 return rule
-        return self._builtin(signal) if name == signal.detector else None
+        return self._builtin(signal.detector, signal.severity) if name == signal.detector else None
 
     def note_activity(self, run: str) -> None:
         """Record that something of `run` arrived now (see resolve_quiet)."""
@@ -339,13 +344,7 @@ class AlertEngine:
         if tracked is None:
             if not active:
                 return None  # nothing to clear: do not track series that never fired
-            labels = {
-                "rule": rule.name,
-                "severity": rule.severity,
-                **rule.labels,
-                **_selector_labels(run, rank, metric),
-            }
-            tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
+            tracked = self._tracked[fp] = _Tracked(AlertState(), _labels(rule, run, rank, metric))
         if level is not None:  # fresh evidence keeps its alert from resolve_quiet
             tracked.detector = True
             tracked.last_signal_at = self._clock()
