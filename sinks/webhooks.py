@@ -117,7 +117,6 @@ class WebhookDispatcher:
         self._order_users: Counter[str] = Counter()
         self.delivered = 0
         self.failed = 0
-        self.notifications = 0
 
     def submit(self, alert: Alert, ack: Ack | None = None) -> None:
         """Queue one transition; `ack` is called once it was delivered or dead-lettered
@@ -210,7 +209,6 @@ class WebhookDispatcher:
         results = await asyncio.gather(
             *(deliver(session, target, run, mine) for target, mine in plans)
         )
-        self.notifications += 1
         for (_, mine), result in zip(plans, results, strict=True):
             if result.delivered:
                 self.delivered += len(mine)

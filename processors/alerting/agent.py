@@ -118,14 +118,13 @@ class Alerting:
             await self.emit(self.engine.on_signal(signal_of(flag)))
 
     async def on_updates(self, updates: list[WindowUpdate]) -> None:
-        """Window updates of stage 1, for condition rules."""
+        """Window updates of stage 1: condition rules, and the runs' activity."""
         for update in updates:
             await self.take_over(update.run)
-            self.engine.note_activity(update.run)
-        if not self.engine.has_conditions:
-            return
-        for update in updates:
-            await self.emit(self.engine.on_window_update(update))
+            if self.engine.has_conditions:
+                await self.emit(self.engine.on_window_update(update))  # notes activity too
+            else:
+                self.engine.note_activity(update.run)
 
     async def take_over(self, run: str) -> None:
         """The first time this worker sees `run`, restore the run's firing alerts from
