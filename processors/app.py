@@ -100,9 +100,9 @@ def create_processor_app(settings: Settings) -> faust.App:
             for update in result.updates:
                 await windows.send(key=run_key(update.run), value=update.to_bytes())
             await alerting.on_updates(result.updates)
+            # Detector findings ride in the summaries: stage 2 groups them per run.
             for summary in result.summaries:
                 await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
-            await alerting.on_flags(result.alerts)
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:

@@ -37,6 +37,8 @@ class Flag:
     evidence: dict[str, float | None] = field(default_factory=dict)
     cleared: bool = False
     """True when the flag reports the end of an episode (the condition cleared)."""
+    affected: tuple[str, ...] = ()
+    """For an incident: the series it covers (``rank 1: loss``), the first one first."""
 
 
 def evidence(
@@ -147,4 +149,23 @@ def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
         raised_at=raised_at,
         summary=flag.summary,
         evidence=flag.evidence,
+        affected=list(flag.affected),
+    )
+
+
+def flag_of(alert: Alert) -> Flag:
+    """The detector flag an alert message of `flag_to_alert` carries (stage 1's findings
+    travel to stage 2 as alerts in the rank summaries)."""
+    return Flag(
+        detector=alert.rule,
+        run=alert.run,
+        rank=alert.rank,
+        metric=alert.metric,
+        step=alert.step,
+        t=alert.t,
+        severity=alert.severity,
+        summary=alert.summary,
+        evidence=dict(alert.evidence),
+        cleared=alert.status == "resolved",
+        affected=tuple(alert.affected),
     )

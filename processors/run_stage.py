@@ -33,10 +33,12 @@ from processors.detectors import (
     StragglerParams,
 )
 from processors.detectors.base import with_overrides
-from processors.flags import Flag, flag_to_alert
+from processors.flags import Flag, flag_of, flag_to_alert
+from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary, WindowStats
 from stepstream.keys import step_window_name
+from stepstream.vocabulary import canonical
 
 
 @dataclass
@@ -127,6 +129,7 @@ class RunStage:
         self.origin = NonFiniteOrigin(
             with_overrides(NonFiniteOriginParams(), params.get("nonfinite_origin"))
         )
+        self.incidents = Incidents()
 
     def process(self, summary: RankSummary, now: float) -> RunResult:
         """Apply one rank summary received at `now` (processor clock)."""
@@ -134,7 +137,8 @@ class RunStage:
         state = self._runs.setdefault(run, _RunState())
         state.world = max(state.world, summary.world)
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
-        flags: list[Flag] = self.liveness.seen(run, rank, summary.world, summary.last_step, now)
+        flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
+        flags += self.liveness.seen(run, rank, summary.world, summary.last_step, now)
         for point in summary.nonfinite:
             for metric, value in point.values.items():
                 flag = self.origin.nonfinite(
@@ -148,7 +152,7 @@ class RunStage:
             flag = self.origin.progress(run, rank, summary.last_step, now, summary.last_t)
             if flag is not None:
                 flags.append(flag)
-            flag = self.desync.observe(run, summary.last_t, state.latest)
+            flag = self.desync.observe(run, rank, summary.last_step, summary.last_t)
             if flag is not None:
                 flags.append(flag)
         for point in summary.steps:
@@ -158,7 +162,11 @@ class RunStage:
             if pending is None:
                 pending = state.steps[point.step] = _PendingStep(t=point.t)
             pending.t = max(pending.t, point.t)
-            pending.ranks.setdefault(rank, {}).update(point.values)
+            # Cross-rank analysis speaks the vocabulary: an alias logged by hand
+            # (``data_time``) meets the SDK's name (``perf/data_wait_s``).
+            values = pending.ranks.setdefault(rank, {})
+            for name, value in point.values.items():
+                values[canonical(name)] = value
             for name, value in point.quality.items():
                 pending.quality[name] = pending.quality.get(name, 0.0) + value
             state.newest = max(state.newest, point.step)
@@ -182,9 +190,18 @@ class RunStage:
             flag = self.dp.observe_step(run, step, pending.t, pending.ranks)
             if flag is not None:
                 flags.append(flag)
-        raised = self._clock()
-        result.alerts = [flag_to_alert(f, raised) for f in flags]
+        result.alerts = self._raise(flags)
         return result
+
+    def _raise(self, flags: list[Flag]) -> list[Alert]:
+        """The alerts of `flags`, grouped into one incident per run and detector."""
+        raised = self._clock()
+        out = []
+        for flag in flags:
+            grouped = self.incidents.apply(flag)
+            if grouped is not None:
+                out.append(flag_to_alert(grouped, raised))
+        return out
 
     def _quality(
         self, state: _RunState, step: int, sums: Mapping[str, float]
@@ -207,6 +224,4 @@ class RunStage:
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.
         A dead or hung rank's end comes with its next summary instead: see `process`."""
-        flags = self.liveness.tick(now) + self.origin.tick(now)
-        raised = self._clock()
-        return [flag_to_alert(f, raised) for f in flags]
+        return self._raise(self.liveness.tick(now) + self.origin.tick(now))

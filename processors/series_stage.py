@@ -40,6 +40,7 @@ from processors.flags import Flag, fingerprint, flag_to_alert
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
 from processors.windows import RollingWindow, Summary
+from stepstream import vocabulary as vocab
 from stepstream.contract import (
     Alert,
     Batch,
@@ -77,7 +78,16 @@ class SeriesWindows:
     the largest span; smaller sizes are slices of it. `detectors` are the value detectors
     that watch this metric, resolved once per series rather than once per value."""
 
-    __slots__ = ("by_step", "by_time", "detectors", "forward", "nonfinite", "stats_due")
+    __slots__ = (
+        "by_step",
+        "by_time",
+        "canonical",
+        "detectors",
+        "forward",
+        "nonfinite",
+        "rank_local",
+        "stats_due",
+    )
 
     def __init__(
         self,
@@ -85,11 +95,16 @@ class SeriesWindows:
         max_seconds: float | None,
         detectors: Sequence[ValueDetector] = (),
         forward: bool = False,
+        name: str = "",
     ) -> None:
         self.by_step = RollingWindow(max_steps) if max_steps else None
         self.by_time = RollingWindow(max_seconds) if max_seconds else None
         self.detectors = tuple(detectors)
         self.forward = forward
+        #: The vocabulary name stage 2 gets the values under, and whether a non-finite
+        #: value of the series can locate a fault (see `stepstream.vocabulary`).
+        self.canonical = vocab.canonical(name)
+        self.rank_local = vocab.is_rank_local(name)
         #: True while the series is in a non-finite episode (mirrors the detector, so the
         #: detector is only called on non-finite values and on the first finite one after).
         self.nonfinite = False
@@ -239,7 +254,7 @@ class SeriesStage:
         self.window_names = [n for n, _ in self._step_names + self._time_names]
         self._clock = clock
         self._ranks: dict[tuple[str, int], RankState] = {}
-        self.crossrank_metrics = frozenset(crossrank_metrics)
+        self.crossrank_metrics = frozenset(vocab.canonical(m) for m in crossrank_metrics)
         self.limits = limits or Limits()
         self._cardinality = CardinalityGuard(self.limits.max_metrics_per_run)
         params = detector_params or {}
@@ -259,7 +274,8 @@ class SeriesStage:
             self.window_steps[-1] if self.window_steps else None,
             self.window_seconds[-1] if self.window_seconds else None,
             [d for d in self._detectors if d.wants(metric)],
-            metric in self.crossrank_metrics,
+            vocab.canonical(metric) in self.crossrank_metrics,
+            metric,
         )
 
     def _state(self, batch: Batch) -> RankState:
@@ -305,6 +321,13 @@ class SeriesStage:
             )
         result.summaries = list(summaries.values())
         for flag in flags:
+            # Stage 1's findings go to stage 2, where every rank of the run meets, to be
+            # grouped into incidents (`processors.incidents`).
+            if flag.rank is not None:
+                target = summaries.get((flag.run, flag.rank))
+                if target is not None:
+                    target.flags.append(flag_to_alert(flag, now))
+        for flag in flags:
             # A cleared flag reports an end, not a finding on this window.
             if flag.metric is not None and flag.rank is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
@@ -329,7 +352,7 @@ class SeriesStage:
     ) -> RankSummary:
         run, rank = batch.run, batch.rank
         steps: dict[int, StepPoint] = {}
-        nonfinite: list[StepPoint] = []
+        nonfinite: dict[int, StepPoint] = {}
         refused: set[str] = set()
         duplicates = lost = received = 0
         series_of = state.series
@@ -372,10 +395,14 @@ class SeriesStage:
                 touched[metric] = value
                 if not isfinite(value) or series.nonfinite:
                     series.nonfinite = not isfinite(value)
-                    for flag in self._nonfinite.observe(run, rank, metric, step, t, value):
-                        flags.append(flag)
-                        if not flag.cleared and step is not None:
-                            nonfinite.append(StepPoint(step=step, t=t, values={metric: value}))
+                    flags.extend(self._nonfinite.observe(run, rank, metric, step, t, value))
+                    if series.nonfinite and series.rank_local and step is not None:
+                        # Every step it lasts: stage 2 keeps the origin incident open
+                        # while any rank-local value is still non-finite.
+                        bad = nonfinite.get(step)
+                        if bad is None:
+                            bad = nonfinite[step] = StepPoint(step=step, t=t)
+                        bad.values[metric] = value
                 for detector in series.detectors:
                     found = detector.observe(run, rank, metric, step, t, value)
                     if found:
@@ -385,7 +412,7 @@ class SeriesStage:
                         point = steps.get(step)
                         if point is None:
                             point = steps[step] = StepPoint(step=step, t=t)
-                    point.values[metric] = value
+                    point.values[series.canonical] = value
         state.duplicates += duplicates
         state.lost += lost
         result.duplicates += duplicates
@@ -419,7 +446,7 @@ class SeriesStage:
             last_t=state.last_t,
             records=received,
             steps=[steps[s] for s in sorted(steps)],
-            nonfinite=nonfinite,
+            nonfinite=[nonfinite[s] for s in sorted(nonfinite)],
         )
 
     def _add_quality(

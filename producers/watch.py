@@ -20,15 +20,22 @@ from typing import Any
 
 import torch
 
+from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
 
-GLOBAL_NORM = "grad/global_norm"
-NONFINITE_COUNT = "grad/nonfinite_count"
-STEP_TIME = "perf/step_time_s"
-DATA_WAIT = "perf/data_wait_s"
-COMPUTE = "perf/compute_s"
-SAMPLES_PER_S = "perf/samples_per_s"
-TOKENS_PER_S = "perf/tokens_per_s"
+GLOBAL_NORM = vocab.GRAD_NORM.name
+NONFINITE_COUNT = vocab.NONFINITE_GRADS.name
+STEP_TIME = vocab.STEP_TIME.name
+DATA_WAIT = vocab.DATA_WAIT.name
+FORWARD = vocab.FORWARD.name
+COMPUTE = vocab.COMPUTE.name
+SAMPLES_PER_S = vocab.SAMPLES_PER_S.name
+TOKENS_PER_S = vocab.TOKENS_PER_S.name
+LAYER_NORM = vocab.GRAD_LAYER_NORM.name
+WEIGHT_NORM = vocab.WEIGHT_NORM.name
+UPDATE_RATIO = vocab.UPDATE_RATIO.name
+LR = vocab.LR.name
+MOMENTUM = vocab.MOMENTUM.name
 
 Enqueue = Callable[[int | None, RecordKind, Any], None]
 
@@ -43,6 +50,12 @@ def layer_names(model: torch.nn.Module) -> tuple[list[str], list[torch.nn.Parame
             names.append(name)
             params.append(param)
     return names, params
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a wrapper (DistributedDataParallel, FSDP-style ``.module``) runs."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 class GradStats:
@@ -80,14 +93,14 @@ class GradStats:
             name = self.names[pos]
             g = grads[j]
             by_pos[pos] = g
-            values[f"grad/norm/{name}"] = g
+            values[LAYER_NORM + name] = g
             if weights:
                 w = weights[j]
-                values[f"weight/norm/{name}"] = w
+                values[WEIGHT_NORM + name] = w
                 if updates:
                     u = updates[j]
                     ratio = u / w if w else (0.0 if u == 0 else math.inf)
-                    values[f"update_ratio/{name}"] = ratio
+                    values[UPDATE_RATIO + name] = ratio
         values[GLOBAL_NORM] = math.sqrt(sum(g * g for g in grads))
         bad = [pos for pos in by_pos if not math.isfinite(by_pos[pos])]
         values[NONFINITE_COUNT] = float(len(bad))
@@ -124,12 +137,21 @@ class Watch:
         self._order: list[int] = []
         self._t_end: float | None = None
         self._t_fwd: float | None = None
+        self._t_inner: float | None = None
+        self._forward_s = 0.0
         self._samples = 0
         self._tokens = 0
         self._pending: tuple[list[int], list[torch.Tensor], bool, list[torch.Tensor] | None] | None
         self._pending = None
+        # Forward time is taken around the wrapped module (DDP's `.module`), so it leaves
+        # out what the wrapper does before it (buffer broadcast, a collective): under data
+        # parallelism data wait + forward is the time a rank spends before its first
+        # collective, the one number that names a straggler.
+        inner = _unwrapped(model)
         self._handles = [
             model.register_forward_pre_hook(self._on_forward),
+            inner.register_forward_pre_hook(self._on_inner_forward),
+            inner.register_forward_hook(self._on_inner_forward_end),
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
         ]
@@ -158,6 +180,14 @@ class Watch:
                 self._tokens += batch * self.tokens_per_sample
             elif first.dim() >= 2 and not first.is_floating_point():
                 self._tokens += batch * first.shape[1]  # token ids (batch, sequence)
+
+    def _on_inner_forward(self, _module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        self._t_inner = time.perf_counter()
+
+    def _on_inner_forward_end(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        if self._t_inner is not None:
+            self._forward_s += time.perf_counter() - self._t_inner
+            self._t_inner = None
 
     def _watched(self) -> bool:
         return self.step % self.every == 0
@@ -190,6 +220,7 @@ class Watch:
             self._order_handles = []
         self._t_end = now
         self._t_fwd = None
+        self._forward_s = 0.0
         self._samples = 0
         self._tokens = 0
         self.step += 1
@@ -211,18 +242,20 @@ class Watch:
             self._enqueue(self.step, RecordKind.GRAD, stats)
         values: dict[str, Any] = {}
         for g, group in enumerate(self._optimizer.param_groups):
-            values[f"opt/lr/{g}"] = group.get("lr")
+            values[f"{LR}{g}"] = group.get("lr")
             momentum = group.get("momentum")
             if momentum is None and "betas" in group:
                 momentum = group["betas"][0]
             if momentum is not None:
-                values[f"opt/momentum/{g}"] = momentum
+                values[f"{MOMENTUM}{g}"] = momentum
         if self._t_end is not None:
             step_time = now - self._t_end
             values[STEP_TIME] = step_time
             if self._t_fwd is not None:
                 values[DATA_WAIT] = self._t_fwd - self._t_end
                 values[COMPUTE] = now - self._t_fwd
+                if self._forward_s > 0:
+                    values[FORWARD] = self._forward_s
             if step_time > 0 and self._samples:
                 values[SAMPLES_PER_S] = self._samples / step_time
                 if self._tokens:

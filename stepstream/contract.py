@@ -146,7 +146,14 @@ class RankSummary(WireModel):
     records: int = 0
     steps: list[StepPoint] = Field(default_factory=list)
     nonfinite: list[StepPoint] = Field(
-        default_factory=list, description="First non-finite value per metric, with its step."
+        default_factory=list,
+        description="Non-finite values of rank-local metrics, by step, for as long as they "
+        "last (the cross-rank stage names the rank where they started).",
+    )
+    flags: list[Alert] = Field(
+        default_factory=list,
+        description="Stage 1's detector findings for this rank: stage 2 groups them into "
+        "one incident per run and detector.",
     )
 
 
@@ -207,6 +214,13 @@ class Alert(WireModel):
     evidence: dict[str, float | None] = Field(
         default_factory=dict, description="Numbers behind the flag: value, threshold, window."
     )
+    affected: list[str] = Field(
+        default_factory=list,
+        description="The series of the incident ('rank 1: loss'), first first, bounded.",
+    )
+
+
+RankSummary.model_rebuild()  # its `flags` are Alerts, defined after it
 
 
 class ControlAction(WireModel):

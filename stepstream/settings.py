@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stepstream import vocabulary
+
 
 def default_state_dir() -> Path:
     """Where the embedded stack keeps its state file and logs unless told otherwise."""
@@ -168,15 +170,9 @@ class Settings(BaseSettings):
         5000, ge=1, description="Distinct metric names per run; more are dead-lettered."
     )
     crossrank_metrics: list[str] = Field(
-        default_factory=lambda: [
-            "loss",
-            "grad_norm",
-            "data_time",
-            "compute_time",
-            "step_time",
-            "samples_per_s",
-        ],
-        description="Metrics stage 1 forwards per step for cross-rank analysis.",
+        default_factory=lambda: [s.name for s in vocabulary.CROSSRANK_DEFAULT],
+        description="Metrics stage 1 forwards per step for cross-rank analysis (vocabulary "
+        "names; aliases such as data_time are accepted).",
     )
     hung_after_s: float = Field(
         120.0, gt=0, description="A rank that is alive but whose step does not move is hung."

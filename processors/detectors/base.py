@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from stepstream.vocabulary import canonical
+
 P = TypeVar("P")
 
 #: Scales a median absolute deviation to a normal standard deviation.
@@ -42,9 +44,19 @@ def with_overrides(params: P, overrides: Mapping[str, Any] | None) -> P:
 
 
 def matches(metric: str, names: tuple[str, ...]) -> bool:
-    """True if `metric` is one of `names` or below one of them (``grad_norm/layer1``)."""
+    """True if `metric` is one of `names` or below one of them (``loss/aux`` under
+    ``loss``; any ``grad/norm/<layer>`` under the family ``grad/norm/``). Both sides are
+    compared by their vocabulary names, so an alias (``grad_norm``, ``val_loss``) reaches
+    the detector of its canonical name."""
+    metric = canonical(metric)
     for name in names:
-        if metric == name or (metric.startswith(name) and metric[len(name)] == "/"):
+        name = canonical(name)
+        if metric == name:
+            return True
+        if name.endswith("/"):
+            if metric.startswith(name):
+                return True
+        elif metric.startswith(name) and metric[len(name)] == "/":
             return True
     return False
 

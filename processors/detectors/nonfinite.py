@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from processors.detectors.base import matches
 from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from stepstream.vocabulary import is_rank_local
 
 
 def _word(value: float) -> str:
@@ -83,14 +84,16 @@ class NonFiniteOriginParams:
     settle_s: or until this many seconds (processor clock) passed since the first report.
     rearm_steps: a non-finite value this many steps after the episode's last one opens a
         new episode.
-    ignore: metrics computed after a collective (``grad_norm`` after the all-reduce) are
-        non-finite on every rank at the same step, so they cannot name the origin.
+    ignore: further metrics not to judge. Only rank-local signals are judged at all
+        (`stepstream.vocabulary`): values read after a collective (gradient norms after
+        the all-reduce, weights, learning rates) are non-finite on every rank in the same
+        step, so they cannot name the origin.
     """
 
     settle_steps: int = 1
     settle_s: float = 3.0
     rearm_steps: int = 20
-    ignore: tuple[str, ...] = ("grad_norm",)
+    ignore: tuple[str, ...] = ()
 
 
 @dataclass
@@ -131,7 +134,7 @@ class NonFiniteOrigin:
         now: float,
     ) -> Flag | None:
         """Record a rank's non-finite value; return the verdict if it is now settled."""
-        if matches(metric, self.params.ignore):
+        if not is_rank_local(metric) or matches(metric, self.params.ignore):
             return None
         episode = self._episodes.get(run)
         if (

@@ -9,27 +9,34 @@ from dataclasses import dataclass, field
 
 from processors.detectors.base import median
 from processors.flags import Episodes, Flag, cleared_flag, evidence
+from stepstream import vocabulary as vocab
 
 
 @dataclass(frozen=True)
 class StragglerParams:
     """Parameters of `StragglerDetector`.
 
-    metrics: per-step times spent outside collectives; a rank's work time is their sum.
-        (Total step time cannot name the slow rank: every rank waits for it in the
-        all-reduce, so all step times grow together.)
+    metrics: the rank-local times a rank spends before it enters its first collective;
+        its pre-collective time is their sum. (Step time and compute time cannot name the
+        slow rank: every rank waits for it in the all-reduce, so they grow together.)
+    alone: of those, the ones also judged on their own: a model with buffers broadcasts
+        them at the start of DDP's forward, so the other ranks' forward then includes
+        waiting for the slow one, and only its data wait stands out.
     window: steps per rank whose median is compared.
     min_points: steps a rank needs before it is judged (first steps are noisy: process
         start, allocator and data-loader warm-up).
     ratio: straggler when its median exceeds the median of the other ranks times this...
-    min_excess_s: ...and by at least this many seconds.
+    min_excess_s: ...and by at least this many seconds. 3 ms: the slow input pipelines to
+        catch add 5-20 ms per step, while healthy ranks' medians of data wait + forward
+        differed by at most 0.8 ms at 2-200 ms steps (bench/detection.py).
     """
 
-    metrics: tuple[str, ...] = ("data_time", "compute_time")
+    metrics: tuple[str, ...] = (vocab.DATA_WAIT.name, vocab.FORWARD.name)
+    alone: tuple[str, ...] = (vocab.DATA_WAIT.name,)
     window: int = 20
     min_points: int = 10
     ratio: float = 1.5
-    min_excess_s: float = 0.02
+    min_excess_s: float = 0.003
 
 
 class StragglerDetector:
@@ -41,7 +48,7 @@ class StragglerDetector:
 
     def __init__(self, params: StragglerParams | None = None) -> None:
         self.params = params or StragglerParams()
-        self._times: dict[tuple[str, int], deque[float]] = {}
+        self._times: dict[tuple[str, int, str], deque[float]] = {}
         self._episodes = Episodes()
 
     def observe_step(
@@ -50,33 +57,47 @@ class StragglerDetector:
         """Add one step of every rank; flags of ranks that start straggling and cleared flags
         of ranks that stop."""
         p = self.params
-        for rank, values in ranks.items():
-            parts = [values[m] for m in p.metrics if m in values and math.isfinite(values[m])]
-            if parts:
-                times = self._times.setdefault((run, rank), deque(maxlen=p.window))
-                times.append(sum(parts))
-        medians = {
-            rank: median(times)
-            for (r_run, rank), times in self._times.items()
-            if r_run == run and len(times) >= p.min_points
-        }
+        measures = {"+".join(p.metrics): p.metrics}
+        for name in p.alone:
+            measures.setdefault(name, (name,))
+        for label, names in measures.items():
+            for rank, values in ranks.items():
+                parts = [values[m] for m in names if m in values and math.isfinite(values[m])]
+                if len(parts) == len(names):
+                    key = (run, rank, label)
+                    times = self._times.get(key)
+                    if times is None:
+                        times = self._times[key] = deque(maxlen=p.window)
+                    times.append(sum(parts))
         flags: list[Flag] = []
-        if len(medians) < 2:
-            return flags
-        for rank, own in medians.items():
-            others = median(v for r, v in medians.items() if r != rank)
-            threshold = max(others * p.ratio, others + p.min_excess_s)
+        verdicts: dict[int, tuple[bool, str, float, float, float]] = {}
+        for label in measures:
+            medians = {
+                rank: median(times)
+                for (r_run, rank, r_label), times in self._times.items()
+                if r_run == run and r_label == label and len(times) >= p.min_points
+            }
+            if len(medians) < 2:
+                continue
+            for rank, own in medians.items():
+                others = median(v for r, v in medians.items() if r != rank)
+                threshold = max(others * p.ratio, others + p.min_excess_s)
+                slow = own > threshold
+                known = verdicts.get(rank)
+                if known is None or (slow and not known[0]):
+                    verdicts[rank] = (slow, label, own, others, threshold)
+        for rank, (slow, label, own, others, threshold) in sorted(verdicts.items()):
             key = (run, rank)
-            if own <= threshold:
-                opening = self._episodes.end(key)
-                if opening is not None:
+            what = "of data wait" if label == vocab.DATA_WAIT.name else "before the collective"
+            if not slow:
+                if self._episodes.is_open(key):
                     flags.append(
-                        cleared_flag(
-                            opening,
+                        self._episodes.close(
+                            key,
                             step,
                             t,
-                            f"rank {rank} straggler cleared at step {step}: {own * 1000:.0f} ms "
-                            f"of work per step against {others * 1000:.0f} ms on the other ranks",
+                            f"rank {rank} straggler cleared at step {step}: {own * 1000:.1f} ms "
+                            f"{what} per step against {others * 1000:.1f} ms on the other ranks",
                             evidence(own, others, threshold, float(p.window)),
                         )
                     )
@@ -86,12 +107,12 @@ class StragglerDetector:
                     detector=self.name,
                     run=run,
                     rank=rank,
-                    metric="+".join(p.metrics),
+                    metric=label,
                     step=step,
                     t=t,
                     severity="warning",
-                    summary=f"rank {rank} is a straggler: {own * 1000:.0f} ms of work per step "
-                    f"against {others * 1000:.0f} ms on the other ranks",
+                    summary=f"rank {rank} is a straggler: {own * 1000:.1f} ms {what} per step "
+                    f"against {others * 1000:.1f} ms on the other ranks",
                     evidence=evidence(own, others, threshold, float(p.window)),
                 )
                 flags.append(self._episodes.start(key, flag))
@@ -102,51 +123,82 @@ class StragglerDetector:
 class DesyncParams:
     """Parameters of `DesyncDetector`.
 
-    max_spread: flag when the newest steps of a run's ranks differ by more than this.
+    max_spread: flag when a rank is more than this many steps behind the lead rank...
+    max_lag_s: ...and the lead passed the laggard's step more than this many seconds of
+        event time before the laggard got there. Both are judged at the same event time,
+        so ranks whose newest reports come from different flushes (a publisher sends
+        every 0.2 s: 100 steps of a 2 ms job) are not taken for desynchronised; the
+        seconds margin covers clock skew between nodes.
+    history: (event time, step) points kept per rank to look the lead's past up in.
     """
 
     max_spread: int = 50
+    max_lag_s: float = 5.0
+    history: int = 1024
 
 
 class DesyncDetector:
-    """Flags the laggard rank when the spread of the ranks' newest steps exceeds
-    `max_spread`; it clears (naming the rank it flagged) when the spread is back within.
-    Delay: the summary that makes the spread too large."""
+    """Flags a rank that is behind the lead rank at the same event time, by more than
+    `max_spread` steps and `max_lag_s` seconds; it clears (naming the rank it flagged) when
+    that no longer holds. In lockstep data parallelism this never fires; it catches ranks
+    that run on their own (a restarted rank replaying, pipeline or async setups gone wrong).
+    A rank that stops (dead, hung) is the liveness detector's: its last report is in step
+    with the lead at its own time. Delay: the summary that makes the lag too large."""
 
     name = "rank_desync"
 
     def __init__(self, params: DesyncParams | None = None) -> None:
         self.params = params or DesyncParams()
         self._episodes = Episodes()
+        self._runs: dict[str, dict[int, deque[tuple[float, int]]]] = {}
 
-    def observe(self, run: str, t: float, steps: dict[int, int]) -> Flag | None:
-        """Judge the newest step of each rank of `run`: a flag when a desync episode starts,
-        a cleared flag when one ends."""
-        if len(steps) < 2:
+    def observe(self, run: str, rank: int, step: int, t: float) -> Flag | None:
+        """Record that `rank` of `run` was at `step` at event time `t`, then judge the run's
+        laggard: a flag when a desync episode starts, a cleared flag when one ends."""
+        p = self.params
+        ranks = self._runs.setdefault(run, {})
+        points = ranks.get(rank)
+        if points is None:
+            points = ranks[rank] = deque(maxlen=p.history)
+        if not points or (step > points[-1][1] and t >= points[-1][0]):
+            points.append((t, step))
+        if len(ranks) < 2:
             return None
-        lead = max(steps.values())
-        laggard, low = min(steps.items(), key=lambda kv: (kv[1], kv[0]))
-        spread = lead - low
-        if spread <= self.params.max_spread:
+        laggard, (t_low, low) = min(
+            ((r, pts[-1]) for r, pts in ranks.items()), key=lambda kv: (kv[1][1], kv[0])
+        )
+        spread, lag, lead = 0, 0.0, low
+        for r, pts in ranks.items():
+            if r == laggard:
+                continue
+            ahead = _step_at(pts, t_low)  # where this rank was when the laggard was at `low`
+            passed = _time_at(pts, low)  # when this rank got past `low`
+            if ahead is not None and ahead - low > spread:
+                spread, lead = ahead - low, ahead
+                lag = t_low - passed if passed is not None else 0.0
+        behind = spread > p.max_spread and lag > p.max_lag_s
+        ev = evidence(
+            float(spread),
+            None,
+            float(p.max_spread),
+            None,
+            lag_s=lag,
+            max_lag_s=p.max_lag_s,
+            lead=float(lead),
+            laggard_step=float(low),
+        )
+        if not behind:
             opening = self._episodes.end(run)
             if opening is None:
                 return None
-            # The flagged rank may no longer be the laggard: report where it is now.
-            at = steps.get(opening.rank, low) if opening.rank is not None else low
+            at = ranks[opening.rank][-1][1] if opening.rank in ranks else low
             return cleared_flag(
                 opening,
                 at,
                 t,
-                f"rank desync of run {run} cleared: ranks {spread} steps apart (at most "
-                f"{self.params.max_spread}), rank {opening.rank} at step {at}, lead at step {lead}",
-                evidence(
-                    float(spread),
-                    None,
-                    float(self.params.max_spread),
-                    None,
-                    lead=float(lead),
-                    laggard_step=float(low),
-                ),
+                f"rank desync of run {run} cleared: rank {opening.rank} at step {at}, "
+                f"{spread} steps and {lag:.1f}s behind the lead at most",
+                ev,
             )
         if self._episodes.is_open(run):
             return None
@@ -156,20 +208,38 @@ class DesyncDetector:
             rank=laggard,
             metric=None,
             step=low,
-            t=t,
+            t=t_low,
             severity="warning",
-            summary=f"ranks of run {run} are {spread} steps apart: rank {laggard} at step {low}, "
-            f"lead at step {lead}",
-            evidence=evidence(
-                float(spread),
-                None,
-                float(self.params.max_spread),
-                None,
-                lead=float(lead),
-                laggard_step=float(low),
-            ),
+            summary=f"rank {laggard} of run {run} is {spread} steps ({lag:.1f}s) behind: at step "
+            f"{low} while the lead was at step {lead} at the same time",
+            evidence=ev,
         )
         return self._episodes.start(run, flag)
+
+    def forget(self, run: str) -> None:
+        """Drop what is known of `run` (its state ended elsewhere)."""
+        self._runs.pop(run, None)
+
+
+def _step_at(points: deque[tuple[float, int]], t: float) -> int | None:
+    """The newest step of a rank at event time `t` (None if its history starts later)."""
+    found = None
+    for when, step in reversed(points):
+        if when <= t:
+            found = step
+            break
+    return found
+
+
+def _time_at(points: deque[tuple[float, int]], step: int) -> float | None:
+    """The event time a rank first reported a step at or past `step` (the oldest point
+    known when its history starts past it)."""
+    found = None
+    for when, s in reversed(points):
+        if s < step:
+            break
+        found = when
+    return found
 
 
 @dataclass(frozen=True)
@@ -324,25 +394,32 @@ class LivenessDetector:
 class DPMismatchParams:
     """Parameters of `DPMismatchDetector`.
 
-    metric: the global gradient norm after the all-reduce (identical on every DP rank).
+    metric: a synchronised signal (vocabulary name): the global gradient norm, read after
+        the all-reduce, is bit-identical on every data-parallel rank.
     rel_tol: ranks disagree when |value - median| / |median| exceeds this.
+    history: agreed values of the run remembered to name the culprit between two ranks.
     """
 
-    metric: str = "grad_norm"
+    metric: str = vocab.GRAD_NORM.name
     rel_tol: float = 1e-3
+    history: int = 8
 
 
 class DPMismatchDetector:
     """Flags data-parallel ranks whose post-all-reduce gradient norm differs from the
-    others': a sign of silent data corruption (a bad GPU or link). With two ranks the
-    culprit cannot be told apart, so the flag names no rank. It clears at the first finished
-    step where the norms agree again. Delay: the finished step."""
+    others': silent data corruption (a bad GPU, link or kernel) or ranks that stopped
+    training the same model. With three or more ranks the culprit is the one off the
+    majority; with two, the one further (in ratio) from the norms the ranks last agreed on,
+    which is right when the corruption moves the norm more than a step's own change
+    (evidence ``named_by``: 1 majority, 2 history, 0 no culprit). It clears at the first
+    finished step where the norms agree again. Delay: the finished step."""
 
     name = "dp_mismatch"
 
     def __init__(self, params: DPMismatchParams | None = None) -> None:
         self.params = params or DPMismatchParams()
         self._episodes = Episodes()
+        self._agreed: dict[str, deque[float]] = {}
 
     def observe_step(
         self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
@@ -357,7 +434,11 @@ class DPMismatchDetector:
         scale = max(abs(med), 1e-12)
         rank, value = max(norms.items(), key=lambda kv: (abs(kv[1] - med), -kv[0]))
         deviation = abs(value - med) / scale
+        agreed = self._agreed.get(run)
         if deviation <= self.params.rel_tol:
+            if agreed is None:
+                agreed = self._agreed[run] = deque(maxlen=self.params.history)
+            agreed.append(med)
             opening = self._episodes.end(run)
             if opening is None:
                 return None
@@ -371,7 +452,16 @@ class DPMismatchDetector:
             )
         if self._episodes.is_open(run):
             return None
-        culprit = rank if len(norms) > 2 else None
+        culprit: int | None = rank
+        named_by = 1.0
+        if len(norms) == 2:
+            culprit, named_by = None, 0.0
+            if agreed:
+                usual = median(agreed)
+                if usual > 0:
+                    off = {r: abs(math.log(max(v, 1e-300) / usual)) for r, v in norms.items()}
+                    culprit = max(off, key=lambda r: (off[r], -r))
+                    value, named_by = norms[culprit], 2.0
         listing = ", ".join(f"rank {r}: {v:.6g}" for r, v in sorted(norms.items()))
         flag = Flag(
             detector=self.name,
@@ -382,7 +472,10 @@ class DPMismatchDetector:
             t=t,
             severity="critical",
             summary=f"{m} disagrees across data-parallel ranks at step {step} ({listing}): "
-            "possible silent data corruption",
-            evidence=evidence(value, med, self.params.rel_tol, None, rel_deviation=deviation),
+            "possible silent data corruption"
+            + (f" on rank {culprit}" if culprit is not None else ""),
+            evidence=evidence(
+                value, med, self.params.rel_tol, None, rel_deviation=deviation, named_by=named_by
+            ),
         )
         return self._episodes.start(run, flag)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from processors.detectors.base import MAD_SCALE, matches, median_mad
 from processors.flags import Episodes, Flag, evidence, moment
+from stepstream import vocabulary as vocab
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class SpikeParams:
         series does not flag rounding noise.
     """
 
-    metrics: tuple[str, ...] = ("loss",)
+    metrics: tuple[str, ...] = (vocab.LOSS.name,)
     window: int = 50
     min_points: int = 20
     z: float = 8.0

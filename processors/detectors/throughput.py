@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from processors.detectors.base import matches, median
 from processors.flags import Episodes, Flag, evidence, moment
+from stepstream import vocabulary as vocab
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class ThroughputParams:
     drop: regression when the recent median is below baseline * (1 - drop).
     """
 
-    metrics: tuple[str, ...] = ("samples_per_s", "tokens_per_s")
+    metrics: tuple[str, ...] = (vocab.SAMPLES_PER_S.name, vocab.TOKENS_PER_S.name)
     baseline_points: int = 100
     recent_points: int = 10
     drop: float = 0.3

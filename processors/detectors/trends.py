@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
 from processors.flags import Episodes, Flag, evidence, moment
+from stepstream import vocabulary as vocab
+from stepstream.vocabulary import canonical
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class PlateauParams:
     min_abs_delta: ...or by this much, whichever is larger.
     """
 
-    metrics: tuple[str, ...] = ("loss",)
+    metrics: tuple[str, ...] = (vocab.LOSS.name,)
     alpha: float = 0.1
     patience: int = 200
     min_rel_delta: float = 0.01
@@ -112,7 +114,7 @@ class DivergenceParams:
     rise: diverged when the EMA rose this fraction above its minimum within `window`.
     """
 
-    metrics: tuple[str, ...] = ("loss",)
+    metrics: tuple[str, ...] = (vocab.LOSS.name,)
     alpha: float = 0.1
     median_of: int = 5
     start_points: int = 10
@@ -219,15 +221,18 @@ class DivergenceDetector:
 class OverfittingParams:
     """Parameters of `OverfittingDetector`.
 
-    train_metric / eval_metric: names of the training and evaluation loss.
+    train_metric / eval_metric: names of the training and evaluation loss (vocabulary
+        names; aliases such as ``train_loss`` and ``val_loss`` match too).
     alpha: EMA smoothing of the training loss.
-    evals: how many recent evaluation points are judged.
-    rise: overfitting when the last eval loss is this fraction above the best of them...
+    evals: kept for configuration compatibility: evaluations judged against the best.
+    rise: overfitting when the last eval loss is this fraction above the best eval loss
+        of the run so far...
     train_drop: ...while the train EMA fell at least this fraction since that best eval.
+        The episode clears only when eval loss is back within `rise` of its best.
     """
 
-    train_metric: str = "loss"
-    eval_metric: str = "eval_loss"
+    train_metric: str = vocab.LOSS.name
+    eval_metric: str = vocab.EVAL_LOSS.name
     alpha: float = 0.1
     evals: int = 5
     rise: float = 0.05
@@ -237,7 +242,7 @@ class OverfittingParams:
 @dataclass
 class _Fit:
     train_ema: float | None = None
-    evals: deque[tuple[float, float]] = field(default_factory=deque)  # (eval, train EMA then)
+    best: tuple[float, float] | None = None  # (best eval loss, train EMA then)
 
 
 class OverfittingDetector:
@@ -254,7 +259,7 @@ class OverfittingDetector:
 
     def wants(self, metric: str) -> bool:
         """True for the train and eval loss."""
-        return metric in (self.params.train_metric, self.params.eval_metric)
+        return matches(metric, (self.params.train_metric, self.params.eval_metric))
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
@@ -265,7 +270,7 @@ class OverfittingDetector:
         p = self.params
         key = (run, rank)
         fit = self._state.setdefault(key, _Fit())
-        if metric == p.train_metric:
+        if canonical(metric) == canonical(p.train_metric):
             fit.train_ema = (
                 value
                 if fit.train_ema is None
@@ -274,15 +279,17 @@ class OverfittingDetector:
             return ()
         if fit.train_ema is None:
             return ()
-        fit.evals.append((value, fit.train_ema))
-        while len(fit.evals) > p.evals:
-            fit.evals.popleft()
-        best_eval, train_then = min(fit.evals)
+        if fit.best is None or value < fit.best[0]:
+            fit.best = (value, fit.train_ema)
+        best_eval, train_then = fit.best
         rising = value > best_eval * (1 + p.rise)
         falling = fit.train_ema < train_then * (1 - p.train_drop)
-        if not (rising and falling):
-            if not self._episodes.is_open(key):
-                return ()
+        if self._episodes.is_open(key):
+            if rising:
+                return ()  # still above its best: the episode goes on
+        elif not (rising and falling):
+            return ()
+        if not rising:
             return (
                 self._episodes.close(
                     key,
@@ -295,19 +302,17 @@ class OverfittingDetector:
                         value,
                         best_eval,
                         best_eval * (1 + p.rise),
-                        float(len(fit.evals)),
+                        None,
                         train_then=train_then,
                         train_now=fit.train_ema,
                     ),
                 ),
             )
-        if self._episodes.is_open(key):
-            return ()
         flag = Flag(
             detector=self.name,
             run=run,
             rank=rank,
-            metric=p.eval_metric,
+            metric=metric,
             step=step,
             t=t,
             severity="warning",
@@ -317,7 +322,7 @@ class OverfittingDetector:
                 value,
                 best_eval,
                 best_eval * (1 + p.rise),
-                float(len(fit.evals)),
+                None,
                 train_then=train_then,
                 train_now=fit.train_ema,
             ),

@@ -94,19 +94,50 @@ def test_gradients_explode_and_vanish_per_layer_and_stay_quiet_when_healthy() ->
     healthy = [math.exp(rng.gauss(0, 0.3)) for _ in range(500)]
     d = GradientDetector()
     assert feed(d.observe, "grad_norm", healthy) == []
-    assert feed(d.observe, "grad_norm/layer1.weight", healthy) == []
-    assert d.wants("grad_norm/encoder.0") and not d.wants("grad_norm_x")
-    blown = [*healthy[:100], 50.0, 60.0, *healthy[100:120], 1e-06, *healthy[120:140]]
+    assert feed(d.observe, "grad/norm/layer1.weight", healthy) == []
+    assert d.wants("grad_norm/encoder.0") and d.wants("grad/global_norm")
+    assert not d.wants("grad_norm_x") and not d.wants("weight/norm/fc")
+    # A 10x collapse for 6 points: judged on the median of the last 5 norms.
+    collapsed = [h * 0.1 for h in healthy[120:126]]
+    blown = [*healthy[:100], 50.0, 60.0, *healthy[100:120], *collapsed, *healthy[126:140]]
     flags = feed(GradientDetector().observe, "grad_norm/layer2", blown)
     assert [(f.detector, f.step, f.cleared) for f in flags] == [
         ("exploding_gradients", 100, False),
         ("exploding_gradients", 102, True),
-        ("vanishing_gradients", 122, False),
-        ("vanishing_gradients", 123, True),
+        ("vanishing_gradients", 124, False),  # the third collapsed point of five
+        ("vanishing_gradients", 130, True),  # the third healthy point after the collapse
     ]
     for flag in flags:
         assert_evidence(flag)
         assert flag.metric == "grad_norm/layer2"
+
+
+def layer_steps(
+    detector: GradientDetector, steps: int, scale: Callable[[int, int], float], seed: int = 0
+) -> list[Flag]:
+    """Feed `steps` steps of 6 layers' norms, layer i at step s scaled by scale(i, s)."""
+    rng = random.Random(seed)
+    flags: list[Flag] = []
+    for step in range(steps):
+        for layer in range(6):
+            value = (layer + 1) * math.exp(rng.gauss(0, 0.3)) * scale(layer, step)
+            flags.extend(
+                detector.observe("run", 0, f"grad/norm/l{layer}", step, 1000.0 + step, value)
+            )
+    return flags
+
+
+def test_one_layer_collapsing_is_vanishing_but_the_whole_model_shrinking_is_not() -> None:
+    # Every layer shrinking 20x within 10 steps (a loss reaching zero, an LR cut): training.
+    together = layer_steps(GradientDetector(), 200, lambda i, s: 1.0 if s < 100 else 0.05)
+    assert together == []
+    # One layer collapsing 10x while the others hold: vanishing, on that layer only.
+    one = layer_steps(GradientDetector(), 200, lambda i, s: 0.1 if i == 3 and s >= 100 else 1.0)
+    assert [(f.detector, f.metric, f.cleared) for f in one] == [
+        ("vanishing_gradients", "grad/norm/l3", False)
+    ]
+    assert 100 <= (one[0].step or 0) <= 104  # within the median of the last 5 points
+    # The collapse lasts: the frozen baseline keeps it firing (no cleared flag above).
 
 
 def test_plateau_after_patience_steps_without_improvement() -> None:
@@ -257,16 +288,18 @@ EPISODES = [
         "exploding",
         GradientDetector,
         "grad_norm/layer1",
-        [*flat(20), 50.0, *flat(19, seed=1), 50.0],
-        [(False, 20), (True, 21), (False, 40)],
+        [*flat(30), 50.0, *flat(19, seed=1), 50.0],
+        [(False, 30), (True, 31), (False, 50)],
         "exploding_gradients",
     ),
     Episode(
         "vanishing",
         GradientDetector,
         "grad_norm",
-        [*flat(20), 1e-6, *flat(19, seed=1), 1e-6],
-        [(False, 20), (True, 21), (False, 40)],
+        # judged on the median of the last 5 points: three low points start, three
+        # healthy ones end an episode
+        [*flat(30), *[1e-6] * 3, *flat(19, seed=1), *[1e-6] * 3],
+        [(False, 32), (True, 35), (False, 54)],
         "vanishing_gradients",
     ),
     Episode(
@@ -367,12 +400,13 @@ def test_no_cleared_flag_without_an_episode(case: Episode) -> None:
 
 
 def test_exploding_then_vanishing_ends_one_episode_and_starts_the_other() -> None:
-    flags = feed(GradientDetector().observe, "grad_norm", [*flat(20), 50.0, 1e-6, 1.0])
+    values = [*flat(30), 50.0, *[1e-6] * 3, *[1.0] * 3]
+    flags = feed(GradientDetector().observe, "grad_norm", values)
     assert [(f.detector, f.cleared, f.step) for f in flags] == [
-        ("exploding_gradients", False, 20),
-        ("exploding_gradients", True, 21),
-        ("vanishing_gradients", False, 21),
-        ("vanishing_gradients", True, 22),
+        ("exploding_gradients", False, 30),
+        ("exploding_gradients", True, 31),
+        ("vanishing_gradients", False, 33),
+        ("vanishing_gradients", True, 36),
     ]
     assert [f.severity for f in flags] == ["critical", "critical", "warning", "warning"]
 
@@ -429,3 +463,23 @@ def test_telemetry_loss_starts_clears_and_starts_again() -> None:
         (0.0, 0.0),
         (1 / 31, 1.0),
     ]
+
+
+def test_overfitting_stays_firing_while_eval_loss_is_above_its_best() -> None:
+    d = OverfittingDetector()
+    flags: list[Flag] = []
+    step = 0
+    evals = [1.0, 0.9, 0.8, 0.85, 0.9, 1.0, 1.1, 1.2, 1.3, 1.1, 0.9, 0.83, 0.79]
+    for i, ev in enumerate(evals):
+        for _ in range(20):
+            flags += d.observe("run", 0, "loss", step, float(step), 2.0 * math.exp(-step / 100))
+            step += 1
+        for flag in d.observe("run", 0, "val_loss", step, float(step), ev):  # an alias
+            flags.append(flag)
+            assert flag.metric == "val_loss"
+        if i == 12:
+            break
+    # Fires once eval is 5 % over its best (0.8 -> 0.85 is 6 %), and stays firing while
+    # eval keeps rising and while the train loss flattens: it clears only when eval loss
+    # is back within 5 % of its best (0.83 <= 0.84).
+    assert [(f.cleared, f.evidence["value"]) for f in flags] == [(False, 0.85), (True, 0.83)]

@@ -135,14 +135,28 @@ def test_cardinality_cap_keeps_known_names_and_dead_letters_the_rest() -> None:
     assert result.update is not None and set(result.update.latest) == {"a", "b", "c"}
 
 
-def test_summaries_carry_crossrank_values_per_step_and_first_nonfinite() -> None:
+def test_summaries_carry_crossrank_values_per_step_and_every_rank_local_nonfinite() -> None:
     s = big_stage()
-    result = s.process(batch([rec(0, 0, loss=1.0, data_time=0.1), rec(1, 1, loss=math.nan)]))
+    records = [
+        rec(0, 0, loss=1.0, data_time=0.1),
+        rec(1, 1, loss=math.nan, grad_norm=math.nan),
+        rec(2, 2, loss=math.nan),
+        rec(3, 3, loss=2.0),
+    ]
+    result = s.process(batch(records))
     (summ,) = result.summaries
     assert next((p.step, p.values.get("loss")) for p in summ.steps) == (0, 1.0)
-    assert summ.steps[0].values == {"loss": 1.0, "data_time": 0.1}
-    assert [(p.step, list(p.values)) for p in summ.nonfinite] == [(1, ["loss"])]
-    assert (summ.last_step, summ.records) == (1, 2)
+    # Cross-rank values travel under their vocabulary names: an alias meets the SDK's name.
+    assert summ.steps[0].values == {"loss": 1.0, "perf/data_wait_s": 0.1}
+    # Every step a rank-local value stays non-finite; never the post-all-reduce grad norm.
+    assert [(p.step, list(p.values)) for p in summ.nonfinite] == [(1, ["loss"]), (2, ["loss"])]
+    assert (summ.last_step, summ.records) == (3, 4)
+    # The detector findings ride in the summary, for stage 2 to group.
+    assert [(a.rule, a.metric, a.status) for a in summ.flags] == [
+        ("nonfinite", "loss", "firing"),
+        ("nonfinite", "grad_norm", "firing"),
+        ("nonfinite", "loss", "resolved"),
+    ]
 
 
 def test_flags_go_into_the_window_records() -> None:

@@ -1,0 +1,266 @@
+"""The metric vocabulary: the names the SDK emits, detectors and cross-rank analysis read,
+rules use and the docs show, defined once.
+
+Every signal has one canonical name (what `producers.watch` emits, or what the README tells
+people to log) and the common names people log by hand as aliases (``grad_norm``,
+``data_time``, ``val_loss``, ...). Stored series keep the name that was logged; detectors
+and cross-rank analysis resolve names with `canonical` so an alias reaches the same
+detector as the canonical name.
+
+Each signal is classed by what data parallelism does to it (`Sync`):
+
+- ``RANK_LOCAL``: computed on the rank before any collective (loss, data wait, forward
+  time). It differs across ranks, and where it goes wrong first is where a fault started.
+- ``SYNCHRONISED``: read after a collective (gradients after the all-reduce, weights,
+  learning rates). Under data parallelism it must agree across ranks: a disagreement is a
+  fault in itself, and a NaN in it appears on every rank in the same step.
+- ``COLLECTIVE_BOUND``: a time that includes waiting in collectives (step time, compute
+  time after the forward): every rank's grows with the slowest rank, so it locates nothing.
+
+Pure data and functions: no stage imports this module's callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+
+class Sync(StrEnum):
+    """What data parallelism does to a signal (see the module docstring)."""
+
+    RANK_LOCAL = "rank_local"
+    SYNCHRONISED = "synchronised"
+    COLLECTIVE_BOUND = "collective_bound"
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One named signal of the vocabulary.
+
+    name: the canonical name; for a `prefix` signal, the prefix of a family
+        (``grad/norm/`` + layer name).
+    kind: the record kind it travels in (train, eval, grad, ...).
+    sync: its class under data parallelism.
+    source: ``sdk`` when `Monitor.watch()` emits it, ``user`` when the training code logs it.
+    aliases: other names (or prefixes, for a family) that mean the same signal.
+    """
+
+    name: str
+    kind: str
+    sync: Sync
+    source: str
+    description: str
+    aliases: tuple[str, ...] = ()
+    prefix: bool = False
+
+
+LOSS = Signal(
+    "loss",
+    "train",
+    Sync.RANK_LOCAL,
+    "user",
+    "training loss of this rank's batch",
+    ("train_loss", "train/loss", "loss/train"),
+)
+EVAL_LOSS = Signal(
+    "eval_loss",
+    "eval",
+    Sync.RANK_LOCAL,
+    "user",
+    "evaluation (validation) loss, logged with log_eval()",
+    ("val_loss", "validation_loss", "eval/loss", "val/loss", "loss/val", "loss/eval", "valid_loss"),
+)
+GRAD_NORM = Signal(
+    "grad/global_norm",
+    "grad",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "global L2 norm of the gradients after backward (after the all-reduce under DDP)",
+    ("grad_norm", "gradient_norm", "grad/norm", "global_grad_norm"),
+)
+GRAD_LAYER_NORM = Signal(
+    "grad/norm/",
+    "grad",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "L2 norm of one parameter's gradient after backward (after the all-reduce under DDP)",
+    ("grad_norm/",),
+    prefix=True,
+)
+NONFINITE_GRADS = Signal(
+    "grad/nonfinite_count",
+    "grad",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "parameters with a non-finite gradient; the record text names the first",
+)
+WEIGHT_NORM = Signal(
+    "weight/norm/", "grad", Sync.SYNCHRONISED, "sdk", "L2 norm of one parameter", prefix=True
+)
+UPDATE_RATIO = Signal(
+    "update_ratio/",
+    "grad",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "norm of one parameter's update over its norm",
+    prefix=True,
+)
+LR = Signal(
+    "opt/lr/",
+    "train",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "learning rate of one optimizer parameter group",
+    ("lr/",),
+    prefix=True,
+)
+MOMENTUM = Signal(
+    "opt/momentum/",
+    "train",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "momentum (or Adam beta1) of one parameter group",
+    prefix=True,
+)
+DATA_WAIT = Signal(
+    "perf/data_wait_s",
+    "train",
+    Sync.RANK_LOCAL,
+    "sdk",
+    "seconds from the end of the previous optimizer step to this step's forward: input wait",
+    ("data_time", "data_wait", "data_time_s", "data_wait_s", "perf/data_time_s"),
+)
+FORWARD = Signal(
+    "perf/forward_s",
+    "train",
+    Sync.RANK_LOCAL,
+    "sdk",
+    "seconds in the model's own forward (inside the DDP wrapper, so before any collective)",
+    ("forward_time", "fwd_time", "forward_s", "forward_time_s"),
+)
+COMPUTE = Signal(
+    "perf/compute_s",
+    "train",
+    Sync.COLLECTIVE_BOUND,
+    "sdk",
+    "seconds from forward to the end of the optimizer step (includes the all-reduce wait)",
+    ("compute_time", "compute_s", "compute_time_s"),
+)
+STEP_TIME = Signal(
+    "perf/step_time_s",
+    "train",
+    Sync.COLLECTIVE_BOUND,
+    "sdk",
+    "wall seconds of the whole step (equalised across ranks by the collectives)",
+    ("step_time", "iter_time", "step_time_s", "iteration_time"),
+)
+SAMPLES_PER_S = Signal(
+    "perf/samples_per_s",
+    "train",
+    Sync.COLLECTIVE_BOUND,
+    "sdk",
+    "samples per second of this rank",
+    ("samples_per_s", "throughput"),
+)
+TOKENS_PER_S = Signal(
+    "perf/tokens_per_s",
+    "train",
+    Sync.COLLECTIVE_BOUND,
+    "sdk",
+    "tokens per second of this rank",
+    ("tokens_per_s",),
+)
+
+SIGNALS: tuple[Signal, ...] = (
+    LOSS,
+    EVAL_LOSS,
+    GRAD_NORM,
+    GRAD_LAYER_NORM,
+    NONFINITE_GRADS,
+    WEIGHT_NORM,
+    UPDATE_RATIO,
+    LR,
+    MOMENTUM,
+    DATA_WAIT,
+    FORWARD,
+    COMPUTE,
+    STEP_TIME,
+    SAMPLES_PER_S,
+    TOKENS_PER_S,
+)
+
+_EXACT: dict[str, Signal] = {}
+_PREFIXES: list[tuple[str, Signal]] = []
+for _signal in SIGNALS:
+    for _name in (_signal.name, *_signal.aliases):
+        if _signal.prefix:
+            _PREFIXES.append((_name, _signal))
+        else:
+            _EXACT[_name] = _signal
+# Longest prefix first, so a more specific family wins.
+_PREFIXES.sort(key=lambda pair: -len(pair[0]))
+
+
+@lru_cache(maxsize=65536)
+def resolve(metric: str) -> tuple[Signal | None, str]:
+    """The signal `metric` belongs to and its canonical name (a family member keeps its
+    suffix: ``grad_norm/fc.weight`` -> ``grad/norm/fc.weight``); (None, metric) for a name
+    outside the vocabulary."""
+    signal = _EXACT.get(metric)
+    if signal is not None:
+        return signal, signal.name
+    for prefix, family in _PREFIXES:
+        if metric.startswith(prefix):  # the family itself (``grad/norm/``) or a member
+            return family, family.name + metric[len(prefix) :]
+    return None, metric
+
+
+def canonical(metric: str) -> str:
+    """The canonical name of `metric` (itself when it is canonical or unknown)."""
+    return resolve(metric)[1]
+
+
+def signal_of(metric: str) -> Signal | None:
+    """The signal (or family) `metric` names, alias or canonical; None if unknown."""
+    return resolve(metric)[0]
+
+
+def sync_of(metric: str) -> Sync:
+    """The data-parallel class of `metric`. Names outside the vocabulary are the training
+    code's own values, computed on the rank: rank-local."""
+    signal = signal_of(metric)
+    return signal.sync if signal is not None else Sync.RANK_LOCAL
+
+
+def is_rank_local(metric: str) -> bool:
+    """True when a fault in `metric` can be located on the rank that reports it."""
+    return sync_of(metric) is Sync.RANK_LOCAL
+
+
+def is_signal(metric: str, *signals: Signal) -> bool:
+    """True when `metric` (alias or canonical) names one of `signals` or a member of one of
+    those families."""
+    found = signal_of(metric)
+    return found is not None and any(found is s for s in signals)
+
+
+def layer_of(metric: str) -> str | None:
+    """The layer (parameter) name of a per-layer family member, else None."""
+    signal, name = resolve(metric)
+    if signal is None or not signal.prefix:
+        return None
+    return name[len(signal.name) :]
+
+
+#: Signals forwarded per step to the cross-rank stage by default.
+CROSSRANK_DEFAULT: tuple[Signal, ...] = (
+    LOSS,
+    GRAD_NORM,
+    DATA_WAIT,
+    FORWARD,
+    COMPUTE,
+    STEP_TIME,
+    SAMPLES_PER_S,
+)

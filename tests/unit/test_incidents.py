@@ -1,0 +1,93 @@
+"""Incidents: one alert per run and detector for a fault that touches many series."""
+
+from __future__ import annotations
+
+import math
+
+from processors.flags import Flag
+from processors.incidents import Incidents
+from processors.run_stage import RunStage
+from processors.series_stage import SeriesStage
+from stepstream.contract import Batch, Record, RecordKind
+
+
+def flag(
+    rank: int, metric: str, step: int, cleared: bool = False, detector: str = "nonfinite"
+) -> Flag:
+    return Flag(
+        detector=detector,
+        run="r",
+        rank=rank,
+        metric=metric,
+        step=step,
+        t=float(step),
+        severity="critical",
+        summary=f"{metric} on rank {rank}",
+        evidence={"value": None},
+        cleared=cleared,
+    )
+
+
+def test_one_incident_per_run_and_detector_open_until_its_last_series_clears() -> None:
+    incidents = Incidents()
+    opened = incidents.apply(flag(1, "loss", 40))
+    assert opened is not None and opened.affected == ("rank 1: loss",)
+    assert opened.evidence["first_rank"] == 1.0 and opened.evidence["first_step"] == 40.0
+    for rank in range(3):
+        for layer in range(10):
+            assert incidents.apply(flag(rank, f"grad/norm/l{layer}", 41)) is None
+    assert incidents.apply(flag(0, "loss", 41)) is None
+    other = incidents.apply(flag(2, "loss", 41, detector="spike"))  # another detector
+    assert other is not None and other.detector == "spike"
+    assert len(incidents.affected("r", "nonfinite")) == 32
+    # Every gradient series clears; the losses are still NaN: the incident goes on.
+    for rank in range(3):
+        for layer in range(10):
+            assert incidents.apply(flag(rank, f"grad/norm/l{layer}", 50, cleared=True)) is None
+    assert incidents.apply(flag(1, "loss", 60, cleared=True)) is None
+    ended = incidents.apply(flag(0, "loss", 61, cleared=True))
+    assert ended is not None and ended.cleared
+    # It ends the alert the opening raised: same rank and metric (so the fingerprint).
+    assert (ended.rank, ended.metric, ended.step) == (1, "loss", 61)
+    assert ended.evidence["affected_series"] == 32.0
+    # A new fault later is a new incident.
+    again = incidents.apply(flag(2, "loss", 90))
+    assert again is not None and not again.cleared
+
+
+def test_a_cleared_flag_with_no_incident_passes_through() -> None:
+    assert Incidents().apply(flag(0, "loss", 5, cleared=True)) is not None
+
+
+def batch(rank: int, step: int, values: dict[str, float]) -> Batch:
+    return Batch(
+        run="r",
+        rank=rank,
+        world=3,
+        incarnation=f"i{rank}",
+        records=[
+            Record(seq=step, t=1000.0 + step, step=step, kind=RecordKind.TRAIN, values=values)
+        ],
+    )
+
+
+def test_a_nan_spreading_to_every_rank_and_layer_is_one_alert_per_detector() -> None:
+    stage1 = SeriesStage([50], [10.0], clock=lambda: 1000.0, crossrank_metrics=["loss"])
+    stage2 = RunStage(clock=lambda: 1000.0)
+    layers = [f"grad/norm/layer{i}" for i in range(12)]
+    alerts = []
+    for step in range(60):
+        for rank in range(3):
+            # rank 1's loss goes NaN at step 40; the all-reduce spreads it at step 41
+            broken = (rank == 1 and step >= 40) or step >= 41
+            value = math.nan if broken else 1.0 / (step + 1)
+            values = {"loss": value, "grad/global_norm": value, **dict.fromkeys(layers, value)}
+            for summary in stage1.process(batch(rank, step, values)).summaries:
+                alerts += stage2.process(summary, now=float(step)).alerts
+        alerts += stage2.tick(float(step) + 0.5)
+    firing = [(a.rule, a.rank, a.metric, a.step) for a in alerts if a.status == "firing"]
+    assert firing == [("nonfinite", 1, "loss", 40), ("nonfinite_origin", 1, "loss", 40)]
+    nonfinite = next(a for a in alerts if a.rule == "nonfinite")
+    assert len(nonfinite.affected) == 1  # only rank 1's loss when it opened
+    # Still NaN at step 59 on every rank: nothing resolved.
+    assert [a for a in alerts if a.status == "resolved"] == []
