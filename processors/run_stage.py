@@ -105,7 +105,7 @@ class RunStage:
         self,
         *,
         lag_steps: int = 10,
-        heartbeat_interval_s: float = 2.0,
+        heartbeat_interval_s: float = 1.0,
         hung_after_s: float = 120.0,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,

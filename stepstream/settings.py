@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="Spool segment size; whole segments are replayed."
     )
     heartbeat_interval_s: float = Field(
-        2.0, gt=0, description="Heartbeat period of every rank; silent 2.5 periods = a dead rank."
+        1.0, gt=0, description="Heartbeat period of every rank; silent 2.5 periods = a dead rank."
     )
     system_interval_s: float = Field(
         1.0, ge=0, description="System metrics sampling period; 0 turns the sampler off."

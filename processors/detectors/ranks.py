@@ -254,7 +254,7 @@ class LivenessParams:
     hung_after_s: a rank that is heard from but whose step has not moved this long is hung.
     """
 
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: float = 1.0
     dead_after: float = 2.5
     hung_after_s: float = 120.0
 

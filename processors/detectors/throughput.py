@@ -16,12 +16,16 @@ class ThroughputParams:
     """Parameters of `ThroughputDetector`.
 
     metrics: throughput metrics (higher is better).
-    baseline_points: points before the recent ones forming the baseline median.
-    recent_points: points whose median is compared to the baseline.
+    bucket_s: values are averaged over buckets of this many seconds of event time before
+        they are judged: a per-step throughput of a 2 ms step is noise (a GC pause, a
+        scheduler tick), a per-second mean is the rate people mean.
+    baseline_points: buckets before the recent ones forming the baseline median.
+    recent_points: buckets whose median is compared to the baseline.
     drop: regression when the recent median is below baseline * (1 - drop).
     """
 
     metrics: tuple[str, ...] = (vocab.SAMPLES_PER_S.name, vocab.TOKENS_PER_S.name)
+    bucket_s: float = 1.0
     baseline_points: int = 100
     recent_points: int = 10
     drop: float = 0.3
@@ -39,6 +43,8 @@ class ThroughputDetector:
     def __init__(self, params: ThroughputParams | None = None) -> None:
         self.params = params or ThroughputParams()
         self._points: dict[tuple[str, int, str], deque[float]] = {}
+        #: The open bucket of each series: (start, sum, count).
+        self._bucket: dict[tuple[str, int, str], tuple[float, float, int]] = {}
         self._episodes = Episodes()
 
     def wants(self, metric: str) -> bool:
@@ -54,10 +60,17 @@ class ThroughputDetector:
             return ()
         p = self.params
         key = (run, rank, metric)
+        bucket = self._bucket.get(key)
+        if bucket is None or t < bucket[0] + p.bucket_s:
+            start, total, n = bucket if bucket is not None else (t, 0.0, 0)
+            self._bucket[key] = (start, total + value, n + 1)
+            return ()
+        # The point opens the next bucket: the finished one is judged.
+        self._bucket[key] = (t, value, 1)
         points = self._points.get(key)
         if points is None:
             points = self._points[key] = deque(maxlen=p.baseline_points + p.recent_points)
-        points.append(value)
+        points.append(bucket[1] / bucket[2])
         if len(points) < p.recent_points + max(p.recent_points, p.baseline_points // 4):
             return ()
         data = list(points)

@@ -323,10 +323,11 @@ EPISODES = [
         "throughput",
         lambda: ThroughputDetector(THROUGHPUT),
         "samples_per_s",
-        # the recent median (4 points) drops below 70 % of 100 at the third slow point,
-        # is back at (50, 50, 100, 100) -> 75, and drops again
-        [100.0] * 20 + [50.0] * 3 + [100.0] * 7 + [50.0] * 3,
-        [(False, 22), (True, 24), (False, 32)],
+        # one point a second = one 1 s bucket, judged when the next point closes it: the
+        # recent median (4 buckets) drops below 70 % of 100 at the third slow bucket, is
+        # back at (50, 50, 100, 100) -> 75, and drops again
+        [100.0] * 20 + [50.0] * 3 + [100.0] * 7 + [50.0] * 3 + [100.0],
+        [(False, 23), (True, 25), (False, 33)],
         "throughput_regression",
         reported=[50.0, 75.0, 50.0],  # recent medians
     ),
@@ -382,7 +383,7 @@ def test_episode_values_of_smoothed_detectors() -> None:
         (False, 1.0, 1.0),
         (True, 0.5, 1.0),
     ]
-    slow = [100.0] * 20 + [50.0] * 3 + [100.0] * 2
+    slow = [100.0] * 20 + [50.0] * 3 + [100.0] * 3
     throughput = feed(ThroughputDetector(THROUGHPUT).observe, "samples_per_s", slow)
     assert [(f.cleared, f.evidence["value"], f.evidence["threshold"]) for f in throughput] == [
         (False, 50.0, 70.0),

@@ -124,7 +124,7 @@ def test_log_handler_ships_warnings_not_its_own_loggers() -> None:
 
 
 def test_settings_argument_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().heartbeat_interval_s == 2.0 and Settings().system_interval_s == 1.0
+    assert Settings().heartbeat_interval_s == 1.0 and Settings().system_interval_s == 1.0
     monkeypatch.setenv("STEPSTREAM_HEARTBEAT_INTERVAL_S", "0.5")
     monkeypatch.setenv("STEPSTREAM_SPOOL_DIR", "/tmp/x")
     assert Settings().heartbeat_interval_s == 0.5

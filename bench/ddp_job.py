@@ -1,0 +1,174 @@
+"""A real data-parallel training job (torch.distributed on gloo, CPU, DistributedDataParallel)
+instrumented only as the README shows, with one injected fault on cue.
+
+Started once per rank by `bench/detection.py` and tests/integration/test_detection_e2e.py
+with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (as torchrun sets them) and the
+stack's STEPSTREAM_* variables. The instrumentation is exactly the README's:
+``producers.init(run)``, ``monitor.watch(model, optimizer, every=1)``,
+``monitor.log(step, loss=loss.detach())`` and ``monitor.log_eval(step, val_loss=...)``
+every 20 steps. The job prints one JSON line ``{"fault": ..., "onset_t": ..., "step": ...}``
+when it injects its fault (wall clock, the time the fault starts to show).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import producers
+
+FAULTS = (
+    "none",
+    "nan",
+    "lr_blowup",
+    "bad_batch",
+    "vanish",
+    "explode",
+    "plateau",
+    "overfit",
+    "slow_input",
+    "crash",
+    "corrupt_grads",
+)
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--fault", choices=FAULTS, default="none")
+    parser.add_argument("--fault-rank", type=int, default=0)
+    parser.add_argument("--fault-step", type=int, default=150)
+    parser.add_argument("--magnitude", type=float, default=1.0, help="fault-specific size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--noise", type=float, default=0.5, help="label noise (0..1)")
+    parser.add_argument("--step-sleep", type=float, default=0.0, help="extra compute per step")
+    parser.add_argument("--eval-every", type=int, default=20)
+    return parser.parse_args()
+
+
+class Net(nn.Module):
+    """Two ReLU layers and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def announce(fault: str, step: int, rank: int) -> None:
+    print(json.dumps({"fault": fault, "onset_t": time.time(), "step": step, "rank": rank}))
+    sys.stdout.flush()
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(1)  # ranks share a few cores; threads would only contend
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(args.seed)
+    model = nn.parallel.DistributedDataParallel(Net())
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    teacher = torch.randn(32, 4, generator=torch.Generator().manual_seed(args.seed + 1))
+    data = torch.Generator().manual_seed(1000 * args.seed + rank)
+    held_out = torch.Generator().manual_seed(999)
+    fault, at = args.fault, args.fault_step
+    mine = rank == args.fault_rank
+    # overfitting: a tiny training set, drawn once, trained on over and over
+    tiny_x = torch.randn(8, 32, generator=data)
+    tiny_y = torch.randint(0, 4, (8,), generator=data)
+
+    def batch(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 32, generator=gen)
+        y = (x @ teacher).argmax(dim=1)
+        flip = torch.rand(n, generator=gen) < args.noise
+        y = torch.where(flip, torch.randint(0, 4, (n,), generator=gen), y)
+        return x, y
+
+    eval_x, eval_y = batch(held_out, 256)
+    monitor = producers.init(args.run)
+    monitor.watch(model, optimizer, every=1)
+    try:
+        for step in range(args.steps):
+            if fault == "crash" and mine and step == at:
+                announce(fault, step, rank)
+                os._exit(1)  # no flush, no goodbye: the peers hang in the next all-reduce
+            if fault == "overfit" and step >= at:
+                if step == at:
+                    announce(fault, step, rank)
+                x, y = tiny_x, tiny_y
+            else:
+                x, y = batch(data, args.batch)
+            if fault == "slow_input" and mine and step >= at:
+                if step == at:
+                    announce(fault, step, rank)
+                time.sleep(args.magnitude / 1000)  # a slow input pipeline: ms per step
+            if fault == "bad_batch" and mine and step == at:
+                announce(fault, step, rank)
+                x = x * args.magnitude  # one corrupted batch (bad normalisation, garbage)
+            if fault == "vanish" and step == at:
+                announce(fault, step, rank)
+                with torch.no_grad():  # fc2's input collapses, so does its weight gradient
+                    model.module.fc1.weight.div_(args.magnitude)
+                    model.module.fc1.bias.div_(args.magnitude)
+            if fault == "explode" and step == at:
+                announce(fault, step, rank)
+                with torch.no_grad():
+                    model.module.head.weight.mul_(args.magnitude)
+            if fault == "lr_blowup" and step == at:
+                announce(fault, step, rank)
+                for group in optimizer.param_groups:
+                    group["lr"] *= args.magnitude
+            if fault == "plateau" and step == at:
+                announce(fault, step, rank)
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.0
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            if fault == "nan" and mine and step == at:
+                announce(fault, step, rank)
+                loss = loss * math.nan
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP all-reduces the gradients here
+            if fault == "corrupt_grads" and mine and at <= step < at + 3:
+                if step == at:
+                    announce(fault, step, rank)
+                with torch.no_grad():  # a bad GPU or link: this rank's copy goes wrong
+                    grad = model.module.fc1.weight.grad
+                    assert grad is not None
+                    grad.add_(torch.randn_like(grad) * grad.norm() * args.magnitude)
+            optimizer.step()
+            if args.step_sleep:
+                time.sleep(args.step_sleep)
+            monitor.log(step, loss=loss.detach())
+            if step % args.eval_every == 0:
+                with torch.no_grad():
+                    val = nn.functional.cross_entropy(model.module(eval_x), eval_y)
+                monitor.log_eval(step, val_loss=val)
+    except RuntimeError as exc:  # a peer died: gloo fails the collective at once
+        print(json.dumps({"peer_failed": str(exc)[:200], "t": time.time()}))
+        sys.stdout.flush()
+        # NCCL would hang in the collective until its timeout: wait like it, so the rank
+        # stays alive (heartbeats going) while its peer is dead.
+        time.sleep(8)
+    monitor.close()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

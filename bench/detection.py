@@ -1,0 +1,318 @@
+"""Detection benchmark: real gloo DDP jobs with injected faults, through the embedded stack.
+
+Each job is `bench/ddp_job.py` on 2-4 ranks, instrumented only as the README shows, with one
+fault (or none) injected at a step. Alerts are read back through the public reader. A fault
+is caught when an alert of one of its expected detectors fires after the fault's onset, on
+the faulty rank where the fault has one. A false alert is any firing alert of a healthy job,
+or of a fault job before its onset.
+
+    PYTHONPATH=. .venv/bin/python bench/detection.py            # the full set (~10 min)
+    PYTHONPATH=. .venv/bin/python bench/detection.py --quick    # one seed, short jobs
+
+Prints one line per job, then
+``recall=… false_per_10k=… median_delay_s=… max_delay_s=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sinks.reader import MetricsReader
+from stepstream.contract import Alert
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack, free_port, settings_env
+
+JOB = Path(__file__).with_name("ddp_job.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What catching a fault means: one of `rules` fires after the onset, on the faulty
+    rank when `on_rank`. `bound_s`: the delay bound when it is not the 2 s target (windowed
+    and silence-based detectors; the reason is in `why`)."""
+
+    rules: frozenset[str]
+    on_rank: bool
+    bound_s: float = 2.0
+    why: str = ""
+
+
+EXPECT: dict[str, Expect] = {
+    "nan": Expect(frozenset({"nonfinite_origin"}), True),
+    "lr_blowup": Expect(
+        frozenset({"exploding_gradients", "divergence", "spike", "nonfinite"}), False
+    ),
+    "bad_batch": Expect(frozenset({"spike"}), True),
+    "vanish": Expect(frozenset({"vanishing_gradients"}), False),
+    "explode": Expect(frozenset({"exploding_gradients"}), False),
+    "plateau": Expect(
+        frozenset({"plateau"}), False, 60.0, "patience: 200 steps without improvement"
+    ),
+    "overfit": Expect(frozenset({"overfitting"}), False, 60.0, "judged at evaluations"),
+    "slow_input": Expect(frozenset({"straggler"}), True, 5.0, "a 20-step median"),
+    "crash": Expect(frozenset({"dead_rank"}), True, 3.5, "2.5 heartbeat intervals of silence"),
+    "corrupt_grads": Expect(frozenset({"dp_mismatch"}), True),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job: its fault and how it runs."""
+
+    name: str
+    fault: str = "none"
+    world: int = 2
+    steps: int = 400
+    fault_rank: int = 1
+    fault_step: int = 150
+    magnitude: float = 1.0
+    seed: int = 0
+    lr: float = 0.05
+    step_sleep: float = 0.0
+    noise: float = 0.5
+
+    def args(self, run: str) -> list[str]:
+        return [
+            "--run", run, "--steps", str(self.steps), "--fault", self.fault,
+            "--fault-rank", str(self.fault_rank), "--fault-step", str(self.fault_step),
+            "--magnitude", str(self.magnitude), "--seed", str(self.seed), "--lr", str(self.lr),
+            "--step-sleep", str(self.step_sleep), "--noise", str(self.noise),
+        ]  # fmt: skip
+
+
+def jobs(quick: bool = False) -> list[Job]:
+    """The benchmark's jobs: every fault kind over two seeds (magnitudes, ranks and onsets
+    varied), and healthy jobs of 2-4 ranks, 2-200 ms steps, seeds and learning rates."""
+    seeds = (1,) if quick else (1, 2)
+    out: list[Job] = []
+    for i, seed in enumerate(seeds):
+        world = 3 if i == 0 else 4
+        at = 150 + 40 * i
+        last = world - 1
+        out += [
+            Job(f"nan-s{seed}", "nan", world, 300, fault_rank=last, fault_step=at, seed=seed),
+            Job(f"lr_blowup-s{seed}", "lr_blowup", 2, 300, 0, at, (50.0, 500.0)[i], seed),
+            Job(f"bad_batch-s{seed}", "bad_batch", world, 300, 1, at, (10.0, 30.0)[i], seed),
+            Job(f"vanish-s{seed}", "vanish", 2, 300, 0, at, (30.0, 100.0)[i], seed),
+            Job(f"explode-s{seed}", "explode", world, 300, 0, at, (20.0, 100.0)[i], seed),
+            Job(f"plateau-s{seed}", "plateau", 2, at + 400, 0, at, 1.0, seed, lr=0.02),
+            Job(f"overfit-s{seed}", "overfit", 2, at + 700, 0, at, 1.0, seed, lr=0.1),
+            Job(f"slow_input-s{seed}", "slow_input", world, 300, 0, at, (5.0, 12.0)[i], seed),
+            Job(f"crash-s{seed}", "crash", world, 300, last, at, 1.0, seed),
+            Job(f"corrupt_grads-s{seed}", "corrupt_grads", world, 300, 1, at, (0.5, 3.0)[i], seed),
+        ]  # fmt: skip
+    steps = 600 if quick else 2500
+    out += [
+        Job("healthy-2r", "none", 2, steps, seed=11, lr=0.05),
+        Job("healthy-3r-noisy", "none", 3, steps, seed=12, lr=0.1, noise=0.9),
+        Job("healthy-4r-lowlr", "none", 4, steps // 2, seed=13, lr=0.01),
+        Job("healthy-2r-200ms", "none", 2, 60 if quick else 150, seed=14, step_sleep=0.2),
+    ]
+    if not quick:
+        out.append(Job("healthy-2r-20ms", "none", 2, 600, seed=15, lr=0.2, step_sleep=0.02))
+    return out
+
+
+@dataclass
+class Result:
+    """What one job gave."""
+
+    job: Job
+    run: str
+    onset_t: float | None
+    alerts: list[Alert]
+    wall_s: float
+    exit_codes: list[int | None] = field(default_factory=list)
+
+    @property
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts if a.status == "firing" and not a.suppressed_by]
+
+    def caught(self) -> Alert | None:
+        """The first alert that catches the fault, if any."""
+        expect = EXPECT.get(self.job.fault)
+        if expect is None or self.onset_t is None:
+            return None
+        hits = [
+            a
+            for a in self.firing
+            if a.rule in expect.rules
+            and a.raised_at >= self.onset_t
+            and (not expect.on_rank or a.rank == self.job.fault_rank)
+        ]
+        return min(hits, key=lambda a: a.raised_at) if hits else None
+
+    def pages(self) -> int:
+        """Firing alerts of the expected detectors after the onset (1 is one incident)."""
+        expect = EXPECT.get(self.job.fault)
+        if expect is None or self.onset_t is None:
+            return 0
+        onset = self.onset_t
+        return sum(1 for a in self.firing if a.rule in expect.rules and a.raised_at >= onset)
+
+    def false_alerts(self) -> list[Alert]:
+        """Firing alerts of a healthy job, or of a fault job before the fault."""
+        if self.job.fault == "none":
+            return self.firing
+        onset = self.onset_t if self.onset_t is not None else float("inf")
+        return [a for a in self.firing if a.raised_at < onset]
+
+    def healthy_steps(self) -> int:
+        """Steps that count towards the false-alert rate."""
+        return self.job.steps if self.job.fault == "none" else self.job.fault_step
+
+
+@contextlib.contextmanager
+def embedded_stack(state_dir: Path) -> Iterator[Settings]:
+    """The embedded stack (tansu, Valkey, processor and sink workers) for the jobs."""
+    settings = Settings(state_dir=state_dir, topic_prefix=f"d{uuid.uuid4().hex[:8]}")
+    stack = LocalStack(settings)
+    state = stack.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+        )
+    finally:
+        stack.stop()
+
+
+def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> Result:
+    """Run `job` to its end (ranks started as torchrun would), then collect its alerts."""
+    run = f"{job.name}-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.time()
+    env_base = {
+        **os.environ,
+        **settings_env(settings),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(job.world),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        for rank in range(job.world):
+            env = {**env_base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            with (logs / f"{run}-rank{rank}.log").open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(JOB), *job.args(run)],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + 120 + job.steps * (job.step_sleep + 0.05)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(10)
+    wall = time.time() - started
+    time.sleep(settle_s)  # the pipeline's last alerts (a dead rank's needs silence)
+    onsets = []
+    for path in logs.glob(f"{run}-rank*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith('{"fault"'):
+                onsets.append(json.loads(line)["onset_t"])
+    with MetricsReader.from_url(settings.redis_url, settings.key_prefix) as reader:
+        alerts = reader.alerts(run, count=10_000)
+    return Result(
+        job,
+        run,
+        min(onsets) if onsets else None,
+        alerts,
+        wall,
+        [p.returncode for p in procs],
+    )
+
+
+def line(result: Result) -> str:
+    """One line of the per-job table."""
+    job = result.job
+    caught = result.caught()
+    falses = result.false_alerts()
+    if job.fault == "none":
+        verdict = "healthy"
+        delay = "-"
+    elif caught is None:
+        verdict = "MISSED"
+        delay = "-"
+    else:
+        verdict = f"caught {caught.rule}@rank{caught.rank}"
+        delay = f"{caught.raised_at - (result.onset_t or 0):.2f}s"
+    extra = ", ".join(sorted({f"{a.rule}@rank{a.rank}" for a in falses}))
+    return (
+        f"{job.name:24} world={job.world} steps={job.steps:5} fault={job.fault:13} "
+        f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
+        f"{verdict:38} delay={delay:7} pages={result.pages()} false={len(falses)}"
+        + (f" ({extra})" if extra else "")
+    )
+
+
+def summary(results: list[Result]) -> str:
+    """The summary line: recall, false alerts per 10k healthy steps, delays."""
+    faults = [r for r in results if r.job.fault != "none"]
+    caught = [(r, c) for r in faults if (c := r.caught()) is not None]
+    delays = [c.raised_at - (r.onset_t or 0) for r, c in caught]
+    fast = [
+        c.raised_at - (r.onset_t or 0)
+        for r, c in caught
+        if EXPECT[r.job.fault].bound_s <= 2.0
+    ]
+    false = sum(len(r.false_alerts()) for r in results)
+    steps = sum(r.healthy_steps() for r in results)
+    over = [
+        f"{r.job.name}:{c.raised_at - (r.onset_t or 0):.1f}s>{EXPECT[r.job.fault].bound_s:g}s"
+        for r, c in caught
+        if c.raised_at - (r.onset_t or 0) > EXPECT[r.job.fault].bound_s
+    ]
+    return (
+        f"recall={len(caught) / max(1, len(faults)):.2f} "
+        f"false_per_10k={false / max(1, steps) * 10_000:.2f} "
+        f"median_delay_s={statistics.median(delays) if delays else float('nan'):.2f} "
+        f"max_delay_s={max(fast) if fast else float('nan'):.2f} "
+        f"(non-windowed; over bound: {', '.join(over) or 'none'}; healthy steps {steps})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, short healthy jobs")
+    parser.add_argument("--only", default="", help="comma-separated job name prefixes")
+    args = parser.parse_args()
+    selected = [
+        j for j in jobs(args.quick) if not args.only or j.name.startswith(tuple(args.only.split(",")))
+    ]
+    with tempfile.TemporaryDirectory(prefix="stepstream-detection-") as tmp:
+        results = []
+        with embedded_stack(Path(tmp) / "state") as settings:
+            logs = Path(tmp) / "logs"
+            logs.mkdir()
+            for job in selected:
+                result = run_job(settings, job, logs)
+                results.append(result)
+                print(line(result), flush=True)
+        print(summary(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
