@@ -68,6 +68,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         hung_after_s=settings.hung_after_s,
         detector_params=settings.detector_params,
         quality_window_steps=settings.window_steps[0],
+        incident_hold_s=settings.incident_hold_s,
     )
 
     @app.agent(telemetry, name="series-stage")

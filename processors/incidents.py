@@ -6,8 +6,9 @@ would get dozens of pages. `Incidents` groups the flags of a run by detector: th
 flag of a quiet (run, detector) opens the incident and is the one that is raised (its rank,
 metric and step are the first seen, and name the alert); flags of further series join it
 silently and are listed in `Flag.affected`; the incident ends, with one cleared flag, when
-the last of its series has cleared. So the alert stays firing while any series still holds
-the condition.
+the last of its series has cleared and no series of it flagged again for `hold_s` seconds
+(a loss that spikes, clears and spikes again a few steps later is one incident, one page).
+So the alert stays firing while any series still holds the condition.
 
 Pure logic, fed in stage 2 (keyed by run, so every rank of a run meets in one process)
 with stage 1's flags, which travel in the rank summaries, and stage 2's own.
@@ -37,18 +38,23 @@ class _Incident:
     open: set[Hashable] = field(default_factory=set)
     listed: list[str] = field(default_factory=list)
     seen: set[Hashable] = field(default_factory=set)
+    #: Once every series cleared: (when the incident ends, the last cleared flag).
+    closing: tuple[float, Flag] | None = None
 
 
 class Incidents:
-    """Open incidents by (run, detector); see the module docstring."""
+    """Open incidents by (run, detector); see the module docstring. `hold_s`: how long an
+    incident whose series all cleared waits for a new flag before it ends."""
 
-    def __init__(self, max_listed: int = MAX_LISTED) -> None:
+    def __init__(self, max_listed: int = MAX_LISTED, hold_s: float = 0.0) -> None:
         self.max_listed = max_listed
+        self.hold_s = hold_s
         self._open: dict[tuple[str, str], _Incident] = {}
 
-    def apply(self, flag: Flag) -> Flag | None:
-        """The flag to raise for `flag`, if any: the incident's opening flag, its cleared
-        flag once its last series cleared, or None while the incident goes on."""
+    def apply(self, flag: Flag, now: float = 0.0) -> Flag | None:
+        """The flag to raise for `flag` at `now` (processor clock), if any: the incident's
+        opening flag, its cleared flag once its last series cleared (at once without a
+        hold; else from `tick`), or None while the incident goes on."""
         key = (flag.run, flag.detector)
         member = (flag.rank, flag.metric)
         incident = self._open.get(key)
@@ -59,6 +65,9 @@ class Incidents:
                 return flag
             incident.open.discard(member)
             if incident.open:
+                return None
+            if self.hold_s > 0:
+                incident.closing = (now + self.hold_s, flag)
                 return None
             del self._open[key]
             return self._closed(incident, flag)
@@ -76,8 +85,23 @@ class Incidents:
             )
             incident.opening = opened
             return opened
+        incident.closing = None  # flagged again within the hold: the same incident
         self._join(incident, flag, member)
         return None
+
+    def tick(self, now: float) -> list[Flag]:
+        """Cleared flags of the incidents whose hold ran out by `now`."""
+        due = [
+            key
+            for key, incident in self._open.items()
+            if incident.closing is not None and incident.closing[0] <= now
+        ]
+        out = []
+        for key in due:
+            incident = self._open.pop(key)
+            assert incident.closing is not None
+            out.append(self._closed(incident, incident.closing[1]))
+        return out
 
     def _join(self, incident: _Incident, flag: Flag, member: Hashable) -> None:
         incident.open.add(member)

@@ -99,6 +99,8 @@ class RunStage:
     `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
     liveness, nonfinite_origin). `clock` stamps `raised_at`.
     `quality_window_steps`: size of the run-level quality windows (finished steps).
+    `incident_hold_s`: an incident whose series all cleared ends after this long without a
+    new flag (see `processors.incidents`); 0 ends it at once.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class RunStage:
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         quality_window_steps: int = 50,
+        incident_hold_s: float = 0.0,
     ) -> None:
         self.quality_window_steps = quality_window_steps
         self._quality_name = step_window_name(quality_window_steps)
@@ -129,7 +132,7 @@ class RunStage:
         self.origin = NonFiniteOrigin(
             with_overrides(NonFiniteOriginParams(), params.get("nonfinite_origin"))
         )
-        self.incidents = Incidents()
+        self.incidents = Incidents(hold_s=incident_hold_s)
 
     def process(self, summary: RankSummary, now: float) -> RunResult:
         """Apply one rank summary received at `now` (processor clock)."""
@@ -190,15 +193,15 @@ class RunStage:
             flag = self.dp.observe_step(run, step, pending.t, pending.ranks)
             if flag is not None:
                 flags.append(flag)
-        result.alerts = self._raise(flags)
+        result.alerts = self._raise(flags, now)
         return result
 
-    def _raise(self, flags: list[Flag]) -> list[Alert]:
+    def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
         """The alerts of `flags`, grouped into one incident per run and detector."""
         raised = self._clock()
         out = []
         for flag in flags:
-            grouped = self.incidents.apply(flag)
+            grouped = self.incidents.apply(flag, now)
             if grouped is not None:
                 out.append(flag_to_alert(grouped, raised))
         return out
@@ -224,4 +227,6 @@ class RunStage:
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.
         A dead or hung rank's end comes with its next summary instead: see `process`."""
-        return self._raise(self.liveness.tick(now) + self.origin.tick(now))
+        alerts = self._raise(self.liveness.tick(now) + self.origin.tick(now), now)
+        raised = self._clock()
+        return alerts + [flag_to_alert(f, raised) for f in self.incidents.tick(now)]

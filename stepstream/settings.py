@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     hung_after_s: float = Field(
         120.0, gt=0, description="A rank that is alive but whose step does not move is hung."
     )
+    incident_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description="A detector incident whose series all cleared resolves after this many "
+        "seconds without a new flag (one page for a flapping fault).",
+    )
     detector_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Per-detector parameter overrides, e.g. {"spike": {"z": 8}}.',

@@ -19,9 +19,17 @@ class PlateauParams:
 
     metrics: loss-like metrics (lower is better).
     alpha: EMA smoothing factor per point.
-    patience: steps without improvement that make a plateau.
-    min_rel_delta: an improvement must lower the best EMA by this fraction of it...
-    min_abs_delta: ...or by this much, whichever is larger.
+    patience: steps without improvement that make a plateau...
+    min_rel_delta: (an improvement lowers the best EMA by this fraction of it...
+    min_abs_delta: ...or by this much, whichever is larger)...
+    motion: ...while training has stalled, judged on these signals of the same rank:
+        every learning rate at 0, or the median update ratio (|dw|/|w| per step, from
+        `watch()`) under `stall_update_ratio`. A loss that stops improving while the model
+        still moves is convergence, not a fault: measured here, every healthy job that ran
+        past convergence went 200 steps without a 1 % gain, so the loss alone cannot tell.
+    stall_update_ratio: weights changing by less than this fraction per step are stalled
+        (fp32 rounding is about 1e-7; healthy SGD and Adam runs move 1e-4 to 1e-2).
+    require_stall: False judges the loss alone (a converged run is then a plateau too).
     """
 
     metrics: tuple[str, ...] = (vocab.LOSS.name,)
@@ -29,6 +37,9 @@ class PlateauParams:
     patience: int = 200
     min_rel_delta: float = 0.01
     min_abs_delta: float = 1e-4
+    motion: tuple[str, ...] = (vocab.LR.name, vocab.UPDATE_RATIO.name)
+    stall_update_ratio: float = 1e-6
+    require_stall: bool = True
 
 
 @dataclass
@@ -38,29 +49,52 @@ class _Best:
     best_step: int
 
 
+@dataclass
+class _Motion:
+    lrs: dict[str, float] = field(default_factory=dict)
+    updates: dict[str, float] = field(default_factory=dict)
+
+    def stalled(self, limit: float) -> str | None:
+        """Why training is stalled, or None while it moves (or nothing is known)."""
+        if self.lrs and all(v == 0 for v in self.lrs.values()):
+            return "learning rate 0"
+        if self.updates:
+            moved = median(self.updates.values())
+            if moved < limit:
+                return f"median update ratio {moved:.2g}"
+        return None
+
+
 class PlateauDetector:
-    """Flags a loss whose EMA has not improved for `patience` steps; the plateau clears at
-    the next improvement. Delay: `patience` steps after the last improvement."""
+    """Flags a stalled run: a loss whose EMA has not improved for `patience` steps while
+    its rank's training stopped moving (learning rate 0, or updates under
+    `stall_update_ratio`). The plateau clears at the next improvement, or when training
+    moves again. Delay: `patience` steps after the last improvement."""
 
     name = "plateau"
 
     def __init__(self, params: PlateauParams | None = None) -> None:
         self.params = params or PlateauParams()
         self._state: dict[tuple[str, int, str], _Best] = {}
+        self._motion: dict[tuple[str, int], _Motion] = {}
         self._episodes = Episodes()
 
     def wants(self, metric: str) -> bool:
-        """True for the configured metrics."""
-        return matches(metric, self.params.metrics)
+        """True for the configured losses and the motion signals."""
+        return matches(metric, self.params.metrics + self.params.motion)
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
     ) -> tuple[Flag, ...]:
         """Add one point; a flag when a plateau episode starts, a cleared flag when the EMA
-        improves again during one."""
-        if step is None or not math.isfinite(value):
+        improves (or training moves) again during one."""
+        if not math.isfinite(value):
             return ()
         p = self.params
+        if not matches(metric, p.metrics):
+            return self._moved(run, rank, metric, step, t, value)
+        if step is None:
+            return ()
         key = (run, rank, metric)
         state = self._state.get(key)
         if state is None:
@@ -85,6 +119,12 @@ class PlateauDetector:
         stalled = step - state.best_step
         if stalled < p.patience or self._episodes.is_open(key):
             return ()
+        why = None
+        motion = self._motion.get((run, rank))
+        if motion is not None:
+            why = motion.stalled(p.stall_update_ratio)
+        if why is None and p.require_stall:
+            return ()
         flag = Flag(
             detector=self.name,
             run=run,
@@ -94,10 +134,40 @@ class PlateauDetector:
             t=t,
             severity="info",
             summary=f"{metric} has not improved for {stalled} steps on rank {rank} "
-            f"(best EMA {state.best:.4g} at step {state.best_step})",
+            f"(best EMA {state.best:.4g} at step {state.best_step})"
+            + (f": training stalled, {why}" if why else ""),
             evidence=evidence(state.ema, state.best, float(p.patience), float(stalled)),
         )
         return (self._episodes.start(key, flag),)
+
+    def _moved(
+        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
+    ) -> tuple[Flag, ...]:
+        """A learning rate or update ratio: remember it; end the rank's plateaus if training
+        moves again."""
+        motion = self._motion.get((run, rank))
+        if motion is None:
+            motion = self._motion[(run, rank)] = _Motion()
+        if vocab.is_signal(metric, vocab.LR):
+            motion.lrs[metric] = value
+        else:
+            motion.updates[metric] = value
+        if not self._episodes or motion.stalled(self.params.stall_update_ratio) is not None:
+            return ()
+        ended = []
+        for key in self._state:
+            if key[0] == run and key[1] == rank and self._episodes.is_open(key):
+                ended.append(
+                    self._episodes.close(
+                        key,
+                        step,
+                        t,
+                        f"{key[2]} plateau on rank {rank} cleared: training moves again "
+                        f"({metric}={value:.3g})",
+                        evidence(value, None, None, None),
+                    )
+                )
+        return tuple(ended)
 
 
 @dataclass(frozen=True)

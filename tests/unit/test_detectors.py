@@ -144,11 +144,36 @@ def test_plateau_after_patience_steps_without_improvement() -> None:
     rng = random.Random(4)
     losses = [healthy_loss(rng, s) for s in range(300)] + [0.5 + rng.gauss(0, 0.01)] * 1
     flat = [0.5 + rng.gauss(0, 0.01) for _ in range(400)]
-    flags = feed(PlateauDetector().observe, "loss", losses + flat)
+    # The loss alone: a converged run is flat too, so it takes `require_stall=False`.
+    loss_only = PlateauDetector(PlateauParams(require_stall=False))
+    flags = feed(loss_only.observe, "loss", losses + flat)
     assert len(flags) == 1
     # The jump to 0.5 keeps the EMA improving for ~1/alpha·ln(...) ≈ 60 more steps.
     assert 300 + 200 <= (flags[0].step or 0) <= 300 + 280
     assert_evidence(flags[0])
+
+
+def test_plateau_needs_training_to_stall_not_just_a_flat_loss() -> None:
+    rng = random.Random(4)
+    detector = PlateauDetector()
+    flags: list[Flag] = []
+    for step in range(900):
+        loss = healthy_loss(rng, step) if step < 300 else 0.5 + rng.gauss(0, 0.01)
+        lr = 0.1 if step < 600 else 0.0  # converged at ~300; learning rate cut to 0 at 600
+        flags += detector.observe("run", 0, "opt/lr/0", step, float(step), lr)
+        if step % 10 == 0:  # watch() sends update ratios every 10 steps by default
+            ratio = 1e-3 if step < 600 else 0.0
+            for layer in ("fc1.weight", "fc2.weight"):
+                flags += detector.observe("run", 0, f"update_ratio/{layer}", step, 0.0, ratio)
+        flags += detector.observe("run", 0, "loss", step, float(step), loss)
+    # Converged from ~300 while training still moved: no plateau. Stalled at 600: a
+    # plateau as soon as the loss has been flat `patience` steps and the LR is 0.
+    assert [(f.cleared, f.step) for f in flags] == [(False, 600)]
+    assert "learning rate 0" in flags[0].summary
+    # Training moves again (a learning rate, then updates): the plateau clears.
+    assert detector.observe("run", 0, "opt/lr/0", 901, 901.0, 0.05) == ()
+    (cleared,) = detector.observe("run", 0, "update_ratio/fc1.weight", 910, 910.0, 1e-3)
+    assert cleared.cleared and cleared.step == 910
 
 
 def test_divergence_when_loss_climbs() -> None:
@@ -271,7 +296,7 @@ class Episode:
     reported: list[float] | None = None  # None: the points at the expected steps
 
 
-PLATEAU = PlateauParams(alpha=1.0, patience=20)  # EMA = value: exact steps
+PLATEAU = PlateauParams(alpha=1.0, patience=20, require_stall=False)  # EMA = value: exact
 DIVERGENCE = DivergenceParams(alpha=1.0, median_of=1, start_points=3, rise=10.0)
 THROUGHPUT = ThroughputParams(baseline_points=20, recent_points=4)
 

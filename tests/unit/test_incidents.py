@@ -91,3 +91,17 @@ def test_a_nan_spreading_to_every_rank_and_layer_is_one_alert_per_detector() -> 
     assert len(nonfinite.affected) == 1  # only rank 1's loss when it opened
     # Still NaN at step 59 on every rank: nothing resolved.
     assert [a for a in alerts if a.status == "resolved"] == []
+
+
+def test_a_flapping_fault_within_the_hold_is_one_incident() -> None:
+    incidents = Incidents(hold_s=5.0)
+    assert incidents.apply(flag(1, "loss", 40), now=100.0) is not None
+    assert incidents.apply(flag(1, "loss", 41, cleared=True), now=100.2) is None
+    assert incidents.tick(103.0) == []
+    # spikes again 3 s after clearing: the same incident, no new page
+    assert incidents.apply(flag(1, "loss", 55), now=103.2) is None
+    assert incidents.apply(flag(1, "loss", 56, cleared=True), now=103.4) is None
+    assert incidents.tick(108.3) == []
+    (ended,) = incidents.tick(108.4)
+    assert ended.cleared and (ended.rank, ended.step) == (1, 56)
+    assert incidents.apply(flag(1, "loss", 90), now=120.0) is not None  # a new incident
