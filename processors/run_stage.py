@@ -2,7 +2,7 @@
 
 Fed the compact per-rank summaries stage 1 writes to the summaries topic (key = run, so
 one run's ranks meet in one partition and one process). A step is finished when every rank
-of the run reported it, or when the run has moved `lag_steps` past it (a dead or slow rank
+of the run reported a later step, or when the run has moved `lag_steps` past it (a dead or slow rank
 must not hold the others' stats back). Pure logic; `processors.app` wires it to faust and
 calls `tick` from a timer for the time-based detectors.
 
@@ -176,7 +176,11 @@ class RunStage:
         result = RunResult()
         for step in sorted(state.steps):
             pending = state.steps[step]
-            if len(pending.ranks) < state.world and step > state.newest - self.lag_steps:
+            # Finished once every rank has moved past it: a rank's records of one step can
+            # be split over two messages (the publisher flushes on a timer), and a rank's
+            # summaries arrive in order, so a later step means its step is complete.
+            done = all(state.latest.get(r, -1) > step for r in range(state.world))
+            if not done and step > state.newest - self.lag_steps:
                 continue
             del state.steps[step]
             result.crossrank.append(

@@ -54,14 +54,18 @@ def test_steps_finish_when_every_rank_reported_or_the_run_moved_on() -> None:
     out = []
     for rank in range(3):
         out += stage.process(summary(rank, {0: {"loss": float(rank)}}, world=3), 0.0).crossrank
+    # A rank's records of a step may come in two messages: a step is finished once every
+    # rank has moved past it.
+    assert out == []
+    for rank in range(3):
+        out += stage.process(summary(rank, {1: {"loss": 1.0}}, world=3), 0.0).crossrank
     assert [(u.step, u.stats["loss"].ranks, u.stats["loss"].mean) for u in out] == [(0, 3, 1.0)]
-    # Rank 2 stops; step 1 is finished with two ranks once the others are 3 steps on.
+    # Rank 2 stops at step 1; from there steps finish once the others are 3 steps on.
     late = []
-    for step in range(1, 6):
+    for step in range(2, 7):
         for rank in (0, 1):
             late += stage.process(summary(rank, {step: {"loss": 1.0}}, world=3), 0.0).crossrank
-    assert [u.step for u in late] == [1, 2]
-    assert all(u.stats["loss"].ranks == 2 for u in late)
+    assert [(u.step, u.stats["loss"].ranks) for u in late] == [(1, 3), (2, 2), (3, 2)]
 
 
 def rank_times(rng: random.Random, slow: int | None, ranks: int = 4) -> dict[int, dict[str, float]]:
@@ -369,7 +373,7 @@ def test_run_stage_resolves_a_straggler_through_the_finished_steps() -> None:
         detector_params={"straggler": {"window": 5, "min_points": 3}}, clock=lambda: 0.0
     )
     alerts = []
-    for step in range(13):
+    for step in range(14):  # step 12 is finished when the ranks report step 13
         slow = 1 if 5 <= step < 10 else None
         for rank, values in fixed_times(slow).items():
             alerts += stage.process(summary(rank, {step: values}, world=3), 0.0).alerts
