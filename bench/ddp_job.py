@@ -80,7 +80,7 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(1)  # ranks share a few cores; threads would only contend
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     torch.manual_seed(args.seed)
     model = nn.parallel.DistributedDataParallel(Net())
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)

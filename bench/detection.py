@@ -273,11 +273,7 @@ def summary(results: list[Result]) -> str:
     faults = [r for r in results if r.job.fault != "none"]
     caught = [(r, c) for r in faults if (c := r.caught()) is not None]
     delays = [c.raised_at - (r.onset_t or 0) for r, c in caught]
-    fast = [
-        c.raised_at - (r.onset_t or 0)
-        for r, c in caught
-        if EXPECT[r.job.fault].bound_s <= 2.0
-    ]
+    fast = [c.raised_at - (r.onset_t or 0) for r, c in caught if EXPECT[r.job.fault].bound_s <= 2.0]
     false = sum(len(r.false_alerts()) for r in results)
     steps = sum(r.healthy_steps() for r in results)
     over = [
@@ -299,9 +295,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, short healthy jobs")
     parser.add_argument("--only", default="", help="comma-separated job name prefixes")
     args = parser.parse_args()
-    selected = [
-        j for j in jobs(args.quick) if not args.only or j.name.startswith(tuple(args.only.split(",")))
-    ]
+    prefixes = tuple(args.only.split(",")) if args.only else ("",)
+    selected = [j for j in jobs(args.quick) if j.name.startswith(prefixes)]
     with tempfile.TemporaryDirectory(prefix="stepstream-detection-") as tmp:
         results = []
         with embedded_stack(Path(tmp) / "state") as settings:

@@ -87,13 +87,13 @@ class StragglerDetector:
                 if known is None or (slow and not known[0]):
                     verdicts[rank] = (slow, label, own, others, threshold)
         for rank, (slow, label, own, others, threshold) in sorted(verdicts.items()):
-            key = (run, rank)
+            episode = (run, rank)
             what = "of data wait" if label == vocab.DATA_WAIT.name else "before the collective"
             if not slow:
-                if self._episodes.is_open(key):
+                if self._episodes.is_open(episode):
                     flags.append(
                         self._episodes.close(
-                            key,
+                            episode,
                             step,
                             t,
                             f"rank {rank} straggler cleared at step {step}: {own * 1000:.1f} ms "
@@ -102,7 +102,7 @@ class StragglerDetector:
                         )
                     )
                 continue
-            if not self._episodes.is_open(key):
+            if not self._episodes.is_open(episode):
                 flag = Flag(
                     detector=self.name,
                     run=run,
@@ -115,7 +115,7 @@ class StragglerDetector:
                     f"against {others * 1000:.1f} ms on the other ranks",
                     evidence=evidence(own, others, threshold, float(p.window)),
                 )
-                flags.append(self._episodes.start(key, flag))
+                flags.append(self._episodes.start(episode, flag))
         return flags
 
 
