@@ -66,8 +66,26 @@ def _admin(settings: Settings, timeout_s: float) -> KafkaAdminClient:
             time.sleep(0.2)
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Topic-level configs set at creation (`min.insync.replicas` when configured)."""
+    if settings.min_insync_replicas is None:
+        return {}
+    return {"min.insync.replicas": str(settings.min_insync_replicas)}
+
+
+def new_topic(settings: Settings, name: str) -> NewTopic:
+    """A topic with the configured partitions, replication factor and configs."""
+    return NewTopic(
+        name,
+        settings.partitions,
+        settings.replication_factor,
+        topic_configs=topic_configs(settings),
+    )
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create every stepstream topic with `settings.partitions` partitions.
+    """Create every stepstream topic with `settings.partitions` partitions,
+    `settings.replication_factor` replicas and `min.insync.replicas` when set.
 
     Returns the names created now. Topics that exist already are checked: a partition
     count other than the configured one raises TopicMismatchError.
@@ -80,7 +98,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         created: list[str] = []
         for name in missing:
             try:
-                admin.create_topics([NewTopic(name, settings.partitions, 1)])
+                admin.create_topics([new_topic(settings, name)])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another worker: checked below
