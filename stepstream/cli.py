@@ -522,6 +522,53 @@ def silence_expire(
     _guard(go)
 
 
+redis_app = typer.Typer(help="Redis set-up helpers.", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
+
+
+@redis_app.command("acl")
+def redis_acl(
+    query_only: Annotated[
+        bool, typer.Option("--query-only", help="A read-only user: queries, serve, exports.")
+    ] = False,
+    user: Annotated[str, typer.Option("--user", help="ACL user name.")] = "stepstream",
+    password: Annotated[
+        str, typer.Option("--password", help="Password to put in the line.")
+    ] = "CHANGE-ME",
+    redis_version: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-version",
+            help="Server version, e.g. 7.0 or 7.2 (Valkey: 7.2); omit to ask the server "
+            "at --redis-url / STEPSTREAM_REDIS_URL.",
+        ),
+    ] = None,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print the ACL SETUSER line of a least-privilege stepstream user for this server."""
+    from sinks.redis_acl import acl_rules, parse_version, setuser_line
+    from stepstream.keys import RedisKeys
+
+    def go() -> None:
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
+        if redis_version is not None:
+            version = parse_version(redis_version)
+        else:
+            from sinks.redis_client import sync_client
+
+            client = sync_client(settings.redis_url)
+            try:
+                info = client.info("server")
+            finally:
+                client.close()
+            version = parse_version(str(info["redis_version"]))
+        rules = acl_rules(RedisKeys(settings.key_prefix), query_only, version)
+        print(setuser_line(user, password, rules))
+
+    _guard(go)
+
+
 rules_app = typer.Typer(help="Alert rule files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
