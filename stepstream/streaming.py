@@ -54,11 +54,13 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
     the heartbeat interval must stay well below it.
     """
     session_s = settings.session_timeout_s
+    datadir = worker_data_dir(settings, app_id)
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
         broker_credentials=broker_credentials(settings),
-        datadir=str(worker_data_dir(settings, app_id)),
+        datadir=str(datadir),
         topic_replication_factor=settings.replication_factor,
         store="memory://",
         web_enabled=False,
