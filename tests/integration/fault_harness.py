@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class FaultRelay:
         self.reset_every_s = reset_every_s
         self.target = target
         self.port = 0
+        self.active = False
+        """Faults apply only while active; otherwise the relay passes bytes untouched."""
         self.resets = 0
         self.faulty_connections = 0
         self._thread: threading.Thread | None = None
@@ -107,7 +110,10 @@ class FaultRelay:
             faulty = client_id.startswith(self.target)
             upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
             upstream_w.write(head + client_id)
-            delay = self.latency_s if faulty else 0.0
+
+            def delay() -> float:
+                return self.latency_s if faulty and self.active else 0.0
+
             pipes = [
                 asyncio.ensure_future(_pipe(client_r, upstream_w, delay)),
                 asyncio.ensure_future(_pipe(upstream_r, client_w, delay)),
@@ -115,13 +121,18 @@ class FaultRelay:
             if faulty:
                 self.faulty_connections += 1
             timeout = self.reset_every_s if faulty and self.reset_every_s > 0 else None
-            done, _ = await asyncio.wait(
-                pipes, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            reset = False
+            while True:
+                done, _ = await asyncio.wait(
+                    pipes, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done or self.active:
+                    reset = not done
+                    break
             for pipe in pipes:
                 pipe.cancel()
             await asyncio.gather(*pipes, return_exceptions=True)
-            if not done:  # the reset: RST to both sides, mid-conversation
+            if reset:  # RST to both sides, mid-conversation
                 self.resets += 1
                 for writer in (client_w, upstream_w):
                     sock = writer.get_extra_info("socket")
@@ -142,10 +153,12 @@ class FaultRelay:
             self._tasks.discard(task)
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float) -> None:
+async def _pipe(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: Callable[[], float]
+) -> None:
     while data := await source.read(65536):
-        if delay:
-            await asyncio.sleep(delay)
+        if wait := delay():
+            await asyncio.sleep(wait)
         sink.write(data)
         await sink.drain()
 
@@ -330,11 +343,18 @@ class FaultStack:
         time.sleep(down_s)
         self.start_worker(stage)
 
-    def restart_redis(self, down_s: float = 2.0) -> None:
+    def restart_redis(self, down_s: float = 2.0, persist: bool = True) -> None:
+        """Kill Redis and start it again on the same port: with its append-only file (a
+        production Redis), or with `persist` off empty, as the embedded stack's Redis
+        (``--save "" --appendonly no``) comes back."""
         assert self.redis is not None
         self.redis.kill()
         time.sleep(down_s)
-        self.redis.start()
+        self.redis.persist = persist
+        try:
+            self.redis.start()
+        finally:
+            self.redis.persist = True
 
     def stop(self) -> None:
         for name in ("sink", "processor", "broker"):
@@ -492,3 +512,76 @@ def summary(verdicts: list[Verdict]) -> str:
         f"duplicate_alerts={sum(v.duplicate_alerts for v in verdicts)} "
         f"max_log_stall_ms={max(v.max_log_ms for v in verdicts):.2f}"
     )
+
+
+def scenario(
+    stack: FaultStack,
+    name: str,
+    inject: Callable[[], None],
+    steps: int,
+    step_s: float = 0.05,
+    lead_s: float = 1.5,
+    world: int = 2,
+) -> Verdict:
+    """Train `world` ranks for `steps` steps, call `inject` `lead_s` after they started,
+    and read back what reached Redis."""
+    started = time.monotonic()
+    run = f"{name.split()[0]}-{uuid.uuid4().hex[:6]}"
+    training = Training(stack, run, world=world, steps=steps, step_s=step_s, nan_step=10)
+    training.start()
+    try:
+        training.wait_started()
+        time.sleep(lead_s)
+        inject()
+    finally:
+        reports = training.wait()
+    lost, wrong, duplicates, fired = read_back(stack.settings, run, world, steps)
+    return Verdict(
+        fault=name,
+        lost=lost,
+        wrong=wrong,
+        duplicate_alerts=duplicates,
+        alerts_fired=fired,
+        max_log_ms=max(r["max_log_ms"] for r in reports),
+        unflushed_ranks=sum(1 for r in reports if not r["flushed"]),
+        seconds=time.monotonic() - started,
+    )
+
+
+def faults(
+    stack: FaultStack, pause_s: float, relay_s: float, memory_redis: bool = False
+) -> dict[str, Callable[[], None]]:
+    """Every fault, by name, with the recovery a supervisor would do. `memory_redis` adds
+    a Redis restart that comes back empty (the embedded stack's Redis): it loses by design
+    everything stored before, so it is reported apart."""
+
+    def relay() -> None:
+        assert stack.fault_relay is not None
+        stack.fault_relay.active = True
+        try:
+            time.sleep(relay_s)
+        finally:
+            stack.fault_relay.active = False
+
+    def worker(stage: str) -> Callable[[], None]:
+        def kill() -> None:
+            stack.kill_worker(stage)
+            stack.wait_ready((stage,))
+
+        return kill
+
+    def broker_restart() -> None:
+        stack.restart_broker()
+        stack.wait_ready(("processor", "sink"), timeout=90)
+
+    return {
+        f"relay latency+resets {relay_s:g}s": relay,
+        "sink SIGKILL": worker("sink"),
+        "processor SIGKILL": worker("processor"),
+        "redis kill+restart": stack.restart_redis,
+        f"broker SIGSTOP {pause_s:g}s": lambda: stack.pause_broker(pause_s),
+        "broker kill+restart": broker_restart,
+    } | ({MEMORY_REDIS: lambda: stack.restart_redis(persist=False)} if memory_redis else {})
+
+
+MEMORY_REDIS = "redis restart, no AOF"
