@@ -60,8 +60,8 @@ def main() -> None:
     if memory:
         print(
             f"note: '{MEMORY_REDIS}' is the embedded stack's Redis (nothing on disk): the "
-            f"{memory[0].lost} points (and the alerts) stored before the restart are gone by design; "
-            "production Redis runs with appendonly (docker-compose.production.yml)"
+            f"{memory[0].lost} points (and the alerts) stored before the restart are gone by "
+            "design; production Redis runs with appendonly (docker-compose.production.yml)"
         )
     if kept:
         print(summary(kept))
