@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from stepstream.admin import require_broker
+from stepstream.admin import require_settings_broker
 from stepstream.contract import Alert
 from stepstream.settings import Settings
 from stepstream.topics import Topics
@@ -25,7 +25,7 @@ class AlertFeed:
     """
 
     def __init__(self, settings: Settings, run: str | None = None, from_beginning: bool = True):
-        require_broker(settings.kafka_bootstrap)
+        require_settings_broker(settings)
         self.run = run
         self._topic = Topics(settings.topic_prefix).alerts
         self._consumer = KafkaConsumer(

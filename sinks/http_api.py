@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from sinks.reader import (
     CrossRankRow,
@@ -29,6 +29,30 @@ from stepstream.contract import Alert
 from stepstream.errors import ConfigError
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def add_offline_docs(api: FastAPI) -> None:
+    """/docs with Swagger UI's JS, CSS and icon served by this server from the installed
+    swagger-ui-bundle package: it works on an air-gapped cluster (no CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    api.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @api.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=api.openapi_url or "/openapi.json",
+            title=f"{api.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url=None,
+        )
 
 
 def create_api(
@@ -50,7 +74,10 @@ def create_api(
         version="1",
         description="Rolling metrics, raw series, rank liveness and alerts of training runs.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's /docs loads Swagger UI from a CDN: served locally below
+        redoc_url=None,
     )
+    add_offline_docs(api)
 
     def reader() -> MetricsReader:
         return state["reader"]

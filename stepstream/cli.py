@@ -1,7 +1,9 @@
 """The `stepstream` command line: local stack, workers, queries and the demo.
 
 Exit codes: 0 success, 1 a stepstream error (the message says what to do), 2 bad usage,
-3 no running stack where one is needed, 130 interrupted.
+3 no running stack where one is needed, 4 Redis or Kafka unreachable, 5 credentials or
+permissions refused, 6 TLS handshake failed, 130 interrupted. Failures print one line;
+``--debug`` (before the command) prints the traceback too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -46,20 +49,52 @@ RedisUrl = Annotated[
 ]
 
 
+# Set by the global --debug flag, and the settings the running command loaded (so a
+# connection failure can name the URL it was about).
+_context: dict[str, Any] = {"debug": False, "settings": None}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of a failure, too.")
+    ] = False,
+) -> None:
+    _context["debug"] = debug
+
+
 def _overrides(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _load(**overrides: Any) -> Any:
+    """Settings of a command (flags > environment > local stack > defaults), remembered."""
+    from stepstream.stack import load_settings
+
+    settings = load_settings(**_overrides(**overrides))
+    _context["settings"] = settings
+    return settings
+
+
+def _fail(exc: BaseException, message: str, code: int) -> typer.Exit:
+    """Print the one-line error (and the traceback under --debug); the Exit to raise."""
+    if _context["debug"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    # Plain write, no rich: a console would wrap a long line into several.
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
 def _guard(action: Callable[[], T]) -> T:
-    """Run `action`, turning stepstream errors into a message and a meaningful exit code."""
+    """Run `action`, turning stepstream errors, and Redis and Kafka failures, into one line
+    and a meaningful exit code."""
     try:
         return action()
-    except StackNotRunningError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_NO_STACK) from exc
     except StepstreamError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_ERROR) from exc
+        raise _fail(exc, str(exc), exc.exit_code) from exc
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
     except ValidationError as exc:
         # Settings come from STEPSTREAM_* variables and flags: name the one that is wrong.
         lines = [
@@ -71,6 +106,18 @@ def _guard(action: Callable[[], T]) -> T:
     except KeyboardInterrupt as exc:
         err_console.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from exc
+    except Exception as exc:
+        from stepstream.failures import explain
+
+        settings = _context["settings"]
+        failure = explain(
+            exc,
+            settings.redis_url if settings is not None else None,
+            settings.kafka_bootstrap if settings is not None else None,
+        )
+        if failure is None:
+            raise
+        raise _fail(exc, str(failure), failure.exit_code) from exc
 
 
 @app.command()
@@ -83,10 +130,10 @@ def up(
 ) -> None:
     """Start the embedded stack (tansu, Redis, workers) in the background."""
     from stepstream.signals import sigterm_interrupts
-    from stepstream.stack import LocalStack, load_settings
+    from stepstream.stack import LocalStack
 
     def run() -> None:
-        settings = load_settings(**_overrides(state_dir=state_dir))
+        settings = _load(state_dir=state_dir)
         # Killed mid-start (SIGTERM), start() stops what it had started, as on Ctrl-C.
         with sigterm_interrupts(), console.status("starting the local stack") as status:
             stack = LocalStack(
@@ -114,10 +161,10 @@ def up(
 @app.command()
 def down(state_dir: StateDir = None) -> None:
     """Stop the embedded stack started by `stepstream up`."""
-    from stepstream.stack import load_settings, stop_stack
+    from stepstream.stack import stop_stack
 
     def run() -> None:
-        settings = load_settings(**_overrides(state_dir=state_dir))
+        settings = _load(state_dir=state_dir)
         stopped = stop_stack(settings.state_dir)
         console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
@@ -127,10 +174,10 @@ def down(state_dir: StateDir = None) -> None:
 @app.command()
 def status(state_dir: StateDir = None, json_out: JsonFlag = False) -> None:
     """Show whether the embedded stack runs, where, and which processes are alive."""
-    from stepstream.stack import StackState, load_settings
+    from stepstream.stack import StackState
 
     def run() -> None:
-        settings = load_settings(**_overrides(state_dir=state_dir))
+        settings = _load(state_dir=state_dir)
         state = StackState.load(settings.state_dir)
         if state is None:
             raise StackNotRunningError(
@@ -188,10 +235,9 @@ def query(
     """Print a run's rolling stats from Redis (or the list of runs, or one of the views)."""
     from sinks import query_views
     from sinks.reader import MetricsReader
-    from stepstream.stack import load_settings
 
     def go() -> None:
-        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
         reader = MetricsReader.from_settings(settings)
         try:
             if run is None:
@@ -231,10 +277,9 @@ def serve(
     """Serve the query API as HTTP JSON (OpenAPI at /docs) and Prometheus /metrics."""
     from sinks.http_api import serve as serve_api
     from sinks.reader import MetricsReader
-    from stepstream.stack import load_settings
 
     def go() -> None:
-        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
         err_console.print(f"serving http://{host}:{port}  (docs: /docs, Prometheus: /metrics)")
         serve_api(
             lambda: MetricsReader.from_settings(settings),
@@ -259,14 +304,13 @@ def export(
     """Export a run's stored series to TensorBoard event files and/or CSV."""
     from sinks.export import export_csv, export_tensorboard
     from sinks.reader import MetricsReader
-    from stepstream.stack import load_settings
 
     if tensorboard is None and csv_file is None:
         err_console.print("[red]error:[/red] give --tensorboard DIR and/or --csv FILE")
         raise typer.Exit(2)
 
     def go() -> None:
-        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
         with MetricsReader.from_settings(settings) as reader:
             if tensorboard is not None:
                 n = export_tensorboard(reader, run, tensorboard)
@@ -331,7 +375,6 @@ def alerts(
     json_out: JsonFlag = False,
 ) -> None:
     """List active and recent alerts from Redis, or follow the alerts topic live."""
-    from stepstream.stack import load_settings
 
     if severity not in SEVERITY_ORDER:
         err_console.print(f"[red]error:[/red] --severity must be one of {list(SEVERITY_ORDER)}")
@@ -347,7 +390,7 @@ def alerts(
             console.print(_alert_line(alert), highlight=False)
 
     def go() -> None:
-        settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
         if follow:
             from sinks.alert_feed import AlertFeed
 
@@ -384,9 +427,8 @@ def _silence_store(redis_url: str | None, state_dir: Path | None) -> Any:
     from sinks.redis_client import sync_client
     from sinks.silence_store import SilenceStore
     from stepstream.keys import RedisKeys
-    from stepstream.stack import load_settings
 
-    settings = load_settings(**_overrides(redis_url=redis_url, state_dir=state_dir))
+    settings = _load(redis_url=redis_url, state_dir=state_dir)
     client = sync_client(settings.redis_url, settings.redis_cluster)
     return SilenceStore(client, RedisKeys(settings.key_prefix))
 
@@ -476,6 +518,53 @@ def silence_expire(
         if not _silence_store(redis_url, state_dir).expire(silence_id):
             raise StepstreamError(f"no silence {silence_id!r}: see 'stepstream silence list --all'")
         console.print(f"silence {silence_id} expired")
+
+    _guard(go)
+
+
+redis_app = typer.Typer(help="Redis set-up helpers.", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
+
+
+@redis_app.command("acl")
+def redis_acl(
+    query_only: Annotated[
+        bool, typer.Option("--query-only", help="A read-only user: queries, serve, exports.")
+    ] = False,
+    user: Annotated[str, typer.Option("--user", help="ACL user name.")] = "stepstream",
+    password: Annotated[
+        str, typer.Option("--password", help="Password to put in the line.")
+    ] = "CHANGE-ME",
+    redis_version: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-version",
+            help="Server version, e.g. 7.0 or 7.2 (Valkey: 7.2); omit to ask the server "
+            "at --redis-url / STEPSTREAM_REDIS_URL.",
+        ),
+    ] = None,
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print the ACL SETUSER line of a least-privilege stepstream user for this server."""
+    from sinks.redis_acl import acl_rules, parse_version, setuser_line
+    from stepstream.keys import RedisKeys
+
+    def go() -> None:
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
+        if redis_version is not None:
+            version = parse_version(redis_version)
+        else:
+            from sinks.redis_client import sync_client
+
+            client = sync_client(settings.redis_url)
+            try:
+                info = client.info("server")
+            finally:
+                client.close()
+            version = parse_version(str(info["redis_version"]))
+        rules = acl_rules(RedisKeys(settings.key_prefix), query_only, version)
+        print(setuser_line(user, password, rules))
 
     _guard(go)
 

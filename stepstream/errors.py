@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class StepstreamError(Exception):
-    """Base class of every error stepstream raises on purpose."""
+    """Base class of every error stepstream raises on purpose.
+
+    `exit_code` is what the CLI exits with (README, "CLI exit codes").
+    """
+
+    exit_code = 1
 
 
 class ConfigError(StepstreamError):
@@ -38,6 +43,37 @@ class PortInUseError(StackError):
 
 class StackNotRunningError(StackError):
     """A command needs the local stack, but no running stack was found."""
+
+    exit_code = 3
+
+
+class ServiceError(StepstreamError):
+    """Redis or Kafka could not be used. `service` names which; the message says what to
+    check. Subclasses tell unreachable, refused credentials and TLS failures apart."""
+
+    exit_code = 4
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class ServiceUnreachableError(ServiceError):
+    """Nothing answers at the configured address (closed port, wrong host, timeout)."""
+
+    exit_code = 4
+
+
+class ServiceAuthError(ServiceError):
+    """The server refused the credentials, or the user lacks a permission."""
+
+    exit_code = 5
+
+
+class ServiceTlsError(ServiceError):
+    """The TLS handshake failed: no TLS on one side, an unknown CA, a host-name mismatch."""
+
+    exit_code = 6
 
 
 class TopicMismatchError(StepstreamError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stepstream import vocabulary
@@ -45,13 +45,33 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
     )
-    kafka_security_protocol: str = Field(
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
-    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: str | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one (mTLS)."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="Key (PEM) of the client certificate.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host connected to."
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Replicas of every topic stepstream creates (3 in production)."
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of every topic created (2 in production); "
+        "unset: the broker default.",
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS "
@@ -202,17 +222,23 @@ class Settings(BaseSettings):
             raise ValueError("window_seconds sizes must be > 0, e.g. [10, 60]")
         return sorted(set(sizes))
 
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas={self.min_insync_replicas} exceeds replication_factor="
+                f"{self.replication_factor}: no write could ever succeed"
+            )
+        return self
+
     def resolved_spool_dir(self) -> Path:
         """The spool root: `spool_dir` when set, else ``<state_dir>/spool``."""
         return self.spool_dir if self.spool_dir is not None else self.state_dir / "spool"
 
-    def kafka_client_config(self) -> dict[str, str | None]:
-        """Security settings in kafka-python's keyword names, unset ones left out."""
-        config: dict[str, str | None] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_sasl_mechanism:
-            config["sasl_mechanism"] = self.kafka_sasl_mechanism
-            config["sasl_plain_username"] = self.kafka_sasl_username
-            config["sasl_plain_password"] = self.kafka_sasl_password
-        if self.kafka_ssl_cafile:
-            config["ssl_cafile"] = self.kafka_ssl_cafile
-        return config
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Security keyword arguments of kafka-python clients (see stepstream.kafka_security)."""
+        from stepstream.kafka_security import kafka_python_security
+
+        return kafka_python_security(self)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types.auth import CredentialsT
 
 from stepstream.contract import DeadLetter
 from stepstream.settings import Settings
@@ -18,21 +19,49 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
 
 
+def worker_data_dir(settings: Settings, app_id: str) -> Path:
+    """faust's data folder of a worker: under the state dir, never the current directory."""
+    return (settings.state_dir / "workers" / app_id).absolute()
+
+
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """faust's `broker_credentials` for the Kafka security settings (None: PLAINTEXT)."""
+    from stepstream.kafka_security import SASL_PROTOCOLS, ssl_context
+
+    context = ssl_context(settings)
+    if settings.kafka_security_protocol in SASL_PROTOCOLS:
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def ready_file(settings: Settings, app_id: str) -> Path:
     """The file a worker writes once it has joined its group and holds partitions."""
     return settings.state_dir / "ready" / app_id
 
 
 def make_app(settings: Settings, app_id: str) -> faust.App:
-    """A faust app with stepstream's settings: memory store, no web server, short sessions.
+    """A faust app with stepstream's settings: memory store, no web server, short sessions,
+    the Kafka security settings, its data folder under the state dir.
 
     The session timeout is short because a group join on tansu takes about half of it;
     the heartbeat interval must stay well below it.
     """
     session_s = settings.session_timeout_s
+    datadir = worker_data_dir(settings, app_id)
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         app_id,
         broker=faust_broker_url(settings.kafka_bootstrap),
+        broker_credentials=broker_credentials(settings),
+        datadir=str(datadir),
+        topic_replication_factor=settings.replication_factor,
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.partitions,
