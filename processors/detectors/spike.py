@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
-from processors.detectors.base import MAD_SCALE, matches, median_mad
-from processors.flags import Episodes, Flag, evidence, moment
+from processors.detectors.base import MAD_SCALE, median_mad
+from processors.detectors.shape import Evidence, SeriesDetector
+from processors.flags import evidence, moment
 from stepstream import vocabulary as vocab
 
 
@@ -30,70 +30,74 @@ class SpikeParams:
     min_rel_scale: float = 1e-3
 
 
-class SpikeDetector:
+@dataclass
+class _Baseline:
+    history: deque[float]
+    med: float = 0.0
+    mad: float = 0.0
+    z: float = 0.0
+    points: int = 0
+
+
+class SpikeDetector(SeriesDetector[_Baseline, SpikeParams]):
     """Flags a point whose robust z-score against the rolling median and MAD of the previous
     `window` points reaches `z`; the episode clears at the first point below `z` again.
     Delay: the spiking record itself."""
 
     name = "spike"
+    severity = "warning"
 
     def __init__(self, params: SpikeParams | None = None) -> None:
-        self.params = params or SpikeParams()
-        self._history: dict[tuple[str, int, str], deque[float]] = {}
-        self._episodes = Episodes()
+        super().__init__(params or SpikeParams())
 
-    def wants(self, metric: str) -> bool:
-        """True for the configured metrics."""
-        return matches(metric, self.params.metrics)
+    def new_state(self, run: str, rank: int, metric: str) -> _Baseline:
+        return _Baseline(deque(maxlen=self.params.window))
 
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """Add one point; a flag if it starts a spike episode, a cleared flag if it is the
-        first point of the series that no longer spikes."""
-        if not math.isfinite(value):
-            return ()
+    def judge(
+        self,
+        state: _Baseline,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
         p = self.params
-        key = (run, rank, metric)
-        history = self._history.get(key)
-        if history is None:
-            history = self._history[key] = deque(maxlen=p.window)
+        history = state.history
         if len(history) < p.min_points:
             history.append(value)
-            return ()
+            return None
         med, mad = median_mad(history)
         scale = max(MAD_SCALE * mad, p.min_rel_scale * abs(med), 1e-12)
-        z = (value - med) / scale
-        if abs(z) >= p.z:
-            # A spike stays out of its own baseline so a burst does not become normal.
-            if self._episodes.is_open(key):
-                return ()
-            flag = Flag(
-                detector=self.name,
-                run=run,
-                rank=rank,
-                metric=metric,
-                step=step,
-                t=t,
-                severity="warning",
-                summary=(
-                    f"{metric} spiked to {value:.6g} on rank {rank} (median {med:.6g}, "
-                    f"robust z {z:.1f})"
-                ),
-                evidence=evidence(value, med, p.z, float(len(history)), z=z, mad=mad),
-            )
-            return (self._episodes.start(key, flag),)
-        baseline_points = float(len(history))
+        state.med, state.mad, state.z = med, mad, (value - med) / scale
+        state.points = len(history)
+        if abs(state.z) >= p.z:
+            return True  # a spike stays out of its own baseline: a burst does not become normal
         history.append(value)
-        if not self._episodes.is_open(key):
-            return ()
+        return False
+
+    def describe(
+        self,
+        state: _Baseline,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        ev = evidence(
+            value, state.med, self.params.z, float(state.points), z=state.z, mad=state.mad
+        )
+        if starting:
+            return (
+                f"{metric} spiked to {value:.6g} on rank {rank} (median {state.med:.6g}, "
+                f"robust z {state.z:.1f})",
+                ev,
+            )
         return (
-            self._episodes.close(
-                key,
-                step,
-                t,
-                f"{metric} spike on rank {rank} cleared at {moment(step, t)}: {value:.6g} "
-                f"(median {med:.6g}, robust z {z:.1f})",
-                evidence(value, med, p.z, baseline_points, z=z, mad=mad),
-            ),
+            f"{metric} spike on rank {rank} cleared at {moment(step, t)}: {value:.6g} "
+            f"(median {state.med:.6g}, robust z {state.z:.1f})",
+            ev,
         )

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, evidence, moment
+from processors.detectors.shape import Evidence, SeriesDetector
+from processors.flags import Flag, evidence, moment
 from stepstream import vocabulary as vocab
 from stepstream.vocabulary import canonical
 
@@ -44,9 +46,13 @@ class PlateauParams:
 
 @dataclass
 class _Best:
-    ema: float
-    best: float
-    best_step: int
+    ema: float | None = None
+    best: float = math.inf
+    best_step: int = 0
+    previous: float = math.inf  # the best before the last improvement
+    stalled_for: int = 0
+    why: str | None = None
+    rank_key: tuple[str, int] = ("", 0)
 
 
 @dataclass
@@ -65,80 +71,93 @@ class _Motion:
         return None
 
 
-class PlateauDetector:
+class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
     """Flags a stalled run: a loss whose EMA has not improved for `patience` steps while
     its rank's training stopped moving (learning rate 0, or updates under
     `stall_update_ratio`). The plateau clears at the next improvement, or when training
     moves again. Delay: `patience` steps after the last improvement."""
 
     name = "plateau"
+    severity = "info"
+    needs_step = True
 
     def __init__(self, params: PlateauParams | None = None) -> None:
-        self.params = params or PlateauParams()
-        self._state: dict[tuple[str, int, str], _Best] = {}
+        super().__init__(params or PlateauParams())
         self._motion: dict[tuple[str, int], _Motion] = {}
-        self._episodes = Episodes()
 
-    def wants(self, metric: str) -> bool:
-        """True for the configured losses and the motion signals."""
-        return matches(metric, self.params.metrics + self.params.motion)
+    def signals(self) -> tuple[str, ...]:
+        return self.params.metrics + self.params.motion
+
+    def new_state(self, run: str, rank: int, metric: str) -> _Best:
+        return _Best(rank_key=(run, rank))
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
     ) -> tuple[Flag, ...]:
-        """Add one point; a flag when a plateau episode starts, a cleared flag when the EMA
-        improves (or training moves) again during one."""
-        if not math.isfinite(value):
-            return ()
-        p = self.params
-        if not matches(metric, p.metrics):
+        """Add a loss point (the shared skeleton) or a motion signal (learning rate, update
+        ratio), which may end the rank's plateaus when training moves again."""
+        if not matches(metric, self.params.metrics):
+            if not math.isfinite(value):
+                return ()
             return self._moved(run, rank, metric, step, t, value)
-        if step is None:
-            return ()
-        key = (run, rank, metric)
-        state = self._state.get(key)
-        if state is None:
-            self._state[key] = _Best(ema=value, best=value, best_step=step)
-            return ()
+        return super().observe(run, rank, metric, step, t, value)
+
+    def judge(
+        self,
+        state: _Best,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
+        assert step is not None
+        p = self.params
+        if state.ema is None:
+            state.ema = state.best = value
+            state.best_step = step
+            return None
         state.ema += p.alpha * (value - state.ema)
         if state.ema < state.best - max(p.min_rel_delta * abs(state.best), p.min_abs_delta):
-            previous, stalled = state.best, step - state.best_step
+            state.previous, state.stalled_for = state.best, step - state.best_step
             state.best, state.best_step = state.ema, step
-            if not self._episodes.is_open(key):
-                return ()
-            return (
-                self._episodes.close(
-                    key,
-                    step,
-                    t,
-                    f"{metric} plateau on rank {rank} cleared at step {step}: EMA "
-                    f"{state.ema:.4g} improved on {previous:.4g} after {stalled} steps",
-                    evidence(state.ema, previous, float(p.patience), float(stalled)),
-                ),
-            )
-        stalled = step - state.best_step
-        if stalled < p.patience or self._episodes.is_open(key):
-            return ()
-        why = None
-        motion = self._motion.get((run, rank))
+            return False
+        state.stalled_for = step - state.best_step
+        if is_open or state.stalled_for < p.patience:
+            return None
+        state.why = None
+        motion = self._motion.get(state.rank_key)
         if motion is not None:
-            why = motion.stalled(p.stall_update_ratio)
-        if why is None and p.require_stall:
-            return ()
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="info",
-            summary=f"{metric} has not improved for {stalled} steps on rank {rank} "
-            f"(best EMA {state.best:.4g} at step {state.best_step})"
-            + (f": training stalled, {why}" if why else ""),
-            evidence=evidence(state.ema, state.best, float(p.patience), float(stalled)),
+            state.why = motion.stalled(p.stall_update_ratio)
+        if state.why is None and p.require_stall:
+            return None
+        return True
+
+    def describe(
+        self,
+        state: _Best,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        p = self.params
+        ema = state.ema if state.ema is not None else value
+        if starting:
+            return (
+                f"{metric} has not improved for {state.stalled_for} steps on rank {rank} "
+                f"(best EMA {state.best:.4g} at step {state.best_step})"
+                + (f": training stalled, {state.why}" if state.why else ""),
+                evidence(ema, state.best, float(p.patience), float(state.stalled_for)),
+            )
+        return (
+            f"{metric} plateau on rank {rank} cleared at step {step}: EMA "
+            f"{ema:.4g} improved on {state.previous:.4g} after {state.stalled_for} steps",
+            evidence(ema, state.previous, float(p.patience), float(state.stalled_for)),
         )
-        return (self._episodes.start(key, flag),)
 
     def _moved(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
@@ -155,8 +174,10 @@ class PlateauDetector:
         if not self._episodes or motion.stalled(self.params.stall_update_ratio) is not None:
             return ()
         ended = []
-        for key in self._state:
-            if key[0] == run and key[1] == rank and self._episodes.is_open(key):
+        for key in self._states:
+            if not isinstance(key, tuple) or key[:2] != (run, rank):
+                continue
+            if self._episodes.is_open(key):
                 ended.append(
                     self._episodes.close(
                         key,
@@ -200,6 +221,8 @@ class _Curve:
     last: deque[float] = field(default_factory=deque)
     #: (step, EMA) with increasing EMA: the front is the minimum of the window.
     lows: deque[tuple[int, float]] = field(default_factory=deque)
+    low: float = 0.0
+    above: bool = False
 
     def push(self, step: int, ema: float, window: int) -> float:
         """Add the EMA at `step`; return the minimum EMA within the last `window` steps."""
@@ -212,79 +235,82 @@ class _Curve:
         return lows[0][1]
 
 
-class DivergenceDetector:
+class DivergenceDetector(SeriesDetector[_Curve, DivergenceParams]):
     """Flags a loss trending up: its EMA above the starting level, or risen by `rise`
     over its minimum within the last `window` steps; it clears when neither holds any more.
     Delay: a few EMA time constants (1/alpha points) after the loss turns."""
 
     name = "divergence"
+    severity = "critical"
+    needs_step = True
 
     def __init__(self, params: DivergenceParams | None = None) -> None:
-        self.params = params or DivergenceParams()
-        self._state: dict[tuple[str, int, str], _Curve] = {}
-        self._episodes = Episodes()
+        super().__init__(params or DivergenceParams())
 
-    def wants(self, metric: str) -> bool:
-        """True for the configured metrics."""
-        return matches(metric, self.params.metrics)
+    def new_state(self, run: str, rank: int, metric: str) -> _Curve:
+        return _Curve()
 
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """Add one point; a flag when a divergence episode starts, a cleared flag when the
-        EMA is back under both limits during one."""
-        if step is None or not math.isfinite(value):
-            return ()
+    def judge(
+        self,
+        state: _Curve,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
+        assert step is not None
         p = self.params
-        key = (run, rank, metric)
-        curve = self._state.setdefault(key, _Curve())
-        curve.last.append(value)
-        if len(curve.last) > p.median_of:
-            curve.last.popleft()
-        smooth = median(curve.last)
-        curve.ema = smooth if curve.ema is None else curve.ema + p.alpha * (smooth - curve.ema)
-        low = curve.push(step, curve.ema, p.window)
-        if len(curve.start) < p.start_points:
-            curve.start.append(value)
-            return ()
+        state.last.append(value)
+        if len(state.last) > p.median_of:
+            state.last.popleft()
+        smooth = median(state.last)
+        state.ema = smooth if state.ema is None else state.ema + p.alpha * (smooth - state.ema)
+        state.low = state.push(step, state.ema, p.window)
+        if len(state.start) < p.start_points:
+            state.start.append(value)
+            return None
         # The highest early point, not their mean: the EMA starts at the first point and
         # lags a fast early descent, so it would sit above a mean of the early points.
-        start = max(curve.start)
-        ema = curve.ema
-        above = start > 0 and ema > start * p.above_start
-        rose = low > 0 and ema > low * (1 + p.rise)
-        if not (above or rose):
-            if not self._episodes.is_open(key):
-                return ()
+        start = max(state.start)
+        state.above = start > 0 and state.ema > start * p.above_start
+        rose = state.low > 0 and state.ema > state.low * (1 + p.rise)
+        return state.above or rose
+
+    def describe(
+        self,
+        state: _Curve,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        p = self.params
+        start, low, ema = max(state.start), state.low, state.ema or 0.0
+        if not starting:
             return (
-                self._episodes.close(
-                    key,
-                    step,
-                    t,
-                    f"{metric} divergence on rank {rank} cleared at step {step}: EMA {ema:.4g} "
-                    f"is within {p.above_start:g}x its starting level {start:.4g} and "
-                    f"{p.rise:.0%} of its minimum {low:.4g}",
-                    evidence(
-                        ema, start, start * p.above_start, float(p.window), start=start, minimum=low
-                    ),
+                f"{metric} divergence on rank {rank} cleared at step {step}: EMA {ema:.4g} "
+                f"is within {p.above_start:g}x its starting level {start:.4g} and "
+                f"{p.rise:.0%} of its minimum {low:.4g}",
+                evidence(
+                    ema, start, start * p.above_start, float(p.window), start=start, minimum=low
                 ),
             )
-        if self._episodes.is_open(key):
-            return ()
-        baseline, threshold = (start, start * p.above_start) if above else (low, low * (1 + p.rise))
-        why = "above its starting level" if above else f"up {ema / low - 1:.0%} from its minimum"
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="critical",
-            summary=f"{metric} is diverging on rank {rank}: EMA {ema:.4g} is {why}",
-            evidence=evidence(ema, baseline, threshold, float(p.window), start=start, minimum=low),
+        baseline, threshold = (
+            (start, start * p.above_start) if state.above else (low, low * (1 + p.rise))
         )
-        return (self._episodes.start(key, flag),)
+        why = (
+            "above its starting level"
+            if state.above
+            else f"up {ema / low - 1:.0%} from its minimum"
+        )
+        return (
+            f"{metric} is diverging on rank {rank}: EMA {ema:.4g} is {why}",
+            evidence(ema, baseline, threshold, float(p.window), start=start, minimum=low),
+        )
 
 
 @dataclass(frozen=True)
@@ -315,86 +341,83 @@ class _Fit:
     best: tuple[float, float] | None = None  # (best eval loss, train EMA then)
 
 
-class OverfittingDetector:
-    """Flags eval loss rising while train loss falls, judged at each evaluation point; it
-    clears at the first evaluation where that no longer holds. Delay: the evaluation at
-    which eval loss is `rise` above its recent best."""
+class OverfittingDetector(SeriesDetector[_Fit, OverfittingParams]):
+    """Flags eval loss rising while train loss falls, judged at each evaluation point: the
+    eval loss `rise` above its best so far while the train EMA fell `train_drop` since that
+    best. It stays firing while eval loss is still `rise` above its best, and clears at the
+    first evaluation back within it. Delay: the evaluation at which eval loss is `rise`
+    above its best."""
 
     name = "overfitting"
+    severity = "warning"
 
     def __init__(self, params: OverfittingParams | None = None) -> None:
-        self.params = params or OverfittingParams()
-        self._state: dict[tuple[str, int], _Fit] = {}
-        self._episodes = Episodes()
+        super().__init__(params or OverfittingParams())
 
-    def wants(self, metric: str) -> bool:
-        """True for the train and eval loss."""
-        return matches(metric, (self.params.train_metric, self.params.eval_metric))
+    def signals(self) -> tuple[str, ...]:
+        return (self.params.train_metric, self.params.eval_metric)
 
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """Add a train or eval loss point; an eval point may start or clear an episode."""
-        if not math.isfinite(value):
-            return ()
+    def key(self, run: str, rank: int, metric: str) -> Hashable:
+        return (run, rank)  # the train and the eval loss of a rank are judged together
+
+    def new_state(self, run: str, rank: int, metric: str) -> _Fit:
+        return _Fit()
+
+    def judge(
+        self,
+        state: _Fit,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
         p = self.params
-        key = (run, rank)
-        fit = self._state.setdefault(key, _Fit())
         if canonical(metric) == canonical(p.train_metric):
-            fit.train_ema = (
-                value
-                if fit.train_ema is None
-                else (fit.train_ema + p.alpha * (value - fit.train_ema))
-            )
-            return ()
-        if fit.train_ema is None:
-            return ()
-        if fit.best is None or value < fit.best[0]:
-            fit.best = (value, fit.train_ema)
-        best_eval, train_then = fit.best
+            ema = state.train_ema
+            state.train_ema = value if ema is None else ema + p.alpha * (value - ema)
+            return None
+        if state.train_ema is None:
+            return None
+        if state.best is None or value < state.best[0]:
+            state.best = (value, state.train_ema)
+        best_eval, train_then = state.best
         rising = value > best_eval * (1 + p.rise)
-        falling = fit.train_ema < train_then * (1 - p.train_drop)
-        if self._episodes.is_open(key):
-            if rising:
-                return ()  # still above its best: the episode goes on
-        elif not (rising and falling):
-            return ()
-        if not rising:
-            return (
-                self._episodes.close(
-                    key,
-                    step,
-                    t,
-                    f"overfitting on rank {rank} cleared at {moment(step, t)}: {p.eval_metric} "
-                    f"{value:.4g} (best {best_eval:.4g}), {p.train_metric} EMA "
-                    f"{train_then:.4g} -> {fit.train_ema:.4g}",
-                    evidence(
-                        value,
-                        best_eval,
-                        best_eval * (1 + p.rise),
-                        None,
-                        train_then=train_then,
-                        train_now=fit.train_ema,
-                    ),
-                ),
-            )
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="warning",
-            summary=f"overfitting on rank {rank}: {p.eval_metric} {value:.4g} is up from "
-            f"{best_eval:.4g} while {p.train_metric} fell {train_then:.4g} -> {fit.train_ema:.4g}",
-            evidence=evidence(
-                value,
-                best_eval,
-                best_eval * (1 + p.rise),
-                None,
-                train_then=train_then,
-                train_now=fit.train_ema,
-            ),
+        if is_open:
+            return rising  # stays firing while eval is still above its best
+        return rising and state.train_ema < train_then * (1 - p.train_drop)
+
+    def describe(
+        self,
+        state: _Fit,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        p = self.params
+        assert state.best is not None and state.train_ema is not None
+        best_eval, train_then = state.best
+        ev = evidence(
+            value,
+            best_eval,
+            best_eval * (1 + p.rise),
+            None,
+            train_then=train_then,
+            train_now=state.train_ema,
         )
-        return (self._episodes.start(key, flag),)
+        if starting:
+            return (
+                f"overfitting on rank {rank}: {metric} {value:.4g} is up from "
+                f"{best_eval:.4g} while {p.train_metric} fell {train_then:.4g} -> "
+                f"{state.train_ema:.4g}",
+                ev,
+            )
+        return (
+            f"overfitting on rank {rank} cleared at {moment(step, t)}: {metric} "
+            f"{value:.4g} is back within {p.rise:.0%} of its best {best_eval:.4g}",
+            ev,
+        )

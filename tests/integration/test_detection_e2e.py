@@ -1,0 +1,70 @@
+"""Every fault kind caught end to end, once, on the right rank, in real gloo DDP jobs
+instrumented only as the README shows (`bench/ddp_job.py`: `producers.init`,
+`monitor.watch(model, optimizer, every=1)`, `monitor.log(step, loss=loss.detach())`,
+`monitor.log_eval(step, val_loss=...)`), through the embedded stack, read back only
+through the public reader. A healthy job raises nothing.
+
+Delays are the benchmark's business (`bench/detection.py`); here an alert must come after
+the fault's onset and within a generous bound, so a loaded CI machine does not decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
+from stepstream.settings import Settings
+
+FAULT_JOBS = [
+    Job("nan", "nan", 3, 260, fault_rank=2, fault_step=150, seed=1),
+    Job("lr_blowup", "lr_blowup", 2, 260, 0, 150, 50.0, seed=1),
+    Job("bad_batch", "bad_batch", 3, 260, 1, 150, 10.0, seed=1),
+    Job("vanish", "vanish", 2, 260, 0, 150, 30.0, seed=1),
+    Job("explode", "explode", 2, 260, 0, 150, 20.0, seed=1),
+    Job("plateau", "plateau", 2, 500, 0, 150, 1.0, seed=1, lr=0.02),
+    Job("overfit", "overfit", 2, 800, 0, 150, 1.0, seed=1, lr=0.1),
+    Job("slow_input", "slow_input", 3, 260, 0, 150, 8.0, seed=1),
+    Job("crash", "crash", 3, 260, 2, 150, 1.0, seed=1),
+    Job("corrupt_grads", "corrupt_grads", 3, 260, 1, 150, 0.5, seed=1),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with embedded_stack(tmp_path_factory.mktemp("detection")) as settings:
+        yield settings
+
+
+def describe(result: Result) -> str:
+    return "; ".join(f"{a.rule}@rank{a.rank} {a.status} step {a.step}" for a in result.alerts)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("job", FAULT_JOBS, ids=lambda j: j.name)
+def test_fault_is_caught_once_on_the_right_rank(
+    stack: Settings, job: Job, tmp_path: Path
+) -> None:
+    result = run_job(stack, job, tmp_path)
+    assert result.onset_t is not None, f"the job never injected its fault: {result.exit_codes}"
+    caught = result.caught()
+    expect = EXPECT[job.fault]
+    assert caught is not None, f"{job.fault} missed; alerts: {describe(result)}"
+    if expect.on_rank:
+        assert caught.rank == job.fault_rank
+    assert caught.raised_at - result.onset_t < max(30.0, 3 * expect.bound_s)
+    # One fault, one incident: the expected detector pages once, nothing before the fault.
+    assert result.pages() == 1, describe(result)
+    assert result.false_alerts() == [], describe(result)
+    # The alert says where and lists what it covers.
+    assert caught.affected and caught.summary
+
+
+@pytest.mark.integration
+def test_a_healthy_job_raises_nothing(stack: Settings, tmp_path: Path) -> None:
+    job = Job("healthy", "none", 3, 800, seed=12, lr=0.1, noise=0.9)
+    result = run_job(stack, job, tmp_path, settle_s=3.0)
+    assert result.exit_codes == [0, 0, 0]
+    assert result.alerts == [], describe(result)
