@@ -21,6 +21,8 @@ class SpikeParams:
     z: robust z-score |x - median| / (1.4826 * MAD) at or above which a point is a spike.
     min_rel_scale: floor of the robust scale relative to |median|, so a nearly constant
         series does not flag rounding noise.
+    upward_only: only values above the median spike. A loss falls fast early in training,
+        faster than its rolling median follows, so a two-sided test flags good news.
     """
 
     metrics: tuple[str, ...] = (vocab.LOSS.name,)
@@ -28,6 +30,7 @@ class SpikeParams:
     min_points: int = 20
     z: float = 8.0
     min_rel_scale: float = 1e-3
+    upward_only: bool = True
 
 
 @dataclass
@@ -71,7 +74,7 @@ class SpikeDetector(SeriesDetector[_Baseline, SpikeParams]):
         scale = max(MAD_SCALE * mad, p.min_rel_scale * abs(med), 1e-12)
         state.med, state.mad, state.z = med, mad, (value - med) / scale
         state.points = len(history)
-        if abs(state.z) >= p.z:
+        if (state.z if p.upward_only else abs(state.z)) >= p.z:
             return True  # a spike stays out of its own baseline: a burst does not become normal
         history.append(value)
         return False

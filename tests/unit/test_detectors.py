@@ -509,3 +509,12 @@ def test_overfitting_stays_firing_while_eval_loss_is_above_its_best() -> None:
     # eval keeps rising and while the train loss flattens: it clears only when eval loss
     # is back within 5 % of its best (0.83 <= 0.84).
     assert [(f.cleared, f.evidence["value"]) for f in flags] == [(False, 0.85), (True, 0.83)]
+
+
+def test_a_loss_falling_faster_than_its_median_is_not_a_spike() -> None:
+    rng = random.Random(9)
+    # a plateau, then a sudden drop (a learning-rate warm-up ending): good news
+    losses = [2.0 + rng.gauss(0, 0.01) for _ in range(60)] + [1.0 + rng.gauss(0, 0.01)] * 5
+    assert feed(SpikeDetector().observe, "loss", losses) == []
+    flags = feed(SpikeDetector().observe, "loss", [*losses[:60], 3.0])
+    assert [(f.step, f.cleared) for f in flags] == [(60, False)]
