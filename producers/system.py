@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 
+from stepstream import vocabulary as vocab
+
 log = logging.getLogger(__name__)
 
 PROC_CPU = "sys/proc_cpu_pct"
@@ -23,8 +25,9 @@ PROC_RSS = "sys/proc_rss_bytes"
 PROC_FDS = "sys/proc_open_fds"
 HOST_CPU = "sys/host_cpu_pct"
 HOST_MEM_USED = "sys/host_mem_used_bytes"
-HOST_MEM_PCT = "sys/host_mem_pct"
-DISK_PCT = "sys/disk_used_pct"
+HOST_MEM_PCT = vocab.HOST_MEM_PCT.name
+DISK_PCT = vocab.DISK_PCT.name
+SWAP_PCT = vocab.SWAP_PCT.name
 DISK_READ = "sys/disk_read_bps"
 DISK_WRITE = "sys/disk_write_bps"
 NET_SENT = "sys/net_sent_bps"
@@ -36,7 +39,7 @@ CUDA_PEAK = "cuda/mem_peak_bytes"
 
 def gpu_name(index: int, what: str) -> str:
     """Name of one NVML value of GPU `index`: util_pct, mem_used_bytes, mem_total_bytes,
-    temp_c or power_w."""
+    mem_used_pct, temp_c or power_w."""
     return f"gpu{index}/{what}"
 
 
@@ -71,6 +74,8 @@ class Nvml:
                 out[gpu_name(i, "util_pct")] = float(util.gpu)
                 out[gpu_name(i, "mem_used_bytes")] = float(mem.used)
                 out[gpu_name(i, "mem_total_bytes")] = float(mem.total)
+                if mem.total:
+                    out[gpu_name(i, "mem_used_pct")] = 100.0 * mem.used / mem.total
                 out[gpu_name(i, "temp_c")] = float(
                     nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
                 )
@@ -148,6 +153,10 @@ class SystemSampler:
         out[HOST_MEM_PCT] = float(mem.percent)
         with contextlib.suppress(OSError):
             out[DISK_PCT] = float(psutil.disk_usage(self._disk_path).percent)
+        with contextlib.suppress(OSError, RuntimeError):
+            swap = psutil.swap_memory()
+            if swap.total:  # no swap configured: nothing to be under pressure
+                out[SWAP_PCT] = float(swap.percent)
         now = time.monotonic()
         disk, net = self._io()
         if self._last is not None:

@@ -16,12 +16,17 @@ Each signal is classed by what data parallelism does to it (`Sync`):
   fault in itself, and a NaN in it appears on every rank in the same step.
 - ``COLLECTIVE_BOUND``: a time that includes waiting in collectives (step time, compute
   time after the forward): every rank's grows with the slowest rank, so it locates nothing.
+- ``HOST``: a property of the machine the rank runs on (memory, disk, GPU memory).
+
+GPU metrics carry their device index (``gpu0/mem_used_pct``); they resolve to the signal
+``gpu/<what>`` and keep their own name.
 
 Pure data and functions: no stage imports this module's callers.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -33,6 +38,7 @@ class Sync(StrEnum):
     RANK_LOCAL = "rank_local"
     SYNCHRONISED = "synchronised"
     COLLECTIVE_BOUND = "collective_bound"
+    HOST = "host"
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,31 @@ TOKENS_PER_S = Signal(
     ("tokens_per_s",),
 )
 
+HOST_MEM_PCT = Signal("sys/host_mem_pct", "system", Sync.HOST, "sdk", "host memory in use, percent")
+DISK_PCT = Signal(
+    "sys/disk_used_pct",
+    "system",
+    Sync.HOST,
+    "sdk",
+    "disk (of the spool) in use, percent",
+    ("sys/disk_pct",),
+)
+SWAP_PCT = Signal(
+    "sys/swap_pct",
+    "system",
+    Sync.HOST,
+    "sdk",
+    "swap in use, percent (only where swap is configured)",
+)
+GPU_MEM_PCT = Signal(
+    "gpu/mem_used_pct",
+    "system",
+    Sync.HOST,
+    "sdk",
+    "memory in use of GPU <i>, percent: sent as gpu<i>/mem_used_pct",
+    ("sys/gpu_mem_pct",),
+)
+
 SIGNALS: tuple[Signal, ...] = (
     LOSS,
     EVAL_LOSS,
@@ -189,6 +220,10 @@ SIGNALS: tuple[Signal, ...] = (
     STEP_TIME,
     SAMPLES_PER_S,
     TOKENS_PER_S,
+    HOST_MEM_PCT,
+    DISK_PCT,
+    SWAP_PCT,
+    GPU_MEM_PCT,
 )
 
 _EXACT: dict[str, Signal] = {}
@@ -203,14 +238,20 @@ for _signal in SIGNALS:
 _PREFIXES.sort(key=lambda pair: -len(pair[0]))
 
 
+_GPU = re.compile(r"gpu\d+/(.+)")
+
+
 @lru_cache(maxsize=65536)
 def resolve(metric: str) -> tuple[Signal | None, str]:
     """The signal `metric` belongs to and its canonical name (a family member keeps its
-    suffix: ``grad_norm/fc.weight`` -> ``grad/norm/fc.weight``); (None, metric) for a name
-    outside the vocabulary."""
+    suffix: ``grad_norm/fc.weight`` -> ``grad/norm/fc.weight``; a GPU metric its index);
+    (None, metric) for a name outside the vocabulary."""
     signal = _EXACT.get(metric)
     if signal is not None:
         return signal, signal.name
+    gpu = _GPU.fullmatch(metric)
+    if gpu is not None:
+        return _EXACT.get("gpu/" + gpu.group(1)), metric
     for prefix, family in _PREFIXES:
         if metric.startswith(prefix):  # the family itself (``grad/norm/``) or a member
             return family, family.name + metric[len(prefix) :]

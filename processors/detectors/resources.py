@@ -6,14 +6,15 @@ import math
 from dataclasses import dataclass, field
 
 from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from stepstream import vocabulary as vocab
 
 
 def _default_limits() -> dict[str, float]:
     return {
-        "sys/host_mem_pct": 95.0,
-        "sys/gpu_mem_pct": 95.0,
-        "sys/disk_pct": 95.0,
-        "sys/swap_pct": 50.0,
+        vocab.HOST_MEM_PCT.name: 95.0,
+        vocab.GPU_MEM_PCT.name: 95.0,  # every gpu<i>/mem_used_pct
+        vocab.DISK_PCT.name: 95.0,
+        vocab.SWAP_PCT.name: 50.0,
     }
 
 
@@ -44,8 +45,15 @@ class ResourceDetector:
         self._episodes = Episodes()
 
     def wants(self, metric: str) -> bool:
-        """True for metrics with a limit."""
-        return metric in self.params.limits
+        """True for metrics with a limit (by vocabulary name: aliases and every GPU)."""
+        return self._limit(metric) is not None
+
+    def _limit(self, metric: str) -> float | None:
+        signal = vocab.signal_of(metric)
+        limits = self.params.limits
+        if signal is not None and signal.name in limits:
+            return limits[signal.name]
+        return limits.get(metric)
 
     def observe(
         self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
@@ -55,7 +63,9 @@ class ResourceDetector:
         if not math.isfinite(value):
             return ()
         p = self.params
-        limit = p.limits[metric]
+        limit = self._limit(metric)
+        if limit is None:
+            return ()
         key = (run, rank, metric)
         if value < limit:
             self._streak[key] = 0

@@ -224,7 +224,8 @@ def test_nvml_values_are_named_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     nvml.close()
     assert values["gpu1/util_pct"] == 51.0 and values["gpu0/power_w"] == 250.0
     assert values["gpu0/mem_used_bytes"] == 1000.0 and values["gpu1/mem_total_bytes"] == 8000.0
-    assert values["gpu0/temp_c"] == 60.0 and len(values) == 10
+    assert values["gpu0/temp_c"] == 60.0 and len(values) == 12
+    assert values["gpu0/mem_used_pct"] == 12.5  # what resource_pressure reads
 
 
 def test_nvml_without_driver_is_skipped() -> None:

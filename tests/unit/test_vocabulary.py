@@ -102,3 +102,20 @@ def test_common_hand_logged_names_are_aliases() -> None:
     assert vocab.is_rank_local("loss") and vocab.is_rank_local("my_metric")
     assert not vocab.is_rank_local("grad_norm") and not vocab.is_rank_local("grad/norm/fc")
     assert vocab.sync_of("perf/step_time_s") is vocab.Sync.COLLECTIVE_BOUND
+
+
+def test_resource_limits_are_signals_the_system_sampler_sends() -> None:
+    from processors.detectors import ResourceDetector, ResourceParams
+    from producers.system import SystemSampler
+
+    sampler = SystemSampler(gpus=False)
+    sent = set(sampler.sample())
+    sampler.close()
+    detector = ResourceDetector()
+    for name in ResourceParams().limits:
+        signal = vocab.signal_of(name)
+        assert signal is not None and signal.source == "sdk", name
+    assert detector.wants("sys/host_mem_pct") and "sys/host_mem_pct" in sent
+    assert detector.wants("sys/disk_used_pct") and "sys/disk_used_pct" in sent
+    assert detector.wants("gpu3/mem_used_pct")  # every GPU, as NVML names them
+    assert not detector.wants("gpu3/util_pct")
