@@ -139,7 +139,10 @@ def test_injected_training_faults_are_detected_in_time(
             (SPIKE[0], SPIKE[1] + 1, spike.fingerprint)
         ]
         assert "cleared at step" in spike_end[0].summary
-        assert spike_end[0].raised_at - spike.raised_at < 5.0
+        # An incident holds STEPSTREAM_INCIDENT_HOLD_S after its last series cleared, so a
+        # loss that spikes again right away is the same page.
+        hold = fault_settings.incident_hold_s
+        assert hold <= spike_end[0].raised_at - spike.raised_at < hold + 5.0
 
         stragglers = [(a.rank, a.step, a.evidence) for a in alerts if a.rule == "straggler"]
         straggler = first(alerts, "straggler")
@@ -147,8 +150,11 @@ def test_injected_training_faults_are_detected_in_time(
         # Documented delay: about half the 20-step window, plus a few steps of finishing.
         assert STRAGGLER[1] <= (straggler.step or 0) <= STRAGGLER[1] + 15
 
-        nonfinite = [a for a in alerts if a.rule == "nonfinite" and a.metric == "loss"]
-        assert min((a.step or 0, a.rank) for a in nonfinite) == (NAN[1], NAN[0])
+        # One incident for the NaN that reached every rank's loss and gradient norm: the
+        # first series to report it names it, the origin detector names the rank.
+        nonfinite = [a for a in alerts if a.rule == "nonfinite" and a.status == "firing"]
+        assert [a.step for a in nonfinite] == [NAN[1]], nonfinite
+        assert len(nonfinite[0].affected) >= 1
         origin = first(alerts, "nonfinite_origin")
         assert origin is not None and (origin.rank, origin.step) == (NAN[0], NAN[1])
         assert origin.raised_at - origin.t < 5.0
