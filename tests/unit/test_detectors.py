@@ -438,7 +438,8 @@ def test_exploding_then_vanishing_ends_one_episode_and_starts_the_other() -> Non
 
 
 def test_overfitting_starts_clears_and_starts_again() -> None:
-    d = OverfittingDetector(OverfittingParams(alpha=1.0))
+    # single evaluations and exact limits: the edges, not the defaults' noise margins
+    d = OverfittingDetector(OverfittingParams(alpha=1.0, evals=1, rise=0.05, train_drop=0.01))
     evals = [1.0, 0.9, 0.8, 0.9, 0.7, 0.9]  # up at 3, a new best at 4, up again at 5
     flags: list[Flag] = []
     for epoch, ev in enumerate(evals):
@@ -492,7 +493,7 @@ def test_telemetry_loss_starts_clears_and_starts_again() -> None:
 
 
 def test_overfitting_stays_firing_while_eval_loss_is_above_its_best() -> None:
-    d = OverfittingDetector()
+    d = OverfittingDetector(OverfittingParams(evals=1, rise=0.05, train_drop=0.01))
     flags: list[Flag] = []
     step = 0
     evals = [1.0, 0.9, 0.8, 0.85, 0.9, 1.0, 1.1, 1.2, 1.3, 1.1, 0.9, 0.83, 0.79]
