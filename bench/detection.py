@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sinks.reader import MetricsReader
+from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, free_port, settings_env
@@ -136,6 +137,9 @@ class Result:
     alerts: list[Alert]
     wall_s: float
     exit_codes: list[int | None] = field(default_factory=list)
+    #: For healthy jobs: the largest excess (s) and ratio of one rank's 20-step median of
+    #: data wait + forward over the other ranks' median: the straggler's healthy margin.
+    margin: tuple[float, float] | None = None
 
     @property
     def firing(self) -> list[Alert]:
@@ -235,6 +239,7 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
                 onsets.append(json.loads(line)["onset_t"])
     with MetricsReader.from_url(settings.redis_url, settings.key_prefix) as reader:
         alerts = reader.alerts(run, count=10_000)
+        margin = straggler_margin(reader, run, job) if job.fault == "none" else None
     return Result(
         job,
         run,
@@ -242,7 +247,34 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
         alerts,
         wall,
         [p.returncode for p in procs],
+        margin,
     )
+
+
+def straggler_margin(reader: MetricsReader, run: str, job: Job) -> tuple[float, float]:
+    """How close a healthy job came to a straggler verdict: the largest excess and ratio
+    of a rank's 20-step median of data wait + forward over the other ranks' median."""
+    window = 20
+    pre: dict[int, dict[int, float]] = {}
+    for rank in range(job.world):
+        parts: dict[int, float] = {}
+        for name in (vocab.DATA_WAIT.name, vocab.FORWARD.name):
+            series = reader.series(run, name, rank=rank, points=job.steps + 10)
+            for point in series.points:
+                if point.step is not None and point.value is not None:
+                    parts[point.step] = parts.get(point.step, 0.0) + point.value
+        pre[rank] = parts
+    steps = sorted(set.intersection(*(set(p) for p in pre.values()))) if pre else []
+    excess = ratio = 0.0
+    for i in range(window, len(steps)):
+        span = steps[i - window : i]
+        medians = {r: statistics.median(pre[r][s] for s in span) for r in pre}
+        for rank, own in medians.items():
+            others = statistics.median(v for r, v in medians.items() if r != rank)
+            excess = max(excess, own - others)
+            if others > 0:
+                ratio = max(ratio, own / others)
+    return excess, ratio
 
 
 def line(result: Result) -> str:
@@ -260,6 +292,9 @@ def line(result: Result) -> str:
         verdict = f"caught {caught.rule}@rank{caught.rank}"
         delay = f"{caught.raised_at - (result.onset_t or 0):.2f}s"
     extra = ", ".join(sorted({f"{a.rule}@rank{a.rank}" for a in falses}))
+    if result.margin is not None:
+        excess, ratio = result.margin
+        verdict = f"healthy (straggler margin {excess * 1000:.2f} ms, x{ratio:.2f})"
     return (
         f"{job.name:24} world={job.world} steps={job.steps:5} fault={job.fault:13} "
         f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
@@ -281,12 +316,20 @@ def summary(results: list[Result]) -> str:
         for r, c in caught
         if c.raised_at - (r.onset_t or 0) > EXPECT[r.job.fault].bound_s
     ]
+    margins = [r.margin for r in results if r.margin is not None]
+    worst = (
+        f"; healthy straggler margin: up to {max(m[0] for m in margins) * 1000:.2f} ms, "
+        f"x{max(m[1] for m in margins):.2f}"
+        if margins
+        else ""
+    )
     return (
         f"recall={len(caught) / max(1, len(faults)):.2f} "
         f"false_per_10k={false / max(1, steps) * 10_000:.2f} "
         f"median_delay_s={statistics.median(delays) if delays else float('nan'):.2f} "
         f"max_delay_s={max(fast) if fast else float('nan'):.2f} "
-        f"(non-windowed; over bound: {', '.join(over) or 'none'}; healthy steps {steps})"
+        f"(non-windowed; over bound: {', '.join(over) or 'none'}; healthy steps {steps}"
+        f"{worst})"
     )
 
 
