@@ -202,8 +202,24 @@ class NonFiniteOrigin:
         if not caught_up and waited < self.params.settle_s:
             return None
         episode.reported = True
-        rank, (step, t, metric, value) = min(episode.first.items(), key=lambda kv: kv[1][:2])
-        later = sorted(r for r in episode.first if r != rank)
+        first, (step, t, metric, value) = min(episode.first.items(), key=lambda kv: kv[1][:2])
+        tied = sorted(r for r, f in episode.first.items() if f[0] == step)
+        later = sorted(r for r in episode.first if r not in tied)
+        # Ranks that went non-finite in the same step cannot be told apart by event time
+        # (clocks and flushes differ by more than a step): no rank is named then.
+        rank: int | None = first if len(tied) == 1 else None
+        if rank is not None:
+            summary = (
+                f"first non-finite value of run {run}: {metric}={_word(value)} on rank {rank} "
+                f"at step {step}; {len(later)} other rank(s) followed"
+            )
+        else:
+            summary = (
+                f"non-finite values in run {run} started on ranks {tied} together at step "
+                f"{step} ({metric}={_word(value)}): not in a rank-local value first, so "
+                "likely in backward or the all-reduce (see the first non-finite layer in the "
+                "grad records' text)"
+            )
         episode.verdict = Flag(
             detector=self.name,
             run=run,
@@ -212,10 +228,7 @@ class NonFiniteOrigin:
             step=step,
             t=t,
             severity="critical",
-            summary=(
-                f"first non-finite value of run {run}: {metric}={_word(value)} on rank {rank} "
-                f"at step {step}; {len(later)} other rank(s) followed"
-            ),
+            summary=summary,
             evidence=evidence(
                 value,
                 None,
@@ -223,6 +236,7 @@ class NonFiniteOrigin:
                 None,
                 step=float(step),
                 ranks_affected=float(len(episode.first)),
+                ranks_tied=float(len(tied)),
                 waited_s=waited,
             ),
         )

@@ -382,3 +382,19 @@ def test_run_stage_resolves_a_straggler_through_the_finished_steps() -> None:
         ("straggler", 1, "resolved", 12),
     ]
     assert alerts[0].fingerprint == alerts[1].fingerprint
+
+
+def test_nonfinite_origin_names_no_rank_when_every_rank_went_nan_in_the_same_step() -> None:
+    # A gradient overflow in backward: every rank's loss is NaN from the next step on, all
+    # in one step. Event times differ by jitter only, so naming one would be a guess.
+    detector = NonFiniteOrigin()
+    for rank, t in ((1, 141.002), (0, 141.0)):
+        assert detector.nonfinite("r", rank, 2, "loss", 41, t, math.nan, now=0.0) is None
+    detector.progress("r", 0, 42, now=0.1)
+    verdict = detector.progress("r", 1, 42, now=0.1)
+    assert verdict is not None and verdict.rank is None and verdict.step == 41
+    assert verdict.evidence["ranks_tied"] == 2.0
+    # Post-all-reduce values are never judged: a NaN gradient norm opens nothing.
+    other = NonFiniteOrigin()
+    assert other.nonfinite("r", 0, 2, "grad_norm", 5, 5.0, math.nan, now=0.0) is None
+    assert other.tick(10.0) == []
