@@ -115,6 +115,12 @@ def jobs(quick: bool = False) -> list[Job]:
             Job(f"crash-s{seed}", "crash", world, 300, last, at, 1.0, seed),
             Job(f"corrupt_grads-s{seed}", "corrupt_grads", world, 300, 1, at, (0.5, 3.0)[i], seed),
         ]  # fmt: skip
+    if not quick:  # two-rank variants: no majority to name a rank by
+        out += [
+            Job("corrupt_grads-2r", "corrupt_grads", 2, 300, 0, 170, 1.0, seed=3),
+            Job("slow_input-2r", "slow_input", 2, 300, 1, 170, 20.0, seed=3),
+            Job("nan-2r", "nan", 2, 300, 0, 170, seed=3),
+        ]
     steps = 600 if quick else 2500
     out += [
         Job("healthy-2r", "none", 2, steps, seed=11, lr=0.05),
