@@ -74,32 +74,33 @@ def test_published_values_land_in_redis_exactly(
     assert math.isclose(across.mean, statistics.fmean(ends), rel_tol=1e-12)  # type: ignore[attr-defined]
     assert [r.run for r in reader.runs()].count(run_id) == 1
 
-    # The NaN of rank 1 at step 30 and the +Inf of rank 0 at step 45, each once.
+    # The NaN of rank 1 at step 30 and the +Inf of rank 0 at step 45 arrive together (both
+    # ranks flush once): one incident of the run, opened by whichever reached stage 2
+    # first, listing both series, resolved once both are finite again (after the hold).
     # Other detectors (stage 2's non-finite origin) may add alerts of their own rules.
     def nonfinite_alerts() -> list | None:
         found = [a for a in reader.alerts(run_id) if a.rule == "nonfinite"]
-        return found if len(found) >= 4 else None
+        return found if any(a.status == "resolved" for a in found) else None
 
-    # Each episode fires once and resolves when the series is finite again.
-    alerts = wait_for(nonfinite_alerts)
+    alerts = wait_for(nonfinite_alerts, timeout=60)
     firing = [a for a in alerts if a.status == "firing"]
     resolved = [a for a in alerts if a.status == "resolved"]
-    got = sorted((a.rule, a.rank, a.metric, a.step) for a in firing)
-    assert got == [("nonfinite", 0, "loss", 45), ("nonfinite", 1, "loss", 30)]
-    assert sorted((a.rank, a.step) for a in resolved) == [(0, 46), (1, 31)]
-    assert {a.fingerprint for a in resolved} == {a.fingerprint for a in firing}
-    nan_alert = next(a for a in firing if a.rank == 1)
-    assert math.isnan(nan_alert.evidence["value"] or 0.0)
+    assert len(firing) == 1 and len(resolved) == 1, alerts
+    opened = (firing[0].rank, firing[0].metric, firing[0].step)
+    assert opened in {(1, "loss", 30), (0, "loss", 45)}
+    assert resolved[0].step in {31, 46} and resolved[0].rank == firing[0].rank
+    assert resolved[0].fingerprint == firing[0].fingerprint
+    assert sorted(resolved[0].affected) == ["rank 0: loss", "rank 1: loss"]
+    value = firing[0].evidence["value"]
+    assert value is not None and not math.isfinite(value)
     assert [a for a in reader.active_alerts(run_id) if a.rule == "nonfinite"] == []
 
     with AlertFeed(live_settings, run=run_id) as feed:
         on_topic = wait_for(lambda: feed.poll(0.5), timeout=20)
     on_topic = [a for a in on_topic if a.rule == "nonfinite"]
-    assert {(a.rank, a.step, a.status) for a in on_topic} <= {
-        (0, 45, "firing"),
-        (1, 30, "firing"),
-        (0, 46, "resolved"),
-        (1, 31, "resolved"),
+    assert {(a.fingerprint, a.status) for a in on_topic} <= {
+        (firing[0].fingerprint, "firing"),
+        (firing[0].fingerprint, "resolved"),
     }
 
 
