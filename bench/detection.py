@@ -33,7 +33,7 @@ from sinks.reader import MetricsReader
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.settings import Settings
-from stepstream.stack import LocalStack, free_port, settings_env
+from stepstream.stack import free_port, running_stack, settings_env
 
 JOB = Path(__file__).with_name("ddp_job.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,14 +189,8 @@ class Result:
 def embedded_stack(state_dir: Path) -> Iterator[Settings]:
     """The embedded stack (tansu, Valkey, processor and sink workers) for the jobs."""
     settings = Settings(state_dir=state_dir, topic_prefix=f"d{uuid.uuid4().hex[:8]}")
-    stack = LocalStack(settings)
-    state = stack.start()
-    try:
-        yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
-        )
-    finally:
-        stack.stop()
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> Result:

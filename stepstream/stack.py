@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,6 +394,20 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings) -> Iterator[Settings]:
+    """Start the embedded stack for `settings` and yield the settings clients use to reach
+    it (its broker and Redis addresses); stop everything it started on the way out."""
+    stack = LocalStack(settings)
+    state = stack.start()
+    try:
+        yield settings.model_copy(
+            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+        )
+    finally:
+        stack.stop()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

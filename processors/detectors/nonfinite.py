@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.detectors.shape import Evidence, SeriesDetector
+from processors.flags import Flag, cleared_flag, evidence, moment
 from stepstream.vocabulary import is_rank_local
 
 
@@ -16,7 +17,7 @@ def _word(value: float) -> str:
     return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
-class NonFiniteDetector:
+class NonFiniteDetector(SeriesDetector[None, None]):
     """Flags a NaN or ±Infinity value in any metric of a series.
 
     One flag per episode: a series that stays non-finite is flagged once, and the episode
@@ -25,50 +26,48 @@ class NonFiniteDetector:
     """
 
     name = "nonfinite"
+    severity = "critical"
+    finite_only = False
 
     def __init__(self) -> None:
-        self._episodes = Episodes()
+        super().__init__(None)
 
     def wants(self, metric: str) -> bool:
         """Every metric."""
         return True
 
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """A flag when `value` starts a non-finite episode of its series, a cleared flag
-        when it is the first finite value after one."""
-        series = (run, rank, metric)
-        if math.isfinite(value):
-            if not self._episodes.is_open(series):
-                return ()
-            return (
-                self._episodes.close(
-                    series,
-                    step,
-                    t,
-                    f"{metric} is finite again on rank {rank} of run {run} at {moment(step, t)}",
-                    evidence(value, None, None, None, step=_as_float(step)),
-                ),
-            )
-        if self._episodes.is_open(series):
-            return ()
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="critical",
-            summary=f"{metric} is {_word(value)} on rank {rank} of run {run} at {moment(step, t)}",
-            evidence=evidence(value, None, None, None, step=_as_float(step)),
-        )
-        return (self._episodes.start(series, flag),)
+    def new_state(self, run: str, rank: int, metric: str) -> None:
+        return None
 
-    def is_open(self, run: str, rank: int, metric: str) -> bool:
-        """True while the series is in a non-finite episode."""
-        return self._episodes.is_open((run, rank, metric))
+    def judge(
+        self,
+        state: None,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
+        return not math.isfinite(value)
+
+    def describe(
+        self,
+        state: None,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        ev = evidence(value, None, None, None, step=_as_float(step))
+        if starting:
+            return (
+                f"{metric} is {_word(value)} on rank {rank} of run {run} at {moment(step, t)}",
+                ev,
+            )
+        return f"{metric} is finite again on rank {rank} of run {run} at {moment(step, t)}", ev
 
 
 def _as_float(step: int | None) -> float | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from processors.flags import Episodes, Flag, cleared_flag, evidence, moment
+from processors.detectors.shape import Evidence, SeriesDetector
+from processors.flags import evidence, moment
 from stepstream import vocabulary as vocab
 
 
@@ -32,17 +32,22 @@ class ResourceParams:
     hysteresis: float = 2.0
 
 
-class ResourceDetector:
+@dataclass
+class _Pressure:
+    limit: float
+    streak: int = 0
+
+
+class ResourceDetector(SeriesDetector[_Pressure, ResourceParams]):
     """Flags a resource at or above its limit for `sustain` consecutive samples; it clears
     at the first sample `hysteresis` points below the limit. Delay: `sustain` sampling
     intervals."""
 
     name = "resource_pressure"
+    severity = "warning"
 
     def __init__(self, params: ResourceParams | None = None) -> None:
-        self.params = params or ResourceParams()
-        self._streak: dict[tuple[str, int, str], int] = {}
-        self._episodes = Episodes()
+        super().__init__(params or ResourceParams())
 
     def wants(self, metric: str) -> bool:
         """True for metrics with a limit (by vocabulary name: aliases and every GPU)."""
@@ -55,47 +60,48 @@ class ResourceDetector:
             return limits[signal.name]
         return limits.get(metric)
 
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """Add one sample; a flag when a pressure episode starts, a cleared flag when the
-        value falls `hysteresis` below the limit during one."""
-        if not math.isfinite(value):
-            return ()
-        p = self.params
+    def new_state(self, run: str, rank: int, metric: str) -> _Pressure:
         limit = self._limit(metric)
-        if limit is None:
-            return ()
-        key = (run, rank, metric)
-        if value < limit:
-            self._streak[key] = 0
+        return _Pressure(limit if limit is not None else float("inf"))
+
+    def judge(
+        self,
+        state: _Pressure,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
+        if value < state.limit:
+            state.streak = 0
             # Hysteresis: a value hovering at the limit must not resolve and re-fire.
-            opening = self._episodes.end(key) if value < limit - p.hysteresis else None
-            if opening is None:
-                return ()
+            if is_open and value >= state.limit - self.params.hysteresis:
+                return None
+            return False
+        state.streak += 1
+        return True if state.streak >= self.params.sustain else None
+
+    def describe(
+        self,
+        state: _Pressure,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        limit = state.limit
+        if starting:
             return (
-                cleared_flag(
-                    opening,
-                    step,
-                    t,
-                    f"{metric} pressure on rank {rank} cleared at {moment(step, t)}: "
-                    f"{value:.1f} (limit {limit:g})",
-                    evidence(value, None, limit, None, clear_below=limit - p.hysteresis),
-                ),
+                f"{metric} at {value:.1f} on rank {rank} (limit {limit:g}) "
+                f"for {state.streak} samples",
+                evidence(value, None, limit, float(state.streak)),
             )
-        streak = self._streak[key] = self._streak.get(key, 0) + 1
-        if streak < p.sustain or self._episodes.is_open(key):
-            return ()
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="warning",
-            summary=f"{metric} at {value:.1f} on rank {rank} (limit {limit:g}) "
-            f"for {streak} samples",
-            evidence=evidence(value, None, limit, float(streak)),
+        return (
+            f"{metric} pressure on rank {rank} cleared at {moment(step, t)}: "
+            f"{value:.1f} (limit {limit:g})",
+            evidence(value, None, limit, None, clear_below=limit - self.params.hysteresis),
         )
-        return (self._episodes.start(key, flag),)

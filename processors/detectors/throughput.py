@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
-from processors.detectors.base import matches, median
-from processors.flags import Episodes, Flag, evidence, moment
+from processors.detectors.base import median
+from processors.detectors.shape import Evidence, SeriesDetector
+from processors.flags import evidence, moment
 from stepstream import vocabulary as vocab
 
 
@@ -31,76 +31,80 @@ class ThroughputParams:
     drop: float = 0.3
 
 
-class ThroughputDetector:
-    """Flags a sustained throughput drop: the median of the last `recent_points` below the
-    median of the `baseline_points` before them by `drop`. It clears when the recent median
-    is back at or above that threshold (the baseline follows the series, so a lasting drop
-    becomes the new baseline and clears too). Delay: about recent_points / 2 points after
-    the drop."""
+@dataclass
+class _Rate:
+    points: deque[float]
+    #: The open bucket: (start, sum, count).
+    bucket: tuple[float, float, int] | None = None
+    now: float = 0.0
+    base: float = 0.0
+    threshold: float = 0.0
+
+
+class ThroughputDetector(SeriesDetector[_Rate, ThroughputParams]):
+    """Flags a sustained throughput drop: the median of the last `recent_points` one-second
+    means below the median of the `baseline_points` before them by `drop`. It clears when the
+    recent median is back at or above that threshold (the baseline follows the series, so a
+    lasting drop becomes the new baseline and clears too). Delay: about recent_points / 2
+    buckets after the drop."""
 
     name = "throughput_regression"
+    severity = "warning"
 
     def __init__(self, params: ThroughputParams | None = None) -> None:
-        self.params = params or ThroughputParams()
-        self._points: dict[tuple[str, int, str], deque[float]] = {}
-        #: The open bucket of each series: (start, sum, count).
-        self._bucket: dict[tuple[str, int, str], tuple[float, float, int]] = {}
-        self._episodes = Episodes()
+        super().__init__(params or ThroughputParams())
 
-    def wants(self, metric: str) -> bool:
-        """True for the configured metrics."""
-        return matches(metric, self.params.metrics)
-
-    def observe(
-        self, run: str, rank: int, metric: str, step: int | None, t: float, value: float
-    ) -> tuple[Flag, ...]:
-        """Add one point; a flag when a regression episode starts, a cleared flag when the
-        recent median is back above the threshold during one."""
-        if not math.isfinite(value):
-            return ()
+    def new_state(self, run: str, rank: int, metric: str) -> _Rate:
         p = self.params
-        key = (run, rank, metric)
-        bucket = self._bucket.get(key)
+        return _Rate(deque(maxlen=p.baseline_points + p.recent_points))
+
+    def judge(
+        self,
+        state: _Rate,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        is_open: bool,
+    ) -> bool | None:
+        p = self.params
+        bucket = state.bucket
         if bucket is None or t < bucket[0] + p.bucket_s:
             start, total, n = bucket if bucket is not None else (t, 0.0, 0)
-            self._bucket[key] = (start, total + value, n + 1)
-            return ()
+            state.bucket = (start, total + value, n + 1)
+            return None
         # The point opens the next bucket: the finished one is judged.
-        self._bucket[key] = (t, value, 1)
-        points = self._points.get(key)
-        if points is None:
-            points = self._points[key] = deque(maxlen=p.baseline_points + p.recent_points)
+        state.bucket = (t, value, 1)
+        points = state.points
         points.append(bucket[1] / bucket[2])
         if len(points) < p.recent_points + max(p.recent_points, p.baseline_points // 4):
-            return ()
+            return None
         data = list(points)
-        now = median(data[-p.recent_points :])
-        base = median(data[: -p.recent_points])
-        threshold = base * (1 - p.drop)
-        if now >= threshold:
-            if not self._episodes.is_open(key):
-                return ()
+        state.now = median(data[-p.recent_points :])
+        state.base = median(data[: -p.recent_points])
+        state.threshold = state.base * (1 - p.drop)
+        return state.now < state.threshold
+
+    def describe(
+        self,
+        state: _Rate,
+        run: str,
+        rank: int,
+        metric: str,
+        step: int | None,
+        t: float,
+        value: float,
+        starting: bool,
+    ) -> tuple[str, Evidence]:
+        ev = evidence(state.now, state.base, state.threshold, float(self.params.recent_points))
+        if starting:
             return (
-                self._episodes.close(
-                    key,
-                    step,
-                    t,
-                    f"{metric} regression on rank {rank} cleared at {moment(step, t)}: "
-                    f"{now:.4g} against a baseline of {base:.4g}",
-                    evidence(now, base, threshold, float(p.recent_points)),
-                ),
+                f"{metric} on rank {rank} fell to {state.now:.4g} from a baseline of "
+                f"{state.base:.4g}",
+                ev,
             )
-        if self._episodes.is_open(key):
-            return ()
-        flag = Flag(
-            detector=self.name,
-            run=run,
-            rank=rank,
-            metric=metric,
-            step=step,
-            t=t,
-            severity="warning",
-            summary=f"{metric} on rank {rank} fell to {now:.4g} from a baseline of {base:.4g}",
-            evidence=evidence(now, base, threshold, float(p.recent_points)),
+        return (
+            f"{metric} regression on rank {rank} cleared at {moment(step, t)}: "
+            f"{state.now:.4g} against a baseline of {state.base:.4g}",
+            ev,
         )
-        return (self._episodes.start(key, flag),)

@@ -12,7 +12,7 @@ import pytest
 
 from sinks.reader import MetricsReader
 from stepstream.settings import Settings
-from stepstream.stack import LocalStack
+from stepstream.stack import running_stack
 
 T = TypeVar("T")
 
@@ -22,14 +22,8 @@ def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
     """Settings pointing at a freshly started stack, stopped after the module."""
     state_dir: Path = tmp_path_factory.mktemp("stack")
     settings = Settings(state_dir=state_dir, topic_prefix=f"t{uuid.uuid4().hex[:8]}")
-    stack = LocalStack(settings)
-    state = stack.start()
-    try:
-        yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
-        )
-    finally:
-        stack.stop()
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 @pytest.fixture

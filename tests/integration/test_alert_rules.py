@@ -16,7 +16,7 @@ import pytest
 
 import producers
 from stepstream.settings import Settings, WebhookTarget
-from stepstream.stack import LocalStack, settings_env
+from stepstream.stack import running_stack, settings_env
 from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
@@ -62,14 +62,8 @@ def ruled(
         system_interval_s=0,
         webhooks=[WebhookTarget(url=receiver.url, backoff_s=0.05)],
     )
-    stack = LocalStack(settings)
-    state = stack.start()
-    try:
-        yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
-        )
-    finally:
-        stack.stop()
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 def hooks_for(receiver: Receiver, run: str, rule: str) -> list[dict]:

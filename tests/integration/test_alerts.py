@@ -19,7 +19,7 @@ import producers
 from sinks.webhook_payloads import idempotency_key, notification_key
 from stepstream.contract import Alert
 from stepstream.settings import Settings, WebhookTarget
-from stepstream.stack import LocalStack, settings_env
+from stepstream.stack import running_stack, settings_env
 from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
@@ -41,14 +41,8 @@ def hooked(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         topic_prefix=f"h{uuid.uuid4().hex[:8]}",
         webhooks=[WebhookTarget(url=receiver.url, backoff_s=0.05, max_attempts=8)],
     )
-    stack = LocalStack(settings)
-    state = stack.start()
-    try:
-        yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
-        )
-    finally:
-        stack.stop()
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 def cli(settings: Settings, *args: str) -> subprocess.Popen[str]:

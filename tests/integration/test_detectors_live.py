@@ -19,7 +19,7 @@ import pytest
 from sinks.reader import MetricsReader
 from stepstream.contract import Alert
 from stepstream.settings import Settings
-from stepstream.stack import LocalStack, free_port, settings_env
+from stepstream.stack import free_port, running_stack, settings_env
 
 from .conftest import wait_for
 
@@ -44,14 +44,8 @@ def fault_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         # scheduling noise of a loaded 2-core CI machine from naming a false straggler.
         detector_params={"straggler": {"min_excess_s": 0.05}},
     )
-    stack = LocalStack(settings)
-    state = stack.start()
-    try:
-        yield settings.model_copy(
-            update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
-        )
-    finally:
-        stack.stop()
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 def start_trainers(settings: Settings, run: str, logs: Path) -> list[subprocess.Popen[bytes]]:
