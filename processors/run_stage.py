@@ -2,7 +2,7 @@
 
 Fed the compact per-rank summaries stage 1 writes to the summaries topic (key = run, so
 one run's ranks meet in one partition and one process). A step is finished when every rank
-of the run reported a later step, or when the run has moved `lag_steps` past it (a dead or slow rank
+of the run reported a later step, or when it has waited `lag_s` seconds (a dead or slow rank
 must not hold the others' stats back). Pure logic; `processors.app` wires it to faust and
 calls `tick` from a timer for the time-based detectors.
 
@@ -44,6 +44,8 @@ from stepstream.vocabulary import canonical
 @dataclass
 class _PendingStep:
     t: float
+    #: Processor time the step was first reported by any rank.
+    seen: float = 0.0
     ranks: dict[int, dict[str, float]] = field(default_factory=dict)
     #: Quality statistics of the step summed over the ranks that reported it.
     quality: dict[str, float] = field(default_factory=dict)
@@ -53,6 +55,8 @@ class _PendingStep:
 class _RunState:
     world: int = 1
     newest: int = -1
+    #: Highest step finished: data for it that comes later is left out.
+    finished: int = -1
     steps: dict[int, _PendingStep] = field(default_factory=dict)
     latest: dict[int, int] = field(default_factory=dict)
     quality: dict[str, QualityWindow] = field(default_factory=dict)
@@ -94,7 +98,10 @@ def crossrank_stats(ranks: Mapping[int, Mapping[str, float]]) -> dict[str, Cross
 class RunStage:
     """Aggregates rank summaries per run and step; runs the cross-rank detectors.
 
-    `lag_steps`: a step is finished once the run's newest step is this far ahead.
+    `lag_s`: a step not every rank has moved past is finished after waiting this long (a
+    dead or stalled rank must not hold the others' stats back; the ranks of a run live in
+    different partitions, so their data can arrive hundreds of fast steps apart).
+    `max_pending_steps`: beyond this many waiting steps of a run, the oldest are finished.
     `heartbeat_interval_s` / `hung_after_s`: liveness parameters (see LivenessParams).
     `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
     liveness, nonfinite_origin). `clock` stamps `raised_at`.
@@ -106,7 +113,8 @@ class RunStage:
     def __init__(
         self,
         *,
-        lag_steps: int = 10,
+        lag_s: float = 5.0,
+        max_pending_steps: int = 20_000,
         heartbeat_interval_s: float = 1.0,
         hung_after_s: float = 120.0,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -117,7 +125,8 @@ class RunStage:
         self.quality_window_steps = quality_window_steps
         self._quality_name = step_window_name(quality_window_steps)
         params = detector_params or {}
-        self.lag_steps = lag_steps
+        self.lag_s = lag_s
+        self.max_pending_steps = max_pending_steps
         self._clock = clock
         self._runs: dict[str, _RunState] = {}
         self.straggler = StragglerDetector(
@@ -159,11 +168,11 @@ class RunStage:
             if flag is not None:
                 flags.append(flag)
         for point in summary.steps:
-            if point.step <= state.newest - self.lag_steps:
-                continue  # already finished without this rank
             pending = state.steps.get(point.step)
             if pending is None:
-                pending = state.steps[point.step] = _PendingStep(t=point.t)
+                if point.step <= state.finished:
+                    continue  # already finished without this rank
+                pending = state.steps[point.step] = _PendingStep(t=point.t, seen=now)
             pending.t = max(pending.t, point.t)
             # Cross-rank analysis speaks the vocabulary: an alias logged by hand
             # (``data_time``) meets the SDK's name (``perf/data_wait_s``).
@@ -180,9 +189,11 @@ class RunStage:
             # be split over two messages (the publisher flushes on a timer), and a rank's
             # summaries arrive in order, so a later step means its step is complete.
             done = all(state.latest.get(r, -1) > step for r in range(state.world))
-            if not done and step > state.newest - self.lag_steps:
-                continue
+            waited = now - pending.seen >= self.lag_s
+            if not (done or waited or len(state.steps) > self.max_pending_steps):
+                break  # later steps wait too: nobody is past them if nobody is past this
             del state.steps[step]
+            state.finished = max(state.finished, step)
             result.crossrank.append(
                 CrossRankUpdate(
                     run=run,

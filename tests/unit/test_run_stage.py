@@ -50,7 +50,7 @@ def test_crossrank_stats_match_statistics_module() -> None:
 
 
 def test_steps_finish_when_every_rank_reported_or_the_run_moved_on() -> None:
-    stage = RunStage(lag_steps=3, clock=lambda: 0.0)
+    stage = RunStage(lag_s=3.0, clock=lambda: 0.0)
     out = []
     for rank in range(3):
         out += stage.process(summary(rank, {0: {"loss": float(rank)}}, world=3), 0.0).crossrank
@@ -60,12 +60,23 @@ def test_steps_finish_when_every_rank_reported_or_the_run_moved_on() -> None:
     for rank in range(3):
         out += stage.process(summary(rank, {1: {"loss": 1.0}}, world=3), 0.0).crossrank
     assert [(u.step, u.stats["loss"].ranks, u.stats["loss"].mean) for u in out] == [(0, 3, 1.0)]
-    # Rank 2 stops at step 1; from there steps finish once the others are 3 steps on.
+    # Rank 2 stops at step 1; from there steps finish once they waited 3 s (processor
+    # time), however far the others are ahead (ranks in other partitions can be hundreds
+    # of fast steps apart on arrival).
     late = []
     for step in range(2, 7):
         for rank in (0, 1):
-            late += stage.process(summary(rank, {step: {"loss": 1.0}}, world=3), 0.0).crossrank
+            at = float(step)  # one step a second
+            late += stage.process(summary(rank, {step: {"loss": 1.0}}, world=3), at).crossrank
     assert [(u.step, u.stats["loss"].ranks) for u in late] == [(1, 3), (2, 2), (3, 2)]
+    # A rank far behind on arrival is still counted when its data comes within the wait.
+    behind = RunStage(lag_s=3.0, clock=lambda: 0.0)
+    for step in range(200):
+        behind.process(summary(0, {step: {"loss": 1.0}}, world=2), 0.0)
+    got = []
+    for step in range(200):
+        got += behind.process(summary(1, {step: {"loss": 2.0}}, world=2), 0.5).crossrank
+    assert len(got) == 199 and all(u.stats["loss"].ranks == 2 for u in got)
 
 
 def rank_times(rng: random.Random, slow: int | None, ranks: int = 4) -> dict[int, dict[str, float]]:
