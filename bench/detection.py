@@ -121,11 +121,11 @@ def jobs(quick: bool = False) -> list[Job]:
             Job("slow_input-2r", "slow_input", 2, 300, 1, 170, 20.0, seed=3),
             Job("nan-2r", "nan", 2, 300, 0, 170, seed=3),
         ]
-    steps = 600 if quick else 2500
+    steps = 600 if quick else 5000
     out += [
         Job("healthy-2r", "none", 2, steps, seed=11, lr=0.05),
         Job("healthy-3r-noisy", "none", 3, steps, seed=12, lr=0.1, noise=0.9),
-        Job("healthy-4r-lowlr", "none", 4, steps // 2, seed=13, lr=0.01),
+        Job("healthy-4r-lowlr", "none", 4, steps // 4, seed=13, lr=0.01),
         Job("healthy-2r-200ms", "none", 2, 60 if quick else 150, seed=14, step_sleep=0.2),
     ]
     if not quick:

@@ -27,8 +27,9 @@ class StragglerParams:
         start, allocator and data-loader warm-up).
     ratio: straggler when its median exceeds the median of the other ranks times this...
     min_excess_s: ...and by at least this many seconds. 3 ms: the slow input pipelines to
-        catch add 5-20 ms per step, while healthy ranks' medians of data wait + forward
-        differed by at most 0.8 ms at 2-200 ms steps (bench/detection.py).
+        catch add 5-20 ms per step, while healthy ranks' 20-step medians of data wait +
+        forward differed by at most 0.29 ms (ratio up to 1.77, hence both tests) in
+        healthy 2-4 rank jobs at 2-200 ms steps on 2 shared cores (bench/detection.py).
     """
 
     metrics: tuple[str, ...] = (vocab.DATA_WAIT.name, vocab.FORWARD.name)
