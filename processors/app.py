@@ -132,7 +132,12 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     @app.timer(TICK_S)
     async def liveness_tick() -> None:
-        await alerting.on_flags(run_stage.tick(time.time()))
+        now = time.time()
+        await alerting.on_flags(run_stage.tick(now))
+        finished = run_stage.flush_steps(now)
+        for update in finished.crossrank:
+            await crossrank.send(key=run_key(update.run), value=update.to_bytes())
+        await alerting.on_flags(finished.alerts)
 
     @app.timer(60.0)
     async def report_counters() -> None:

@@ -183,6 +183,15 @@ class RunStage:
                 pending.quality[name] = pending.quality.get(name, 0.0) + value
             state.newest = max(state.newest, point.step)
         result = RunResult()
+        self._finish(run, state, now, result, flags)
+        result.alerts = self._raise(flags, now)
+        return result
+
+    def _finish(
+        self, run: str, state: _RunState, now: float, result: RunResult, flags: list[Flag]
+    ) -> None:
+        """Finish the steps of `run` that are complete or waited long enough: their
+        cross-rank stats into `result`, the step detectors' flags into `flags`."""
         for step in sorted(state.steps):
             pending = state.steps[step]
             # Finished once every rank has moved past it: a rank's records of one step can
@@ -208,6 +217,15 @@ class RunStage:
             flag = self.dp.observe_step(run, step, pending.t, pending.ranks)
             if flag is not None:
                 flags.append(flag)
+
+    def flush_steps(self, now: float) -> RunResult:
+        """Finish the steps that waited `lag_s` with no summary coming (the last steps of a
+        run that ended, the steps a dead rank never reported): called from a timer."""
+        result = RunResult()
+        flags: list[Flag] = []
+        for run, state in self._runs.items():
+            if state.steps:
+                self._finish(run, state, now, result, flags)
         result.alerts = self._raise(flags, now)
         return result
 

@@ -36,6 +36,8 @@ class Signal:
     severity: Severity = "warning"
     summary: str = ""
     evidence: dict[str, float | None] = field(default_factory=dict)
+    #: The series of the detector's incident (`processors.incidents`).
+    affected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -159,6 +161,7 @@ class AlertEngine:
             signal.evidence,
             from_detector=True,
             level=signal if fresh else None,
+            affected=signal.affected,
         )
 
     def restore(self, alerts: Iterable[Alert]) -> int:
@@ -338,6 +341,7 @@ class AlertEngine:
         evidence: dict[str, float | None],
         from_detector: bool = False,
         level: Signal | None = None,
+        affected: tuple[str, ...] = (),
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
@@ -397,6 +401,7 @@ class AlertEngine:
             else (tracked.last.evidence if tracked.last else {}),
             action=rule.action if status == "firing" and notice is Notice.FIRING else None,
             suppressed_by=self._suppressed(tracked.labels, fp, self._clock()),
+            affected=list(affected),
         )
         tracked.last = alert if status == "firing" else None
         if status == "resolved":

@@ -292,3 +292,35 @@ def test_a_holding_detector_alert_stays_firing_while_its_run_reports() -> None:
     (resolved,) = e.resolve_quiet(300.0)
     assert (resolved.status, resolved.fingerprint) == ("resolved", fired.fingerprint)
     assert resolved.summary.endswith("(run r silent for 300s)")
+
+
+def test_an_incidents_series_reach_the_alert() -> None:
+    e = engine()
+    opened = Signal(
+        detector="nonfinite",
+        run="r",
+        rank=1,
+        metric="loss",
+        step=40,
+        t=40.0,
+        active=True,
+        severity="critical",
+        summary="loss is NaN",
+        affected=("rank 1: loss",),
+    )
+    (fired,) = e.on_signal(opened)
+    assert fired.affected == ["rank 1: loss"]
+    ended = Signal(
+        detector="nonfinite",
+        run="r",
+        rank=1,
+        metric="loss",
+        step=60,
+        t=60.0,
+        active=False,
+        severity="critical",
+        summary="cleared",
+        affected=("rank 1: loss", "rank 0: loss"),
+    )
+    (resolved,) = e.on_signal(ended)
+    assert resolved.status == "resolved" and resolved.affected == ["rank 1: loss", "rank 0: loss"]

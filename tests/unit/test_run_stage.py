@@ -409,3 +409,14 @@ def test_nonfinite_origin_names_no_rank_when_every_rank_went_nan_in_the_same_ste
     other = NonFiniteOrigin()
     assert other.nonfinite("r", 0, 2, "grad_norm", 5, 5.0, math.nan, now=0.0) is None
     assert other.tick(10.0) == []
+
+
+def test_the_last_step_of_an_ended_run_is_finished_by_the_timer() -> None:
+    stage = RunStage(lag_s=5.0, clock=lambda: 0.0)
+    for step in range(3):
+        for rank in (0, 1):
+            stage.process(summary(rank, {step: {"loss": 1.0}}, world=2), 10.0)
+    # Nobody moves past step 2 any more: it waits, then the timer finishes it.
+    assert stage.flush_steps(14.9).crossrank == []
+    assert [u.step for u in stage.flush_steps(15.0).crossrank] == [2]
+    assert stage.flush_steps(20.0).crossrank == []
