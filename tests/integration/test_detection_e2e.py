@@ -45,7 +45,7 @@ def describe(result: Result) -> str:
 @pytest.mark.integration
 @pytest.mark.parametrize("job", FAULT_JOBS, ids=lambda j: j.name)
 def test_fault_is_caught_once_on_the_right_rank(stack: Settings, job: Job, tmp_path: Path) -> None:
-    result = run_job(stack, job, tmp_path)
+    result = run_job(stack, job, tmp_path, settle_s=2.5)
     assert result.onset_t is not None, f"the job never injected its fault: {result.exit_codes}"
     caught = result.caught()
     expect = EXPECT[job.fault]
