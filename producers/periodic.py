@@ -12,14 +12,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from producers.publisher import Publisher
+from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_STEP = "heartbeat/step"
-HEARTBEAT_PID = "heartbeat/pid"
-HEARTBEAT_STATUS = "heartbeat/status"
-STATUS_CODES = {"starting": 0.0, "running": 1.0, "closing": 2.0, "crashed": 3.0}
+HEARTBEAT_STEP = vocab.HEARTBEAT_STEP
+HEARTBEAT_PID = vocab.HEARTBEAT_PID
+HEARTBEAT_STATUS = vocab.HEARTBEAT_STATUS
+STATUS_CODES = vocab.STATUS_CODES
 """Heartbeat status as a number (value ``heartbeat/status``); the name is the record text."""
 
 

@@ -68,6 +68,7 @@ def signal_of(flag: Alert) -> Signal:
         severity=flag.severity,
         summary=flag.summary,
         evidence=flag.evidence,
+        description=flag.description,
     )
 
 

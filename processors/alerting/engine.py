@@ -36,6 +36,7 @@ class Signal:
     severity: Severity = "warning"
     summary: str = ""
     evidence: dict[str, float | None] = field(default_factory=dict)
+    description: str = ""
 
 
 @dataclass
@@ -159,6 +160,7 @@ class AlertEngine:
             signal.evidence,
             from_detector=True,
             level=signal if fresh else None,
+            description=signal.description,
         )
 
     def restore(self, alerts: Iterable[Alert]) -> int:
@@ -338,6 +340,7 @@ class AlertEngine:
         evidence: dict[str, float | None],
         from_detector: bool = False,
         level: Signal | None = None,
+        description: str = "",
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
@@ -390,7 +393,7 @@ class AlertEngine:
             t=t,
             raised_at=self._clock(),
             summary=summary,
-            description=render(rule.description, context) if rule.description else "",
+            description=render(rule.description, context) if rule.description else description,
             labels={k: v for k, v in rule.labels.items() if k != "builtin"},
             evidence=evidence
             if status == "firing" or from_detector
