@@ -21,6 +21,8 @@ from processors.detectors import (
     ErrorBurstParams,
     GradientDetector,
     GradientParams,
+    LeakDetector,
+    LeakParams,
     NonFiniteDetector,
     OverfittingDetector,
     OverfittingParams,
@@ -240,6 +242,7 @@ def build_value_detectors(params: Mapping[str, Mapping[str, Any]] | None) -> lis
         OverfittingDetector(with_overrides(OverfittingParams(), params.get("overfitting"))),
         ThroughputDetector(with_overrides(ThroughputParams(), params.get("throughput_regression"))),
         ResourceDetector(with_overrides(ResourceParams(), params.get("resource_pressure"))),
+        LeakDetector(with_overrides(LeakParams(), params.get("memory_leak"))),
     ]
 
 

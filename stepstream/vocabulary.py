@@ -204,6 +204,34 @@ GPU_MEM_PCT = Signal(
     ("sys/gpu_mem_pct",),
 )
 
+# Memory signals the leak detector (`processors.detectors.leaks`) reads as trends.
+PROC_RSS = Signal(
+    "sys/proc_rss_bytes", "system", Sync.HOST, "sdk", "resident memory of the rank's process"
+)
+HOST_MEM_USED = Signal(
+    "sys/host_mem_used_bytes", "system", Sync.HOST, "sdk", "memory in use on the host, bytes"
+)
+HOST_MEM_TOTAL = Signal(
+    "sys/host_mem_total_bytes", "system", Sync.HOST, "sdk", "memory of the host, bytes"
+)
+CUDA_ALLOCATED = Signal(
+    "cuda/mem_allocated_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by tensors"
+)
+CUDA_RESERVED = Signal(
+    "cuda/mem_reserved_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by the allocator"
+)
+GPU_MEM_USED = Signal(
+    "gpu/mem_used_bytes",
+    "system",
+    Sync.HOST,
+    "sdk",
+    "memory in use of GPU <i>, bytes: sent as gpu<i>/mem_used_bytes",
+)
+GPU_MEM_TOTAL = Signal(
+    "gpu/mem_total_bytes", "system", Sync.HOST, "sdk", "memory of GPU <i>: gpu<i>/mem_total_bytes"
+)
+
+
 SIGNALS: tuple[Signal, ...] = (
     LOSS,
     EVAL_LOSS,
@@ -224,6 +252,13 @@ SIGNALS: tuple[Signal, ...] = (
     DISK_PCT,
     SWAP_PCT,
     GPU_MEM_PCT,
+    PROC_RSS,
+    HOST_MEM_USED,
+    HOST_MEM_TOTAL,
+    CUDA_ALLOCATED,
+    CUDA_RESERVED,
+    GPU_MEM_USED,
+    GPU_MEM_TOTAL,
 )
 
 _EXACT: dict[str, Signal] = {}
@@ -304,31 +339,6 @@ CROSSRANK_DEFAULT: tuple[Signal, ...] = (
     COMPUTE,
     STEP_TIME,
     SAMPLES_PER_S,
-)
-
-
-# Memory signals the leak detector (`processors.detectors.leaks`) reads as trends.
-PROC_RSS = Signal(
-    "sys/proc_rss_bytes", "system", Sync.HOST, "sdk", "resident memory of the rank's process"
-)
-HOST_MEM_TOTAL = Signal(
-    "sys/host_mem_total_bytes", "system", Sync.HOST, "sdk", "memory of the host, bytes"
-)
-CUDA_ALLOCATED = Signal(
-    "cuda/mem_allocated_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by tensors"
-)
-CUDA_RESERVED = Signal(
-    "cuda/mem_reserved_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by the allocator"
-)
-GPU_MEM_USED = Signal(
-    "gpu/mem_used_bytes",
-    "system",
-    Sync.HOST,
-    "sdk",
-    "memory in use of GPU <i>, bytes: sent as gpu<i>/mem_used_bytes",
-)
-GPU_MEM_TOTAL = Signal(
-    "gpu/mem_total_bytes", "system", Sync.HOST, "sdk", "memory of GPU <i>: gpu<i>/mem_total_bytes"
 )
 
 
