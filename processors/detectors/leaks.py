@@ -21,11 +21,12 @@ episode ends when the rate falls under half of `min_rate_bytes_s` or fewer than 
 slopes rise.
 
 Thresholds measured on this machine (2 cores, torch 2.13 CPU, the SDK's `SystemSampler`
-at 1 s, a training loop of a small MLP, 150 s): the healthy RSS rate over 60 s windows
-stayed within about ±20 KiB/s after the first 10 s (the share of rising slopes swung
-0-100 %: a flat series rises by single pages), so `min_rate_bytes_s` = 256 KiB/s is ten
-times the noise and well under a leak worth paging for (1 GiB/h = 0.3 MiB/s; the reported
-leak grew 26 MiB/s). Delay: the first judgement needs `min_span_s` (30 s) of samples; a
+at 1 s, a training loop of a small MLP, 150 s, RSS 314 MiB): over 60 s windows after the
+first 10 s the healthy RSS grew 0.1-0.6 KiB/s (its newest 10 s at most 0.8 KiB/s), and
+0.93-1.00 of the half-window slopes rose (a healthy process creeps up a page at a time, so
+the share alone cannot tell a leak). `min_rate_bytes_s` = 256 KiB/s is 400 times that
+creep and still far under a leak worth paging for (1 GiB/h = 0.3 MiB/s; the reported leak
+grew 26 MiB/s). Delay: the first judgement needs `min_span_s` (40 s) of samples; a
 20 MB/s leak on a host with 22 GB free (time to exhaustion about 18 min) fires when the
 window's half-window slopes all rise, about 30-40 s after it starts.
 """
