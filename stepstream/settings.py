@@ -200,7 +200,10 @@ class Settings(BaseSettings):
         "names; aliases such as data_time are accepted).",
     )
     hung_after_s: float = Field(
-        120.0, gt=0, description="A rank that is alive but whose step does not move is hung."
+        120.0,
+        gt=0,
+        description="Cap of the hang rule: no step for 20x the run's median step time "
+        "(floor 5 s; 30 s in eval/checkpoint), at most this long, is a hang.",
     )
     incident_hold_s: float = Field(
         5.0,
