@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -341,6 +342,11 @@ def line(result: Result) -> str:
         f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
         f"{verdict:38} delay={delay:7} pages={result.pages()} false={len(falses)}"
         + (f" [{caught.summary}]" if caught is not None and job.fault in HANGS else "")
+        + (
+            "\n" + textwrap.indent(caught.description, "    | ")
+            if caught is not None and caught.description
+            else ""
+        )
         + (f" ({extra})" if extra else "")
     )
 
