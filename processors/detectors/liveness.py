@@ -420,10 +420,10 @@ class LivenessDetector:
             if not s.stack or s.stack_at < s.step_moved or room <= 0:
                 continue
             head = f"rank {r} ({s.phase or 'phase unknown'}):\n"
-            body = s.stack[-max(0, room - len(head)) :]
+            body = s.stack[-max(0, room - len(head) - 1) :].rstrip("\n") + "\n"
             parts.append(head + body)
-            room -= len(head) + len(body) + 1
-        return "\n".join(parts)
+            room -= len(head) + len(body)
+        return "".join(parts).rstrip("\n")
 
     def _forget(self, run: str, state: _Run) -> None:
         # Forgotten, not cleared: no cleared flag (their alerts resolve on the engine's
