@@ -247,3 +247,24 @@ def test_stage_1_reads_heartbeats_into_the_summary_and_the_window_update() -> No
     out = stage.process(batch(beat(2, "closing", "outside")))
     assert out.summaries[0].status == "closing"
     assert [u.status for u in out.updates] == ["closing"]
+
+
+def test_the_description_keeps_the_innermost_part_of_big_stacks_within_the_bound() -> None:
+    d = LivenessDetector()
+    big = "".join(f"  File x.py, line {i}, in f{i}\n" for i in range(2000))
+    hang = 10.0
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, str | None]]:
+        if now < hang:
+            return [(r, int(now * 100), "running", "data", 0.001, None) for r in (0, 1)]
+        stuck = int(hang * 100)
+        return [
+            (0, stuck, "running", "data", now - hang, big),
+            (1, stuck, "running", "backward", now - hang, big),
+        ]
+
+    flags = drive(d, 20.0, beat)
+    assert [f.rank for f in flags] == [0]
+    text = flags[0].description
+    assert len(text) <= 4096
+    assert text.startswith("rank 0 (data):\n") and text.endswith("in f1999")
