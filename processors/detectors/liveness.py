@@ -420,7 +420,10 @@ class LivenessDetector:
             if not s.stack or s.stack_at < s.step_moved or room <= 0:
                 continue
             head = f"rank {r} ({s.phase or 'phase unknown'}):\n"
-            body = s.stack[-max(0, room - len(head) - 1) :].rstrip("\n") + "\n"
+            keep = room - len(head) - 1
+            if keep < 80:  # no room left for a frame worth reading
+                break
+            body = s.stack.rstrip("\n")[-keep:] + "\n"
             parts.append(head + body)
             room -= len(head) + len(body)
         return "".join(parts).rstrip("\n")
