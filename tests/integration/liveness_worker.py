@@ -7,7 +7,9 @@ RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and STEPSTREAM_* set, like torchrun w
 MODE ``stagger``: every rank trains STEPS steps, then rank r waits r x ARG seconds before
 ``monitor.close()`` (staggered clean exits). MODE ``data_hang``: at step STEPS // 2, rank 1
 blocks ARG seconds in its data loader while its peers wait in the all-reduce; it prints
-``{"hang_t": ...}`` (wall clock) when the block starts.
+``{"hang_t": ...}`` (wall clock) when the block starts. MODE ``early_exit``: the ranks
+train on their own (no DDP wrapper, so nothing waits for anyone); rank 1 closes after 20
+steps, rank 0 goes on stepping for ARG seconds.
 """
 
 from __future__ import annotations
@@ -39,13 +41,20 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     torch.manual_seed(0)
-    model = DistributedDataParallel(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)))
+    model: nn.Module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    if mode != "early_exit":
+        model = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     data = torch.Generator().manual_seed(100 + rank)
     monitor = producers.init(run)
     monitor.watch(model, optimizer, every=1)
+    started = time.monotonic()
     try:
         for step in range(steps):
+            if mode == "early_exit" and (
+                (rank == 1 and step == 20) or (rank == 0 and time.monotonic() - started > arg)
+            ):
+                break
             block = arg if mode == "data_hang" and rank == 1 and step == steps // 2 else 0.0
             x = load_batch(data, block)
             loss = model(x).pow(2).mean()

@@ -1,7 +1,8 @@
 """Liveness end to end: real 2-rank gloo DDP jobs instrumented through the public SDK,
 through the embedded stack, read back through the public reader and CLI. Staggered clean
-exits raise nothing and the run is finished; a rank blocked in its data loader is named
-as the origin of the hang within seconds, with its stack."""
+exits raise nothing and the run is finished; a rank that exits while its peer goes on is
+``rank_exited`` (never dead); a rank blocked in its data loader is named as the origin of
+the hang within seconds, with its stack."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sinks.reader import MetricsReader
+from stepstream.contract import Alert
 from stepstream.settings import Settings
 from stepstream.stack import free_port, settings_env
 
@@ -68,6 +70,30 @@ def test_staggered_clean_exits_raise_nothing_and_the_run_is_finished(
     assert [r.state for r in reader.runs() if r.run == run_id] == ["finished"]
     time.sleep(4.0)  # longer than a dead rank's 2.5 s of silence plus the pipeline
     assert [(a.rule, a.rank, a.status) for a in reader.alerts(run_id, count=100)] == []
+
+
+def test_a_rank_that_exits_while_the_run_continues_is_rank_exited_not_dead(
+    live_settings: Settings, reader: MetricsReader, run_id: str, tmp_path: Path
+) -> None:
+    # rank 1 closes after 20 steps; rank 0 steps on for 38 s (grace 30 s)
+    codes = run_ranks(live_settings, run_id, 1_000_000, "early_exit", 38.0, tmp_path)
+    assert codes == [0, 0], [p.read_text()[-2000:] for p in tmp_path.glob("*.log")]
+    wait_for(lambda: reader.run_meta(run_id).state == "finished", timeout=30)
+    liveness = ("dead_rank", "hung_rank", "rank_exited")
+
+    def seen() -> list[Alert]:
+        return [a for a in reader.alerts(run_id, count=100) if a.rule in liveness]
+
+    wait_for(lambda: [a for a in seen() if a.status == "resolved"], timeout=30)
+    alerts = seen()  # (rank 0's loss on its own random data may spike: not judged here)
+    assert sorted((a.rule, a.rank, a.status) for a in alerts) == [
+        ("rank_exited", 1, "firing"),
+        ("rank_exited", 1, "resolved"),  # the run finished
+    ]
+    exited = next(a for a in alerts if a.status == "firing")
+    assert "while the run continues" in exited.summary
+    assert exited.severity == "warning"
+    assert 30.0 <= exited.raised_at - exited.t <= 34.0  # the grace after the close
 
 
 def test_a_data_loader_hang_names_its_rank_within_seconds_with_its_stack(
