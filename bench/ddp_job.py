@@ -6,7 +6,8 @@ with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (as torchrun sets them) a
 stack's STEPSTREAM_* variables. The instrumentation is exactly the README's:
 ``producers.init(run)``, ``monitor.watch(model, optimizer, every=1)``,
 ``monitor.log(step, loss=loss.detach())`` and ``monitor.log_eval(step, val_loss=...)``
-every 20 steps. The job prints one JSON line ``{"fault": ..., "onset_t": ..., "step": ...}``
+every 20 steps, and ``monitor.phase("checkpoint")`` around the checkpoint of the
+``ckpt_hang`` fault. The job prints one JSON line ``{"fault": ..., "onset_t": ..., "step": ...}``
 when it injects its fault (wall clock, the time the fault starts to show).
 """
 
@@ -38,6 +39,11 @@ FAULTS = (
     "slow_input",
     "crash",
     "corrupt_grads",
+    "data_hang",
+    "ckpt_hang",
+    "leak",
+    "warmup",
+    "stagger",
 )
 
 
@@ -79,7 +85,8 @@ def announce(fault: str, step: int, rank: int) -> None:
 def main() -> None:
     args = parse()
     torch.set_num_threads(1)  # ranks share a few cores; threads would only contend
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    # long enough for the hang jobs' peers to wait in the all-reduce through the block
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     torch.manual_seed(args.seed)
     model = nn.parallel.DistributedDataParallel(Net())
@@ -103,8 +110,31 @@ def main() -> None:
     eval_x, eval_y = batch(held_out, 256)
     monitor = producers.init(args.run)
     monitor.watch(model, optimizer, every=1)
+    held: list[bytearray] = []  # what the leak and warm-up faults allocate and keep
+    started = time.time()
+    leak_t: float | None = None
+
+    def hold(seconds: float) -> None:
+        """Keep `magnitude` MB per second of `seconds` allocated (and touched)."""
+        target = int(seconds * args.magnitude * 1e6)
+        have = sum(len(b) for b in held)
+        while have < target:
+            chunk = bytearray(b"\x01") * min(8_000_000, target - have)
+            held.append(chunk)
+            have += len(chunk)
+
     try:
         for step in range(args.steps):
+            if fault == "leak" and mine and step >= at:
+                if step == at:
+                    announce(fault, step, rank)
+                    leak_t = time.time()
+                hold(time.time() - (leak_t or time.time()))
+            if fault == "warmup" and mine:  # grows for 15 s from the start, then levels off
+                hold(min(15.0, time.time() - started))
+            if fault == "data_hang" and mine and step == at:
+                announce(fault, step, rank)
+                time.sleep(args.magnitude)  # the data loader blocks; peers wait in all-reduce
             if fault == "crash" and mine and step == at:
                 announce(fault, step, rank)
                 os._exit(1)  # no flush, no goodbye: the peers hang in the next all-reduce
@@ -153,6 +183,10 @@ def main() -> None:
                     assert grad is not None
                     grad.add_(torch.randn_like(grad) * grad.norm() * args.magnitude)
             optimizer.step()
+            if fault == "ckpt_hang" and mine and step == at:
+                with monitor.phase("checkpoint"):  # a checkpoint write that blocks
+                    announce(fault, step, rank)
+                    time.sleep(args.magnitude)
             if args.step_sleep:
                 time.sleep(args.step_sleep)
             monitor.log(step, loss=loss.detach())
@@ -166,6 +200,8 @@ def main() -> None:
         # NCCL would hang in the collective until its timeout: wait like it, so the rank
         # stays alive (heartbeats going) while its peer is dead.
         time.sleep(8)
+    if fault == "stagger":
+        time.sleep(rank * args.magnitude)  # clean exits, rank r closes r x magnitude s later
     monitor.close()
     dist.destroy_process_group()
 

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -66,7 +67,17 @@ EXPECT: dict[str, Expect] = {
     "slow_input": Expect(frozenset({"straggler"}), True, 5.0, "a 20-step median"),
     "crash": Expect(frozenset({"dead_rank"}), True, 3.5, "2.5 heartbeat intervals of silence"),
     "corrupt_grads": Expect(frozenset({"dp_mismatch"}), True),
+    "data_hang": Expect(
+        frozenset({"hung_rank"}), True, 8.0, "20 x the step time, floor 5 s, + a heartbeat"
+    ),
+    "ckpt_hang": Expect(frozenset({"hung_rank"}), True, 33.0, "a declared checkpoint: 30 s floor"),
+    "leak": Expect(frozenset({"memory_leak"}), True, 60.0, "40 s of samples at least"),
 }
+
+#: Faults after which nothing may fire: growth that levels off, staggered clean exits.
+QUIET = frozenset({"warmup", "stagger"})
+#: Faults whose delay is also shown in step times.
+HANGS = frozenset({"data_hang", "ckpt_hang"})
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,14 @@ def jobs(quick: bool = False) -> list[Job]:
     ]
     if not quick:
         out.append(Job("healthy-2r-20ms", "none", 2, 600, seed=15, lr=0.2, step_sleep=0.02))
+    out += [  # liveness and memory (issue 14)
+        Job("data_hang-3r", "data_hang", 3, 400, 1, 200, 15.0, seed=21),
+        Job("ckpt_hang-3r", "ckpt_hang", 3, 400, 0, 200, 40.0, seed=22),
+        Job("leak-2r", "leak", 2, 1600, 1, 100, 20.0, seed=23, step_sleep=0.05),
+        Job("warmup-2r", "warmup", 2, 1600, 1, 0, 20.0, seed=24, step_sleep=0.05),
+        Job("stagger-2r", "stagger", 2, 300, 0, 0, 20.0, seed=25),
+        Job("stagger-3r", "stagger", 3, 300, 0, 0, 12.0, seed=26),
+    ]
     return out
 
 
@@ -146,6 +165,10 @@ class Result:
     #: For healthy jobs: the largest excess (s) and ratio of one rank's 20-step median of
     #: data wait + forward over the other ranks' median: the straggler's healthy margin.
     margin: tuple[float, float] | None = None
+    #: For hang jobs: the median step time (s) of the faulty rank before the fault.
+    step_s: float | None = None
+    #: The run's state as the reader reports it after the job.
+    state: str = ""
 
     @property
     def firing(self) -> list[Alert]:
@@ -175,14 +198,15 @@ class Result:
 
     def false_alerts(self) -> list[Alert]:
         """Firing alerts of a healthy job, or of a fault job before the fault."""
-        if self.job.fault == "none":
+        if self.job.fault == "none" or self.job.fault in QUIET:
             return self.firing
         onset = self.onset_t if self.onset_t is not None else float("inf")
         return [a for a in self.firing if a.raised_at < onset]
 
     def healthy_steps(self) -> int:
         """Steps that count towards the false-alert rate."""
-        return self.job.steps if self.job.fault == "none" else self.job.fault_step
+        quiet = self.job.fault == "none" or self.job.fault in QUIET
+        return self.job.steps if quiet else self.job.fault_step
 
 
 @contextlib.contextmanager
@@ -240,6 +264,8 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
     with MetricsReader.from_url(settings.redis_url, settings.key_prefix) as reader:
         alerts = reader.alerts(run, count=10_000)
         margin = straggler_margin(reader, run, job) if job.fault == "none" else None
+        step_s = median_step(reader, run, job) if job.fault in HANGS else None
+        state = reader.run_meta(run).state
     return Result(
         job,
         run,
@@ -248,7 +274,20 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
         wall,
         [p.returncode for p in procs],
         margin,
+        step_s,
+        state,
     )
+
+
+def median_step(reader: MetricsReader, run: str, job: Job) -> float | None:
+    """The median step time the faulty rank reported before the fault."""
+    series = reader.series(run, vocab.STEP_TIME.name, rank=job.fault_rank, points=job.steps + 10)
+    times = [
+        p.value
+        for p in series.points
+        if p.step is not None and p.step < job.fault_step and p.value is not None
+    ]
+    return statistics.median(times) if times else None
 
 
 def straggler_margin(reader: MetricsReader, run: str, job: Job) -> tuple[float, float]:
@@ -282,8 +321,8 @@ def line(result: Result) -> str:
     job = result.job
     caught = result.caught()
     falses = result.false_alerts()
-    if job.fault == "none":
-        verdict = "healthy"
+    if job.fault == "none" or job.fault in QUIET:
+        verdict = f"quiet, run {result.state}" if job.fault in QUIET else "healthy"
         delay = "-"
     elif caught is None:
         verdict = "MISSED"
@@ -291,6 +330,9 @@ def line(result: Result) -> str:
     else:
         verdict = f"caught {caught.rule}@rank{caught.rank}"
         delay = f"{caught.raised_at - (result.onset_t or 0):.2f}s"
+        if result.step_s:
+            took = caught.raised_at - (result.onset_t or 0)
+            delay += f" ({took / result.step_s:.0f}x the {result.step_s * 1000:.1f} ms step)"
     extra = ", ".join(sorted({f"{a.rule}@rank{a.rank}" for a in falses}))
     if result.margin is not None:
         excess, ratio = result.margin
@@ -299,13 +341,19 @@ def line(result: Result) -> str:
         f"{job.name:24} world={job.world} steps={job.steps:5} fault={job.fault:13} "
         f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
         f"{verdict:38} delay={delay:7} pages={result.pages()} false={len(falses)}"
+        + (f" [{caught.summary}]" if caught is not None and job.fault in HANGS else "")
+        + (
+            "\n" + textwrap.indent(caught.description, "    | ")
+            if caught is not None and caught.description
+            else ""
+        )
         + (f" ({extra})" if extra else "")
     )
 
 
 def summary(results: list[Result]) -> str:
     """The summary line: recall, false alerts per 10k healthy steps, delays."""
-    faults = [r for r in results if r.job.fault != "none"]
+    faults = [r for r in results if r.job.fault != "none" and r.job.fault not in QUIET]
     caught = [(r, c) for r in faults if (c := r.caught()) is not None]
     delays = [c.raised_at - (r.onset_t or 0) for r, c in caught]
     fast = [c.raised_at - (r.onset_t or 0) for r, c in caught if EXPECT[r.job.fault].bound_s <= 2.0]

@@ -39,6 +39,8 @@ class Flag:
     """True when the flag reports the end of an episode (the condition cleared)."""
     affected: tuple[str, ...] = ()
     """For an incident: the series it covers (``rank 1: loss``), the first one first."""
+    description: str = ""
+    """Longer text for the alert (a hung rank's captured stack), bounded by the detector."""
 
 
 def evidence(
@@ -150,6 +152,7 @@ def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
         summary=flag.summary,
         evidence=flag.evidence,
         affected=list(flag.affected),
+        description=flag.description,
     )
 
 
@@ -168,4 +171,5 @@ def flag_of(alert: Alert) -> Flag:
         evidence=dict(alert.evidence),
         cleared=alert.status == "resolved",
         affected=tuple(alert.affected),
+        description=alert.description,
     )

@@ -150,7 +150,17 @@ class RunStage:
         state.world = max(state.world, summary.world)
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
         flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
-        flags += self.liveness.seen(run, rank, summary.world, summary.last_step, now)
+        flags += self.liveness.seen(
+            run,
+            rank,
+            summary.world,
+            summary.last_step,
+            now,
+            status=summary.status,
+            phase=summary.phase,
+            phase_s=summary.phase_s,
+            stack=summary.stack,
+        )
         for point in summary.nonfinite:
             for metric, value in point.values.items():
                 flag = self.origin.nonfinite(

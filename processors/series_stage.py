@@ -21,6 +21,8 @@ from processors.detectors import (
     ErrorBurstParams,
     GradientDetector,
     GradientParams,
+    LeakDetector,
+    LeakParams,
     NonFiniteDetector,
     OverfittingDetector,
     OverfittingParams,
@@ -45,6 +47,7 @@ from stepstream.contract import (
     Alert,
     Batch,
     RankSummary,
+    Record,
     RecordKind,
     StepPoint,
     WindowStats,
@@ -138,6 +141,10 @@ class RankState:
     quality: dict[str, QualityWindow] = field(default_factory=dict)
     #: Tasks whose quality window got statistics since the last update.
     quality_touched: set[str] = field(default_factory=set)
+    #: Lifecycle status of the newest heartbeat (None before any).
+    status: str | None = None
+    #: True when the status changed since the last window update (the sink stores it).
+    status_changed: bool = False
 
 
 @dataclass
@@ -175,7 +182,30 @@ def _merge(older: RankSummary, newer: RankSummary) -> RankSummary:
     older.records += newer.records
     older.world, older.node = newer.world, newer.node
     older.last_step, older.last_t = newer.last_step, newer.last_t
+    older.status = newer.status
+    if newer.phase is not None:
+        older.phase, older.phase_s = newer.phase, newer.phase_s
+    if newer.stack is not None:
+        older.stack, older.stack_t = newer.stack, newer.stack_t
     return older
+
+
+def heartbeat(state: RankState, record: Record, beat: RankSummary) -> None:
+    """Read one heartbeat record into the rank's state (its status) and into `beat` (the
+    phase it reported, a captured stack)."""
+    values = record.values
+    code = values.get(vocab.HEARTBEAT_STATUS)
+    if code is not None:
+        status = vocab.STATUS_NAMES.get(code)
+        if status is not None and status != state.status:
+            state.status = status
+            state.status_changed = True
+    phase = values.get(vocab.HEARTBEAT_PHASE)
+    if phase is not None:
+        beat.phase = vocab.PHASE_NAMES.get(phase)
+        beat.phase_s = values.get(vocab.HEARTBEAT_PHASE_S)
+    if vocab.HEARTBEAT_STACK in values and record.text:
+        beat.stack, beat.stack_t = record.text, record.t
 
 
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
@@ -212,6 +242,7 @@ def build_value_detectors(params: Mapping[str, Mapping[str, Any]] | None) -> lis
         OverfittingDetector(with_overrides(OverfittingParams(), params.get("overfitting"))),
         ThroughputDetector(with_overrides(ThroughputParams(), params.get("throughput_regression"))),
         ResourceDetector(with_overrides(ResourceParams(), params.get("resource_pressure"))),
+        LeakDetector(with_overrides(LeakParams(), params.get("memory_leak"))),
     ]
 
 
@@ -332,7 +363,7 @@ class SeriesStage:
             if flag.metric is not None and flag.rank is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
         for (_run, _rank), (batch, state, values) in touched.items():
-            if values or state.quality_touched:
+            if values or state.quality_touched or state.status_changed:
                 result.updates.append(self._update(batch, state, values, flagged, now))
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
         return result
@@ -354,6 +385,7 @@ class SeriesStage:
         steps: dict[int, StepPoint] = {}
         nonfinite: dict[int, StepPoint] = {}
         refused: set[str] = set()
+        beat = RankSummary(run=run, rank=rank)  # what the heartbeats of this batch said
         duplicates = lost = received = 0
         series_of = state.series
         isfinite = math.isfinite
@@ -371,6 +403,9 @@ class SeriesStage:
             if t > state.last_t:
                 state.last_t = t
             if record.kind in UNWINDOWED_KINDS:
+                if record.kind == RecordKind.HEARTBEAT:
+                    heartbeat(state, record, beat)
+                    continue
                 if record.kind == RecordKind.LOG:
                     flag = self._errors.observe_log(run, rank, step, t, record.values, record.text)
                     if flag is not None:
@@ -447,6 +482,11 @@ class SeriesStage:
             records=received,
             steps=[steps[s] for s in sorted(steps)],
             nonfinite=[nonfinite[s] for s in sorted(nonfinite)],
+            status=state.status,
+            phase=beat.phase,
+            phase_s=beat.phase_s,
+            stack=beat.stack,
+            stack_t=beat.stack_t,
         )
 
     def _add_quality(
@@ -544,6 +584,7 @@ class SeriesStage:
         latest: dict[str, float],
         windows: dict[str, dict[str, WindowStats]],
     ) -> WindowUpdate:
+        state.status_changed = False
         return WindowUpdate(
             run=run,
             rank=rank,
@@ -553,6 +594,7 @@ class SeriesStage:
             t=state.last_t,
             latest=latest,
             windows=windows,
+            status=state.status,
         )
 
     def flush(self, now: float | None = None) -> list[WindowUpdate]:

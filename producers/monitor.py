@@ -6,6 +6,7 @@ import atexit
 import logging
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from producers.control import ActionListener
@@ -13,11 +14,13 @@ from producers.deferred import Deferred
 from producers.identity import Identity, detect_identity
 from producers.loghandler import LOG_LEVEL, ShippingHandler
 from producers.periodic import Ticker
+from producers.phase import PhaseClock, StackCapture
 from producers.publisher import ProducerFactory, Publisher, PublisherStats, kafka_producer
 from producers.shutdown import CrashHooks
 from producers.system import SystemSampler
 from stepstream.contract import ControlAction, RecordKind
 from stepstream.settings import Settings
+from stepstream.vocabulary import PHASE_OUTSIDE
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +64,8 @@ class Monitor:
         self._step: int | None = None
         self._status: str | None = None  # closing or crashed; else derived from _step
         self._watches: list[Watch] = []
+        #: The training thread's phase (the thread that creates the monitor).
+        self._phases = PhaseClock()
         self._publisher = Publisher(identity, settings, producer_factory)
         spool_root = settings.resolved_spool_dir()
         disk = spool_root if spool_root.exists() else settings.state_dir.anchor or "/"
@@ -71,6 +76,8 @@ class Monitor:
             heartbeat_s=settings.heartbeat_interval_s,
             system_s=settings.system_interval_s,
             sampler_factory=(lambda: SystemSampler(disk)) if settings.system_interval_s else None,
+            phases=self._phases,
+            stacks=StackCapture(self._phases) if settings.capture_stacks else None,
         )
         self._handler: ShippingHandler | None = None
         self._actions: ActionListener | None = None
@@ -151,9 +158,17 @@ class Monitor:
             tokens_per_sample,
             update_ratio,
             weights_every,
+            self._phases,
         )
         self._watches.append(watch)
         return watch
+
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        """``with monitor.phase("checkpoint"):`` declares what the training thread does in
+        the body (``eval``, ``checkpoint``, or any of `stepstream.vocabulary.PHASES`), so a
+        hang there is named as such; the phase before resumes after. Heartbeats carry the
+        phase and the seconds in it. Call it on the training thread."""
+        return self._phases.phase(name)
 
     def _status_now(self) -> str:
         if self._status is not None:
@@ -198,6 +213,7 @@ class Monitor:
             self._actions = None
         if self._status != "crashed":
             self._status = "closing"
+        self._phases.enter(PHASE_OUTSIDE)
         if not self._publisher.disabled:
             self._ticker.heartbeat()
         self._finalizer.detach()

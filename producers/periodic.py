@@ -11,15 +11,17 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from producers.phase import PhaseClock, StackCapture
 from producers.publisher import Publisher
+from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_STEP = "heartbeat/step"
-HEARTBEAT_PID = "heartbeat/pid"
-HEARTBEAT_STATUS = "heartbeat/status"
-STATUS_CODES = {"starting": 0.0, "running": 1.0, "closing": 2.0, "crashed": 3.0}
+HEARTBEAT_STEP = vocab.HEARTBEAT_STEP
+HEARTBEAT_PID = vocab.HEARTBEAT_PID
+HEARTBEAT_STATUS = vocab.HEARTBEAT_STATUS
+STATUS_CODES = vocab.STATUS_CODES
 """Heartbeat status as a number (value ``heartbeat/status``); the name is the record text."""
 
 
@@ -35,18 +37,31 @@ class Sampler(Protocol):
         ...
 
 
-def heartbeat_values(step: int | None, pid: int, status: str) -> dict[str, float]:
-    """The values of one heartbeat record (the node travels in the batch envelope)."""
-    return {
+def heartbeat_values(
+    step: int | None,
+    pid: int,
+    status: str,
+    phase: str | None = None,
+    phase_s: float = 0.0,
+) -> dict[str, float]:
+    """The values of one heartbeat record (the node travels in the batch envelope); the
+    phase and the seconds in it when the phase is known."""
+    values = {
         HEARTBEAT_STEP: float(-1 if step is None else step),
         HEARTBEAT_PID: float(pid),
         HEARTBEAT_STATUS: STATUS_CODES.get(status, -1.0),
     }
+    if phase is not None:
+        values[vocab.HEARTBEAT_PHASE] = vocab.PHASE_CODES[phase]
+        values[vocab.HEARTBEAT_PHASE_S] = phase_s
+    return values
 
 
 class Ticker:
     """Heartbeats every `heartbeat_s` (with the publisher counters), system samples every
-    `system_s` (0: none). `step` and `status` are read at each tick."""
+    `system_s` (0: none). `step` and `status` are read at each tick, the phase from
+    `phases`; with `stacks`, a heartbeat whose text is the training thread's stack is sent
+    once per stuck phase (see `producers.phase`)."""
 
     def __init__(
         self,
@@ -56,8 +71,12 @@ class Ticker:
         heartbeat_s: float,
         system_s: float,
         sampler_factory: Callable[[], Sampler] | None = None,
+        phases: PhaseClock | None = None,
+        stacks: StackCapture | None = None,
     ) -> None:
         self._publisher = publisher
+        self._phases = phases
+        self._stacks = stacks
         self._step = step
         self._status = status
         self._heartbeat_s = heartbeat_s
@@ -78,9 +97,18 @@ class Ticker:
         """Enqueue one heartbeat and one record of the publisher's counters now."""
         step = self._step()
         status = self._status()
+        phase, phase_s = None, 0.0
+        if self._phases is not None:
+            phase, phase_s, _ = self._phases.read()
+        values = heartbeat_values(step, self._pid, status, phase, phase_s)
         pub = self._publisher
-        pub.enqueue(step, RecordKind.HEARTBEAT, heartbeat_values(step, self._pid, status), status)
+        pub.enqueue(step, RecordKind.HEARTBEAT, values, status)
         pub.enqueue(step, RecordKind.SYSTEM, pub.stats.values())
+        if self._stacks is not None and self._stacks.due():
+            stack = self._stacks.capture()
+            if stack:
+                values = {**values, vocab.HEARTBEAT_STACK: float(len(stack))}
+                pub.enqueue(step, RecordKind.HEARTBEAT, values, stack)
 
     def sample_system(self) -> None:
         """Enqueue one system-metrics record now (creating the sampler on first use)."""

@@ -21,10 +21,11 @@ from stepstream import vocabulary as vocab
 log = logging.getLogger(__name__)
 
 PROC_CPU = "sys/proc_cpu_pct"
-PROC_RSS = "sys/proc_rss_bytes"
+PROC_RSS = vocab.PROC_RSS.name
 PROC_FDS = "sys/proc_open_fds"
 HOST_CPU = "sys/host_cpu_pct"
-HOST_MEM_USED = "sys/host_mem_used_bytes"
+HOST_MEM_USED = vocab.HOST_MEM_USED.name
+HOST_MEM_TOTAL = vocab.HOST_MEM_TOTAL.name
 HOST_MEM_PCT = vocab.HOST_MEM_PCT.name
 DISK_PCT = vocab.DISK_PCT.name
 SWAP_PCT = vocab.SWAP_PCT.name
@@ -32,8 +33,8 @@ DISK_READ = "sys/disk_read_bps"
 DISK_WRITE = "sys/disk_write_bps"
 NET_SENT = "sys/net_sent_bps"
 NET_RECV = "sys/net_recv_bps"
-CUDA_ALLOCATED = "cuda/mem_allocated_bytes"
-CUDA_RESERVED = "cuda/mem_reserved_bytes"
+CUDA_ALLOCATED = vocab.CUDA_ALLOCATED.name
+CUDA_RESERVED = vocab.CUDA_RESERVED.name
 CUDA_PEAK = "cuda/mem_peak_bytes"
 
 
@@ -150,6 +151,7 @@ class SystemSampler:
                 out[PROC_FDS] = float(proc.num_fds())
         mem = psutil.virtual_memory()
         out[HOST_MEM_USED] = float(mem.total - mem.available)
+        out[HOST_MEM_TOTAL] = float(mem.total)
         out[HOST_MEM_PCT] = float(mem.percent)
         with contextlib.suppress(OSError):
             out[DISK_PCT] = float(psutil.disk_usage(self._disk_path).percent)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from producers.phase import PhaseClock
 from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
 
@@ -37,7 +38,16 @@ UPDATE_RATIO = vocab.UPDATE_RATIO.name
 LR = vocab.LR.name
 MOMENTUM = vocab.MOMENTUM.name
 
+PHASE_FORWARD = vocab.PHASE_FORWARD
+PHASE_BACKWARD = vocab.PHASE_BACKWARD
+PHASE_OPTIMIZER = vocab.PHASE_OPTIMIZER
+PHASE_DATA = vocab.PHASE_DATA
+
 Enqueue = Callable[[int | None, RecordKind, Any], None]
+
+
+def _ignore(_phase: str) -> None:
+    """No phase clock: phases are not tracked."""
 
 
 def layer_names(model: torch.nn.Module) -> tuple[list[str], list[torch.nn.Parameter]]:
@@ -123,8 +133,12 @@ class Watch:
         tokens_per_sample: int | None = None,
         update_ratio: bool = True,
         weights_every: int | None = None,
+        phases: PhaseClock | None = None,
     ) -> None:
         self._enqueue = enqueue
+        # The training thread's phase (see `producers.phase`): one tuple store per change.
+        self._phases = phases
+        self._enter: Callable[[str], None] = phases.enter if phases is not None else _ignore
         self._optimizer = optimizer
         self.every = max(1, every)
         # Weight norms and update ratios move slowly and cost a copy of the weights plus
@@ -170,6 +184,7 @@ class Watch:
         return hook
 
     def _on_forward(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self._enter(PHASE_FORWARD)
         if self._t_fwd is None:
             self._t_fwd = time.perf_counter()
         first = args[0] if args else None
@@ -182,9 +197,11 @@ class Watch:
                 self._tokens += batch * first.shape[1]  # token ids (batch, sequence)
 
     def _on_inner_forward(self, _module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        self._enter(PHASE_FORWARD)
         self._t_inner = time.perf_counter()
 
     def _on_inner_forward_end(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        self._enter(PHASE_BACKWARD)  # then the loss, backward and the gradient all-reduce
         if self._t_inner is not None:
             self._forward_s += time.perf_counter() - self._t_inner
             self._t_inner = None
@@ -193,6 +210,7 @@ class Watch:
         return self.step % self.every == 0
 
     def _pre_step(self, *_: Any) -> None:
+        self._enter(PHASE_OPTIMIZER)
         if not self._watched():
             return
         with torch.no_grad():
@@ -212,6 +230,9 @@ class Watch:
 
     def _post_step(self, *_: Any) -> None:
         now = time.perf_counter()
+        self._enter(PHASE_DATA)  # waiting for the next batch
+        if self._phases is not None and self._t_end is not None:
+            self._phases.step_times.append(now - self._t_end)
         if self._watched():
             self._emit(now)
         if self._order_handles and len(self._order) == len(self.params):

@@ -152,7 +152,9 @@ class WritePlan:
             self._hset(keys.window(run, window), mapping)
             self.window_names[run].add(window)
             self.sets.setdefault(keys.windows_index(run), set()).add(window)
-        liveness = {"node": update.node, "step": update.step, "t": update.t}
+        liveness: dict[str, object] = {"node": update.node, "step": update.step, "t": update.t}
+        if update.status is not None:
+            liveness["status"] = update.status
         self._hset(keys.ranks(run), {str(rank): json.dumps(liveness)})
         self._hset(keys.meta(run), {"world": str(update.world), "last_t": repr(update.t)})
         self.values += len(latest) + sum(len(m) for m in windows.values())

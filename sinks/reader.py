@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from sinks.downsample import Method, select
 from sinks.redis_client import sync_client
 from sinks.stats import OpenStats
+from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.keys import (
     SERIES_COARSE,
@@ -46,6 +47,11 @@ class RunInfo(QueryModel):
     run: str
     last_activity: float
     world: int | None = None
+    state: str = Field(
+        "starting",
+        description="starting, running, finished (every rank closed) or crashed: "
+        "`stepstream.vocabulary.run_state` of the ranks' heartbeat statuses.",
+    )
 
 
 class RankLiveness(QueryModel):
@@ -57,6 +63,11 @@ class RankLiveness(QueryModel):
     t: float = Field(0.0, description="Event time of the rank's latest update (Unix s).")
     age_s: float | None = Field(None, description="Seconds since t, at query time.")
     alive: bool | None = Field(None, description="age_s <= the stale_after_s of the query.")
+    status: str | None = Field(
+        None,
+        description="Lifecycle status of its newest heartbeat: starting, running, "
+        "closing (closed cleanly: finished, never dead) or crashed.",
+    )
 
 
 class RunMeta(QueryModel):
@@ -69,6 +80,7 @@ class RunMeta(QueryModel):
     series: list[str] = Field(default_factory=list, description="rank|metric of raw series.")
     ranks: list[RankLiveness] = Field(default_factory=list)
     ttl_s: int | None = Field(None, description="Seconds until the run's keys expire.")
+    state: str = Field("starting", description="As `RunInfo.state`.")
 
 
 class RollingStats(OpenStats):
@@ -232,11 +244,24 @@ class MetricsReader:
         pipe = self._client.pipeline(transaction=False)
         for run in runs:
             pipe.hget(self.keys.meta(run), "world")
-        worlds = pipe.execute() if runs else []
-        return [
-            RunInfo(run=run, last_activity=score, world=int(world) if world else None)
-            for run, (_, score), world in zip(runs, entries, worlds, strict=True)
-        ]
+            pipe.hgetall(self.keys.ranks(run))
+        replies = pipe.execute() if runs else []
+        out = []
+        for i, (run, (_, score)) in enumerate(zip(runs, entries, strict=True)):
+            world = int(replies[2 * i]) if replies[2 * i] else None
+            statuses = {
+                int(_text(r)): json.loads(body).get("status")
+                for r, body in replies[2 * i + 1].items()
+            }
+            out.append(
+                RunInfo(
+                    run=run,
+                    last_activity=score,
+                    world=world,
+                    state=vocab.run_state(statuses, world),
+                )
+            )
+        return out
 
     def run_meta(self, run: str, stale_after_s: float = 30.0) -> RunMeta:
         """Metadata, windows, stored series and rank liveness of one run."""
@@ -247,14 +272,17 @@ class MetricsReader:
         pipe.ttl(self.keys.meta(run))
         meta, windows, series, ttl = pipe.execute()
         meta = {_text(k): _text(v) for k, v in meta.items()}
+        world = int(meta["world"]) if "world" in meta else None
+        ranks = self.ranks(run, stale_after_s)
         return RunMeta(
             run=run,
-            world=int(meta["world"]) if "world" in meta else None,
+            world=world,
             last_t=float(meta["last_t"]) if "last_t" in meta else None,
             windows=sorted(_text(w) for w in windows),
             series=sorted((_text(s) for s in series), key=parse_series_field),
-            ranks=self.ranks(run, stale_after_s),
+            ranks=ranks,
             ttl_s=ttl if ttl is not None and ttl >= 0 else None,
+            state=vocab.run_state({r.rank: r.status for r in ranks}, world),
         )
 
     def windows(self, run: str) -> list[str]:

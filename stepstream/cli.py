@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Callable
@@ -388,6 +389,9 @@ def alerts(
             print(alert.model_dump_json(), flush=True)
         else:
             console.print(_alert_line(alert), highlight=False)
+            if alert.description and alert.status == "firing":
+                # A hung rank's captured stack, or a rule's description: as plain text.
+                console.print(textwrap.indent(alert.description, "    "), markup=False)
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)

@@ -113,6 +113,9 @@ class WindowUpdate(WireModel):
     windows: dict[str, dict[MetricName, WindowStats]] = Field(
         default_factory=dict, description="window name -> metric -> stats"
     )
+    status: str | None = Field(
+        None, description="The rank's lifecycle status from its newest heartbeat, if any."
+    )
 
 
 CROSS_RANK_WINDOW = "ranks"
@@ -155,6 +158,19 @@ class RankSummary(WireModel):
         description="Stage 1's detector findings for this rank: stage 2 groups them into "
         "one incident per run and detector.",
     )
+    status: str | None = Field(
+        None,
+        description="The rank's lifecycle status from its newest heartbeat (starting, "
+        "running, closing, crashed); None before any.",
+    )
+    phase: str | None = Field(
+        None, description="The training thread's phase at the newest heartbeat (vocabulary)."
+    )
+    phase_s: float | None = Field(None, description="Seconds it had been in that phase.")
+    stack: str | None = Field(
+        None, description="The training thread's stack, captured by the SDK when it was stuck."
+    )
+    stack_t: float | None = Field(None, description="Event time the stack was captured.")
 
 
 class CrossRankStats(WireModel):

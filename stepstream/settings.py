@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Longest a close, exit or SIGTERM waits to flush."
     )
     capture_logs: bool = Field(True, description="Ship WARNING+ log records and uncaught errors.")
+    capture_stacks: bool = Field(
+        True,
+        description="When the training thread stays in one phase past 10x its step time "
+        "(and 2 s), send its Python stack once (sys._current_frames, no signal).",
+    )
     handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
     kafka_compression: str = Field(
         "lz4", description="Publisher compression: lz4 (cheap), gzip (level 9: costly), none."
@@ -195,7 +200,10 @@ class Settings(BaseSettings):
         "names; aliases such as data_time are accepted).",
     )
     hung_after_s: float = Field(
-        120.0, gt=0, description="A rank that is alive but whose step does not move is hung."
+        120.0,
+        gt=0,
+        description="Cap of the hang rule: no step for 20x the run's median step time "
+        "(floor 5 s; 30 s in eval/checkpoint), at most this long, is a hang.",
     )
     incident_hold_s: float = Field(
         5.0,

@@ -204,6 +204,34 @@ GPU_MEM_PCT = Signal(
     ("sys/gpu_mem_pct",),
 )
 
+# Memory signals the leak detector (`processors.detectors.leaks`) reads as trends.
+PROC_RSS = Signal(
+    "sys/proc_rss_bytes", "system", Sync.HOST, "sdk", "resident memory of the rank's process"
+)
+HOST_MEM_USED = Signal(
+    "sys/host_mem_used_bytes", "system", Sync.HOST, "sdk", "memory in use on the host, bytes"
+)
+HOST_MEM_TOTAL = Signal(
+    "sys/host_mem_total_bytes", "system", Sync.HOST, "sdk", "memory of the host, bytes"
+)
+CUDA_ALLOCATED = Signal(
+    "cuda/mem_allocated_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by tensors"
+)
+CUDA_RESERVED = Signal(
+    "cuda/mem_reserved_bytes", "system", Sync.HOST, "sdk", "CUDA memory held by the allocator"
+)
+GPU_MEM_USED = Signal(
+    "gpu/mem_used_bytes",
+    "system",
+    Sync.HOST,
+    "sdk",
+    "memory in use of GPU <i>, bytes: sent as gpu<i>/mem_used_bytes",
+)
+GPU_MEM_TOTAL = Signal(
+    "gpu/mem_total_bytes", "system", Sync.HOST, "sdk", "memory of GPU <i>: gpu<i>/mem_total_bytes"
+)
+
+
 SIGNALS: tuple[Signal, ...] = (
     LOSS,
     EVAL_LOSS,
@@ -224,6 +252,13 @@ SIGNALS: tuple[Signal, ...] = (
     DISK_PCT,
     SWAP_PCT,
     GPU_MEM_PCT,
+    PROC_RSS,
+    HOST_MEM_USED,
+    HOST_MEM_TOTAL,
+    CUDA_ALLOCATED,
+    CUDA_RESERVED,
+    GPU_MEM_USED,
+    GPU_MEM_TOTAL,
 )
 
 _EXACT: dict[str, Signal] = {}
@@ -305,3 +340,68 @@ CROSSRANK_DEFAULT: tuple[Signal, ...] = (
     STEP_TIME,
     SAMPLES_PER_S,
 )
+
+
+# Heartbeat records (kind heartbeat): liveness, lifecycle and phase of one rank. They are
+# not series: stage 1 reads them into the rank summary, stage 2 judges liveness on them.
+HEARTBEAT_STEP = "heartbeat/step"
+HEARTBEAT_PID = "heartbeat/pid"
+HEARTBEAT_STATUS = "heartbeat/status"
+"""The rank's lifecycle status as a number (`STATUS_CODES`); the name is the record text."""
+HEARTBEAT_PHASE = "heartbeat/phase"
+"""What the training thread is doing (`PHASE_CODES`), known from `watch()`'s hooks and
+`Monitor.phase()`; absent while nothing told the SDK."""
+HEARTBEAT_PHASE_S = "heartbeat/phase_s"
+"""Seconds the training thread has been in its current phase."""
+HEARTBEAT_STACK = "heartbeat/stack_bytes"
+"""Present (the size) on a heartbeat whose text is the training thread's captured stack."""
+
+STATUS_CODES: dict[str, float] = {"starting": 0.0, "running": 1.0, "closing": 2.0, "crashed": 3.0}
+STATUS_NAMES: dict[float, str] = {code: name for name, code in STATUS_CODES.items()}
+CLOSING = "closing"
+
+#: Phases of a training rank. ``backward`` is backward plus the gradient all-reduce: under
+#: data parallelism the rank waits there for its peers (the collective phase).
+PHASE_OUTSIDE = "outside"
+PHASE_DATA = "data"
+PHASE_FORWARD = "forward"
+PHASE_BACKWARD = "backward"
+PHASE_OPTIMIZER = "optimizer"
+PHASE_EVAL = "eval"
+PHASE_CHECKPOINT = "checkpoint"
+PHASES: tuple[str, ...] = (
+    PHASE_OUTSIDE,
+    PHASE_DATA,
+    PHASE_FORWARD,
+    PHASE_BACKWARD,
+    PHASE_OPTIMIZER,
+    PHASE_EVAL,
+    PHASE_CHECKPOINT,
+)
+PHASE_CODES: dict[str, float] = {name: float(i) for i, name in enumerate(PHASES)}
+PHASE_NAMES: dict[float, str] = {code: name for name, code in PHASE_CODES.items()}
+COLLECTIVE_PHASES = frozenset({PHASE_BACKWARD})
+"""Phases in which a data-parallel rank waits for its peers."""
+DECLARED_PHASES = frozenset({PHASE_EVAL, PHASE_CHECKPOINT})
+"""Phases user code declares with `Monitor.phase()`: long by nature."""
+
+#: States of a run as the reader reports them (`run_state`).
+RUN_STARTING = "starting"
+RUN_RUNNING = "running"
+RUN_FINISHED = "finished"
+RUN_CRASHED = "crashed"
+
+
+def run_state(statuses: dict[int, str | None], world: int | None) -> str:
+    """The state of a run from its ranks' newest heartbeat statuses: ``finished`` once
+    every rank of its world closed, ``crashed`` when a rank crashed, ``starting`` while no
+    rank has stepped, else ``running``."""
+    known = [s for s in statuses.values() if s is not None]
+    closed = sum(1 for s in known if s == CLOSING)
+    if known and closed >= max(world or 0, len(statuses)):
+        return RUN_FINISHED
+    if "crashed" in known:
+        return RUN_CRASHED
+    if not known or all(s == "starting" for s in known):
+        return RUN_STARTING
+    return RUN_RUNNING

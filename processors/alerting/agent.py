@@ -69,6 +69,7 @@ def signal_of(flag: Alert) -> Signal:
         summary=flag.summary,
         evidence=flag.evidence,
         affected=tuple(flag.affected),
+        description=flag.description,
     )
 
 

@@ -38,6 +38,7 @@ class Signal:
     evidence: dict[str, float | None] = field(default_factory=dict)
     #: The series of the detector's incident (`processors.incidents`).
     affected: tuple[str, ...] = ()
+    description: str = ""
 
 
 @dataclass
@@ -162,6 +163,7 @@ class AlertEngine:
             from_detector=True,
             level=signal if fresh else None,
             affected=signal.affected,
+            description=signal.description,
         )
 
     def restore(self, alerts: Iterable[Alert]) -> int:
@@ -342,6 +344,7 @@ class AlertEngine:
         from_detector: bool = False,
         level: Signal | None = None,
         affected: tuple[str, ...] = (),
+        description: str = "",
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
@@ -394,7 +397,7 @@ class AlertEngine:
             t=t,
             raised_at=self._clock(),
             summary=summary,
-            description=render(rule.description, context) if rule.description else "",
+            description=render(rule.description, context) if rule.description else description,
             labels={k: v for k, v in rule.labels.items() if k != "builtin"},
             evidence=evidence
             if status == "firing" or from_detector

@@ -4,6 +4,7 @@ its detection delay, and every flag carries its evidence (value, baseline, thres
 window) so a person can judge it without a dashboard."""
 
 from processors.detectors.gradients import GradientDetector, GradientParams
+from processors.detectors.leaks import LeakDetector, LeakParams
 from processors.detectors.logs import ErrorBurstDetector, ErrorBurstParams
 from processors.detectors.nonfinite import (
     NonFiniteDetector,
@@ -46,6 +47,8 @@ __all__ = [
     "Flag",
     "GradientDetector",
     "GradientParams",
+    "LeakDetector",
+    "LeakParams",
     "LivenessDetector",
     "LivenessParams",
     "NonFiniteDetector",

@@ -1,15 +1,27 @@
-"""Cross-rank detectors (stage 2, per run): stragglers, step desync, dead and hung ranks,
-and data-parallel gradient-norm mismatch."""
+"""Cross-rank detectors (stage 2, per run): stragglers, step desync, dead and hung ranks
+(`processors.detectors.liveness`), and data-parallel gradient-norm mismatch."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from processors.detectors.base import median
+from processors.detectors.liveness import LivenessDetector, LivenessParams
 from processors.flags import Episodes, Flag, cleared_flag, evidence
 from stepstream import vocabulary as vocab
+
+__all__ = [
+    "DPMismatchDetector",
+    "DPMismatchParams",
+    "DesyncDetector",
+    "DesyncParams",
+    "LivenessDetector",
+    "LivenessParams",
+    "StragglerDetector",
+    "StragglerParams",
+]
 
 
 @dataclass(frozen=True)
@@ -241,154 +253,6 @@ def _time_at(points: deque[tuple[float, int]], step: int) -> float | None:
             break
         found = when
     return found
-
-
-@dataclass(frozen=True)
-class LivenessParams:
-    """Parameters of `LivenessDetector`.
-
-    heartbeat_interval_s: how often a rank sends something (a heartbeat at least).
-    dead_after: a rank silent this many intervals is dead. 2.5 keeps the alert within 3
-        intervals of the death (the timer and the pipeline add about 0.3 interval) while a
-        live rank, whose apparent silence is at most about one interval plus its delivery
-        jitter, stays 1.5 intervals clear of it.
-    hung_after_s: a rank that is heard from but whose step has not moved this long is hung.
-    """
-
-    heartbeat_interval_s: float = 1.0
-    dead_after: float = 2.5
-    hung_after_s: float = 120.0
-
-
-@dataclass
-class _Rank:
-    seen: float
-    step: int | None = None
-    step_moved: float = 0.0
-
-
-@dataclass
-class _Run:
-    world: int = 1
-    ranks: dict[int, _Rank] = field(default_factory=dict)
-
-
-class LivenessDetector:
-    """Flags ``dead_rank`` (silent for dead_after × heartbeat_interval_s while another rank
-    of its run is still heard from: when every rank goes quiet the run has ended) and
-    ``hung_rank`` (heard from, step unchanged for hung_after_s). A dead rank clears when it
-    is heard from again, a hung one when its step moves: `seen` returns those cleared flags.
-    Time is the processor's arrival clock, passed in as `now`, so skewed clocks on training
-    nodes do not matter. Delay: dead_after × heartbeat_interval_s plus the timer period.
-    """
-
-    DEAD = "dead_rank"
-    HUNG = "hung_rank"
-
-    def __init__(self, params: LivenessParams | None = None) -> None:
-        self.params = params or LivenessParams()
-        self._runs: dict[str, _Run] = {}
-        self._episodes = Episodes()
-
-    def seen(self, run: str, rank: int, world: int, step: int | None, now: float) -> list[Flag]:
-        """Record that `rank` was heard from at `now`, at `step` (None if no step); cleared
-        flags of its dead (heard from again) and hung (step moved) episodes."""
-        p = self.params
-        state = self._runs.setdefault(run, _Run())
-        state.world = max(state.world, world)
-        rank_state = state.ranks.get(rank)
-        if rank_state is None:
-            rank_state = state.ranks[rank] = _Rank(seen=now, step=step, step_moved=now)
-        silent = now - rank_state.seen
-        rank_state.seen = max(rank_state.seen, now)
-        flags: list[Flag] = []
-        if step is not None and (rank_state.step is None or step > rank_state.step):
-            stuck = now - rank_state.step_moved
-            rank_state.step = step
-            rank_state.step_moved = now
-            opening = self._episodes.end((self.HUNG, run, rank))
-            if opening is not None:
-                flags.append(
-                    cleared_flag(
-                        opening,
-                        step,
-                        now,
-                        f"rank {rank} of run {run} moving again: step {step} after {stuck:.0f}s",
-                        evidence(stuck, None, p.hung_after_s, None),
-                    )
-                )
-        opening = self._episodes.end((self.DEAD, run, rank))
-        if opening is not None:
-            flags.append(
-                cleared_flag(
-                    opening,
-                    rank_state.step,
-                    now,
-                    f"rank {rank} of run {run} heard from again after {silent:.1f}s "
-                    f"(step {rank_state.step})",
-                    evidence(
-                        silent,
-                        None,
-                        p.dead_after * p.heartbeat_interval_s,
-                        p.heartbeat_interval_s,
-                    ),
-                )
-            )
-        return flags
-
-    def tick(self, now: float) -> list[Flag]:
-        """Judge every known rank at `now`."""
-        p = self.params
-        dead_s = p.dead_after * p.heartbeat_interval_s
-        flags: list[Flag] = []
-        for run, state in list(self._runs.items()):
-            alive = [r for r, s in state.ranks.items() if now - s.seen < dead_s]
-            if not alive:
-                if all(now - s.seen > 10 * dead_s for s in state.ranks.values()):
-                    del self._runs[run]  # ended long ago: forget it
-                    for rank in state.ranks:
-                        # Forgotten, not cleared: no cleared flag (their alerts resolve on
-                        # the engine's timeout), and a return of the run starts afresh.
-                        self._episodes.end((self.DEAD, run, rank))
-                        self._episodes.end((self.HUNG, run, rank))
-                continue
-            for rank, s in state.ranks.items():
-                silent = now - s.seen
-                if silent >= dead_s:
-                    key = (self.DEAD, run, rank)
-                    if not self._episodes.is_open(key):
-                        flag = Flag(
-                            detector=self.DEAD,
-                            run=run,
-                            rank=rank,
-                            metric=None,
-                            step=s.step,
-                            t=s.seen,
-                            severity="critical",
-                            summary=f"rank {rank} of run {run} silent for {silent:.1f}s "
-                            f"(last step {s.step}) while {len(alive)} rank(s) still report",
-                            evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
-                        )
-                        flags.append(self._episodes.start(key, flag))
-                    continue
-                stuck = now - s.step_moved
-                hung = s.step is not None and stuck >= p.hung_after_s
-                key = (self.HUNG, run, rank)
-                if hung and not self._episodes.is_open(key):
-                    flag = Flag(
-                        detector=self.HUNG,
-                        run=run,
-                        rank=rank,
-                        metric=None,
-                        step=s.step,
-                        t=s.seen,
-                        severity="critical",
-                        summary=f"rank {rank} of run {run} alive but stuck at step "
-                        f"{s.step} for {stuck:.0f}s",
-                        evidence=evidence(stuck, None, p.hung_after_s, None),
-                    )
-                    flags.append(self._episodes.start(key, flag))
-        return flags
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,442 @@
+"""Liveness of the ranks of a run (stage 2): dead, hung, exited early, finished.
+
+A rank's lifecycle comes from its heartbeats (`stepstream.vocabulary.STATUS_CODES`):
+starting, running, closing (it called ``monitor.close()`` or the interpreter exited
+cleanly) and crashed. A closed rank is finished: never dead, never hung. A run whose ranks
+all closed is finished. A rank that closed while its peers still step is reported once,
+``rank_exited``, when a peer has stepped `exit_grace_s` past its close (staggered ends of
+a job, up to that grace apart, raise nothing).
+
+Hangs are judged against the job's own rhythm: the median time per step of the run
+(estimated from the steps the ranks report as summaries arrive), times `hung_factor`, with
+a floor (`hung_floor_s`), capped by `hung_after_s`. The phase every heartbeat carries
+(`stepstream.vocabulary.PHASES`) names the origin: under data parallelism a rank blocked
+outside the collective (its data loader, forward, a checkpoint) holds its peers in the
+collective (``backward``); the origin is the rank outside the collective that has been in
+its phase longest (or, with every rank inside it, the one longest in it). The threshold is
+the origin's: declared phases (eval, checkpoint) are long by nature and get
+`declared_floor_s`; a rank outside the loop, or any run one of whose ranks has already
+closed, gets `hung_after_s`. A rank whose phase keeps changing is working (an evaluation
+loop without ``monitor.phase``), not stuck: the origin must have been in its phase for
+the threshold too. One ``hung_rank`` episode per run; every rank's phase in its evidence;
+the stack the origin's SDK captured (see `producers.periodic`) in its description.
+
+Time is the processor's arrival clock (`now`), so skewed clocks on training nodes do not
+matter. Pure logic: `processors.run_stage` feeds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from processors.detectors.base import median
+from processors.flags import Episodes, Flag, cleared_flag, evidence
+from stepstream import vocabulary as vocab
+
+
+@dataclass(frozen=True)
+class LivenessParams:
+    """Parameters of `LivenessDetector`.
+
+    heartbeat_interval_s: how often a rank sends something (a heartbeat at least).
+    dead_after: a rank silent this many intervals is dead. 2.5 keeps the alert within 3
+        intervals of the death (the timer and the pipeline add about 0.3 interval) while a
+        live rank, whose apparent silence is at most about one interval plus its delivery
+        jitter, stays 1.5 intervals clear of it.
+    hung_after_s: the cap: a rank heard from whose step has not moved this long is hung
+        whatever its rhythm (and the threshold while the rhythm is unknown).
+    hung_factor: hung after this many median step times without a step...
+    hung_floor_s: ...and at least this long (sub-second steps jitter: a GC pause, a slow
+        batch, a periodic host sync). 20 x and 5 s: a job of 2-200 ms steps is reported
+        hung 5-6 s after it stops, well inside the 30 s asked of sub-second jobs.
+    declared_floor_s: the floor for a rank in a declared phase (eval, checkpoint), long by
+        nature: a checkpoint write taking longer than this while the peers wait is
+        reported (with its stack).
+    rhythm_points: step intervals a rank needs before its rhythm is trusted.
+    exit_grace_s: a rank that closed is ``rank_exited`` once a peer still stepped this
+        long after the close (staggered ends up to this apart raise nothing).
+    stack_chars: the most characters of captured stacks an alert's description carries.
+    """
+
+    heartbeat_interval_s: float = 1.0
+    dead_after: float = 2.5
+    hung_after_s: float = 120.0
+    hung_factor: float = 20.0
+    hung_floor_s: float = 5.0
+    declared_floor_s: float = 30.0
+    rhythm_points: int = 5
+    exit_grace_s: float = 30.0
+    stack_chars: int = 4096
+
+
+@dataclass
+class _Rank:
+    seen: float
+    step: int | None = None
+    step_moved: float = 0.0
+    #: (arrival time, step) at the moves of the step, for the rhythm.
+    moves: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=33))
+    closed_at: float | None = None
+    phase: str | None = None
+    #: Seconds in `phase` as of `phase_at` (arrival time of the heartbeat that said so).
+    phase_s: float = 0.0
+    phase_at: float = 0.0
+    stack: str | None = None
+    stack_at: float = 0.0
+
+    def in_phase(self, now: float) -> float | None:
+        """Seconds the rank has been in its phase at `now` (None: phase unknown)."""
+        return None if self.phase is None else self.phase_s + (now - self.phase_at)
+
+    def rhythm(self, points: int) -> float | None:
+        """The median seconds per step between the moves of its step (None: too few)."""
+        if len(self.moves) <= points:
+            return None
+        pairs = list(self.moves)
+        per_step = [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(pairs)]
+        return median(per_step)
+
+
+@dataclass
+class _Run:
+    world: int = 1
+    ranks: dict[int, _Rank] = field(default_factory=dict)
+
+    def finished(self) -> bool:
+        """Every rank of the run closed."""
+        return len(self.ranks) >= self.world and all(
+            s.closed_at is not None for s in self.ranks.values()
+        )
+
+
+@dataclass(frozen=True)
+class HangVerdict:
+    """The state of a run's ranks at one moment, judged for a hang."""
+
+    origin: int
+    stuck_s: float
+    in_phase_s: float | None
+    threshold_s: float
+    step_s: float | None
+    hung: bool
+
+
+class LivenessDetector:
+    """Flags ``dead_rank`` (silent for dead_after x heartbeat_interval_s while another rank
+    of its run is still heard from, and not closed), ``hung_rank`` (see the module
+    docstring: one per run, naming the origin rank) and ``rank_exited``. A dead rank clears
+    when heard from again, a hung run when a step moves, an exited rank when the run
+    finishes or the rank comes back. Delays: dead_after x heartbeat_interval_s plus the
+    timer period; hung: the threshold plus the timer period; exited: exit_grace_s.
+    """
+
+    DEAD = "dead_rank"
+    HUNG = "hung_rank"
+    EXITED = "rank_exited"
+
+    def __init__(self, params: LivenessParams | None = None) -> None:
+        self.params = params or LivenessParams()
+        self._runs: dict[str, _Run] = {}
+        self._episodes = Episodes()
+
+    def seen(
+        self,
+        run: str,
+        rank: int,
+        world: int,
+        step: int | None,
+        now: float,
+        status: str | None = None,
+        phase: str | None = None,
+        phase_s: float | None = None,
+        stack: str | None = None,
+    ) -> list[Flag]:
+        """Record that `rank` was heard from at `now`, at `step` (None if no step), with
+        its heartbeat `status`, `phase` (for `phase_s` seconds) and a captured `stack`;
+        cleared flags of the episodes that ends."""
+        p = self.params
+        state = self._runs.setdefault(run, _Run())
+        state.world = max(state.world, world)
+        rank_state = state.ranks.get(rank)
+        if rank_state is None:
+            rank_state = state.ranks[rank] = _Rank(seen=now, step=step, step_moved=now)
+            if step is not None:
+                rank_state.moves.append((now, step))
+        silent = now - rank_state.seen
+        rank_state.seen = max(rank_state.seen, now)
+        if phase is not None:
+            rank_state.phase, rank_state.phase_s, rank_state.phase_at = phase, phase_s or 0.0, now
+        if stack:
+            rank_state.stack, rank_state.stack_at = stack, now
+        flags: list[Flag] = []
+        if step is not None and (rank_state.step is None or step > rank_state.step):
+            stuck = now - rank_state.step_moved
+            rank_state.step = step
+            rank_state.step_moved = now
+            rank_state.moves.append((now, step))
+            hung = (self.HUNG, run)
+            opening = self._episodes.end(hung) if self._episodes.is_open(hung) else None
+            if opening is not None and opening.rank != rank:
+                self._episodes.start(hung, opening)  # another rank moving: still hung
+                opening = None
+            if opening is not None:
+                flags.append(
+                    cleared_flag(
+                        opening,
+                        step,
+                        now,
+                        f"run {run} moving again: rank {rank} at step {step} after {stuck:.0f}s",
+                        evidence(stuck, None, opening.evidence.get("threshold"), None),
+                    )
+                )
+        if status == vocab.CLOSING:
+            if rank_state.closed_at is None:
+                rank_state.closed_at = now
+        elif status is not None and rank_state.closed_at is not None:
+            rank_state.closed_at = None  # a rank that closed is back (a restart)
+            opening = self._episodes.end((self.EXITED, run, rank))
+            if opening is not None:
+                flags.append(
+                    cleared_flag(
+                        opening,
+                        rank_state.step,
+                        now,
+                        f"rank {rank} of run {run} is back ({status})",
+                        evidence(None, None, p.exit_grace_s, None),
+                    )
+                )
+        opening = self._episodes.end((self.DEAD, run, rank))
+        if opening is not None:
+            flags.append(
+                cleared_flag(
+                    opening,
+                    rank_state.step,
+                    now,
+                    f"rank {rank} of run {run} heard from again after {silent:.1f}s "
+                    f"(step {rank_state.step})",
+                    evidence(
+                        silent,
+                        None,
+                        p.dead_after * p.heartbeat_interval_s,
+                        p.heartbeat_interval_s,
+                    ),
+                )
+            )
+        if state.finished():
+            flags += self._finish(run, state, now)
+        return flags
+
+    def finished(self, run: str) -> bool:
+        """True when every rank of `run` closed."""
+        state = self._runs.get(run)
+        return state is not None and state.finished()
+
+    def _finish(self, run: str, state: _Run, now: float) -> list[Flag]:
+        """Cleared flags of what a finished run still had open."""
+        flags = []
+        for rank, s in state.ranks.items():
+            opening = self._episodes.end((self.EXITED, run, rank))
+            if opening is not None:
+                flags.append(
+                    cleared_flag(
+                        opening,
+                        s.step,
+                        now,
+                        f"run {run} finished: every rank closed",
+                        evidence(None, None, self.params.exit_grace_s, None),
+                    )
+                )
+        opening = self._episodes.end((self.HUNG, run))
+        if opening is not None:
+            flags.append(
+                cleared_flag(
+                    opening,
+                    opening.step,
+                    now,
+                    f"run {run} finished: every rank closed",
+                    evidence(None, None, opening.evidence.get("threshold"), None),
+                )
+            )
+        return flags
+
+    def rhythm(self, run: str) -> float | None:
+        """The run's median seconds per step (None until known)."""
+        state = self._runs.get(run)
+        return None if state is None else self._rhythm(state)
+
+    def _rhythm(self, state: _Run) -> float | None:
+        points = self.params.rhythm_points
+        per_rank = [r for s in state.ranks.values() if (r := s.rhythm(points)) is not None]
+        return median(per_rank) if per_rank else None
+
+    def judge(self, state: _Run, ranks: list[int], now: float) -> HangVerdict | None:
+        """The hang verdict of the run at `now` over its live, unclosed `ranks`."""
+        p = self.params
+        stepping = [r for r in ranks if state.ranks[r].step is not None]
+        if not stepping:
+            return None
+
+        def order(r: int) -> tuple[bool, float, int]:
+            s = state.ranks[r]
+            in_phase = s.in_phase(now)
+            inside = s.phase is None or s.phase in vocab.COLLECTIVE_PHASES
+            return (inside, -(in_phase if in_phase is not None else now - s.step_moved), r)
+
+        origin = min(stepping, key=order)
+        s = state.ranks[origin]
+        step_s = self._rhythm(state)
+        if any(x.closed_at is not None for x in state.ranks.values()) or (
+            s.phase == vocab.PHASE_OUTSIDE
+        ):
+            threshold = p.hung_after_s  # the run is ending, or the rank is outside the loop
+        else:
+            floor = p.declared_floor_s if s.phase in vocab.DECLARED_PHASES else p.hung_floor_s
+            rhythm = p.hung_factor * step_s if step_s is not None else p.hung_after_s
+            threshold = min(p.hung_after_s, max(floor, rhythm))
+        stuck = now - s.step_moved
+        in_phase = s.in_phase(now)
+        hung = stuck >= threshold and (in_phase is None or in_phase >= threshold)
+        return HangVerdict(origin, stuck, in_phase, threshold, step_s, hung)
+
+    def tick(self, now: float) -> list[Flag]:
+        """Judge every known run at `now`."""
+        p = self.params
+        dead_s = p.dead_after * p.heartbeat_interval_s
+        flags: list[Flag] = []
+        for run, state in list(self._runs.items()):
+            quiet = all(now - s.seen > 10 * dead_s for s in state.ranks.values())
+            if state.finished():
+                flags += self._finish(run, state, now)
+                if quiet:
+                    self._forget(run, state)
+                continue
+            open_ranks = [r for r, s in state.ranks.items() if s.closed_at is None]
+            alive = [r for r in open_ranks if now - state.ranks[r].seen < dead_s]
+            if not alive:
+                if quiet:
+                    self._forget(run, state)  # ended long ago
+                continue
+            for rank in open_ranks:
+                s = state.ranks[rank]
+                silent = now - s.seen
+                key = (self.DEAD, run, rank)
+                if silent >= dead_s and not self._episodes.is_open(key):
+                    flag = Flag(
+                        detector=self.DEAD,
+                        run=run,
+                        rank=rank,
+                        metric=None,
+                        step=s.step,
+                        t=s.seen,
+                        severity="critical",
+                        summary=f"rank {rank} of run {run} silent for {silent:.1f}s "
+                        f"(last step {s.step}) while {len(alive)} rank(s) still report",
+                        evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
+                    )
+                    flags.append(self._episodes.start(key, flag))
+            flags += self._exited(run, state, alive, now)
+            if not self._episodes.is_open((self.HUNG, run)):
+                verdict = self.judge(state, alive, now)
+                if verdict is not None and verdict.hung:
+                    flag = self._hung(run, state, verdict, now)
+                    flags.append(self._episodes.start((self.HUNG, run), flag))
+        return flags
+
+    def _exited(self, run: str, state: _Run, alive: list[int], now: float) -> list[Flag]:
+        grace = self.params.exit_grace_s
+        flags = []
+        for rank, s in state.ranks.items():
+            if s.closed_at is None or self._episodes.is_open((self.EXITED, run, rank)):
+                continue
+            going = [r for r in alive if state.ranks[r].step_moved >= s.closed_at + grace]
+            if not going:
+                continue
+            peers = ", ".join(f"rank {r} at step {state.ranks[r].step}" for r in going)
+            flag = Flag(
+                detector=self.EXITED,
+                run=run,
+                rank=rank,
+                metric=None,
+                step=s.step,
+                t=s.closed_at,
+                severity="warning",
+                summary=f"rank {rank} of run {run} exited (closed at step {s.step}) while the "
+                f"run continues: {peers}, {now - s.closed_at:.0f}s later",
+                evidence=evidence(
+                    now - s.closed_at, None, grace, None, peers_stepping=float(len(going))
+                ),
+            )
+            flags.append(self._episodes.start((self.EXITED, run, rank), flag))
+        return flags
+
+    def _hung(self, run: str, state: _Run, v: HangVerdict, now: float) -> Flag:
+        origin = state.ranks[v.origin]
+        extra: dict[str, float | None] = {
+            "stuck_s": v.stuck_s,
+            "step_multiple": v.stuck_s / v.step_s if v.step_s else None,
+            "origin_phase": _code(origin.phase),
+        }
+        listing = []
+        for r in sorted(state.ranks):
+            s = state.ranks[r]
+            in_phase = s.in_phase(now)
+            extra[f"phase_rank{r}"] = _code(s.phase)
+            extra[f"phase_s_rank{r}"] = in_phase
+            what = s.phase or "phase unknown"
+            if s.closed_at is not None:
+                what = "closed"
+            elif self._episodes.is_open((self.DEAD, run, r)):
+                what = "silent"
+            took = f" {in_phase:.1f}s" if in_phase is not None and what == s.phase else ""
+            listing.append(f"rank {r}: {what}{took}")
+        rhythm = (
+            f" ({v.stuck_s / v.step_s:.0f}x its {v.step_s * 1000:.1f} ms median step)"
+            if v.step_s
+            else ""
+        )
+        where = f" in {origin.phase}" if origin.phase else ""
+        return Flag(
+            detector=self.HUNG,
+            run=run,
+            rank=v.origin,
+            metric=None,
+            step=origin.step,
+            t=origin.seen,
+            severity="critical",
+            summary=f"run {run} hung at step {origin.step}: no step for {v.stuck_s:.1f}s"
+            f"{rhythm}; origin rank {v.origin}{where}; " + ", ".join(listing),
+            evidence=evidence(v.stuck_s, v.step_s, v.threshold_s, None, **extra),
+            description=self._stacks(state, v.origin),
+        )
+
+    def _stacks(self, state: _Run, origin: int) -> str:
+        """The stacks captured since the ranks last stepped, the origin's first, bounded."""
+        room = self.params.stack_chars
+        parts = []
+        for r in [origin, *sorted(r for r in state.ranks if r != origin)]:
+            s = state.ranks[r]
+            if not s.stack or s.stack_at < s.step_moved or room <= 0:
+                continue
+            head = f"rank {r} ({s.phase or 'phase unknown'}):\n"
+            keep = room - len(head) - 1
+            if keep < 80:  # no room left for a frame worth reading
+                break
+            body = s.stack.rstrip("\n")[-keep:] + "\n"
+            parts.append(head + body)
+            room -= len(head) + len(body)
+        return "".join(parts).rstrip("\n")
+
+    def _forget(self, run: str, state: _Run) -> None:
+        # Forgotten, not cleared: no cleared flag (their alerts resolve on the engine's
+        # timeout), and a return of the run starts afresh.
+        del self._runs[run]
+        self._episodes.end((self.HUNG, run))
+        for rank in state.ranks:
+            self._episodes.end((self.DEAD, run, rank))
+            self._episodes.end((self.EXITED, run, rank))
+
+
+def _code(phase: str | None) -> float | None:
+    return vocab.PHASE_CODES.get(phase) if phase is not None else None

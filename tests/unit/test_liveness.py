@@ -1,0 +1,270 @@
+"""Liveness (stage 2): clean exits are finished, never dead; a rank that exits while its
+peers go on is ``rank_exited`` after the grace; hangs are judged against the job's rhythm
+and name the rank outside the collective; the run's state from its ranks' statuses."""
+
+from __future__ import annotations
+
+from processors.detectors.liveness import LivenessDetector, LivenessParams
+from processors.flags import Flag
+from processors.run_stage import RunStage
+from processors.series_stage import SeriesStage
+from stepstream import vocabulary as vocab
+from stepstream.contract import Batch, RankSummary, Record, RecordKind
+
+
+def drive(
+    d: LivenessDetector,
+    until: float,
+    beat: object,
+    dt: float = 0.2,
+    start: float = 0.0,
+) -> list[Flag]:
+    """Call `beat(now)` -> [(rank, step, status, phase, phase_s, stack)] every `dt` and
+    tick after each; every flag raised."""
+    flags: list[Flag] = []
+    now = start
+    while now < until:
+        for rank, step, status, phase, phase_s, stack in beat(now):  # type: ignore[operator]
+            flags += d.seen(
+                "r", rank, 2 if rank < 2 else 3, step, now, status, phase, phase_s, stack
+            )
+        flags += d.tick(now + dt / 2)
+        now = round(now + dt, 6)
+    return flags
+
+
+def test_staggered_clean_exits_raise_nothing_and_finish_the_run() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        out = []
+        for rank, closes_at in ((0, 40.0), (1, 12.0)):  # rank 1 closes 28 s before rank 0
+            if now < closes_at:
+                out.append((rank, int(now * 10), "running", None, None, None))
+            elif now < closes_at + 0.3:
+                out.append((rank, int(closes_at * 10), vocab.CLOSING, None, None, None))
+        return out
+
+    # rank 0 keeps stepping 28 s after rank 1 closed: within the 30 s grace
+    assert drive(d, 45.0, beat) == []
+    assert d.finished("r")
+    assert drive(d, 80.0, beat, start=45.0) == []  # and is forgotten quietly
+
+
+def test_a_closed_rank_is_never_dead_while_a_peer_flushes() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        # rank 0 still heard from (its close flushing) 10 s after rank 1 closed at t=1
+        out = [(0, 5, vocab.CLOSING if now >= 11 else "running", None, None, None)]
+        if now < 1.01:
+            out.append((1, 5, vocab.CLOSING if now >= 1 else "running", None, None, None))
+        return out
+
+    flags = drive(d, 12.0, beat)
+    assert flags == []
+
+
+def test_a_crashed_silent_rank_is_still_dead() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        out = [(0, int(now * 10), "running", None, None, None)]
+        if now < 2:
+            out.append((1, int(now * 10), "running", None, None, None))
+        return out
+
+    flags = drive(d, 6.0, beat)
+    assert [(f.detector, f.rank) for f in flags] == [("dead_rank", 1)]
+
+
+def test_rank_exited_fires_once_after_the_grace_and_clears_when_the_run_finishes() -> None:
+    d = LivenessDetector(LivenessParams(exit_grace_s=30.0))
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        out = []
+        if now < 5:
+            out.append((1, int(now * 10), "running", None, None, None))
+        elif now < 5.3:
+            out.append((1, 50, vocab.CLOSING, None, None, None))
+        if now < 60:
+            out.append((0, int(now * 10), "running", None, None, None))
+        elif now < 60.3:
+            out.append((0, 600, vocab.CLOSING, None, None, None))
+        return out
+
+    flags = drive(d, 70.0, beat)
+    assert [(f.detector, f.rank, f.cleared) for f in flags] == [
+        ("rank_exited", 1, False),
+        ("rank_exited", 1, True),
+    ]
+    opened = flags[0]
+    assert opened.severity == "warning"
+    assert "exited" in opened.summary and "while the run continues" in opened.summary
+    # fired at the first tick once rank 0 had stepped 30 s past the close at t=5
+    assert opened.evidence["value"] is not None and 30.0 <= opened.evidence["value"] < 30.5
+    assert flags[1].t >= 60.0
+
+
+def sdk_beat(phases: dict[int, tuple[str, float]], hang_at: float, step_s: float = 0.01) -> object:
+    """Ranks stepping every `step_s` (reports every 0.2 s) until `hang_at`, then each in
+    phases[rank] = (phase, since when)."""
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, str | None]]:
+        out = []
+        for rank, (phase, since) in phases.items():
+            if now < hang_at:
+                out.append((rank, int(now / step_s), "running", "data", 0.001, None))
+            else:
+                stack = f"File train.py, in {phase}_{rank}" if now - since > 2.5 else None
+                out.append((rank, int(hang_at / step_s), "running", phase, now - since, stack))
+        return out
+
+    return beat
+
+
+def test_a_data_loader_hang_names_the_rank_outside_the_collective_within_seconds() -> None:
+    d = LivenessDetector()
+    hang = 10.0
+    beat = sdk_beat({0: ("backward", hang), 1: ("data", hang), 2: ("backward", hang)}, hang)
+    flags = drive(d, 30.0, beat)
+    assert [(f.detector, f.rank, f.cleared) for f in flags] == [("hung_rank", 1, False)]
+    flag = flags[0]
+    raised = flag.evidence["value"]
+    # 20 x a 10 ms step is under the 5 s floor: hung 5 s after the last step moved
+    assert raised is not None and 5.0 <= raised < 5.5
+    assert flag.evidence["threshold"] == 5.0
+    assert flag.evidence["baseline"] is not None and abs(flag.evidence["baseline"] - 0.01) < 2e-3
+    assert flag.evidence["origin_phase"] == vocab.PHASE_CODES["data"]
+    assert flag.evidence["phase_rank0"] == vocab.PHASE_CODES["backward"]
+    assert flag.evidence["phase_rank2"] == vocab.PHASE_CODES["backward"]
+    assert "origin rank 1 in data" in flag.summary and "rank 0: backward" in flag.summary
+    assert flag.description.startswith("rank 1 (data):\nFile train.py, in data_1")
+    assert "rank 0 (backward)" in flag.description
+
+
+def test_a_checkpoint_gets_the_declared_floor_and_the_hang_clears_when_the_origin_steps() -> None:
+    d = LivenessDetector()
+    hang = 10.0
+    beat = sdk_beat({0: ("checkpoint", hang), 1: ("backward", hang)}, hang)
+    flags = drive(d, 45.0, beat)
+    assert [(f.detector, f.rank) for f in flags] == [("hung_rank", 0)]
+    assert flags[0].evidence["threshold"] == 30.0
+    assert "origin rank 0 in checkpoint" in flags[0].summary
+    # the other rank moving does not end it; the origin moving does
+    assert d.seen("r", 1, 2, 5000, 45.0) == []
+    cleared = d.seen("r", 0, 2, 5000, 45.2)
+    assert [(f.detector, f.rank, f.cleared) for f in cleared] == [("hung_rank", 0, True)]
+
+
+def test_a_rank_whose_phase_keeps_changing_is_not_hung() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        step = int(min(now, 10.0) / 0.01)  # an evaluation without monitor.phase() from 10 s
+        return [(r, step, "running", "forward", 0.05, None) for r in (0, 1)]
+
+    assert drive(d, 40.0, beat) == []
+
+
+def test_slow_steps_set_the_threshold_and_the_cap_bounds_it() -> None:
+    d = LivenessDetector(LivenessParams(hung_after_s=60.0))
+
+    def beat(now: float) -> list[tuple[int, int, str, None, None, None]]:
+        step = int(min(now, 40.0) / 2.0)  # 2 s steps until t=40
+        return [(r, step, "running", None, None, None) for r in (0, 1)]
+
+    flags = drive(d, 100.0, beat)
+    assert [(f.detector, f.evidence["threshold"]) for f in flags] == [("hung_rank", 40.0)]
+    d2 = LivenessDetector(LivenessParams(hung_after_s=20.0))
+    flags = drive(d2, 100.0, beat)
+    assert [(f.detector, f.evidence["threshold"]) for f in flags] == [("hung_rank", 20.0)]
+
+
+def test_run_state() -> None:
+    assert vocab.run_state({0: "closing", 1: "closing"}, 2) == "finished"
+    assert vocab.run_state({0: "closing"}, 2) == "running"
+    assert vocab.run_state({0: "running", 1: "crashed"}, 2) == "crashed"
+    assert vocab.run_state({0: None, 1: "starting"}, 2) == "starting"
+
+
+def test_run_stage_passes_status_phase_and_stack_to_liveness() -> None:
+    stage = RunStage()
+    for i in range(60):
+        now = i * 0.2
+        for rank in (0, 1):
+            stage.process(
+                RankSummary(run="r", rank=rank, world=2, last_step=i * 20, status="running"),
+                now,
+            )
+        stage.tick(now + 0.1)
+    alerts = []
+    for i in range(60, 120):
+        now = i * 0.2
+        for rank, phase in ((0, "forward"), (1, "backward")):
+            summary = RankSummary(
+                run="r",
+                rank=rank,
+                world=2,
+                last_step=59 * 20,
+                status="running",
+                phase=phase,
+                phase_s=now - 12.0,
+                stack="File model.py, line 3, in forward" if rank == 0 else None,
+            )
+            alerts += stage.process(summary, now).alerts
+        alerts += stage.tick(now + 0.1)
+    assert [(a.rule, a.rank, a.status) for a in alerts] == [("hung_rank", 0, "firing")]
+    assert alerts[0].description == "rank 0 (forward):\nFile model.py, line 3, in forward"
+
+
+def test_stage_1_reads_heartbeats_into_the_summary_and_the_window_update() -> None:
+    stage = SeriesStage(window_steps=[5], window_seconds=[3.0], clock=lambda: 42.0)
+
+    def beat(seq: int, status: str, phase: str, stack: str | None = None) -> Record:
+        values = {
+            vocab.HEARTBEAT_STEP: 7.0,
+            vocab.HEARTBEAT_STATUS: vocab.STATUS_CODES[status],
+            vocab.HEARTBEAT_PHASE: vocab.PHASE_CODES[phase],
+            vocab.HEARTBEAT_PHASE_S: 3.5,
+        }
+        if stack:
+            values[vocab.HEARTBEAT_STACK] = float(len(stack))
+        return Record(
+            seq=seq, t=41.0, step=7, kind=RecordKind.HEARTBEAT, values=values, text=stack or status
+        )
+
+    def batch(*records: Record) -> Batch:
+        return Batch(run="r", rank=1, world=2, incarnation="i", records=list(records))
+
+    out = stage.process(batch(beat(0, "running", "data", "File x.py, in load")))
+    summary = out.summaries[0]
+    assert (summary.status, summary.phase, summary.phase_s) == ("running", "data", 3.5)
+    assert (summary.stack, summary.stack_t) == ("File x.py, in load", 41.0)
+    assert [u.status for u in out.updates] == ["running"]  # a new status is stored
+    out = stage.process(batch(beat(1, "running", "backward")))
+    assert out.summaries[0].stack is None and out.updates == []  # nothing new to store
+    out = stage.process(batch(beat(2, "closing", "outside")))
+    assert out.summaries[0].status == "closing"
+    assert [u.status for u in out.updates] == ["closing"]
+
+
+def test_the_description_keeps_the_innermost_part_of_big_stacks_within_the_bound() -> None:
+    d = LivenessDetector()
+    big = "".join(f"  File x.py, line {i}, in f{i}\n" for i in range(2000))
+    hang = 10.0
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, str | None]]:
+        if now < hang:
+            return [(r, int(now * 100), "running", "data", 0.001, None) for r in (0, 1)]
+        stuck = int(hang * 100)
+        return [
+            (0, stuck, "running", "data", now - hang, big),
+            (1, stuck, "running", "backward", now - hang, big),
+        ]
+
+    flags = drive(d, 20.0, beat)
+    assert [f.rank for f in flags] == [0]
+    text = flags[0].description
+    assert len(text) <= 4096
+    assert text.startswith("rank 0 (data):\n") and text.endswith("in f1999")
