@@ -1,7 +1,10 @@
 """The processor faust app: thin wiring around the pure stages.
 
 Stage 1 (``series-stage``, telemetry keyed ``run:rank``): decode, validate, window, detect;
-emits window updates, alerts, dead letters and per-rank summaries (keyed by run).
+emits window updates, alerts, dead letters, per-rank summaries (keyed by run) and the
+batches that passed its checks, to the validated topic the sink stores raw series from.
+Stage 1 is the only place that validates telemetry, and every message it reads is either
+used or dead-lettered once (``stepstream.streaming.guarded``: no exception escapes).
 Stage 2 (``run-stage``, summaries keyed ``run``): cross-rank stats and detectors; a timer
 judges dead and hung ranks. Both agents live in one app, so one worker process runs both.
 
@@ -15,24 +18,33 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
 
 from processors.alerting.agent import Alerting
+from processors.forward import forward_messages, strip_metrics
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
-from stepstream.contract import Batch, RankSummary, decode_batch, run_key
+from stepstream.contract import Batch, RankSummary, Record, RecordKind, decode_batch, run_key
 from stepstream.errors import ContractError
 from stepstream.settings import Settings
-from stepstream.streaming import dead_letter_of, make_app
+from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
 
 #: How often the stage-2 timer judges liveness, in seconds.
 TICK_S = 0.2
+
+#: The stage names dead letters carry.
+SERIES_STAGE = "processor/series-stage"
+RUN_STAGE = "processor/run-stage"
+
+#: Record kinds whose values are not capped by metric name in stage 1.
+CAPPED_EXEMPT = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT, RecordKind.QUALITY})
 
 
 def create_processor_app(settings: Settings) -> faust.App:
@@ -49,6 +61,10 @@ def create_processor_app(settings: Settings) -> faust.App:
     windows = app.topic(topics.windows, **raw)
     crossrank = app.topic(topics.crossrank, **raw)
     deadletters = app.topic(topics.deadletter, **raw)
+    validated = app.topic(topics.validated, **raw)
+    # Below the producer's request limit (max_request_size, 1 MB by default) with room
+    # for the record overhead.
+    forward_limit = int(settings.max_message_bytes * 0.9)
     stage = SeriesStage(
         settings.window_steps,
         settings.window_seconds,
@@ -56,6 +72,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         limits=Limits(
             max_records=settings.max_records_per_batch,
             max_future_s=settings.max_future_s,
+            max_past_s=settings.max_past_s,
             max_metrics_per_run=settings.max_metrics_per_run,
         ),
         detector_params=settings.detector_params,
@@ -70,57 +87,76 @@ def create_processor_app(settings: Settings) -> faust.App:
         quality_window_steps=settings.window_steps[0],
     )
 
+    async def reject(
+        event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
+    ) -> None:
+        await send_dead_letter(
+            deadletters, event, stage=stage_name, topic=topic, reason=reason, detail=detail
+        )
+
+    def keeper(run: str) -> Callable[[Record, str], bool]:
+        # Values the stage windows are capped per run; logs, heartbeats and quality
+        # statistics are not windowed by name and pass as they came.
+        return lambda record, metric: record.kind in CAPPED_EXEMPT or stage.admitted(run, metric)
+
+    async def series_batch(events: list[faust.EventT]) -> None:
+        batches: list[Batch] = []
+        sources: list[faust.EventT] = []
+        for event in events:
+            try:
+                batches.append(decode_batch(event.value, settings.max_message_bytes))
+                sources.append(event)
+            except ContractError as err:
+                stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
+                await reject(event, SERIES_STAGE, topics.telemetry, err.reason, err.detail)
+        if not batches:
+            return
+        result = stage.process_many(batches)
+        dropped: set[int] = set()
+        partial: set[int] = set()
+        for index, rejection in result.rejected:
+            (partial if rejection.reason == "cardinality" else dropped).add(index)
+            await reject(
+                sources[index], SERIES_STAGE, topics.telemetry, rejection.reason, rejection.detail
+            )
+        for index, batch in enumerate(batches):
+            if index in dropped:
+                continue
+            if index in partial:
+                batch = strip_metrics(batch, keeper(batch.run))
+            for part in forward_messages(batch, forward_limit):
+                await validated.send(key=batch.key, value=part)
+        for update in result.updates:
+            await windows.send(key=run_key(update.run), value=update.to_bytes())
+        await alerting.on_updates(result.updates)
+        for summary in result.summaries:
+            await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
+        await alerting.on_flags(result.alerts)
+
     @app.agent(telemetry, name="series-stage")
     async def series_stage(stream: faust.StreamT) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.processor_batch, within=settings.processor_linger_s
         ):
-            batches: list[Batch] = []
-            sources: list[faust.EventT] = []
-            for event in events:
-                try:
-                    batches.append(decode_batch(event.value))
-                    sources.append(event)
-                except ContractError as err:
-                    stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
-                    await deadletters.send(
-                        key=event.key,
-                        value=dead_letter_of(event, topics.telemetry, err.reason, err.detail),
-                    )
-            if not batches:
+            await guarded(events, series_batch, reject, SERIES_STAGE, topics.telemetry)
+
+    async def run_batch(events: list[faust.EventT]) -> None:
+        now = time.time()
+        for event in events:
+            try:
+                summary = RankSummary.model_validate_json(event.value)
+            except ValueError as exc:
+                await reject(event, RUN_STAGE, topics.summaries, "schema", str(exc))
                 continue
-            result = stage.process_many(batches)
-            for index, rejection in result.rejected:
-                await deadletters.send(
-                    key=sources[index].key,
-                    value=dead_letter_of(
-                        sources[index], topics.telemetry, rejection.reason, rejection.detail
-                    ),
-                )
-            for update in result.updates:
-                await windows.send(key=run_key(update.run), value=update.to_bytes())
-            await alerting.on_updates(result.updates)
-            for summary in result.summaries:
-                await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
+            result = run_stage.process(summary, now)
+            for update in result.crossrank:
+                await crossrank.send(key=run_key(update.run), value=update.to_bytes())
             await alerting.on_flags(result.alerts)
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
-            now = time.time()
-            for event in events:
-                try:
-                    summary = RankSummary.model_validate_json(event.value)
-                except ValueError as exc:
-                    await deadletters.send(
-                        key=event.key,
-                        value=dead_letter_of(event, topics.summaries, "schema", str(exc)[:500]),
-                    )
-                    continue
-                result = run_stage.process(summary, now)
-                for update in result.crossrank:
-                    await crossrank.send(key=run_key(update.run), value=update.to_bytes())
-                await alerting.on_flags(result.alerts)
+            await guarded(events, run_batch, reject, RUN_STAGE, topics.summaries)
 
     @app.timer(max(0.1, settings.window_stats_interval_s / 2))
     async def flush_window_stats() -> None:
