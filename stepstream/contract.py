@@ -30,6 +30,11 @@ MAX_TEXT_CHARS = 16_384
 MAX_LABEL_CHARS = 256
 """Longest node name and publisher incarnation id."""
 
+MAX_INT = 2**63 - 1
+"""Integers on the wire fit a signed 64-bit integer (seq, pid); ranks and world sizes a
+32-bit one (`MAX_RANK`): readers in any language can hold them."""
+MAX_RANK = 2**31 - 1
+
 RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
 
@@ -59,7 +64,9 @@ class RecordKind(StrEnum):
 class Record(WireModel):
     """One observation: a set of named values at one step and event time."""
 
-    seq: int = Field(ge=0, description="Per publisher incarnation, gap-free, for dedup.")
+    seq: int = Field(
+        ge=0, le=MAX_INT, description="Per publisher incarnation, gap-free, for dedup."
+    )
     t: float = Field(description="Event time, Unix seconds, taken when log() was called.")
     step: int | None = Field(None, ge=0, description="Training step, when the record has one.")
     kind: RecordKind = RecordKind.TRAIN
@@ -74,10 +81,10 @@ class Batch(WireModel):
 
     v: int = SCHEMA_VERSION
     run: RunId
-    rank: int = Field(ge=0)
-    world: int = Field(1, ge=1)
+    rank: int = Field(ge=0, le=MAX_RANK)
+    world: int = Field(1, ge=1, le=MAX_RANK)
     node: str = Field("", max_length=MAX_LABEL_CHARS)
-    pid: int = 0
+    pid: int = Field(0, ge=-MAX_INT, le=MAX_INT)
     incarnation: str = Field(
         "",
         max_length=MAX_LABEL_CHARS,
