@@ -201,6 +201,7 @@ def world(live_settings: Settings) -> Iterator[dict[str, Any]]:
             "state": state,
         }
         # After every example: nothing was dead-lettered twice or without cause.
+        assert len(expected) > 1000, f"only {len(expected)} hostile messages were sent"
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             letters.poll()
