@@ -22,13 +22,23 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
 from processors.forward import forward_messages, strip_metrics
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
-from stepstream.contract import Batch, RankSummary, Record, RecordKind, decode_batch, run_key
+from stepstream.contract import (
+    Batch,
+    RankSummary,
+    Record,
+    RecordKind,
+    check_value,
+    decode_batch,
+    run_key,
+    validation_reason,
+)
 from stepstream.errors import ContractError
 from stepstream.settings import Settings
 from stepstream.streaming import guarded, make_app, send_dead_letter
@@ -144,9 +154,13 @@ def create_processor_app(settings: Settings) -> faust.App:
         now = time.time()
         for event in events:
             try:
-                summary = RankSummary.model_validate_json(event.value)
-            except ValueError as exc:
-                await reject(event, RUN_STAGE, topics.summaries, "schema", str(exc))
+                summary = RankSummary.model_validate_json(check_value(event.value))
+            except ContractError as err:
+                await reject(event, RUN_STAGE, topics.summaries, err.reason, err.detail)
+                continue
+            except ValidationError as exc:
+                reason, detail = validation_reason(exc)
+                await reject(event, RUN_STAGE, topics.summaries, reason, detail)
                 continue
             result = run_stage.process(summary, now)
             for update in result.crossrank:

@@ -29,7 +29,13 @@ from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
 from sinks.stats import OpenWindowUpdate
 from sinks.webhook_agent import add_webhook_agent
-from stepstream.contract import Alert, CrossRankUpdate, decode_batch
+from stepstream.contract import (
+    Alert,
+    CrossRankUpdate,
+    check_value,
+    decode_batch,
+    validation_reason,
+)
 from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
@@ -72,6 +78,8 @@ def _reason(exc: Exception) -> tuple[str, str]:
         return exc.reason, exc.detail
     if isinstance(exc, ConfigError):
         return "unsafe-name", str(exc)
+    if isinstance(exc, ValidationError):
+        return validation_reason(exc)
     return "schema", str(exc).splitlines()[0]
 
 
@@ -105,7 +113,7 @@ def create_sink_app(settings: Settings) -> faust.App:
             plan = WritePlan(keys, limits)
             for event in events:
                 try:
-                    add(plan, event.value)
+                    add(plan, check_value(event.value))
                 except (ValidationError, ContractError, ConfigError) as exc:
                     reason, detail = _reason(exc)
                     await reject(event, stage, topic, reason, detail)

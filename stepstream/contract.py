@@ -311,14 +311,9 @@ def _peek_version(raw: bytes) -> int | None:
     return version if isinstance(version, int) else None
 
 
-def decode_batch(raw: bytes | None, max_bytes: int | None = None) -> Batch:
-    """Decode one telemetry message, or raise ContractError naming the reason.
-
-    Anything a topic can hold is answered: a null value (tombstone) is ``null``, zero bytes
-    ``empty``, more than `max_bytes` ``too_large`` (not parsed at all), bytes that are not
-    JSON (non-UTF-8, nested deeper than the parser allows) ``undecodable``, JSON that is
-    not a batch ``schema``, an unknown major version ``version``.
-    """
+def check_value(raw: object, max_bytes: int | None = None) -> bytes:
+    """`raw` if it is bytes worth parsing (any topic), else raise ContractError: ``null``
+    for a tombstone, ``empty``, ``too_large`` beyond `max_bytes`, ``undecodable``."""
     if raw is None:
         raise ContractError("null", "the message has no value (a tombstone)")
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -327,6 +322,18 @@ def decode_batch(raw: bytes | None, max_bytes: int | None = None) -> Batch:
         raise ContractError("empty", "the message value is empty")
     if max_bytes is not None and len(raw) > max_bytes:
         raise ContractError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    return bytes(raw)
+
+
+def decode_batch(raw: bytes | None, max_bytes: int | None = None) -> Batch:
+    """Decode one telemetry message, or raise ContractError naming the reason.
+
+    Anything a topic can hold is answered: a null value (tombstone) is ``null``, zero bytes
+    ``empty``, more than `max_bytes` ``too_large`` (not parsed at all), bytes that are not
+    JSON (non-UTF-8, nested deeper than the parser allows) ``undecodable``, JSON that is
+    not a batch ``schema``, an unknown major version ``version``.
+    """
+    raw = check_value(raw, max_bytes)
     try:
         batch = Batch.model_validate_json(raw)
     except ValidationError as exc:
@@ -344,6 +351,12 @@ def decode_batch(raw: bytes | None, max_bytes: int | None = None) -> Batch:
     if batch.v < 1:
         raise ContractError("version", f"schema v{batch.v} does not exist (versions start at 1)")
     return batch
+
+
+def validation_reason(exc: ValidationError) -> tuple[str, str]:
+    """(reason, detail) of a message that failed its model: ``undecodable`` when it was
+    not JSON (or nested too deep), else ``schema`` with the first errors' fields."""
+    return ("undecodable" if _is_json_error(exc) else "schema"), _short_errors(exc)
 
 
 def _is_json_error(exc: ValidationError) -> bool:

@@ -144,6 +144,21 @@ def key_of(choice: str, run: str) -> bytes | None:
     }[choice]
 
 
+#: The dead-letter reason of some kinds of bad message (others: whatever fits).
+REASONS = {
+    "null": "null",
+    "empty": "empty",
+    "non_utf8": "undecodable",
+    "deep": "undecodable",
+    "version": "version",
+    "future": "future_time",
+    "past": "past_time",
+    "huge_text": "schema",
+    "huge_node": "schema",
+    "too_many_records": "too_many_records",
+    "too_large": "too_large",
+}
+
 #: Internal topics and the stage that must dead-letter what it cannot use there.
 INTERNAL = {
     "validated": "sink/series-sink",
@@ -259,40 +274,35 @@ def test_hostile_messages_are_dead_lettered_once_and_the_good_stream_is_complete
     topics = Topics(live.topic_prefix)
     run = f"fz-{uuid.uuid4().hex[:10]}"
 
-    sends: list[tuple[Any, str]] = []  # (future, stage expected to dead-letter it)
+    # (future, stage expected to dead-letter it, reason expected or None for any)
+    sends: list[tuple[Any, str, str | None]] = []
     stage1 = "processor/series-stage"
 
-    def hostile(topic: str, key: bytes | None, value: bytes | None, stage: str) -> None:
+    def hostile(
+        topic: str, key: bytes | None, value: bytes | None, stage: str, desc: tuple[Any, ...]
+    ) -> None:
         if key is None and value is None:
             key = b"tombstone"  # Kafka clients refuse a message with neither
-        sends.append((producer.send(topic, key=key, value=value), stage))
+        reason = REASONS.get(desc[0])
+        sends.append((producer.send(topic, key=key, value=value), stage, reason))
 
     monitor = producers.init(run, rank=0, world=1, settings=live)
     try:
         step = 0
         for i, (desc, key) in enumerate(bad):
-            hostile(topics.telemetry, key_of(key, run), build(desc, run), stage1)
+            hostile(topics.telemetry, key_of(key, run), build(desc, run), stage1, desc)
             if i == big_at:
                 # A 20,001-record batch and a 2 MB record: refused, never stored.
                 many = [{"seq": n, "t": time.time()} for n in range(20_001)]
-                hostile(
-                    topics.telemetry,
-                    key_of("same", run),
-                    json.dumps(doc(run, records=many)).encode(),
-                    stage1,
-                )
                 huge = record(values={"loss": 1.0}, kind="log", text="y" * 2_000_000)
-                hostile(
-                    topics.telemetry,
-                    key_of("same", run),
-                    json.dumps(doc(run, records=[huge])).encode(),
-                    stage1,
-                )
+                for records, reason in ((many, "too_many_records"), ([huge], "too_large")):
+                    value = json.dumps(doc(run, records=records)).encode()
+                    hostile(topics.telemetry, key_of("same", run), value, stage1, (reason,))
             if i % max(1, len(bad) // GOOD_PER_EXAMPLE) == 0 and step < GOOD_PER_EXAMPLE:
                 monitor.log(step, seq=float(step))
                 step += 1
         for name, desc in internal:
-            hostile(getattr(topics, name), b"x", build(desc, run), INTERNAL[name])
+            hostile(getattr(topics, name), b"x", build(desc, run), INTERNAL[name], desc)
         while step < GOOD_PER_EXAMPLE:
             monitor.log(step, seq=float(step))
             step += 1
@@ -300,11 +310,11 @@ def test_hostile_messages_are_dead_lettered_once_and_the_good_stream_is_complete
     finally:
         monitor.close()
     producer.flush()
-    mine: dict[tuple[str, int, int], str] = {}
-    for future, stage in sends:
+    mine: dict[tuple[str, int, int], tuple[str, str | None]] = {}
+    for future, stage, reason in sends:
         meta = future.get(timeout=20)
-        mine[(meta.topic, meta.partition, meta.offset)] = stage
-    expected.update(mine)
+        mine[(meta.topic, meta.partition, meta.offset)] = (stage, reason)
+        expected[(meta.topic, meta.partition, meta.offset)] = stage
 
     def good_stream_complete() -> bool:
         points = reader.series(run, "seq", rank=0).points
@@ -318,10 +328,10 @@ def test_hostile_messages_are_dead_lettered_once_and_the_good_stream_is_complete
 
     wait_for(all_lettered, timeout=30)
     wait_for(good_stream_complete, timeout=30)
-    for where, stage in mine.items():
+    for where, (stage, reason) in mine.items():
         letter = letters.letters[where]
         assert letter["stage"] == stage, (where, letter)
-        assert letter["reason"] and letter["detail"]
+        assert letter["reason"] == (reason or letter["reason"]) and letter["detail"], letter
     # A refused record never moves the run's activity: not a day ahead, not the past.
     (entry,) = [r for r in reader.runs() if r.run == run]
     assert abs(entry.last_activity - time.time()) < 120
