@@ -132,8 +132,13 @@ def create_processor_app(settings: Settings) -> faust.App:
         for index, batch in enumerate(batches):
             if index in dropped:
                 continue
+            raw = sources[index].value
             if index in partial:
                 batch = strip_metrics(batch, keeper(batch.run))
+            elif len(raw) <= forward_limit:
+                # The bytes just validated decode to this batch again: no re-encoding.
+                await validated.send(key=batch.key, value=raw)
+                continue
             for part in forward_messages(batch, forward_limit):
                 await validated.send(key=batch.key, value=part)
         for update in result.updates:
