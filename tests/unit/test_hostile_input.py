@@ -272,3 +272,37 @@ def test_guard_does_nothing_extra_when_all_goes_well() -> None:
 
     asyncio.run(guarded([SimpleNamespace()] * 3, handle, reject, "s", "t"))  # type: ignore[arg-type]
     assert calls == [3]
+
+
+def test_a_dead_letter_that_cannot_be_sent_is_logged_and_the_stage_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stepstream.streaming import send_dead_letter
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, *, key: bytes | None, value: bytes) -> None:
+            if len(self.sent) == 0:
+                self.sent.append(value)
+                raise RuntimeError("MessageSizeTooLargeError")
+            self.sent.append(value)
+
+    topic = Refusing()
+    event = SimpleNamespace(
+        key=b"r:0", value=b"\xff" * 3_000_000, message=SimpleNamespace(partition=1, offset=7)
+    )
+
+    async def go() -> list[bool]:
+        kw = {"stage": "processor/series-stage", "topic": "t", "reason": "x", "detail": "d"}
+        return [
+            await send_dead_letter(topic, event, **kw),  # type: ignore[arg-type]
+            await send_dead_letter(topic, event, **kw),  # type: ignore[arg-type]
+        ]
+
+    assert asyncio.run(go()) == [False, True]
+    assert "could not dead-letter t[1]@7" in caplog.text
+    letter = DeadLetter.model_validate_json(topic.sent[1])
+    assert (letter.size, letter.offset, letter.payload_encoding) == (3_000_000, 7, "base64")
+    assert len(topic.sent[1]) < 8192
