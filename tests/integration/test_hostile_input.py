@@ -10,6 +10,8 @@ refused it, and never crash or restart a worker.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import producers
@@ -30,6 +33,10 @@ from stepstream.stack import StackState
 from stepstream.topics import Topics
 
 from .conftest import wait_for
+
+# Hypothesis keeps caches in ./.hypothesis unless told otherwise: nothing may write into
+# the working directory at run time.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "stepstream-hypothesis"))
 
 #: A crash trace of a faust agent, or any traceback a worker printed.
 CRASH_MARKERS = ("crashed", "Traceback", "Agent error")
