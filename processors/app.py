@@ -25,7 +25,7 @@ import faust
 from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
-from processors.forward import forward_messages, strip_metrics
+from processors.forward import forward_messages, sized_summary, sized_update, strip_metrics
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
@@ -109,6 +109,16 @@ def create_processor_app(settings: Settings) -> faust.App:
         # statistics are not windowed by name and pass as they came.
         return lambda record, metric: record.kind in CAPPED_EXEMPT or stage.admitted(run, metric)
 
+    async def forward(source: faust.EventT, key: bytes, value: bytes) -> None:
+        # A forward the producer refuses (a single record re-encoded past the request
+        # limit) costs that message's raw series, with a dead letter saying so.
+        try:
+            await validated.send(key=key, value=value)
+        except Exception as exc:
+            log.warning("forward of %d bytes to %s failed: %s", len(value), topics.validated, exc)
+            detail = f"windows updated, raw series not stored: {type(exc).__name__}: {exc}"
+            await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
+
     async def series_batch(events: list[faust.EventT]) -> None:
         batches: list[Batch] = []
         sources: list[faust.EventT] = []
@@ -132,20 +142,22 @@ def create_processor_app(settings: Settings) -> faust.App:
         for index, batch in enumerate(batches):
             if index in dropped:
                 continue
-            raw = sources[index].value
+            source, raw = sources[index], sources[index].value
             if index in partial:
                 batch = strip_metrics(batch, keeper(batch.run))
             elif len(raw) <= forward_limit:
                 # The bytes just validated decode to this batch again: no re-encoding.
-                await validated.send(key=batch.key, value=raw)
+                await forward(source, batch.key, raw)
                 continue
             for part in forward_messages(batch, forward_limit):
-                await validated.send(key=batch.key, value=part)
+                await forward(source, batch.key, part)
         for update in result.updates:
-            await windows.send(key=run_key(update.run), value=update.to_bytes())
+            for part in sized_update(update, forward_limit):
+                await windows.send(key=run_key(update.run), value=part)
         await alerting.on_updates(result.updates)
         for summary in result.summaries:
-            await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
+            for part in sized_summary(summary, forward_limit):
+                await summaries.send(key=run_key(summary.run), value=part)
         await alerting.on_flags(result.alerts)
 
     @app.agent(telemetry, name="series-stage")
@@ -181,7 +193,8 @@ def create_processor_app(settings: Settings) -> faust.App:
     async def flush_window_stats() -> None:
         updates = stage.flush(time.time())
         for update in updates:
-            await windows.send(key=run_key(update.run), value=update.to_bytes())
+            for part in sized_update(update, forward_limit):
+                await windows.send(key=run_key(update.run), value=part)
         await alerting.on_updates(updates)
 
     @app.timer(TICK_S)

@@ -1,4 +1,5 @@
-"""What stage 1 forwards to the validated topic: the batches that passed its checks.
+"""What stage 1 sends onward, sized to fit a Kafka message: the batches that passed its
+checks (to the validated topic), window updates and rank summaries.
 
 Pure: no faust or Kafka. The sink's raw-series writer reads only the validated topic, so
 what reaches Redis passed the same checks as what reached the windows (one validation
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stepstream.contract import Batch, Record
+from stepstream.contract import Batch, RankSummary, Record, WindowUpdate
 
 
 def strip_metrics(batch: Batch, keep: Callable[[Record, str], bool]) -> Batch:
@@ -36,3 +37,38 @@ def forward_messages(batch: Batch, max_bytes: int) -> list[bytes]:
     return forward_messages(
         batch.model_copy(update={"records": batch.records[:half]}), max_bytes
     ) + forward_messages(batch.model_copy(update={"records": batch.records[half:]}), max_bytes)
+
+
+def sized_update(update: WindowUpdate, max_bytes: int) -> list[bytes]:
+    """The JSON of a window update, split by metric into updates of at most `max_bytes`
+    each (a rank with thousands of metrics makes one update megabytes long). The sink
+    writes each metric's fields on their own, so parts add up to the whole."""
+    data = update.to_bytes()
+    metrics = sorted(set(update.latest).union(*(set(w) for w in update.windows.values())))
+    if len(data) <= max_bytes or len(metrics) <= 1:
+        return [data]
+    out: list[bytes] = []
+    for part in (set(metrics[: len(metrics) // 2]), set(metrics[len(metrics) // 2 :])):
+        piece = update.model_copy(
+            update={
+                "latest": {m: v for m, v in update.latest.items() if m in part},
+                "windows": {
+                    name: {m: s for m, s in stats.items() if m in part}
+                    for name, stats in update.windows.items()
+                },
+            }
+        )
+        out.extend(sized_update(piece, max_bytes))
+    return out
+
+
+def sized_summary(summary: RankSummary, max_bytes: int) -> list[bytes]:
+    """The JSON of a rank summary, split by step into summaries of at most `max_bytes`
+    each; the first part carries the record count and the non-finite points."""
+    data = summary.to_bytes()
+    if len(data) <= max_bytes or len(summary.steps) <= 1:
+        return [data]
+    half = len(summary.steps) // 2
+    first = summary.model_copy(update={"steps": summary.steps[:half]})
+    rest = summary.model_copy(update={"steps": summary.steps[half:], "records": 0, "nonfinite": []})
+    return sized_summary(first, max_bytes) + sized_summary(rest, max_bytes)

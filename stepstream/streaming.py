@@ -46,6 +46,9 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
         stream_buffer_maxsize=4096,
+        # Room for a message of STEPSTREAM_MAX_MESSAGE_BYTES plus Kafka's record overhead
+        # (stage 1 forwards accepted telemetry as it came).
+        producer_max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
     )
     marker = ready_file(settings, app_id)
 

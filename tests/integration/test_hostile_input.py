@@ -231,7 +231,11 @@ def world(live_settings: Settings) -> Iterator[dict[str, Any]]:
         twice = {w: n for w, n in letters.seen.items() if n > 1}
         assert not twice, f"dead-lettered more than once: {list(twice)[:5]}"
         unexpected = set(letters.seen) - set(expected)
-        assert not unexpected, f"dead letters of good messages: {list(unexpected)[:5]}"
+        stray = [
+            {k: letters.letters[w][k] for k in ("stage", "reason", "detail", "key")}
+            for w in list(unexpected)[:5]
+        ]
+        assert not unexpected, f"dead letters of good messages: {stray}"
         assert_workers_alive(state, pids, live_settings.state_dir)
     finally:
         reader.close()
@@ -343,3 +347,25 @@ def test_hostile_messages_are_dead_lettered_once_and_the_good_stream_is_complete
     (entry,) = [r for r in reader.runs() if r.run == run]
     assert abs(entry.last_activity - time.time()) < 120
     assert_workers_alive(world["state"], world["pids"], live.state_dir)
+
+
+def test_a_valid_message_near_the_size_limit_is_stored_not_dead_lettered(
+    world: dict[str, Any],
+) -> None:
+    """Big but valid: one record of 4,400 long metric names (~950 KB, over the forward's
+    re-encoding threshold) reaches Redis whole; the module's teardown checks that it got
+    no dead letter."""
+    live: Settings = world["settings"]
+    reader: MetricsReader = world["reader"]
+    run = f"big-{uuid.uuid4().hex[:8]}"
+    names = [f"m{i:04d}_" + "x" * 194 for i in range(4400)]  # 200 chars: the longest name
+    value = json.dumps(
+        doc(run, records=[record(values={n: float(i) for i, n in enumerate(names)})])
+    ).encode()
+    assert 900_000 < len(value) < live.max_message_bytes
+    world["producer"].send(
+        Topics(live.topic_prefix).telemetry, key=f"{run}:0".encode(), value=value
+    )
+    world["producer"].flush()
+    latest = wait_for(lambda: (got := reader.latest(run)) and len(got) == 4400 and got, timeout=60)
+    assert {name: latest[(0, name)] for name in names} == {n: float(i) for i, n in enumerate(names)}

@@ -306,3 +306,53 @@ def test_a_dead_letter_that_cannot_be_sent_is_logged_and_the_stage_goes_on(
     letter = DeadLetter.model_validate_json(topic.sent[1])
     assert (letter.size, letter.offset, letter.payload_encoding) == (3_000_000, 7, "base64")
     assert len(topic.sent[1]) < 8192
+
+
+def test_a_window_update_of_thousands_of_metrics_is_split_by_metric_and_adds_up() -> None:
+    from processors.forward import sized_update
+    from stepstream.contract import WindowStats, WindowUpdate
+
+    names = [f"m{i:04d}" for i in range(3000)]
+    update = WindowUpdate(
+        run="r1",
+        rank=2,
+        step=9,
+        t=NOW,
+        latest={n: float(i) for i, n in enumerate(names)},
+        windows={
+            w: {n: WindowStats(count=1, mean=float(i)) for i, n in enumerate(names)}
+            for w in ("50steps", "10s")
+        },
+    )
+    whole = update.to_bytes()
+    parts = [WindowUpdate.model_validate_json(p) for p in sized_update(update, len(whole) // 6)]
+    assert len(parts) >= 6 and all(len(p.to_bytes()) <= len(whole) // 6 for p in parts)
+    assert {(p.run, p.rank, p.step) for p in parts} == {("r1", 2, 9)}
+    merged: dict[str, float] = {}
+    for p in parts:
+        assert not set(p.latest) & set(merged)  # each metric in one part only
+        merged.update(p.latest)
+        assert set(p.windows["10s"]) == set(p.latest) == set(p.windows["50steps"])
+    assert merged == update.latest
+    assert sized_update(update, len(whole)) == [whole]
+
+
+def test_a_summary_of_many_steps_is_split_by_step_and_counts_records_once() -> None:
+    from processors.forward import sized_summary
+    from stepstream.contract import RankSummary, StepPoint
+
+    summary = RankSummary(
+        run="r1",
+        rank=0,
+        last_step=9999,
+        records=10_000,
+        steps=[StepPoint(step=s, t=NOW, values={"loss": 1.0}) for s in range(10_000)],
+        nonfinite=[StepPoint(step=5, t=NOW, values={"loss": math.nan})],
+    )
+    whole = summary.to_bytes()
+    parts = [RankSummary.model_validate_json(p) for p in sized_summary(summary, len(whole) // 4)]
+    assert len(parts) >= 4 and all(len(p.to_bytes()) <= len(whole) // 4 for p in parts)
+    assert [s.step for p in parts for s in p.steps] == list(range(10_000))
+    assert sum(p.records for p in parts) == 10_000
+    assert [len(p.nonfinite) for p in parts] == [1] + [0] * (len(parts) - 1)
+    assert {p.last_step for p in parts} == {9999}
