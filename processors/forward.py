@@ -44,8 +44,10 @@ def sized_update(update: WindowUpdate, max_bytes: int) -> list[bytes]:
     each (a rank with thousands of metrics makes one update megabytes long). The sink
     writes each metric's fields on their own, so parts add up to the whole."""
     data = update.to_bytes()
+    if len(data) <= max_bytes:
+        return [data]
     metrics = sorted(set(update.latest).union(*(set(w) for w in update.windows.values())))
-    if len(data) <= max_bytes or len(metrics) <= 1:
+    if len(metrics) <= 1:
         return [data]
     out: list[bytes] = []
     for part in (set(metrics[: len(metrics) // 2]), set(metrics[len(metrics) // 2 :])):
