@@ -25,7 +25,13 @@ import faust
 from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
-from processors.forward import forward_messages, sized_summary, sized_update, strip_metrics
+from processors.forward import (
+    forward_messages,
+    merge_batches,
+    sized_summary,
+    sized_update,
+    strip_metrics,
+)
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
@@ -109,15 +115,16 @@ def create_processor_app(settings: Settings) -> faust.App:
         # statistics are not windowed by name and pass as they came.
         return lambda record, metric: record.kind in CAPPED_EXEMPT or stage.admitted(run, metric)
 
-    async def forward(source: faust.EventT, key: bytes, value: bytes) -> None:
-        # A forward the producer refuses (a single record re-encoded past the request
-        # limit) costs that message's raw series, with a dead letter saying so.
+    async def forward(sources: list[faust.EventT], key: bytes, value: bytes) -> None:
+        # A forward the producer refuses costs the raw series of the messages in it, with
+        # a dead letter for each saying so (their windows were updated).
         try:
             await validated.send(key=key, value=value)
         except Exception as exc:
             log.warning("forward of %d bytes to %s failed: %s", len(value), topics.validated, exc)
             detail = f"windows updated, raw series not stored: {type(exc).__name__}: {exc}"
-            await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
+            for source in sources:
+                await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
 
     async def series_batch(events: list[faust.EventT]) -> None:
         batches: list[Batch] = []
@@ -139,18 +146,18 @@ def create_processor_app(settings: Settings) -> faust.App:
             await reject(
                 sources[index], SERIES_STAGE, topics.telemetry, rejection.reason, rejection.detail
             )
+        accepted: list[Batch] = []
+        origin: list[faust.EventT] = []
         for index, batch in enumerate(batches):
             if index in dropped:
                 continue
-            source, raw = sources[index], sources[index].value
             if index in partial:
                 batch = strip_metrics(batch, keeper(batch.run))
-            elif len(raw) <= forward_limit:
-                # The bytes just validated decode to this batch again: no re-encoding.
-                await forward(source, batch.key, raw)
-                continue
-            for part in forward_messages(batch, forward_limit):
-                await forward(source, batch.key, part)
+            accepted.append(batch)
+            origin.append(sources[index])
+        for merged, indexes in merge_batches(accepted):
+            for part in forward_messages(merged, forward_limit):
+                await forward([origin[i] for i in indexes], merged.key, part)
         for update in result.updates:
             for part in sized_update(update, forward_limit):
                 await windows.send(key=run_key(update.run), value=part)

@@ -11,7 +11,7 @@ limit is split into consecutive parts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from stepstream.contract import Batch, RankSummary, Record, WindowUpdate
 
@@ -25,6 +25,23 @@ def strip_metrics(batch: Batch, keep: Callable[[Record, str], bool]) -> Batch:
         for r in batch.records
     ]
     return batch.model_copy(update={"records": records})
+
+
+def merge_batches(batches: Sequence[Batch]) -> list[tuple[Batch, list[int]]]:
+    """The batches of each publisher (run, rank, incarnation and identity) as one batch,
+    records in arrival order, with the indexes of the batches merged into it: stage 1
+    forwards one message per publisher per call, not one per input message (a send costs
+    about as much as processing a small batch)."""
+    groups: dict[tuple[str, int, str, int, str, int], tuple[Batch, list[int]]] = {}
+    for index, batch in enumerate(batches):
+        who = (batch.run, batch.rank, batch.incarnation, batch.world, batch.node, batch.pid)
+        known = groups.get(who)
+        if known is None:
+            groups[who] = (batch.model_copy(update={"records": list(batch.records)}), [index])
+        else:
+            known[0].records.extend(batch.records)
+            known[1].append(index)
+    return list(groups.values())
 
 
 def forward_messages(batch: Batch, max_bytes: int) -> list[bytes]:

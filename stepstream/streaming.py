@@ -47,7 +47,7 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         producer_linger=0.005,
         stream_buffer_maxsize=4096,
         # Room for a message of STEPSTREAM_MAX_MESSAGE_BYTES plus Kafka's record overhead
-        # (stage 1 forwards accepted telemetry as it came).
+        # (stage 1 forwards accepted telemetry in messages up to 90% of that size).
         producer_max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
     )
     marker = ready_file(settings, app_id)

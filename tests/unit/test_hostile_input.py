@@ -356,3 +356,20 @@ def test_a_summary_of_many_steps_is_split_by_step_and_counts_records_once() -> N
     assert sum(p.records for p in parts) == 10_000
     assert [len(p.nonfinite) for p in parts] == [1] + [0] * (len(parts) - 1)
     assert {p.last_step for p in parts} == {9999}
+
+
+def test_forward_merges_the_batches_of_each_publisher_in_order() -> None:
+    from processors.forward import merge_batches
+
+    def b(run: str, inc: str, *seqs: int) -> Batch:
+        records = [Record(seq=s, t=NOW, step=s, values={"x": float(s)}) for s in seqs]
+        return Batch(run=run, rank=0, incarnation=inc, records=records)
+
+    inputs = [b("r1", "a", 0, 1), b("r2", "a", 0), b("r1", "a", 2), b("r1", "new", 0)]
+    merged = merge_batches(inputs)
+    assert [(m.run, m.incarnation, [r.seq for r in m.records], ix) for m, ix in merged] == [
+        ("r1", "a", [0, 1, 2], [0, 2]),
+        ("r2", "a", [0], [1]),
+        ("r1", "new", [0], [3]),
+    ]
+    assert [r.seq for r in inputs[0].records] == [0, 1]  # the inputs are left as they were
