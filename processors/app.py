@@ -1,7 +1,10 @@
 """The processor faust app: thin wiring around the pure stages.
 
 Stage 1 (``series-stage``, telemetry keyed ``run:rank``): decode, validate, window, detect;
-emits window updates, alerts, dead letters and per-rank summaries (keyed by run).
+emits window updates, alerts, dead letters, per-rank summaries (keyed by run) and the
+batches that passed its checks, to the validated topic the sink stores raw series from.
+Stage 1 is the only place that validates telemetry, and every message it reads is either
+used or dead-lettered once (``stepstream.streaming.guarded``: no exception escapes).
 Stage 2 (``run-stage``, summaries keyed ``run``): cross-rank stats and detectors; a timer
 judges dead and hung ranks. Both agents live in one app, so one worker process runs both.
 
@@ -15,24 +18,49 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
+from processors.forward import (
+    forward_messages,
+    merge_batches,
+    sized_summary,
+    sized_update,
+    strip_metrics,
+)
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.validation import Limits
-from stepstream.contract import Batch, RankSummary, decode_batch, run_key
+from stepstream.contract import (
+    Batch,
+    RankSummary,
+    Record,
+    RecordKind,
+    check_value,
+    decode_batch,
+    run_key,
+    validation_reason,
+)
 from stepstream.errors import ContractError
 from stepstream.settings import Settings
-from stepstream.streaming import dead_letter_of, make_app
+from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
 
 #: How often the stage-2 timer judges liveness, in seconds.
 TICK_S = 0.2
+
+#: The stage names dead letters carry.
+SERIES_STAGE = "processor/series-stage"
+RUN_STAGE = "processor/run-stage"
+
+#: Record kinds whose values are not capped by metric name in stage 1.
+CAPPED_EXEMPT = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT, RecordKind.QUALITY})
 
 
 def create_processor_app(settings: Settings) -> faust.App:
@@ -49,6 +77,10 @@ def create_processor_app(settings: Settings) -> faust.App:
     windows = app.topic(topics.windows, **raw)
     crossrank = app.topic(topics.crossrank, **raw)
     deadletters = app.topic(topics.deadletter, **raw)
+    validated = app.topic(topics.validated, **raw)
+    # Below the producer's request limit (max_request_size, 1 MB by default) with room
+    # for the record overhead.
+    forward_limit = int(settings.max_message_bytes * 0.9)
     stage = SeriesStage(
         settings.window_steps,
         settings.window_seconds,
@@ -56,6 +88,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         limits=Limits(
             max_records=settings.max_records_per_batch,
             max_future_s=settings.max_future_s,
+            max_past_s=settings.max_past_s,
             max_metrics_per_run=settings.max_metrics_per_run,
         ),
         detector_params=settings.detector_params,
@@ -71,63 +104,105 @@ def create_processor_app(settings: Settings) -> faust.App:
         incident_hold_s=settings.incident_hold_s,
     )
 
+    async def reject(
+        event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
+    ) -> None:
+        await send_dead_letter(
+            deadletters, event, stage=stage_name, topic=topic, reason=reason, detail=detail
+        )
+
+    def keeper(run: str) -> Callable[[Record, str], bool]:
+        # Values the stage windows are capped per run; logs, heartbeats and quality
+        # statistics are not windowed by name and pass as they came.
+        return lambda record, metric: record.kind in CAPPED_EXEMPT or stage.admitted(run, metric)
+
+    async def forward(sources: list[faust.EventT], key: bytes, value: bytes) -> None:
+        # A forward the producer refuses costs the raw series of the messages in it, with
+        # a dead letter for each saying so (their windows were updated).
+        try:
+            await validated.send(key=key, value=value)
+        except Exception as exc:
+            log.warning("forward of %d bytes to %s failed: %s", len(value), topics.validated, exc)
+            detail = f"windows updated, raw series not stored: {type(exc).__name__}: {exc}"
+            for source in sources:
+                await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
+
+    async def series_batch(events: list[faust.EventT]) -> None:
+        batches: list[Batch] = []
+        sources: list[faust.EventT] = []
+        for event in events:
+            try:
+                batches.append(decode_batch(event.value, settings.max_message_bytes))
+                sources.append(event)
+            except ContractError as err:
+                stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
+                await reject(event, SERIES_STAGE, topics.telemetry, err.reason, err.detail)
+        if not batches:
+            return
+        result = stage.process_many(batches)
+        dropped: set[int] = set()
+        partial: set[int] = set()
+        for index, rejection in result.rejected:
+            (partial if rejection.reason == "cardinality" else dropped).add(index)
+            await reject(
+                sources[index], SERIES_STAGE, topics.telemetry, rejection.reason, rejection.detail
+            )
+        accepted: list[Batch] = []
+        origin: list[faust.EventT] = []
+        for index, batch in enumerate(batches):
+            if index in dropped:
+                continue
+            if index in partial:
+                batch = strip_metrics(batch, keeper(batch.run))
+            accepted.append(batch)
+            origin.append(sources[index])
+        for merged, indexes in merge_batches(accepted):
+            for part in forward_messages(merged, forward_limit):
+                await forward([origin[i] for i in indexes], merged.key, part)
+        for update in result.updates:
+            for part in sized_update(update, forward_limit):
+                await windows.send(key=run_key(update.run), value=part)
+        await alerting.on_updates(result.updates)
+        # Detector findings ride in the summaries: stage 2 groups them per run.
+        for summary in result.summaries:
+            for part in sized_summary(summary, forward_limit):
+                await summaries.send(key=run_key(summary.run), value=part)
+
     @app.agent(telemetry, name="series-stage")
     async def series_stage(stream: faust.StreamT) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.processor_batch, within=settings.processor_linger_s
         ):
-            batches: list[Batch] = []
-            sources: list[faust.EventT] = []
-            for event in events:
-                try:
-                    batches.append(decode_batch(event.value))
-                    sources.append(event)
-                except ContractError as err:
-                    stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
-                    await deadletters.send(
-                        key=event.key,
-                        value=dead_letter_of(event, topics.telemetry, err.reason, err.detail),
-                    )
-            if not batches:
+            await guarded(events, series_batch, reject, SERIES_STAGE, topics.telemetry)
+
+    async def run_batch(events: list[faust.EventT]) -> None:
+        now = time.time()
+        for event in events:
+            try:
+                summary = RankSummary.model_validate_json(check_value(event.value))
+            except ContractError as err:
+                await reject(event, RUN_STAGE, topics.summaries, err.reason, err.detail)
                 continue
-            result = stage.process_many(batches)
-            for index, rejection in result.rejected:
-                await deadletters.send(
-                    key=sources[index].key,
-                    value=dead_letter_of(
-                        sources[index], topics.telemetry, rejection.reason, rejection.detail
-                    ),
-                )
-            for update in result.updates:
-                await windows.send(key=run_key(update.run), value=update.to_bytes())
-            await alerting.on_updates(result.updates)
-            # Detector findings ride in the summaries: stage 2 groups them per run.
-            for summary in result.summaries:
-                await summaries.send(key=run_key(summary.run), value=summary.to_bytes())
+            except ValidationError as exc:
+                reason, detail = validation_reason(exc)
+                await reject(event, RUN_STAGE, topics.summaries, reason, detail)
+                continue
+            result = run_stage.process(summary, now)
+            for update in result.crossrank:
+                await crossrank.send(key=run_key(update.run), value=update.to_bytes())
+            await alerting.on_flags(result.alerts)
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
-            now = time.time()
-            for event in events:
-                try:
-                    summary = RankSummary.model_validate_json(event.value)
-                except ValueError as exc:
-                    await deadletters.send(
-                        key=event.key,
-                        value=dead_letter_of(event, topics.summaries, "schema", str(exc)[:500]),
-                    )
-                    continue
-                result = run_stage.process(summary, now)
-                for update in result.crossrank:
-                    await crossrank.send(key=run_key(update.run), value=update.to_bytes())
-                await alerting.on_flags(result.alerts)
+            await guarded(events, run_batch, reject, RUN_STAGE, topics.summaries)
 
     @app.timer(max(0.1, settings.window_stats_interval_s / 2))
     async def flush_window_stats() -> None:
         updates = stage.flush(time.time())
         for update in updates:
-            await windows.send(key=run_key(update.run), value=update.to_bytes())
+            for part in sized_update(update, forward_limit):
+                await windows.send(key=run_key(update.run), value=part)
         await alerting.on_updates(updates)
 
     @app.timer(TICK_S)

@@ -368,6 +368,10 @@ class SeriesStage:
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
         return result
 
+    def admitted(self, run: str, metric: str) -> bool:
+        """True if `metric` of `run` got past the cardinality cap (what may be forwarded)."""
+        return metric in self._cardinality.names.get(run, ())
+
     def _reject(self, result: StageResult, index: int, rejection: Rejection) -> None:
         result.rejected.append((index, rejection))
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1

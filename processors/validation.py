@@ -22,11 +22,13 @@ class Limits:
 
     max_records: records per message.
     max_future_s: event times further ahead of the processor clock than this.
+    max_past_s: event times further behind the processor clock than this.
     max_metrics_per_run: distinct metric names per run (per processor process).
     """
 
     max_records: int = 20_000
     max_future_s: float = 3600.0
+    max_past_s: float = 7 * 86400.0
     max_metrics_per_run: int = 5000
 
 
@@ -45,9 +47,16 @@ def check_batch(batch: Batch, now: float, limits: Limits) -> Rejection | None:
             "too_many_records", f"{len(batch.records)} records > limit {limits.max_records}"
         )
     horizon = now + limits.max_future_s
+    oldest = now - limits.max_past_s
     for record in batch.records:
         if not math.isfinite(record.t) or record.t < 0:
             return Rejection("absurd_time", f"record seq {record.seq} has event time {record.t}")
+        if record.t < oldest:
+            return Rejection(
+                "past_time",
+                f"record seq {record.seq} is {now - record.t:.0f}s behind the processor "
+                f"clock (limit {limits.max_past_s:g}s)",
+            )
         if record.t > horizon:
             return Rejection(
                 "future_time",

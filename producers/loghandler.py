@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from producers.publisher import Publisher
-from stepstream.contract import RecordKind
+from stepstream.contract import MAX_TEXT_CHARS, RecordKind
 
 LOG_LEVEL = "log/level"
 """Value of a log record: the logging level number (30 warning, 40 error, 50 critical)."""
@@ -36,6 +36,8 @@ class ShippingHandler(logging.Handler):
             return
         try:
             text = self.format(record)
+            if len(text) > MAX_TEXT_CHARS:  # the contract's bound; keep the end (the error)
+                text = "…" + text[-(MAX_TEXT_CHARS - 1) :]
             self._publisher.enqueue(
                 self._step(), RecordKind.LOG, {LOG_LEVEL: float(record.levelno)}, text
             )

@@ -292,23 +292,33 @@ class Publisher:
         return floats
 
     def _frames(self, records: list[dict[str, Any]]) -> list[Frame]:
-        ident = self.identity
-        frames = []
+        frames: list[Frame] = []
         for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-            chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
-            batch = {
-                "v": SCHEMA_VERSION,
-                "run": ident.run,
-                "rank": ident.rank,
-                "world": ident.world,
-                "node": ident.node,
-                "pid": self._pid,
-                "incarnation": self.incarnation,
-                "records": chunk,
-            }
-            # The contract writes non-finite floats as "NaN"/"Infinity" strings.
-            frames.append(Frame(self._key, to_json(batch, inf_nan_mode="strings"), len(chunk)))
+            self._encode(records[start : start + MAX_RECORDS_PER_MESSAGE], frames)
         return frames
+
+    def _encode(self, chunk: list[dict[str, Any]], frames: list[Frame]) -> None:
+        """Append the frame of `chunk`, split in halves while its JSON is over the
+        message limit (``STEPSTREAM_MAX_MESSAGE_BYTES``; larger messages are refused)."""
+        ident = self.identity
+        batch = {
+            "v": SCHEMA_VERSION,
+            "run": ident.run,
+            "rank": ident.rank,
+            "world": ident.world,
+            "node": ident.node,
+            "pid": self._pid,
+            "incarnation": self.incarnation,
+            "records": chunk,
+        }
+        # The contract writes non-finite floats as "NaN"/"Infinity" strings.
+        value = to_json(batch, inf_nan_mode="strings")
+        if len(value) > self.settings.max_message_bytes and len(chunk) > 1:
+            half = len(chunk) // 2
+            self._encode(chunk[:half], frames)
+            self._encode(chunk[half:], frames)
+            return
+        frames.append(Frame(self._key, value, len(chunk)))
 
     def _ensure_producer(self) -> Any:
         if self._producer is None and time.monotonic() >= self._next_connect:

@@ -1,5 +1,9 @@
 """The sink faust app: raw series, window stats, cross-rank stats and alerts into Redis.
 
+Raw series are read from the validated topic (what stage 1 accepted), not from raw
+telemetry. A message a sink agent cannot use is dead-lettered once, with stage
+``sink/<agent>``; no exception escapes an agent (``stepstream.streaming.guarded``).
+
 Each agent takes up to `sink_batch` messages, plans them, and writes the plan in one
 pipeline before it asks for more. faust commits only offsets of events the agent has
 moved past, so while Redis is down (write_with_retry waits) no offset moves past what
@@ -25,11 +29,17 @@ from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
 from sinks.stats import OpenWindowUpdate
 from sinks.webhook_agent import add_webhook_agent
-from stepstream.contract import Alert, CrossRankUpdate, decode_batch
+from stepstream.contract import (
+    Alert,
+    CrossRankUpdate,
+    check_value,
+    decode_batch,
+    validation_reason,
+)
 from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings
-from stepstream.streaming import dead_letter_of, make_app
+from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,8 @@ def _reason(exc: Exception) -> tuple[str, str]:
         return exc.reason, exc.detail
     if isinstance(exc, ConfigError):
         return "unsafe-name", str(exc)
+    if isinstance(exc, ValidationError):
+        return validation_reason(exc)
     return "schema", str(exc).splitlines()[0]
 
 
@@ -87,30 +99,47 @@ def create_sink_app(settings: Settings) -> faust.App:
     )
     deadletters = app.topic(topics.deadletter, **raw)
 
+    async def reject(event: faust.EventT, stage: str, topic: str, reason: str, detail: str) -> None:
+        await send_dead_letter(
+            deadletters, event, stage=stage, topic=topic, reason=reason, detail=detail
+        )
+
     async def drain(
-        stream: faust.StreamT, topic: str, add: Callable[[WritePlan, bytes], None]
+        stream: faust.StreamT, agent: str, topic: str, add: Callable[[WritePlan, bytes], None]
     ) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.sink_batch, within=settings.sink_linger_s
-        ):
+        stage = f"sink/{agent}"
+
+        async def handle(events: list[faust.EventT]) -> None:
             plan = WritePlan(keys, limits)
             for event in events:
                 try:
-                    add(plan, event.value)
+                    add(plan, check_value(event.value))
                 except (ValidationError, ContractError, ConfigError) as exc:
                     reason, detail = _reason(exc)
-                    letter = dead_letter_of(event, topic, reason, detail)
-                    await deadletters.send(key=event.key, value=letter)
+                    await reject(event, stage, topic, reason, detail)
             await write_with_retry(writer, plan)
 
-    @app.agent(app.topic(topics.telemetry, **raw), name="series-sink")
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.sink_batch, within=settings.sink_linger_s
+        ):
+            await guarded(events, handle, reject, stage, topic)
+
+    @app.agent(app.topic(topics.validated, **raw), name="series-sink")
     async def series_sink(stream: faust.StreamT) -> None:
-        await drain(stream, topics.telemetry, lambda plan, raw: plan.add_batch(decode_batch(raw)))
+        # Raw series come from stage 1's validated topic, never from raw telemetry: what
+        # is stored passed the processor's checks, and bad telemetry has one dead letter.
+        await drain(
+            stream,
+            "series-sink",
+            topics.validated,
+            lambda plan, raw: plan.add_batch(decode_batch(raw)),
+        )
 
     @app.agent(app.topic(topics.windows, **raw), name="windows-sink")
     async def windows_sink(stream: faust.StreamT) -> None:
         await drain(
             stream,
+            "windows-sink",
             topics.windows,
             lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
         )
@@ -119,6 +148,7 @@ def create_sink_app(settings: Settings) -> faust.App:
     async def crossrank_sink(stream: faust.StreamT) -> None:
         await drain(
             stream,
+            "crossrank-sink",
             topics.crossrank,
             lambda plan, raw: plan.add_crossrank(CrossRankUpdate.model_validate_json(raw)),
         )
@@ -127,6 +157,7 @@ def create_sink_app(settings: Settings) -> faust.App:
     async def alerts_sink(stream: faust.StreamT) -> None:
         await drain(
             stream,
+            "alerts-sink",
             topics.alerts,
             lambda plan, raw: plan.add_alert(Alert.model_validate_json(raw)),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,9 +10,12 @@ import faust
 from pydantic import ValidationError
 
 from sinks.webhooks import DeliveryResult, WebhookDispatcher
-from stepstream.contract import Alert, DeadLetter
+from stepstream.contract import Alert
+from stepstream.deadletter import dead_letter as build_dead_letter
 from stepstream.settings import Settings
 from stepstream.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher | None:
@@ -27,7 +31,8 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
     deadletters = app.topic(topics.deadletter, **raw)
 
     async def dead_letter(alert: Alert, result: DeliveryResult) -> None:
-        letter = DeadLetter.of(
+        letter = build_dead_letter(
+            stage="sink/alerts-webhooks",
             reason="webhook",
             detail=f"{result.url}: {result.reason} after {result.attempts} attempts",
             topic=topics.alerts,
@@ -37,7 +42,10 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
             offset=None,
             now=time.time(),
         )
-        await deadletters.send(key=alert.run.encode(), value=letter.to_bytes())
+        try:
+            await deadletters.send(key=alert.run.encode(), value=letter.to_bytes())
+        except Exception:
+            log.exception("could not dead-letter an undeliverable alert of run %s", alert.run)
 
     dispatcher = WebhookDispatcher(
         settings.webhooks,
@@ -56,7 +64,11 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
             except ValidationError:
                 event.ack()  # the alerts sink dead-letters it; nothing to notify
                 continue
-            dispatcher.submit(alert, event.ack)
+            try:
+                dispatcher.submit(alert, event.ack)
+            except Exception:
+                log.exception("webhook dispatch of alert %s failed", alert.fingerprint)
+                event.ack()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **kwargs: object) -> None:

@@ -603,6 +603,39 @@ def rules_check(
 
 
 @app.command()
+def schema(
+    topic: Annotated[
+        str | None, typer.Option(help="Only this topic (full name, or suffix like telemetry).")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Print the JSON Schema of every topic's messages (the wire format; see
+    docs/wire-format.md), generated from the contract's models."""
+    from stepstream.schema import topic_schemas
+    from stepstream.settings import Settings
+    from stepstream.topics import Topics
+
+    def go() -> None:
+        doc = topic_schemas(Topics(Settings().topic_prefix))
+        found = doc["topics"]
+        if topic is not None:
+            found = {n: t for n, t in found.items() if n == topic or n.endswith("." + topic)}
+            if not found:
+                raise StepstreamError(
+                    f"no topic {topic!r}: choose one of {', '.join(doc['topics'])}"
+                )
+        if json_out:
+            print(json.dumps({"version": doc["version"], "topics": found}, indent=2))
+            return
+        console.print(f"wire format v{doc['version']} (docs/wire-format.md)")
+        for name, entry in found.items():
+            console.print(f"\n[bold]{name}[/bold]  key: {entry['key']}  model: {entry['model']}")
+            print(json.dumps(entry["schema"], indent=2))
+
+    _guard(go)
+
+
+@app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Training steps per rank.")] = 60,
     nan_step: Annotated[int, typer.Option(help="Step at which rank 1 logs a NaN loss.")] = 40,

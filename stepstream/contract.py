@@ -8,11 +8,11 @@ a message whose major version ``v`` is newer than ours is rejected with reason `
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import from_json
 
 from stepstream.errors import ContractError
 
@@ -23,6 +23,17 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 METRIC_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./:@-]{0,199}$"
 """Metric names may be hierarchical (``grad_norm/layer1.weight``) but never contain ``|``."""
+
+MAX_TEXT_CHARS = 16_384
+"""Longest free text of a record (a log message with its traceback); the SDK truncates."""
+
+MAX_LABEL_CHARS = 256
+"""Longest node name and publisher incarnation id."""
+
+MAX_INT = 2**63 - 1
+"""Integers on the wire fit a signed 64-bit integer (seq, pid); ranks and world sizes a
+32-bit one (`MAX_RANK`): readers in any language can hold them."""
+MAX_RANK = 2**31 - 1
 
 RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
@@ -53,12 +64,16 @@ class RecordKind(StrEnum):
 class Record(WireModel):
     """One observation: a set of named values at one step and event time."""
 
-    seq: int = Field(ge=0, description="Per publisher incarnation, gap-free, for dedup.")
+    seq: int = Field(
+        ge=0, le=MAX_INT, description="Per publisher incarnation, gap-free, for dedup."
+    )
     t: float = Field(description="Event time, Unix seconds, taken when log() was called.")
     step: int | None = Field(None, ge=0, description="Training step, when the record has one.")
     kind: RecordKind = RecordKind.TRAIN
     values: dict[MetricName, float] = Field(default_factory=dict)
-    text: str | None = Field(None, description="Free text for log records.")
+    text: str | None = Field(
+        None, max_length=MAX_TEXT_CHARS, description="Free text for log records (data: escape it)."
+    )
 
 
 class Batch(WireModel):
@@ -66,11 +81,15 @@ class Batch(WireModel):
 
     v: int = SCHEMA_VERSION
     run: RunId
-    rank: int = Field(ge=0)
-    world: int = Field(1, ge=1)
-    node: str = ""
-    pid: int = 0
-    incarnation: str = Field("", description="Unique per publisher start; seq restarts with it.")
+    rank: int = Field(ge=0, le=MAX_RANK)
+    world: int = Field(1, ge=1, le=MAX_RANK)
+    node: str = Field("", max_length=MAX_LABEL_CHARS)
+    pid: int = Field(0, ge=-MAX_INT, le=MAX_INT)
+    incarnation: str = Field(
+        "",
+        max_length=MAX_LABEL_CHARS,
+        description="Unique per publisher start; seq restarts with it.",
+    )
     records: list[Record] = Field(default_factory=list)
 
     @property
@@ -278,42 +297,27 @@ class ControlAction(WireModel):
 
 
 class DeadLetter(WireModel):
-    """A message a stage could not use, kept with the reason so nothing is lost silently."""
+    """A message a stage could not use, kept with the reason so nothing is lost silently.
+
+    Bounded in size whatever the message was: `payload` is an excerpt of the original value
+    (at most `stepstream.deadletter.EXCERPT_BYTES` bytes of it), with `size` and `sha256` of
+    the whole value. Built by `stepstream.deadletter.dead_letter`.
+    """
 
     v: int = SCHEMA_VERSION
-    reason: str
-    detail: str
-    topic: str
+    stage: str = Field("", description="Who rejected it: app/agent, e.g. processor/series-stage.")
+    reason: str = Field(description="Short tag: null, empty, too_large, undecodable, schema, ...")
+    detail: str = Field(description="What was wrong, for a human (bounded).")
+    topic: str = Field(description="The topic the message was read from.")
     partition: int | None = None
     offset: int | None = None
-    key: str | None = None
-    payload: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
-    t: float
-
-    @classmethod
-    def of(
-        cls,
-        *,
-        reason: str,
-        detail: str,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        offset: int | None,
-        now: float,
-    ) -> DeadLetter:
-        """The dead letter of the bytes at (topic, partition, offset)."""
-        return cls(
-            reason=reason,
-            detail=detail,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key.decode("utf-8", "replace") if key else None,
-            payload=(value or b"").decode("utf-8", "replace"),
-            t=now,
-        )
+    key: str | None = Field(None, description="Excerpt of the message key, if any (bounded).")
+    size: int | None = Field(description="Bytes in the original value; null for a tombstone.")
+    sha256: str | None = Field(description="Hex SHA-256 of the original value; null if none.")
+    payload: str = Field(description="Excerpt of the original value, in `payload_encoding`.")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    truncated: bool = Field(False, description="True if `payload` is less than the value.")
+    t: float = Field(description="Wall-clock time the stage rejected it.")
 
 
 def series_key(run: str, rank: int) -> bytes:
@@ -327,17 +331,39 @@ def run_key(run: str) -> bytes:
 
 
 def _peek_version(raw: bytes) -> int | None:
-    """Best-effort read of ``v`` for a better error message; only used on the error path."""
+    """Best-effort read of ``v`` for a better error message; only used on the error path.
+    Parsed with pydantic's bounded parser: deep nesting cannot exhaust the Python stack."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = from_json(raw)
+    except (ValueError, RecursionError):
         return None
     version = doc.get("v") if isinstance(doc, dict) else None
     return version if isinstance(version, int) else None
 
 
-def decode_batch(raw: bytes) -> Batch:
-    """Decode one telemetry message, or raise ContractError naming the reason."""
+def check_value(raw: object, max_bytes: int | None = None) -> bytes:
+    """`raw` if it is bytes worth parsing (any topic), else raise ContractError: ``null``
+    for a tombstone, ``empty``, ``too_large`` beyond `max_bytes`, ``undecodable``."""
+    if raw is None:
+        raise ContractError("null", "the message has no value (a tombstone)")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ContractError("undecodable", f"the value is {type(raw).__name__}, not bytes")
+    if not raw:
+        raise ContractError("empty", "the message value is empty")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ContractError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    return bytes(raw)
+
+
+def decode_batch(raw: bytes | None, max_bytes: int | None = None) -> Batch:
+    """Decode one telemetry message, or raise ContractError naming the reason.
+
+    Anything a topic can hold is answered: a null value (tombstone) is ``null``, zero bytes
+    ``empty``, more than `max_bytes` ``too_large`` (not parsed at all), bytes that are not
+    JSON (non-UTF-8, nested deeper than the parser allows) ``undecodable``, JSON that is
+    not a batch ``schema``, an unknown major version ``version``.
+    """
+    raw = check_value(raw, max_bytes)
     try:
         batch = Batch.model_validate_json(raw)
     except ValidationError as exc:
@@ -352,7 +378,15 @@ def decode_batch(raw: bytes) -> Batch:
         raise ContractError(
             "version", f"schema v{batch.v} is newer than this reader (v{SCHEMA_VERSION})"
         )
+    if batch.v < 1:
+        raise ContractError("version", f"schema v{batch.v} does not exist (versions start at 1)")
     return batch
+
+
+def validation_reason(exc: ValidationError) -> tuple[str, str]:
+    """(reason, detail) of a message that failed its model: ``undecodable`` when it was
+    not JSON (or nested too deep), else ``schema`` with the first errors' fields."""
+    return ("undecodable" if _is_json_error(exc) else "schema"), _short_errors(exc)
 
 
 def _is_json_error(exc: ValidationError) -> bool:

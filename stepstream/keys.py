@@ -44,7 +44,7 @@ SERIES_KINDS = (SERIES_STEP, SERIES_COARSE, SERIES_TIME)
 
 def check_run_id(run: str) -> str:
     """Return `run` if it is a valid run id, else raise ConfigError saying what is allowed."""
-    if not isinstance(run, str) or not _RUN_RE.match(run):
+    if not isinstance(run, str) or not _RUN_RE.fullmatch(run):
         raise ConfigError(
             f"invalid run id {run!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -54,7 +54,7 @@ def check_run_id(run: str) -> str:
 
 def check_metric(metric: str) -> str:
     """Return `metric` if it is a valid metric name, else raise ConfigError."""
-    if not isinstance(metric, str) or not _METRIC_RE.match(metric):
+    if not isinstance(metric, str) or not _METRIC_RE.fullmatch(metric):
         raise ConfigError(
             f"invalid metric name {metric!r}: use 1-200 letters, digits and '_./:@-' "
             "(no '|' or spaces), starting with a letter, digit or '_'"
@@ -64,7 +64,7 @@ def check_metric(metric: str) -> str:
 
 def check_window(window: str) -> str:
     """Return `window` if it is a valid window name, else raise ConfigError."""
-    if not isinstance(window, str) or not _WINDOW_RE.match(window):
+    if not isinstance(window, str) or not _WINDOW_RE.fullmatch(window):
         raise ConfigError(
             f"invalid window name {window!r}: use 1-64 letters, digits, '.', '_' or '-' "
             "such as 50steps or 10s"

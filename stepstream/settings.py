@@ -191,6 +191,17 @@ class Settings(BaseSettings):
     max_future_s: float = Field(
         3600.0, gt=0, description="Records this far ahead of the processor clock are dead-lettered."
     )
+    max_past_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Records older than this (processor clock) are dead-lettered.",
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Telemetry messages larger than this are dead-lettered unread; the SDK "
+        "and the processor's forward to the validated topic stay below it.",
+    )
     max_metrics_per_run: int = Field(
         5000, ge=1, description="Distinct metric names per run; more are dead-lettered."
     )

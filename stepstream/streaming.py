@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.types.auth import CredentialsT
 
-from stepstream.contract import DeadLetter
+from stepstream.deadletter import dead_letter
 from stepstream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -71,6 +75,9 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
         stream_buffer_maxsize=4096,
+        # Room for a message of STEPSTREAM_MAX_MESSAGE_BYTES plus Kafka's record overhead
+        # (stage 1 forwards accepted telemetry in messages up to 90% of that size).
+        producer_max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
     )
     marker = ready_file(settings, app_id)
 
@@ -118,16 +125,78 @@ def run_worker(app: faust.App, log_level: str) -> None:
     worker.execute_from_commandline()
 
 
-def dead_letter_of(event: faust.EventT, topic: str, reason: str, detail: str) -> bytes:
-    """The dead-letter message, as bytes, of a faust event that could not be used."""
+async def send_dead_letter(
+    deadletters: faust.TopicT,
+    event: faust.EventT,
+    *,
+    stage: str,
+    topic: str,
+    reason: str,
+    detail: str,
+) -> bool:
+    """Dead-letter the faust `event` read from `topic`; True if it was sent.
+
+    Never raises (but for cancellation): a dead letter that cannot be sent is logged with
+    where the message was, and the stage goes on with the next message.
+    """
     message = event.message
-    return DeadLetter.of(
-        reason=reason,
-        detail=detail,
-        topic=topic,
-        key=event.key if isinstance(event.key, bytes) else None,
-        value=event.value if isinstance(event.value, bytes) else None,
-        partition=message.partition,
-        offset=message.offset,
-        now=time.time(),
-    ).to_bytes()
+    try:
+        letter = dead_letter(
+            stage=stage,
+            reason=reason,
+            detail=detail,
+            topic=topic,
+            key=event.key if isinstance(event.key, bytes) else None,
+            value=event.value if isinstance(event.value, bytes) else None,
+            partition=message.partition,
+            offset=message.offset,
+            now=time.time(),
+        )
+        key = letter.key.encode() if letter.key is not None else None
+        await deadletters.send(key=key, value=letter.to_bytes())
+        return True
+    except Exception:
+        log.exception(
+            "%s: could not dead-letter %s[%s]@%s (%s: %s); going on",
+            stage,
+            topic,
+            message.partition,
+            message.offset,
+            reason,
+            detail[:200],
+        )
+        return False
+
+
+Reject = Callable[[faust.EventT, str, str, str, str], Awaitable[None]]
+"""Dead-letters (event, stage, topic, reason, detail); never raises."""
+
+
+async def guarded(
+    events: list[faust.EventT],
+    handle: Callable[[list[faust.EventT]], Awaitable[None]],
+    reject: Reject,
+    stage: str,
+    topic: str,
+) -> None:
+    """Run `handle(events)` so that no exception escapes into faust (which would restart
+    the agent and skip what it had taken). If the batch fails, each message is handled
+    alone, and one that fails alone is dead-lettered with reason ``internal_error``: a
+    message that trips a bug costs itself, never the messages after it. Stages must
+    tolerate seeing a message twice here (stage 1 dedups by seq; sinks write
+    idempotently)."""
+    try:
+        await handle(events)
+        return
+    except Exception as exc:
+        if len(events) == 1:
+            log.exception("%s: a message failed; dead-lettering it", stage)
+            await reject(events[0], stage, topic, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        log.exception("%s: a batch of %d failed; retrying one by one", stage, len(events))
+    for event in events:
+        try:
+            await handle([event])
+        except Exception as exc:
+            log.exception("%s: a message failed; dead-lettering it", stage)
+            await reject(event, stage, topic, "internal_error", f"{type(exc).__name__}: {exc}")

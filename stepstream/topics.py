@@ -17,6 +17,12 @@ class Topics:
         return f"{self.prefix}.telemetry"
 
     @property
+    def validated(self) -> str:
+        """Telemetry batches that passed stage 1's checks, keyed ``run:rank``: what the sink
+        stores as raw series (internal; producers write to `telemetry`)."""
+        return f"{self.prefix}.telemetry.validated"
+
+    @property
     def summaries(self) -> str:
         """Compact per-rank, per-step summaries for cross-rank analysis, keyed by run."""
         return f"{self.prefix}.summaries"
@@ -50,6 +56,7 @@ class Topics:
         """Every topic stepstream creates at start-up."""
         return [
             self.telemetry,
+            self.validated,
             self.summaries,
             self.crossrank,
             self.windows,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import statistics
+import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -114,7 +116,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
         run=run_id,
         rank=0,
         incarnation="x",
-        records=[Record(seq=0, t=1.0, step=0, values={"loss": 0.5})],
+        records=[Record(seq=0, t=time.time(), step=0, values={"loss": 0.5})],
     )
     for key, value in [
         (b"bad:0", b"\xff\xfe garbage"),
@@ -142,6 +144,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
             for messages in consumer.poll(500).values():
                 for m in messages:
                     doc = json.loads(m.value)
+                    assert doc["key"] not in letters, f"two dead letters for {doc['key']}"
                     letters[doc["key"]] = doc
             return {"bad:0", "bad:1", "bad:2"} <= letters.keys()
 
@@ -149,7 +152,10 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
     finally:
         consumer.close()
     assert letters["bad:0"]["reason"] == "undecodable"
-    assert letters["bad:0"]["payload"].endswith(" garbage")
+    assert letters["bad:0"]["payload_encoding"] == "base64"  # not UTF-8: carried as base64
+    assert base64.b64decode(letters["bad:0"]["payload"]) == b"\xff\xfe garbage"
+    assert letters["bad:0"]["stage"] == "processor/series-stage"
+    assert letters["bad:0"]["size"] == len(b"\xff\xfe garbage")
     assert letters["bad:1"]["reason"] == "version"
     assert letters["bad:2"]["reason"] == "schema" and "run" in letters["bad:2"]["detail"]
     assert letters["bad:1"]["topic"] == topics.telemetry

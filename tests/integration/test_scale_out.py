@@ -97,8 +97,9 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
         publish(range(20, 40))
         wait_for(lambda: all_at(39), timeout=60)
 
-        # Liveness comes from the sink's telemetry path, windows from the processor: the
-        # windows of step 39 may land a moment after the liveness of step 39.
+        # Liveness comes from the sink's raw-series path (the validated telemetry the
+        # processor forwards), windows from the processor's window updates: the windows of
+        # step 39 may land a moment after the liveness of step 39.
         def loss_windows() -> dict[str, RollingStats]:
             out = {}
             for run in runs:

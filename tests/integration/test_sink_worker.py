@@ -73,7 +73,7 @@ def test_sink_worker_survives_a_redis_outage_without_loss(broker: Settings, tmp_
         stdin=subprocess.DEVNULL,
     )
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    topic = Topics(settings.topic_prefix).telemetry
+    topic = Topics(settings.topic_prefix).validated  # what the sink stores raw series from
     reader = MetricsReader.from_url(redis_server.url)
 
     def steps_of(rank: int) -> list[int | None]:

@@ -143,7 +143,8 @@ def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
     from processors.series_stage import SeriesStage
     from stepstream.contract import Batch, Record
 
-    stage = SeriesStage([5], [3.0], stats_interval_s=0)
+    # The stage's clock is near the records' event times (older ones are past_time).
+    stage = SeriesStage([5], [3.0], clock=lambda: 110.0, stats_interval_s=0)
     e = engine()
     transitions = []
     for step, loss in enumerate([1.0, float("nan"), float("nan"), 0.5]):

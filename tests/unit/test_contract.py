@@ -10,7 +10,6 @@ import pytest
 from stepstream.contract import (
     Alert,
     Batch,
-    DeadLetter,
     Record,
     RecordKind,
     WindowStats,
@@ -121,18 +120,3 @@ def test_metric_names_with_separator_are_rejected() -> None:
     doc["records"][0]["values"] = {"a|b": 1.0}
     with pytest.raises(ContractError):
         decode_batch(json.dumps(doc).encode())
-
-
-def test_dead_letter_keeps_the_original_bytes() -> None:
-    letter = DeadLetter.of(
-        reason="undecodable",
-        detail="d",
-        topic="t",
-        key=b"k",
-        value=b"abc\xff",
-        partition=1,
-        offset=9,
-        now=3.0,
-    )
-    back = DeadLetter.model_validate_json(letter.to_bytes())
-    assert (back.key, back.payload, back.partition, back.offset) == ("k", "abc\ufffd", 1, 9)

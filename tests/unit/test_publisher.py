@@ -309,3 +309,19 @@ def test_persist_flush_returns_once_spooled_while_broker_away(spool_dir: Path) -
         assert pub.stats.spooled_records == 10 and list(spool_dir.rglob("*.spool"))
     finally:
         pub.close(5)
+
+
+def test_messages_stay_under_the_size_limit_and_keep_every_record_in_order() -> None:
+    producer = RecordingProducer()
+    settings = Settings(flush_interval_s=0.05, max_message_bytes=20_000)
+    pub = Publisher(IDENT, settings, producer_factory=lambda s: producer)
+    wide = {f"grad_norm/layer{i}": float(i) for i in range(40)}  # ~1.2 KB per record
+    for step in range(200):
+        pub.enqueue(step, RecordKind.TRAIN, wide)
+    assert pub.flush(5)
+    pub.close()
+    sizes = [len(raw) for _, _, raw in producer.sent]
+    assert max(sizes) <= 20_000 and sum(sizes) > 200_000
+    records = records_of(producer)
+    assert [r.seq for r in records] == list(range(200))
+    assert all(r.values == wide for r in records)
