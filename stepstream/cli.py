@@ -8,13 +8,16 @@ permissions refused, 6 TLS handshake failed, 130 interrupted. Failures print one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -85,6 +88,22 @@ def _fail(exc: BaseException, message: str, code: int) -> typer.Exit:
     sys.stderr.write(f"error: {' '.join(message.split())}\n")
     sys.stderr.flush()
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) while the block runs, instead of a KeyboardInterrupt
+    that could land inside the Kafka client. The handler is installed even where SIGINT was
+    inherited ignored (a command started with `&` from a script), so `kill -INT` stops it."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _guard(action: Callable[[], T]) -> T:
@@ -398,13 +417,11 @@ def alerts(
         if follow:
             from sinks.alert_feed import AlertFeed
 
-            with AlertFeed(settings, run=run, from_beginning=False) as feed:
+            with AlertFeed(settings, run=run, from_beginning=False) as feed, _ctrl_c() as stop:
                 err_console.print(f"following {settings.topic_prefix}.alerts (Ctrl-C stops)")
-                try:
-                    for alert in feed.follow():
+                while not stop.is_set():
+                    for alert in feed.poll(0.25):
                         show(alert)
-                except KeyboardInterrupt:
-                    return
             return
         from sinks.reader import MetricsReader
 

@@ -46,6 +46,12 @@ def hooked(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         yield client_settings
 
 
+def _terminal_signals() -> None:
+    # As in a terminal: a test run started in the background (`cmd &` in a script)
+    # ignores SIGINT, and children inherit that, so Ctrl-C would never reach the CLI.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
     return subprocess.Popen(
@@ -54,6 +60,7 @@ def cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_terminal_signals,
     )
 
 
