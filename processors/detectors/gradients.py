@@ -66,6 +66,11 @@ class _Series:
     age: int = 0
     #: The flag that opened the current exploding/vanishing episode, if one is open.
     open: Flag | None = None
+    #: Limits from the baseline, recomputed with it: a norm above `high` explodes; the
+    #: recent points below `low` (`near` of them) are the ones that could make it vanish.
+    high: float = math.inf
+    low: float = -math.inf
+    near: int = 0
 
 
 def _low_ratio(series: _Series) -> float | None:
@@ -104,7 +109,7 @@ class GradientDetector:
     def _new(self, run: str, rank: int, metric: str) -> _Series:
         p = self.params
         layer = vocab.is_signal(metric, vocab.GRAD_LAYER_NORM)
-        series = _Series(layer, deque(maxlen=p.window), deque(maxlen=p.recent))
+        series = _Series(layer, deque(maxlen=p.window), deque(maxlen=p.recent), high=p.explode_abs)
         self._series[(run, rank, metric)] = series
         if layer:
             self._ranks.setdefault((run, rank), _Rank()).layers[metric] = series
@@ -121,15 +126,10 @@ class GradientDetector:
         series = self._series.get((run, rank, metric)) or self._new(run, rank, metric)
         series.age -= 1
         if series.age <= 0 and len(series.baseline) >= p.min_points:
-            series.base, series.age = median(series.baseline), p.refresh
+            self._refresh(series)
         base = series.base
-        # Exploding: the single point, against its baseline.
-        ratio_limit = p.explode_layer_ratio if series.layer else p.explode_ratio
-        explode_at = p.explode_abs
-        if base is not None and base > 0:
-            explode_at = min(explode_at, base * ratio_limit)
         opening = series.open
-        if value > explode_at:
+        if value > series.high:  # exploding: the single point, against its baseline
             if opening is not None and opening.detector == self.EXPLODING:
                 return ()
             ended = self._end(series, step, t, value) if opening is not None else ()
@@ -150,10 +150,21 @@ class GradientDetector:
                 t,
                 "critical",
                 summary,
-                evidence(value, base, explode_at, float(len(series.baseline))),
+                evidence(value, base, series.high, float(len(series.baseline))),
             )
             return (*ended, flag)
-        series.recent.append(value)
+        last = series.recent
+        if len(last) == last.maxlen and last[0] < series.low:
+            series.near -= 1
+        last.append(value)
+        if value < series.low:
+            series.near += 1
+        if opening is None and series.near * 2 < p.recent:
+            # The common case, one comparison per norm: under half the recent points near
+            # the vanishing limit, so their median is not under it.
+            if len(last) == last.maxlen:
+                series.baseline.append(last[0])
+            return ()
         # Vanishing: the median of the recent points, against the baseline and the peers.
         judged = self._vanish_ratio(run, rank, series)
         limit = p.vanish_ratio if series.layer else p.vanish_global_ratio
@@ -192,6 +203,17 @@ class GradientDetector:
             series.baseline.append(series.recent[0])
         return ()
 
+    def _refresh(self, series: _Series) -> None:
+        """A new baseline median, and the limits that follow from it."""
+        p = self.params
+        base = series.base = median(series.baseline)
+        series.age = p.refresh
+        ratio = p.explode_layer_ratio if series.layer else p.explode_ratio
+        vanish = p.vanish_ratio if series.layer else p.vanish_global_ratio
+        series.high = min(p.explode_abs, base * ratio) if base > 0 else p.explode_abs
+        series.low = base * vanish * p.rearm if base > 0 else -math.inf
+        series.near = sum(1 for v in series.recent if v < series.low)
+
     def _vanish_ratio(self, run: str, rank: int, series: _Series) -> float | None:
         """The ratio vanishing is judged on, or None while there is no baseline: recent
         median over baseline median; for a layer, also over the other layers' ratios
@@ -200,11 +222,6 @@ class GradientDetector:
         base = series.base
         if base is None or base <= 0 or len(series.recent) < p.recent:
             return None
-        # Cheap test first: fewer than half the recent points near the limit means the
-        # median cannot be under it.
-        limit = base * (p.vanish_ratio if series.layer else p.vanish_global_ratio) * p.rearm
-        if series.open is None and sum(v < limit for v in series.recent) * 2 < p.recent:
-            return 1.0
         own = median(series.recent) / base
         if not series.layer:
             return own
