@@ -130,11 +130,6 @@ class Incidents:
         incident = self._open.get((run, detector))
         return tuple(incident.listed) if incident else ()
 
-    def forget(self, run: str) -> None:
-        """Drop the open incidents of `run` (its state is gone: no cleared flags)."""
-        for key in [k for k in self._open if k[0] == run]:
-            del self._open[key]
-
     def __len__(self) -> int:
         return len(self._open)
 

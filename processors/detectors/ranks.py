@@ -229,10 +229,6 @@ class DesyncDetector:
         )
         return self._episodes.start(run, flag)
 
-    def forget(self, run: str) -> None:
-        """Drop what is known of `run` (its state ended elsewhere)."""
-        self._runs.pop(run, None)
-
 
 def _step_at(points: deque[tuple[float, int]], t: float) -> int | None:
     """The newest step of a rank at event time `t` (None if its history starts later)."""

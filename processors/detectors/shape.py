@@ -112,7 +112,3 @@ class SeriesDetector(Generic[S, P]):
             evidence=evidence,
         )
         return (self._episodes.start(key, flag),)
-
-    def is_open(self, run: str, rank: int, metric: str) -> bool:
-        """True while the episode of this series is open."""
-        return self._episodes.is_open(self.key(run, rank, metric))
