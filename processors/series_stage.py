@@ -351,21 +351,21 @@ class SeriesStage:
                 summary if merged is None else _merge(merged, summary)
             )
         result.summaries = list(summaries.values())
-        for flag in flags:
+        result.alerts = [flag_to_alert(flag, now) for flag in flags]
+        for flag, alert in zip(flags, result.alerts, strict=True):
+            if flag.rank is None:
+                continue
             # Stage 1's findings go to stage 2, where every rank of the run meets, to be
             # grouped into incidents (`processors.incidents`).
-            if flag.rank is not None:
-                target = summaries.get((flag.run, flag.rank))
-                if target is not None:
-                    target.flags.append(flag_to_alert(flag, now))
-        for flag in flags:
+            target = summaries.get((flag.run, flag.rank))
+            if target is not None:
+                target.flags.append(alert)
             # A cleared flag reports an end, not a finding on this window.
-            if flag.metric is not None and flag.rank is not None and not flag.cleared:
+            if flag.metric is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
         for (_run, _rank), (batch, state, values) in touched.items():
             if values or state.quality_touched or state.status_changed:
                 result.updates.append(self._update(batch, state, values, flagged, now))
-        result.alerts = [flag_to_alert(flag, now) for flag in flags]
         return result
 
     def admitted(self, run: str, metric: str) -> bool:
