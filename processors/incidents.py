@@ -21,6 +21,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from processors.flags import Flag, cleared_flag
+from stepstream.vocabulary import is_rank_local
 
 #: Series listed in an incident's `affected` (the count goes on in the evidence).
 MAX_LISTED = 50
@@ -74,20 +75,52 @@ class Incidents:
         if incident is None:
             incident = self._open[key] = _Incident(opening=flag)
             self._join(incident, flag, member)
-            opened = dataclasses.replace(
-                flag,
-                affected=tuple(incident.listed),
-                evidence={
-                    **flag.evidence,
-                    "first_rank": _num(flag.rank),
-                    "first_step": _num(flag.step),
-                },
-            )
-            incident.opening = opened
-            return opened
+            return self._opened(incident, flag)
         incident.closing = None  # flagged again within the hold: the same incident
         self._join(incident, flag, member)
         return None
+
+    def apply_all(self, flags: list[Flag], now: float = 0.0) -> list[Flag]:
+        """`apply` each of `flags` (in order); the flags to raise. Of the flags that open
+        an incident together (the same step, in one call), the one on a rank-local signal
+        names it: the loss that went NaN, not the gradient norm that `watch()` read just
+        before it."""
+        out: list[Flag] = []
+        fresh: dict[tuple[str, str], int] = {}
+        for flag in flags:
+            key = (flag.run, flag.detector)
+            raised = self.apply(flag, now)
+            if raised is not None:
+                if not raised.cleared:
+                    fresh[key] = len(out)
+                out.append(raised)
+                continue
+            at = fresh.get(key)
+            if at is None or flag.cleared:
+                continue
+            opener = out[at]
+            if (
+                flag.step == opener.step
+                and flag.metric is not None
+                and is_rank_local(flag.metric)
+                and (opener.metric is None or not is_rank_local(opener.metric))
+            ):
+                out[at] = self._opened(self._open[key], flag)
+        return out
+
+    def _opened(self, incident: _Incident, flag: Flag) -> Flag:
+        """The opening flag of `incident`, named by `flag`."""
+        opened = dataclasses.replace(
+            flag,
+            affected=tuple(incident.listed),
+            evidence={
+                **flag.evidence,
+                "first_rank": _num(flag.rank),
+                "first_step": _num(flag.step),
+            },
+        )
+        incident.opening = opened
+        return opened
 
     def tick(self, now: float) -> list[Flag]:
         """Cleared flags of the incidents whose hold ran out by `now`."""

@@ -242,12 +242,7 @@ class RunStage:
     def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
         """The alerts of `flags`, grouped into one incident per run and detector."""
         raised = self._clock()
-        out = []
-        for flag in flags:
-            grouped = self.incidents.apply(flag, now)
-            if grouped is not None:
-                out.append(flag_to_alert(grouped, raised))
-        return out
+        return [flag_to_alert(f, raised) for f in self.incidents.apply_all(flags, now)]
 
     def _quality(
         self, state: _RunState, step: int, sums: Mapping[str, float]

@@ -105,3 +105,28 @@ def test_a_flapping_fault_within_the_hold_is_one_incident() -> None:
     (ended,) = incidents.tick(108.4)
     assert ended.cleared and (ended.rank, ended.step) == (1, 56)
     assert incidents.apply(flag(1, "loss", 90), now=120.0) is not None  # a new incident
+
+
+def test_a_rank_local_series_names_an_incident_opened_in_the_same_step() -> None:
+    # watch() reads the gradient norms before the training loop logs its loss: both are
+    # NaN at step 200, and the loss is the one that says where it started.
+    incidents = Incidents()
+    raised = incidents.apply_all(
+        [
+            flag(0, "grad/norm/fc.weight", 200),
+            flag(0, "grad/global_norm", 200),
+            flag(0, "loss", 200),
+        ]
+    )
+    assert [(f.metric, f.step) for f in raised] == [("loss", 200)]
+    assert "rank 0: loss" in raised[0].affected
+    # its end names the same series, so it resolves the same alert
+    for metric in ("grad/norm/fc.weight", "grad/global_norm"):
+        assert incidents.apply_all([flag(0, metric, 210, cleared=True)]) == []
+    (ended,) = incidents.apply_all([flag(0, "loss", 211, cleared=True)])
+    assert ended.cleared and ended.metric == "loss"
+    # a later step does not rename what was already raised
+    later = Incidents()
+    first = later.apply_all([flag(0, "grad/global_norm", 5)])
+    assert first[0].metric == "grad/global_norm"
+    assert later.apply_all([flag(0, "loss", 6)]) == []
