@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import redis
 
 import producers
-from sinks.alert_feed import AlertFeed
+from query.alert_feed import AlertFeed
 from stepstream.keys import RedisKeys
 from stepstream.settings import Settings, WebhookTarget
 from stepstream.stack import LocalStack, settings_env

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.settings import Settings

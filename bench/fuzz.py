@@ -28,7 +28,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import producers
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack
 from stepstream.topics import Topics

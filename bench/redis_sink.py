@@ -28,14 +28,14 @@ from collections.abc import Callable
 
 import redis
 
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
 from sinks.plan import SeriesLimits, WritePlan
-from sinks.reader import MetricsReader
-from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
-from sinks.stats import OpenWindowUpdate
 from stepstream.contract import Batch, Record, WindowStats, WindowUpdate, decode_batch
 from stepstream.keys import SERIES_STEP, RedisKeys
+from stepstream.redis_client import async_client
+from stepstream.stored_stats import OpenWindowUpdate
 
 RANKS, METRICS, RECORDS_PER_BATCH, SINK_BATCH = 64, 30, 20, 500
 WINDOWS = ("50steps", "10s", "60s")

@@ -1,1 +1,1 @@
-"""Sinks: the Redis writer and reader (query API) and alert delivery."""
+"""The write path: faust sink workers that persist stage output to Redis and deliver alerts."""

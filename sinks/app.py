@@ -25,9 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sinks.plan import SeriesLimits, WritePlan
-from sinks.redis_client import async_client
 from sinks.redis_writer import RedisWriter
-from sinks.stats import OpenWindowUpdate
 from sinks.webhook_agent import add_webhook_agent
 from stepstream.contract import (
     Alert,
@@ -38,7 +36,9 @@ from stepstream.contract import (
 )
 from stepstream.errors import ConfigError, ContractError
 from stepstream.keys import RedisKeys
+from stepstream.redis_client import async_client
 from stepstream.settings import Settings
+from stepstream.stored_stats import OpenWindowUpdate
 from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 

@@ -14,11 +14,11 @@ import faust
 
 from processors.alerting.engine import AlertEngine, Signal
 from processors.alerting.rules import Rule, load_rules
-from sinks.redis_client import async_client
-from sinks.silence_store import load_silences
+from processors.alerting.silence_store import load_silences
 from stepstream.contract import Alert, ControlAction, WindowUpdate, run_key
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
+from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.topics import Topics
 

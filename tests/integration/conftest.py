@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream.settings import Settings
 from stepstream.stack import running_stack
 

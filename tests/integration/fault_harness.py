@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
-from sinks.reader import MetricsReader
 from stepstream.admin import ensure_topics
 from stepstream.settings import Settings
 from stepstream.stack import find_broker_binary, free_port, settings_env, worker_command

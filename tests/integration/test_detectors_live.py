@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream.contract import Alert
 from stepstream.settings import Settings
 from stepstream.stack import free_port, running_stack, settings_env

@@ -26,7 +26,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import producers
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream.contract import MAX_TEXT_CHARS
 from stepstream.settings import Settings
 from stepstream.stack import StackState

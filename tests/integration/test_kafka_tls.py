@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.alert_feed import AlertFeed
+from query.alert_feed import AlertFeed
 from stepstream.contract import Alert
 
 from .fault_harness import FaultStack, Training, read_back

@@ -11,8 +11,8 @@ import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import producers
-from sinks.alert_feed import AlertFeed
-from sinks.reader import MetricsReader
+from query.alert_feed import AlertFeed
+from query.reader import MetricsReader
 from stepstream.contract import Batch, Record
 from stepstream.settings import Settings
 from stepstream.topics import Topics

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from processors.alerting.silence_store import SilenceStore, new_silence
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
-from sinks.reader import MetricsReader
-from sinks.redis_client import sync_client
-from sinks.silence_store import SilenceStore, new_silence
+from stepstream.redis_client import sync_client
 
 from .test_redis_store import KEYS, all_messages, value, write_all
 

@@ -12,11 +12,11 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
-from sinks.reader import MetricsReader
-from sinks.redis_client import acl_rules
 from stepstream.errors import StackError
 from stepstream.keys import RedisKeys
+from stepstream.redis_client import acl_rules
 
 from .test_redis_store import KEYS, all_messages, value, write_all
 

@@ -20,17 +20,15 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from processors.alerting.silence_store import SilenceStore, load_silences, new_silence
 from processors.alerting.silences import Silence
+from query.export import export_csv, export_tensorboard
+from query.http_api import create_api
+from query.reader import MetricsReader
 from sinks.app import write_with_retry
-from sinks.export import export_csv, export_tensorboard
-from sinks.http_api import create_api
 from sinks.local_redis import LocalRedis
 from sinks.plan import SeriesLimits, WritePlan
-from sinks.reader import MetricsReader
-from sinks.redis_client import WRITE_COMMANDS, acl_rules, async_client, sync_client
 from sinks.redis_writer import RedisWriter
-from sinks.silence_store import SilenceStore, load_silences, new_silence
-from sinks.stats import OpenStats, OpenWindowUpdate
 from stepstream.contract import (
     Alert,
     Batch,
@@ -41,7 +39,9 @@ from stepstream.contract import (
     WindowUpdate,
 )
 from stepstream.keys import RedisKeys
+from stepstream.redis_client import WRITE_COMMANDS, acl_rules, async_client, sync_client
 from stepstream.settings import Settings
+from stepstream.stored_stats import OpenStats, OpenWindowUpdate
 
 RETENTION_S = 3600
 KEYS = RedisKeys()

@@ -13,9 +13,9 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
-from sinks.reader import MetricsReader
-from sinks.redis_client import async_client
+from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 
 from .test_redis_store import all_messages, batches, value, write_all

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import producers
-from sinks.reader import MetricsReader, RollingStats
+from query.reader import MetricsReader, RollingStats
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env, worker_command
 

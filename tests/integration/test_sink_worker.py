@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
-from sinks.reader import MetricsReader
 from stepstream.contract import Batch, Record
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env, worker_command

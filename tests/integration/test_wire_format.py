@@ -11,7 +11,7 @@ import uuid
 
 from confluent_kafka import Producer
 
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 from stepstream.settings import Settings
 
 from .conftest import wait_for

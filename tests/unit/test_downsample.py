@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sinks.downsample import downsample, lttb, minmax
+from query.downsample import downsample, lttb, minmax
 
 
 def wave(n: int) -> list[tuple[float, float]]:

@@ -150,7 +150,7 @@ def test_every_client_builder_uses_the_security_settings() -> None:
     builders = {
         "producers/publisher.py": "KafkaProducer(",
         "producers/control.py": "KafkaConsumer(",
-        "sinks/alert_feed.py": "KafkaConsumer(",
+        "query/alert_feed.py": "KafkaConsumer(",
         "stepstream/admin.py": "KafkaAdminClient(",
     }
     for path, call in builders.items():

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from sinks.plan import SeriesLimits, WritePlan
-from sinks.stats import OpenWindowUpdate
 from stepstream.contract import (
     Alert,
     Batch,
@@ -20,6 +19,7 @@ from stepstream.contract import (
 )
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
+from stepstream.stored_stats import OpenWindowUpdate
 
 
 def update(rank: int, loss: float, t: float) -> WindowUpdate:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from sinks.prom_exporter import render_metrics
-from sinks.reader import RollingRow, RollingStats, RunInfo
+from query.prom_exporter import render_metrics
+from query.reader import RollingRow, RollingStats, RunInfo
 
 
 def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sinks.redis_acl import parse_version, setuser_line
-from sinks.redis_client import READ_COMMANDS, WRITE_COMMANDS, acl_rules
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys
+from stepstream.redis_acl import parse_version, setuser_line
+from stepstream.redis_client import READ_COMMANDS, WRITE_COMMANDS, acl_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from sinks.reader import (
+from query.reader import (
     CrossRankRow,
     LatestValue,
     MetricsReader,
@@ -160,7 +160,7 @@ def create_api(
 
     @api.get("/metrics", summary="Prometheus exposition of latest values and rolling stats")
     def metrics() -> Response:
-        from sinks.prom_exporter import render_metrics
+        from query.prom_exporter import render_metrics
 
         return Response(render_metrics(reader(), metrics_max_series), media_type=PROMETHEUS_TEXT)
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from sinks.redis_acl import (  # re-exported: the ACL lists live beside the pure ACL logic
+from stepstream.redis_acl import (  # re-exported: the ACL lists live beside the pure ACL logic
     CONNECT_COMMANDS,
     READ_COMMANDS,
     WRITE_COMMANDS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from sinks.reader import MetricsReader
+from query.reader import MetricsReader
 
 
 def export_tensorboard(reader: MetricsReader, run: str, log_dir: Path) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.table import Table
 
-from sinks.reader import MetricsReader, RollingRow
+from query.reader import MetricsReader, RollingRow
 
 # Stats shown first, in this order; any other numeric stat (std, p95 ...) follows.
 _KNOWN_STATS = ("count", "mean", "min", "max", "last", "nonfinite")

@@ -76,9 +76,9 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
     """Run the demo; True when the NaN alert and every rank's stats were seen."""
     if not 0 <= nan_step < steps:
         raise StepstreamError(f"--nan-step must be in [0, {steps}), got {nan_step}")
-    from sinks.alert_feed import AlertFeed
-    from sinks.query_views import rolling_tables
-    from sinks.reader import MetricsReader
+    from query.alert_feed import AlertFeed
+    from query.reader import MetricsReader
+    from query.views import rolling_tables
 
     started = time.monotonic()
     state_dir = tempfile.mkdtemp(prefix="stepstream-demo-")

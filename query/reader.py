@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from sinks.downsample import Method, select
-from sinks.redis_client import sync_client
-from sinks.stats import OpenStats
+from query.downsample import Method, select
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.keys import (
@@ -30,6 +28,8 @@ from stepstream.keys import (
     parse_series_field,
     parse_series_member,
 )
+from stepstream.redis_client import sync_client
+from stepstream.stored_stats import OpenStats
 
 if TYPE_CHECKING:
     from stepstream.settings import Settings

@@ -253,8 +253,8 @@ def query(
     json_out: JsonFlag = False,
 ) -> None:
     """Print a run's rolling stats from Redis (or the list of runs, or one of the views)."""
-    from sinks import query_views
-    from sinks.reader import MetricsReader
+    from query import views as query_views
+    from query.reader import MetricsReader
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
@@ -295,8 +295,8 @@ def serve(
     state_dir: StateDir = None,
 ) -> None:
     """Serve the query API as HTTP JSON (OpenAPI at /docs) and Prometheus /metrics."""
-    from sinks.http_api import serve as serve_api
-    from sinks.reader import MetricsReader
+    from query.http_api import serve as serve_api
+    from query.reader import MetricsReader
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
@@ -322,8 +322,8 @@ def export(
     state_dir: StateDir = None,
 ) -> None:
     """Export a run's stored series to TensorBoard event files and/or CSV."""
-    from sinks.export import export_csv, export_tensorboard
-    from sinks.reader import MetricsReader
+    from query.export import export_csv, export_tensorboard
+    from query.reader import MetricsReader
 
     if tensorboard is None and csv_file is None:
         err_console.print("[red]error:[/red] give --tensorboard DIR and/or --csv FILE")
@@ -415,7 +415,7 @@ def alerts(
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
         if follow:
-            from sinks.alert_feed import AlertFeed
+            from query.alert_feed import AlertFeed
 
             with AlertFeed(settings, run=run, from_beginning=False) as feed, _ctrl_c() as stop:
                 err_console.print(f"following {settings.topic_prefix}.alerts (Ctrl-C stops)")
@@ -423,7 +423,7 @@ def alerts(
                     for alert in feed.poll(0.25):
                         show(alert)
             return
-        from sinks.reader import MetricsReader
+        from query.reader import MetricsReader
 
         reader = MetricsReader.from_settings(settings)
         try:
@@ -445,9 +445,9 @@ app.add_typer(silence_app, name="silence")
 
 
 def _silence_store(redis_url: str | None, state_dir: Path | None) -> Any:
-    from sinks.redis_client import sync_client
-    from sinks.silence_store import SilenceStore
+    from processors.alerting.silence_store import SilenceStore
     from stepstream.keys import RedisKeys
+    from stepstream.redis_client import sync_client
 
     settings = _load(redis_url=redis_url, state_dir=state_dir)
     client = sync_client(settings.redis_url, settings.redis_cluster)
@@ -471,7 +471,7 @@ def silence_add(
 ) -> None:
     """Create a silence; matching alerts are still recorded but nobody is notified."""
     from processors.alerting.durations import parse_span
-    from sinks.silence_store import new_silence
+    from processors.alerting.silence_store import new_silence
 
     def go() -> None:
         matchers: dict[str, str] = {}
@@ -568,15 +568,15 @@ def redis_acl(
     state_dir: StateDir = None,
 ) -> None:
     """Print the ACL SETUSER line of a least-privilege stepstream user for this server."""
-    from sinks.redis_acl import acl_rules, parse_version, setuser_line
     from stepstream.keys import RedisKeys
+    from stepstream.redis_acl import acl_rules, parse_version, setuser_line
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
         if redis_version is not None:
             version = parse_version(redis_version)
         else:
-            from sinks.redis_client import sync_client
+            from stepstream.redis_client import sync_client
 
             client = sync_client(settings.redis_url)
             try:
@@ -659,7 +659,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the alert.")] = 90.0,
 ) -> None:
     """Run the whole pipeline on a private embedded stack with a 2-rank training job."""
-    from stepstream.demo import run_demo
+    from stepstream.cli.demo import run_demo
 
     ok = _guard(lambda: run_demo(console, steps=steps, nan_step=nan_step, timeout=timeout))
     raise typer.Exit(0 if ok else EXIT_ERROR)
