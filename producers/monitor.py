@@ -16,7 +16,7 @@ from producers.loghandler import LOG_LEVEL, ShippingHandler
 from producers.periodic import Ticker
 from producers.phase import PhaseClock, StackCapture
 from producers.publisher import ProducerFactory, Publisher, PublisherStats, kafka_producer
-from producers.shutdown import CrashHooks
+from producers.shutdown import CrashHooks, format_traceback
 from producers.system import SystemSampler
 from stepstream.contract import ControlAction, RecordKind
 from stepstream.settings import Settings
@@ -140,6 +140,7 @@ class Monitor:
         tokens_per_sample: int | None = None,
         update_ratio: bool = True,
         weights_every: int | None = None,
+        timing: bool = True,
     ) -> Watch:
         """Hook `model` and `optimizer`: every `every` optimizer steps, publish global and
         per-layer gradient norms, weight norms, update/weight ratios, the first layer with a
@@ -147,6 +148,8 @@ class Monitor:
         compute time and samples/s, tokens/s (kind train). Weight norms and update ratios
         come every `weights_every` steps (default 10 x `every`): they need a copy of the
         weights; `update_ratio=False` skips that copy. Steps count optimizer steps from 0.
+        `timing=False` leaves step time, data wait and throughput to the caller (a
+        framework callback that times the step from its own hooks).
         Returns the hooks' handle (``.remove()``)."""
         from producers.watch import Watch
 
@@ -159,6 +162,7 @@ class Monitor:
             update_ratio,
             weights_every,
             self._phases,
+            timing,
         )
         self._watches.append(watch)
         return watch
@@ -169,6 +173,13 @@ class Monitor:
         hang there is named as such; the phase before resumes after. Heartbeats carry the
         phase and the seconds in it. Call it on the training thread."""
         return self._phases.phase(name)
+
+    def log_exception(self, exc: BaseException, fatal: bool = True) -> None:
+        """Record an exception the training code caught (a framework's exception hook):
+        its traceback as a log record (CRITICAL when `fatal`, else ERROR), and, when
+        `fatal`, this rank as crashed. Uncaught exceptions need no call: the SDK's
+        excepthook does the same."""
+        self._on_crash(format_traceback(type(exc), exc, exc.__traceback__), fatal)
 
     def _status_now(self) -> str:
         if self._status is not None:

@@ -134,8 +134,12 @@ class Watch:
         update_ratio: bool = True,
         weights_every: int | None = None,
         phases: PhaseClock | None = None,
+        timing: bool = True,
     ) -> None:
         self._enqueue = enqueue
+        # False when a framework callback times the step from its own hooks (Lightning's
+        # training_step need not call the module's forward at all).
+        self.timing = timing
         # The training thread's phase (see `producers.phase`): one tuple store per change.
         self._phases = phases
         self._enter: Callable[[str], None] = phases.enter if phases is not None else _ignore
@@ -163,7 +167,7 @@ class Watch:
         # collective, the one number that names a straggler.
         inner = _unwrapped(model)
         self._handles = [
-            model.register_forward_pre_hook(self._on_forward),
+            model.register_forward_pre_hook(self._on_forward, with_kwargs=True),
             inner.register_forward_pre_hook(self._on_inner_forward),
             inner.register_forward_hook(self._on_inner_forward_end),
             optimizer.register_step_pre_hook(self._pre_step),
@@ -183,11 +187,14 @@ class Watch:
 
         return hook
 
-    def _on_forward(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    def _on_forward(
+        self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self._enter(PHASE_FORWARD)
         if self._t_fwd is None:
             self._t_fwd = time.perf_counter()
-        first = args[0] if args else None
+        # Hugging Face models are called with keywords (input_ids=...): the first tensor.
+        first = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(first, torch.Tensor) and first.dim() > 0:
             batch = first.shape[0]
             self._samples += batch
@@ -209,10 +216,31 @@ class Watch:
     def _watched(self) -> bool:
         return self.step % self.every == 0
 
-    def _pre_step(self, *_: Any) -> None:
+    def _pre_step(
+        self, _optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         self._enter(PHASE_OPTIMIZER)
         if not self._watched():
-            return
+            return None
+        # `args` holds the optimizer itself first, then step()'s own positional arguments.
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._read_grads()
+            return None
+
+        # step(closure) runs forward and backward inside the step (Lightning, LBFGS): the
+        # gradients exist only once the closure returned, so read them there.
+        def read_after(*c_args: Any, **c_kwargs: Any) -> Any:
+            result = closure(*c_args, **c_kwargs)
+            self._enter(PHASE_OPTIMIZER)
+            self._read_grads()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": read_after}
+        return (args[0], read_after, *args[2:]), kwargs
+
+    def _read_grads(self) -> None:
         with torch.no_grad():
             index = [i for i, p in enumerate(self.params) if p.grad is not None]
             params: list[torch.Tensor] = [self.params[i] for i in index]
@@ -269,7 +297,7 @@ class Watch:
                 momentum = group["betas"][0]
             if momentum is not None:
                 values[f"{MOMENTUM}{g}"] = momentum
-        if self._t_end is not None:
+        if self.timing and self._t_end is not None:
             step_time = now - self._t_end
             values[STEP_TIME] = step_time
             if self._t_fwd is not None:

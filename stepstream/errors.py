@@ -78,3 +78,14 @@ class ServiceTlsError(ServiceError):
 
 class TopicMismatchError(StepstreamError):
     """A topic exists with a partition count other than the configured one."""
+
+
+class MissingExtraError(StepstreamError, ImportError):
+    """An optional part of stepstream needs a package that is not installed; the message
+    names the extra that installs it."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(
+            f"{what} is not installed: pip install 'stepstream[{extra}]' (or install {what})"
+        )
+        self.extra = extra

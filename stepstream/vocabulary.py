@@ -119,7 +119,8 @@ LR = Signal(
     Sync.SYNCHRONISED,
     "sdk",
     "learning rate of one optimizer parameter group",
-    ("lr/",),
+    # lr-<Optimizer>[/pg<i>]: Lightning's LearningRateMonitor.
+    ("lr/", "lr-"),
     prefix=True,
 )
 MOMENTUM = Signal(
@@ -231,6 +232,14 @@ GPU_MEM_TOTAL = Signal(
     "gpu/mem_total_bytes", "system", Sync.HOST, "sdk", "memory of GPU <i>: gpu<i>/mem_total_bytes"
 )
 
+CHECKPOINT = Signal(
+    "event/checkpoint",
+    "train",
+    Sync.RANK_LOCAL,
+    "sdk",
+    "1 at the step a checkpoint was saved (the framework callbacks send it)",
+)
+
 
 SIGNALS: tuple[Signal, ...] = (
     LOSS,
@@ -259,7 +268,12 @@ SIGNALS: tuple[Signal, ...] = (
     CUDA_RESERVED,
     GPU_MEM_USED,
     GPU_MEM_TOTAL,
+    CHECKPOINT,
 )
+
+#: Exact names for one member of a family: the learning rate a loop or a framework logs as
+#: one number (Hugging Face's ``learning_rate``) is the first parameter group's.
+MEMBER_ALIASES: dict[str, str] = {"lr": LR.name + "0", "learning_rate": LR.name + "0"}
 
 _EXACT: dict[str, Signal] = {}
 _PREFIXES: list[tuple[str, Signal]] = []
@@ -284,6 +298,9 @@ def resolve(metric: str) -> tuple[Signal | None, str]:
     signal = _EXACT.get(metric)
     if signal is not None:
         return signal, signal.name
+    member = MEMBER_ALIASES.get(metric)
+    if member is not None:
+        return resolve(member)
     gpu = _GPU.fullmatch(metric)
     if gpu is not None:
         return _EXACT.get("gpu/" + gpu.group(1)), metric

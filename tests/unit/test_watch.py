@@ -113,3 +113,64 @@ def test_token_throughput_from_token_ids() -> None:
     assert train["opt/momentum/0"] == 0.9  # Adam's beta1
     values, _ = seen[-2][2].resolve()
     assert not any(name.startswith("update_ratio/") for name in values)
+
+
+def test_closure_steps_read_the_gradients_the_closure_made() -> None:
+    # Lightning and LBFGS run forward and backward inside step(closure): the norms must be
+    # this step's gradients, not the previous step's (or none on the first step).
+    model, opt, watch, seen = setup()
+    for _ in range(2):
+        x = torch.randn(4, 8)
+        made: dict[str, torch.Tensor] = {}
+
+        def closure(x: torch.Tensor = x, made: dict[str, torch.Tensor] = made) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            made.update({n: p.grad.clone() for n, p in model.named_parameters()})
+            return loss
+
+        opt.step(closure)
+        grad = next(v for s, kind, v in reversed(seen) if kind == RecordKind.GRAD)
+        values, _ = grad.resolve()
+        for name, g in made.items():
+            assert math.isclose(values[f"grad/norm/{name}"], g.norm().item(), rel_tol=1e-5)
+    opt.step(closure=closure)  # as a keyword too
+    watch.remove()
+    assert [s for s, kind, _ in seen if kind == RecordKind.GRAD] == [0, 1, 2]
+
+
+def test_timing_off_leaves_step_times_to_the_caller() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[Any] = []
+    watch = Watch(lambda s, k, v: seen.append((s, k, v)), model, opt, timing=False)
+    for _ in range(2):
+        step(model, opt)
+    watch.remove()
+    train = [v for _, kind, v in seen if kind == RecordKind.TRAIN]
+    assert train and all("perf/step_time_s" not in v and "opt/lr/0" in v for v in train)
+
+
+def test_keyword_inputs_count_samples_and_tokens() -> None:
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.emb(input_ids)
+
+    model = Keywords()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[Any] = []
+    watch = Watch(lambda s, k, v: seen.append((s, k, v)), model, opt)
+    for _ in range(2):
+        opt.zero_grad()
+        model(input_ids=torch.randint(0, 10, (3, 5))).sum().backward()
+        opt.step()
+    watch.remove()
+    train = [v for _, kind, v in seen if kind == RecordKind.TRAIN][-1]
+    ratio = train["perf/tokens_per_s"] / train["perf/samples_per_s"]
+    assert math.isclose(ratio, 5.0)
