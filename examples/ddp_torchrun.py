@@ -1,9 +1,9 @@
 """DistributedDataParallel over gloo on CPU, instrumented with the stepstream SDK.
 
-    torchrun --nproc-per-node 2 examples/ddp_torchrun.py --run my-ddp-run
+    STEPSTREAM_RUN=my-ddp-run torchrun --nproc-per-node 2 examples/ddp_torchrun.py
 
 Every rank runs the same code; rank, world size and node come from torchrun's variables,
-and every rank uses the same run id.
+and every rank uses the same run id (``--run`` would be taken by torchrun itself).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import producers
 def main() -> None:
     """Train a small MLP, each rank on its own random data."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default="example-ddp")
+    parser.add_argument(
+        "--run", default=None, help="run id (default: STEPSTREAM_RUN, torchrun's id or the time)"
+    )
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
 

@@ -1,7 +1,7 @@
 """A Hugging Face ``Trainer`` job instrumented by one callback (CPU, no download).
 
     python examples/hf_trainer.py --run my-run                       # one process
-    torchrun --nproc-per-node 2 examples/hf_trainer.py --run my-run  # two (gloo)
+    STEPSTREAM_RUN=my-run torchrun --nproc-per-node 2 examples/hf_trainer.py  # two (gloo)
 
 The lines a Trainer user adds: the import and ``callbacks=[StepstreamCallback(run)]``.
 The model is a one-layer GPT-2 built from its config, trained on random tokens.
@@ -36,7 +36,9 @@ class RandomTokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 def main() -> None:
     """Train a few steps with evaluation and a checkpoint."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default="example-hf")
+    parser.add_argument(
+        "--run", default=None, help="run id (default: STEPSTREAM_RUN, torchrun's id or the time)"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--save-steps", type=int, default=10)
     args = parser.parse_args()

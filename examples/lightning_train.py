@@ -57,7 +57,9 @@ def loader(n: int, seed: int) -> DataLoader[tuple[torch.Tensor, ...]]:
 def main() -> None:
     """Fit for a few epochs with a checkpoint at each epoch end."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default="example-lightning")
+    parser.add_argument(
+        "--run", default=None, help="run id (default: STEPSTREAM_RUN, torchrun's id or the time)"
+    )
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fail-at-step", type=int, default=None)

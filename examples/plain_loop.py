@@ -18,7 +18,9 @@ import producers
 def main() -> None:
     """Train a small MLP on random data, logging every step."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default="example-plain")
+    parser.add_argument(
+        "--run", default=None, help="run id (default: STEPSTREAM_RUN, torchrun's id or the time)"
+    )
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
 

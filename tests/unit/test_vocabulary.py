@@ -119,3 +119,14 @@ def test_resource_limits_are_signals_the_system_sampler_sends() -> None:
     assert detector.wants("sys/disk_used_pct") and "sys/disk_used_pct" in sent
     assert detector.wants("gpu3/mem_used_pct")  # every GPU, as NVML names them
     assert not detector.wants("gpu3/util_pct")
+
+
+def test_framework_names_reach_their_signals() -> None:
+    from stepstream.vocabulary import canonical
+
+    assert canonical("learning_rate") == "opt/lr/0"  # Hugging Face
+    assert canonical("lr") == "opt/lr/0"
+    assert canonical("lr-Adam/pg1") == "opt/lr/Adam/pg1"  # Lightning's LearningRateMonitor
+    assert canonical("eval_loss") == canonical("val_loss") == "eval_loss"
+    assert canonical("train_loss") == "loss"
+    assert canonical("grad_norm") == "grad/global_norm"
