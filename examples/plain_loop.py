@@ -1,8 +1,8 @@
 """A plain PyTorch loop instrumented with the stepstream SDK (one process, CPU).
 
-    stepstream up                      # then export what it prints, or nothing on this host
-    python examples/plain_loop.py --run my-run
-    stepstream query --run my-run
+stepstream up                      # then export what it prints, or nothing on this host
+python examples/plain_loop.py --run my-run
+stepstream query --run my-run
 """
 
 from __future__ import annotations

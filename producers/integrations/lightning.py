@@ -22,6 +22,7 @@ indices from 0, as in watch(): the values of a batch are sent at ``global_step -
 
 from __future__ import annotations
 
+import importlib
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -34,13 +35,19 @@ from producers.watch import Watch
 from stepstream import vocabulary as vocab
 from stepstream.errors import MissingExtraError
 
-try:
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # the standalone package of Lightning 2.x
-    try:
-        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
-    except ImportError as exc:
-        raise MissingExtraError("PyTorch Lightning", "lightning") from exc
+
+def _callback_base() -> Any:
+    """Lightning's Callback class: from ``lightning`` 2.x, else the standalone
+    ``pytorch_lightning`` package."""
+    for module in ("lightning.pytorch.callbacks", "pytorch_lightning.callbacks"):
+        try:
+            return importlib.import_module(module).Callback
+        except ImportError:
+            continue
+    raise MissingExtraError("PyTorch Lightning", "lightning")
+
+
+Callback: Any = _callback_base()
 
 __all__ = ["StepstreamCallback"]
 
@@ -48,7 +55,7 @@ _CHECKPOINT = vocab.CHECKPOINT.name
 _STAGES = {"validate": "validate", "test": "test"}
 
 
-class StepstreamCallback(Callback):  # type: ignore[misc]
+class StepstreamCallback(Callback):
     """Publishes a Lightning job's telemetry through the stepstream SDK (module docstring).
 
     run: the run id (default: ``STEPSTREAM_RUN``, torchrun's or SLURM's id, else rank 0's

@@ -56,7 +56,7 @@ def _agree(run: str) -> str:
     return str(box[0])
 
 
-class StepstreamCallback(TrainerCallback):  # type: ignore[misc]
+class StepstreamCallback(TrainerCallback):
     """Publishes a ``Trainer`` job's telemetry through the stepstream SDK (module
     docstring).
 
