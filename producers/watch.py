@@ -188,8 +188,12 @@ class Watch:
         return hook
 
     def _on_forward(
-        self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        if not module.training:
+            # An evaluation between two steps (Trainer.evaluate, a validation loop): not
+            # this step's forward, its time or its samples, and not the training phase.
+            return
         self._enter(PHASE_FORWARD)
         if self._t_fwd is None:
             self._t_fwd = time.perf_counter()
@@ -203,11 +207,15 @@ class Watch:
             elif first.dim() >= 2 and not first.is_floating_point():
                 self._tokens += batch * first.shape[1]  # token ids (batch, sequence)
 
-    def _on_inner_forward(self, _module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+    def _on_inner_forward(self, module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
+        if not module.training:
+            return
         self._enter(PHASE_FORWARD)
         self._t_inner = time.perf_counter()
 
-    def _on_inner_forward_end(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
+    def _on_inner_forward_end(self, module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        if not module.training:
+            return
         self._enter(PHASE_BACKWARD)  # then the loss, backward and the gradient all-reduce
         if self._t_inner is not None:
             self._forward_s += time.perf_counter() - self._t_inner

@@ -174,3 +174,17 @@ def test_keyword_inputs_count_samples_and_tokens() -> None:
     train = [v for _, kind, v in seen if kind == RecordKind.TRAIN][-1]
     ratio = train["perf/tokens_per_s"] / train["perf/samples_per_s"]
     assert math.isclose(ratio, 5.0)
+
+
+def test_an_evaluation_between_steps_is_not_the_next_steps_forward() -> None:
+    model, opt, watch, seen = setup()
+    step(model, opt)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(100, 8))  # evaluation batches: not samples of the next step
+    model.train()
+    step(model, opt)
+    watch.remove()
+    train = [v for _, kind, v in seen if kind == RecordKind.TRAIN][-1]
+    assert math.isclose(train["perf/samples_per_s"] * train["perf/step_time_s"], 4.0)
