@@ -6,9 +6,10 @@ import logging
 from collections.abc import Callable
 
 from producers.publisher import Publisher
+from stepstream import vocabulary as vocab
 from stepstream.contract import MAX_TEXT_CHARS, RecordKind
 
-LOG_LEVEL = "log/level"
+LOG_LEVEL = vocab.LOG_LEVEL.name
 """Value of a log record: the logging level number (30 warning, 40 error, 50 critical)."""
 
 # kafka-python warns on every reconnect and we log our own trouble: shipping those would

@@ -240,6 +240,15 @@ CHECKPOINT = Signal(
     "1 at the step a checkpoint was saved (the framework callbacks send it)",
 )
 
+LOG_LEVEL = Signal(
+    "log/level",
+    "log",
+    Sync.RANK_LOCAL,
+    "sdk",
+    "the Python logging level of a captured log record (40 = ERROR); the message is its text",
+    aliases=("level",),
+)
+
 
 SIGNALS: tuple[Signal, ...] = (
     LOSS,
@@ -269,6 +278,7 @@ SIGNALS: tuple[Signal, ...] = (
     GPU_MEM_USED,
     GPU_MEM_TOTAL,
     CHECKPOINT,
+    LOG_LEVEL,
 )
 
 #: Exact names for one member of a family: the learning rate a loop or a framework logs as

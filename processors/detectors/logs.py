@@ -6,20 +6,33 @@ from collections import deque
 from dataclasses import dataclass
 
 from processors.flags import Episodes, Flag, evidence, moment
+from stepstream import vocabulary as vocab
+
+
+def _level(values: dict[str, float], key: str, missing: float) -> float:
+    """The record's level under `key` or any name the vocabulary gives the same signal (a
+    hand-published record may say ``level``); a record without one counts as `missing`."""
+    if key in values:
+        return values[key]
+    for name, value in values.items():
+        if vocab.canonical(name) == vocab.canonical(key):
+            return value
+    return missing
 
 
 @dataclass(frozen=True)
 class ErrorBurstParams:
     """Parameters of `ErrorBurstDetector`.
 
-    level_key: the log record's value holding its numeric level (Python logging levels).
+    level_key: the log record's value holding its numeric level (Python logging levels);
+        its vocabulary aliases are read too.
     min_level: records at or above this level count (40 = ERROR); a log record without a
         level counts as an error.
     window_s: event-time window in seconds.
     count: a burst is this many counted records within `window_s`.
     """
 
-    level_key: str = "level"
+    level_key: str = vocab.LOG_LEVEL.name
     min_level: float = 40.0
     window_s: float = 60.0
     count: int = 10
@@ -52,7 +65,7 @@ class ErrorBurstDetector:
         p = self.params
         key = (run, rank)
         times = self._times.setdefault(key, deque())
-        level = values.get(p.level_key, p.min_level)
+        level = _level(values, p.level_key, p.min_level)
         if level >= p.min_level:
             times.append(t)
         ended = self._expire(key, times, step, t)

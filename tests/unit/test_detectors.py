@@ -244,16 +244,34 @@ def test_resource_pressure_sustained_only() -> None:
 
 def test_error_burst() -> None:
     d = ErrorBurstDetector()
-    quiet = [d.observe_log("run", 0, None, 10.0 * i, {"level": 40}, "oops") for i in range(30)]
+    quiet = [d.observe_log("run", 0, None, 10.0 * i, {"log/level": 40}, "oops") for i in range(30)]
     assert not any(quiet)
-    info = [d.observe_log("run", 1, None, 0.1 * i, {"level": 20}, "fine") for i in range(50)]
+    info = [d.observe_log("run", 1, None, 0.1 * i, {"log/level": 20}, "fine") for i in range(50)]
     assert not any(info)
-    burst = [d.observe_log("run", 2, None, 0.5 * i, {"level": 40}, "CUDA error") for i in range(12)]
+    error = {"log/level": 40.0}
+    burst = [d.observe_log("run", 2, None, 0.5 * i, error, "CUDA error") for i in range(12)]
     fired = [i for i, f in enumerate(burst) if f]
     assert fired == [9]
     flag = burst[9]
     assert flag is not None and "CUDA error" in flag.summary
     assert_evidence(flag)
+
+
+def test_error_burst_reads_the_level_the_sdk_sends() -> None:
+    # The SDK's log capture sends WARNING and above under the vocabulary's name; warnings
+    # are not errors. A hand-published record may use the alias `level`.
+    d = ErrorBurstDetector()
+    level = producers_log_level()
+    warnings = [d.observe_log("run", 0, None, 0.1 * i, {level: 30}, "slow") for i in range(40)]
+    assert not any(warnings)
+    errors = [d.observe_log("run", 1, None, 0.1 * i, {"level": 40}, "boom") for i in range(10)]
+    assert [i for i, f in enumerate(errors) if f] == [9]
+
+
+def producers_log_level() -> str:
+    from producers.loghandler import LOG_LEVEL
+
+    return LOG_LEVEL
 
 
 def test_telemetry_loss() -> None:
