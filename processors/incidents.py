@@ -21,7 +21,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from processors.flags import Flag, cleared_flag
-from stepstream.vocabulary import is_rank_local
+from stepstream.vocabulary import NODE_LABEL, is_rank_local
 
 #: Series listed in an incident's `affected` (the count goes on in the evidence).
 MAX_LISTED = 50
@@ -29,6 +29,10 @@ MAX_LISTED = 50
 
 def series_label(flag: Flag) -> str:
     """How an incident lists one of its series: ``rank 1: loss`` (or the parts it has)."""
+    node = flag.labels.get(NODE_LABEL)
+    if flag.rank is None and node:  # a lost node: its ranks are in the flag's `affected`
+        ranks = f" ({', '.join(flag.affected)})" if flag.affected else ""
+        return f"node {node}{ranks}"
     where = f"rank {flag.rank}" if flag.rank is not None else "run"
     return f"{where}: {flag.metric}" if flag.metric else where
 
@@ -57,7 +61,7 @@ class Incidents:
         opening flag, its cleared flag once its last series cleared (at once without a
         hold; else from `tick`), or None while the incident goes on."""
         key = (flag.run, flag.detector)
-        member = (flag.rank, flag.metric)
+        member = (flag.rank, flag.metric, flag.labels.get(NODE_LABEL))
         incident = self._open.get(key)
         if flag.cleared:
             if incident is None:

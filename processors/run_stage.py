@@ -160,6 +160,7 @@ class RunStage:
             phase=summary.phase,
             phase_s=summary.phase_s,
             stack=summary.stack,
+            node=summary.node,
         )
         for point in summary.nonfinite:
             for metric, value in point.values.items():
