@@ -352,7 +352,7 @@ class LivenessDetector:
                 if quiet:
                     self._forget(run, state)  # ended long ago
                 continue
-            verdict = judge_nodes(
+            nodes = judge_nodes(
                 {
                     r: RankView(s.node, s.seen, s.closed_at is not None, s.crashed)
                     for r, s in state.ranks.items()
@@ -361,7 +361,7 @@ class LivenessDetector:
                 dead_s,
                 self.node_window_s,
             )
-            for node, ranks in verdict.lost.items():
+            for node, ranks in nodes.lost.items():
                 key_node = (self.NODE_LOST, run, node)
                 if not self._episodes.is_open(key_node):
                     flags.append(
@@ -373,7 +373,7 @@ class LivenessDetector:
                 s = state.ranks[rank]
                 silent = now - s.seen
                 key = (self.DEAD, run, rank)
-                if silent >= dead_s and rank in verdict.waiting:
+                if silent >= dead_s and rank in nodes.waiting:
                     continue  # its node's verdict first: see judge_nodes
                 if silent >= dead_s and not self._episodes.is_open(key):
                     flag = Flag(
