@@ -330,7 +330,8 @@ def test_seq_accounting_after_the_faults(cluster: Cluster) -> None:
         timeout=30,
     )
 
-    def account() -> list[tuple[int, int, int, int, int]] | None:
+    def accounting() -> list[tuple[int, int, int, int, int]]:
+        """(rank, sent, stored, lost, duplicated or wrong) of the counter series."""
         rows = []
         with cluster.reader() as reader:
             for rank, report in enumerate(reports):
@@ -339,21 +340,35 @@ def test_seq_accounting_after_the_faults(cluster: Cluster) -> None:
                 got = {p.step for p in points}
                 wrong = sum(1 for p in points if p.value != float(p.step))
                 rows.append((rank, sent, len(got), sent - len(got), len(points) - len(got) + wrong))
+        return rows
+
+    def account() -> list[tuple[int, int, int, int, int]] | None:
+        rows = accounting()
         return rows if all(lost == 0 for _, _, _, lost, _ in rows) else None
 
     try:
         rows = wait_for(account, timeout=60, every=0.5)
     except AssertionError:
-        rows = account() or []
+        rows = accounting()
         raise
     finally:
-        print("\nrank  sent  stored  lost  dup   max_log_ms")
+        with cluster.reader() as reader:
+            counters = reader.latest(cluster.run)
+        print("\nrank  sent  stored  lost  dup  spooled  replayed  dropped  max_log_ms")
         for (rank, sent, stored, lost, dup), report in zip(rows, reports, strict=False):
+            spooled, replayed, dropped = (
+                int(counters.get((rank, f"stepstream/{n}"), -1))
+                for n in ("spooled", "replayed", "dropped")
+            )
             print(
-                f"{rank:>4} {sent:>5} {stored:>7} {lost:>5} {dup:>4} {report['max_log_ms']:>12.2f}"
+                f"{rank:>4} {sent:>5} {stored:>7} {lost:>5} {dup:>4} {spooled:>8} "
+                f"{replayed:>9} {dropped:>8} {report['max_log_ms']:>11.2f}"
             )
     assert all(lost == 0 and dup == 0 for _, _, _, lost, dup in rows)
     assert max(r["max_log_ms"] for r in reports) < LOG_BOUND_MS
+    # train-b's ranks went through the spool (the partition), train-a's did not
+    assert all(counters[(r, "stepstream/replayed")] > 0 for r in (2, 3))
+    assert all(counters.get((r, "stepstream/spooled"), 0) == 0 for r in (0, 1))
 
 
 def test_a_lost_node_is_one_alert_that_resolves_when_it_is_back(cluster: Cluster) -> None:
