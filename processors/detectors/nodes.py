@@ -75,6 +75,8 @@ def judge_nodes(
                 verdict.lost[node] = sorted(members)
             continue
         for rank in dead:
+            if ranks[rank].crashed:
+                continue  # it said it crashed: its own fault, reported at once
             if any(
                 now - ranks[p].seen < dead_s and ranks[p].seen - ranks[rank].seen <= window_s
                 for p in members

@@ -41,6 +41,12 @@ def test_a_dead_rank_waits_while_its_node_peer_spoke_within_the_window() -> None
     assert v.waiting == {2}
 
 
+def test_a_rank_that_said_it_crashed_does_not_wait_for_its_node() -> None:
+    seen = views({0: 8.0, 1: 8.0, 2: 5.0, 3: 7.0})
+    seen[2] = RankView("b", 5.0, crashed=True)
+    assert judge_nodes(seen, now=8.0, dead_s=2.5, window_s=2.5).waiting == set()
+
+
 def test_ranks_dying_far_apart_are_separate_faults() -> None:
     v = judge_nodes(views({0: 30.0, 1: 30.0, 2: 5.0, 3: 20.0}), now=30.0, dead_s=2.5, window_s=2.5)
     assert v.lost == {}
@@ -152,3 +158,17 @@ def test_stage_two_and_the_engine_page_once_for_a_lost_node() -> None:
     dead = [a for a in firing if a.rule == vocab.DEAD_RANK]
     assert len(dead) == 1  # one incident for the node's ranks...
     assert dead[0].suppressed_by == f"inhibited:{vocab.NODE_LOST}"  # ...muted by the node's
+
+
+def test_a_lost_node_inhibits_its_ranks_and_the_runs_hang_only() -> None:
+    from processors.alerting.inhibition import inhibited_by
+
+    lost = {"rule": vocab.NODE_LOST, "run": "r", "node": "b"}
+    dead_b = {"rule": vocab.DEAD_RANK, "run": "r", "rank": "2", "node": "b"}
+    dead_a = {"rule": vocab.DEAD_RANK, "run": "r", "rank": "0", "node": "a"}
+    hung = {"rule": vocab.HUNG_RANK, "run": "r", "rank": "0", "node": "a"}
+    assert inhibited_by(dead_b, [lost]) is lost
+    assert inhibited_by(dead_a, [lost]) is None  # a dead rank elsewhere still pages
+    assert inhibited_by(hung, [lost]) is lost  # the survivors wait in the collective
+    assert inhibited_by({**dead_b, "run": "other"}, [lost]) is None
+    assert inhibited_by({"rule": "nonfinite", "run": "r", "node": "b"}, [lost]) is None
