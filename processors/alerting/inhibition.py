@@ -33,7 +33,7 @@ DEFAULT_INHIBIT_RULES = (
     # in the collective (hung, slow, out of step).
     InhibitRule(
         source={"rule": vocab.NODE_LOST},
-        target={"rule": f"{vocab.DEAD_RANK}|{vocab.RANK_EXITED}"},
+        target={"rule": vocab.DEAD_RANK},
         equal=("run", vocab.NODE_LABEL),
     ),
     InhibitRule(
