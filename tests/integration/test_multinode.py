@@ -40,7 +40,8 @@ from .conftest import wait_for
 from .fault_harness import Child
 from .netns import Topology, kill_tree, unavailable
 
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+WHY_NOT = unavailable()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host tests: {WHY_NOT}")
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK_SCRIPT = Path(__file__).with_name("multinode_rank.py")
