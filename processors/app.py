@@ -123,6 +123,9 @@ def create_processor_app(settings: Settings) -> faust.App:
     #: each (run, rank) seen.
     last_offsets: dict[int, int] = {}
     partition_of: dict[tuple[str, int], int] = {}
+    #: The same for stage 2's summaries partitions, by run.
+    last_run_offsets: dict[int, int] = {}
+    run_partition: dict[str, int] = {}
 
     async def reject(
         event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
@@ -152,7 +155,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         stale = offset_jumps(last_offsets, places)
         if stale:
             gone = [key for key, p in partition_of.items() if p in stale]
-            log.info("partitions %s came back: %d series restart cold", sorted(stale), len(gone))
+            log.warning("partitions %s came back: %d series restart cold", sorted(stale), len(gone))
             stage.forget(gone)
         batches: list[Batch] = []
         sources: list[faust.EventT] = []
@@ -204,6 +207,14 @@ def create_processor_app(settings: Settings) -> faust.App:
             await guarded(events, series_batch, reject, SERIES_STAGE, topics.telemetry)
 
     async def run_batch(events: list[faust.EventT]) -> None:
+        places = [(e.message.partition, e.message.offset) for e in events]
+        stale = offset_jumps(last_run_offsets, places)
+        if stale:
+            gone = [run for run, p in run_partition.items() if p in stale]
+            log.warning(
+                "summaries partitions %s came back: %d runs restart", sorted(stale), len(gone)
+            )
+            run_stage.forget(gone)
         now = time.time()
         for event in events:
             try:
@@ -215,6 +226,7 @@ def create_processor_app(settings: Settings) -> faust.App:
                 reason, detail = validation_reason(exc)
                 await reject(event, RUN_STAGE, topics.summaries, reason, detail)
                 continue
+            run_partition[summary.run] = event.message.partition
             result = run_stage.process(summary, now)
             for update in result.crossrank:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())

@@ -17,7 +17,7 @@ with stage 1's flags, which travel in the rank summaries, and stage 2's own.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from processors.flags import Flag, cleared_flag
@@ -161,6 +161,15 @@ class Incidents:
             {**last.evidence, "affected_series": float(count)},
         )
         return dataclasses.replace(ended, affected=tuple(incident.listed))
+
+    def forget(self, run: str, detectors: Iterable[str] | None = None) -> None:
+        """Drop the open incidents of `run` (of `detectors`, or all) without a cleared flag:
+        the detector forgot their episodes (the run went quiet, or moved to another
+        worker), so no clear will come, and a stale incident would swallow new flags."""
+        wanted = None if detectors is None else set(detectors)
+        for key in [k for k in self._open if k[0] == run]:
+            if wanted is None or key[1] in wanted:
+                del self._open[key]
 
     def affected(self, run: str, detector: str) -> tuple[str, ...]:
         """The series listed in the open incident of (`run`, `detector`), if any."""

@@ -156,6 +156,8 @@ class LivenessDetector:
         self.params = params or LivenessParams()
         self._runs: dict[str, _Run] = {}
         self._episodes = Episodes()
+        #: Runs forgotten since the last `take_forgotten` (their episodes ended silently).
+        self._forgotten: list[str] = []
 
     def seen(
         self,
@@ -294,6 +296,18 @@ class LivenessDetector:
                 )
             )
         return flags
+
+    def forget(self, run: str) -> None:
+        """Drop what is known of `run` (its partition was processed elsewhere meanwhile):
+        its episodes end without cleared flags; it starts afresh when heard from."""
+        state = self._runs.get(run)
+        if state is not None:
+            self._forget(run, state)
+
+    def take_forgotten(self) -> list[str]:
+        """Runs forgotten since the last call (their episodes' incidents are stale)."""
+        runs, self._forgotten = self._forgotten, []
+        return runs
 
     def rhythm(self, run: str) -> float | None:
         """The run's median seconds per step (None until known)."""
@@ -531,6 +545,7 @@ class LivenessDetector:
         # Forgotten, not cleared: no cleared flag (their alerts resolve on the engine's
         # timeout), and a return of the run starts afresh.
         del self._runs[run]
+        self._forgotten.append(run)
         self._episodes.end((self.HUNG, run))
         for node in {s.node for s in state.ranks.values() if s.node}:
             self._episodes.end((self.NODE_LOST, run, node))

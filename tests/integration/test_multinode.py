@@ -387,7 +387,15 @@ def test_a_lost_node_is_one_alert_that_resolves_when_it_is_back(cluster: Cluster
     def fired() -> list[Alert] | None:
         return [a for a in since() if a.rule == vocab.NODE_LOST and a.status == "firing"] or None
 
-    lost = wait_for(fired, timeout=30)
+    try:
+        lost = wait_for(fired, timeout=30)
+    except AssertionError:
+        seen = [(a.rule, a.rank, a.status, a.suppressed_by, a.summary) for a in since()]
+        with cluster.reader() as reader:
+            active = [(a.rule, a.rank, a.summary) for a in reader.active_alerts(cluster.run)]
+        raise AssertionError(
+            f"no node_lost within 30 s; transitions since the cut: {seen}; active: {active}"
+        ) from None
     assert len(lost) == 1
     alert = lost[0]
     assert alert.labels["node"] == "train-b" and alert.suppressed_by is None
@@ -418,6 +426,9 @@ def test_a_lost_node_is_one_alert_that_resolves_when_it_is_back(cluster: Cluster
 
     try:
         wait_for(resolved, timeout=30)
+    except AssertionError:
+        seen = [(a.rule, a.rank, a.status, a.suppressed_by, a.summary) for a in since()]
+        raise AssertionError(f"node_lost not resolved within 30 s: {seen}") from None
     finally:
         for child in rejoined:
             child.stop()

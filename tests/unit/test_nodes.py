@@ -172,3 +172,26 @@ def test_a_lost_node_inhibits_its_ranks_and_the_runs_hang_only() -> None:
     assert inhibited_by(hung, [lost]) is lost  # the survivors wait in the collective
     assert inhibited_by({**dead_b, "run": "other"}, [lost]) is None
     assert inhibited_by({"rule": "nonfinite", "run": "r", "node": "b"}, [lost]) is None
+
+
+def test_a_run_forgotten_by_stage_two_leaves_no_incident_to_swallow_new_flags() -> None:
+    stage = RunStage(heartbeat_interval_s=0.2, clock=lambda: 0.0)
+
+    def lose_node_b(start: float) -> list[Alert]:
+        alerts: list[Alert] = []
+        now = start
+        while now < start + 3.0:
+            for rank in range(4):
+                if rank < 2 or now < start + 1.0:
+                    alerts += stage.process(summary(rank, int(now * 10)), now).alerts
+            alerts += stage.tick(now + 0.1)
+            now = round(now + 0.2, 6)
+        return [a for a in alerts if a.rule == vocab.NODE_LOST and a.status == "firing"]
+
+    assert len(lose_node_b(0.0)) == 1
+    # the whole run goes quiet (its partition moved away, or the job stopped): liveness
+    # forgets it without cleared flags, and its open incident must go with it
+    stage.tick(30.0)
+    assert len(lose_node_b(100.0)) == 1  # a fresh incident, not one swallowed by the old
+    stage.forget(["r"])  # the partition came back after another worker held it
+    assert len(lose_node_b(200.0)) == 1
