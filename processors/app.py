@@ -11,7 +11,10 @@ judges dead and hung ranks. Both agents live in one app, so one worker process r
 Window and detector state is memory in the process that owns the partition. When a
 partition moves to another worker (a worker died or joined), the new owner starts that
 partition's series cold: windows refill from new data (50 steps / 60 s by default) and
-detectors re-learn their baselines. Nothing is rebuilt from the topic.
+detectors re-learn their baselines. Nothing is rebuilt from the topic. A partition that
+comes back after another worker held it (this worker was cut off, then rejoined) is met by
+a jump in its offsets: its series start cold too (`offset_jumps`), else the seq the other
+worker consumed would read as lost telemetry.
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ RUN_STAGE = "processor/run-stage"
 CAPPED_EXEMPT = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT, RecordKind.QUALITY})
 
 
+def offset_jumps(last: dict[int, int], places: list[tuple[int, int]]) -> set[int]:
+    """Partitions whose offsets jumped forward in `places` ((partition, offset) in read
+    order) past `last` (updated): read by another worker meanwhile."""
+    jumped = set()
+    for partition, offset in places:
+        previous = last.get(partition)
+        if previous is not None and offset > previous + 1:
+            jumped.add(partition)
+        last[partition] = offset
+    return jumped
+
+
 def create_processor_app(settings: Settings) -> faust.App:
     """Build the processor app; nothing connects until a worker starts it."""
     topics = Topics(settings.topic_prefix)
@@ -104,6 +119,14 @@ def create_processor_app(settings: Settings) -> faust.App:
         incident_hold_s=settings.incident_hold_s,
     )
 
+    #: Stage 1's telemetry partitions: the offset last read of each, the partition of
+    #: each (run, rank) seen.
+    last_offsets: dict[int, int] = {}
+    partition_of: dict[tuple[str, int], int] = {}
+    #: The same for stage 2's summaries partitions, by run.
+    last_run_offsets: dict[int, int] = {}
+    run_partition: dict[str, int] = {}
+
     async def reject(
         event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
     ) -> None:
@@ -128,6 +151,12 @@ def create_processor_app(settings: Settings) -> faust.App:
                 await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
 
     async def series_batch(events: list[faust.EventT]) -> None:
+        places = [(e.message.partition, e.message.offset) for e in events]
+        stale = offset_jumps(last_offsets, places)
+        if stale:
+            gone = [key for key, p in partition_of.items() if p in stale]
+            log.warning("partitions %s came back: %d series restart cold", sorted(stale), len(gone))
+            stage.forget(gone)
         batches: list[Batch] = []
         sources: list[faust.EventT] = []
         for event in events:
@@ -139,6 +168,8 @@ def create_processor_app(settings: Settings) -> faust.App:
                 await reject(event, SERIES_STAGE, topics.telemetry, err.reason, err.detail)
         if not batches:
             return
+        for batch, source in zip(batches, sources, strict=True):
+            partition_of[(batch.run, batch.rank)] = source.message.partition
         result = stage.process_many(batches)
         dropped: set[int] = set()
         partial: set[int] = set()
@@ -176,6 +207,14 @@ def create_processor_app(settings: Settings) -> faust.App:
             await guarded(events, series_batch, reject, SERIES_STAGE, topics.telemetry)
 
     async def run_batch(events: list[faust.EventT]) -> None:
+        places = [(e.message.partition, e.message.offset) for e in events]
+        stale = offset_jumps(last_run_offsets, places)
+        if stale:
+            gone = [run for run, p in run_partition.items() if p in stale]
+            log.warning(
+                "summaries partitions %s came back: %d runs restart", sorted(stale), len(gone)
+            )
+            run_stage.forget(gone)
         now = time.time()
         for event in events:
             try:
@@ -187,6 +226,7 @@ def create_processor_app(settings: Settings) -> faust.App:
                 reason, detail = validation_reason(exc)
                 await reject(event, RUN_STAGE, topics.summaries, reason, detail)
                 continue
+            run_partition[summary.run] = event.message.partition
             result = run_stage.process(summary, now)
             for update in result.crossrank:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())

@@ -41,6 +41,8 @@ class Flag:
     """For an incident: the series it covers (``rank 1: loss``), the first one first."""
     description: str = ""
     """Longer text for the alert (a hung rank's captured stack), bounded by the detector."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels inhibition and silences match besides rule, run, rank and metric (the node)."""
 
 
 def evidence(
@@ -153,6 +155,7 @@ def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
         evidence=flag.evidence,
         affected=list(flag.affected),
         description=flag.description,
+        labels=dict(flag.labels),
     )
 
 
@@ -172,4 +175,5 @@ def flag_of(alert: Alert) -> Flag:
         cleared=alert.status == "resolved",
         affected=tuple(alert.affected),
         description=alert.description,
+        labels=dict(alert.labels),
     )

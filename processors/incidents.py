@@ -17,11 +17,11 @@ with stage 1's flags, which travel in the rank summaries, and stage 2's own.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from processors.flags import Flag, cleared_flag
-from stepstream.vocabulary import is_rank_local
+from stepstream.vocabulary import NODE_LABEL, is_rank_local
 
 #: Series listed in an incident's `affected` (the count goes on in the evidence).
 MAX_LISTED = 50
@@ -29,6 +29,10 @@ MAX_LISTED = 50
 
 def series_label(flag: Flag) -> str:
     """How an incident lists one of its series: ``rank 1: loss`` (or the parts it has)."""
+    node = flag.labels.get(NODE_LABEL)
+    if flag.rank is None and node:  # a lost node: its ranks are in the flag's `affected`
+        ranks = f" ({', '.join(flag.affected)})" if flag.affected else ""
+        return f"node {node}{ranks}"
     where = f"rank {flag.rank}" if flag.rank is not None else "run"
     return f"{where}: {flag.metric}" if flag.metric else where
 
@@ -57,7 +61,7 @@ class Incidents:
         opening flag, its cleared flag once its last series cleared (at once without a
         hold; else from `tick`), or None while the incident goes on."""
         key = (flag.run, flag.detector)
-        member = (flag.rank, flag.metric)
+        member = (flag.rank, flag.metric, flag.labels.get(NODE_LABEL))
         incident = self._open.get(key)
         if flag.cleared:
             if incident is None:
@@ -157,6 +161,15 @@ class Incidents:
             {**last.evidence, "affected_series": float(count)},
         )
         return dataclasses.replace(ended, affected=tuple(incident.listed))
+
+    def forget(self, run: str, detectors: Iterable[str] | None = None) -> None:
+        """Drop the open incidents of `run` (of `detectors`, or all) without a cleared flag:
+        the detector forgot their episodes (the run went quiet, or moved to another
+        worker), so no clear will come, and a stale incident would swallow new flags."""
+        wanted = None if detectors is None else set(detectors)
+        for key in [k for k in self._open if k[0] == run]:
+            if wanted is None or key[1] in wanted:
+                del self._open[key]
 
     def affected(self, run: str, detector: str) -> tuple[str, ...]:
         """The series listed in the open incident of (`run`, `detector`), if any."""

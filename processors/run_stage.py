@@ -36,9 +36,13 @@ from processors.detectors.base import with_overrides
 from processors.flags import Flag, flag_of, flag_to_alert
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
+from stepstream import vocabulary as vocab
 from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary, WindowStats
 from stepstream.keys import step_window_name
 from stepstream.vocabulary import canonical
+
+#: Detectors whose episodes the liveness detector ends silently when it forgets a run.
+LIVENESS_DETECTORS = (vocab.DEAD_RANK, vocab.HUNG_RANK, vocab.RANK_EXITED, vocab.NODE_LOST)
 
 
 @dataclass
@@ -160,6 +164,7 @@ class RunStage:
             phase=summary.phase,
             phase_s=summary.phase_s,
             stack=summary.stack,
+            node=summary.node,
         )
         for point in summary.nonfinite:
             for metric, value in point.values.items():
@@ -262,9 +267,23 @@ class RunStage:
                 out[metric_name(task, short)] = WindowStats(count=int(n), mean=value, last=value)
         return {self._quality_name: out}
 
+    def forget(self, runs: list[str]) -> None:
+        """Drop the state of `runs`: their partition was processed by another worker
+        meanwhile (this one was cut off), so what it holds is stale: ranks it last heard
+        long ago would read as dead, and incidents it holds open would swallow new flags.
+        They start afresh, as on a worker that takes a partition over."""
+        for run in runs:
+            self._runs.pop(run, None)
+            self.liveness.forget(run)
+            self.liveness.take_forgotten()
+            self.incidents.forget(run)
+
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.
         A dead or hung rank's end comes with its next summary instead: see `process`."""
-        alerts = self._raise(self.liveness.tick(now) + self.origin.tick(now), now)
+        flags = self.liveness.tick(now)
+        for run in self.liveness.take_forgotten():  # their episodes ended without a clear
+            self.incidents.forget(run, LIVENESS_DETECTORS)
+        alerts = self._raise(flags + self.origin.tick(now), now)
         raised = self._clock()
         return alerts + [flag_to_alert(f, raised) for f in self.incidents.tick(now)]

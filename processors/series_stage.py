@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -322,6 +322,12 @@ class SeriesStage:
                 # checkpoint, and summing them again would count those examples twice.
             self._ranks[(batch.run, batch.rank)] = state
         return state
+
+    def forget(self, series: Iterable[tuple[str, int]]) -> int:
+        """Drop the state of these (run, rank) publishers: their partition was processed
+        elsewhere meanwhile, so what this stage holds is stale (a seq gap that is no loss,
+        windows missing what the other worker saw); they restart cold. How many dropped."""
+        return sum(1 for key in series if self._ranks.pop(key, None) is not None)
 
     def process(self, batch: Batch) -> StageResult:
         """Apply one batch; return the fresh stats of the series it touched and any alerts."""

@@ -255,7 +255,9 @@ def init(
 ) -> Monitor:
     """Start a monitor for this process.
 
-    Identity comes from the arguments, then torchrun / SLURM variables, then defaults.
+    Identity comes from the arguments, then torchrun / SLURM variables, then defaults; the
+    node from `node`, then ``STEPSTREAM_NODE`` (`Settings.node`), then SLURMD_NODENAME, then
+    the host name (torchrun names no host: its GROUP_RANK is a number, not a node).
     `overrides` are Settings fields (``kafka_bootstrap=...``, ``spool_dir=...``); they beat
     ``STEPSTREAM_*`` variables, which beat the running local stack and the defaults. With
     `settings` given, `overrides` are applied on top of it.
@@ -266,5 +268,5 @@ def init(
         resolved = load_settings(**overrides)
     else:
         resolved = settings.model_copy(update=overrides) if overrides else settings
-    identity = detect_identity(run, rank, world, local_rank, node)
+    identity = detect_identity(run, rank, world, local_rank, node or resolved.node)
     return Monitor(identity, resolved)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from query.nodes import NodeRow, run_nodes
 from query.reader import (
     CrossRankRow,
     LatestValue,
@@ -100,6 +101,14 @@ def create_api(
     @api.get("/runs/{run}/ranks", response_model=list[RankLiveness], summary="Rank liveness")
     def ranks(run: str, stale_after_s: float = 30.0) -> list[RankLiveness]:
         return reader().ranks(run, stale_after_s)
+
+    @api.get(
+        "/runs/{run}/nodes",
+        response_model=list[NodeRow],
+        summary="Ranks grouped by node, with per-node system metrics",
+    )
+    def nodes(run: str, stale_after_s: float = 30.0) -> list[NodeRow]:
+        return run_nodes(reader(), run, stale_after_s)
 
     @api.get("/runs/{run}/latest", response_model=list[LatestValue], summary="Latest values")
     def latest(run: str) -> list[LatestValue]:

@@ -179,6 +179,44 @@ def alerts_view(reader: MetricsReader, run: str) -> View:
     return View(alerts, [table])
 
 
+#: System metrics shown as columns of the nodes table (all of them are in --json).
+NODE_COLUMNS = (
+    ("host cpu %", "sys/host_cpu_pct"),
+    ("host mem %", "sys/host_mem_pct"),
+    ("ranks' cpu %", "sys/proc_cpu_pct"),
+    ("ranks' rss GB", "sys/proc_rss_bytes"),
+)
+
+
+def nodes_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> View:
+    """Ranks grouped by node, with per-node system metrics."""
+    from query.nodes import run_nodes
+
+    rows = run_nodes(reader, run, stale_after_s)
+    table = Table(
+        "node",
+        "ranks",
+        "alive",
+        "steps",
+        *(title for title, _ in NODE_COLUMNS),
+        title=f"run {run} · nodes",
+    )
+    for row in rows:
+        steps = "-" if row.step_min is None else f"{row.step_min}..{row.step_max}"
+        cells = []
+        for _, metric in NODE_COLUMNS:
+            value = row.system.get(metric)
+            if value is not None and metric.endswith("_bytes"):
+                value /= 1e9
+            cells.append(_fmt(value))
+        alive = "?" if row.alive is None else f"{row.alive}/{len(row.ranks)}"
+        table.add_row(row.node or "?", ",".join(map(str, row.ranks)), alive, steps, *cells)
+    tables: list[Any] = [table]
+    if not rows:
+        tables = [f"no ranks stored for run {run!r} (see 'stepstream query')"]
+    return View(rows, tables)
+
+
 def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> View:
     """Run metadata and rank liveness."""
     meta = reader.run_meta(run, stale_after_s)

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     spool_segment_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Spool segment size; whole segments are replayed."
     )
+    node: str | None = Field(
+        None,
+        description="Node (host) name every rank of this process reports; unset: "
+        "SLURMD_NODENAME, else the host name. Ranks of one node are judged together "
+        "(node_lost).",
+    )
     heartbeat_interval_s: float = Field(
         1.0, gt=0, description="Heartbeat period of every rank; silent 2.5 periods = a dead rank."
     )

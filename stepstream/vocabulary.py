@@ -386,6 +386,15 @@ HEARTBEAT_STACK = "heartbeat/stack_bytes"
 STATUS_CODES: dict[str, float] = {"starting": 0.0, "running": 1.0, "closing": 2.0, "crashed": 3.0}
 STATUS_NAMES: dict[float, str] = {code: name for name, code in STATUS_CODES.items()}
 CLOSING = "closing"
+CRASHED = "crashed"
+
+# Liveness findings of stage 2 (detector and built-in alert rule names), and the label
+# naming the node of a rank or of a lost node.
+DEAD_RANK = "dead_rank"
+HUNG_RANK = "hung_rank"
+RANK_EXITED = "rank_exited"
+NODE_LOST = "node_lost"
+NODE_LABEL = "node"
 
 #: Phases of a training rank. ``backward`` is backward plus the gradient all-reduce: under
 #: data parallelism the rank waits there for its peers (the collective phase).
@@ -416,7 +425,7 @@ DECLARED_PHASES = frozenset({PHASE_EVAL, PHASE_CHECKPOINT})
 RUN_STARTING = "starting"
 RUN_RUNNING = "running"
 RUN_FINISHED = "finished"
-RUN_CRASHED = "crashed"
+RUN_CRASHED = CRASHED
 
 
 def run_state(statuses: dict[int, str | None], world: int | None) -> str:
@@ -427,7 +436,7 @@ def run_state(statuses: dict[int, str | None], world: int | None) -> str:
     closed = sum(1 for s in known if s == CLOSING)
     if known and closed >= max(world or 0, len(statuses)):
         return RUN_FINISHED
-    if "crashed" in known:
+    if CRASHED in known:
         return RUN_CRASHED
     if not known or all(s == "starting" for s in known):
         return RUN_STARTING

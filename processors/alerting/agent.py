@@ -70,6 +70,7 @@ def signal_of(flag: Alert) -> Signal:
         evidence=flag.evidence,
         affected=tuple(flag.affected),
         description=flag.description,
+        labels=dict(flag.labels),
     )
 
 

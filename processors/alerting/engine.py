@@ -39,6 +39,8 @@ class Signal:
     #: The series of the detector's incident (`processors.incidents`).
     affected: tuple[str, ...] = ()
     description: str = ""
+    #: Labels the detector adds (the node of a rank): matched by silences and inhibition.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +166,7 @@ class AlertEngine:
             level=signal if fresh else None,
             affected=signal.affected,
             description=signal.description,
+            extra_labels=signal.labels,
         )
 
     def restore(self, alerts: Iterable[Alert]) -> int:
@@ -191,7 +194,7 @@ class AlertEngine:
             )
             self._tracked[alert.fingerprint] = _Tracked(
                 state,
-                _labels(rule, alert.run, alert.rank, alert.metric),
+                {**alert.labels, **_labels(rule, alert.run, alert.rank, alert.metric)},
                 last=alert,
                 detector=rule.detector is not None,
                 last_signal_at=self._clock(),
@@ -345,13 +348,15 @@ class AlertEngine:
         level: Signal | None = None,
         affected: tuple[str, ...] = (),
         description: str = "",
+        extra_labels: dict[str, str] | None = None,
     ) -> Alert | None:
         fp = fingerprint(rule.name, run, rank, metric, rule.labels)
         tracked = self._tracked.get(fp)
         if tracked is None:
             if not active:
                 return None  # nothing to clear: do not track series that never fired
-            tracked = self._tracked[fp] = _Tracked(AlertState(), _labels(rule, run, rank, metric))
+            labels = {**(extra_labels or {}), **_labels(rule, run, rank, metric)}
+            tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
         if level is not None:  # fresh evidence keeps its alert from resolve_quiet
             tracked.detector = True
             tracked.last_signal_at = self._clock()
@@ -398,7 +403,10 @@ class AlertEngine:
             raised_at=self._clock(),
             summary=summary,
             description=render(rule.description, context) if rule.description else description,
-            labels={k: v for k, v in rule.labels.items() if k != "builtin"},
+            labels={
+                **(extra_labels or {}),
+                **{k: v for k, v in rule.labels.items() if k != "builtin"},
+            },
             evidence=evidence
             if status == "firing" or from_detector
             else (tracked.last.evidence if tracked.last else {}),

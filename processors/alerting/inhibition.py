@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from processors.alerting.matchers import match_all
+from stepstream import vocabulary as vocab
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +25,21 @@ class InhibitRule:
 
 DEFAULT_INHIBIT_RULES = (
     InhibitRule(
-        source={"rule": "dead_rank|hung_rank"},
+        source={"rule": f"{vocab.DEAD_RANK}|{vocab.HUNG_RANK}"},
         target={"rule": "straggler|throughput*|rank_desync"},
         equal=("run", "rank"),
+    ),
+    # A lost node explains the dead ranks on it, and the rest of the run waiting for them
+    # in the collective (hung, slow, out of step).
+    InhibitRule(
+        source={"rule": vocab.NODE_LOST},
+        target={"rule": vocab.DEAD_RANK},
+        equal=("run", vocab.NODE_LABEL),
+    ),
+    InhibitRule(
+        source={"rule": vocab.NODE_LOST},
+        target={"rule": f"{vocab.HUNG_RANK}|straggler|throughput*|rank_desync"},
+        equal=("run",),
     ),
     InhibitRule(source={"rule": "nonfinite"}, target={"rule": "spike"}, equal=("run",)),
 )

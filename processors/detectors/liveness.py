@@ -21,6 +21,13 @@ loop without ``monitor.phase``), not stuck: the origin must have been in its pha
 the threshold too. One ``hung_rank`` episode per run; every rank's phase in its evidence;
 the stack the origin's SDK captured (see `producers.periodic`) in its description.
 
+A node that goes away is one incident, ``node_lost`` (`processors.detectors.nodes` holds
+the rule): every rank of a node of two or more ranks silent, their last words within
+`node_window_s` of each other, while a rank of another node still reports. The dead ranks'
+own ``dead_rank`` flags carry the node label, so the alerting inhibits them while the
+node's alert fires; a dead rank whose node peer is still within that window of its last
+word waits for the verdict (at most `node_window_s`), so the node's alert comes first.
+
 Time is the processor's arrival clock (`now`), so skewed clocks on training nodes do not
 matter. Pure logic: `processors.run_stage` feeds it.
 """
@@ -32,6 +39,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from processors.detectors.base import median
+from processors.detectors.nodes import RankView, judge_nodes, node_labels
 from processors.flags import Episodes, Flag, cleared_flag, evidence
 from stepstream import vocabulary as vocab
 
@@ -58,6 +66,9 @@ class LivenessParams:
     exit_grace_s: a rank that closed is ``rank_exited`` once a peer still stepped this
         long after the close (staggered ends up to this apart raise nothing).
     stack_chars: the most characters of captured stacks an alert's description carries.
+    node_window_s: the ranks of a lost node fell silent within this many seconds of each
+        other (None: the dead window, dead_after x heartbeat_interval_s). A node's ranks die
+        together but last spoke up to one heartbeat apart.
     """
 
     heartbeat_interval_s: float = 1.0
@@ -69,6 +80,7 @@ class LivenessParams:
     rhythm_points: int = 5
     exit_grace_s: float = 30.0
     stack_chars: int = 4096
+    node_window_s: float | None = None
 
 
 @dataclass
@@ -85,6 +97,9 @@ class _Rank:
     phase_at: float = 0.0
     stack: str | None = None
     stack_at: float = 0.0
+    node: str = ""
+    crashed: bool = False
+    """Its newest heartbeat said it crashed: a software fault, not a lost node."""
 
     def in_phase(self, now: float) -> float | None:
         """Seconds the rank has been in its phase at `now` (None: phase unknown)."""
@@ -132,14 +147,17 @@ class LivenessDetector:
     timer period; hung: the threshold plus the timer period; exited: exit_grace_s.
     """
 
-    DEAD = "dead_rank"
-    HUNG = "hung_rank"
-    EXITED = "rank_exited"
+    DEAD = vocab.DEAD_RANK
+    HUNG = vocab.HUNG_RANK
+    EXITED = vocab.RANK_EXITED
+    NODE_LOST = vocab.NODE_LOST
 
     def __init__(self, params: LivenessParams | None = None) -> None:
         self.params = params or LivenessParams()
         self._runs: dict[str, _Run] = {}
         self._episodes = Episodes()
+        #: Runs forgotten since the last `take_forgotten` (their episodes ended silently).
+        self._forgotten: list[str] = []
 
     def seen(
         self,
@@ -152,10 +170,11 @@ class LivenessDetector:
         phase: str | None = None,
         phase_s: float | None = None,
         stack: str | None = None,
+        node: str | None = None,
     ) -> list[Flag]:
-        """Record that `rank` was heard from at `now`, at `step` (None if no step), with
-        its heartbeat `status`, `phase` (for `phase_s` seconds) and a captured `stack`;
-        cleared flags of the episodes that ends."""
+        """Record that `rank` (on `node`) was heard from at `now`, at `step` (None if no
+        step), with its heartbeat `status`, `phase` (for `phase_s` seconds) and a captured
+        `stack`; cleared flags of the episodes that ends."""
         p = self.params
         state = self._runs.setdefault(run, _Run())
         state.world = max(state.world, world)
@@ -170,7 +189,24 @@ class LivenessDetector:
             rank_state.phase, rank_state.phase_s, rank_state.phase_at = phase, phase_s or 0.0, now
         if stack:
             rank_state.stack, rank_state.stack_at = stack, now
+        if node:
+            rank_state.node = node
+        if status is not None:
+            rank_state.crashed = status == vocab.CRASHED
         flags: list[Flag] = []
+        if rank_state.node:
+            lost = self._episodes.end((self.NODE_LOST, run, rank_state.node))
+            if lost is not None:
+                flags.append(
+                    cleared_flag(
+                        lost,
+                        rank_state.step,
+                        now,
+                        f"node {rank_state.node} of run {run} is back: rank {rank} heard "
+                        f"from after {silent:.1f}s",
+                        lost.evidence,
+                    )
+                )
         if step is not None and (rank_state.step is None or step > rank_state.step):
             stuck = now - rank_state.step_moved
             rank_state.step = step
@@ -261,6 +297,18 @@ class LivenessDetector:
             )
         return flags
 
+    def forget(self, run: str) -> None:
+        """Drop what is known of `run` (its partition was processed elsewhere meanwhile):
+        its episodes end without cleared flags; it starts afresh when heard from."""
+        state = self._runs.get(run)
+        if state is not None:
+            self._forget(run, state)
+
+    def take_forgotten(self) -> list[str]:
+        """Runs forgotten since the last call (their episodes' incidents are stale)."""
+        runs, self._forgotten = self._forgotten, []
+        return runs
+
     def rhythm(self, run: str) -> float | None:
         """The run's median seconds per step (None until known)."""
         state = self._runs.get(run)
@@ -318,10 +366,29 @@ class LivenessDetector:
                 if quiet:
                     self._forget(run, state)  # ended long ago
                 continue
+            nodes = judge_nodes(
+                {
+                    r: RankView(s.node, s.seen, s.closed_at is not None, s.crashed)
+                    for r, s in state.ranks.items()
+                },
+                now,
+                dead_s,
+                self.node_window_s,
+            )
+            for node, ranks in nodes.lost.items():
+                key_node = (self.NODE_LOST, run, node)
+                if not self._episodes.is_open(key_node):
+                    flags.append(
+                        self._episodes.start(
+                            key_node, self._node_lost(run, state, node, ranks, alive, now, dead_s)
+                        )
+                    )
             for rank in open_ranks:
                 s = state.ranks[rank]
                 silent = now - s.seen
                 key = (self.DEAD, run, rank)
+                if silent >= dead_s and rank in nodes.waiting:
+                    continue  # its node's verdict first: see judge_nodes
                 if silent >= dead_s and not self._episodes.is_open(key):
                     flag = Flag(
                         detector=self.DEAD,
@@ -334,6 +401,7 @@ class LivenessDetector:
                         summary=f"rank {rank} of run {run} silent for {silent:.1f}s "
                         f"(last step {s.step}) while {len(alive)} rank(s) still report",
                         evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
+                        labels=node_labels(s.node),
                     )
                     flags.append(self._episodes.start(key, flag))
             flags += self._exited(run, state, alive, now)
@@ -343,6 +411,51 @@ class LivenessDetector:
                     flag = self._hung(run, state, verdict, now)
                     flags.append(self._episodes.start((self.HUNG, run), flag))
         return flags
+
+    @property
+    def node_window_s(self) -> float:
+        """How close together the last words of a lost node's ranks are."""
+        p = self.params
+        window = p.node_window_s
+        return p.dead_after * p.heartbeat_interval_s if window is None else window
+
+    def _node_lost(
+        self,
+        run: str,
+        state: _Run,
+        node: str,
+        ranks: list[int],
+        alive: list[int],
+        now: float,
+        dead_s: float,
+    ) -> Flag:
+        last = max(state.ranks[r].seen for r in ranks)
+        first = min(state.ranks[r].seen for r in ranks)
+        step = max((s for r in ranks if (s := state.ranks[r].step) is not None), default=None)
+        listed = ", ".join(str(r) for r in ranks)
+        others = sorted({state.ranks[r].node or "?" for r in alive})
+        return Flag(
+            detector=self.NODE_LOST,
+            run=run,
+            rank=None,
+            metric=None,
+            step=step,
+            t=last,
+            severity="critical",
+            summary=f"node {node} of run {run} lost: ranks {listed} silent for "
+            f"{now - last:.1f}s (last words {last - first:.1f}s apart) while "
+            f"{len(alive)} rank(s) on {', '.join(others)} still report",
+            evidence=evidence(
+                now - last,
+                None,
+                dead_s,
+                self.params.heartbeat_interval_s,
+                ranks=float(len(ranks)),
+                spread_s=last - first,
+            ),
+            affected=tuple(f"rank {r}" for r in ranks),
+            labels=node_labels(node),
+        )
 
     def _exited(self, run: str, state: _Run, alive: list[int], now: float) -> list[Flag]:
         grace = self.params.exit_grace_s
@@ -432,7 +545,10 @@ class LivenessDetector:
         # Forgotten, not cleared: no cleared flag (their alerts resolve on the engine's
         # timeout), and a return of the run starts afresh.
         del self._runs[run]
+        self._forgotten.append(run)
         self._episodes.end((self.HUNG, run))
+        for node in {s.node for s in state.ranks.values() if s.node}:
+            self._episodes.end((self.NODE_LOST, run, node))
         for rank in state.ranks:
             self._episodes.end((self.DEAD, run, rank))
             self._episodes.end((self.EXITED, run, rank))

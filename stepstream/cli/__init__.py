@@ -245,6 +245,9 @@ def query(
     ] = None,
     alerts: Annotated[bool, typer.Option("--alerts", help="Alert transitions.")] = False,
     ranks: Annotated[bool, typer.Option("--ranks", help="Run metadata, rank liveness.")] = False,
+    nodes: Annotated[
+        bool, typer.Option("--nodes", help="Ranks grouped by node, per-node system metrics.")
+    ] = False,
     across: Annotated[
         bool, typer.Option("--across-ranks", help="Stats across ranks, quality metrics.")
     ] = False,
@@ -272,6 +275,8 @@ def query(
                 view = query_views.alerts_view(reader, run)
             elif ranks:
                 view = query_views.ranks_view(reader, run)
+            elif nodes:
+                view = query_views.nodes_view(reader, run)
             elif across:
                 view = query_views.crossrank_view(reader, run)
             else:

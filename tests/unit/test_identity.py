@@ -58,3 +58,14 @@ def test_single_process_defaults() -> None:
 def test_invalid_run_id_is_refused() -> None:
     with pytest.raises(ConfigError):
         detect_identity("has space", env={})
+
+
+def test_node_override_is_one_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stepstream.settings import Settings
+
+    monkeypatch.setenv("STEPSTREAM_NODE", "rack4-node7")
+    assert Settings().node == "rack4-node7"
+    # the override (an argument) beats SLURM's and the host name
+    ident = detect_identity(node=Settings().node, env={"SLURMD_NODENAME": "gpu12"})
+    assert ident.node == "rack4-node7"
+    assert detect_identity(env={"SLURMD_NODENAME": "gpu12"}).node == "gpu12"

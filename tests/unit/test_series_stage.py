@@ -259,3 +259,40 @@ def test_error_burst_resolves_on_a_later_record_of_any_kind() -> None:
         ("error_burst", "resolved", 11, 1011.0)
     ]
     assert resolved[0].fingerprint == fired.alerts[0].fingerprint
+
+
+def test_offset_jumps_name_partitions_another_worker_read_meanwhile() -> None:
+    from processors.app import offset_jumps
+
+    last: dict[int, int] = {}
+    assert offset_jumps(last, [(0, 5), (1, 9), (0, 6)]) == set()  # first sight: no jump
+    assert offset_jumps(last, [(0, 7), (1, 30)]) == {1}
+    assert last == {0: 7, 1: 30}
+
+
+def test_forgotten_series_restart_cold_without_a_seq_gap() -> None:
+    stage = SeriesStage(window_steps=[5], window_seconds=[])
+    stage.process(_gap_batch(0, 10))
+    assert stage.forget([("r", 0), ("r", 9)]) == 1
+    # another worker read seq 10..99 meanwhile: no telemetry_loss for them
+    result = stage.process(_gap_batch(100, 5))
+    assert not [a for a in result.alerts if a.rule == "telemetry_loss"]
+    stage2 = SeriesStage(window_steps=[5], window_seconds=[])
+    stage2.process(_gap_batch(0, 10))
+    assert [a.rule for a in stage2.process(_gap_batch(100, 5)).alerts] == ["telemetry_loss"]
+
+
+def _gap_batch(first_seq: int, n: int) -> Batch:
+    import time as _time
+
+    now = _time.time()
+    return Batch(
+        run="r",
+        rank=0,
+        world=1,
+        incarnation="i1",
+        records=[
+            Record(seq=first_seq + i, t=now, step=first_seq + i, kind="train", values={"x": 1.0})
+            for i in range(n)
+        ],
+    )

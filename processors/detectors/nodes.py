@@ -1,0 +1,86 @@
+"""Which silent ranks are one lost node: the rule behind ``node_lost``. Pure logic.
+
+A host that loses power, its network or its kernel silences every rank on it at once. Per
+rank that is as many ``dead_rank`` alerts as the node had ranks, for one fault whose cause
+is the node. A node is lost when:
+
+- it has two or more ranks (one rank alone cannot tell a dead process from a dead host);
+- every one of them is silent for the dead window, none closed cleanly (a finish is not a
+  loss) and none said it crashed (a software fault, reported as such);
+- their last words lie within `window_s` of each other (ranks that died one by one, minutes
+  apart, are separate faults);
+- a rank of another node still reports (a run gone silent everywhere is a telemetry outage
+  or the end of a job, judged elsewhere).
+
+While a dead rank's node peer is still reporting but within `window_s` of the dead rank's
+last word, the node may yet be lost: the rank's own verdict waits, so the node's one alert
+comes first and the per-rank ones arrive already inhibited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stepstream import vocabulary as vocab
+
+
+@dataclass(frozen=True, slots=True)
+class RankView:
+    """What the rule needs of one rank: its node, when it was last heard from (processor
+    clock), and whether it closed cleanly or said it crashed."""
+
+    node: str
+    seen: float
+    closed: bool = False
+    crashed: bool = False
+
+
+@dataclass
+class NodeVerdict:
+    """`lost`: lost nodes and their ranks (sorted); `waiting`: dead ranks whose own verdict
+    waits for their node's."""
+
+    lost: dict[str, list[int]] = field(default_factory=dict)
+    waiting: set[int] = field(default_factory=set)
+
+
+def node_labels(node: str) -> dict[str, str]:
+    """The alert labels naming a node (none when the node is unknown)."""
+    return {vocab.NODE_LABEL: node} if node else {}
+
+
+def judge_nodes(
+    ranks: Mapping[int, RankView], now: float, dead_s: float, window_s: float
+) -> NodeVerdict:
+    """The lost nodes of one run at `now` and the dead ranks that wait (module docstring)."""
+    verdict = NodeVerdict()
+    by_node: dict[str, list[int]] = {}
+    for rank, view in ranks.items():
+        if view.node:
+            by_node.setdefault(view.node, []).append(rank)
+    for node, members in by_node.items():
+        if len(members) < 2:
+            continue
+        views = [ranks[r] for r in members]
+        if any(v.closed or v.crashed for v in views):
+            continue  # a rank finished or reported its crash: not a vanished host
+        dead = [r for r in members if now - ranks[r].seen >= dead_s]
+        if len(dead) == len(members):
+            seen = [v.seen for v in views]
+            others_alive = any(
+                v.node != node and not v.closed and now - v.seen < dead_s for v in ranks.values()
+            )
+            if max(seen) - min(seen) <= window_s and others_alive:
+                verdict.lost[node] = sorted(members)
+            continue
+        for rank in dead:
+            if ranks[rank].crashed:
+                continue  # it said it crashed: its own fault, reported at once
+            if any(
+                now - ranks[p].seen < dead_s and ranks[p].seen - ranks[rank].seen <= window_s
+                for p in members
+                if p != rank
+            ):
+                verdict.waiting.add(rank)
+    return verdict

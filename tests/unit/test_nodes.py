@@ -1,0 +1,197 @@
+"""A node that goes away is one incident: the rule (`processors.detectors.nodes`), the
+liveness detector and stage 2 that apply it, and the inhibition of its ranks' alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from processors.alerting.agent import signal_of
+from processors.alerting.engine import AlertEngine
+from processors.alerting.rules import parse_rules
+from processors.detectors.liveness import LivenessDetector, LivenessParams
+from processors.detectors.nodes import RankView, judge_nodes
+from processors.flags import Flag
+from processors.run_stage import RunStage
+from stepstream import vocabulary as vocab
+from stepstream.contract import Alert, RankSummary
+
+NODES = {0: "a", 1: "a", 2: "b", 3: "b"}
+
+
+def views(seen: dict[int, float], **kw: object) -> dict[int, RankView]:
+    return {r: RankView(NODES[r], t, **kw) for r, t in seen.items()}  # type: ignore[arg-type]
+
+
+def test_every_rank_of_a_node_silent_together_is_a_lost_node() -> None:
+    v = judge_nodes(views({0: 10.0, 1: 10.0, 2: 5.0, 3: 5.4}), now=10.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {"b": [2, 3]}
+    assert v.waiting == set()
+
+
+def test_one_dead_rank_of_a_node_is_not_a_lost_node() -> None:
+    # rank 3 keeps reporting: once it spoke past the window, rank 2 is a dead rank alone
+    v = judge_nodes(views({0: 10.0, 1: 10.0, 2: 5.0, 3: 10.0}), now=10.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {}
+    assert v.waiting == set()
+
+
+def test_a_dead_rank_waits_while_its_node_peer_spoke_within_the_window() -> None:
+    v = judge_nodes(views({0: 8.0, 1: 8.0, 2: 5.0, 3: 7.0}), now=8.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {}
+    assert v.waiting == {2}
+
+
+def test_a_rank_that_said_it_crashed_does_not_wait_for_its_node() -> None:
+    seen = views({0: 8.0, 1: 8.0, 2: 5.0, 3: 7.0})
+    seen[2] = RankView("b", 5.0, crashed=True)
+    assert judge_nodes(seen, now=8.0, dead_s=2.5, window_s=2.5).waiting == set()
+
+
+def test_ranks_dying_far_apart_are_separate_faults() -> None:
+    v = judge_nodes(views({0: 30.0, 1: 30.0, 2: 5.0, 3: 20.0}), now=30.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {}
+
+
+def test_a_clean_finish_or_a_reported_crash_is_not_a_lost_node() -> None:
+    seen = {0: 10.0, 1: 10.0, 2: 5.0, 3: 5.0}
+    closed = views(seen)
+    closed[3] = RankView("b", 5.0, closed=True)
+    assert judge_nodes(closed, 10.0, 2.5, 2.5).lost == {}
+    crashed = views(seen)
+    crashed[2] = RankView("b", 5.0, crashed=True)
+    assert judge_nodes(crashed, 10.0, 2.5, 2.5).lost == {}
+
+
+def test_a_single_rank_node_or_a_silent_run_is_not_a_lost_node() -> None:
+    single = {0: RankView("a", 10.0), 1: RankView("b", 5.0)}
+    assert judge_nodes(single, 10.0, 2.5, 2.5).lost == {}
+    everything = judge_nodes(views({0: 5.0, 1: 5.0, 2: 5.0, 3: 5.0}), 10.0, 2.5, 2.5)
+    assert everything.lost == {}
+    nameless = {r: RankView("", 5.0 if r >= 2 else 10.0) for r in range(4)}
+    assert judge_nodes(nameless, 10.0, 2.5, 2.5).lost == {}
+
+
+def drive(
+    d: LivenessDetector, until: float, alive: Callable[[int, float], bool], start: float = 0.0
+) -> list[Flag]:
+    """Ranks 0-3 on nodes a, a, b, b beat every 0.2 s while `alive(rank, now)`."""
+    flags: list[Flag] = []
+    now = start
+    while now < until:
+        for rank in range(4):
+            if alive(rank, now):
+                flags += d.seen("r", rank, 4, int(now * 10), now, "running", node=NODES[rank])
+        flags += d.tick(now + 0.1)
+        now = round(now + 0.2, 6)
+    return flags
+
+
+def test_liveness_raises_one_node_lost_first_then_dead_ranks_labelled_with_the_node() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=0.2))
+    # rank 2 falls silent at 2.0, rank 3 at 2.3 (the dead window is 0.5 s)
+    flags = drive(d, 5.0, lambda r, now: r < 2 or now < 2.0 + 0.3 * (r - 2))
+    opened = [f for f in flags if not f.cleared]
+    assert [f.detector for f in opened] == [vocab.NODE_LOST, vocab.DEAD_RANK, vocab.DEAD_RANK]
+    lost = opened[0]
+    assert lost.labels == {"node": "b"} and lost.rank is None
+    assert lost.affected == ("rank 2", "rank 3")
+    assert "node b" in lost.summary and "ranks 2, 3" in lost.summary
+    assert {f.rank for f in opened[1:]} == {2, 3}
+    assert all(f.labels == {"node": "b"} for f in opened[1:])
+    # the node comes back: the node's alert and its ranks' clear
+    back = drive(d, 7.0, lambda r, now: True, start=5.0)
+    assert sorted((f.detector, f.rank) for f in back if f.cleared) == [
+        (vocab.DEAD_RANK, 2),
+        (vocab.DEAD_RANK, 3),
+        (vocab.NODE_LOST, None),
+    ]
+    assert all(f.cleared for f in back)
+
+
+def test_liveness_one_dead_rank_on_a_live_node_is_a_dead_rank_only() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=0.2))
+    flags = drive(d, 5.0, lambda r, now: r != 2 or now < 2.0)
+    assert [(f.detector, f.rank) for f in flags] == [(vocab.DEAD_RANK, 2)]
+    dead = flags[0]
+    # silent 0.5 s is dead; it waited for its node's verdict, at most the window (0.5 s)
+    # and a beat more
+    assert 0.5 <= dead.evidence["value"] <= 0.5 + 0.5 + 0.2  # type: ignore[operator]
+
+
+def test_liveness_a_node_whose_ranks_close_cleanly_is_not_lost() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=0.2))
+    flags: list[Flag] = []
+    now = 0.0
+    while now < 5.0:
+        for rank in range(4):
+            if rank < 2 or now < 2.0:
+                flags += d.seen("r", rank, 4, int(now * 10), now, "running", node=NODES[rank])
+            elif now < 2.2:
+                flags += d.seen("r", rank, 4, 20, now, vocab.CLOSING, node=NODES[rank])
+        flags += d.tick(now + 0.1)
+        now = round(now + 0.2, 6)
+    assert [f.detector for f in flags if f.detector in (vocab.NODE_LOST, vocab.DEAD_RANK)] == []
+
+
+def summary(rank: int, step: int) -> RankSummary:
+    return RankSummary(
+        run="r", rank=rank, world=4, node=NODES[rank], last_step=step, status="running"
+    )
+
+
+def test_stage_two_and_the_engine_page_once_for_a_lost_node() -> None:
+    stage = RunStage(heartbeat_interval_s=0.2, clock=lambda: 0.0)
+    engine = AlertEngine(parse_rules("rules: []\n"), clock=lambda: 0.0)
+    alerts: list[Alert] = []
+    now = 0.0
+    while now < 5.0:
+        for rank in range(4):
+            if rank < 2 or now < 2.0:
+                alerts += stage.process(summary(rank, int(now * 10)), now).alerts
+        alerts += stage.tick(now + 0.1)
+        now = round(now + 0.2, 6)
+    transitions = [a for flag in alerts for a in engine.on_signal(signal_of(flag))]
+    firing = [a for a in transitions if a.status == "firing"]
+    notified = [a for a in firing if a.suppressed_by is None]
+    assert [a.rule for a in notified] == [vocab.NODE_LOST]
+    assert notified[0].labels.get("node") == "b"
+    dead = [a for a in firing if a.rule == vocab.DEAD_RANK]
+    assert len(dead) == 1  # one incident for the node's ranks...
+    assert dead[0].suppressed_by == f"inhibited:{vocab.NODE_LOST}"  # ...muted by the node's
+
+
+def test_a_lost_node_inhibits_its_ranks_and_the_runs_hang_only() -> None:
+    from processors.alerting.inhibition import inhibited_by
+
+    lost = {"rule": vocab.NODE_LOST, "run": "r", "node": "b"}
+    dead_b = {"rule": vocab.DEAD_RANK, "run": "r", "rank": "2", "node": "b"}
+    dead_a = {"rule": vocab.DEAD_RANK, "run": "r", "rank": "0", "node": "a"}
+    hung = {"rule": vocab.HUNG_RANK, "run": "r", "rank": "0", "node": "a"}
+    assert inhibited_by(dead_b, [lost]) is lost
+    assert inhibited_by(dead_a, [lost]) is None  # a dead rank elsewhere still pages
+    assert inhibited_by(hung, [lost]) is lost  # the survivors wait in the collective
+    assert inhibited_by({**dead_b, "run": "other"}, [lost]) is None
+    assert inhibited_by({"rule": "nonfinite", "run": "r", "node": "b"}, [lost]) is None
+
+
+def test_a_run_forgotten_by_stage_two_leaves_no_incident_to_swallow_new_flags() -> None:
+    stage = RunStage(heartbeat_interval_s=0.2, clock=lambda: 0.0)
+
+    def lose_node_b(start: float) -> list[Alert]:
+        alerts: list[Alert] = []
+        now = start
+        while now < start + 3.0:
+            for rank in range(4):
+                if rank < 2 or now < start + 1.0:
+                    alerts += stage.process(summary(rank, int(now * 10)), now).alerts
+            alerts += stage.tick(now + 0.1)
+            now = round(now + 0.2, 6)
+        return [a for a in alerts if a.rule == vocab.NODE_LOST and a.status == "firing"]
+
+    assert len(lose_node_b(0.0)) == 1
+    # the whole run goes quiet (its partition moved away, or the job stopped): liveness
+    # forgets it without cleared flags, and its open incident must go with it
+    stage.tick(30.0)
+    assert len(lose_node_b(100.0)) == 1  # a fresh incident, not one swallowed by the old
+    stage.forget(["r"])  # the partition came back after another worker held it
+    assert len(lose_node_b(200.0)) == 1
