@@ -289,23 +289,35 @@ def query(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8321,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP API and dashboard.")] = 8321,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; other than loopback needs STEPSTREAM_UI_TOKEN."),
+    ] = "127.0.0.1",
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Serve the query API as HTTP JSON (OpenAPI at /docs) and Prometheus /metrics."""
+    """Serve the web dashboard (/), the query API as HTTP JSON (OpenAPI at /docs) and
+    Prometheus /metrics."""
+    from query.dashboard.app import dashboard_options
+    from query.dashboard.auth import dashboard_url
     from query.http_api import serve as serve_api
     from query.reader import MetricsReader
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
-        err_console.print(f"serving http://{host}:{port}  (docs: /docs, Prometheus: /metrics)")
+        options = dashboard_options(settings, host)
+        err_console.print(
+            f"dashboard: {dashboard_url(host, port, options.access)}  "
+            "(API docs: /docs, Prometheus: /metrics)",
+            soft_wrap=True,
+        )
         serve_api(
             lambda: MetricsReader.from_settings(settings),
             host,
             port,
             settings.metrics_max_series,
+            options,
         )
 
     _guard(go)
