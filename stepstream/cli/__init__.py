@@ -669,11 +669,26 @@ def demo(
     steps: Annotated[int, typer.Option(help="Training steps per rank.")] = 60,
     nan_step: Annotated[int, typer.Option(help="Step at which rank 1 logs a NaN loss.")] = 40,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the alert.")] = 90.0,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Keep the stack up afterwards and serve the dashboard (Ctrl-C stops)."
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(help="Dashboard port with --serve.")] = 8321,
 ) -> None:
     """Run the whole pipeline on a private embedded stack with a 2-rank training job."""
     from stepstream.cli.demo import run_demo
 
-    ok = _guard(lambda: run_demo(console, steps=steps, nan_step=nan_step, timeout=timeout))
+    ok = _guard(
+        lambda: run_demo(
+            console,
+            steps=steps,
+            nan_step=nan_step,
+            timeout=timeout,
+            serve_port=port if serve else None,
+        )
+    )
     raise typer.Exit(0 if ok else EXIT_ERROR)
 
 
