@@ -254,7 +254,11 @@ def test_live_run_lines_alert_and_silence(
         if os.environ.get("STEPSTREAM_SCREENSHOT_DIR"):
             out = Path(os.environ["STEPSTREAM_SCREENSHOT_DIR"])
             out.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out / "dashboard-run.png"))
+            page.locator("#metric-glob").fill("loss, accuracy, heartbeat/step, lr")
+            page.wait_for_function("() => document.body.dataset.charts === '3'")
+            page.wait_for_timeout(500)  # charts fetched and drawn
+            clip = {"x": 0, "y": 0, "width": 1400, "height": 640}
+            page.screenshot(path=str(out / "dashboard-run.png"), clip=clip)
 
         # Silence it from the page; the store (what the alerting stage reads) has it.
         item.locator(".silence-btn").click()

@@ -202,6 +202,8 @@
         }
       });
       this.root.dataset.lines = String(this.lines.length);
+      const ext = this.extent();
+      this.root.dataset.lastX = ext ? String(ext[1]) : "";
       this.root.dataset.nonfinite = String(nonfinite);
       this.root.dataset.alerts = String(this.alerts.length);
       const plotW = w - PAD.left - PAD.right, plotH = h - PAD.top - PAD.bottom;
