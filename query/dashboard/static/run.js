@@ -38,6 +38,8 @@
 
   async function fetchFull(card) {
     const p = new URLSearchParams({ metric: card.metric, by: ui.xaxis.value, points: String(points(card)) });
+    // the ranks the overview listed: the server need not read the run's series index
+    if (card.ranks && card.ranks.length) p.set("ranks", card.ranks.join(","));
     if (card.zoom) { p.set("from", String(card.zoom[0])); p.set("to", String(card.zoom[1])); }
     const doc = await api(`/ui/api/runs/${enc}/chart?` + p.toString());
     card.lines = toLines(doc);
@@ -57,6 +59,7 @@
     for (const l of card.lines) last = Math.min(last, l.x.length ? l.x[l.x.length - 1] : -Infinity);
     if (!Number.isFinite(last)) return fetchFull(card);
     const p = new URLSearchParams({ metric: card.metric, by: "step", from: String(last + 1) });
+    if (card.ranks && card.ranks.length) p.set("ranks", card.ranks.join(","));
     const doc = await api(`/ui/api/runs/${enc}/chart?` + p.toString());
     const byRank = new Map(card.lines.map((l) => [l.rank, l]));
     let grown = 0;
@@ -89,7 +92,7 @@
     const head = el("div", { class: "chart-head" }, title, stats, reset, csvBtn);
     const box = el("div", { class: "chart-card", dataset: { metric } }, head);
     container.append(box);
-    const card = { metric, lines: [], loaded: false, zoom: null, by: ui.xaxis.value, visible: false, box, stats };
+    const card = { metric, ranks: ranksOf(metric), lines: [], loaded: false, zoom: null, by: ui.xaxis.value, visible: false, box, stats };
     card.chart = new Chart(box, {
       by: ui.xaxis.value,
       log: ui.log.checked,
@@ -115,6 +118,11 @@
     }
   }, { rootMargin: "200px" });
 
+  function ranksOf(metric) {
+    const m = overview && overview.metrics.find((x) => x.name === metric);
+    return m ? m.ranks : [];
+  }
+
   function metricNames() {
     if (!overview) return [];
     const re = globToRegExp(ui.glob.value);
@@ -128,7 +136,7 @@
       if (!wanted.has(metric)) { observer.unobserve(card.box); card.box.remove(); charts.delete(metric); }
     }
     for (const name of names) {
-      if (charts.has(name)) continue;
+      if (charts.has(name)) { charts.get(name).ranks = ranksOf(name); continue; }
       charts.set(name, makeCard(name, SYS.test(name) ? $("sys-charts") : $("charts")));
     }
     // keep DOM order = name order
