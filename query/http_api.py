@@ -8,8 +8,8 @@ because the reader is the blocking redis-py client.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -28,6 +28,9 @@ from query.reader import (
 )
 from stepstream.contract import Alert
 from stepstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from query.dashboard.app import DashboardOptions
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,16 +60,23 @@ def add_offline_docs(api: FastAPI) -> None:
 
 
 def create_api(
-    reader_factory: Callable[[], MetricsReader], metrics_max_series: int = 10_000
+    reader_factory: Callable[[], MetricsReader],
+    metrics_max_series: int = 10_000,
+    dashboard: DashboardOptions | None = None,
 ) -> FastAPI:
-    """The API over one reader, created when the app starts and closed when it stops."""
+    """The API over one reader, created when the app starts and closed when it stops;
+    with `dashboard`, the web dashboard too (pages at /, see query/dashboard)."""
     state: dict[str, MetricsReader] = {}
+    extra: list[Callable[[], AbstractAsyncContextManager[None]]] = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state["reader"] = reader_factory()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                for enter in extra:
+                    await stack.enter_async_context(enter())
+                yield
         finally:
             state.pop("reader").close()
 
@@ -173,15 +183,28 @@ def create_api(
 
         return Response(render_metrics(reader(), metrics_max_series), media_type=PROMETHEUS_TEXT)
 
+    if dashboard is not None:
+        from query.dashboard.app import add_dashboard
+
+        extra.append(add_dashboard(api, reader, dashboard))
     return api
 
 
 def serve(
-    reader_factory: Callable[[], MetricsReader], host: str, port: int, metrics_max_series: int
+    reader_factory: Callable[[], MetricsReader],
+    host: str,
+    port: int,
+    metrics_max_series: int,
+    dashboard: DashboardOptions | None = None,
 ) -> None:
-    """Serve the API with uvicorn in the foreground until Ctrl-C."""
+    """Serve the API (and the dashboard, when given) with uvicorn until Ctrl-C."""
     import uvicorn
 
     uvicorn.run(
-        create_api(reader_factory, metrics_max_series), host=host, port=port, log_level="warning"
+        create_api(reader_factory, metrics_max_series, dashboard),
+        host=host,
+        port=port,
+        log_level="warning",
+        # Open event streams (dashboard tabs) must not hold Ctrl-C up.
+        timeout_graceful_shutdown=2,
     )

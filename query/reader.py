@@ -521,3 +521,71 @@ class MetricsReader:
 
     def _scan(self, pattern: str) -> list[Any]:
         return list(self._client.scan_iter(match=pattern, count=1000))
+
+    # --- Bulk reads for the dashboard: one round trip for many series or runs. ---
+
+    def step_columns_many(
+        self,
+        run: str,
+        series: list[tuple[int, str]],
+        from_step: int | None = None,
+        to_step: int | None = None,
+    ) -> list[tuple[list[int], list[float], float | None]]:
+        """Steps, values and decimation boundary of many (rank, metric) series of a run in
+        [from_step, to_step], in the order asked, read in one pipeline (as `series`, not
+        downsampled): a chart of 64 ranks is one round trip, not 64."""
+        lo: int | str = "-inf" if from_step is None else from_step
+        hi: int | str = "+inf" if to_step is None else to_step
+        pipe = self._client.pipeline(transaction=False)
+        for rank, metric in series:
+            step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+            pipe.zrange(step_key, lo, hi, byscore=True)
+            pipe.zrange(step_key, 0, 0, withscores=True)
+            pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        replies = pipe.execute() if series else []
+        out: list[tuple[list[int], list[float], float | None]] = []
+        with _no_gc_pause():
+            for i in range(len(series)):
+                raw, first, coarse = replies[3 * i : 3 * i + 3]
+                oldest_raw = first[0][1] if first else math.inf
+                steps, values = _step_columns(coarse)
+                older = bisect.bisect_left(steps, oldest_raw)
+                del steps[older:], values[older:]
+                decimated_before = oldest_raw if steps else None
+                raw_steps, raw_values = _step_columns(raw)
+                steps.extend(raw_steps)
+                values.extend(raw_values)
+                out.append((steps, values, decimated_before))
+        return out
+
+    def runs_overview(
+        self, runs: list[str], clock_points: int = 20
+    ) -> list[tuple[list[RankLiveness], list[Alert], list[tuple[int, float]]]]:
+        """Per run, in one pipeline: rank liveness (no `alive`), alerts now firing (oldest
+        first) and the newest `clock_points` (step, event time s) of rank 0's time index,
+        from which a step rate follows."""
+        pipe = self._client.pipeline(transaction=False)
+        for run in runs:
+            pipe.hgetall(self.keys.ranks(run))
+            pipe.hvals(self.keys.active_alerts(run))
+            pipe.zrange(self.keys.time_index(run, 0), -clock_points, -1, withscores=True)
+        replies = pipe.execute() if runs else []
+        out = []
+        now = time.time()
+        for i in range(len(runs)):
+            ranks_raw, active_raw, clock_raw = replies[3 * i : 3 * i + 3]
+            ranks = []
+            for r, body in ranks_raw.items():
+                live = RankLiveness(rank=int(_text(r)), **json.loads(body))
+                live.age_s = max(0.0, now - live.t)
+                ranks.append(live)
+            ranks.sort(key=lambda r: r.rank)
+            active = sorted((Alert.model_validate_json(b) for b in active_raw), key=lambda a: a.t)
+            clock = sorted((int(_text(m)), score / 1000.0) for m, score in clock_raw)
+            out.append((ranks, active, clock))
+        return out
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (the dashboard's silence store writes through it)."""
+        return self._client

@@ -122,6 +122,8 @@ class WritePlan:
     time_index: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     values: int = 0
     """Metric values taken in (latest values, window stats, raw points), for throughput."""
+    newest_step: dict[str, int] = field(default_factory=dict)
+    """Per run, the newest step of the raw points in this plan (the updates notice)."""
 
     def _hset(self, key: str, mapping: dict[str, str]) -> None:
         self.hashes.setdefault(key, {}).update(mapping)
@@ -222,6 +224,8 @@ class WritePlan:
                     write.newest_ms = max(write.newest_ms, t_ms)
             self.values += len(record.values)
             self._touch(run, record.t)
+            if step is not None and step > self.newest_step.get(run, -1):
+                self.newest_step[run] = step
         if metrics:
             names = self.sets.setdefault(self.keys.series_index(run), set())
             names.update(series_field(rank, m) for m in metrics)
@@ -297,6 +301,21 @@ class WritePlan:
         out.append(("zremrangebyscore", (key, "-inf", f"({cutoff!r}")))
         out.append(("expire", (key, retention_s)))
         return out
+
+    def notice_commands(self) -> list[tuple[Any, ...]]:
+        """One PUBLISH per run this plan writes to, on the run's updates channel, sent
+        after the writes: a live view that fetches on the notice finds the points there.
+        Per flush, not per value, so a busy run costs a few messages a second."""
+        return [
+            (
+                "publish",
+                (
+                    self.keys.updates_channel(run),
+                    json.dumps({"run": run, "step": self.newest_step.get(run)}),
+                ),
+            )
+            for run in sorted(self.run_activity)
+        ]
 
     def expiring_keys(self) -> list[str]:
         """Every per-run key this plan touches; each gets the retention TTL."""

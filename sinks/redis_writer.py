@@ -42,6 +42,8 @@ class RedisWriter:
             getattr(pipe, command)(*args, **(options[0] if options else {}))
         for key in plan.expiring_keys():
             pipe.expire(key, self._retention_s)
+        for command, args in plan.notice_commands():
+            getattr(pipe, command)(*args)
         commands = len(pipe)
         await pipe.execute()
         return commands

@@ -175,6 +175,15 @@ class RedisKeys:
         """Glob of every run's alerts channel (ACL ``&`` rules, PSUBSCRIBE)."""
         return f"{self.prefix}:alerts:*"
 
+    def updates_channel(self, run: str) -> str:
+        """Pub/sub channel receiving one small JSON notice per sink flush that wrote to a
+        run (``{"run", "step"}``): live views fetch the new points when it arrives."""
+        return f"{self.prefix}:updates:{check_run_id(run)}"
+
+    def updates_channel_pattern(self) -> str:
+        """Glob of every run's updates channel (ACL ``&`` rules, PSUBSCRIBE)."""
+        return f"{self.prefix}:updates:*"
+
     def key_pattern(self) -> str:
         """Glob of every key stepstream writes or reads (ACL ``~`` rules). The prefix holds
         no glob characters, so it matches exactly the keys under it."""

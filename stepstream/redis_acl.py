@@ -80,6 +80,7 @@ def acl_rules(
     rules = ["resetkeys", f"~{keys.key_pattern()}", "resetchannels"]
     if not read_only:
         rules.append(f"&{keys.alerts_channel_pattern()}")
+        rules.append(f"&{keys.updates_channel_pattern()}")
     commands = CONNECT_COMMANDS + READ_COMMANDS + (() if read_only else WRITE_COMMANDS)
     known = [c for c in commands if SINCE_VERSION.get(c, OLDEST_SUPPORTED) <= redis_version]
     return [*rules, "-@all", *(f"+{c}" for c in known)]

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     series_time_max_points: int = Field(
         10_000, ge=1, description="Most points kept per series by time."
     )
+    ui_token: str | None = Field(
+        None,
+        description="Token of the dashboard and HTTP API: required to serve on a "
+        "non-loopback address, and for write actions (silences) from the dashboard.",
+    )
     metrics_max_series: int = Field(
         10_000, ge=1, description="Cap on rolling-stat series /metrics exports (per scrape)."
     )

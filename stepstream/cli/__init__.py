@@ -294,23 +294,35 @@ def query(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8321,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP API and dashboard.")] = 8321,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; other than loopback needs STEPSTREAM_UI_TOKEN."),
+    ] = "127.0.0.1",
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Serve the query API as HTTP JSON (OpenAPI at /docs) and Prometheus /metrics."""
+    """Serve the web dashboard (/), the query API as HTTP JSON (OpenAPI at /docs) and
+    Prometheus /metrics."""
+    from query.dashboard.app import dashboard_options
+    from query.dashboard.auth import dashboard_url
     from query.http_api import serve as serve_api
     from query.reader import MetricsReader
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
-        err_console.print(f"serving http://{host}:{port}  (docs: /docs, Prometheus: /metrics)")
+        options = dashboard_options(settings, host)
+        err_console.print(
+            f"dashboard: {dashboard_url(host, port, options.access)}  "
+            "(API docs: /docs, Prometheus: /metrics)",
+            soft_wrap=True,
+        )
         serve_api(
             lambda: MetricsReader.from_settings(settings),
             host,
             port,
             settings.metrics_max_series,
+            options,
         )
 
     _guard(go)
@@ -662,11 +674,26 @@ def demo(
     steps: Annotated[int, typer.Option(help="Training steps per rank.")] = 60,
     nan_step: Annotated[int, typer.Option(help="Step at which rank 1 logs a NaN loss.")] = 40,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the alert.")] = 90.0,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Keep the stack up afterwards and serve the dashboard (Ctrl-C stops)."
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(help="Dashboard port with --serve.")] = 8321,
 ) -> None:
     """Run the whole pipeline on a private embedded stack with a 2-rank training job."""
     from stepstream.cli.demo import run_demo
 
-    ok = _guard(lambda: run_demo(console, steps=steps, nan_step=nan_step, timeout=timeout))
+    ok = _guard(
+        lambda: run_demo(
+            console,
+            steps=steps,
+            nan_step=nan_step,
+            timeout=timeout,
+            serve_port=port if serve else None,
+        )
+    )
     raise typer.Exit(0 if ok else EXIT_ERROR)
 
 

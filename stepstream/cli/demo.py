@@ -72,8 +72,41 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(5)
 
 
-def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: float = 90.0) -> bool:
-    """Run the demo; True when the NaN alert and every rank's stats were seen."""
+def _serve_dashboard(console: Console, live: Settings, run: str, port: int) -> None:
+    """Serve the dashboard over the demo's stack until Ctrl-C (uvicorn handles it)."""
+    from query.dashboard.app import dashboard_options
+    from query.dashboard.auth import dashboard_url
+    from query.http_api import serve
+    from query.reader import MetricsReader
+
+    options = dashboard_options(live, "127.0.0.1")
+    url = dashboard_url("127.0.0.1", port, options.access)
+    console.print(f"dashboard: {url}", soft_wrap=True)
+    console.print(
+        f"run page:  http://127.0.0.1:{port}/run/{run}?token={options.access.token}",
+        soft_wrap=True,
+    )
+    console.print("[dim]the stack and the dashboard stay up; Ctrl-C stops both[/dim]")
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(
+            lambda: MetricsReader.from_settings(live),
+            "127.0.0.1",
+            port,
+            live.metrics_max_series,
+            options,
+        )
+
+
+def run_demo(
+    console: Console,
+    steps: int = 60,
+    nan_step: int = 40,
+    timeout: float = 90.0,
+    serve_port: int | None = None,
+) -> bool:
+    """Run the demo; True when the NaN alert and every rank's stats were seen. With
+    `serve_port`, keep the stack up afterwards and serve the dashboard on that port until
+    Ctrl-C."""
     if not 0 <= nan_step < steps:
         raise StepstreamError(f"--nan-step must be in [0, {steps}), got {nan_step}")
     from query.alert_feed import AlertFeed
@@ -148,6 +181,8 @@ def run_demo(console: Console, steps: int = 60, nan_step: int = 40, timeout: flo
                 f"[red]demo failed[/red] after {elapsed:.1f}s: "
                 f"alert seen={nan_alert is not None}, ranks in Redis={ranks_seen}"
             )
+        if serve_port is not None:
+            _serve_dashboard(console, live, run, serve_port)
         return ok
     finally:
         _stop(trainers)

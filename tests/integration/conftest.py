@@ -49,3 +49,12 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, every: float 
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item (``rep_call``): fixtures that save evidence on
+    failure (browser screenshots) read it at teardown."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

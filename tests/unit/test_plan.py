@@ -229,3 +229,17 @@ def test_unsafe_quality_window_rejects_the_update_and_changes_nothing() -> None:
     with pytest.raises(ConfigError):
         plan.add_crossrank(bad)
     assert plan.is_empty() and plan.run_activity == {}
+
+
+def test_one_update_notice_per_run_with_its_newest_step() -> None:
+    keys = RedisKeys("p")
+    plan = WritePlan(keys)
+    plan.add_batch(batch(0, range(3, 8)).model_copy(update={"run": "a"}))
+    plan.add_batch(batch(1, range(0, 5)).model_copy(update={"run": "a"}))
+    plan.add_batch(batch(0, range(0, 2)).model_copy(update={"run": "b"}))
+    notices = plan.notice_commands()
+    assert [c[0] for c in notices] == ["publish", "publish"]
+    assert notices[0][1][0] == keys.updates_channel("a")
+    assert json.loads(notices[0][1][1]) == {"run": "a", "step": 7}
+    assert json.loads(notices[1][1][1]) == {"run": "b", "step": 1}
+    assert WritePlan(keys).notice_commands() == []

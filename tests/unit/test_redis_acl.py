@@ -45,11 +45,12 @@ def test_user_and_password_cannot_split_the_line() -> None:
 
 def test_rules_follow_the_key_prefix_and_grant_nothing_broad() -> None:
     rules = acl_rules(RedisKeys("team-a.ml"))
-    assert rules[:5] == [
+    assert rules[:6] == [
         "resetkeys",
         "~team-a.ml:*",
         "resetchannels",
         "&team-a.ml:alerts:*",
+        "&team-a.ml:updates:*",
         "-@all",
     ]
     granted = {r[1:] for r in rules if r.startswith("+")}

@@ -1,0 +1,1 @@
+"""The web dashboard: runs page, run page with charts, alerts and the rank grid, live."""

@@ -1,0 +1,363 @@
+"""The dashboard in a real browser (Debian's chromium, driven headless by Playwright):
+runs page, run page with one line per rank, a NaN alert appearing live on the chart while
+the job runs, silencing it from the page, escaping of hostile names, and no request to
+any host but the server. One stack, one server and one browser for the module.
+
+A failing test saves a screenshot under its tmp dir (the path is printed). With
+STEPSTREAM_SCREENSHOT_DIR set, the run page is also saved there as dashboard-run.png (the
+README's picture); nothing is written into the repository otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from processors.alerting.silence_store import SilenceStore
+from query.reader import MetricsReader
+from stepstream.settings import Settings
+from stepstream.stack import free_port, settings_env
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-gpu",
+]
+ROOT = Path(__file__).resolve().parents[2]
+NAN_STEP = 60
+STEPS = 200
+STEP_S = 0.1
+
+
+@dataclass
+class Server:
+    """A running dashboard server."""
+
+    base: str
+    token: str
+    host: str
+
+
+def _playwright() -> Any:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright missing: pip install -e '.[dev]' (.ci/run does)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def server(live_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`stepstream serve` on a free loopback port, started as a user would: no token is
+    configured, so it makes one and prints the dashboard URL with it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, **settings_env(live_settings), "PYTHONPATH": str(ROOT)}
+    env.pop("STEPSTREAM_UI_TOKEN", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepstream.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = wait_for(lambda: _printed_url(log, proc), timeout=30, every=0.1)
+        parsed = urllib.parse.urlsplit(url)
+        token = urllib.parse.parse_qs(parsed.query)["token"][0]
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(base + "/ui/api/hub"), timeout=30, every=0.1)
+        yield Server(base, token, f"127.0.0.1:{port}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise AssertionError("stepstream serve did not stop on Ctrl-C") from None
+
+
+def _printed_url(log: Path, proc: subprocess.Popen[bytes]) -> str | None:
+    if proc.poll() is not None:
+        raise AssertionError(f"stepstream serve exited: {log.read_text()}")
+    match = re.search(r"dashboard: (http://\S+\?token=\S+)", log.read_text())
+    return match.group(1) if match else None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).json().get("live") is True
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the module."""
+    sync_playwright = _playwright()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(
+    browser: Any, server: Server, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Any]:
+    """A fresh page that may reach only the server: every other request is aborted and
+    recorded, and must not have been attempted. Saves a screenshot when the test fails."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    outside: list[str] = []
+    dialogs: list[str] = []
+    console_errors: list[str] = []
+
+    def route(r: Any) -> None:
+        url = r.request.url
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme in ("data", "blob") or parsed.netloc == server.host:
+            r.continue_()
+        else:
+            outside.append(url)
+            r.abort()
+
+    pg.route("**/*", route)
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    pg.outside = outside
+    pg.dialogs = dialogs
+    pg.set_default_timeout(20_000)
+    try:
+        yield pg
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            shot = tmp_path / "failure.png"
+            pg.screenshot(path=str(shot), full_page=True)
+            print(f"\nscreenshot of the failed page: {shot}\nconsole errors: {console_errors}")
+        context.close()
+    assert outside == [], f"the page tried to reach other hosts: {outside}"
+    assert dialogs == [], f"a dialog opened (script injection?): {dialogs}"
+
+
+def _job(settings: Settings, run: str, rank: int, world: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tests.integration.dashboard_job",
+        "--run",
+        run,
+        "--rank",
+        str(rank),
+        "--world",
+        str(world),
+        *args,
+    ]
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+
+
+def _spawn_job(settings: Settings, run: str) -> list[subprocess.Popen[bytes]]:
+    """Two ranks through the SDK, a NaN loss on rank 1 at NAN_STEP (STEP_S apart)."""
+    args = ["--steps", str(STEPS), "--nan-step", str(NAN_STEP), "--sleep", str(STEP_S)]
+    return [
+        subprocess.Popen(
+            _job(settings, run, rank, 2, *args),
+            env=_env(settings),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        for rank in range(2)
+    ]
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_live_run_lines_alert_and_silence(
+    page: Any, server: Server, live_settings: Settings, reader: MetricsReader, run_id: str
+) -> None:
+    procs = _spawn_job(live_settings, run_id)
+    try:
+        # The run exists once its first points reached Redis; the NaN is NAN_STEP steps
+        # (>= 6 s) later, so the page below is open before it.
+        wait_for(lambda: any(r.run == run_id for r in reader.runs()), timeout=60)
+        steps = [r.step or 0 for r in reader.ranks(run_id)]
+        assert max(steps, default=0) < NAN_STEP - 20, f"job already at step {steps}"
+
+        page.goto(f"{server.base}/?token={server.token}")
+        row = page.locator(f'tr[data-run="{run_id}"]')
+        row.wait_for()
+        assert row.get_attribute("data-state") in ("live", "starting")
+        row.locator("a.run-link").click()
+        page.wait_for_url(f"**/run/{run_id}")
+        page.wait_for_selector("body[data-loaded='1']")
+
+        loss = page.locator('.chart-card[data-metric="loss"] .chart')
+        page.wait_for_function(
+            "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+            "?.dataset.lines === '2'"
+        )
+        assert procs[0].poll() is None and procs[1].poll() is None, "job ended too early"
+
+        # The NaN alert arrives by push while the job still runs: marker and list entry.
+        marker = loss.locator('.alert-marker[data-rule="nonfinite"]')
+        marker.wait_for(timeout=60_000)
+        item = page.locator('.alert-item[data-rule="nonfinite"]').first
+        item.wait_for()
+        seen_running = [p.poll() is None for p in procs]
+        assert any(seen_running), "the alert showed only after the job ended"
+        assert int(float(marker.get_attribute("data-x") or "-1")) == NAN_STEP
+        # The NaN point itself is drawn as a marker, not dropped.
+        loss.locator(".nonfinite-marker", has_text="NaN").first.wait_for()
+
+        if os.environ.get("STEPSTREAM_SCREENSHOT_DIR"):
+            out = Path(os.environ["STEPSTREAM_SCREENSHOT_DIR"])
+            out.mkdir(parents=True, exist_ok=True)
+            page.locator("#metric-glob").fill("loss, accuracy, heartbeat/step, lr")
+            page.wait_for_function("() => document.body.dataset.charts === '3'")
+            page.wait_for_timeout(500)  # charts fetched and drawn
+            clip = {"x": 0, "y": 0, "width": 1400, "height": 640}
+            page.screenshot(path=str(out / "dashboard-run.png"), clip=clip)
+
+        # Silence it from the page; the store (what the alerting stage reads) has it.
+        item.locator(".silence-btn").click()
+        page.locator('.alert-item[data-rule="nonfinite"][data-state="silenced"]').first.wait_for()
+        store = SilenceStore(reader.client, reader.keys)
+        silences = [s for s in store.list() if s.matchers.get("run") == run_id]
+        assert [s.matchers for s in silences] == [{"run": run_id, "rule": "nonfinite", "rank": "1"}]
+        # ... and expire it again from the list.
+        page.locator(f'li[data-silence="{silences[0].id}"] .expire-btn').click()
+        wait_for(lambda: not [s for s in store.list() if s.matchers.get("run") == run_id])
+
+        # CSV of what the loss chart shows: both ranks, the NaN kept.
+        with page.expect_download() as dl:
+            page.locator('.chart-card[data-metric="loss"] button.csv').click()
+        text = Path(dl.value.path()).read_text()
+        lines = text.splitlines()
+        assert lines[0] == "rank,step,value,smoothed"
+        assert {ln.split(",")[0] for ln in lines[1:]} == {"0", "1"}
+        assert any(ln.startswith(f"1,{NAN_STEP},NaN") for ln in lines)
+    finally:
+        _stop(procs)
+
+
+def test_hostile_names_render_as_text(
+    page: Any, server: Server, live_settings: Settings, reader: MetricsReader
+) -> None:
+    # As hostile as validation lets through the SDK: dots, dashes, '@' and ':' ...
+    run = "0.-_..-_--.x"
+    metric = "_@:/..-x"
+    subprocess.run(
+        _job(live_settings, run, 0, 1, "--metric", metric),
+        env=_env(live_settings),
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    wait_for(lambda: (0, metric) in reader.series_names(run), timeout=60)
+    # ... and what the server could never store, injected into its answers: markup in a
+    # metric name and an alert summary must show as text and run nothing.
+    script = "<script>alert(1)</script>"
+    img = '<img src=x onerror="alert(2)">'
+
+    def overview(route: Any) -> None:
+        doc = route.fetch().json()
+        doc["metrics"].append({"name": script, "ranks": [0]})
+        route.fulfill(json=doc)
+
+    def alerts(route: Any) -> None:
+        doc = route.fetch().json()
+        doc["incidents"] = [
+            {
+                "fingerprint": "f",
+                "rule": img,
+                "severity": "critical",
+                "state": "firing",
+                "run": run,
+                "rank": 0,
+                "metric": script,
+                "fired_step": 2,
+                "fired_t": time.time(),
+                "t": time.time(),
+                "summary": img,
+                "evidence": {img: 1.0},
+                "silenced": False,
+            }
+        ]
+        route.fulfill(json=doc)
+
+    enc = urllib.parse.quote(run, safe="")
+    page.route(f"**/ui/api/runs/{enc}/overview", overview)
+    page.route(f"**/ui/api/runs/{enc}/alerts", alerts)
+    page.goto(f"{server.base}/")
+    page.locator(f'tr[data-run="{run}"] a.run-link', has_text=run).click()
+    page.wait_for_selector("body[data-loaded='1']")
+    assert page.locator("#run-id").text_content() == run
+    assert page.get_by_text(script, exact=True).first.is_visible()
+    page.locator(".alert-summary", has_text=img).wait_for()
+    page.locator(f'.chart-card[data-metric="{metric}"] .chart[data-lines="1"]').wait_for()
+    assert page.locator("script:not([src])").count() == 0
+    assert page.locator("img").count() == 0
+
+
+def test_write_actions_need_the_token(server: Server, run_id: str) -> None:
+    body = {"matchers": {"run": run_id, "rule": "spike"}, "duration_s": 60}
+    with httpx.Client(base_url=server.base, timeout=10) as client:
+        assert client.post("/ui/api/silences", json=body).status_code == 403
+        bad = {"X-Stepstream-Token": server.token + "x"}
+        assert client.post("/ui/api/silences", json=body, headers=bad).status_code == 403
+        ok = client.post(
+            "/ui/api/silences", json=body, headers={"X-Stepstream-Token": server.token}
+        )
+        assert ok.status_code == 200, ok.text
+        sid = ok.json()["id"]
+        assert client.post(f"/ui/api/silences/{sid}/expire").status_code == 403
+        done = client.post(
+            f"/ui/api/silences/{sid}/expire", headers={"X-Stepstream-Token": server.token}
+        )
+        assert done.status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert json.loads(client.get("/ui/api/hub").text)["live"] is True
