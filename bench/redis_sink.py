@@ -9,7 +9,11 @@ on that one server in one run:
   windows), in metric values/s;
 * `redis-benchmark -P 16 -q -t set,hset` for context, when redis-benchmark is installed;
 * query latency p50/p99: rolling stats of one window of a 64 x 30 run; a 10,000-point
-  series downsampled to 1,000 points.
+  series downsampled to 1,000 points; and the floor under each, the bare redis-py fetch
+  of the same keys in the same run (HGETALL of the window hash, ZRANGE of the series):
+  ``rolling_floor_ratio`` and ``series_floor_ratio`` are our p50 over the floor's p50,
+  the two called alternately so that both see the same load; ``*_cpu_ratio`` the median
+  per pair of the client thread's CPU time (ours / floor).
 
 Run: PYTHONPATH=. python bench/redis_sink.py [--seconds 3]
 """
@@ -152,6 +156,37 @@ def latency(fn: Callable[[], object], n: int) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, math.ceil(0.99 * n) - 1)]
 
 
+def paired_latency(
+    ours: Callable[[], object], floor: Callable[[], object], n: int
+) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """p50 and p99 in ms of `ours` and of `floor`, called alternately `n` times each after
+    5 warm-up pairs, and the median over pairs of their CPU-time ratio (this thread's
+    CPU: the client's work, not the server's nor the wait for a busy core).
+
+    Alternating puts both under the same load of a shared machine: timed one after the
+    other, a busy phase hitting only one of them moved the ratio by 10x in a run."""
+    for _ in range(5):
+        ours()
+        floor()
+    walls: tuple[list[float], list[float]] = ([], [])
+    cpu_ratios = []
+    for _ in range(n):
+        cpu = []
+        for fn, times in ((ours, walls[0]), (floor, walls[1])):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+            cpu.append(time.thread_time() - c0)
+        if cpu[1] > 0:
+            cpu_ratios.append(cpu[0] / cpu[1])
+    out = []
+    for times in walls:
+        times.sort()
+        out.append((statistics.median(times), times[min(len(times) - 1, math.ceil(0.99 * n) - 1)]))
+    cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else math.nan
+    return out[0], out[1], cpu_ratio
+
+
 def redis_benchmark(port: int) -> str:
     """redis-benchmark's own figures, or why there are none."""
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
@@ -222,18 +257,20 @@ def main() -> None:
         with MetricsReader.from_url(server.url) as reader:
             rows = reader.rolling("bench-u", "50steps")
             assert len(rows) == RANKS * METRICS, len(rows)
-            r50, r99 = latency(lambda: reader.rolling("bench-u", "50steps"), 200)
+            # The floor under the query: the same bytes fetched by a bare redis-py call,
+            # nothing parsed, on the same server, alternating with the query.
+            bare = redis.Redis.from_url(server.url)
+            window_key = RedisKeys().window("bench-u", "50steps")
+            (r50, r99), (h50, h99), r_cpu = paired_latency(
+                lambda: reader.rolling("bench-u", "50steps"), lambda: bare.hgetall(window_key), 200
+            )
             a50, a99 = latency(lambda: reader.rolling("bench-u"), 50)
             print(f"rolling stats, 1 window, {RANKS}x{METRICS}: p50 {r50:.2f} ms, p99 {r99:.2f} ms")
             print(f"rolling stats, all {len(WINDOWS)} windows: p50 {a50:.2f} ms, p99 {a99:.2f} ms")
-            # The floor under the query: the same bytes fetched by a bare redis-py call,
-            # nothing parsed, on the same server in the same run.
-            bare = redis.Redis.from_url(server.url)
-            window_key = RedisKeys().window("bench-u", "50steps")
-            h50, h99 = latency(lambda: bare.hgetall(window_key), 200)
             print(
                 f"  floor: bare HGETALL of the {RANKS * METRICS} fields: p50 {h50:.2f} ms, "
-                f"p99 {h99:.2f} ms (query/floor p50 ratio {r50 / h50:.1f})"
+                f"p99 {h99:.2f} ms (query/floor p50 ratio {r50 / h50:.1f}, "
+                f"client CPU ratio {r_cpu:.1f})"
             )
 
             long = [
@@ -258,15 +295,19 @@ def main() -> None:
             sink_rate(server.url, long)
             full = reader.series("bench-s", "loss", 0)
             assert full.stored == 10_000, full.stored
-            s50, s99 = latency(lambda: reader.series("bench-s", "loss", 0, points=1000), 100)
+            series_key = RedisKeys().series("bench-s", SERIES_STEP, 0, "loss")
+            (s50, s99), (z50, z99), s_cpu = paired_latency(
+                lambda: reader.series("bench-s", "loss", 0, points=1000),
+                lambda: bare.zrange(series_key, 0, -1),
+                100,
+            )
             f50, f99 = latency(lambda: reader.series("bench-s", "loss", 0), 50)
             print(f"series 10,000 points -> 1,000 (LTTB): p50 {s50:.2f} ms, p99 {s99:.2f} ms")
             print(f"series 10,000 points, all: p50 {f50:.2f} ms, p99 {f99:.2f} ms")
-            series_key = RedisKeys().series("bench-s", SERIES_STEP, 0, "loss")
-            z50, z99 = latency(lambda: bare.zrange(series_key, 0, -1), 100)
             print(
                 f"  floor: bare ZRANGE of the 10,000 members: p50 {z50:.2f} ms, "
-                f"p99 {z99:.2f} ms (query/floor p50 ratio {s50 / z50:.1f})"
+                f"p99 {z99:.2f} ms (query/floor p50 ratio {s50 / z50:.1f}, "
+                f"client CPU ratio {s_cpu:.1f})"
             )
             bare.close()
 
@@ -274,7 +315,10 @@ def main() -> None:
     print(f"against the blocking client's ceiling: ratio {values / sync_best:.2f}")
     print(
         f"sink_ceiling_ratio={values / cmds:.2f} sink_values_per_s={values:.0f} "
-        f"rolling_p99_ms={r99:.2f} series_p99_ms={s99:.2f}"
+        f"rolling_p50_ms={r50:.2f} rolling_p99_ms={r99:.2f} series_p50_ms={s50:.2f} "
+        f"series_p99_ms={s99:.2f} rolling_floor_ratio={r50 / h50:.2f} "
+        f"series_floor_ratio={s50 / z50:.2f} rolling_cpu_ratio={r_cpu:.2f} "
+        f"series_cpu_ratio={s_cpu:.2f}"
     )
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_MESSAGE = 500
 _NAME_OK = re.compile(METRIC_NAME_PATTERN).match
+_FLOAT_ONLY = {float}
 
 Values = Mapping[str, object] | Deferred
 # (event time, step, kind, values, text): made a record off the training thread.
@@ -261,10 +262,13 @@ class Publisher:
                 text = text or resolved_text
             else:
                 mapping = values  # type: ignore[assignment]
-            # Fast path: plain floats under names seen before, checked at C speed.
+            # Fast path: names seen before, value types checked at C speed (map, set);
+            # only values that are not floats (a loss tensor) are converted one by one.
             floats: dict[str, Any]
-            if good.issuperset(mapping) and all(type(v) is float for v in mapping.values()):
+            if good.issuperset(mapping):
                 floats = dict(mapping)
+                if set(map(type, floats.values())) != _FLOAT_ONLY:
+                    self._convert_into(floats)
             else:
                 floats = self._convert(mapping)
             records.append(
@@ -279,6 +283,18 @@ class Publisher:
             )
             self._seq += 1
         return records
+
+    def _convert_into(self, floats: dict[str, Any]) -> None:
+        """Convert, in place, the values of `floats` that are not floats yet; drop (and
+        count) those that are not numbers. The names are known good."""
+        for name, value in list(floats.items()):
+            if type(value) is not float:
+                number = to_float(value)
+                if number is None:
+                    self.stats.skipped_values += 1
+                    del floats[name]
+                else:
+                    floats[name] = number
 
     def _convert(self, values: Mapping[str, object]) -> dict[str, float]:
         floats: dict[str, float] = {}

@@ -13,6 +13,8 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -152,6 +154,8 @@ class SeriesResult(QueryModel):
 
 
 _ROWS = TypeAdapter(list[RollingRow])
+_RANK_METRIC = attrgetter("rank", "metric")
+_ROW_ORDER = attrgetter("window", "rank", "metric")
 _POINTS = TypeAdapter(list[SeriesPoint])
 
 
@@ -295,25 +299,36 @@ class MetricsReader:
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.window(run, name))
-        # One JSON document validated by pydantic-core in one call: per-row Python work
-        # (json.loads, model construction) dominated this query. Metric and window names
-        # are validated at write time and hold no characters JSON would need to escape.
+        replies = pipe.execute() if names else []
+        # One JSON document validated by pydantic-core in one call, assembled by C-level
+        # joins and replaces only: per-row Python work (json.loads, model construction,
+        # even one format per row) was most of this query. Fields are "rank|metric" and
+        # bodies JSON objects, both validated at write time; metric and window names hold
+        # no character JSON would need to escape, and no "|" (stepstream.keys).
         parts: list[bytes] = []
-        for name, mapping in zip(names, pipe.execute() if names else [], strict=True):
-            wname = name.encode()
-            items = []
-            for field, body in mapping.items():
-                rank, _, metric = _bytes(field).partition(b"|")
-                items.append((int(rank), metric, _bytes(body)))
-            items.sort()
-            parts.extend(
-                b'{"rank":%d,"metric":"%s","window":"%s","stats":%s}' % (rank, metric, wname, body)
-                for rank, metric, body in items
+        for name, mapping in zip(names, replies, strict=True):
+            if not mapping:
+                continue
+            fields = b"\x00".join(map(_bytes, mapping))
+            heads = fields.replace(b"|", b',"metric":"').split(b"\x00")
+            tail = b'","window":"%s","stats":' % name.encode()
+            parts.append(
+                b"".join(
+                    chain.from_iterable(
+                        zip(
+                            repeat(b'{"rank":'),
+                            heads,
+                            repeat(tail),
+                            map(_bytes, mapping.values()),
+                            repeat(b"},"),
+                        )
+                    )
+                )[:-1]
             )
         with _no_gc_pause():
             rows = _ROWS.validate_json(b"[" + b",".join(parts) + b"]")
-        if window is None:
-            rows.sort(key=lambda r: r.window)  # stable: rank, metric order stays
+        # Rows of one window come in hash order; sort by key functions in C.
+        rows.sort(key=_ROW_ORDER if window is None else _RANK_METRIC)
         return rows
 
     def crossrank(self, run: str) -> list[CrossRankRow]:
@@ -373,14 +388,25 @@ class MetricsReader:
         oldest of those the decimated ones; and the step where decimation ends (or None)."""
         pipe = self._client.pipeline(transaction=False)
         step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+        coarse_key = self.keys.series(run, SERIES_COARSE, rank, metric)
         pipe.zrange(step_key, lo, hi, byscore=True)
         pipe.zrange(step_key, 0, 0, withscores=True)
-        pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
-        raw, first, coarse = pipe.execute()
+        pipe.zrange(coarse_key, 0, 0, withscores=True)
+        raw, first, coarse_first = pipe.execute()
         oldest_raw = first[0][1] if first else math.inf
-        steps, values = _step_columns(coarse)
-        older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
-        del steps[older:], values[older:]
+        # The coarse series only fills the range before the oldest raw point, so it is
+        # fetched (a second round trip) only when it holds older points and the range
+        # reaches back there: a read of the recent past no longer parses all of it.
+        steps: list[int] = []
+        values: list[float] = []
+        reaches_back = lo == "-inf" or float(lo) < oldest_raw
+        if coarse_first and coarse_first[0][1] < oldest_raw and reaches_back:
+            top: float | str = hi
+            if oldest_raw != math.inf and (hi == "+inf" or float(hi) >= oldest_raw):
+                top = f"({oldest_raw!r}"
+            steps, values = _step_columns(self._client.zrange(coarse_key, lo, top, byscore=True))
+            older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
+            del steps[older:], values[older:]
         decimated_before = oldest_raw if steps else None
         raw_steps, raw_values = _step_columns(raw)
         steps.extend(raw_steps)

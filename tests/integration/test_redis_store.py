@@ -241,6 +241,14 @@ def test_replaying_a_range_twice_changes_nothing(
     steps = [p.step for p in series.points]
     assert steps == [0, 5, 10, 15, 20, 25, 30, *range(35, 60)][-len(steps) :]
     assert steps[-25:] == list(range(35, 60)) and series.decimated_before == 35
+    # Ranges: inside the raw points (no coarse read), across the edge, and before it only.
+    ranges = {(40, 44): [40, 41, 42, 43, 44], (20, 37): [20, 25, 30, 35, 36, 37]}
+    ranges[(5, 30)] = [5, 10, 15, 20, 25, 30]
+    for (lo, hi), want in ranges.items():
+        part = reader.series(run, "loss", rank=0, from_step=lo, to_step=hi)
+        got = [p.step for p in part.points]
+        assert got == [s for s in want if s in steps], (lo, hi, got)
+        assert part.decimated_before == (35 if got and got[0] < 35 else None)
     by_time = reader.series_by_time(run, "loss", rank=0)
     # The time index keeps the newest 30 steps (30..59) of the 4 s horizon (19..59); their
     # values are those the step series still holds: 30 (decimated) and 35..59 (raw).

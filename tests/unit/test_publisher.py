@@ -108,6 +108,29 @@ def test_tensor_values_are_converted_on_the_publisher_thread() -> None:
     assert pub.stats.skipped_values == 1
 
 
+def test_known_names_with_values_that_are_not_floats_are_converted_or_skipped() -> None:
+    """Once names are known, a record mixing floats, ints, a tensor-like and text takes the
+    fast path: only the non-floats are converted, text is skipped and counted."""
+
+    class Scalar:
+        def item(self) -> float:
+            return 2.5
+
+    pub, producer = publisher()
+    pub.enqueue(0, RecordKind.TRAIN, {"loss": 1.0, "acc": 0.5, "n": 3.0})
+    assert pub.flush(5)
+    pub.enqueue(1, RecordKind.TRAIN, {"loss": Scalar(), "acc": "text", "n": 4})
+    pub.enqueue(2, RecordKind.TRAIN, {"loss": 0.25, "acc": 0.75, "n": 5.0})
+    assert pub.flush(5)
+    pub.close()
+    assert [r.values for r in records_of(producer)] == [
+        {"loss": 1.0, "acc": 0.5, "n": 3.0},
+        {"loss": 2.5, "n": 4.0},
+        {"loss": 0.25, "acc": 0.75, "n": 5.0},
+    ]
+    assert pub.stats.skipped_values == 1
+
+
 def test_broker_away_keeps_records_until_it_returns() -> None:
     attempts = []
     producer = RecordingProducer()
