@@ -77,6 +77,21 @@
       source.addEventListener("reload", () => handlers.reload && handlers.reload());
       source.onerror = () => { handlers.status && handlers.status(false); };
     }
+    // Browsers give a host 6 HTTP/1.1 connections and each stream holds one, so a
+    // seventh tab would stall. A tab hidden for a while gives its stream back, and on
+    // showing again reopens it and reloads what it missed.
+    let hiddenTimer = null;
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) {
+        hiddenTimer = setTimeout(() => { if (source) { source.close(); source = null; } }, 5000);
+        return;
+      }
+      clearTimeout(hiddenTimer);
+      if (!source) {
+        open();
+        handlers.reload && handlers.reload();
+      }
+    });
     open();
     return { close: () => source && source.close() };
   }
