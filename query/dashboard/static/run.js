@@ -178,7 +178,7 @@
 
   function alertItem(inc) {
     const state = inc.silenced ? "silenced" : inc.state;
-    const evidence = Object.entries(inc.evidence || {}).map(([k, v]) => `${k}=${typeof v === "number" ? fmt(v) : v}`).join("  ");
+    const evidence = Object.entries(inc.evidence || {}).filter(([, v]) => v !== null && v !== undefined).map(([k, v]) => `${k}=${typeof v === "number" ? fmt(v) : v}`).join("  ");
     const silenceBtn = el("button", { type: "button", class: "small silence-btn", onclick: () => silence(inc) }, "Silence 1h");
     return el(
       "li",
