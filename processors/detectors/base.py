@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from stepstream.vocabulary import canonical
@@ -28,6 +30,54 @@ def median_mad(values: Iterable[float]) -> tuple[float, float]:
     data = list(values)
     med = median(data)
     return med, median(abs(v - med) for v in data)
+
+
+def sorted_median(ordered: Sequence[float]) -> float:
+    """The median of non-empty values already in ascending order."""
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def sorted_median_mad(ordered: Sequence[float]) -> tuple[float, float]:
+    """`median_mad` of non-empty values already in ascending order, with the same result.
+
+    The deviations below the median, read from the middle outwards, ascend, and so do
+    those above it: sorting their concatenation is one merge of two runs (timsort), not a
+    sort of arbitrary values. ``med - v`` equals ``abs(v - med)`` exactly for ``v <= med``
+    (IEEE subtraction is sign-symmetric).
+    """
+    med = sorted_median(ordered)
+    split = bisect_right(ordered, med)
+    devs = [med - v for v in reversed(ordered[:split])]
+    devs += [v - med for v in ordered[split:]]
+    devs.sort()
+    return med, sorted_median(devs)
+
+
+class SortedWindow:
+    """The last `size` values in arrival order and, alongside, in ascending order: a
+    rolling median or MAD reads the sorted copy instead of sorting the window per value.
+    Insert and evict are a bisect and a list shift each (C-level, O(size) memmove)."""
+
+    __slots__ = ("arrived", "ordered")
+
+    def __init__(self, size: int) -> None:
+        self.arrived: deque[float] = deque(maxlen=size)
+        self.ordered: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.arrived)
+
+    def append(self, value: float) -> None:
+        """Add `value`; the oldest value leaves once the window is full. Values must be
+        finite: NaN breaks the ordering and an infinity makes the MAD NaN."""
+        arrived = self.arrived
+        if len(arrived) == arrived.maxlen:
+            ordered = self.ordered
+            del ordered[bisect_left(ordered, arrived[0])]
+        arrived.append(value)
+        insort(self.ordered, value)
 
 
 def with_overrides(params: P, overrides: Mapping[str, Any] | None) -> P:
