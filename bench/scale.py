@@ -10,9 +10,10 @@ over the second), and read the windows topic until the level was measured.
 Lag is end to end: the arrival time of a window update minus the event time of the newest
 record it covers (stamped by `log()`), so it includes the SDK's flush interval (0.2 s by
 default) and the processor's linger. It is measured for `--seconds` from `SETTLE_S` after
-the first window update (the group join's backlog is not counted). A level is kept when its p99 lag is within 1 s and every
-rank was seen. Memory is the processor workers' resident set at the end of each level; its
-growth per rank is the least-squares slope over the levels of the one-worker ramp.
+the first window update (the group join's backlog is not counted). A level is kept when its
+p99 lag is within 1 s and every rank was seen. Memory is the processor workers' resident
+set at the end of each level; its growth per rank is the least-squares slope over the
+levels of the one-worker ramp.
 
 Simulated ranks run with the system sampler, log capture and stack capture off: they share
 one host, so those threads would measure the bench, not a rank.
@@ -37,18 +38,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The bench's own folder is on sys.path when it runs as a script.
+from processor_throughput import consumer_on, phase_settings, start_workers, stop
 
-from processor_throughput import consumer_on, phase_settings, start_workers, stop  # noqa: E402
-
-from stepstream.settings import Settings  # noqa: E402
-from stepstream.stack import LocalStack, settings_env  # noqa: E402
-from stepstream.topics import Topics  # noqa: E402
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack, settings_env
+from stepstream.topics import Topics
 
 METRICS = 30
 #: Ranks per simulated run (a run is a job of this many ranks).
