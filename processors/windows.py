@@ -20,6 +20,7 @@ import math
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import mul
 
 import numpy as np
@@ -167,14 +168,15 @@ def summarize_arrays(y: np.ndarray, x: np.ndarray, span: float | None) -> Summar
     )
 
 
-def _ranks(n: int) -> list[int]:
+@lru_cache(maxsize=4096)
+def _ranks(n: int) -> tuple[int, ...]:
     """The sorted positions `summarize_arrays` reads: min, max and the two ranks each of
-    p50 and p95 interpolate between."""
+    p50 and p95 interpolate between (cached: windows hold a few distinct lengths)."""
     out = {0, n - 1}
     for q in (0.5, 0.95):
         low = math.floor((n - 1) * q)
         out.update((low, min(low + 1, n - 1)))
-    return sorted(out)
+    return tuple(sorted(out))
 
 
 def _np_percentile(ordered: np.ndarray, q: float) -> float:
