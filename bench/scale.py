@@ -11,9 +11,9 @@ Lag is end to end: the arrival time of a window update minus the event time of t
 record it covers (stamped by `log()`), so it includes the SDK's flush interval (0.2 s by
 default) and the processor's linger. It is measured for `--seconds` from `SETTLE_S` after
 the first window update (the group join's backlog is not counted). A level is kept when its
-p99 lag is within 1 s and every rank was seen. Memory is the processor workers' resident
-set at the end of each level; its growth per rank is the least-squares slope over the
-levels of the one-worker ramp.
+p99 lag is within 1 s and every rank was seen. Memory per rank is the growth of the
+processor workers' resident set from settled-and-idle to the end of the level, over the
+ranks seen, at the largest one-worker level run.
 
 Simulated ranks run with the system sampler, log capture and stack capture off: they share
 one host, so those threads would measure the bench, not a rank.
@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from processor_throughput import consumer_on, phase_settings, start_workers, sto
 
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env
+from stepstream.streaming import ready_file
 from stepstream.topics import Topics
 
 METRICS = 30
@@ -56,6 +58,10 @@ WORLD = 64
 
 #: Seconds after the first window update before lag counts (backlog of the group join).
 SETTLE_S = 8.0
+
+#: Set by SIGINT/SIGTERM: the level loop ends and every process is stopped on the way out
+#: (kafka-python's poll swallows a KeyboardInterrupt, so a flag is checked instead).
+STOP = threading.Event()
 
 
 def rank_host(first: int, count: int, seconds: float) -> None:
@@ -156,12 +162,18 @@ def level(
     lags: list[float] = []
     seen: set[tuple[str, int]] = set()
     try:
+        marker = ready_file(live, Topics(live.topic_prefix).group("processor"))
         running = start_workers(live, workers, logs)
+        # Memory before any rank: a settled worker (its group joined, nothing read yet).
+        settle = time.time() + 90
+        while not marker.exists() and time.time() < settle and not STOP.is_set():
+            time.sleep(0.2)
+        idle = rss(running)
         # The hosts log until stopped; the level ends when enough was measured.
         hosts = start_hosts(live, ranks, procs, 3600.0, logs)
         deadline = time.time() + 90  # group join, monitors opening
         begin = end = math.inf
-        while time.time() < min(deadline, end):
+        while time.time() < min(deadline, end) and not STOP.is_set():
             for records in windows.poll(timeout_ms=200, max_records=100_000).values():
                 now = time.time()
                 if begin == math.inf:
@@ -182,16 +194,13 @@ def level(
         stop(running)
     lags.sort()
     pick = lambda q: lags[int(q * (len(lags) - 1))] if lags else math.inf  # noqa: E731
-    return {"p50": pick(0.5), "p99": pick(0.99), "seen": len(seen), "rss": memory}
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (nan with fewer than two points)."""
-    if len(xs) < 2:
-        return math.nan
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return {
+        "p50": pick(0.5),
+        "p99": pick(0.99),
+        "seen": len(seen),
+        "rss": memory,
+        "per_rank": (memory - idle) / max(len(seen), 1),
+    }
 
 
 def main() -> None:
@@ -221,17 +230,22 @@ def main() -> None:
                 got = level(base, workers, ranks, min(args.procs, ranks), args.seconds, tmp)
                 ok = got["p99"] <= 1.0 and got["seen"] >= ranks
                 if workers == 1:
-                    memory[ranks] = got["rss"]
+                    memory[ranks] = got["per_rank"]
                 if ok:
                     best[workers] = max(best[workers], ranks // workers)
                 print(
                     f"{workers} worker(s), {ranks} ranks: lag p50 {got['p50'] * 1000:.0f} ms, "
                     f"p99 {got['p99'] * 1000:.0f} ms, {got['seen']:.0f} ranks seen, "
-                    f"workers RSS {got['rss'] / 2**20:.0f} MiB -> "
+                    f"workers RSS {got['rss'] / 2**20:.0f} MiB "
+                    f"({got['per_rank'] / 1024:.0f} KiB/rank) -> "
                     f"{'within' if ok else 'OVER'} 1 s",
                     flush=True,
                 )
-        per_rank = slope(list(map(float, memory)), list(memory.values()))
+                if not ok or STOP.is_set():
+                    # Lag only grows from here, and the ranks cost the machine: stop.
+                    break
+        # The largest one-worker level says most: fixed costs are spread thinnest there.
+        per_rank = memory[max(memory)] if memory else math.nan
         # The most ranks one worker kept within 1 s: the one-worker ramp when it ran.
         kept = best.get(1, max(best.values(), default=0))
         if kept == ramp[-1]:
@@ -247,4 +261,6 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         rank_host(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     else:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: STOP.set())
         main()
