@@ -246,9 +246,10 @@ def main() -> None:
                     break
         # The largest one-worker level says most: fixed costs are spread thinnest there.
         per_rank = memory[max(memory)] if memory else math.nan
-        # The most ranks one worker kept within 1 s: the one-worker ramp when it ran.
-        kept = best.get(1, max(best.values(), default=0))
-        if kept == ramp[-1]:
+        # Ranks per worker of the best level kept, whichever the worker count.
+        kept = max(best.values(), default=0)
+        print("ranks per worker kept within 1 s, by worker count: " + str(best))
+        if any(best[w] and best[w] == ramp[-1] // w for w in best):
             print("the top level held: the capacity is at least that; ramp further (--ranks)")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"ranks_per_worker_at_1s_lag={kept} bytes_per_rank={per_rank:.0f}")
