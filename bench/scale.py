@@ -2,7 +2,8 @@
 workers. Prints figures; not a test.
 
 Starts a tansu broker and Valkey (LocalStack, workers=False). For each worker count and
-each rank count of the ramp, on a fresh topic prefix: start the processor workers, start
+each rank count of the ramp (a ramp stops at its first level over 1 s), on a fresh topic
+prefix: start the processor workers, start
 `--procs` host processes that each open their share of the ranks as real
 `producers.init()` monitors (30 metrics per rank, one `log()` per rank per second, spread
 over the second), and read the windows topic until the level was measured.
@@ -20,7 +21,8 @@ one host, so those threads would measure the bench, not a rank.
 
 Usage: PYTHONPATH=. python bench/scale.py [--ranks 64,256,1024] [--workers 1,2]
        [--seconds 15] [--procs 4]
-Bigger runs (needs cores for the simulated ranks; rule of thumb one core per ~1000 ranks):
+Bigger runs need cores for the simulated ranks (each is a monitor with its own publisher
+threads; 1024 of them overloaded a shared 2-core machine), e.g. on 16+ cores:
        PYTHONPATH=. python bench/scale.py --ranks 256,1024,4096 --procs 16 --seconds 40
 Last line: ranks_per_worker_at_1s_lag=... bytes_per_rank=...
 """
