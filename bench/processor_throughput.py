@@ -312,6 +312,9 @@ def main() -> None:
         )
 
         msgs = rates[1]
+        # Figures from a shared machine mean little without the load they were taken under.
+        load1, load5, _ = os.getloadavg()
+        print(f"load average {load1:.1f} (5 min {load5:.1f}) on {os.cpu_count()} cores")
         print(
             f"values_per_s={msgs * RECORDS * VALUES:.0f} msgs_per_s={msgs:.0f} "
             f"faust_ceiling_ratio={msgs / ceiling_rate:.2f} p99_ms={p99:.0f} "

@@ -165,28 +165,34 @@ class StageResult:
         return self.updates[-1] if self.updates else None
 
 
-def _merge(older: RankSummary, newer: RankSummary) -> RankSummary:
-    """One summary of a rank from two consecutive ones (a step in both is merged)."""
+def _merge(parts: Sequence[RankSummary]) -> RankSummary:
+    """One summary of a rank from consecutive ones (a step in several is merged). The
+    step index is built once per call, not once per part: a call carries up to
+    `processor_batch` messages of one rank."""
+    older = parts[0]
+    if len(parts) == 1:
+        return older
     steps = {p.step: p for p in older.steps}
-    for point in newer.steps:
-        known = steps.get(point.step)
-        if known is None:
-            steps[point.step] = point
-        else:
-            known.values.update(point.values)
-            for name, value in point.quality.items():
-                known.quality[name] = known.quality.get(name, 0.0) + value
-            known.t = max(known.t, point.t)
+    for newer in parts[1:]:
+        for point in newer.steps:
+            known = steps.get(point.step)
+            if known is None:
+                steps[point.step] = point
+            else:
+                known.values.update(point.values)
+                for name, value in point.quality.items():
+                    known.quality[name] = known.quality.get(name, 0.0) + value
+                known.t = max(known.t, point.t)
+        older.nonfinite.extend(newer.nonfinite)
+        older.records += newer.records
+        older.world, older.node = newer.world, newer.node
+        older.last_step, older.last_t = newer.last_step, newer.last_t
+        older.status = newer.status
+        if newer.phase is not None:
+            older.phase, older.phase_s = newer.phase, newer.phase_s
+        if newer.stack is not None:
+            older.stack, older.stack_t = newer.stack, newer.stack_t
     older.steps = [steps[s] for s in sorted(steps)]
-    older.nonfinite.extend(newer.nonfinite)
-    older.records += newer.records
-    older.world, older.node = newer.world, newer.node
-    older.last_step, older.last_t = newer.last_step, newer.last_t
-    older.status = newer.status
-    if newer.phase is not None:
-        older.phase, older.phase_s = newer.phase, newer.phase_s
-    if newer.stack is not None:
-        older.stack, older.stack_t = newer.stack, newer.stack_t
     return older
 
 
@@ -341,7 +347,7 @@ class SeriesStage:
         touched: dict[tuple[str, int], tuple[Batch, RankState, dict[str, float]]] = {}
         flagged: dict[tuple[str, int, str], list[str]] = {}
         # One summary per rank per call: stage 2 pays a message per summary.
-        summaries: dict[tuple[str, int], RankSummary] = {}
+        parts: dict[tuple[str, int], list[RankSummary]] = {}
         for index, batch in enumerate(batches):
             rejection = check_batch(batch, now, self.limits)
             if rejection is not None:
@@ -352,10 +358,8 @@ class SeriesStage:
             values = latest[2] if latest else {}
             summary = self._apply(batch, state, values, flags, result, index)
             touched[(batch.run, batch.rank)] = (batch, state, values)
-            merged = summaries.get((batch.run, batch.rank))
-            summaries[(batch.run, batch.rank)] = (
-                summary if merged is None else _merge(merged, summary)
-            )
+            parts.setdefault((batch.run, batch.rank), []).append(summary)
+        summaries = {key: _merge(found) for key, found in parts.items()}
         result.summaries = list(summaries.values())
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
         for flag, alert in zip(flags, result.alerts, strict=True):
@@ -433,10 +437,23 @@ class SeriesStage:
                         refused.add(metric)
                         continue
                     series = series_of[metric] = self._new_series(metric)
-                if step is not None and series.by_step is not None:
-                    series.by_step.add(step, value)
-                if series.by_time is not None:
-                    series.by_time.add(t, value)
+                # `RollingWindow.add`, its in-order case inlined (it runs once per value).
+                window = series.by_step
+                if step is not None and window is not None:
+                    held = window.positions
+                    if held and step > held[-1] and held[0] > step - window.evict_gap:
+                        held.append(step)
+                        window.buf.append(value)
+                    else:
+                        window.add(step, value)
+                window = series.by_time
+                if window is not None:
+                    held = window.positions
+                    if held and t > held[-1] and held[0] > t - window.evict_gap:
+                        held.append(t)
+                        window.buf.append(value)
+                    else:
+                        window.add(t, value)
                 touched[metric] = value
                 if not isfinite(value) or series.nonfinite:
                     series.nonfinite = not isfinite(value)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
-from processors.detectors.base import MAD_SCALE, median_mad
+from processors.detectors.base import MAD_SCALE, SortedWindow, sorted_median_mad
 from processors.detectors.shape import Evidence, SeriesDetector
 from processors.flags import evidence, moment
 from stepstream import vocabulary as vocab
@@ -35,7 +34,7 @@ class SpikeParams:
 
 @dataclass
 class _Baseline:
-    history: deque[float]
+    history: SortedWindow
     med: float = 0.0
     mad: float = 0.0
     z: float = 0.0
@@ -54,7 +53,7 @@ class SpikeDetector(SeriesDetector[_Baseline, SpikeParams]):
         super().__init__(params or SpikeParams())
 
     def new_state(self, run: str, rank: int, metric: str) -> _Baseline:
-        return _Baseline(deque(maxlen=self.params.window))
+        return _Baseline(SortedWindow(self.params.window))
 
     def judge(
         self,
@@ -70,7 +69,7 @@ class SpikeDetector(SeriesDetector[_Baseline, SpikeParams]):
         if len(history) < p.min_points:
             history.append(value)
             return None
-        med, mad = median_mad(history)
+        med, mad = sorted_median_mad(history.ordered)
         scale = max(MAD_SCALE * mad, p.min_rel_scale * abs(med), 1e-12)
         state.med, state.mad, state.z = med, mad, (value - med) / scale
         state.points = len(history)

@@ -1,0 +1,269 @@
+"""Scale: many simulated ranks (real SDK monitors, real broker) against 1 and 2 processor
+workers. Prints figures; not a test.
+
+Starts a tansu broker and Valkey (LocalStack, workers=False). For each worker count and
+each rank count of the ramp (a ramp stops at its first level over 1 s), on a fresh topic
+prefix: start the processor workers, start
+`--procs` host processes that each open their share of the ranks as real
+`producers.init()` monitors (30 metrics per rank, one `log()` per rank per second, spread
+over the second), and read the windows topic until the level was measured.
+
+Lag is end to end: the arrival time of a window update minus the event time of the newest
+record it covers (stamped by `log()`), so it includes the SDK's flush interval (0.2 s by
+default) and the processor's linger. It is measured for `--seconds` from `SETTLE_S` after
+the first window update (the group join's backlog is not counted). A level is kept when its
+p99 lag is within 1 s and every rank was seen. Memory per rank is the growth of the
+processor workers' resident set from settled-and-idle to the end of the level, over the
+ranks seen, at the largest one-worker level run.
+
+Simulated ranks run with the system sampler, log capture and stack capture off: they share
+one host, so those threads would measure the bench, not a rank.
+
+Usage: PYTHONPATH=. python bench/scale.py [--ranks 64,256,1024] [--workers 1,2]
+       [--seconds 15] [--procs 4]
+Bigger runs need cores for the simulated ranks (each is a monitor with its own publisher
+threads; 1024 of them overloaded a shared 2-core machine), e.g. on 16+ cores:
+       PYTHONPATH=. python bench/scale.py --ranks 256,1024,4096 --procs 16 --seconds 40
+Last line: ranks_per_worker_at_1s_lag=... bytes_per_rank=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+# The bench's own folder is on sys.path when it runs as a script.
+from processor_throughput import consumer_on, phase_settings, start_workers, stop
+
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack, settings_env
+from stepstream.streaming import ready_file
+from stepstream.topics import Topics
+
+METRICS = 30
+#: Ranks per simulated run (a run is a job of this many ranks).
+WORLD = 64
+
+
+#: Seconds after the first window update before lag counts (backlog of the group join).
+SETTLE_S = 8.0
+
+#: Set by SIGINT/SIGTERM: the level loop ends and every process is stopped on the way out
+#: (kafka-python's poll swallows a KeyboardInterrupt, so a flag is checked instead).
+STOP = threading.Event()
+
+
+def rank_host(first: int, count: int, seconds: float) -> None:
+    """Child mode: open `count` monitors (global ranks first..first+count-1), log one step
+    per rank per second for `seconds`, close them."""
+    import producers
+
+    settings = Settings()  # from the STEPSTREAM_* environment the parent set
+    monitors = []
+    for g in range(first, first + count):
+        monitors.append(
+            producers.init(
+                run=f"scale{g // WORLD}",
+                rank=g % WORLD,
+                world=WORLD,
+                node=f"sim{g // 8}",
+                settings=settings,
+            )
+        )
+    names = ["loss", "grad_norm", "lr", "data_time", "compute_time", "samples_per_s"] + [
+        f"grad_norm/layer{i}" for i in range(METRICS - 6)
+    ]
+    rng = random.Random(first)
+    start = time.time()
+    step = 0
+    stop_at = start + seconds
+    while time.time() < stop_at:
+        tick = start + step
+        for i, monitor in enumerate(monitors):
+            # Spread the ranks over the second, as independent jobs would be.
+            delay = tick + i / len(monitors) - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            values = {name: rng.random() + 0.5 for name in names}
+            values["loss"] = 2.0 / (1 + step / 100) + rng.gauss(0, 0.02)
+            monitor.log(step, **values)
+        step += 1
+    for monitor in monitors:
+        monitor.close(2.0)
+
+
+def start_hosts(
+    settings: Settings, ranks: int, procs: int, seconds: float, logs: Path
+) -> list[subprocess.Popen[bytes]]:
+    """Start the rank host processes, ranks split evenly."""
+    env = {**os.environ, **settings_env(settings)}
+    env.update(
+        STEPSTREAM_SYSTEM_INTERVAL_S="0",
+        STEPSTREAM_CAPTURE_LOGS="false",
+        STEPSTREAM_CAPTURE_STACKS="false",
+        STEPSTREAM_HANDLE_SIGTERM="false",
+    )
+    hosts = []
+    per = math.ceil(ranks / procs)
+    for first in range(0, ranks, per):
+        with (logs / f"hosts-{settings.topic_prefix}-{first}.log").open("ab") as out:
+            hosts.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--rank-host",
+                        str(first),
+                        str(min(per, ranks - first)),
+                        str(seconds),
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+    return hosts
+
+
+def rss(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Resident bytes of the processes and their children."""
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p = psutil.Process(proc.pid)
+            total += p.memory_info().rss
+            for child in p.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += child.memory_info().rss
+    return total
+
+
+def level(
+    base: Settings, workers: int, ranks: int, procs: int, seconds: float, logs: Path
+) -> dict[str, float]:
+    """One level of the ramp: its p50/p99 lag, ranks seen, and the workers' memory."""
+    live = phase_settings(base, f"s{workers}x{ranks}")
+    windows = consumer_on(live, Topics(live.topic_prefix).windows, from_end=True)
+    running: list[subprocess.Popen[bytes]] = []
+    hosts: list[subprocess.Popen[bytes]] = []
+    lags: list[float] = []
+    seen: set[tuple[str, int]] = set()
+    try:
+        marker = ready_file(live, Topics(live.topic_prefix).group("processor"))
+        running = start_workers(live, workers, logs)
+        # Memory before any rank: a settled worker (its group joined, nothing read yet).
+        settle = time.time() + 90
+        while not marker.exists() and time.time() < settle and not STOP.is_set():
+            time.sleep(0.2)
+        idle = rss(running)
+        # The hosts log until stopped; the level ends when enough was measured.
+        hosts = start_hosts(live, ranks, procs, 3600.0, logs)
+        deadline = time.time() + 90  # group join, monitors opening
+        begin = end = math.inf
+        while time.time() < min(deadline, end) and not STOP.is_set():
+            for records in windows.poll(timeout_ms=200, max_records=100_000).values():
+                now = time.time()
+                if begin == math.inf:
+                    # The first update: the group has joined. What was sent before it is
+                    # backlog; lag is measured once that has drained.
+                    begin, end = now + SETTLE_S, now + SETTLE_S + seconds
+                    deadline = end
+                if now < begin:
+                    continue
+                for record in records:
+                    doc = json.loads(record.value)
+                    seen.add((doc["run"], doc["rank"]))
+                    lags.append(now - doc["t"])
+        memory = rss(running)
+    finally:
+        windows.close()
+        stop(hosts)
+        stop(running)
+    lags.sort()
+    pick = lambda q: lags[int(q * (len(lags) - 1))] if lags else math.inf  # noqa: E731
+    return {
+        "p50": pick(0.5),
+        "p99": pick(0.99),
+        "seen": len(seen),
+        "rss": memory,
+        "per_rank": (memory - idle) / max(len(seen), 1),
+    }
+
+
+def main() -> None:
+    """Run the ramp for each worker count and print the figures."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ranks", default="64,256,1024", help="rank counts of the ramp")
+    parser.add_argument("--workers", default="1,2", help="processor worker counts")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per level")
+    parser.add_argument("--procs", type=int, default=4, help="rank host processes")
+    args = parser.parse_args()
+    ramp = [int(r) for r in args.ranks.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="stepstream-scale-"))
+    stack = LocalStack(Settings(state_dir=tmp), workers=False)
+    best: dict[int, int] = {}
+    memory: dict[int, float] = {}
+    try:
+        state = stack.start()
+        base = Settings(
+            state_dir=tmp,
+            kafka_bootstrap=state.kafka_bootstrap,
+            redis_url=state.redis_url,
+            session_timeout_s=6.0,
+        )
+        for workers in (int(w) for w in args.workers.split(",")):
+            best[workers] = 0
+            for ranks in ramp:
+                got = level(base, workers, ranks, min(args.procs, ranks), args.seconds, tmp)
+                ok = got["p99"] <= 1.0 and got["seen"] >= ranks
+                if workers == 1:
+                    memory[ranks] = got["per_rank"]
+                if ok:
+                    best[workers] = max(best[workers], ranks // workers)
+                print(
+                    f"{workers} worker(s), {ranks} ranks: lag p50 {got['p50'] * 1000:.0f} ms, "
+                    f"p99 {got['p99'] * 1000:.0f} ms, {got['seen']:.0f} ranks seen, "
+                    f"workers RSS {got['rss'] / 2**20:.0f} MiB "
+                    f"({got['per_rank'] / 1024:.0f} KiB/rank) -> "
+                    f"{'within' if ok else 'OVER'} 1 s",
+                    flush=True,
+                )
+                if not ok or STOP.is_set():
+                    # Lag only grows from here, and the ranks cost the machine: stop.
+                    break
+        # The largest one-worker level says most: fixed costs are spread thinnest there.
+        per_rank = memory[max(memory)] if memory else math.nan
+        # Ranks per worker of the best level kept, whichever the worker count.
+        kept = max(best.values(), default=0)
+        print("ranks per worker kept within 1 s, by worker count: " + str(best))
+        if any(best[w] and best[w] == ramp[-1] // w for w in best):
+            print("the top level held: the capacity is at least that; ramp further (--ranks)")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"ranks_per_worker_at_1s_lag={kept} bytes_per_rank={per_rank:.0f}")
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--rank-host":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        rank_host(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: STOP.set())
+        main()

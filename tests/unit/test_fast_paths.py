@@ -1,0 +1,56 @@
+"""Stage 1's fast paths against the plain computations they replace (exact equality)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+
+import numpy as np
+import pytest
+
+from processors.detectors.base import SortedWindow, median_mad, sorted_median_mad
+from processors.windows import NUMPY_FROM, RollingWindow, summarize
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sorted_window_median_mad_equals_sorting_the_window(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(150):
+        size = rng.randint(1, 60)
+        window, plain = SortedWindow(size), deque[float](maxlen=size)
+        for _ in range(rng.randint(1, 150)):
+            # Ties and signed zeros are where an order statistic goes wrong first.
+            value = rng.choice(
+                [rng.random(), rng.gauss(0, 1e6), float(rng.randint(-3, 3)), -0.0, 1e-300]
+            )
+            window.append(value)
+            plain.append(value)
+            assert list(window.arrived) == list(plain)
+            assert window.ordered == sorted(plain)
+            assert sorted_median_mad(window.ordered) == median_mad(plain)
+
+
+def test_sorted_median_mad_small_windows() -> None:
+    assert sorted_median_mad([5.0]) == (5.0, 0.0)
+    assert sorted_median_mad([1.0, 3.0]) == (2.0, 1.0)
+    assert sorted_median_mad([1.0, 1.0, 1.0, 9.0]) == median_mad([1.0, 1.0, 1.0, 9.0])
+
+
+def test_long_window_quantiles_equal_a_full_sort() -> None:
+    """Above NUMPY_FROM points the window partitions instead of sorting: min, max, p50 and
+    p95 must be the very same floats a sort gives, ties and NaNs included."""
+    rng = random.Random(5)
+    for n in (NUMPY_FROM, NUMPY_FROM + 1, 257, 3000):
+        window = RollingWindow(10 * n)
+        values = [float(rng.randint(0, 20)) if i % 3 else rng.gauss(0, 1) for i in range(n)]
+        values[n // 2] = math.nan
+        for step, value in enumerate(values):
+            window.add(step, value)
+        fast = window.summary()
+        plain = summarize(values)  # the pure-Python path, a full sort
+        ordered = np.sort(np.array([v for v in values if math.isfinite(v)]))
+        assert (fast.min, fast.max) == (ordered[0], ordered[-1]) == (plain.min, plain.max)
+        assert fast.p50 == plain.p50
+        assert fast.p95 == plain.p95
+        assert fast.count == n and fast.nonfinite == 1
