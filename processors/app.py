@@ -245,6 +245,19 @@ def create_processor_app(settings: Settings) -> faust.App:
                 await windows.send(key=run_key(update.run), value=part)
         await alerting.on_updates(updates)
 
+    # A rebalance stops every partition and restarts them one by one: liveness judges no
+    # silence meanwhile, and counts silences from a grace after the new assignment.
+    async def rebalancing(sender: faust.App, revoked: Any = None, **kwargs: Any) -> None:
+        run_stage.liveness.pause()
+
+    async def assigned(sender: faust.App, assigned: Any = None, **kwargs: Any) -> None:
+        run_stage.liveness.resume(time.time())
+        # Rare and consequential (runs move, state restarts cold): operators see it.
+        log.warning("partitions assigned after a rebalance: %d", len(assigned or ()))
+
+    app.on_partitions_revoked.connect(rebalancing)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
+
     @app.timer(TICK_S)
     async def liveness_tick() -> None:
         now = time.time()

@@ -51,6 +51,11 @@ if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[4]) end
 return 1
 """
 
+# PUBLISH of a run's updates notice, as a script that names one of the run's keys: Redis
+# Cluster routes it to the run's slot (a pipelined bare PUBLISH has no key, and redis-py
+# refuses it in cluster mode), and cluster PUBLISH reaches subscribers on every node.
+NOTICE_SCRIPT = "return redis.call('PUBLISH', ARGV[1], ARGV[2])"
+
 
 @dataclass(frozen=True)
 class SeriesLimits:
@@ -304,12 +309,16 @@ class WritePlan:
 
     def notice_commands(self) -> list[tuple[Any, ...]]:
         """One PUBLISH per run this plan writes to, on the run's updates channel, sent
-        after the writes: a live view that fetches on the notice finds the points there.
+        after the writes (through NOTICE_SCRIPT, keyed by the run's slot): a live view that
+        fetches on the notice finds the points there.
         Per flush, not per value, so a busy run costs a few messages a second."""
         return [
             (
-                "publish",
+                "eval",
                 (
+                    NOTICE_SCRIPT,
+                    1,
+                    self.keys.latest(run),
                     self.keys.updates_channel(run),
                     json.dumps({"run": run, "step": self.newest_step.get(run)}),
                 ),

@@ -69,10 +69,15 @@ class LivenessParams:
     node_window_s: the ranks of a lost node fell silent within this many seconds of each
         other (None: the dead window, dead_after x heartbeat_interval_s). A node's ranks die
         together but last spoke up to one heartbeat apart.
+    rebalance_grace_s: after the processors' consumer group rebalanced, silences and
+        stalls count from this long after the new assignment: the moved partitions catch
+        up one by one, and a rank whose partition is still in handover looks silent while
+        its peers report (a false dead rank, or a false lost node).
     """
 
     heartbeat_interval_s: float = 1.0
     dead_after: float = 2.5
+    rebalance_grace_s: float = 2.0
     hung_after_s: float = 120.0
     hung_factor: float = 20.0
     hung_floor_s: float = 5.0
@@ -158,6 +163,19 @@ class LivenessDetector:
         self._episodes = Episodes()
         #: Runs forgotten since the last `take_forgotten` (their episodes ended silently).
         self._forgotten: list[str] = []
+        #: While the processors rebalance nothing arrives, and silences are not judged;
+        #: afterwards they count from `_resumed_at` (see LivenessParams.rebalance_grace_s).
+        self._paused = False
+        self._resumed_at = float("-inf")
+
+    def pause(self) -> None:
+        """The processors' partitions are being reassigned: judge no silence until `resume`."""
+        self._paused = True
+
+    def resume(self, now: float) -> None:
+        """Partitions assigned again at `now`: silences count from the grace after it."""
+        self._paused = False
+        self._resumed_at = now + self.params.rebalance_grace_s
 
     def seen(
         self,
@@ -343,7 +361,7 @@ class LivenessDetector:
             floor = p.declared_floor_s if s.phase in vocab.DECLARED_PHASES else p.hung_floor_s
             rhythm = p.hung_factor * step_s if step_s is not None else p.hung_after_s
             threshold = min(p.hung_after_s, max(floor, rhythm))
-        stuck = now - s.step_moved
+        stuck = now - max(s.step_moved, self._resumed_at)
         in_phase = s.in_phase(now)
         hung = stuck >= threshold and (in_phase is None or in_phase >= threshold)
         return HangVerdict(origin, stuck, in_phase, threshold, step_s, hung)
@@ -353,6 +371,9 @@ class LivenessDetector:
         p = self.params
         dead_s = p.dead_after * p.heartbeat_interval_s
         flags: list[Flag] = []
+        if self._paused:
+            return flags
+        resumed = self._resumed_at
         for run, state in list(self._runs.items()):
             quiet = all(now - s.seen > 10 * dead_s for s in state.ranks.values())
             if state.finished():
@@ -361,14 +382,14 @@ class LivenessDetector:
                     self._forget(run, state)
                 continue
             open_ranks = [r for r, s in state.ranks.items() if s.closed_at is None]
-            alive = [r for r in open_ranks if now - state.ranks[r].seen < dead_s]
+            alive = [r for r in open_ranks if now - max(state.ranks[r].seen, resumed) < dead_s]
             if not alive:
                 if quiet:
                     self._forget(run, state)  # ended long ago
                 continue
             nodes = judge_nodes(
                 {
-                    r: RankView(s.node, s.seen, s.closed_at is not None, s.crashed)
+                    r: RankView(s.node, max(s.seen, resumed), s.closed_at is not None, s.crashed)
                     for r, s in state.ranks.items()
                 },
                 now,
@@ -385,7 +406,7 @@ class LivenessDetector:
                     )
             for rank in open_ranks:
                 s = state.ranks[rank]
-                silent = now - s.seen
+                silent = now - max(s.seen, resumed)
                 key = (self.DEAD, run, rank)
                 if silent >= dead_s and rank in nodes.waiting:
                     continue  # its node's verdict first: see judge_nodes
@@ -398,7 +419,7 @@ class LivenessDetector:
                         step=s.step,
                         t=s.seen,
                         severity="critical",
-                        summary=f"rank {rank} of run {run} silent for {silent:.1f}s "
+                        summary=f"rank {rank} of run {run} silent for {now - s.seen:.1f}s "
                         f"(last step {s.step}) while {len(alive)} rank(s) still report",
                         evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
                         labels=node_labels(s.node),

@@ -268,3 +268,44 @@ def test_the_description_keeps_the_innermost_part_of_big_stacks_within_the_bound
     text = flags[0].description
     assert len(text) <= 4096
     assert text.startswith("rank 0 (data):\n") and text.endswith("in f1999")
+
+
+def test_a_partition_in_handover_after_a_rebalance_is_not_a_dead_rank() -> None:
+    # Ranks 0 and 1 beat every 0.2 s. A rebalance stops everything at t=5; when it ends at
+    # t=7, rank 0's partition flows at once but rank 1's is still in handover until t=8.5.
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        out = []
+        if not 5.0 <= now < 7.0:
+            out.append((0, int(now * 10), "running", None, None, None))
+        if not 5.0 <= now < 8.5:
+            out.append((1, int(now * 10), "running", None, None, None))
+        return out
+
+    flags = drive(d, 5.0, beat)
+    d.pause()
+    flags += drive(d, 7.0, beat, start=5.0)
+    d.resume(7.0)
+    flags += drive(d, 20.0, beat, start=7.0)
+    assert flags == []
+
+
+def test_a_rank_dead_across_a_rebalance_is_still_reported_after_the_grace() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int | None, str, None, None, None]]:
+        out = [(0, int(now * 10), "running", None, None, None)] if not 5 <= now < 7 else []
+        if now < 4.0:  # rank 1 dies at t=4, before the rebalance
+            out.append((1, int(now * 10), "running", None, None, None))
+        return out
+
+    flags = drive(d, 4.5, beat)
+    d.pause()
+    flags += drive(d, 7.0, beat, start=4.5)
+    d.resume(7.0)
+    flags += drive(d, 15.0, beat, start=7.0)
+    dead = [f for f in flags if f.detector == vocab.DEAD_RANK and not f.cleared]
+    assert [f.rank for f in dead] == [1]
+    # silences count from the grace after the assignment: 7 + 2 + the 2.5 s dead window
+    assert 11.4 <= dead[0].t + float(dead[0].summary.split("silent for ")[1].split("s")[0]) <= 11.8
