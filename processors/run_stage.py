@@ -165,6 +165,7 @@ class RunStage:
             phase_s=summary.phase_s,
             stack=summary.stack,
             node=summary.node,
+            said=summary.last_t or None,
         )
         for point in summary.nonfinite:
             for metric, value in point.values.items():

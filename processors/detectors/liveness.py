@@ -105,6 +105,9 @@ class _Rank:
     node: str = ""
     crashed: bool = False
     """Its newest heartbeat said it crashed: a software fault, not a lost node."""
+    said: float | None = None
+    """Event time of its newest record (its host's clock): when its last words were said,
+    whatever the pipeline's lag per partition (see judge_nodes)."""
 
     def in_phase(self, now: float) -> float | None:
         """Seconds the rank has been in its phase at `now` (None: phase unknown)."""
@@ -189,10 +192,12 @@ class LivenessDetector:
         phase_s: float | None = None,
         stack: str | None = None,
         node: str | None = None,
+        said: float | None = None,
     ) -> list[Flag]:
         """Record that `rank` (on `node`) was heard from at `now`, at `step` (None if no
         step), with its heartbeat `status`, `phase` (for `phase_s` seconds) and a captured
-        `stack`; cleared flags of the episodes that ends."""
+        `stack`, its newest record stamped `said` (event time); cleared flags of the
+        episodes that ends."""
         p = self.params
         state = self._runs.setdefault(run, _Run())
         state.world = max(state.world, world)
@@ -203,6 +208,8 @@ class LivenessDetector:
                 rank_state.moves.append((now, step))
         silent = now - rank_state.seen
         rank_state.seen = max(rank_state.seen, now)
+        if said is not None:
+            rank_state.said = said if rank_state.said is None else max(rank_state.said, said)
         if phase is not None:
             rank_state.phase, rank_state.phase_s, rank_state.phase_at = phase, phase_s or 0.0, now
         if stack:
@@ -389,7 +396,9 @@ class LivenessDetector:
                 continue
             nodes = judge_nodes(
                 {
-                    r: RankView(s.node, max(s.seen, resumed), s.closed_at is not None, s.crashed)
+                    r: RankView(
+                        s.node, max(s.seen, resumed), s.closed_at is not None, s.crashed, s.said
+                    )
                     for r, s in state.ranks.items()
                 },
                 now,

@@ -8,7 +8,9 @@ is the node. A node is lost when:
 - every one of them is silent for the dead window, none closed cleanly (a finish is not a
   loss) and none said it crashed (a software fault, reported as such);
 - their last words lie within `window_s` of each other (ranks that died one by one, minutes
-  apart, are separate faults);
+  apart, are separate faults). Last words are compared in event time: the ranks of one
+  node share its clock, and the processor's arrival times differ by the lag of each
+  rank's partition, which under load exceeds a heartbeat;
 - a rank of another node still reports (a run gone silent everywhere is a telemetry outage
   or the end of a job, judged elsewhere).
 
@@ -34,6 +36,12 @@ class RankView:
     seen: float
     closed: bool = False
     crashed: bool = False
+    said: float | None = None
+
+    @property
+    def last_words(self) -> float:
+        """When it last spoke, in its node's clock (its arrival time when unknown)."""
+        return self.seen if self.said is None else self.said
 
 
 @dataclass
@@ -67,7 +75,7 @@ def judge_nodes(
             continue  # a rank finished or reported its crash: not a vanished host
         dead = [r for r in members if now - ranks[r].seen >= dead_s]
         if len(dead) == len(members):
-            seen = [v.seen for v in views]
+            seen = [v.last_words for v in views]
             others_alive = any(
                 v.node != node and not v.closed and now - v.seen < dead_s for v in ranks.values()
             )
@@ -78,7 +86,8 @@ def judge_nodes(
             if ranks[rank].crashed:
                 continue  # it said it crashed: its own fault, reported at once
             if any(
-                now - ranks[p].seen < dead_s and ranks[p].seen - ranks[rank].seen <= window_s
+                now - ranks[p].seen < dead_s
+                and ranks[p].last_words - ranks[rank].last_words <= window_s
                 for p in members
                 if p != rank
             ):

@@ -41,6 +41,23 @@ def test_a_dead_rank_waits_while_its_node_peer_spoke_within_the_window() -> None
     assert v.waiting == {2}
 
 
+def test_last_words_are_compared_in_the_nodes_own_clock_not_by_arrival() -> None:
+    # Rank 2's partition lags 3 s behind rank 3's in the processor: by arrival they fell
+    # silent 3 s apart (more than the window), but both said their last words at 100.
+    lagged = {
+        0: RankView("a", 12.0, said=111.9),
+        1: RankView("a", 12.0, said=111.9),
+        2: RankView("b", 5.0, said=100.0),
+        3: RankView("b", 8.0, said=100.1),
+    }
+    assert judge_nodes(lagged, now=10.0, dead_s=2.5, window_s=1.25).lost == {}
+    assert judge_nodes(lagged, now=10.0, dead_s=2.5, window_s=1.25).waiting == {2}
+    assert judge_nodes(lagged, now=12.0, dead_s=2.5, window_s=1.25).lost == {"b": [2, 3]}
+    # and the other way: arriving together but said 10 s apart are separate deaths
+    apart = {**lagged, 2: RankView("b", 7.0, said=90.0), 3: RankView("b", 7.0, said=100.0)}
+    assert judge_nodes(apart, now=12.0, dead_s=2.5, window_s=1.25).lost == {}
+
+
 def test_a_rank_that_said_it_crashed_does_not_wait_for_its_node() -> None:
     seen = views({0: 8.0, 1: 8.0, 2: 5.0, 3: 7.0})
     seen[2] = RankView("b", 5.0, crashed=True)
