@@ -22,7 +22,6 @@ Last line: values_per_s=... msgs_per_s=... faust_ceiling_ratio=... p99_ms=... sc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -37,7 +36,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stepstream.contract import Batch, Record
 from stepstream.settings import Settings
-from stepstream.stack import LocalStack, settings_env, worker_command
+from stepstream.stack import LocalStack, settings_env, stop_children, worker_command
 from stepstream.topics import Topics
 
 RUNS, RANKS, RECORDS, VALUES = 4, 8, 10, 20
@@ -134,19 +133,6 @@ def start_workers(
                 )
             )
     return procs
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM, then SIGKILL what is left."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float]:
@@ -278,7 +264,7 @@ def main() -> None:
         deadline = time.time() + 300
         while not marker.exists() and time.time() < deadline:
             time.sleep(0.2)
-        stop(procs)
+        stop_children(procs, 15.0)
         doc = json.loads(marker.read_text())
         ceiling_rate = doc["n"] / doc["s"]
         print(f"faust ceiling (count only): {ceiling_rate:,.0f} msgs/s over {n} messages")
@@ -289,7 +275,7 @@ def main() -> None:
             produce(live, n)
             procs = start_workers(live, workers, tmp)
             counted, seconds = drain(live, n, 600)
-            stop(procs)
+            stop_children(procs, 15.0)
             rates[workers] = counted / seconds
             print(
                 f"{workers} processor worker(s): {rates[workers]:,.0f} msgs/s, "
@@ -304,7 +290,7 @@ def main() -> None:
         produce(live, RUNS * RANKS, paced_rate=1000.0)
         drain(live, RUNS * RANKS, 120)
         lat = sorted(latency(live, rate, 15.0))
-        stop(procs)
+        stop_children(procs, 15.0)
         p99 = lat[int(0.99 * (len(lat) - 1))] if lat else float("nan")
         p50 = lat[len(lat) // 2] if lat else float("nan")
         print(
@@ -321,7 +307,7 @@ def main() -> None:
             f"scale_2w={rates[2] / rates[1]:.2f}"
         )
     finally:
-        stop(procs)
+        stop_children(procs, 15.0)
         stack.stop()
 
 

@@ -46,10 +46,10 @@ from pathlib import Path
 import psutil
 
 # The bench's own folder is on sys.path when it runs as a script.
-from processor_throughput import consumer_on, phase_settings, start_workers, stop
+from processor_throughput import consumer_on, phase_settings, start_workers
 
 from stepstream.settings import Settings
-from stepstream.stack import LocalStack, settings_env
+from stepstream.stack import LocalStack, settings_env, stop_children
 from stepstream.streaming import ready_file
 from stepstream.topics import Topics
 
@@ -192,8 +192,8 @@ def level(
         memory = rss(running)
     finally:
         windows.close()
-        stop(hosts)
-        stop(running)
+        stop_children(hosts, 15.0)
+        stop_children(running, 15.0)
     lags.sort()
     pick = lambda q: lags[int(q * (len(lags) - 1))] if lags else math.inf  # noqa: E731
     return {

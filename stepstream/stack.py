@@ -434,3 +434,18 @@ def stop_stack(state_dir: Path) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         (state_dir / STATE_FILE).unlink()
     return stopped
+
+
+def stop_children(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """Stop child processes this process started: SIGTERM to all of them first (they shut
+    down in parallel), then wait up to `timeout` each and SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -20,7 +20,7 @@ from rich.console import Console
 from stepstream.errors import StepstreamError
 from stepstream.settings import Settings
 from stepstream.signals import sigterm_interrupts
-from stepstream.stack import LocalStack, free_port, settings_env
+from stepstream.stack import LocalStack, free_port, settings_env, stop_children
 
 WORLD = 2
 NAN_RANK = 1
@@ -58,18 +58,6 @@ def _spawn_trainers(
         ]
         procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
     return procs
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _serve_dashboard(console: Console, live: Settings, run: str, port: int) -> None:
@@ -185,7 +173,7 @@ def run_demo(
             _serve_dashboard(console, live, run, serve_port)
         return ok
     finally:
-        _stop(trainers)
+        stop_children(trainers)
         if feed is not None:
             feed.close()
         if reader is not None:

@@ -29,7 +29,7 @@ import pytest
 from processors.alerting.silence_store import SilenceStore
 from query.reader import MetricsReader
 from stepstream.settings import Settings
-from stepstream.stack import free_port, settings_env
+from stepstream.stack import free_port, settings_env, stop_children
 
 from .conftest import wait_for
 
@@ -202,18 +202,6 @@ def _spawn_job(settings: Settings, run: str) -> list[subprocess.Popen[bytes]]:
     ]
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_live_run_lines_alert_and_silence(
     page: Any, server: Server, live_settings: Settings, reader: MetricsReader, run_id: str
 ) -> None:
@@ -279,7 +267,7 @@ def test_live_run_lines_alert_and_silence(
         assert {ln.split(",")[0] for ln in lines[1:]} == {"0", "1"}
         assert any(ln.startswith(f"1,{NAN_STEP},NaN") for ln in lines)
     finally:
-        _stop(procs)
+        stop_children(procs)
 
 
 def test_hostile_names_render_as_text(
