@@ -399,7 +399,9 @@ class SeriesStage:
         steps: dict[int, StepPoint] = {}
         nonfinite: dict[int, StepPoint] = {}
         refused: set[str] = set()
-        beat = RankSummary(run=run, rank=rank)  # what the heartbeats of this batch said
+        # What the heartbeats of this batch said; made only when one comes (a model per
+        # batch was 2 % of the stage).
+        beat: RankSummary | None = None
         duplicates = lost = received = 0
         series_of = state.series
         isfinite = math.isfinite
@@ -418,6 +420,8 @@ class SeriesStage:
                 state.last_t = t
             if record.kind in UNWINDOWED_KINDS:
                 if record.kind == RecordKind.HEARTBEAT:
+                    if beat is None:
+                        beat = RankSummary(run=run, rank=rank)
                     heartbeat(state, record, beat)
                     continue
                 if record.kind == RecordKind.LOG:
@@ -510,10 +514,10 @@ class SeriesStage:
             steps=[steps[s] for s in sorted(steps)],
             nonfinite=[nonfinite[s] for s in sorted(nonfinite)],
             status=state.status,
-            phase=beat.phase,
-            phase_s=beat.phase_s,
-            stack=beat.stack,
-            stack_t=beat.stack_t,
+            phase=beat.phase if beat else None,
+            phase_s=beat.phase_s if beat else None,
+            stack=beat.stack if beat else None,
+            stack_t=beat.stack_t if beat else None,
         )
 
     def _add_quality(
