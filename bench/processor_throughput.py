@@ -17,6 +17,8 @@ rank, 10 records, 20 values each. Every process started here is stopped, also on
 
 Usage: PYTHONPATH=. python bench/processor_throughput.py [--messages 12000]
 Last line: values_per_s=... msgs_per_s=... faust_ceiling_ratio=... p99_ms=... scale_2w=...
+values_per_cpu_s=... (one worker's values per CPU second it used from the first output
+to the last: what a shared machine's load moves least).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stepstream.contract import Batch, Record
@@ -135,10 +138,25 @@ def start_workers(
     return procs
 
 
-def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float]:
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU seconds the worker processes have used so far."""
+    total = 0.0
+    for proc in procs:
+        times = psutil.Process(proc.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def drain(
+    settings: Settings,
+    expected: int,
+    timeout: float,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> tuple[int, float, float]:
     """Wait until summaries covering `expected` input messages and the final window
     update of every rank arrived; return (messages counted after the first output, seconds
-    from the first output to the last window update)."""
+    from the first output to the last window update, CPU seconds `procs` used meanwhile:
+    a figure a busy shared machine moves far less than the wall-clock rate)."""
     topics = Topics(settings.topic_prefix)
     summaries = consumer_on(settings, topics.summaries)
     windows = consumer_on(settings, topics.windows)
@@ -146,6 +164,7 @@ def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float
     deadline = time.time() + timeout
     seen = first_count = 0
     first_at = last_at = None
+    first_cpu = last_cpu = 0.0
     done_ranks: set[str] = set()
     try:
         while time.time() < deadline and (seen < expected or len(done_ranks) < RUNS * RANKS):
@@ -154,6 +173,7 @@ def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float
                 inputs = sum(json.loads(r.value)["records"] for r in records) // RECORDS
                 if first_at is None and records:
                     first_at, first_count = time.time(), inputs
+                    first_cpu = cpu_seconds(procs or [])
                 seen += inputs
             for records in windows.poll(timeout_ms=10, max_records=100_000).values():
                 for record in records:
@@ -161,9 +181,10 @@ def drain(settings: Settings, expected: int, timeout: float) -> tuple[int, float
                     if doc.get("step") == final_step:
                         done_ranks.add(f"{doc['run']}:{doc['rank']}")
                         last_at = time.time()
+                        last_cpu = cpu_seconds(procs or [])
         if seen < expected or first_at is None or last_at is None:
             raise RuntimeError(f"only {seen}/{expected} messages processed in {timeout:.0f}s")
-        return seen - first_count, last_at - first_at
+        return seen - first_count, last_at - first_at, last_cpu - first_cpu
     finally:
         summaries.close()
         windows.close()
@@ -269,18 +290,21 @@ def main() -> None:
         ceiling_rate = doc["n"] / doc["s"]
         print(f"faust ceiling (count only): {ceiling_rate:,.0f} msgs/s over {n} messages")
 
-        rates = {}
+        rates: dict[int, float] = {}
+        cpu_rates: dict[int, float] = {}
         for workers in (1, 2):
             live = phase_settings(base, f"w{workers}")
             produce(live, n)
             procs = start_workers(live, workers, tmp)
-            counted, seconds = drain(live, n, 600)
+            counted, seconds, cpu = drain(live, n, 600, procs)
             stop_children(procs, 15.0)
             rates[workers] = counted / seconds
+            cpu_rates[workers] = counted * RECORDS * VALUES / cpu if cpu > 0 else float("nan")
             print(
                 f"{workers} processor worker(s): {rates[workers]:,.0f} msgs/s, "
                 f"{rates[workers] * RECORDS * VALUES:,.0f} values/s "
-                f"({counted} msgs in {seconds:.1f}s)"
+                f"({counted} msgs in {seconds:.1f}s; "
+                f"{cpu_rates[workers]:,.0f} values per worker CPU second)"
             )
 
         live = phase_settings(base, "lat")
@@ -304,7 +328,7 @@ def main() -> None:
         print(
             f"values_per_s={msgs * RECORDS * VALUES:.0f} msgs_per_s={msgs:.0f} "
             f"faust_ceiling_ratio={msgs / ceiling_rate:.2f} p99_ms={p99:.0f} "
-            f"scale_2w={rates[2] / rates[1]:.2f}"
+            f"scale_2w={rates[2] / rates[1]:.2f} values_per_cpu_s={cpu_rates[1]:.0f}"
         )
     finally:
         stop_children(procs, 15.0)

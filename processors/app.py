@@ -272,4 +272,22 @@ def create_processor_app(settings: Settings) -> faust.App:
         if stage.rejected:
             log.warning("dead-lettered telemetry so far, by reason: %s", stage.rejected)
 
+    @app.timer(min(60.0, settings.state_idle_s / 4))
+    async def expire_idle() -> None:
+        now = time.time()
+        ranks = stage.expire(now, settings.state_idle_s)
+        runs = run_stage.expire(now, settings.state_idle_s)
+        for run, rank in ranks:
+            partition_of.pop((run, rank), None)
+        for run in runs:
+            run_partition.pop(run, None)
+        if ranks or runs:
+            log.info(
+                "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs",
+                len(ranks),
+                len(runs),
+                stage.held(),
+                run_stage.held(),
+            )
+
     return app

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from stepstream.contract import Alert, Severity
 
@@ -79,6 +80,22 @@ def cleared_flag(
     )
 
 
+#: A (run, rank) whose state is being dropped (see `forget_ranks`).
+RankKey = tuple[str, int]
+
+
+def forget_ranks(mapping: MutableMapping[Any, Any], ranks: Collection[RankKey]) -> int:
+    """Drop the entries of `mapping` whose key is a (run, rank, ...) tuple of one of
+    `ranks`, in one pass over the mapping; how many were dropped. The detectors' state is
+    keyed this way, and a processor that never dropped it grew with every run it saw."""
+    if not ranks or not mapping:
+        return 0
+    gone = [k for k in mapping if isinstance(k, tuple) and k[:2] in ranks]
+    for key in gone:
+        del mapping[key]
+    return len(gone)
+
+
 class Episodes:
     """Open episodes by key, each with the flag that opened it.
 
@@ -104,6 +121,17 @@ class Episodes:
         if not self._open:  # the common case on every healthy point: nothing open at all
             return None
         return self._open.pop(key, None)
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop the open episodes of `ranks` (keys starting with (run, rank)) without a
+        cleared flag: their alerts resolve on the alert engine's quiet timeout."""
+        forget_ranks(self._open, ranks)
+
+    def forget_run(self, run: str) -> None:
+        """Drop the open episodes of `run` (keyed by the run, or by tuples starting with
+        it) without a cleared flag."""
+        for key in [k for k in self._open if k == run or (isinstance(k, tuple) and k[0] == run)]:
+            del self._open[key]
 
     def is_open(self, key: Hashable) -> bool:
         """True while the episode of `key` is open."""

@@ -64,6 +64,8 @@ class _RunState:
     steps: dict[int, _PendingStep] = field(default_factory=dict)
     latest: dict[int, int] = field(default_factory=dict)
     quality: dict[str, QualityWindow] = field(default_factory=dict)
+    #: Processor clock when a summary of the run last came (see `RunStage.expire`).
+    heard: float = 0.0
 
 
 @dataclass
@@ -151,6 +153,7 @@ class RunStage:
         """Apply one rank summary received at `now` (processor clock)."""
         run, rank = summary.run, summary.rank
         state = self._runs.setdefault(run, _RunState())
+        state.heard = now
         state.world = max(state.world, summary.world)
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
         flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
@@ -278,6 +281,22 @@ class RunStage:
             self.liveness.forget(run)
             self.liveness.take_forgotten()
             self.incidents.forget(run)
+            self.straggler.forget(run)
+            self.desync.forget(run)
+            self.dp.forget(run)
+            self.origin.forget(run)
+
+    def expire(self, now: float, idle_s: float) -> list[str]:
+        """Forget the runs no summary came for in `idle_s` (processor clock), as `forget`
+        does: their alerts resolve on the alert engine's quiet timeout, and a run that
+        comes back starts afresh. Without this the stage held every run it ever saw."""
+        gone = [run for run, state in self._runs.items() if now - state.heard >= idle_s]
+        self.forget(gone)
+        return gone
+
+    def held(self) -> int:
+        """How many runs the stage holds state for."""
+        return len(self._runs)
 
     def tick(self, now: float) -> list[Alert]:
         """Time-based verdicts at `now`: dead and hung ranks, settled non-finite origins.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ from processors.detectors import (
     ThroughputParams,
 )
 from processors.detectors.base import with_overrides
-from processors.flags import Flag, fingerprint, flag_to_alert
+from processors.flags import Flag, RankKey, fingerprint, flag_to_alert
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
 from processors.windows import RollingWindow, Summary
@@ -73,6 +73,10 @@ class ValueDetector(Protocol):
     ) -> Sequence[Flag]:
         """Add one value; the flags of episodes it starts and (``cleared``) ends, usually
         none (an empty tuple, so the common case allocates nothing)."""
+        ...
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop what it holds of the series of `ranks` (publishers gone idle)."""
         ...
 
 
@@ -145,6 +149,8 @@ class RankState:
     status: str | None = None
     #: True when the status changed since the last window update (the sink stores it).
     status_changed: bool = False
+    #: Processor clock when a batch of the rank last came (see `SeriesStage.expire`).
+    heard: float = 0.0
 
 
 @dataclass
@@ -335,6 +341,33 @@ class SeriesStage:
         windows missing what the other worker saw); they restart cold. How many dropped."""
         return sum(1 for key in series if self._ranks.pop(key, None) is not None)
 
+    def expire(self, now: float, idle_s: float) -> list[RankKey]:
+        """Forget the (run, rank) publishers no batch came from for `idle_s` (processor
+        clock): their windows, dedup watermark, and every detector's state and open
+        episodes of their series (ended without a cleared flag: their alerts resolve on
+        the alert engine's quiet timeout). A run with no rank left loses its metric-name
+        cap too. A publisher that comes back starts cold, as after a partition move.
+        Without this the stage held every rank of every run it ever saw."""
+        gone = [key for key, state in self._ranks.items() if now - state.heard >= idle_s]
+        if not gone:
+            return gone
+        for key in gone:
+            del self._ranks[key]
+        ranks = set(gone)
+        for detector in self._detectors:
+            detector.forget(ranks)
+        self._nonfinite.forget(ranks)
+        self._errors.forget(ranks)
+        self._loss.forget(ranks)
+        live_runs = {run for run, _ in self._ranks}
+        for run in {run for run, _ in gone} - live_runs:
+            self._cardinality.names.pop(run, None)
+        return gone
+
+    def held(self) -> int:
+        """How many (run, rank) publishers the stage holds state for."""
+        return len(self._ranks)
+
     def process(self, batch: Batch) -> StageResult:
         """Apply one batch; return the fresh stats of the series it touched and any alerts."""
         return self.process_many([batch])
@@ -354,6 +387,7 @@ class SeriesStage:
                 self._reject(result, index, rejection)
                 continue
             state = self._state(batch)
+            state.heard = now
             latest = touched.get((batch.run, batch.rank))
             values = latest[2] if latest else {}
             summary = self._apply(batch, state, values, flags, result, index)

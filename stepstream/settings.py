@@ -196,6 +196,13 @@ class Settings(BaseSettings):
     window_stats_interval_s: float = Field(
         0.5, ge=0, description="Window stats of a series are recomputed at most this often."
     )
+    state_idle_s: float = Field(
+        6 * 3600.0,
+        ge=60,
+        description="Processors forget a rank (windows, detector state) and a run (cross-rank "
+        "state) not heard from for this long; one that comes back starts cold. Bounds the "
+        "processors' memory by the runs active within it.",
+    )
     max_records_per_batch: int = Field(
         20_000, ge=1, description="A telemetry message with more records is dead-lettered."
     )

@@ -286,9 +286,15 @@ class AlertEngine:
 
     def _forget_quiet_runs(self, now: float, timeout_s: float) -> None:
         tracked_runs = {t.labels["run"] for t in self._tracked.values()}
+        quiet = set()
         for run, seen in list(self._run_seen.items()):
             if now - seen >= timeout_s and run not in tracked_runs:
                 del self._run_seen[run]
+                quiet.add(run)
+        # The ranks' latest values a cross-rank condition compares, of runs now forgotten:
+        # kept, they grew with every run the engine ever saw.
+        for key in [k for k in self._peers if k[0] in quiet]:
+            del self._peers[key]
 
     def on_window_update(self, update: WindowUpdate) -> list[Alert]:
         """Evaluate every condition rule on the stats this update carries."""

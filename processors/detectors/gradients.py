@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
-from processors.flags import Flag, cleared_flag, evidence, moment
+from processors.flags import Flag, RankKey, cleared_flag, evidence, forget_ranks, moment
 from stepstream import vocabulary as vocab
 
 
@@ -105,6 +106,11 @@ class GradientDetector:
     def wants(self, metric: str) -> bool:
         """True for gradient-norm metrics."""
         return matches(metric, self.params.metrics)
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop the series of `ranks` (idle publishers), open episodes included."""
+        forget_ranks(self._series, ranks)
+        forget_ranks(self._ranks, ranks)
 
     def _new(self, run: str, rank: int, metric: str) -> _Series:
         p = self.params

@@ -34,11 +34,12 @@ window's half-window slopes all rise, about 30-40 s after it starts.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from processors.detectors.base import median
 from processors.detectors.shape import Evidence, SeriesDetector
-from processors.flags import evidence, moment
+from processors.flags import RankKey, evidence, forget_ranks, moment
 from stepstream import vocabulary as vocab
 
 #: Figures a rank sends that bound its memory (read, not judged).
@@ -128,6 +129,10 @@ class LeakDetector(SeriesDetector[_Trend, LeakParams]):
     def __init__(self, params: LeakParams | None = None) -> None:
         super().__init__(params or LeakParams())
         self._bounds: dict[tuple[str, int], dict[str, float]] = {}
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        super().forget(ranks)
+        forget_ranks(self._bounds, ranks)
 
     def wants(self, metric: str) -> bool:
         """The judged series (by vocabulary signal: every GPU's) and their bounds."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, evidence, moment
+from processors.flags import Episodes, Flag, RankKey, evidence, forget_ranks, moment
 from stepstream import vocabulary as vocab
 
 
@@ -50,6 +51,11 @@ class ErrorBurstDetector:
         self.params = params or ErrorBurstParams()
         self._times: dict[tuple[str, int], deque[float]] = {}
         self._episodes = Episodes()
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop the error times and open bursts of `ranks` (idle publishers)."""
+        forget_ranks(self._times, ranks)
+        self._episodes.forget(ranks)
 
     def observe_log(
         self,

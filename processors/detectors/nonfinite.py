@@ -121,6 +121,11 @@ class NonFiniteOrigin:
         self._episodes: dict[str, _Episode] = {}
         self._progress: dict[str, dict[int, int]] = {}
 
+    def forget(self, run: str) -> None:
+        """Drop what it holds of `run` (gone idle), an open episode without a verdict."""
+        self._episodes.pop(run, None)
+        self._progress.pop(run, None)
+
     def nonfinite(
         self,
         run: str,

@@ -61,8 +61,16 @@ class StragglerDetector:
 
     def __init__(self, params: StragglerParams | None = None) -> None:
         self.params = params or StragglerParams()
-        self._times: dict[tuple[str, int, str], deque[float]] = {}
+        #: (run, measure) -> rank -> its latest step times. Indexed by run so that a step
+        #: reads its own run's ranks, not a scan over every run's.
+        self._times: dict[tuple[str, str], dict[int, deque[float]]] = {}
         self._episodes = Episodes()
+
+    def forget(self, run: str) -> None:
+        """Drop what it holds of `run` (gone idle), open episodes without a clear."""
+        for key in [k for k in self._times if k[0] == run]:
+            del self._times[key]
+        self._episodes.forget_run(run)
 
     def observe_step(
         self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
@@ -74,21 +82,23 @@ class StragglerDetector:
         for name in p.alone:
             measures.setdefault(name, (name,))
         for label, names in measures.items():
+            by_rank = self._times.get((run, label))
+            if by_rank is None:
+                by_rank = self._times[(run, label)] = {}
             for rank, values in ranks.items():
                 parts = [values[m] for m in names if m in values and math.isfinite(values[m])]
                 if len(parts) == len(names):
-                    key = (run, rank, label)
-                    times = self._times.get(key)
+                    times = by_rank.get(rank)
                     if times is None:
-                        times = self._times[key] = deque(maxlen=p.window)
+                        times = by_rank[rank] = deque(maxlen=p.window)
                     times.append(sum(parts))
         flags: list[Flag] = []
         verdicts: dict[int, tuple[bool, str, float, float, float]] = {}
         for label in measures:
             medians = {
                 rank: median(times)
-                for (r_run, rank, r_label), times in self._times.items()
-                if r_run == run and r_label == label and len(times) >= p.min_points
+                for rank, times in self._times[(run, label)].items()
+                if len(times) >= p.min_points
             }
             if len(medians) < 2:
                 continue
@@ -164,6 +174,11 @@ class DesyncDetector:
         self.params = params or DesyncParams()
         self._episodes = Episodes()
         self._runs: dict[str, dict[int, deque[tuple[float, int]]]] = {}
+
+    def forget(self, run: str) -> None:
+        """Drop what it holds of `run` (gone idle), open episodes without a clear."""
+        self._runs.pop(run, None)
+        self._episodes.forget_run(run)
 
     def observe(self, run: str, rank: int, step: int, t: float) -> Flag | None:
         """Record that `rank` of `run` was at `step` at event time `t`, then judge the run's
@@ -281,6 +296,11 @@ class DPMismatchDetector:
         self.params = params or DPMismatchParams()
         self._episodes = Episodes()
         self._agreed: dict[str, deque[float]] = {}
+
+    def forget(self, run: str) -> None:
+        """Drop what it holds of `run` (gone idle), open episodes without a clear."""
+        self._agreed.pop(run, None)
+        self._episodes.forget_run(run)
 
     def observe_step(
         self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]

@@ -16,11 +16,11 @@ bookkeeping and the flags.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from typing import ClassVar, Generic, TypeVar
 
 from processors.detectors.base import matches
-from processors.flags import Episodes, Flag
+from processors.flags import Episodes, Flag, RankKey, forget_ranks
 from stepstream.contract import Severity
 
 S = TypeVar("S")
@@ -54,6 +54,12 @@ class SeriesDetector(Generic[S, P]):
     def wants(self, metric: str) -> bool:
         """True if the detector reads `metric` (an alias of one of its signals counts)."""
         return matches(metric, self.signals())
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop the state and open episodes of the series of `ranks` (idle publishers);
+        an episode ends without a cleared flag (see `Episodes.forget`)."""
+        forget_ranks(self._states, ranks)
+        self._episodes.forget(ranks)
 
     def key(self, run: str, rank: int, metric: str) -> Hashable:
         """What one state and one episode belong to: a series by default."""

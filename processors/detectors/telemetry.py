@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from processors.flags import Episodes, Flag, evidence, moment
+from processors.flags import Episodes, Flag, RankKey, evidence, forget_ranks, moment
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class TelemetryLossDetector:
         self.params = params or TelemetryLossParams()
         self._batches: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self._episodes = Episodes()
+
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        """Drop the batch counts and open loss episodes of `ranks` (idle publishers)."""
+        forget_ranks(self._batches, ranks)
+        self._episodes.forget(ranks)
 
     def observe_batch(
         self, run: str, rank: int, step: int | None, t: float, lost: int, received: int

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
 from processors.detectors.shape import Evidence, SeriesDetector
-from processors.flags import Flag, evidence, moment
+from processors.flags import Flag, RankKey, evidence, forget_ranks, moment
 from stepstream import vocabulary as vocab
 from stepstream.vocabulary import canonical
 
@@ -71,6 +71,10 @@ class _Motion:
         return None
 
 
+#: Most metric names whose role the plateau detector remembers at once.
+_NAME_CACHE = 65_536
+
+
 class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
     """Flags a stalled run: a loss whose EMA has not improved for `patience` steps while
     its rank's training stopped moving (learning rate 0, or updates under
@@ -93,6 +97,10 @@ class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
     def signals(self) -> tuple[str, ...]:
         return self.params.metrics + self.params.motion
 
+    def forget(self, ranks: Collection[RankKey]) -> None:
+        super().forget(ranks)
+        forget_ranks(self._motion, ranks)
+
     def new_state(self, run: str, rank: int, metric: str) -> _Best:
         return _Best(rank_key=(run, rank))
 
@@ -103,6 +111,8 @@ class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
         ratio), which may end the rank's plateaus when training moves again."""
         is_loss = self._is_loss.get(metric)
         if is_loss is None:
+            if len(self._is_loss) >= _NAME_CACHE:  # names are capped per run, not overall
+                self._is_loss.clear()
             is_loss = self._is_loss[metric] = matches(metric, self.params.metrics)
         if not is_loss:
             if not math.isfinite(value):
@@ -177,6 +187,8 @@ class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
             motion = self._motion[(run, rank)] = _Motion()
         is_lr = self._is_lr.get(metric)
         if is_lr is None:
+            if len(self._is_lr) >= _NAME_CACHE:
+                self._is_lr.clear()
             is_lr = self._is_lr[metric] = vocab.is_signal(metric, vocab.LR)
         if is_lr:
             motion.lrs[metric] = value
