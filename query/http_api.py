@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Literal
 
+import redis.exceptions as redis_errors
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -28,6 +29,7 @@ from query.reader import (
 )
 from stepstream.contract import Alert
 from stepstream.errors import ConfigError
+from stepstream.failures import explain_redis
 
 if TYPE_CHECKING:
     from query.dashboard.app import DashboardOptions
@@ -63,9 +65,11 @@ def create_api(
     reader_factory: Callable[[], MetricsReader],
     metrics_max_series: int = 10_000,
     dashboard: DashboardOptions | None = None,
+    redis_url: str = "",
 ) -> FastAPI:
     """The API over one reader, created when the app starts and closed when it stops;
-    with `dashboard`, the web dashboard too (pages at /, see query/dashboard)."""
+    with `dashboard`, the web dashboard too (pages at /, see query/dashboard).
+    `redis_url` (the reader's, credentials redacted) names the store in errors."""
     state: dict[str, MetricsReader] = {}
     extra: list[Callable[[], AbstractAsyncContextManager[None]]] = []
 
@@ -96,6 +100,16 @@ def create_api(
     @api.exception_handler(ConfigError)
     async def bad_name(_: Request, exc: ConfigError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @api.exception_handler(redis_errors.RedisError)
+    async def store_failed(_: Request, exc: Exception) -> JSONResponse:
+        # The store down or refusing us is the operator's to fix, not a bug of the API: a
+        # 503 that says what to check, not a bare 500.
+        known = explain_redis(exc, redis_url or "redis://(the configured URL)")
+        if known is None:
+            detail = f"Redis error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return JSONResponse(status_code=500, content={"detail": detail})
+        return JSONResponse(status_code=503, content={"detail": str(known)})
 
     @api.get("/runs", response_model=list[RunInfo], summary="Runs, most recently active first")
     def runs() -> list[RunInfo]:
@@ -196,12 +210,13 @@ def serve(
     port: int,
     metrics_max_series: int,
     dashboard: DashboardOptions | None = None,
+    redis_url: str = "",
 ) -> None:
     """Serve the API (and the dashboard, when given) with uvicorn until Ctrl-C."""
     import uvicorn
 
     uvicorn.run(
-        create_api(reader_factory, metrics_max_series, dashboard),
+        create_api(reader_factory, metrics_max_series, dashboard, redis_url),
         host=host,
         port=port,
         log_level="warning",

@@ -323,6 +323,7 @@ def serve(
             port,
             settings.metrics_max_series,
             options,
+            settings.redis_url,
         )
 
     _guard(go)
