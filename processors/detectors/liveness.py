@@ -69,6 +69,12 @@ class LivenessParams:
     node_window_s: the ranks of a lost node fell silent within this many seconds of each
         other (None: the dead window, dead_after x heartbeat_interval_s). A node's ranks die
         together but last spoke up to one heartbeat apart.
+    never_heard_s: a rank of the run's world never heard from is dead once this long has
+        passed since the run was first heard (while other ranks report): a rank that
+        crashed before its first record, or died before a processor that took the run over
+        heard it. Ranks start seconds apart (imports, data set-up before ``init()``): 30 s.
+        Judged once two ranks or more of the run are heard (a job that instruments rank 0
+        only is not a job whose other ranks failed).
     rebalance_grace_s: after the processors' consumer group rebalanced, silences and
         stalls count from this long after the new assignment: the moved partitions catch
         up one by one, and a rank whose partition is still in handover looks silent while
@@ -77,6 +83,7 @@ class LivenessParams:
 
     heartbeat_interval_s: float = 1.0
     dead_after: float = 2.5
+    never_heard_s: float = 30.0
     rebalance_grace_s: float = 2.0
     hung_after_s: float = 120.0
     hung_factor: float = 20.0
@@ -126,6 +133,8 @@ class _Rank:
 class _Run:
     world: int = 1
     ranks: dict[int, _Rank] = field(default_factory=dict)
+    #: Arrival time of the run's first summary here (see LivenessParams.never_heard_s).
+    first_seen: float = 0.0
 
     def finished(self) -> bool:
         """Every rank of the run closed."""
@@ -199,9 +208,12 @@ class LivenessDetector:
         `stack`, its newest record stamped `said` (event time); cleared flags of the
         episodes that ends."""
         p = self.params
-        state = self._runs.setdefault(run, _Run())
+        state = self._runs.get(run)
+        if state is None:
+            state = self._runs[run] = _Run(first_seen=now)
         state.world = max(state.world, world)
         rank_state = state.ranks.get(rank)
+        first_words = rank_state is None
         if rank_state is None:
             rank_state = state.ranks[rank] = _Rank(seen=now, step=step, step_moved=now)
             if step is not None:
@@ -270,13 +282,18 @@ class LivenessDetector:
                 )
         opening = self._episodes.end((self.DEAD, run, rank))
         if opening is not None:
+            back = (
+                f"rank {rank} of run {run} heard from at last (step {rank_state.step})"
+                if first_words
+                else f"rank {rank} of run {run} heard from again after {silent:.1f}s "
+                f"(step {rank_state.step})"
+            )
             flags.append(
                 cleared_flag(
                     opening,
                     rank_state.step,
                     now,
-                    f"rank {rank} of run {run} heard from again after {silent:.1f}s "
-                    f"(step {rank_state.step})",
+                    back,
                     evidence(
                         silent,
                         None,
@@ -434,6 +451,7 @@ class LivenessDetector:
                         labels=node_labels(s.node),
                     )
                     flags.append(self._episodes.start(key, flag))
+            flags += self._never_heard(run, state, alive, now, resumed)
             flags += self._exited(run, state, alive, now)
             if not self._episodes.is_open((self.HUNG, run)):
                 verdict = self.judge(state, alive, now)
@@ -486,6 +504,40 @@ class LivenessDetector:
             affected=tuple(f"rank {r}" for r in ranks),
             labels=node_labels(node),
         )
+
+    def _never_heard(
+        self, run: str, state: _Run, alive: list[int], now: float, resumed: float
+    ) -> list[Flag]:
+        """Dead flags of the ranks of the run's world never heard from (see
+        LivenessParams.never_heard_s), while `alive` ranks report."""
+        p = self.params
+        # One rank heard of several is a job that instruments rank 0 only (a common
+        # pattern), not one whose other ranks all failed: nothing is judged then.
+        if len(state.ranks) >= state.world or len(state.ranks) < 2:
+            return []
+        waited = now - max(state.first_seen, resumed)
+        if waited < p.never_heard_s:
+            return []
+        flags = []
+        for rank in range(state.world):
+            key = (self.DEAD, run, rank)
+            if rank in state.ranks or self._episodes.is_open(key):
+                continue
+            flag = Flag(
+                detector=self.DEAD,
+                run=run,
+                rank=rank,
+                metric=None,
+                step=None,
+                t=state.first_seen,
+                severity="critical",
+                summary=f"rank {rank} of run {run} never reported in {waited:.0f}s while "
+                f"{len(alive)} of its {state.world} ranks do: it failed before its first "
+                "record, or never started",
+                evidence=evidence(waited, None, p.never_heard_s, p.heartbeat_interval_s),
+            )
+            flags.append(self._episodes.start(key, flag))
+        return flags
 
     def _exited(self, run: str, state: _Run, alive: list[int], now: float) -> list[Flag]:
         grace = self.params.exit_grace_s

@@ -9,13 +9,16 @@ MODE ``stagger``: every rank trains STEPS steps, then rank r waits r x ARG secon
 blocks ARG seconds in its data loader while its peers wait in the all-reduce; it prints
 ``{"hang_t": ...}`` (wall clock) when the block starts. MODE ``early_exit``: the ranks
 train on their own (no DDP wrapper, so nothing waits for anyone); rank 1 closes after 20
-steps, rank 0 goes on stepping for ARG seconds.
+steps, rank 0 goes on stepping for ARG seconds. MODE ``no_show``: the last rank of the
+world exits with code 3 before its first record; the others train on their own (no process
+group: it would wait for the missing rank) for ARG seconds.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -38,6 +41,9 @@ def load_batch(gen: torch.Generator, block_s: float) -> torch.Tensor:
 def main() -> None:
     run, steps, mode, arg = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     torch.set_num_threads(1)
+    if mode == "no_show":
+        no_show(run, arg)
+        return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     torch.manual_seed(0)
@@ -68,6 +74,27 @@ def main() -> None:
     finally:
         monitor.close()
         dist.destroy_process_group()
+
+
+def no_show(run: str, seconds: float) -> None:
+    """The last rank fails before its first record; the others step for `seconds`."""
+    if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+        sys.exit(3)
+    model = nn.Linear(16, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = producers.init(run)
+    started, step = time.monotonic(), 0
+    try:
+        while time.monotonic() - started < seconds:
+            loss = model(torch.randn(8, 16)).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            monitor.log(step, loss=loss.detach())
+            step += 1
+            time.sleep(0.02)
+    finally:
+        monitor.close()
 
 
 if __name__ == "__main__":

@@ -27,21 +27,22 @@ WORKER = Path(__file__).with_name("liveness_worker.py")
 
 
 def run_ranks(
-    settings: Settings, run: str, steps: int, mode: str, arg: float, logs: Path
+    settings: Settings, run: str, steps: int, mode: str, arg: float, logs: Path, world: int = 2
 ) -> list[int | None]:
-    """Start 2 ranks as torchrun would, wait for them, stop them by pid on any failure."""
+    """Start `world` ranks as torchrun would, wait for them, stop them by pid on any
+    failure."""
     env = {
         **os.environ,
         **settings_env(settings),
         "PYTHONPATH": str(ROOT),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": "2",
+        "WORLD_SIZE": str(world),
         "OMP_NUM_THREADS": "1",
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for rank in (0, 1):
+        for rank in range(world):
             with (logs / f"rank{rank}.log").open("wb") as out:
                 procs.append(
                     subprocess.Popen(

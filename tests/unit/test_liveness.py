@@ -309,3 +309,33 @@ def test_a_rank_dead_across_a_rebalance_is_still_reported_after_the_grace() -> N
     assert [f.rank for f in dead] == [1]
     # silences count from the grace after the assignment: 7 + 2 + the 2.5 s dead window
     assert 11.4 <= dead[0].t + float(dead[0].summary.split("silent for ")[1].split("s")[0]) <= 11.8
+
+
+def test_a_rank_never_heard_is_dead_after_the_grace_and_clears_at_its_first_words() -> None:
+    d = LivenessDetector()  # never_heard_s = 30
+    flags: list[Flag] = []
+    for i in range(205):  # ranks 0 and 1 of a world of 3 report; rank 2 from t = 40 on
+        now = i * 0.2
+        for rank in (0, 1, 2) if now >= 40.0 else (0, 1):
+            flags += d.seen("r", rank, 3, i, now, "running")
+        flags += d.tick(now + 0.1)
+        if now < 29.0:
+            # ranks start seconds apart: within the grace nothing is judged
+            assert flags == []
+    raised = [f for f in flags if not f.cleared]
+    assert [(f.detector, f.rank) for f in raised] == [("dead_rank", 2)]
+    assert "never reported in 30s while 2 of its 3 ranks do" in raised[0].summary
+    assert 30.0 <= raised[0].evidence["value"] < 30.5  # type: ignore[operator]
+    cleared = [f for f in flags if f.cleared]
+    assert [(f.detector, f.rank) for f in cleared] == [("dead_rank", 2)]
+    assert "heard from at last" in cleared[0].summary
+
+
+def test_a_job_that_instruments_rank_0_only_raises_nothing_for_the_others() -> None:
+    d = LivenessDetector()
+    flags = []
+    for i in range(400):  # 80 s of rank 0 reporting a world of 8
+        now = i * 0.2
+        flags += d.seen("r", 0, 8, i, now, "running")
+        flags += d.tick(now + 0.1)
+    assert flags == []
