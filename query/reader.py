@@ -281,19 +281,20 @@ def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
 
 
 def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
-    """One window hash (fields ``rank|metric``, JSON stats bodies) as the rows of a JSON
-    array, by C-level joins, a replace and a split: no Python per row. Fields and bodies
+    """One window hash (fields ``rank|metric``, JSON stats bodies) as a JSON array of
+    rows, by C-level joins, a replace and a split: no Python per row. Fields and bodies
     were validated at write time; metric and window names hold no character JSON would
     need to escape, and no "|" or NUL (stepstream.keys)."""
     tail = b'","window":"%s","stats":' % window.encode()
     # Field i becomes '},{"rank":R,"metric":"M","window":"W","stats":' (no "}," first)
     fields = (tail + b'\x00},{"rank":').join(mapping).replace(b"|", b',"metric":"')
-    heads = (b'{"rank":' + fields + tail).split(b"\x00")
+    heads = (b'[{"rank":' + fields + tail).split(b"\x00")
     # ... and is followed by its body: interleaved by slice assignment, joined once.
     parts: list[bytes] = heads * 2
     parts[0::2] = heads
     parts[1::2] = mapping.values()
-    return b"".join(parts) + b"}"
+    parts.append(b"}]")
+    return b"".join(parts)
 
 
 @contextmanager
@@ -424,7 +425,7 @@ class MetricsReader:
                     continue
                 if isinstance(next(iter(mapping)), str):  # decode_responses=True
                     mapping = {k.encode(): v.encode() for k, v in mapping.items()}
-                doc = b"[" + _rolling_document(name, mapping) + b"]"
+                doc = _rolling_document(name, mapping)
                 try:
                     found = _ROWS.decode(doc)
                 except msgspec.ValidationError:
