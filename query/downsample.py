@@ -191,12 +191,15 @@ def _lttb_table(xs: FloatArray, ys: FloatArray, threshold: int) -> list[int]:
     dx, dy = prev_x - avg_x, avg_y - prev_y  # [previous pick][bucket]
     best = np.full(prev_x.shape, -1.0)  # the loop's starting best: the first candidate
     table = np.zeros(prev_x.shape, dtype=np.intp)
+    area, term, better = np.empty_like(best), np.empty_like(best), np.empty(best.shape, bool)
     for offset in range(cand_x.shape[0]):
-        # [previous pick][bucket], evaluated as the loop does
-        area = np.abs(dx * (cand_y[offset] - prev_y) - (prev_x - cand_x[offset]) * dy)
-        better = area > best  # False for NaN; strict, so the first maximum stays
+        # [previous pick][bucket]: abs(dx * (y - ay) - (ax - x) * dy), as the loop does
+        np.multiply(dx, np.subtract(cand_y[offset], prev_y, out=area), out=area)
+        np.multiply(np.subtract(prev_x, cand_x[offset], out=term), dy, out=term)
+        np.abs(np.subtract(area, term, out=area), out=area)
+        np.greater(area, best, out=better)  # False for NaN; strict: the first maximum stays
         np.fmax(best, area, out=best)
-        table = np.where(better, offset, table)
+        np.putmask(table, better, offset)
     picks = cast(list[list[int]], table.T.tolist())  # [bucket][previous pick's offset] -> offset
     firsts: list[int] = starts.tolist()
     out = [0]

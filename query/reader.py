@@ -10,6 +10,7 @@ JSON, like on the wire.
 
 from __future__ import annotations
 
+import array
 import bisect
 import gc
 import json
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -272,6 +274,12 @@ def _member_numbers(members: list[bytes]) -> list[float]:
         doc = doc.replace(b'-"Infinity"', b'"-Infinity"')
     numbers: list[float] = _FLOATS.decode(doc)
     return numbers
+
+
+def _array(floats: list[float]) -> npt.NDArray[np.float64]:
+    """A list of floats as a numpy array: array.array converts in one pass where
+    np.array first scans the list for a type (a quarter of the time of both)."""
+    return np.frombuffer(array.array("d", floats), dtype=np.float64)
 
 
 def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
@@ -547,7 +555,7 @@ class MetricsReader:
             steps, values, decimated_before = self._step_points(run, metric, rank, lo, hi)
             stored = len(steps)
             if points and stored > points:
-                keep = select(np.array(steps), np.array(values), points, method)
+                keep = select(_array(steps), _array(values), points, method)
                 steps = list(map(steps.__getitem__, keep))
                 values = list(map(values.__getitem__, keep))
             return SeriesResult(
