@@ -15,7 +15,10 @@ on that one server in one run:
   the two called alternately so that both see the same load; ``*_cpu_ratio`` the median
   per pair of the client thread's CPU time (ours / floor).
 
-Run: PYTHONPATH=. python bench/redis_sink.py [--seconds 3]
+Run: PYTHONPATH=. python bench/redis_sink.py [--seconds 3] [--profile]
+
+``--profile`` also runs each read loop under pyinstrument (installed separately) and
+prints its call tree: where the time between a read and its floor goes.
 """
 
 from __future__ import annotations
@@ -204,11 +207,28 @@ def redis_benchmark(port: int) -> str:
     return "redis-benchmark -P 16 -q -t set,hset: " + " | ".join(lines)
 
 
+def profile_reads(loops: dict[str, Callable[[], object]]) -> None:
+    """Each loop's call tree under pyinstrument, 200 calls after 5 warm-up calls."""
+    from pyinstrument import Profiler
+
+    for name, fn in loops.items():
+        for _ in range(5):
+            fn()
+        profiler = Profiler(interval=0.0002)
+        profiler.start()
+        for _ in range(200):
+            fn()
+        profiler.stop()
+        print(f"profile: {name}")
+        print(profiler.output_text(unicode=False, color=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="ceiling loop duration")
     parser.add_argument("--rounds", type=int, default=6, help="flush rounds of all ranks")
     parser.add_argument("--repeat", type=int, default=3, help="alternating repetitions")
+    parser.add_argument("--profile", action="store_true", help="profile the read loops")
     args = parser.parse_args()
     random.seed(7)
     with LocalRedis() as server:
@@ -310,6 +330,15 @@ def main() -> None:
                 f"client CPU ratio {s_cpu:.1f})"
             )
             bare.close()
+            if args.profile:
+                profile_reads(
+                    {
+                        "rolling, 1 window x200": lambda: reader.rolling("bench-u", "50steps"),
+                        "series -> 1,000 (LTTB) x200": lambda: reader.series(
+                            "bench-s", "loss", 0, points=1000
+                        ),
+                    }
+                )
 
     values = m_best
     print(f"against the blocking client's ceiling: ratio {values / sync_best:.2f}")

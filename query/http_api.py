@@ -15,6 +15,7 @@ import redis.exceptions as redis_errors
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from query import schemas
 from query.nodes import NodeRow, run_nodes
 from query.reader import (
     CrossRankRow,
@@ -22,10 +23,9 @@ from query.reader import (
     MetricsReader,
     QualityRow,
     RankLiveness,
-    RollingRow,
     RunInfo,
     RunMeta,
-    SeriesResult,
+    to_json,
 )
 from stepstream.contract import Alert
 from stepstream.errors import ConfigError
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from query.dashboard.app import DashboardOptions
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+JSON = "application/json"
 
 
 DOCS_ASSETS = "/docs-assets"
@@ -138,9 +139,14 @@ def create_api(
     def latest(run: str) -> list[LatestValue]:
         return reader().latest_values(run)
 
-    @api.get("/runs/{run}/rolling", response_model=list[RollingRow], summary="Rolling stats")
-    def rolling(run: str, window: str | None = None) -> list[RollingRow]:
-        return reader().rolling(run, window)
+    # Rolling stats and series are written by to_json as the schemas' pydantic models
+    # would be: FastAPI validating and serialising thousands of rows per request took
+    # longer than the read.
+    @api.get(
+        "/runs/{run}/rolling", response_model=list[schemas.RollingRow], summary="Rolling stats"
+    )
+    def rolling(run: str, window: str | None = None) -> Response:
+        return Response(to_json(reader().rolling(run, window)), media_type=JSON)
 
     @api.get(
         "/runs/{run}/crossrank",
@@ -160,7 +166,7 @@ def create_api(
 
     @api.get(
         "/runs/{run}/series/{rank}/{metric:path}",
-        response_model=SeriesResult,
+        response_model=schemas.SeriesResult,
         summary="A raw series by step or event time, downsampled for plotting",
     )
     def series(
@@ -172,9 +178,9 @@ def create_api(
         end: Annotated[float | None, Query(alias="to")] = None,
         points: Annotated[int | None, Query(ge=2, le=100_000)] = None,
         method: Literal["lttb", "minmax", "none"] = "lttb",
-    ) -> SeriesResult:
+    ) -> Response:
         if by == "step":
-            return reader().series(
+            result = reader().series(
                 run,
                 metric,
                 rank,
@@ -183,7 +189,9 @@ def create_api(
                 points,
                 method,
             )
-        return reader().series_by_time(run, metric, rank, start, end, points, method)
+        else:
+            result = reader().series_by_time(run, metric, rank, start, end, points, method)
+        return Response(to_json(result), media_type=JSON)
 
     @api.get("/runs/{run}/alerts", response_model=list[Alert], summary="Alert transitions")
     def alerts(

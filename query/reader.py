@@ -1,24 +1,33 @@
 """The query API: typed reads of what the sink wrote to Redis.
 
-Results are pydantic models (the edge users see). Non-finite values stay floats in Python
-and become ``"NaN"``/``"Infinity"`` strings in JSON, like on the wire.
+Results are pydantic models, except the large ones (rolling rows, series points), which
+are msgspec Structs decoded by one C call: the data was validated on its way in, and
+building thousands of pydantic models was most of those reads. Their pydantic mirrors
+(`query.schemas`) document the HTTP API; `to_json` writes any result as pydantic would.
+Non-finite values stay floats in Python and become ``"NaN"``/``"Infinity"`` strings in
+JSON, like on the wire.
 """
 
 from __future__ import annotations
 
+import array
 import bisect
 import gc
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from itertools import chain, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field
 
+from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
@@ -31,7 +40,6 @@ from stepstream.keys import (
     parse_series_member,
 )
 from stepstream.redis_client import sync_client
-from stepstream.stored_stats import OpenStats
 
 if TYPE_CHECKING:
     from stepstream.settings import Settings
@@ -85,17 +93,80 @@ class RunMeta(QueryModel):
     state: str = Field("starting", description="As `RunInfo.state`.")
 
 
-class RollingStats(OpenStats):
-    """WindowStats as stored; extra numeric stats processors add (std, p95 ...) are kept."""
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
-class RollingRow(QueryModel):
+class RollingStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """WindowStats as stored (the fields of `stepstream.contract.WindowStats`, in its
+    order); extra stats a newer processor adds are kept in `model_extra` and read as
+    attributes (``stats.p999``), as with pydantic's ``extra="allow"``."""
+
+    count: int = 0
+    nonfinite: int = 0
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float | None = None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
+    flags: list[str] | None = None
+    model_extra: dict[str, Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.model_extra
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def model_validate(cls, data: Mapping[str, Any]) -> RollingStats:
+        """Stats from a mapping as stored: known fields converted as pydantic's lax mode
+        does (``"NaN"`` is a float), the other keys kept as they are in `model_extra`."""
+        known = {k: v for k, v in data.items() if k in _STAT_FIELDS}
+        extra = {k: v for k, v in data.items() if k not in _STAT_FIELDS}
+        stats = msgspec.convert(known, cls, strict=False)
+        stats.model_extra = extra or None
+        return stats
+
+    def numbers(self) -> dict[str, float]:
+        """Every numeric stat, known and extra, in field order; None values left out."""
+        out: dict[str, float] = {}
+        for name in _NUMERIC_STATS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = float(value)
+        for name, value in (self.model_extra or {}).items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric or (isinstance(value, str) and value in _NON_FINITE):
+                out[name] = float(value)
+        return out
+
+
+_STAT_FIELDS = frozenset(RollingStats.__struct_fields__) - {"model_extra"}
+_NUMERIC_STATS = tuple(
+    f for f in RollingStats.__struct_fields__ if f not in ("flags", "model_extra")
+)
+
+
+class RollingRow(msgspec.Struct, gc=False):
     """Rolling stats of one (rank, metric) over one window."""
 
     rank: int
     metric: str
     window: str
     stats: RollingStats
+
+
+class _RollingRowOpen(msgspec.Struct, gc=False):
+    """A rolling row whose stats hold keys RollingStats does not know (the slow path)."""
+
+    rank: int
+    metric: str
+    window: str
+    stats: dict[str, Any]
 
 
 class CrossRankRow(QueryModel):
@@ -118,7 +189,7 @@ class QualityRow(QueryModel):
 
     window: str
     metric: str
-    stats: RollingStats
+    stats: schemas.RollingStats
 
 
 class LatestValue(QueryModel):
@@ -129,34 +200,55 @@ class LatestValue(QueryModel):
     value: float
 
 
-class SeriesPoint(QueryModel):
-    """One point of a raw series: x is the step (by step) or event time in s (by time)."""
+class SeriesPoint(msgspec.Struct, gc=False):
+    """One point of a raw series: x is the step (by step) or event time in s (by time);
+    t the event time (Unix s), where it was fetched."""
 
     x: float
     value: float
     step: int | None = None
-    t: float | None = Field(None, description="Event time (Unix s), where it was fetched.")
+    t: float | None = None
 
 
-class SeriesResult(QueryModel):
-    """A range of one series, downsampled for plotting when asked."""
+class SeriesResult(msgspec.Struct, gc=False):
+    """A range of one series, downsampled for plotting when asked: `stored` points were
+    in the range before downsampling; by step, points before `decimated_before` come
+    from the decimated series."""
 
     run: str
     rank: int
     metric: str
     by: Literal["step", "time"]
     points: list[SeriesPoint]
-    stored: int = Field(description="Points in the range before downsampling.")
+    stored: int
     method: str = "none"
-    decimated_before: float | None = Field(
-        None, description="By step: points before this step come from the decimated series."
-    )
+    decimated_before: float | None = None
 
 
-_ROWS = TypeAdapter(list[RollingRow])
-_RANK_METRIC = attrgetter("rank", "metric")
-_ROW_ORDER = attrgetter("window", "rank", "metric")
-_POINTS = TypeAdapter(list[SeriesPoint])
+_ROWS = msgspec.json.Decoder(list[RollingRow], strict=False)
+_OPEN_ROWS = msgspec.json.Decoder(list[_RollingRowOpen], strict=False)
+_FLOATS = msgspec.json.Decoder(list[float], strict=False)
+_RANK = attrgetter("rank")
+_METRIC = attrgetter("metric")
+_X = attrgetter("x")
+_VALUE = attrgetter("value")
+_PIPE_TO_COMMA = bytes.maketrans(b"|", b",")
+
+
+def to_json(data: Any) -> bytes:
+    """JSON of a query result (a model, a Struct, or a list of them) exactly as pydantic
+    writes it (`query.schemas`): non-finite floats as ``"NaN"``/``"Infinity"`` strings,
+    extra stats after the known ones."""
+    if isinstance(data, BaseModel):
+        return data.model_dump_json().encode()
+    if isinstance(data, list) and data and isinstance(data[0], BaseModel):
+        return b"[" + b",".join(m.model_dump_json().encode() for m in data) + b"]"
+    plain = msgspec.to_builtins(data)
+    for row in plain if isinstance(plain, list) else [plain]:
+        stats = row.get("stats") if isinstance(row, dict) else None
+        if isinstance(stats, dict) and "model_extra" in stats:
+            stats.update(stats.pop("model_extra") or {})
+    return pydantic_core.to_json(plain, inf_nan_mode="strings")
 
 
 def _text(value: bytes | str) -> str:
@@ -167,16 +259,50 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
-    """Steps and values of members ``step|seq|value`` of a series by step (every member
-    has a step; see stepstream.keys.series_member). One join and split, then C-level int
-    and float conversion: a per-member Python parse was most of a 10,000-point read."""
+def _member_numbers(members: list[bytes]) -> list[float]:
+    """step, seq, value, step, seq, value ... of members ``step|seq|value`` of a series by
+    step (every member has a step; see stepstream.keys.series_member), as floats (steps
+    and seqs are exact). One join and translate make them one JSON array that msgspec
+    parses in C; int() and float() per member were most of a 10,000-point read."""
     if not members:
-        return [], []
+        return []
     if isinstance(members[0], str):  # a client made with decode_responses=True
         members = [m.encode() for m in members]
-    parts = b"|".join(members).split(b"|")
-    return list(map(int, parts[0::3])), list(map(float, parts[2::3]))
+    doc = b"[" + b",".join(members).translate(_PIPE_TO_COMMA) + b"]"
+    if b"N" in doc or b"I" in doc:  # NaN, Infinity, -Infinity (keys.format_value)
+        doc = doc.replace(b"NaN", b'"NaN"').replace(b"Infinity", b'"Infinity"')
+        doc = doc.replace(b'-"Infinity"', b'"-Infinity"')
+    numbers: list[float] = _FLOATS.decode(doc)
+    return numbers
+
+
+def _array(floats: list[float]) -> npt.NDArray[np.float64]:
+    """A list of floats as a numpy array: array.array converts in one pass where
+    np.array first scans the list for a type (a quarter of the time of both)."""
+    return np.frombuffer(array.array("d", floats), dtype=np.float64)
+
+
+def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
+    """Steps and values of members ``step|seq|value`` of a series by step."""
+    numbers = _member_numbers(members)
+    return list(map(int, numbers[0::3])), numbers[2::3]
+
+
+def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
+    """One window hash (fields ``rank|metric``, JSON stats bodies) as a JSON array of
+    rows, by C-level joins, a replace and a split: no Python per row. Fields and bodies
+    were validated at write time; metric and window names hold no character JSON would
+    need to escape, and no "|" or NUL (stepstream.keys)."""
+    tail = b'","window":"%s","stats":' % window.encode()
+    # Field i becomes '},{"rank":R,"metric":"M","window":"W","stats":' (no "}," first)
+    fields = (tail + b'\x00},{"rank":').join(mapping).replace(b"|", b',"metric":"')
+    heads = (b'[{"rank":' + fields + tail).split(b"\x00")
+    # ... and is followed by its body: interleaved by slice assignment, joined once.
+    parts: list[bytes] = heads * 2
+    parts[0::2] = heads
+    parts[1::2] = mapping.values()
+    parts.append(b"}]")
+    return b"".join(parts)
 
 
 @contextmanager
@@ -300,35 +426,28 @@ class MetricsReader:
         for name in names:
             pipe.hgetall(self.keys.window(run, name))
         replies = pipe.execute() if names else []
-        # One JSON document validated by pydantic-core in one call, assembled by C-level
-        # joins and replaces only: per-row Python work (json.loads, model construction,
-        # even one format per row) was most of this query. Fields are "rank|metric" and
-        # bodies JSON objects, both validated at write time; metric and window names hold
-        # no character JSON would need to escape, and no "|" (stepstream.keys).
-        parts: list[bytes] = []
-        for name, mapping in zip(names, replies, strict=True):
-            if not mapping:
-                continue
-            fields = b"\x00".join(map(_bytes, mapping))
-            heads = fields.replace(b"|", b',"metric":"').split(b"\x00")
-            tail = b'","window":"%s","stats":' % name.encode()
-            parts.append(
-                b"".join(
-                    chain.from_iterable(
-                        zip(
-                            repeat(b'{"rank":'),
-                            heads,
-                            repeat(tail),
-                            map(_bytes, mapping.values()),
-                            repeat(b"},"),
-                        )
-                    )
-                )[:-1]
-            )
+        rows: list[RollingRow] = []
         with _no_gc_pause():
-            rows = _ROWS.validate_json(b"[" + b",".join(parts) + b"]")
-        # Rows of one window come in hash order; sort by key functions in C.
-        rows.sort(key=_ROW_ORDER if window is None else _RANK_METRIC)
+            for name, mapping in zip(names, replies, strict=True):
+                if not mapping:
+                    continue
+                if isinstance(next(iter(mapping)), str):  # decode_responses=True
+                    mapping = {k.encode(): v.encode() for k, v in mapping.items()}
+                doc = _rolling_document(name, mapping)
+                try:
+                    found = _ROWS.decode(doc)
+                except msgspec.ValidationError:
+                    # Stats a newer processor added (RollingStats forbids unknown keys so
+                    # that they are never dropped silently): per-row conversion.
+                    found = [
+                        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
+                        for r in _OPEN_ROWS.decode(doc)
+                    ]
+                # Rows come in hash order: two stable sorts on C-level keys, each compared
+                # by a type-specific fast path (a tuple key compares in generic Python).
+                found.sort(key=_METRIC)
+                found.sort(key=_RANK)
+                rows.extend(found)  # names are sorted: windows in order
         return rows
 
     def crossrank(self, run: str) -> list[CrossRankRow]:
@@ -347,7 +466,7 @@ class MetricsReader:
         rows = []
         for field, body in mapping.items():
             window, _, metric = _text(field).partition("|")
-            stats = RollingStats.model_validate_json(body)
+            stats = schemas.RollingStats.model_validate_json(body)
             rows.append(QualityRow(window=window, metric=metric, stats=stats))
         return sorted(rows, key=lambda r: (r.window, r.metric))
 
@@ -383,9 +502,10 @@ class MetricsReader:
 
     def _step_points(
         self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
-    ) -> tuple[list[int], list[float], float | None]:
-        """Steps and values in [lo, hi] by step: every stored raw point, and before the
-        oldest of those the decimated ones; and the step where decimation ends (or None)."""
+    ) -> tuple[list[float], list[float], float | None]:
+        """Steps (as exact floats) and values in [lo, hi] by step: every stored raw point,
+        and before the oldest of those the decimated ones; and the step where decimation
+        ends (or None)."""
         pipe = self._client.pipeline(transaction=False)
         step_key = self.keys.series(run, SERIES_STEP, rank, metric)
         coarse_key = self.keys.series(run, SERIES_COARSE, rank, metric)
@@ -397,20 +517,24 @@ class MetricsReader:
         # The coarse series only fills the range before the oldest raw point, so it is
         # fetched (a second round trip) only when it holds older points and the range
         # reaches back there: a read of the recent past no longer parses all of it.
-        steps: list[int] = []
+        steps: list[float] = []
         values: list[float] = []
         reaches_back = lo == "-inf" or float(lo) < oldest_raw
         if coarse_first and coarse_first[0][1] < oldest_raw and reaches_back:
             top: float | str = hi
             if oldest_raw != math.inf and (hi == "+inf" or float(hi) >= oldest_raw):
                 top = f"({oldest_raw!r}"
-            steps, values = _step_columns(self._client.zrange(coarse_key, lo, top, byscore=True))
+            numbers = _member_numbers(self._client.zrange(coarse_key, lo, top, byscore=True))
+            steps, values = numbers[0::3], numbers[2::3]
             older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
             del steps[older:], values[older:]
         decimated_before = oldest_raw if steps else None
-        raw_steps, raw_values = _step_columns(raw)
-        steps.extend(raw_steps)
-        values.extend(raw_values)
+        numbers = _member_numbers(raw)
+        if steps:
+            steps.extend(numbers[0::3])
+            values.extend(numbers[2::3])
+        else:
+            steps, values = numbers[0::3], numbers[2::3]
         return steps, values, decimated_before
 
     def series(
@@ -429,17 +553,19 @@ class MetricsReader:
         hi = "+inf" if to_step is None else to_step
         with _no_gc_pause():
             steps, values, decimated_before = self._step_points(run, metric, rank, lo, hi)
-            # Steps stay ints: they are valid x coordinates for downsampling as they are.
-            keep = select(steps, values, points, method) if points else range(len(steps))
-            found = [{"x": steps[i], "value": values[i], "step": steps[i]} for i in keep]
+            stored = len(steps)
+            if points and stored > points:
+                keep = select(_array(steps), _array(values), points, method)
+                steps = list(map(steps.__getitem__, keep))
+                values = list(map(values.__getitem__, keep))
             return SeriesResult(
                 run=run,
                 rank=rank,
                 metric=metric,
                 by="step",
-                stored=len(steps),
-                points=_POINTS.validate_python(found),
-                method=method if points and len(found) < len(steps) else "none",
+                stored=stored,
+                points=list(map(SeriesPoint, steps, values, map(int, steps))),
+                method=method if points and len(steps) < stored else "none",
                 decimated_before=decimated_before,
             )
 
@@ -458,15 +584,14 @@ class MetricsReader:
         if index:
             times = {int(_text(m)): score / 1000.0 for m, score in index}
             steps, values, _ = self._step_points(run, metric, rank, min(times), max(times))
-            out = [
-                SeriesPoint(x=times[step], value=value, step=step, t=times[step])
-                for step, value in zip(steps, values, strict=True)
-                if step in times
-            ]
+            for step, value in zip(map(int, steps), values, strict=True):
+                t = times.get(step)
+                if t is not None:
+                    out.append(SeriesPoint(t, value, step, t))
         for member, score in stepless:
             _, _, value = parse_series_member(_text(member))
             out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
-        out.sort(key=lambda p: p.x)
+        out.sort(key=_X)
         return out
 
     def series_by_time(
@@ -482,12 +607,14 @@ class MetricsReader:
         """A series by event time (Unix seconds) in [from_t, to_t]."""
         lo = "-inf" if from_t is None else from_t * 1000.0
         hi = "+inf" if to_t is None else to_t * 1000.0
-        timed = self._timed_points(run, metric, rank, lo, hi)
-        if points and len(timed) > points:
-            keep = select([p.x for p in timed], [p.value for p in timed], points, method)
-            timed_kept = [timed[i] for i in keep]
-        else:
-            timed_kept = timed
+        with _no_gc_pause():
+            timed = self._timed_points(run, metric, rank, lo, hi)
+            if points and len(timed) > points:
+                xs = np.fromiter(map(_X, timed), np.float64, len(timed))
+                ys = np.fromiter(map(_VALUE, timed), np.float64, len(timed))
+                timed_kept = list(map(timed.__getitem__, select(xs, ys, points, method)))
+            else:
+                timed_kept = timed
         return SeriesResult(
             decimated_before=None,
             run=run,
@@ -506,7 +633,7 @@ class MetricsReader:
         index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
         times = {int(_text(m)): score / 1000.0 for m, score in index}
         out = [
-            SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+            SeriesPoint(x=step, value=value, step=int(step), t=times.get(int(step)))
             for step, value in zip(steps, values, strict=True)
         ]
         out.extend(

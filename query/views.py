@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
 from rich.table import Table
 
-from query.reader import MetricsReader, RollingRow
+from query.reader import MetricsReader, RollingRow, to_json
 
 # Stats shown first, in this order; any other numeric stat (std, p95 ...) follows.
 _KNOWN_STATS = ("count", "mean", "min", "max", "last", "nonfinite")
@@ -20,16 +19,15 @@ _KNOWN_STATS = ("count", "mean", "min", "max", "last", "nonfinite")
 
 @dataclass
 class View:
-    """One query's result: `data` (pydantic models) for --json, `tables` for people."""
+    """One query's result: `data` (models or Structs of query.reader) for --json,
+    `tables` for people."""
 
-    data: BaseModel | list[Any]
+    data: Any
     tables: list[Any] = field(default_factory=list)
 
     def to_json(self) -> str:
-        """JSON through pydantic, so NaN and Infinity become strings as on the wire."""
-        if isinstance(self.data, BaseModel):
-            return self.data.model_dump_json()
-        return "[" + ",".join(m.model_dump_json() for m in self.data) + "]"
+        """JSON as pydantic writes it, so NaN and Infinity become strings as on the wire."""
+        return to_json(self.data).decode()
 
 
 def _fmt(value: float | None) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 
-from query.downsample import downsample, lttb, minmax
+from query.downsample import downsample, lttb, minmax, select, select_plain
 
 
 def wave(n: int) -> list[tuple[float, float]]:
@@ -64,3 +66,33 @@ def test_bad_arguments() -> None:
         downsample(wave(10), 0)
     with pytest.raises(ValueError, match="unknown downsampling"):
         downsample(wave(10), 5, "median")  # type: ignore[arg-type]
+
+
+def _columns(kind: str, n: int, rng: random.Random) -> list[float]:
+    if kind == "wave":
+        return [math.sin(i / 50.0) for i in range(n)]
+    if kind == "noise":
+        return [rng.random() for _ in range(n)]
+    if kind == "ties":  # equal areas: the first maximum must win, as in the loop
+        return [float(i // 37 % 3) for i in range(n)]
+    if kind == "overflow":  # inf and inf - inf = NaN areas, as the loop meets them
+        return [rng.choice([1e308, -1e308, 0.0, 5e307]) for _ in range(n)]
+    ys = [rng.gauss(0.0, 1.0) for _ in range(n)]  # "nonfinite"
+    for _ in range(n // 20):
+        ys[rng.randrange(n)] = rng.choice([math.nan, math.inf, -math.inf])
+    return ys
+
+
+@pytest.mark.parametrize("kind", ["wave", "noise", "ties", "overflow", "nonfinite"])
+def test_vectorised_select_equals_the_plain_loop(kind: str) -> None:
+    rng = random.Random(kind)
+    for n in (0, 1, 2, 3, 5, 11, 100, 1001, 3000):
+        ys = _columns(kind, n, rng)
+        steps = list(range(n))
+        times = sorted(rng.uniform(0.0, 1e6) for _ in range(n))
+        for threshold in (1, 2, 3, 4, 7, 50, 999, 2000):
+            for method in ("lttb", "minmax"):
+                for xs in (steps, times):
+                    want = select_plain(xs, ys, threshold, method)  # type: ignore[arg-type]
+                    got = select(np.array(xs, dtype=float), np.array(ys), threshold, method)  # type: ignore[arg-type]
+                    assert got == want, (n, threshold, method)

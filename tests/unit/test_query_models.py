@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
+from typing import Any
 
+import msgspec
+from pydantic import TypeAdapter
+
+from query import schemas
 from query.prom_exporter import render_metrics
-from query.reader import RollingRow, RollingStats, RunInfo
+from query.reader import (
+    MetricsReader,
+    RollingRow,
+    RollingStats,
+    RunInfo,
+    SeriesPoint,
+    SeriesResult,
+    _member_numbers,
+    to_json,
+)
+from stepstream.contract import WindowStats
+from stepstream.keys import parse_series_member, series_member
 
 
 def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
@@ -17,8 +35,148 @@ def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
     assert math.isnan(numbers["p95"])
     assert "note" not in numbers and "slope" not in numbers and "min" not in numbers
     assert (
-        '"p95":"NaN"' in RollingRow(rank=0, metric="m", window="w", stats=stats).model_dump_json()
+        '"p95":"NaN"' in to_json(RollingRow(rank=0, metric="m", window="w", stats=stats)).decode()
     )
+    extra = RollingStats.model_validate({"count": 1, "p999": 0.5, "kurtosis": "Infinity"})
+    assert extra.p999 == 0.5 and extra.numbers() == {
+        "count": 1.0,
+        "nonfinite": 0.0,
+        "p999": 0.5,
+        "kurtosis": math.inf,
+    }
+
+
+def test_rolling_stats_are_the_contracts_window_stats() -> None:
+    # A stat added to the contract must be added here, or it reads as an extra.
+    fields = [f for f in RollingStats.__struct_fields__ if f != "model_extra"]
+    assert fields == list(WindowStats.model_fields)
+
+
+class WindowStore:
+    """Just enough of a redis-py client for MetricsReader.rolling: window hashes."""
+
+    def __init__(self, windows: dict[str, dict[Any, Any]]) -> None:
+        self.windows = windows
+        self.asked: list[str] = []
+
+    def smembers(self, key: str) -> set[str]:
+        return set(self.windows)
+
+    def pipeline(self, transaction: bool = False) -> WindowStore:
+        self.asked = []
+        return self
+
+    def hgetall(self, key: str) -> None:
+        self.asked.append(key.rsplit(":", 1)[1])
+
+    def execute(self) -> list[dict[Any, Any]]:
+        return [self.windows[w] for w in self.asked]
+
+
+def stored_stats(rng: random.Random, extra: bool) -> dict[str, Any]:
+    """Stats as the sink stores them (OpenStats JSON): NaN as strings, flags, extras."""
+    values = [0.0, -0.0, 1e-05, 1e16, 0.1, 1 / 3, math.nan, math.inf, -math.inf, 2.5e-300]
+    stats = schemas.RollingStats.model_validate(
+        {
+            "count": rng.randrange(100),
+            "mean": rng.choice(values),
+            "min": rng.random(),
+            "p95": rng.choice([*values, None]),
+            "flags": rng.choice([None, ["nan"], ["spike", "nan"]]),
+            **({"p999": rng.choice(values), "kurtosis": "NaN", "note": "x"} if extra else {}),
+        }
+    )
+    body: dict[str, Any] = json.loads(stats.model_dump_json())
+    return body
+
+
+def test_rolling_rows_read_and_write_as_the_pydantic_rows_did() -> None:
+    rng = random.Random(5)
+    bodies = {
+        window: {
+            f"{rank}|{metric}": stored_stats(rng, extra=window == "10s")
+            for rank in (0, 1, 2, 10, 11)
+            for metric in ("loss", "grad/norm:l1", "a.b-c@d")
+        }
+        for window in ("50steps", "10s")
+    }
+    want = sorted(
+        (
+            schemas.RollingRow(
+                rank=int(field.split("|")[0]),
+                metric=field.split("|")[1],
+                window=window,
+                stats=schemas.RollingStats.model_validate(body),
+            )
+            for window, mapping in bodies.items()
+            for field, body in mapping.items()
+        ),
+        key=lambda r: (r.window, r.rank, r.metric),
+    )
+    want_json = TypeAdapter(list[schemas.RollingRow]).dump_json(want)
+    for decoded in (False, True):  # bytes, and a client made with decode_responses=True
+        windows = {
+            w: {
+                (f if decoded else f.encode()): (
+                    json.dumps(b) if decoded else json.dumps(b).encode()
+                )
+                for f, b in m.items()
+            }
+            for w, m in bodies.items()
+        }
+        rows = MetricsReader(WindowStore(windows)).rolling("r")
+        assert to_json(rows) == want_json
+        assert [(r.window, r.rank, r.metric) for r in rows] == [
+            (r.window, r.rank, r.metric) for r in want
+        ]
+        for row, model in zip(rows, want, strict=True):
+            assert isinstance(row.stats.mean, float | None)
+            assert json.dumps(row.stats.numbers()) == json.dumps(model.stats.numbers())
+        assert rows[0].stats.p999 is not None  # extras of "10s" read as attributes
+    one = MetricsReader(WindowStore({"50steps": {b"3|m": b'{"count":2,"mean":"NaN"}'}}))
+    (row,) = one.rolling("r", "50steps")
+    assert row.rank == 3 and row.stats.count == 2 and math.isnan(row.stats.mean or 0.0)
+
+
+def test_series_json_is_the_pydantic_series_json() -> None:
+    values = [0.0, 1e-05, 1e16, math.nan, math.inf, -math.inf, 1 / 3]
+    points = [
+        SeriesPoint(float(i), v, i, 1.7e9 + i if i % 2 else None) for i, v in enumerate(values)
+    ]
+    result = SeriesResult("r", 1, "loss", "step", points, 7, "lttb", 3.0)
+    model = schemas.SeriesResult.model_validate(msgspec.to_builtins(result))
+    assert to_json(result) == model.model_dump_json().encode()
+    assert '"value":"NaN"' in to_json(result).decode()
+
+
+def test_series_members_parse_as_float_parses_them() -> None:
+    rng = random.Random(9)
+    specials = [
+        math.nan,
+        math.inf,
+        -math.inf,
+        0.0,
+        -0.0,
+        1e-05,
+        1e16,
+        5e-324,
+        1.7976931348623157e308,
+    ]
+    values = specials + [rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-300, 300) for _ in range(2000)]
+    members = [series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
+    numbers = _member_numbers(members)
+    want = [parse_series_member(m.decode()) for m in members]
+    assert numbers[0::3] == [float(step) for step, _, _ in want]
+    assert numbers[1::3] == [float(seq) for _, seq, _ in want]
+    # bit for bit, NaN included
+    assert [msgspec.json.encode(v) for v in numbers[2::3]] == [
+        msgspec.json.encode(v) for _, _, v in want
+    ]
+    assert [math.copysign(1.0, v) for v in numbers[2::3]] == [
+        math.copysign(1.0, v) for _, _, v in want
+    ]
+    decoded = [m.decode() for m in members[3:6]]  # a client made with decode_responses=True
+    assert _member_numbers(decoded) == numbers[9:18]  # type: ignore[arg-type]
 
 
 class FakeReader:
