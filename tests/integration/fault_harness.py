@@ -444,21 +444,18 @@ class Verdict:
     max_log_ms: float
     unflushed_ranks: int
     seconds: float
-    #: Upper bound of the records logged but not yet stored when the fault was injected
-    #: (what a broker that loses its memory can take with it).
-    in_flight: int = 0
 
     def row(self) -> str:
         return (
             f"{self.fault:<22} {self.lost:>5} {self.wrong:>5} {self.duplicate_alerts:>9} "
             f"{self.alerts_fired:>6} {self.max_log_ms:>11.2f} {self.unflushed_ranks:>9} "
-            f"{self.seconds:>7.1f} {self.in_flight:>9}"
+            f"{self.seconds:>7.1f}"
         )
 
 
 HEADER = (
     f"{'fault':<22} {'lost':>5} {'wrong':>5} {'dup_alert':>9} {'fired':>6} "
-    f"{'max_log_ms':>11} {'unflushed':>9} {'seconds':>7} {'in_flight':>9}"
+    f"{'max_log_ms':>11} {'unflushed':>9} {'seconds':>7}"
 )
 
 
@@ -517,18 +514,6 @@ def summary(verdicts: list[Verdict]) -> str:
     )
 
 
-def unstored_bound(settings: Settings, run: str, world: int, spawned: float, step_s: float) -> int:
-    """An upper bound, now, of the records the ranks logged that are not stored yet: a
-    rank started no earlier than `spawned` and takes at least `step_s` a step, so it has
-    logged at most (now - spawned) / step_s + 1 steps; less the points stored (read first:
-    stored points only grow, so the bound holds at the moment of the return), plus one
-    step of margin per rank for the moments until the caller acts."""
-    with MetricsReader.from_url(settings.redis_url, settings.key_prefix) as reader:
-        stored = [len(reader.series(run, "counter", rank=r).points) for r in range(world)]
-    logged = int((time.monotonic() - spawned) / step_s) + 2
-    return sum(max(0, logged - n) for n in stored)
-
-
 def scenario(
     stack: FaultStack,
     name: str,
@@ -544,11 +529,9 @@ def scenario(
     run = f"{name.split()[0]}-{uuid.uuid4().hex[:6]}"
     training = Training(stack, run, world=world, steps=steps, step_s=step_s, nan_step=10)
     training.start()
-    in_flight = 0
     try:
         training.wait_started()
         time.sleep(lead_s)
-        in_flight = unstored_bound(stack.settings, run, world, started, step_s)
         inject()
     finally:
         reports = training.wait()
@@ -562,7 +545,6 @@ def scenario(
         max_log_ms=max(r["max_log_ms"] for r in reports),
         unflushed_ranks=sum(1 for r in reports if not r["flushed"]),
         seconds=time.monotonic() - started,
-        in_flight=in_flight,
     )
 
 
