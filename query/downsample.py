@@ -101,16 +101,23 @@ def _minmax_keep_plain(ys: Sequence[float], threshold: int) -> list[int]:
     return out
 
 
-def select_plain(
-    xs: Sequence[float], ys: Sequence[float], threshold: int | None, method: Method = "lttb"
-) -> list[int]:
-    """`select` in plain Python, one point at a time: the reference definition."""
+def _keeps_all(threshold: int | None, method: Method) -> bool:
+    """True when (`threshold`, `method`) keep every point; a ValueError when invalid."""
     if threshold is None or method == "none":
-        return list(range(len(xs)))
+        return True
     if threshold < 1:
         raise ValueError("threshold must be >= 1")
     if method not in ("lttb", "minmax"):
         raise ValueError(f"unknown downsampling method {method!r}: use lttb, minmax or none")
+    return False
+
+
+def select_plain(
+    xs: Sequence[float], ys: Sequence[float], threshold: int | None, method: Method = "lttb"
+) -> list[int]:
+    """`select` in plain Python, one point at a time: the reference definition."""
+    if _keeps_all(threshold, method):
+        return list(range(len(xs)))
     finite = _finite_positions(ys)
     fxs = xs if finite is None else [xs[i] for i in finite]
     fys = ys if finite is None else [ys[i] for i in finite]
@@ -241,12 +248,8 @@ def select(
 ) -> list[int]:
     """Indices of the points of columns (`xs`, `ys`) to plot about `threshold` of them by
     `method`, in order; None or "none" keeps all. Equal to `select_plain`."""
-    if threshold is None or method == "none":
+    if _keeps_all(threshold, method):
         return list(range(len(xs)))
-    if threshold < 1:
-        raise ValueError("threshold must be >= 1")
-    if method not in ("lttb", "minmax"):
-        raise ValueError(f"unknown downsampling method {method!r}: use lttb, minmax or none")
     y = np.asarray(ys, dtype=np.float64)
     finite_mask = np.isfinite(y)
     finite = None if finite_mask.all() else np.flatnonzero(finite_mask)
