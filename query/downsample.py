@@ -101,9 +101,10 @@ def _minmax_keep_plain(ys: Sequence[float], threshold: int) -> list[int]:
     return out
 
 
-def _keeps_all(threshold: int | None, method: Method) -> bool:
-    """True when (`threshold`, `method`) keep every point; a ValueError when invalid."""
-    if threshold is None or method == "none":
+def _keeps_all(threshold: int, method: Method) -> bool:
+    """True when `method` keeps every point; a ValueError when `threshold` or `method` is
+    invalid."""
+    if method == "none":
         return True
     if threshold < 1:
         raise ValueError("threshold must be >= 1")
@@ -116,7 +117,7 @@ def select_plain(
     xs: Sequence[float], ys: Sequence[float], threshold: int | None, method: Method = "lttb"
 ) -> list[int]:
     """`select` in plain Python, one point at a time: the reference definition."""
-    if _keeps_all(threshold, method):
+    if threshold is None or _keeps_all(threshold, method):
         return list(range(len(xs)))
     finite = _finite_positions(ys)
     fxs = xs if finite is None else [xs[i] for i in finite]
@@ -248,7 +249,7 @@ def select(
 ) -> list[int]:
     """Indices of the points of columns (`xs`, `ys`) to plot about `threshold` of them by
     `method`, in order; None or "none" keeps all. Equal to `select_plain`."""
-    if _keeps_all(threshold, method):
+    if threshold is None or _keeps_all(threshold, method):
         return list(range(len(xs)))
     y = np.asarray(ys, dtype=np.float64)
     finite_mask = np.isfinite(y)
