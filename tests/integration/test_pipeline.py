@@ -159,3 +159,14 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_processing_goes_on(
     assert letters["bad:1"]["reason"] == "version"
     assert letters["bad:2"]["reason"] == "schema" and "run" in letters["bad:2"]["detail"]
     assert letters["bad:1"]["topic"] == topics.telemetry
+
+
+def test_worker_logs_hold_no_terminal_control_codes(live_settings: Settings) -> None:
+    # faust's start-up spinner wrote cursor escapes into the workers' log files, and the
+    # root logger it left at DEBUG made every faust and aiokafka debug call build a record.
+    logs = sorted((live_settings.state_dir / "logs").glob("*.log"))
+    workers = [p for p in logs if p.name.startswith(("processor", "sink"))]
+    assert workers, [p.name for p in logs]
+    for path in workers:
+        text = path.read_bytes()
+        assert b"\x1b[" not in text, (path.name, text[:300])
