@@ -3,8 +3,9 @@ the first layer with a non-finite gradient, learning rates and momentum, step ti
 into data wait and compute, and throughput.
 
 Everything on the training thread is tensor ops queued on the device (``_foreach_norm``,
-one ``stack``) and ``perf_counter`` reads; the stacked norms travel as one tensor to the
-publisher thread, where ``tolist()`` (the only host sync) and the per-layer arithmetic run.
+one ``stack`` off the CPU) and ``perf_counter`` reads; the norms travel as one tensor (a
+list of 0-d tensors on the CPU) to the publisher thread, where ``tolist()`` (the only host
+sync) and the per-layer arithmetic run.
 
 Timing is host-side: data wait is from the end of one optimizer step to the next forward,
 compute from that forward to the end of the step. On CUDA the host runs ahead of the device,
@@ -13,6 +14,7 @@ so compute then means launch time unless something in the step synchronizes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -164,6 +166,7 @@ class Watch:
         self._tokens = 0
         self._pending: tuple[list[int], list[torch.Tensor], bool, list[torch.Tensor] | None] | None
         self._pending = None
+        self._before: tuple[list[int], list[torch.Tensor]] | None = None
         # Forward time is taken around the wrapped module (DDP's `.module`), so it leaves
         # out what the wrapper does before it (buffer broadcast, a collective): under data
         # parallelism data wait + forward is the time a rank spends before its first
@@ -271,8 +274,23 @@ class Watch:
             with _no_grad():
                 norms += torch._foreach_norm(params)
                 if self.update_ratio:
-                    before = list(torch._foreach_mul(params, 1.0))
+                    before = self._copy_weights(index, params)
         self._pending = (index, norms, weights, before)
+
+    def _copy_weights(self, index: list[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The weights before the optimizer step, in buffers kept between weight steps
+        when every parameter is on the CPU: there a fresh copy of the model is fresh pages
+        from the OS every time (the allocator hands large blocks back), and faulting them
+        in cost more than the copy. CUDA's caching allocator reuses its blocks anyway, and
+        a second resident copy of a model on a GPU is memory the model may need."""
+        kept = self._before
+        if kept is not None and kept[0] == index:
+            torch._foreach_copy_(kept[1], params)
+            return kept[1]
+        copies = list(torch._foreach_mul(params, 1.0))
+        if all(p.device.type == "cpu" for p in params):
+            self._before = (index, copies)
+        return copies
 
     def _post_step(self, *_: Any) -> None:
         now = time.perf_counter()
@@ -301,11 +319,14 @@ class Watch:
                     params: list[torch.Tensor] = [self.params[i] for i in index]
                     torch._foreach_sub_(before, params)
                     norms += list(torch._foreach_norm(before))
-            try:
-                # Norms hold no graph (gradients, or taken under no_grad): no mode switch.
-                parts: Any = torch.stack(norms)
-            except RuntimeError:  # parameters on several devices: convert one by one
-                parts = norms
+            parts: Any = norms
+            if norms[0].device.type != "cpu":
+                # One tensor, so that the publisher's tolist() is one device sync, not one
+                # per layer. On the CPU an item() is no sync, and cheaper than the stack.
+                # Parameters on several devices cannot stack: then converted one by one.
+                with contextlib.suppress(RuntimeError):
+                    # Norms hold no graph (gradients, or taken under no_grad): no mode switch.
+                    parts = torch.stack(norms)
             stats = GradStats(self.names, index, self._order, parts, weights, before is not None)
             self._enqueue(self.step, RecordKind.GRAD, stats)
         values: dict[str, Any] = {}
