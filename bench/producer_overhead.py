@@ -282,6 +282,14 @@ def main() -> None:
             for m in modes[1:]
         )
     )
+    print(
+        "process CPU overhead per round, sorted: "
+        + "; ".join(
+            f"{m} "
+            + " ".join(f"{(c / b - 1) * 100:.1f}" for c, b in sorted(zip(cpus[m], cpus["none"]), key=lambda cb: cb[0] / cb[1]))
+            for m in ("stepstream", "watch")
+        )
+    )
     main_base = statistics.median(mains["none"])
     print(
         "training-thread CPU per step: "
