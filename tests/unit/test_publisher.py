@@ -381,3 +381,23 @@ def test_batch_encoding_decodes_to_what_pydantic_encodes() -> None:
         "a": 1e308,
         "b": 1e308,
     }
+
+
+def test_conversion_never_changes_the_callers_dict() -> None:
+    """Values that need converting are converted in a copy: a dict the caller keeps (and
+    logs again) still holds what the caller put there."""
+
+    class Scalar:
+        def item(self) -> float:
+            return 2.5
+
+    scalar = Scalar()
+    values: dict[str, Any] = {"loss": scalar, "acc": 0.5, "n": 3}
+    pub, producer = publisher()
+    pub.enqueue(0, RecordKind.TRAIN, values)
+    assert pub.flush(5)
+    pub.enqueue(1, RecordKind.TRAIN, values)
+    assert pub.flush(5)
+    pub.close()
+    assert values == {"loss": scalar, "acc": 0.5, "n": 3}
+    assert [r.values for r in records_of(producer)] == [{"loss": 2.5, "acc": 0.5, "n": 3.0}] * 2
