@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -348,3 +349,55 @@ def test_messages_stay_under_the_size_limit_and_keep_every_record_in_order() -> 
     records = records_of(producer)
     assert [r.seq for r in records] == list(range(200))
     assert all(r.values == wide for r in records)
+
+
+def test_batch_encoding_decodes_to_what_pydantic_encodes() -> None:
+    """The fast encoder's bytes decode to the same Batch as pydantic's, and a batch with
+    a non-finite value keeps it (the contract's "NaN"/"Infinity" strings, never null)."""
+    from pydantic_core import to_json
+
+    from producers.publisher import encode_batch
+
+    def batch(values: list[dict[str, float]]) -> dict[str, Any]:
+        records = [
+            {"seq": i, "t": 1.7e9 + i / 3, "step": i or None, "kind": "train", "values": v}
+            | {"text": 'é\n"x"' if i else None}
+            for i, v in enumerate(values)
+        ]
+        return {"v": 1, "run": "r", "rank": 1, "world": 2, "node": "n", "pid": 7,
+                "incarnation": "abc", "records": records}  # fmt: skip
+
+    finite = batch([{"loss": 0.1 + 0.2, "big": 1e300, "tiny": -5e-324}, {"n": 3.0}])
+    raw = encode_batch(finite)
+    assert decode_batch(raw) == decode_batch(to_json(finite, inf_nan_mode="strings"))
+    nan = float("nan")
+    for bad in (nan, math.inf, -math.inf):
+        data = batch([{"loss": 1.0}, {"loss": bad, "ok": 2.0}])
+        raw = encode_batch(data)
+        value = decode_batch(raw).records[1].values["loss"]
+        assert (math.isnan(value) and math.isnan(bad)) or value == bad
+    # Finite values whose sum overflows still encode (by the slower path).
+    assert decode_batch(encode_batch(batch([{"a": 1e308, "b": 1e308}]))).records[0].values == {
+        "a": 1e308,
+        "b": 1e308,
+    }
+
+
+def test_conversion_never_changes_the_callers_dict() -> None:
+    """Values that need converting are converted in a copy: a dict the caller keeps (and
+    logs again) still holds what the caller put there."""
+
+    class Scalar:
+        def item(self) -> float:
+            return 2.5
+
+    scalar = Scalar()
+    values: dict[str, Any] = {"loss": scalar, "acc": 0.5, "n": 3}
+    pub, producer = publisher()
+    pub.enqueue(0, RecordKind.TRAIN, values)
+    assert pub.flush(5)
+    pub.enqueue(1, RecordKind.TRAIN, values)
+    assert pub.flush(5)
+    pub.close()
+    assert values == {"loss": scalar, "acc": 0.5, "n": 3}
+    assert [r.values for r in records_of(producer)] == [{"loss": 2.5, "acc": 0.5, "n": 3.0}] * 2
