@@ -28,10 +28,9 @@ from contextlib import ExitStack
 from typing import Any
 
 from producers.integrations.names import batch_size, lightning_name, optimizer_lr_name
-from producers.integrations.session import open_monitor
+from producers.integrations.session import MonitorSession
 from producers.integrations.timing import StepTimer
 from producers.monitor import Monitor
-from producers.watch import Watch
 from stepstream import vocabulary as vocab
 from stepstream.errors import MissingExtraError
 
@@ -55,7 +54,7 @@ _CHECKPOINT = vocab.CHECKPOINT.name
 _STAGES = {"validate": "validate", "test": "test"}
 
 
-class StepstreamCallback(Callback):
+class StepstreamCallback(Callback, MonitorSession):
     """Publishes a Lightning job's telemetry through the stepstream SDK (module docstring).
 
     run: the run id (default: ``STEPSTREAM_RUN``, torchrun's or SLURM's id, else rank 0's
@@ -77,15 +76,15 @@ class StepstreamCallback(Callback):
         **init_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.run = run
-        self.monitor = monitor
-        self._owned = False
-        self._watch_on = watch
-        self._every = every
-        self._weights_every = weights_every
-        self._node = node
-        self._init_kwargs = init_kwargs
-        self._watch: Watch | None = None
+        self._init_session(
+            run,
+            monitor=monitor,
+            watch=watch,
+            every=every,
+            weights_every=weights_every,
+            node=node,
+            init_kwargs=init_kwargs,
+        )
         self._timer = StepTimer()
         self._phase = ExitStack()
         # Per name, the storage of the value last sent and that value (held, so the storage
@@ -98,45 +97,25 @@ class StepstreamCallback(Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Open this rank's monitor (unless one was given)."""
-        if self.monitor is None:
-            self.monitor = open_monitor(
-                self.run,
-                trainer.global_rank,
-                trainer.world_size,
-                trainer.local_rank,
-                self._node,
-                lambda run: str(trainer.strategy.broadcast(run, src=0)),
-                self._init_kwargs,
-            )
-            self._owned = True
+        self._open(
+            trainer.global_rank,
+            trainer.world_size,
+            trainer.local_rank,
+            lambda run: str(trainer.strategy.broadcast(run, src=0)),
+        )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Hook the module and the first optimizer (the optimizers exist from here)."""
-        if self.monitor is None or not self._watch_on or self._watch is not None:
-            return
         if trainer.optimizers:
-            self._watch = self.monitor.watch(
-                pl_module,
-                trainer.optimizers[0],
-                every=self._every,
-                weights_every=self._weights_every,
-                timing=False,  # the batch hooks time the step: training_step need not
-                # call the module's forward, so forward hooks may never fire
-            )
-            # A resumed job goes on counting from its global step.
-            self._watch.step = trainer.global_step
+            # The batch hooks time the step (timing off): training_step need not call the
+            # module's forward, so forward hooks may never fire.
+            self._start_watch(pl_module, trainer.optimizers[0], trainer.global_step, timing=False)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Take the hooks off and close the monitor this callback opened (the rank is then
         finished); the next ``setup`` opens a new one."""
         self._phase.close()
-        if self._watch is not None:
-            self._watch.remove()
-            self._watch = None
-        if self._owned and self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
-            self._owned = False
+        self._end()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """The rank crashed: its traceback and crashed status go out now, flushed."""

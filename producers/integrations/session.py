@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producers.identity import detect_identity
 from producers.monitor import Monitor, init
+
+if TYPE_CHECKING:
+    from producers.watch import Watch
 
 
 def open_monitor(
@@ -30,3 +33,64 @@ def open_monitor(
         resolved = detect_identity(rank=rank, world=world, local_rank=local_rank).run
         run = agree(resolved) if world > 1 else resolved
     return init(run, rank=rank, world=world, local_rank=local_rank, node=node, **init_kwargs)
+
+
+class MonitorSession:
+    """What a framework callback holds for its rank: the monitor it opens at the
+    framework's set-up (or the one it was given, never closed here) and the `watch()`
+    hooks, with the options of the callback's constructor (see the callbacks). A mixin: the
+    callback's constructor calls `_init_session` (the framework's base class keeps its own
+    ``__init__``)."""
+
+    run: str | None
+    monitor: Monitor | None
+
+    def _init_session(
+        self,
+        run: str | None,
+        *,
+        monitor: Monitor | None,
+        watch: bool,
+        every: int,
+        weights_every: int | None,
+        node: str | None,
+        init_kwargs: dict[str, Any],
+    ) -> None:
+        """Keep the callback's options; nothing opens before the framework's set-up."""
+        self.run = run
+        self.monitor = monitor
+        self._owned = False
+        self._watch_on = watch
+        self._every = every
+        self._weights_every = weights_every
+        self._node = node
+        self._init_kwargs = init_kwargs
+        self._watch: Watch | None = None
+
+    def _open(self, rank: int, world: int, local_rank: int, agree: Callable[[str], str]) -> None:
+        """Open this rank's monitor unless one is open or was given."""
+        if self.monitor is None:
+            self.monitor = open_monitor(
+                self.run, rank, world, local_rank, self._node, agree, self._init_kwargs
+            )
+            self._owned = True
+
+    def _start_watch(self, model: Any, optimizer: Any, step: int, *, timing: bool = True) -> None:
+        """Hook `model` and `optimizer` once (when watching is on); steps count on from
+        `step`, so a resumed job goes on counting from its global step."""
+        if self.monitor is None or not self._watch_on or self._watch is not None:
+            return
+        self._watch = self.monitor.watch(
+            model, optimizer, every=self._every, weights_every=self._weights_every, timing=timing
+        )
+        self._watch.step = step
+
+    def _end(self) -> None:
+        """Take the hooks off and close the monitor this session opened."""
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
+        if self._owned and self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+            self._owned = False

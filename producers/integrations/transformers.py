@@ -30,9 +30,8 @@ from __future__ import annotations
 from typing import Any
 
 from producers.integrations.names import hf_log
-from producers.integrations.session import open_monitor
+from producers.integrations.session import MonitorSession
 from producers.monitor import Monitor
-from producers.watch import Watch
 from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
 from stepstream.errors import MissingExtraError
@@ -56,7 +55,7 @@ def _agree(run: str) -> str:
     return str(box[0])
 
 
-class StepstreamCallback(TrainerCallback):
+class StepstreamCallback(TrainerCallback, MonitorSession):
     """Publishes a ``Trainer`` job's telemetry through the stepstream SDK (module
     docstring).
 
@@ -78,38 +77,24 @@ class StepstreamCallback(TrainerCallback):
         node: str | None = None,
         **init_kwargs: Any,
     ) -> None:
-        self.run = run
-        self.monitor = monitor
-        self._owned = False
-        self._watch_on = watch
-        self._every = every
-        self._weights_every = weights_every
-        self._node = node
-        self._init_kwargs = init_kwargs
-        self._watch: Watch | None = None
+        self._init_session(
+            run,
+            monitor=monitor,
+            watch=watch,
+            every=every,
+            weights_every=weights_every,
+            node=node,
+            init_kwargs=init_kwargs,
+        )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Open this process's monitor and watch the model and optimizer."""
-        if self.monitor is None:
-            self.monitor = open_monitor(
-                self.run,
-                args.process_index,
-                args.world_size,
-                args.local_process_index,
-                self._node,
-                _agree,
-                self._init_kwargs,
-            )
-            self._owned = True
+        self._open(args.process_index, args.world_size, args.local_process_index, _agree)
         model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
-        if self._watch_on and self._watch is None and model is not None and optimizer is not None:
+        if model is not None and optimizer is not None:
             # accelerate's AcceleratedOptimizer wraps the torch optimizer and has no step
             # hooks of its own: hook the optimizer it steps.
-            inner = getattr(optimizer, "optimizer", optimizer)
-            self._watch = self.monitor.watch(
-                model, inner, every=self._every, weights_every=self._weights_every
-            )
-            self._watch.step = state.global_step  # a resumed job goes on counting
+            self._start_watch(model, getattr(optimizer, "optimizer", optimizer), state.global_step)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
@@ -145,10 +130,4 @@ class StepstreamCallback(TrainerCallback):
 
     def close(self) -> None:
         """Remove the hooks and close the monitor this callback opened."""
-        if self._watch is not None:
-            self._watch.remove()
-            self._watch = None
-        if self._owned and self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
-            self._owned = False
+        self._end()
