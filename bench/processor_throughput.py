@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -267,6 +268,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
     stack = LocalStack(Settings(state_dir=tmp), workers=False)
     procs: list[subprocess.Popen[bytes]] = []
+    finished = False
     try:
         state = stack.start()
         base = Settings(
@@ -330,9 +332,15 @@ def main() -> None:
             f"faust_ceiling_ratio={msgs / ceiling_rate:.2f} p99_ms={p99:.0f} "
             f"scale_2w={rates[2] / rates[1]:.2f} values_per_cpu_s={cpu_rates[1]:.0f}"
         )
+        finished = True
     finally:
         stop_children(procs, 15.0)
         stack.stop()
+        # The workers' logs are what explains a failed run: kept then, removed otherwise.
+        if finished:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {tmp}", file=sys.stderr)
 
 
 if __name__ == "__main__":

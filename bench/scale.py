@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,7 @@ def main() -> None:
     stack = LocalStack(Settings(state_dir=tmp), workers=False)
     best: dict[int, int] = {}
     memory: dict[int, float] = {}
+    finished = False
     try:
         state = stack.start()
         base = Settings(
@@ -255,8 +257,14 @@ def main() -> None:
             print("the top level held: the capacity is at least that; ramp further (--ranks)")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"ranks_per_worker_at_1s_lag={kept} bytes_per_rank={per_rank:.0f}")
+        finished = True
     finally:
         stack.stop()
+        # The workers' logs are what explains a failed run: kept then, removed otherwise.
+        if finished:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {tmp}", file=sys.stderr)
 
 
 if __name__ == "__main__":
