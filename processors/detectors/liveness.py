@@ -437,20 +437,18 @@ class LivenessDetector:
                 if silent >= dead_s and rank in nodes.waiting:
                     continue  # its node's verdict first: see judge_nodes
                 if silent >= dead_s and not self._episodes.is_open(key):
-                    flag = Flag(
-                        detector=self.DEAD,
-                        run=run,
-                        rank=rank,
-                        metric=None,
-                        step=s.step,
-                        t=s.seen,
-                        severity="critical",
-                        summary=f"rank {rank} of run {run} silent for {now - s.seen:.1f}s "
-                        f"(last step {s.step}) while {len(alive)} rank(s) still report",
-                        evidence=evidence(silent, None, dead_s, p.heartbeat_interval_s),
-                        labels=node_labels(s.node),
+                    flags.append(
+                        self._dead(
+                            run,
+                            rank,
+                            s.step,
+                            s.seen,
+                            f"rank {rank} of run {run} silent for {now - s.seen:.1f}s "
+                            f"(last step {s.step}) while {len(alive)} rank(s) still report",
+                            evidence(silent, None, dead_s, p.heartbeat_interval_s),
+                            node_labels(s.node),
+                        )
                     )
-                    flags.append(self._episodes.start(key, flag))
             flags += self._never_heard(run, state, alive, now, resumed)
             flags += self._exited(run, state, alive, now)
             if not self._episodes.is_open((self.HUNG, run)):
@@ -520,24 +518,46 @@ class LivenessDetector:
             return []
         flags = []
         for rank in range(state.world):
-            key = (self.DEAD, run, rank)
-            if rank in state.ranks or self._episodes.is_open(key):
+            if rank in state.ranks or self._episodes.is_open((self.DEAD, run, rank)):
                 continue
-            flag = Flag(
-                detector=self.DEAD,
-                run=run,
-                rank=rank,
-                metric=None,
-                step=None,
-                t=state.first_seen,
-                severity="critical",
-                summary=f"rank {rank} of run {run} never reported in {waited:.0f}s while "
-                f"{len(alive)} of its {state.world} ranks do: it failed before its first "
-                "record, or never started",
-                evidence=evidence(waited, None, p.never_heard_s, p.heartbeat_interval_s),
+            flags.append(
+                self._dead(
+                    run,
+                    rank,
+                    None,
+                    state.first_seen,
+                    f"rank {rank} of run {run} never reported in {waited:.0f}s while "
+                    f"{len(alive)} of its {state.world} ranks do: it failed before its first "
+                    "record, or never started",
+                    evidence(waited, None, p.never_heard_s, p.heartbeat_interval_s),
+                )
             )
-            flags.append(self._episodes.start(key, flag))
         return flags
+
+    def _dead(
+        self,
+        run: str,
+        rank: int,
+        step: int | None,
+        t: float,
+        summary: str,
+        ev: dict[str, float | None],
+        labels: dict[str, str] | None = None,
+    ) -> Flag:
+        """Open the dead episode of `rank` with its flag (a clear comes when it is heard)."""
+        flag = Flag(
+            detector=self.DEAD,
+            run=run,
+            rank=rank,
+            metric=None,
+            step=step,
+            t=t,
+            severity="critical",
+            summary=summary,
+            evidence=ev,
+            labels=labels or {},
+        )
+        return self._episodes.start((self.DEAD, run, rank), flag)
 
     def _exited(self, run: str, state: _Run, alive: list[int], now: float) -> list[Flag]:
         grace = self.params.exit_grace_s
