@@ -123,20 +123,23 @@ def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     """Start `count` worker processes with `settings` in their environment."""
     env = {**os.environ, **settings_env(settings)}
-    procs = []
-    for i in range(count):
-        with (logs / f"{settings.topic_prefix}-{i}.log").open("ab") as out:
-            procs.append(
-                subprocess.Popen(
-                    cmd or worker_command("processor"),
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-    return procs
+    return [
+        spawn(cmd or worker_command("processor"), env, logs / f"{settings.topic_prefix}-{i}.log")
+        for i in range(count)
+    ]
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own session (stopped by `stop_children`), its output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:

@@ -47,7 +47,7 @@ from pathlib import Path
 import psutil
 
 # The bench's own folder is on sys.path when it runs as a script.
-from processor_throughput import consumer_on, phase_settings, start_workers
+from processor_throughput import consumer_on, phase_settings, spawn, start_workers
 
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env, stop_children
@@ -117,28 +117,22 @@ def start_hosts(
         STEPSTREAM_CAPTURE_STACKS="false",
         STEPSTREAM_HANDLE_SIGTERM="false",
     )
-    hosts = []
     per = math.ceil(ranks / procs)
-    for first in range(0, ranks, per):
-        with (logs / f"hosts-{settings.topic_prefix}-{first}.log").open("ab") as out:
-            hosts.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--rank-host",
-                        str(first),
-                        str(min(per, ranks - first)),
-                        str(seconds),
-                    ],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-    return hosts
+    return [
+        spawn(
+            [
+                sys.executable,
+                __file__,
+                "--rank-host",
+                str(first),
+                str(min(per, ranks - first)),
+                str(seconds),
+            ],
+            env,
+            logs / f"hosts-{settings.topic_prefix}-{first}.log",
+        )
+        for first in range(0, ranks, per)
+    ]
 
 
 def rss(procs: list[subprocess.Popen[bytes]]) -> int:
