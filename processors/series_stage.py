@@ -41,7 +41,7 @@ from processors.detectors.base import with_overrides
 from processors.flags import Flag, RankKey, fingerprint, flag_to_alert
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
-from processors.windows import RollingWindow, Summary
+from processors.windows import RollingWindow, Summary, summarize_windows
 from stepstream import vocabulary as vocab
 from stepstream.contract import (
     Alert,
@@ -613,6 +613,7 @@ class SeriesStage:
     ) -> WindowUpdate:
         state.world, state.node = batch.world, batch.node
         windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
+        due: list[tuple[str, SeriesWindows, list[str] | None]] = []
         for metric, value in touched.items():
             series = state.series[metric]
             marks = flagged.get((batch.run, batch.rank, metric))
@@ -620,7 +621,8 @@ class SeriesStage:
                 state.pending[metric] = value
                 continue
             state.pending.pop(metric, None)
-            self._fill(windows, metric, series, marks, now)
+            due.append((metric, series, marks))
+        self._fill(windows, due, now)
         if state.quality_touched:
             touched.update(self._quality_metrics(batch.run, state, windows))
         return self._window_update(batch.run, batch.rank, state, touched, windows)
@@ -628,18 +630,28 @@ class SeriesStage:
     def _fill(
         self,
         windows: dict[str, dict[str, WindowStats]],
-        metric: str,
-        series: SeriesWindows,
-        marks: list[str] | None,
+        due: list[tuple[str, SeriesWindows, list[str] | None]],
         now: float,
     ) -> None:
-        series.stats_due = now + self.stats_interval_s
-        if series.by_step is not None and series.by_step.newest is not None:
-            for name, span in self._step_names:
-                windows[name][metric] = _stats(series.by_step.summary(span), marks)
-        if series.by_time is not None:
-            for name, span in self._time_names:
-                windows[name][metric] = _stats(series.by_time.summary(span), marks)
+        """The window stats of every due series of one rank, each window size summarized
+        for all of them at once (`summarize_windows`)."""
+        due_at = now + self.stats_interval_s
+        by_step: list[tuple[str, RollingWindow, list[str] | None]] = []
+        by_time: list[tuple[str, RollingWindow, list[str] | None]] = []
+        for metric, series, marks in due:
+            series.stats_due = due_at
+            if series.by_step is not None and series.by_step.newest is not None:
+                by_step.append((metric, series.by_step, marks))
+            if series.by_time is not None:
+                by_time.append((metric, series.by_time, marks))
+        for names, held in ((self._step_names, by_step), (self._time_names, by_time)):
+            if not held:
+                continue
+            for name, span in names:
+                target = windows[name]
+                found = summarize_windows([window for _, window, _ in held], span)
+                for (metric, _, marks), summary in zip(held, found, strict=True):
+                    target[metric] = _stats(summary, marks)
 
     def _window_update(
         self,
@@ -671,13 +683,15 @@ class SeriesStage:
                 continue
             windows: dict[str, dict[str, WindowStats]] = {n: {} for n in self.window_names}
             latest: dict[str, float] = {}
+            due: list[tuple[str, SeriesWindows, list[str] | None]] = []
             for metric, value in list(state.pending.items()):
                 series = state.series[metric]
                 if series.stats_due > now:
                     continue
                 del state.pending[metric]
                 latest[metric] = value
-                self._fill(windows, metric, series, None, now)
+                due.append((metric, series, None))
+            self._fill(windows, due, now)
             if latest:
                 out.append(self._window_update(run, rank, state, latest, windows))
         return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from processors.detectors.base import SortedWindow, median_mad, sorted_median_mad
-from processors.windows import NUMPY_FROM, RollingWindow, summarize
+from processors.windows import NUMPY_FROM, RollingWindow, summarize, summarize_windows
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -54,3 +54,34 @@ def test_long_window_quantiles_equal_a_full_sort() -> None:
         assert fast.p50 == plain.p50
         assert fast.p95 == plain.p95
         assert fast.count == n and fast.nonfinite == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_windows_summarized_together_equal_one_at_a_time(seed: int) -> None:
+    """`summarize_windows` stacks windows of one length: every statistic must be what
+    each window's own summary gives (order statistics, counts and last exactly; sums to
+    rounding), whether positions are shared or not and with non-finite rows left alone."""
+    rng = random.Random(seed)
+    for span, lengths in ((50.0, (50, 50, 50, 7, 30)), (10.0, (300, 300, 450, 450, 600))):
+        windows = []
+        for k, n in enumerate(lengths * 3):
+            window = RollingWindow(span * 2)
+            step = span / n
+            for i in range(n):
+                value = rng.choice([rng.gauss(5, 2), float(rng.randint(-2, 2))])
+                # Every other window has positions of its own (jittered), the rest share.
+                jitter = rng.random() * step * 0.9 if k % 2 else 0.0
+                window.add(1000 + i * step + jitter, value if i % 97 else 1e6)
+            if n == 30:  # a whole group of non-finite windows
+                window.add(1000 + n * step, math.nan)
+            windows.append(window)
+        together = summarize_windows(windows, span)
+        for window, got in zip(windows, together, strict=True):
+            alone = window.summary(span)
+            exact = ("count", "nonfinite", "min", "max", "last", "p50", "p95")
+            # repr: a NaN `last` compares equal to itself
+            assert repr([getattr(got, f) for f in exact]) == repr(
+                [getattr(alone, f) for f in exact]
+            )
+            for name in ("mean", "std", "ema", "slope"):
+                assert getattr(got, name) == pytest.approx(getattr(alone, name), rel=1e-9, abs=1e-9)
