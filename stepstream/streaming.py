@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -126,7 +127,29 @@ def run_worker(app: faust.App, log_level: str) -> None:
     # it) and leaves it there: every debug call of faust and aiokafka then built a log
     # record, 1-8 % of a worker's CPU, and the spinner wrote terminal escapes to the logs.
     worker.spinner = None
+    tune_gc()
     worker.execute_from_commandline()
+
+
+#: Allocations between young-generation collections in a worker (Python's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running stream worker.
+
+    A worker allocates short-lived objects for every message (decoded models, dicts,
+    floats) while holding a large, long-lived state. With Python's defaults a young
+    collection ran every 700 allocations, and the collections took a quarter of stage 1's
+    CPU (in-process replay of the processor bench: 243k values per CPU second with the
+    defaults, 307k with this threshold, 364k with no collector at all). Everything
+    loaded by start-up (modules, classes, faust's app) is moved out of the collector's
+    sight with `gc.freeze`, so the rare full collections do not walk it again. Cycles are
+    still collected, only in larger batches.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 async def send_dead_letter(
