@@ -85,3 +85,16 @@ def test_windows_summarized_together_equal_one_at_a_time(seed: int) -> None:
             )
             for name in ("mean", "std", "ema", "slope"):
                 assert getattr(got, name) == pytest.approx(getattr(alone, name), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [50, 300, 3000])
+def test_a_constant_window_reads_its_value_exactly(n: int) -> None:
+    """The numpy paths correct their pairwise sums: a constant learning rate of 0.1 must
+    read mean 0.1 and std 0, as the exact sum of the pure-Python path gives."""
+    windows = [RollingWindow(n) for _ in range(3)]
+    for step in range(n):
+        for k, window in enumerate(windows):
+            window.add(step, 0.1 * (k + 1))
+    for k, summary in enumerate([*summarize_windows(windows, n), windows[0].summary()]):
+        value = 0.1 * (k % 3 + 1)
+        assert (summary.mean, summary.std, summary.p50) == (value, 0.0, value)
