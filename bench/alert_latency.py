@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def main() -> None:
         flush_interval_s=0.02,
     )
     stack = LocalStack(base)
+    finished = False
     stop_load = threading.Event()
     dead: subprocess.Popen[bytes] | None = None
     try:
@@ -221,6 +223,7 @@ def main() -> None:
         p50 = percentile(webhook, 0.5) if webhook else math.nan
         p99 = percentile(webhook, 0.99) if webhook else math.nan
         print(f"p50_ms={p50:.1f} p99_ms={p99:.1f} dead_rank_intervals={intervals:.2f}")
+        finished = True
     finally:
         stop_load.set()
         if dead is not None and dead.poll() is None:
@@ -228,6 +231,11 @@ def main() -> None:
             dead.wait()
         stack.stop()
         receiver.close()
+        # The workers' logs explain a failed run: kept then, removed otherwise.
+        if finished:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {state_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

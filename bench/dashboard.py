@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,45 +140,56 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dash-"))
     settings = Settings(state_dir=tmp / "stack", topic_prefix=f"b{uuid.uuid4().hex[:6]}")
-    with running_stack(settings) as live:
-        reader = MetricsReader.from_settings(live)
-        wide, long_run, live_run = "bench-wide", "bench-long", f"bench-live-{uuid.uuid4().hex[:4]}"
-        print(f"writing {RANKS} ranks x {METRICS} metrics x {STEPS} steps through the SDK ...")
-        write_wide_run(live, wide)
-        print("writing a 100,000-step series through the SDK ...")
-        write_long_series(live, long_run)
-        wait_until(
-            lambda: (
-                len(reader.series_names(wide)) >= RANKS * METRICS
-                and all(r.step == STEPS - 1 for r in reader.ranks(wide))
-                and len(reader.ranks(wide)) == RANKS
-            )
-        )
-        wait_until(lambda: [r.step for r in reader.ranks(long_run)] == [99_999], 300)
-        port = free_port()
-        server, token = start_server(live, port, tmp / "serve.log")
-        base = f"http://127.0.0.1:{port}"
-        srv = psutil.Process(server.pid)
-        rclient = redis.Redis.from_url(live.redis_url)
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                results = run_browser(
-                    browser,
-                    base,
-                    token,
-                    live,
-                    reader,
-                    (wide, long_run, live_run),
-                    srv,
-                    rclient,
-                    args,
+    finished = False
+    try:
+        with running_stack(settings) as live:
+            reader = MetricsReader.from_settings(live)
+            live_run = f"bench-live-{uuid.uuid4().hex[:4]}"
+            wide, long_run = "bench-wide", "bench-long"
+            print(f"writing {RANKS} ranks x {METRICS} metrics x {STEPS} steps through the SDK ...")
+            write_wide_run(live, wide)
+            print("writing a 100,000-step series through the SDK ...")
+            write_long_series(live, long_run)
+            wait_until(
+                lambda: (
+                    len(reader.series_names(wide)) >= RANKS * METRICS
+                    and all(r.step == STEPS - 1 for r in reader.ranks(wide))
+                    and len(reader.ranks(wide)) == RANKS
                 )
-                browser.close()
-        finally:
-            server.terminate()
-            server.wait(15)
-            reader.close()
+            )
+            wait_until(lambda: [r.step for r in reader.ranks(long_run)] == [99_999], 300)
+            port = free_port()
+            server, token = start_server(live, port, tmp / "serve.log")
+            base = f"http://127.0.0.1:{port}"
+            srv = psutil.Process(server.pid)
+            rclient = redis.Redis.from_url(live.redis_url)
+            try:
+                with sync_playwright() as p:
+                    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                    results = run_browser(
+                        browser,
+                        base,
+                        token,
+                        live,
+                        reader,
+                        (wide, long_run, live_run),
+                        srv,
+                        rclient,
+                        args,
+                    )
+                    browser.close()
+            finally:
+                server.terminate()
+                server.wait(15)
+                reader.close()
+        finished = True
+    finally:
+        # The stack's and the server's logs explain a failed run: kept then, removed
+        # otherwise.
+        if finished:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs kept in {tmp}", file=sys.stderr)
     print(" ".join(f"{k}={v}" for k, v in results.items()))
 
 
