@@ -133,6 +133,10 @@ class Episodes:
         for key in [k for k in self._open if k == run or (isinstance(k, tuple) and k[0] == run)]:
             del self._open[key]
 
+    def open_of(self, run: str, rank: int) -> list[Hashable]:
+        """The keys of the open episodes of one rank (keys starting with (run, rank))."""
+        return [k for k in self._open if isinstance(k, tuple) and k[:2] == (run, rank)]
+
     def is_open(self, key: Hashable) -> bool:
         """True while the episode of `key` is open."""
         return bool(self._open) and key in self._open

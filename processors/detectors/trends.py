@@ -194,23 +194,27 @@ class PlateauDetector(SeriesDetector[_Best, PlateauParams]):
             motion.lrs[metric] = value
         else:
             motion.updates[metric] = value
-        if not self._episodes or motion.stalled(self.params.stall_update_ratio) is not None:
+        if not self._episodes:
+            return ()
+        # Only this rank's open plateaus can end here. Scanning every series of every run
+        # for them, on each learning rate of every rank while any plateau was open
+        # anywhere, grew with the number of runs.
+        keys = self._episodes.open_of(run, rank)
+        if not keys or motion.stalled(self.params.stall_update_ratio) is not None:
             return ()
         ended = []
-        for key in self._states:
-            if not isinstance(key, tuple) or key[:2] != (run, rank):
-                continue
-            if self._episodes.is_open(key):
-                ended.append(
-                    self._episodes.close(
-                        key,
-                        step,
-                        t,
-                        f"{key[2]} plateau on rank {rank} cleared: training moves again "
-                        f"({metric}={value:.3g})",
-                        evidence(value, None, None, None),
-                    )
+        for key in keys:
+            assert isinstance(key, tuple)
+            ended.append(
+                self._episodes.close(
+                    key,
+                    step,
+                    t,
+                    f"{key[2]} plateau on rank {rank} cleared: training moves again "
+                    f"({metric}={value:.3g})",
+                    evidence(value, None, None, None),
                 )
+            )
         return tuple(ended)
 
 

@@ -170,6 +170,10 @@ def test_plateau_needs_training_to_stall_not_just_a_flat_loss() -> None:
     # plateau as soon as the loss has been flat `patience` steps and the LR is 0.
     assert [(f.cleared, f.step) for f in flags] == [(False, 600)]
     assert "learning rate 0" in flags[0].summary
+    # Another run's and another rank's training moving ends nothing here.
+    for other_run, other_rank in (("other", 0), ("run", 1)):
+        assert detector.observe(other_run, other_rank, "opt/lr/0", 900, 900.0, 0.1) == ()
+        assert detector.observe(other_run, other_rank, "update_ratio/a", 900, 0.0, 1e-3) == ()
     # Training moves again (a learning rate, then updates): the plateau clears.
     assert detector.observe("run", 0, "opt/lr/0", 901, 901.0, 0.05) == ()
     (cleared,) = detector.observe("run", 0, "update_ratio/fc1.weight", 910, 910.0, 1e-3)
