@@ -33,6 +33,10 @@ from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
 from stepstream.keys import (
     SERIES_COARSE,
+    SERIES_INT_OFFSET,
+    SERIES_MEMBER_FIELDS,
+    SERIES_MEMBER_SIZE,
+    SERIES_MEMBER_TAG,
     SERIES_STEP,
     SERIES_TIME,
     RedisKeys,
@@ -260,10 +264,11 @@ def _bytes(value: bytes | str) -> bytes:
 
 
 def _member_numbers(members: list[bytes]) -> list[float]:
-    """step, seq, value, step, seq, value ... of members ``step|seq|value`` of a series by
-    step (every member has a step; see stepstream.keys.series_member), as floats (steps
-    and seqs are exact). One join and translate make them one JSON array that msgspec
-    parses in C; int() and float() per member were most of a 10,000-point read."""
+    """step, seq, value, step, seq, value ... of text members ``step|seq|value`` of a
+    series by step (what releases before the binary members wrote; every member has a
+    step), as floats (steps and seqs are exact). One join and translate make them one
+    JSON array that msgspec parses in C; int() and float() per member were most of a
+    10,000-point read."""
     if not members:
         return []
     if isinstance(members[0], str):  # a client made with decode_responses=True
@@ -276,6 +281,48 @@ def _member_numbers(members: list[bytes]) -> list[float]:
     return numbers
 
 
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+_MEMBER_DTYPE = np.dtype(list(SERIES_MEMBER_FIELDS))
+_INT_OFFSET = np.uint64(SERIES_INT_OFFSET)
+_TAG = bytes([SERIES_MEMBER_TAG])
+NO_STEP = np.iinfo(np.int64).min
+"""The step `_member_columns` gives a point logged without a step."""
+
+
+def _member_columns(members: list[bytes]) -> tuple[IntArray, FloatArray]:
+    """Steps and values of series members, in the order given, whatever their format
+    (stepstream.keys: binary, or text written by an earlier release; one sorted set can
+    hold both after an upgrade). All binary, the common case: one join and one
+    ``numpy.frombuffer``, values bit for bit. A member without a step reads as NO_STEP."""
+    n = len(members)
+    if not n:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    if isinstance(members[0], str):  # decode_responses=True: text members only
+        members = [m.encode() for m in members]
+    joined = b"".join(members)
+    if len(joined) == n * SERIES_MEMBER_SIZE and joined[::SERIES_MEMBER_SIZE].count(_TAG) == n:
+        # Every member is binary: a text member never holds the tag byte, and the first
+        # one would start at a multiple of the size, where the tag is checked.
+        packed = np.frombuffer(joined, _MEMBER_DTYPE)
+        steps = (packed["step"] ^ _INT_OFFSET).view(np.int64)
+        return steps, packed["value"].astype(np.float64)
+    if _TAG not in joined:  # text only: one JSON parse of every number
+        try:
+            numbers = _member_numbers(members)
+        except msgspec.DecodeError:  # a member without a step ("|seq|value")
+            pass
+        else:
+            return np.array(numbers[0::3], np.int64), _array(numbers[2::3])
+    steps_list: list[int] = []
+    values_list: list[float] = []
+    for member in members:  # mixed formats (or points without a step): one at a time
+        step, _, value = parse_series_member(member)
+        steps_list.append(NO_STEP if step is None else step)
+        values_list.append(value)
+    return np.array(steps_list, np.int64), _array(values_list)
+
+
 def _array(floats: list[float]) -> npt.NDArray[np.float64]:
     """A list of floats as a numpy array: array.array converts in one pass where
     np.array first scans the list for a type (a quarter of the time of both)."""
@@ -283,9 +330,9 @@ def _array(floats: list[float]) -> npt.NDArray[np.float64]:
 
 
 def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
-    """Steps and values of members ``step|seq|value`` of a series by step."""
-    numbers = _member_numbers(members)
-    return list(map(int, numbers[0::3])), numbers[2::3]
+    """Steps and values of the members of a series by step, as Python lists."""
+    steps, values = _member_columns(members)
+    return steps.tolist(), values.tolist()
 
 
 def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
@@ -502,10 +549,9 @@ class MetricsReader:
 
     def _step_points(
         self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
-    ) -> tuple[list[float], list[float], float | None]:
-        """Steps (as exact floats) and values in [lo, hi] by step: every stored raw point,
-        and before the oldest of those the decimated ones; and the step where decimation
-        ends (or None)."""
+    ) -> tuple[IntArray, FloatArray, float | None]:
+        """Steps and values in [lo, hi] by step: every stored raw point, and before the
+        oldest of those the decimated ones; and the step where decimation ends (or None)."""
         pipe = self._client.pipeline(transaction=False)
         step_key = self.keys.series(run, SERIES_STEP, rank, metric)
         coarse_key = self.keys.series(run, SERIES_COARSE, rank, metric)
@@ -514,28 +560,25 @@ class MetricsReader:
         pipe.zrange(coarse_key, 0, 0, withscores=True)
         raw, first, coarse_first = pipe.execute()
         oldest_raw = first[0][1] if first else math.inf
+        steps, values = _member_columns(raw)
         # The coarse series only fills the range before the oldest raw point, so it is
         # fetched (a second round trip) only when it holds older points and the range
         # reaches back there: a read of the recent past no longer parses all of it.
-        steps: list[float] = []
-        values: list[float] = []
         reaches_back = lo == "-inf" or float(lo) < oldest_raw
         if coarse_first and coarse_first[0][1] < oldest_raw and reaches_back:
             top: float | str = hi
             if oldest_raw != math.inf and (hi == "+inf" or float(hi) >= oldest_raw):
                 top = f"({oldest_raw!r}"
-            numbers = _member_numbers(self._client.zrange(coarse_key, lo, top, byscore=True))
-            steps, values = numbers[0::3], numbers[2::3]
-            older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
-            del steps[older:], values[older:]
-        decimated_before = oldest_raw if steps else None
-        numbers = _member_numbers(raw)
-        if steps:
-            steps.extend(numbers[0::3])
-            values.extend(numbers[2::3])
-        else:
-            steps, values = numbers[0::3], numbers[2::3]
-        return steps, values, decimated_before
+            old_steps, old_values = _member_columns(
+                self._client.zrange(coarse_key, lo, top, byscore=True)
+            )
+            # Both series are sorted by step.
+            older = int(np.searchsorted(old_steps, oldest_raw, "left"))
+            if older:
+                steps = np.concatenate((old_steps[:older], steps))
+                values = np.concatenate((old_values[:older], values))
+                return steps, values, oldest_raw
+        return steps, values, None
 
     def series(
         self,
@@ -554,17 +597,17 @@ class MetricsReader:
         with _no_gc_pause():
             steps, values, decimated_before = self._step_points(run, metric, rank, lo, hi)
             stored = len(steps)
+            xs = steps.astype(np.float64)
             if points and stored > points:
-                keep = select(_array(steps), _array(values), points, method)
-                steps = list(map(steps.__getitem__, keep))
-                values = list(map(values.__getitem__, keep))
+                keep = select(xs, values, points, method)
+                steps, values, xs = steps[keep], values[keep], xs[keep]
             return SeriesResult(
                 run=run,
                 rank=rank,
                 metric=metric,
                 by="step",
                 stored=stored,
-                points=list(map(SeriesPoint, steps, values, map(int, steps))),
+                points=list(map(SeriesPoint, xs.tolist(), values.tolist(), steps.tolist())),
                 method=method if points and len(steps) < stored else "none",
                 decimated_before=decimated_before,
             )
@@ -584,12 +627,12 @@ class MetricsReader:
         if index:
             times = {int(_text(m)): score / 1000.0 for m, score in index}
             steps, values, _ = self._step_points(run, metric, rank, min(times), max(times))
-            for step, value in zip(map(int, steps), values, strict=True):
+            for step, value in zip(steps.tolist(), values.tolist(), strict=True):
                 t = times.get(step)
                 if t is not None:
                     out.append(SeriesPoint(t, value, step, t))
         for member, score in stepless:
-            _, _, value = parse_series_member(_text(member))
+            _, _, value = parse_series_member(member)
             out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
         out.sort(key=_X)
         return out
@@ -633,8 +676,8 @@ class MetricsReader:
         index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
         times = {int(_text(m)): score / 1000.0 for m, score in index}
         out = [
-            SeriesPoint(x=step, value=value, step=int(step), t=times.get(int(step)))
-            for step, value in zip(steps, values, strict=True)
+            SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+            for step, value in zip(steps.tolist(), values.tolist(), strict=True)
         ]
         out.extend(
             p for p in self._timed_points(run, metric, rank, "-inf", "+inf") if p.step is None

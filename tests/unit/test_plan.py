@@ -18,7 +18,7 @@ from stepstream.contract import (
     WindowUpdate,
 )
 from stepstream.errors import ConfigError
-from stepstream.keys import RedisKeys
+from stepstream.keys import RedisKeys, series_member
 from stepstream.stored_stats import OpenWindowUpdate
 
 
@@ -86,7 +86,7 @@ def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
     plan = WritePlan(keys, limits)
     plan.add_batch(batch(0, range(0, 25)))
     write = plan.series[("r", 0, "loss")]
-    assert len(write.by_step) == 25 and write.by_step["3|3|0.25"] == 3
+    assert len(write.by_step) == 25 and write.by_step[series_member(3, 3, 0.25)] == 3
     assert sorted(write.coarse.values()) == [0, 10, 20]
     assert write.by_time == {}  # stepped points are found by time via the index
     assert plan.time_index[("r", 0)]["3"] == 103_000.0 and len(plan.time_index[("r", 0)]) == 25
@@ -117,9 +117,9 @@ def test_points_without_step_go_by_time() -> None:
     )
     write = plan.series[("r", 2, "gpu_util")]
     assert write.by_step == {} and write.by_time == {
-        "|0|50.0": 10_000.0,
-        "|1|51.0": 11_000.0,
-        "|2|52.0": 12_000.0,
+        series_member(None, 0, 50.0): 10_000.0,
+        series_member(None, 1, 51.0): 11_000.0,
+        series_member(None, 2, 52.0): 12_000.0,
     }
     time_key = keys.series("r", "time", 2, "gpu_util")
     assert ("zremrangebyscore", (time_key, "-inf", "(11000.0")) in plan.series_commands()

@@ -23,7 +23,7 @@ from query.reader import (
     to_json,
 )
 from stepstream.contract import WindowStats
-from stepstream.keys import parse_series_member, series_member
+from stepstream.keys import parse_series_member, text_series_member
 
 
 def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
@@ -163,7 +163,7 @@ def test_series_members_parse_as_float_parses_them() -> None:
         1.7976931348623157e308,
     ]
     values = specials + [rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-300, 300) for _ in range(2000)]
-    members = [series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
+    members = [text_series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
     numbers = _member_numbers(members)
     want = [parse_series_member(m.decode()) for m in members]
     assert numbers[0::3] == [float(step) for step, _, _ in want]
