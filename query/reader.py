@@ -40,6 +40,7 @@ from stepstream.keys import (
     SERIES_STEP,
     SERIES_TIME,
     RedisKeys,
+    is_packed_member,
     parse_series_field,
     parse_series_member,
 )
@@ -314,10 +315,16 @@ def _member_columns(members: list[bytes]) -> tuple[IntArray, FloatArray]:
             pass
         else:
             return np.array(numbers[0::3], np.int64), _array(numbers[2::3])
+    # Mixed formats (or text points without a step): one member at a time. A range the
+    # sink replayed across the upgrade holds a point in both formats: it is read once.
+    parsed = list(map(parse_series_member, members))
+    binary = {p[:2] for p, m in zip(parsed, members, strict=True) if is_packed_member(m)}
     steps_list: list[int] = []
     values_list: list[float] = []
-    for member in members:  # mixed formats (or points without a step): one at a time
-        step, _, value = parse_series_member(member)
+    for point, member in zip(parsed, members, strict=True):
+        step, seq, value = point
+        if (step, seq) in binary and not is_packed_member(member):
+            continue
         steps_list.append(NO_STEP if step is None else step)
         values_list.append(value)
     return np.array(steps_list, np.int64), _array(values_list)

@@ -125,3 +125,16 @@ def test_a_text_member_of_the_binary_length_is_not_taken_for_binary() -> None:
     assert steps.tolist() == [1, 123456, 123457]
     assert values.tolist() == [2.0, 0.12345678901, 3.0]
     assert np.isfinite(values).all()
+
+
+def test_a_point_stored_in_both_formats_across_the_upgrade_reads_once() -> None:
+    # The sink replays its uncommitted range after the upgrade: those points exist as
+    # text (old release) and binary (new); equal scores put the binary one first.
+    members = [
+        series_member(1, 10, 0.5),
+        text_series_member(1, 10, 0.5).encode(),
+        text_series_member(2, 11, 0.25).encode(),
+        series_member(3, 12, 1.5),
+    ]
+    steps, values = _member_columns(members)
+    assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.5, 0.25, 1.5]
