@@ -101,10 +101,12 @@ class RunMeta(QueryModel):
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
-class RollingStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """WindowStats as stored (the fields of `stepstream.contract.WindowStats`, in its
-    order); extra stats a newer processor adds are kept in `model_extra` and read as
-    attributes (``stats.p999``), as with pydantic's ``extra="allow"``."""
+class RollingStats(msgspec.Struct, array_like=True, gc=False):
+    """WindowStats as stored (`stepstream.keys.WINDOW_STATS_FIELDS`, the fields of
+    `stepstream.contract.WindowStats`, in its order); extra stats a newer processor adds
+    are kept in `model_extra` and read as attributes (``stats.p999``), as with pydantic's
+    ``extra="allow"``. Decoded by position from the stored value (`array_like`); its
+    JSON (`to_json`) is an object, as the pydantic mirror's."""
 
     count: int = 0
     nonfinite: int = 0
@@ -132,7 +134,8 @@ class RollingStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
         does (``"NaN"`` is a float), the other keys kept as they are in `model_extra`."""
         known = {k: v for k, v in data.items() if k in _STAT_FIELDS}
         extra = {k: v for k, v in data.items() if k not in _STAT_FIELDS}
-        stats = msgspec.convert(known, cls, strict=False)
+        by_name = msgspec.convert(known, _StatsByName, strict=False)
+        stats = cls(**msgspec.structs.asdict(by_name))
         stats.model_extra = extra or None
         return stats
 
@@ -156,8 +159,27 @@ _NUMERIC_STATS = tuple(
 )
 
 
-class RollingRow(msgspec.Struct, gc=False):
-    """Rolling stats of one (rank, metric) over one window."""
+class _StatsByName(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """RollingStats' known fields by name: stats stored as a JSON object (releases before
+    the positional values) and `RollingStats.model_validate` convert through it."""
+
+    count: int = 0
+    nonfinite: int = 0
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float | None = None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
+    flags: list[str] | None = None
+
+
+class RollingRow(msgspec.Struct, array_like=True, gc=False):
+    """Rolling stats of one (rank, metric) over one window; decoded from a stored window
+    value by position (`stepstream.keys.window_stats_value`), JSON as an object."""
 
     rank: int
     metric: str
@@ -166,7 +188,8 @@ class RollingRow(msgspec.Struct, gc=False):
 
 
 class _RollingRowOpen(msgspec.Struct, gc=False):
-    """A rolling row whose stats hold keys RollingStats does not know (the slow path)."""
+    """A rolling row of a window value stored as a JSON object by an earlier release,
+    spliced with its field (`_rolling_document`)."""
 
     rank: int
     metric: str
@@ -243,17 +266,40 @@ _PIPE_TO_COMMA = bytes.maketrans(b"|", b",")
 def to_json(data: Any) -> bytes:
     """JSON of a query result (a model, a Struct, or a list of them) exactly as pydantic
     writes it (`query.schemas`): non-finite floats as ``"NaN"``/``"Infinity"`` strings,
-    extra stats after the known ones."""
+    stats as objects with extra stats after the known ones."""
     if isinstance(data, BaseModel):
         return data.model_dump_json().encode()
     if isinstance(data, list) and data and isinstance(data[0], BaseModel):
         return b"[" + b",".join(m.model_dump_json().encode() for m in data) + b"]"
-    plain = msgspec.to_builtins(data)
-    for row in plain if isinstance(plain, list) else [plain]:
-        stats = row.get("stats") if isinstance(row, dict) else None
-        if isinstance(stats, dict) and "model_extra" in stats:
-            stats.update(stats.pop("model_extra") or {})
+    if isinstance(data, list) and data and isinstance(data[0], RollingRow):
+        plain: Any = list(map(_row_object, data))
+    elif isinstance(data, RollingRow):
+        plain = _row_object(data)
+    elif isinstance(data, RollingStats):
+        plain = _stats_object(data)
+    else:
+        plain = msgspec.to_builtins(data)
     return pydantic_core.to_json(plain, inf_nan_mode="strings")
+
+
+_STATS_NAMES = RollingStats.__struct_fields__
+
+
+def _stats_object(stats: RollingStats) -> dict[str, Any]:
+    out = dict(zip(_STATS_NAMES, msgspec.structs.astuple(stats), strict=True))
+    extra = out.pop("model_extra")
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _row_object(row: RollingRow) -> dict[str, Any]:
+    return {
+        "rank": row.rank,
+        "metric": row.metric,
+        "window": row.window,
+        "stats": _stats_object(row.stats),
+    }
 
 
 def _text(value: bytes | str) -> str:
@@ -357,6 +403,32 @@ def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
     parts[1::2] = mapping.values()
     parts.append(b"}]")
     return b"".join(parts)
+
+
+def _rolling_rows(window: str, mapping: Mapping[Any, Any]) -> list[RollingRow]:
+    """The rows of one window hash, sorted by rank, metric. Values written by this
+    release hold their whole row (`stepstream.keys.window_stats_value`): joined into one
+    JSON array, they decode in one msgspec call. Values an earlier release wrote (JSON
+    objects, until the retention ends or the row is written again) are read from their
+    fields and bodies (`_rolling_document`)."""
+    values = list(mapping.values())
+    if isinstance(values[0], str):  # decode_responses=True
+        mapping = {k.encode(): v.encode() for k, v in mapping.items()}
+        values = list(mapping.values())
+    try:
+        found = _ROWS.decode(b"[" + b",".join(values) + b"]")
+    except msgspec.ValidationError:  # stats stored as JSON objects
+        found = _ROWS.decode(b"[" + b",".join(v for v in values if v[:1] == b"[") + b"]")
+        by_name = {f: v for f, v in mapping.items() if v[:1] == b"{"}
+        found.extend(
+            RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
+            for r in _OPEN_ROWS.decode(_rolling_document(window, by_name))
+        )
+    # Rows come in hash order: two stable sorts on C-level keys, each compared by a
+    # type-specific fast path (a tuple key compares in generic Python).
+    found.sort(key=_METRIC)
+    found.sort(key=_RANK)
+    return found
 
 
 @contextmanager
@@ -483,25 +555,8 @@ class MetricsReader:
         rows: list[RollingRow] = []
         with _no_gc_pause():
             for name, mapping in zip(names, replies, strict=True):
-                if not mapping:
-                    continue
-                if isinstance(next(iter(mapping)), str):  # decode_responses=True
-                    mapping = {k.encode(): v.encode() for k, v in mapping.items()}
-                doc = _rolling_document(name, mapping)
-                try:
-                    found = _ROWS.decode(doc)
-                except msgspec.ValidationError:
-                    # Stats a newer processor added (RollingStats forbids unknown keys so
-                    # that they are never dropped silently): per-row conversion.
-                    found = [
-                        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
-                        for r in _OPEN_ROWS.decode(doc)
-                    ]
-                # Rows come in hash order: two stable sorts on C-level keys, each compared
-                # by a type-specific fast path (a tuple key compares in generic Python).
-                found.sort(key=_METRIC)
-                found.sort(key=_RANK)
-                rows.extend(found)  # names are sorted: windows in order
+                if mapping:
+                    rows.extend(_rolling_rows(name, mapping))  # names are sorted
         return rows
 
     def crossrank(self, run: str) -> list[CrossRankRow]:

@@ -16,6 +16,7 @@ retention leave it (see `WritePlan.registry_commands`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from stepstream.keys import (
     series_field,
     series_member,
     series_member_head,
+    window_stats_value,
 )
 
 ALERT_STREAM_MAXLEN = 10_000
@@ -120,7 +122,7 @@ class WritePlan:
 
     keys: RedisKeys
     limits: SeriesLimits = field(default_factory=SeriesLimits)
-    hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    hashes: dict[str, dict[str, str | bytes]] = field(default_factory=dict)
     run_activity: dict[str, float] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=dict)
     alerts: list[AlertWrite] = field(default_factory=list)
@@ -132,7 +134,7 @@ class WritePlan:
     newest_step: dict[str, int] = field(default_factory=dict)
     """Per run, the newest step of the raw points in this plan (the updates notice)."""
 
-    def _hset(self, key: str, mapping: dict[str, str]) -> None:
+    def _hset(self, key: str, mapping: Mapping[str, str | bytes]) -> None:
         self.hashes.setdefault(key, {}).update(mapping)
 
     def _touch(self, run: str, at: float) -> None:
@@ -150,7 +152,10 @@ class WritePlan:
         latest = {series_field(rank, m): format_value(v) for m, v in update.latest.items()}
         windows = {
             check_window(window): {
-                series_field(rank, m): s.model_dump_json() for m, s in stats.items()
+                series_field(rank, m): window_stats_value(
+                    rank, m, window, {**s.__dict__, **(s.model_extra or {})}
+                )
+                for m, s in stats.items()
             }
             for window, stats in update.windows.items()
             if stats

@@ -18,7 +18,11 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
 
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
 from stepstream.errors import ConfigError
@@ -303,6 +307,43 @@ def parse_series_member(member: bytes | str) -> tuple[int | None, int, float]:
     text = member.decode() if isinstance(member, bytes) else member
     step_text, seq_text, value_text = text.split(MEMBER_SEPARATOR, 2)
     return (int(step_text) if step_text else None), int(seq_text), float(value_text)
+
+
+WINDOW_STATS_FIELDS = (
+    "count",
+    "nonfinite",
+    "mean",
+    "min",
+    "max",
+    "last",
+    "std",
+    "ema",
+    "p50",
+    "p95",
+    "slope",
+    "flags",
+)
+"""The stats stored by position in a window hash value, in this order (those of the
+contract's WindowStats today; a field added to the contract is stored with the extras,
+by name, until this tuple and the readers change together)."""
+_WINDOW_STATS_SET = frozenset(WINDOW_STATS_FIELDS)
+
+
+def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
+    """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
+    with the stats of `WINDOW_STATS_FIELDS` by position, then, only when there are any,
+    an object of the other stats by name (``[...,flags,{"p999":0.5}]``). Non-finite
+    floats are the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+
+    Each value holds its whole row, so a reader decodes a window by joining the values
+    into one JSON array (no per-row Python); the field (``rank|metric``) still names it.
+    `stats` is a validated stats model's fields and extras (the sink's OpenStats).
+    """
+    values: list[Any] = [stats.get(name) for name in WINDOW_STATS_FIELDS]
+    extra = {k: v for k, v in stats.items() if k not in _WINDOW_STATS_SET}
+    if extra:
+        values.append(extra)
+    return pydantic_core.to_json([rank, metric, window, values], inf_nan_mode="strings")
 
 
 def step_window_name(size: int) -> str:
