@@ -405,25 +405,38 @@ def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _rolling_rows(window: str, mapping: Mapping[Any, Any]) -> list[RollingRow]:
-    """The rows of one window hash, sorted by rank, metric. Values written by this
-    release hold their whole row (`stepstream.keys.window_stats_value`): joined into one
-    JSON array, they decode in one msgspec call. Values an earlier release wrote (JSON
-    objects, until the retention ends or the row is written again) are read from their
-    fields and bodies (`_rolling_document`)."""
-    values = list(mapping.values())
+def _rolling_rows(values: list[Any]) -> list[RollingRow] | None:
+    """The rows of one window hash from its values alone (HVALS), sorted by rank, metric;
+    None when some value was stored by an earlier release (`_rolling_rows_by_field`).
+
+    Values hold their whole row (`stepstream.keys.window_stats_value`): joined into one
+    JSON array, they decode in one msgspec call, with no Python per row but the sort."""
     if isinstance(values[0], str):  # decode_responses=True
-        mapping = {k.encode(): v.encode() for k, v in mapping.items()}
-        values = list(mapping.values())
+        values = [v.encode() for v in values]
     try:
         found = _ROWS.decode(b"[" + b",".join(values) + b"]")
-    except msgspec.ValidationError:  # stats stored as JSON objects
-        found = _ROWS.decode(b"[" + b",".join(v for v in values if v[:1] == b"[") + b"]")
-        by_name = {f: v for f, v in mapping.items() if v[:1] == b"{"}
-        found.extend(
-            RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
-            for r in _OPEN_ROWS.decode(_rolling_document(window, by_name))
-        )
+    except msgspec.ValidationError:  # a JSON object: stats stored by an earlier release
+        return None
+    return _sorted_rows(found)
+
+
+def _rolling_rows_by_field(window: str, mapping: Mapping[Any, Any]) -> list[RollingRow]:
+    """The rows of one window hash (HGETALL) that holds values an earlier release wrote:
+    JSON-object stats, whose rank and metric are only in their field (`_rolling_document`).
+    Such values stay until the row is written again or the retention ends."""
+    if isinstance(next(iter(mapping)), str):  # decode_responses=True
+        mapping = {k.encode(): v.encode() for k, v in mapping.items()}
+    current = [v for v in mapping.values() if v[:1] == b"["]
+    found = _ROWS.decode(b"[" + b",".join(current) + b"]")
+    earlier = {f: v for f, v in mapping.items() if v[:1] != b"["}
+    found.extend(
+        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
+        for r in _OPEN_ROWS.decode(_rolling_document(window, earlier))
+    )
+    return _sorted_rows(found)
+
+
+def _sorted_rows(found: list[RollingRow]) -> list[RollingRow]:
     # Rows come in hash order: two stable sorts on C-level keys, each compared by a
     # type-specific fast path (a tuple key compares in generic Python).
     found.sort(key=_METRIC)
@@ -550,13 +563,19 @@ class MetricsReader:
         names = [window] if window else self.windows(run)
         pipe = self._client.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(self.keys.window(run, name))
+            # Values only: each holds its row, and HGETALL's fields cost twice the reply.
+            pipe.hvals(self.keys.window(run, name))
         replies = pipe.execute() if names else []
         rows: list[RollingRow] = []
         with _no_gc_pause():
-            for name, mapping in zip(names, replies, strict=True):
-                if mapping:
-                    rows.extend(_rolling_rows(name, mapping))  # names are sorted
+            for name, values in zip(names, replies, strict=True):
+                if not values:
+                    continue
+                found = _rolling_rows(values)
+                if found is None:  # values of an earlier release: read with their fields
+                    mapping = self._client.hgetall(self.keys.window(run, name))
+                    found = _rolling_rows_by_field(name, mapping) if mapping else []
+                rows.extend(found)  # names are sorted
         return rows
 
     def crossrank(self, run: str) -> list[CrossRankRow]:

@@ -254,6 +254,22 @@ def test_series_written_as_text_by_the_previous_release_still_read(
     ]
     raw = reader.raw_points(run, "loss", rank=1)
     assert [p.step for p in raw] == list(range(60))
+    # Window stats: rank 1's value as the previous release stored it (a JSON object, named
+    # by its field only) beside rank 0's, written by the sink now.
+    stats = WindowStats(count=3, mean=math.nan, min=0.5, max=2.0, last=1.0)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.hset(KEYS.window(run, "50steps"), "1|loss", stats.model_dump_json())
+        admin.sadd(KEYS.windows_index(run), "50steps")
+    finally:
+        admin.close()
+    write_all(server.url, [u for u in updates(run) if u.rank == 0][-1:], 1)
+    rows = reader.rolling(run, "50steps")
+    assert [(r.rank, r.metric, r.stats.count, r.stats.max) for r in rows] == [
+        (0, "loss", 60, 1.0),
+        (1, "loss", 3, 2.0),
+    ]
+    assert math.isnan(rows[1].stats.mean or 0.0) and rows[0].stats.p95 == 0.9
 
 
 def test_replaying_a_range_twice_changes_nothing(
