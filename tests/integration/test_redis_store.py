@@ -241,7 +241,7 @@ def test_series_written_as_text_by_the_previous_release_still_read(
     stepless = Batch(
         run=run, rank=1, records=[Record(seq=1, t=1_700_000_001.0, values={"gpu": 50.0})]
     )
-    write_all(server.url, [b for b in batches(run) if b.rank == 1][2:] + [stepless], 4)
+    write_all(server.url, [*[b for b in batches(run) if b.rank == 1][2:], stepless], 4)
     got = reader.series(run, "loss", rank=1)
     assert [p.step for p in got.points] == list(range(60))
     want = [value(1, s) for s in range(60)]
