@@ -712,8 +712,12 @@ class MetricsReader:
                 t = times.get(step)
                 if t is not None:
                     out.append(SeriesPoint(t, value, step, t))
+        # A point replayed across the upgrade is there as text and binary: read once.
+        binary = {parse_series_member(m)[1] for m, _ in stepless if is_packed_member(m)}
         for member, score in stepless:
-            _, _, value = parse_series_member(member)
+            _, seq, value = parse_series_member(member)
+            if seq in binary and not is_packed_member(member):
+                continue
             out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
         out.sort(key=_X)
         return out

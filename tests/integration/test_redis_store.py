@@ -234,7 +234,10 @@ def test_series_written_as_text_by_the_previous_release_still_read(
             )
         admin.zadd(
             KEYS.series(run, SERIES_TIME, 1, "gpu"),
-            {text_series_member(None, 0, math.inf): 1_700_000_000_000.0},
+            {
+                text_series_member(None, 0, math.inf): 1_700_000_000_000.0,
+                text_series_member(None, 1, 50.0): 1_700_000_001_000.0,  # replayed below
+            },
         )
     finally:
         admin.close()
