@@ -31,6 +31,7 @@ from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
+from stepstream.errors import ConfigError
 from stepstream.keys import (
     SERIES_COARSE,
     SERIES_INT_OFFSET,
@@ -468,6 +469,13 @@ class MetricsReader:
     def __init__(
         self, client: Any, keys: RedisKeys | None = None, retention_s: float | None = None
     ) -> None:
+        encoder = getattr(client, "get_encoder", None)
+        if encoder is not None and encoder().decode_responses:
+            # Series members are packed bytes: a decoding client fails on them mid-read.
+            raise ConfigError(
+                "MetricsReader needs a redis-py client made with decode_responses=False "
+                "(the default; MetricsReader.from_url makes one): series are stored as bytes"
+            )
         self._client = client
         self.keys = keys or RedisKeys()
         self.retention_s = retention_s

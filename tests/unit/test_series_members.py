@@ -9,8 +9,10 @@ import struct
 
 import numpy as np
 import pytest
+import redis
 
-from query.reader import NO_STEP, _member_columns, _step_columns
+from query.reader import NO_STEP, MetricsReader, _member_columns, _step_columns
+from stepstream.errors import ConfigError
 from stepstream.keys import (
     SERIES_MEMBER_SIZE,
     is_packed_member,
@@ -138,3 +140,10 @@ def test_a_point_stored_in_both_formats_across_the_upgrade_reads_once() -> None:
     ]
     steps, values = _member_columns(members)
     assert steps.tolist() == [1, 2, 3] and values.tolist() == [0.5, 0.25, 1.5]
+
+
+def test_a_reader_over_a_decoding_client_is_refused_with_what_to_do() -> None:
+    decoding = redis.Redis(decode_responses=True)  # no connection is made
+    with pytest.raises(ConfigError, match="decode_responses=False"):
+        MetricsReader(decoding)
+    MetricsReader(redis.Redis()).close()
