@@ -31,11 +31,17 @@ from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert
+from stepstream.errors import ConfigError
 from stepstream.keys import (
     SERIES_COARSE,
+    SERIES_INT_OFFSET,
+    SERIES_MEMBER_FIELDS,
+    SERIES_MEMBER_SIZE,
+    SERIES_MEMBER_TAG,
     SERIES_STEP,
     SERIES_TIME,
     RedisKeys,
+    is_packed_member,
     parse_series_field,
     parse_series_member,
 )
@@ -96,10 +102,12 @@ class RunMeta(QueryModel):
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
-class RollingStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """WindowStats as stored (the fields of `stepstream.contract.WindowStats`, in its
-    order); extra stats a newer processor adds are kept in `model_extra` and read as
-    attributes (``stats.p999``), as with pydantic's ``extra="allow"``."""
+class RollingStats(msgspec.Struct, array_like=True, gc=False):
+    """WindowStats as stored (`stepstream.keys.WINDOW_STATS_FIELDS`, the fields of
+    `stepstream.contract.WindowStats`, in its order); extra stats a newer processor adds
+    are kept in `model_extra` and read as attributes (``stats.p999``), as with pydantic's
+    ``extra="allow"``. Decoded by position from the stored value (`array_like`); its
+    JSON (`to_json`) is an object, as the pydantic mirror's."""
 
     count: int = 0
     nonfinite: int = 0
@@ -127,7 +135,8 @@ class RollingStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
         does (``"NaN"`` is a float), the other keys kept as they are in `model_extra`."""
         known = {k: v for k, v in data.items() if k in _STAT_FIELDS}
         extra = {k: v for k, v in data.items() if k not in _STAT_FIELDS}
-        stats = msgspec.convert(known, cls, strict=False)
+        by_name = msgspec.convert(known, _StatsByName, strict=False)
+        stats = cls(**msgspec.structs.asdict(by_name))
         stats.model_extra = extra or None
         return stats
 
@@ -151,8 +160,27 @@ _NUMERIC_STATS = tuple(
 )
 
 
-class RollingRow(msgspec.Struct, gc=False):
-    """Rolling stats of one (rank, metric) over one window."""
+class _StatsByName(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """RollingStats' known fields by name: stats stored as a JSON object (releases before
+    the positional values) and `RollingStats.model_validate` convert through it."""
+
+    count: int = 0
+    nonfinite: int = 0
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float | None = None
+    std: float | None = None
+    ema: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    slope: float | None = None
+    flags: list[str] | None = None
+
+
+class RollingRow(msgspec.Struct, array_like=True, gc=False):
+    """Rolling stats of one (rank, metric) over one window; decoded from a stored window
+    value by position (`stepstream.keys.window_stats_value`), JSON as an object."""
 
     rank: int
     metric: str
@@ -161,7 +189,8 @@ class RollingRow(msgspec.Struct, gc=False):
 
 
 class _RollingRowOpen(msgspec.Struct, gc=False):
-    """A rolling row whose stats hold keys RollingStats does not know (the slow path)."""
+    """A rolling row of a window value stored as a JSON object by an earlier release,
+    spliced with its field (`_rolling_document`)."""
 
     rank: int
     metric: str
@@ -238,17 +267,40 @@ _PIPE_TO_COMMA = bytes.maketrans(b"|", b",")
 def to_json(data: Any) -> bytes:
     """JSON of a query result (a model, a Struct, or a list of them) exactly as pydantic
     writes it (`query.schemas`): non-finite floats as ``"NaN"``/``"Infinity"`` strings,
-    extra stats after the known ones."""
+    stats as objects with extra stats after the known ones."""
     if isinstance(data, BaseModel):
         return data.model_dump_json().encode()
     if isinstance(data, list) and data and isinstance(data[0], BaseModel):
         return b"[" + b",".join(m.model_dump_json().encode() for m in data) + b"]"
-    plain = msgspec.to_builtins(data)
-    for row in plain if isinstance(plain, list) else [plain]:
-        stats = row.get("stats") if isinstance(row, dict) else None
-        if isinstance(stats, dict) and "model_extra" in stats:
-            stats.update(stats.pop("model_extra") or {})
+    if isinstance(data, list) and data and isinstance(data[0], RollingRow):
+        plain: Any = list(map(_row_object, data))
+    elif isinstance(data, RollingRow):
+        plain = _row_object(data)
+    elif isinstance(data, RollingStats):
+        plain = _stats_object(data)
+    else:
+        plain = msgspec.to_builtins(data)
     return pydantic_core.to_json(plain, inf_nan_mode="strings")
+
+
+_STATS_NAMES = RollingStats.__struct_fields__
+
+
+def _stats_object(stats: RollingStats) -> dict[str, Any]:
+    out = dict(zip(_STATS_NAMES, msgspec.structs.astuple(stats), strict=True))
+    extra = out.pop("model_extra")
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _row_object(row: RollingRow) -> dict[str, Any]:
+    return {
+        "rank": row.rank,
+        "metric": row.metric,
+        "window": row.window,
+        "stats": _stats_object(row.stats),
+    }
 
 
 def _text(value: bytes | str) -> str:
@@ -260,10 +312,11 @@ def _bytes(value: bytes | str) -> bytes:
 
 
 def _member_numbers(members: list[bytes]) -> list[float]:
-    """step, seq, value, step, seq, value ... of members ``step|seq|value`` of a series by
-    step (every member has a step; see stepstream.keys.series_member), as floats (steps
-    and seqs are exact). One join and translate make them one JSON array that msgspec
-    parses in C; int() and float() per member were most of a 10,000-point read."""
+    """step, seq, value, step, seq, value ... of text members ``step|seq|value`` of a
+    series by step (what releases before the binary members wrote; every member has a
+    step), as floats (steps and seqs are exact). One join and translate make them one
+    JSON array that msgspec parses in C; int() and float() per member were most of a
+    10,000-point read."""
     if not members:
         return []
     if isinstance(members[0], str):  # a client made with decode_responses=True
@@ -276,6 +329,54 @@ def _member_numbers(members: list[bytes]) -> list[float]:
     return numbers
 
 
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+_MEMBER_DTYPE = np.dtype(list(SERIES_MEMBER_FIELDS))
+_INT_OFFSET = np.uint64(SERIES_INT_OFFSET)
+_TAG = bytes([SERIES_MEMBER_TAG])
+NO_STEP = np.iinfo(np.int64).min
+"""The step `_member_columns` gives a point logged without a step."""
+
+
+def _member_columns(members: list[bytes]) -> tuple[IntArray, FloatArray]:
+    """Steps and values of series members, in the order given, whatever their format
+    (stepstream.keys: binary, or text written by an earlier release; one sorted set can
+    hold both after an upgrade). All binary, the common case: one join and one
+    ``numpy.frombuffer``, values bit for bit. A member without a step reads as NO_STEP."""
+    n = len(members)
+    if not n:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    if isinstance(members[0], str):  # decode_responses=True: text members only
+        members = [m.encode() for m in members]
+    joined = b"".join(members)
+    if len(joined) == n * SERIES_MEMBER_SIZE and joined[::SERIES_MEMBER_SIZE].count(_TAG) == n:
+        # Every member is binary: a text member never holds the tag byte, and the first
+        # one would start at a multiple of the size, where the tag is checked.
+        packed = np.frombuffer(joined, _MEMBER_DTYPE)
+        steps = (packed["step"] ^ _INT_OFFSET).view(np.int64)
+        return steps, packed["value"].astype(np.float64)
+    if _TAG not in joined:  # text only: one JSON parse of every number
+        try:
+            numbers = _member_numbers(members)
+        except msgspec.DecodeError:  # a member without a step ("|seq|value")
+            pass
+        else:
+            return np.array(numbers[0::3], np.int64), _array(numbers[2::3])
+    # Mixed formats (or text points without a step): one member at a time. A range the
+    # sink replayed across the upgrade holds a point in both formats: it is read once.
+    parsed = list(map(parse_series_member, members))
+    binary = {p[:2] for p, m in zip(parsed, members, strict=True) if is_packed_member(m)}
+    steps_list: list[int] = []
+    values_list: list[float] = []
+    for point, member in zip(parsed, members, strict=True):
+        step, seq, value = point
+        if (step, seq) in binary and not is_packed_member(member):
+            continue
+        steps_list.append(NO_STEP if step is None else step)
+        values_list.append(value)
+    return np.array(steps_list, np.int64), _array(values_list)
+
+
 def _array(floats: list[float]) -> npt.NDArray[np.float64]:
     """A list of floats as a numpy array: array.array converts in one pass where
     np.array first scans the list for a type (a quarter of the time of both)."""
@@ -283,9 +384,9 @@ def _array(floats: list[float]) -> npt.NDArray[np.float64]:
 
 
 def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
-    """Steps and values of members ``step|seq|value`` of a series by step."""
-    numbers = _member_numbers(members)
-    return list(map(int, numbers[0::3])), numbers[2::3]
+    """Steps and values of the members of a series by step, as Python lists."""
+    steps, values = _member_columns(members)
+    return steps.tolist(), values.tolist()
 
 
 def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
@@ -303,6 +404,45 @@ def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
     parts[1::2] = mapping.values()
     parts.append(b"}]")
     return b"".join(parts)
+
+
+def _rolling_rows(values: list[Any]) -> list[RollingRow] | None:
+    """The rows of one window hash from its values alone (HVALS), sorted by rank, metric;
+    None when some value was stored by an earlier release (`_rolling_rows_by_field`).
+
+    Values hold their whole row (`stepstream.keys.window_stats_value`): joined into one
+    JSON array, they decode in one msgspec call, with no Python per row but the sort."""
+    if isinstance(values[0], str):  # decode_responses=True
+        values = [v.encode() for v in values]
+    try:
+        found = _ROWS.decode(b"[" + b",".join(values) + b"]")
+    except msgspec.ValidationError:  # a JSON object: stats stored by an earlier release
+        return None
+    return _sorted_rows(found)
+
+
+def _rolling_rows_by_field(window: str, mapping: Mapping[Any, Any]) -> list[RollingRow]:
+    """The rows of one window hash (HGETALL) that holds values an earlier release wrote:
+    JSON-object stats, whose rank and metric are only in their field (`_rolling_document`).
+    Such values stay until the row is written again or the retention ends."""
+    if isinstance(next(iter(mapping)), str):  # decode_responses=True
+        mapping = {k.encode(): v.encode() for k, v in mapping.items()}
+    current = [v for v in mapping.values() if v[:1] == b"["]
+    found = _ROWS.decode(b"[" + b",".join(current) + b"]")
+    earlier = {f: v for f, v in mapping.items() if v[:1] != b"["}
+    found.extend(
+        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
+        for r in _OPEN_ROWS.decode(_rolling_document(window, earlier))
+    )
+    return _sorted_rows(found)
+
+
+def _sorted_rows(found: list[RollingRow]) -> list[RollingRow]:
+    # Rows come in hash order: two stable sorts on C-level keys, each compared by a
+    # type-specific fast path (a tuple key compares in generic Python).
+    found.sort(key=_METRIC)
+    found.sort(key=_RANK)
+    return found
 
 
 @contextmanager
@@ -329,6 +469,13 @@ class MetricsReader:
     def __init__(
         self, client: Any, keys: RedisKeys | None = None, retention_s: float | None = None
     ) -> None:
+        encoder = getattr(client, "get_encoder", None)
+        if encoder is not None and encoder().decode_responses:
+            # Series members are packed bytes: a decoding client fails on them mid-read.
+            raise ConfigError(
+                "MetricsReader needs a redis-py client made with decode_responses=False "
+                "(the default; MetricsReader.from_url makes one): series are stored as bytes"
+            )
         self._client = client
         self.keys = keys or RedisKeys()
         self.retention_s = retention_s
@@ -424,30 +571,19 @@ class MetricsReader:
         names = [window] if window else self.windows(run)
         pipe = self._client.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(self.keys.window(run, name))
+            # Values only: each holds its row, and HGETALL's fields cost twice the reply.
+            pipe.hvals(self.keys.window(run, name))
         replies = pipe.execute() if names else []
         rows: list[RollingRow] = []
         with _no_gc_pause():
-            for name, mapping in zip(names, replies, strict=True):
-                if not mapping:
+            for name, values in zip(names, replies, strict=True):
+                if not values:
                     continue
-                if isinstance(next(iter(mapping)), str):  # decode_responses=True
-                    mapping = {k.encode(): v.encode() for k, v in mapping.items()}
-                doc = _rolling_document(name, mapping)
-                try:
-                    found = _ROWS.decode(doc)
-                except msgspec.ValidationError:
-                    # Stats a newer processor added (RollingStats forbids unknown keys so
-                    # that they are never dropped silently): per-row conversion.
-                    found = [
-                        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
-                        for r in _OPEN_ROWS.decode(doc)
-                    ]
-                # Rows come in hash order: two stable sorts on C-level keys, each compared
-                # by a type-specific fast path (a tuple key compares in generic Python).
-                found.sort(key=_METRIC)
-                found.sort(key=_RANK)
-                rows.extend(found)  # names are sorted: windows in order
+                found = _rolling_rows(values)
+                if found is None:  # values of an earlier release: read with their fields
+                    mapping = self._client.hgetall(self.keys.window(run, name))
+                    found = _rolling_rows_by_field(name, mapping) if mapping else []
+                rows.extend(found)  # names are sorted
         return rows
 
     def crossrank(self, run: str) -> list[CrossRankRow]:
@@ -502,10 +638,9 @@ class MetricsReader:
 
     def _step_points(
         self, run: str, metric: str, rank: int, lo: float | str, hi: float | str
-    ) -> tuple[list[float], list[float], float | None]:
-        """Steps (as exact floats) and values in [lo, hi] by step: every stored raw point,
-        and before the oldest of those the decimated ones; and the step where decimation
-        ends (or None)."""
+    ) -> tuple[IntArray, FloatArray, float | None]:
+        """Steps and values in [lo, hi] by step: every stored raw point, and before the
+        oldest of those the decimated ones; and the step where decimation ends (or None)."""
         pipe = self._client.pipeline(transaction=False)
         step_key = self.keys.series(run, SERIES_STEP, rank, metric)
         coarse_key = self.keys.series(run, SERIES_COARSE, rank, metric)
@@ -514,28 +649,25 @@ class MetricsReader:
         pipe.zrange(coarse_key, 0, 0, withscores=True)
         raw, first, coarse_first = pipe.execute()
         oldest_raw = first[0][1] if first else math.inf
+        steps, values = _member_columns(raw)
         # The coarse series only fills the range before the oldest raw point, so it is
         # fetched (a second round trip) only when it holds older points and the range
         # reaches back there: a read of the recent past no longer parses all of it.
-        steps: list[float] = []
-        values: list[float] = []
         reaches_back = lo == "-inf" or float(lo) < oldest_raw
         if coarse_first and coarse_first[0][1] < oldest_raw and reaches_back:
             top: float | str = hi
             if oldest_raw != math.inf and (hi == "+inf" or float(hi) >= oldest_raw):
                 top = f"({oldest_raw!r}"
-            numbers = _member_numbers(self._client.zrange(coarse_key, lo, top, byscore=True))
-            steps, values = numbers[0::3], numbers[2::3]
-            older = bisect.bisect_left(steps, oldest_raw)  # both series are sorted by step
-            del steps[older:], values[older:]
-        decimated_before = oldest_raw if steps else None
-        numbers = _member_numbers(raw)
-        if steps:
-            steps.extend(numbers[0::3])
-            values.extend(numbers[2::3])
-        else:
-            steps, values = numbers[0::3], numbers[2::3]
-        return steps, values, decimated_before
+            old_steps, old_values = _member_columns(
+                self._client.zrange(coarse_key, lo, top, byscore=True)
+            )
+            # Both series are sorted by step.
+            older = int(np.searchsorted(old_steps, oldest_raw, "left"))
+            if older:
+                steps = np.concatenate((old_steps[:older], steps))
+                values = np.concatenate((old_values[:older], values))
+                return steps, values, oldest_raw
+        return steps, values, None
 
     def series(
         self,
@@ -554,17 +686,17 @@ class MetricsReader:
         with _no_gc_pause():
             steps, values, decimated_before = self._step_points(run, metric, rank, lo, hi)
             stored = len(steps)
+            xs = steps.astype(np.float64)
             if points and stored > points:
-                keep = select(_array(steps), _array(values), points, method)
-                steps = list(map(steps.__getitem__, keep))
-                values = list(map(values.__getitem__, keep))
+                keep = select(xs, values, points, method)
+                steps, values, xs = steps[keep], values[keep], xs[keep]
             return SeriesResult(
                 run=run,
                 rank=rank,
                 metric=metric,
                 by="step",
                 stored=stored,
-                points=list(map(SeriesPoint, steps, values, map(int, steps))),
+                points=list(map(SeriesPoint, xs.tolist(), values.tolist(), steps.tolist())),
                 method=method if points and len(steps) < stored else "none",
                 decimated_before=decimated_before,
             )
@@ -584,12 +716,16 @@ class MetricsReader:
         if index:
             times = {int(_text(m)): score / 1000.0 for m, score in index}
             steps, values, _ = self._step_points(run, metric, rank, min(times), max(times))
-            for step, value in zip(map(int, steps), values, strict=True):
+            for step, value in zip(steps.tolist(), values.tolist(), strict=True):
                 t = times.get(step)
                 if t is not None:
                     out.append(SeriesPoint(t, value, step, t))
+        # A point replayed across the upgrade is there as text and binary: read once.
+        binary = {parse_series_member(m)[1] for m, _ in stepless if is_packed_member(m)}
         for member, score in stepless:
-            _, _, value = parse_series_member(_text(member))
+            _, seq, value = parse_series_member(member)
+            if seq in binary and not is_packed_member(member):
+                continue
             out.append(SeriesPoint(x=score / 1000.0, value=value, t=score / 1000.0))
         out.sort(key=_X)
         return out
@@ -633,8 +769,8 @@ class MetricsReader:
         index = self._client.zrange(self.keys.time_index(run, rank), 0, -1, withscores=True)
         times = {int(_text(m)): score / 1000.0 for m, score in index}
         out = [
-            SeriesPoint(x=step, value=value, step=int(step), t=times.get(int(step)))
-            for step, value in zip(steps, values, strict=True)
+            SeriesPoint(x=float(step), value=value, step=step, t=times.get(step))
+            for step, value in zip(steps.tolist(), values.tolist(), strict=True)
         ]
         out.extend(
             p for p in self._timed_points(run, metric, rank, "-inf", "+inf") if p.step is None

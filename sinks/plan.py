@@ -16,7 +16,7 @@ retention leave it (see `WritePlan.registry_commands`).
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,11 @@ from stepstream.keys import (
     check_metric,
     check_window,
     format_value,
+    pack_series_value,
     series_field,
+    series_member,
+    series_member_head,
+    window_stats_value,
 )
 
 ALERT_STREAM_MAXLEN = 10_000
@@ -83,9 +87,9 @@ class SeriesLimits:
 class SeriesWrite:
     """Points of one series gathered in one plan: member -> score, per stored shape."""
 
-    by_step: dict[str, float] = field(default_factory=dict)
-    coarse: dict[str, float] = field(default_factory=dict)
-    by_time: dict[str, float] = field(default_factory=dict)
+    by_step: dict[bytes, float] = field(default_factory=dict)
+    coarse: dict[bytes, float] = field(default_factory=dict)
+    by_time: dict[bytes, float] = field(default_factory=dict)
     newest_ms: float = float("-inf")
 
 
@@ -118,7 +122,7 @@ class WritePlan:
 
     keys: RedisKeys
     limits: SeriesLimits = field(default_factory=SeriesLimits)
-    hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    hashes: dict[str, dict[str, str | bytes]] = field(default_factory=dict)
     run_activity: dict[str, float] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=dict)
     alerts: list[AlertWrite] = field(default_factory=list)
@@ -130,7 +134,7 @@ class WritePlan:
     newest_step: dict[str, int] = field(default_factory=dict)
     """Per run, the newest step of the raw points in this plan (the updates notice)."""
 
-    def _hset(self, key: str, mapping: dict[str, str]) -> None:
+    def _hset(self, key: str, mapping: Mapping[str, str | bytes]) -> None:
         self.hashes.setdefault(key, {}).update(mapping)
 
     def _touch(self, run: str, at: float) -> None:
@@ -148,7 +152,10 @@ class WritePlan:
         latest = {series_field(rank, m): format_value(v) for m, v in update.latest.items()}
         windows = {
             check_window(window): {
-                series_field(rank, m): s.model_dump_json() for m, s in stats.items()
+                series_field(rank, m): window_stats_value(
+                    rank, m, window, {**s.__dict__, **(s.model_extra or {})}
+                )
+                for m, s in stats.items()
             }
             for window, stats in update.windows.items()
             if stats
@@ -196,7 +203,8 @@ class WritePlan:
         Points with a step go to the by-step series (those whose step is a multiple of
         `decimate_every` also to the coarse series) and their record's step and time to
         the rank's time index; points without a step go to the by-time series.
-        Members are `stepstream.keys.series_member` strings, built inline for speed.
+        Members are `stepstream.keys.series_member` bytes, built from one head per record
+        and the packed value (the same bytes, without a call per value).
         """
         metrics = {check_metric(m) for record in batch.records for m in record.values}
         limits, run, rank = self.limits, batch.run, batch.rank
@@ -212,14 +220,15 @@ class WritePlan:
                 index = self.time_index.setdefault((run, rank), {})
                 index.setdefault(str(step), t_ms)
                 coarse = step % limits.decimate_every == 0
-                prefix = f"{step}|{seq}|"
-            else:
-                prefix = f"|{seq}|"
+            head = series_member_head(step, seq)
             for metric, value in record.values.items():
                 write = series.get((run, rank, metric))
                 if write is None:
                     write = series[(run, rank, metric)] = SeriesWrite()
-                member = prefix + (repr(value) if math.isfinite(value) else format_value(value))
+                if head is not None:
+                    member = head + pack_series_value(value)
+                else:  # a step or seq outside int64: stored as text
+                    member = series_member(step, seq, value)
                 if step is not None:
                     write.by_step[member] = step
                     if coarse:

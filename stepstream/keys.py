@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
 
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
 from stepstream.errors import ConfigError
@@ -226,19 +231,119 @@ def parse_series_field(field: str) -> tuple[int, str]:
     return int(rank), metric
 
 
-def series_member(step: int | None, seq: int, value: float) -> str:
-    """Sorted-set member of one point: ``step|seq|value``.
+# Binary series members (see docs/redis-schema.md, "Series members"): a tag byte, then
+# step and seq as big-endian offset-binary uint64 (value + 2**63, so member bytes sort as
+# the numbers do: points of one step come in seq order), then the value as a big-endian
+# IEEE-754 float64, bit for bit (NaN and infinities included). Text members never start
+# with the tag (they start with a digit or "|"), so every member says which format it is.
+SERIES_MEMBER_TAG = 1
+SERIES_MEMBER_FORMAT = ">BQQd"
+SERIES_MEMBER_SIZE = struct.calcsize(SERIES_MEMBER_FORMAT)
+SERIES_MEMBER_FIELDS = (("tag", "u1"), ("step", ">u8"), ("seq", ">u8"), ("value", ">f8"))
+"""numpy dtype spec of one binary member: readers decode a whole range with one
+``numpy.frombuffer(b"".join(members), dtype)``."""
+SERIES_INT_OFFSET = 1 << 63
+"""Added to step and seq before packing (offset binary)."""
+SERIES_NO_STEP = 0
+"""The packed step of a point logged without a step (the step -2**63 is never packed)."""
+_MEMBER = struct.Struct(SERIES_MEMBER_FORMAT)
+_HEAD = struct.Struct(SERIES_MEMBER_FORMAT[:-1])
+_MAX_PACKED = (1 << 64) - 1
+pack_series_value = struct.Struct(">" + SERIES_MEMBER_FORMAT[-1]).pack
+"""The last 8 bytes of a binary member: `series_member_head(step, seq) +
+pack_series_value(value)` is `series_member(step, seq, value)` (the sink's inner loop)."""
 
-    Everything that identifies the point is in the member, so writing the same point
-    twice (a replayed Kafka range) is a no-op of ZADD, never a second point.
+
+def series_member_head(step: int | None, seq: int) -> bytes | None:
+    """The first 17 bytes of the binary members of a record (tag, step, seq), or None
+    when step or seq does not fit in int64 (those points are stored as text)."""
+    packed_step = SERIES_NO_STEP if step is None else step + SERIES_INT_OFFSET
+    packed_seq = seq + SERIES_INT_OFFSET
+    if not 0 <= packed_seq <= _MAX_PACKED:
+        return None
+    if step is not None and not SERIES_NO_STEP < packed_step <= _MAX_PACKED:
+        return None
+    return _HEAD.pack(SERIES_MEMBER_TAG, packed_step, packed_seq)
+
+
+def series_member(step: int | None, seq: int, value: float) -> bytes:
+    """Sorted-set member of one point: `SERIES_MEMBER_SIZE` packed bytes (see
+    `SERIES_MEMBER_FORMAT`); a text member (`text_series_member`) for a step or seq
+    outside int64, which readers take as well.
+
+    Everything that identifies the point is in the member, and the same point always
+    packs to the same bytes, so writing it twice (a replayed Kafka range) is a no-op of
+    ZADD, never a second point.
     """
+    head = series_member_head(step, seq)
+    if head is None:
+        return text_series_member(step, seq, value).encode()
+    return head + pack_series_value(value)
+
+
+def is_packed_member(member: bytes | str) -> bool:
+    """True for a binary member (`series_member`), False for a text one."""
+    return (
+        isinstance(member, bytes)
+        and len(member) == SERIES_MEMBER_SIZE
+        and member[0] == SERIES_MEMBER_TAG
+    )
+
+
+def text_series_member(step: int | None, seq: int, value: float) -> str:
+    """The text member of one point, ``step|seq|value`` (``|17|NaN`` without a step):
+    what releases before the binary members wrote, and still what a point whose step
+    or seq does not fit in int64 is stored as."""
     return MEMBER_SEPARATOR.join(("" if step is None else str(step), str(seq), format_value(value)))
 
 
-def parse_series_member(member: str) -> tuple[int | None, int, float]:
-    """Inverse of series_member: (step, seq, value)."""
-    step, seq, value = member.split(MEMBER_SEPARATOR, 2)
-    return (int(step) if step else None), int(seq), float(value)
+def parse_series_member(member: bytes | str) -> tuple[int | None, int, float]:
+    """Inverse of series_member and text_series_member: (step, seq, value), whichever
+    format the member is in."""
+    if isinstance(member, bytes) and is_packed_member(member):
+        _, packed_step, packed_seq, value = _MEMBER.unpack(member)
+        step = None if packed_step == SERIES_NO_STEP else packed_step - SERIES_INT_OFFSET
+        return step, packed_seq - SERIES_INT_OFFSET, value
+    text = member.decode() if isinstance(member, bytes) else member
+    step_text, seq_text, value_text = text.split(MEMBER_SEPARATOR, 2)
+    return (int(step_text) if step_text else None), int(seq_text), float(value_text)
+
+
+WINDOW_STATS_FIELDS = (
+    "count",
+    "nonfinite",
+    "mean",
+    "min",
+    "max",
+    "last",
+    "std",
+    "ema",
+    "p50",
+    "p95",
+    "slope",
+    "flags",
+)
+"""The stats stored by position in a window hash value, in this order (those of the
+contract's WindowStats today; a field added to the contract is stored with the extras,
+by name, until this tuple and the readers change together)."""
+_WINDOW_STATS_SET = frozenset(WINDOW_STATS_FIELDS)
+
+
+def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
+    """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
+    with the stats of `WINDOW_STATS_FIELDS` by position, then, only when there are any,
+    an object of the other stats by name (``[...,flags,{"p999":0.5}]``). Non-finite
+    floats are the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+
+    Each value holds its whole row, so a reader decodes a window by joining the values
+    into one JSON array (no per-row Python); the field (``rank|metric``) still names it.
+    `stats` is a validated stats model's fields and extras (the sink's OpenStats).
+    """
+    values: list[Any] = [stats.get(name) for name in WINDOW_STATS_FIELDS]
+    extra = {k: v for k, v in stats.items() if k not in _WINDOW_STATS_SET}
+    if extra:
+        values.append(extra)
+    return pydantic_core.to_json([rank, metric, window, values], inf_nan_mode="strings")
 
 
 def step_window_name(size: int) -> str:

@@ -38,7 +38,7 @@ from stepstream.contract import (
     WindowStats,
     WindowUpdate,
 )
-from stepstream.keys import RedisKeys
+from stepstream.keys import SERIES_COARSE, SERIES_STEP, SERIES_TIME, RedisKeys, text_series_member
 from stepstream.redis_client import WRITE_COMMANDS, acl_rules, async_client, sync_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import OpenStats, OpenWindowUpdate
@@ -218,6 +218,61 @@ def test_write_then_read_round_trips_exactly(
     assert math.isnan(history[0].evidence["value"] or 0.0)
     assert [a.t for a in reader.active_alerts(run)] == [6.0]
     assert run in [r.run for r in reader.runs()]
+
+
+def test_series_written_as_text_by_the_previous_release_still_read(
+    server: LocalRedis, reader: MetricsReader, run: str
+) -> None:
+    # Steps 0-29 as the previous release stored them (text members), then the sink
+    # writes steps 20-59 (20-29 again: its uncommitted range replayed after the upgrade).
+    admin = redis.Redis.from_url(server.url)
+    try:
+        for kind, every in ((SERIES_STEP, 1), (SERIES_COARSE, 10)):
+            admin.zadd(
+                KEYS.series(run, kind, 1, "loss"),
+                {text_series_member(s, s, value(1, s)): s for s in range(0, 30, every)},
+            )
+        admin.zadd(
+            KEYS.series(run, SERIES_TIME, 1, "gpu"),
+            {
+                text_series_member(None, 0, math.inf): 1_700_000_000_000.0,
+                text_series_member(None, 1, 50.0): 1_700_000_001_000.0,  # replayed below
+            },
+        )
+    finally:
+        admin.close()
+    stepless = Batch(
+        run=run, rank=1, records=[Record(seq=1, t=1_700_000_001.0, values={"gpu": 50.0})]
+    )
+    write_all(server.url, [*[b for b in batches(run) if b.rank == 1][2:], stepless], 4)
+    got = reader.series(run, "loss", rank=1)
+    assert [p.step for p in got.points] == list(range(60))
+    want = [value(1, s) for s in range(60)]
+    assert [repr(p.value) for p in got.points] == [repr(v) for v in want]  # NaN at 30
+    assert reader.step_columns_many(run, [(1, "loss")])[0][0] == list(range(60))
+    gpu = reader.series_by_time(run, "gpu", rank=1)
+    assert [(p.t, p.value) for p in gpu.points] == [
+        (1_700_000_000.0, math.inf),
+        (1_700_000_001.0, 50.0),
+    ]
+    raw = reader.raw_points(run, "loss", rank=1)
+    assert [p.step for p in raw] == list(range(60))
+    # Window stats: rank 1's value as the previous release stored it (a JSON object, named
+    # by its field only) beside rank 0's, written by the sink now.
+    stats = WindowStats(count=3, mean=math.nan, min=0.5, max=2.0, last=1.0)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.hset(KEYS.window(run, "50steps"), "1|loss", stats.model_dump_json())
+        admin.sadd(KEYS.windows_index(run), "50steps")
+    finally:
+        admin.close()
+    write_all(server.url, [u for u in updates(run) if u.rank == 0][-1:], 1)
+    rows = reader.rolling(run, "50steps")
+    assert [(r.rank, r.metric, r.stats.count, r.stats.max) for r in rows] == [
+        (0, "loss", 60, 1.0),
+        (1, "loss", 3, 2.0),
+    ]
+    assert math.isnan(rows[1].stats.mean or 0.0) and rows[0].stats.p95 == 0.9
 
 
 def test_replaying_a_range_twice_changes_nothing(

@@ -61,6 +61,7 @@ from stepstream.keys import (  # noqa: E402
     SERIES_KINDS,
     parse_series_member,
     series_member,
+    text_series_member,
 )
 
 
@@ -117,7 +118,8 @@ def test_series_member_round_trip_including_non_finite() -> None:
     assert parse_series_member(series_member(None, 0, math.inf)) == (None, 0, math.inf)
     step, seq, value = parse_series_member(series_member(1, 2, math.nan))
     assert (step, seq) == (1, 2) and math.isnan(value)
-    assert series_member(7, 3, 0.25) == "7|3|0.25"
+    assert text_series_member(7, 3, 0.25) == "7|3|0.25"
+    assert parse_series_member("7|3|0.25") == parse_series_member(b"7|3|0.25") == (7, 3, 0.25)
 
 
 def test_run_pattern_matches_only_that_run() -> None:

@@ -18,7 +18,7 @@ from stepstream.contract import (
     WindowUpdate,
 )
 from stepstream.errors import ConfigError
-from stepstream.keys import RedisKeys
+from stepstream.keys import RedisKeys, series_member
 from stepstream.stored_stats import OpenWindowUpdate
 
 
@@ -44,8 +44,9 @@ def test_later_updates_of_a_series_replace_earlier_in_one_hset() -> None:
     plan.add_window_update(update(1, math.nan, 12.0))
     latest = plan.hashes[keys.latest("r")]
     assert latest == {"0|loss": "2.0", "1|loss": "NaN"}
-    stats = WindowStats.model_validate_json(plan.hashes[keys.window("r", "50steps")]["0|loss"])
-    assert stats.mean == 2.0
+    rank, metric, window, stats = json.loads(plan.hashes[keys.window("r", "50steps")]["0|loss"])
+    assert (rank, metric, window) == (0, "loss", "50steps")
+    assert stats == [1, 0, 2.0, 2.0, 2.0, 2.0, None, None, None, None, None, None]
     assert plan.run_activity == {"r": 12.0}
     assert json.loads(plan.hashes[keys.ranks("r")]["1"]) == {"node": "n", "step": 3, "t": 12.0}
     assert keys.window("r", "50steps") in plan.expiring_keys()
@@ -86,7 +87,7 @@ def test_raw_points_go_by_step_coarse_and_time_with_trims() -> None:
     plan = WritePlan(keys, limits)
     plan.add_batch(batch(0, range(0, 25)))
     write = plan.series[("r", 0, "loss")]
-    assert len(write.by_step) == 25 and write.by_step["3|3|0.25"] == 3
+    assert len(write.by_step) == 25 and write.by_step[series_member(3, 3, 0.25)] == 3
     assert sorted(write.coarse.values()) == [0, 10, 20]
     assert write.by_time == {}  # stepped points are found by time via the index
     assert plan.time_index[("r", 0)]["3"] == 103_000.0 and len(plan.time_index[("r", 0)]) == 25
@@ -117,9 +118,9 @@ def test_points_without_step_go_by_time() -> None:
     )
     write = plan.series[("r", 2, "gpu_util")]
     assert write.by_step == {} and write.by_time == {
-        "|0|50.0": 10_000.0,
-        "|1|51.0": 11_000.0,
-        "|2|52.0": 12_000.0,
+        series_member(None, 0, 50.0): 10_000.0,
+        series_member(None, 1, 51.0): 11_000.0,
+        series_member(None, 2, 52.0): 12_000.0,
     }
     time_key = keys.series("r", "time", 2, "gpu_util")
     assert ("zremrangebyscore", (time_key, "-inf", "(11000.0")) in plan.series_commands()
@@ -149,8 +150,8 @@ def test_extra_stats_fields_survive_the_plan() -> None:
     # Stats a newer processor may add (p999, kurtosis) pass through without code here.
     raw = up.model_dump_json().replace('"count":1', '"count":2,"p999":0.5,"kurtosis":"NaN"')
     plan.add_window_update(OpenWindowUpdate.model_validate_json(raw))
-    body = json.loads(plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"])
-    assert (body["count"], body["p999"], body["kurtosis"]) == (2, 0.5, "NaN")
+    *_, stats = json.loads(plan.hashes[RedisKeys().window("r", "50steps")]["0|loss"])
+    assert (stats[0], stats[-1]) == (2, {"p999": 0.5, "kurtosis": "NaN"})
 
 
 def test_suppressed_alerts_are_stored_but_not_published() -> None:

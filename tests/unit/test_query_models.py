@@ -23,7 +23,13 @@ from query.reader import (
     to_json,
 )
 from stepstream.contract import WindowStats
-from stepstream.keys import parse_series_member, series_member
+from stepstream.keys import (
+    WINDOW_STATS_FIELDS,
+    parse_series_member,
+    text_series_member,
+    window_stats_value,
+)
+from stepstream.stored_stats import OpenStats
 
 
 def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
@@ -49,7 +55,7 @@ def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
 def test_rolling_stats_are_the_contracts_window_stats() -> None:
     # A stat added to the contract must be added here, or it reads as an extra.
     fields = [f for f in RollingStats.__struct_fields__ if f != "model_extra"]
-    assert fields == list(WindowStats.model_fields)
+    assert fields == list(WindowStats.model_fields) == list(WINDOW_STATS_FIELDS)
 
 
 class WindowStore:
@@ -66,11 +72,14 @@ class WindowStore:
         self.asked = []
         return self
 
-    def hgetall(self, key: str) -> None:
+    def hvals(self, key: str) -> None:
         self.asked.append(key.rsplit(":", 1)[1])
 
-    def execute(self) -> list[dict[Any, Any]]:
-        return [self.windows[w] for w in self.asked]
+    def hgetall(self, key: str) -> dict[Any, Any]:
+        return self.windows[key.rsplit(":", 1)[1]]
+
+    def execute(self) -> list[list[Any]]:
+        return [list(self.windows[w].values()) for w in self.asked]
 
 
 def stored_stats(rng: random.Random, extra: bool) -> dict[str, Any]:
@@ -114,16 +123,29 @@ def test_rolling_rows_read_and_write_as_the_pydantic_rows_did() -> None:
         key=lambda r: (r.window, r.rank, r.metric),
     )
     want_json = TypeAdapter(list[schemas.RollingRow]).dump_json(want)
-    for decoded in (False, True):  # bytes, and a client made with decode_responses=True
-        windows = {
-            w: {
-                (f if decoded else f.encode()): (
-                    json.dumps(b) if decoded else json.dumps(b).encode()
-                )
-                for f, b in m.items()
-            }
+
+    def stored(window: str, field: str, body: dict[str, Any], layout: str) -> bytes:
+        """The value as the sink stores it now (positional), or as earlier releases did."""
+        if layout == "object" or (layout == "mixed" and rng.random() < 0.5):
+            return json.dumps(body).encode()
+        rank, metric = field.split("|")
+        stats = OpenStats.model_validate(body)
+        return window_stats_value(
+            int(rank), metric, window, {**stats.__dict__, **(stats.model_extra or {})}
+        )
+
+    cases = [(layout, False) for layout in ("array", "object", "mixed")]
+    # a client made with decode_responses=True
+    cases += [("array", True), ("object", True)]
+    for layout, decoded in cases:
+        windows: dict[str, dict[Any, Any]] = {
+            w: {f.encode(): stored(w, f, b, layout) for f, b in m.items()}
             for w, m in bodies.items()
         }
+        if decoded:
+            windows = {
+                w: {f.decode(): b.decode() for f, b in m.items()} for w, m in windows.items()
+            }
         rows = MetricsReader(WindowStore(windows)).rolling("r")
         assert to_json(rows) == want_json
         assert [(r.window, r.rank, r.metric) for r in rows] == [
@@ -163,7 +185,7 @@ def test_series_members_parse_as_float_parses_them() -> None:
         1.7976931348623157e308,
     ]
     values = specials + [rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-300, 300) for _ in range(2000)]
-    members = [series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
+    members = [text_series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
     numbers = _member_numbers(members)
     want = [parse_series_member(m.decode()) for m in members]
     assert numbers[0::3] == [float(step) for step, _, _ in want]
