@@ -370,7 +370,7 @@ class Publisher:
         good = self._good_names
         for name, value in values.items():
             kind = type(value)
-            number = value if kind is float else to_float(value)
+            number = value if isinstance(value, float) and kind is float else to_float(value)
             if number is None or (name not in good and not self._name_ok(name)):
                 self.stats.skipped_values += 1
             else:
