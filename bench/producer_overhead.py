@@ -20,7 +20,9 @@ publisher, ticker and Kafka client threads included), from the first measured st
 what those steps logged is flushed; wall-clock overheads are printed beside it. The
 logging cost of each library is timed directly around its calls
 (perf_counter_ns), which is what
-``tensorboard_ratio`` compares (median per step, 20 scalars). Run:
+``tensorboard_ratio`` compares (median per step, 20 scalars). The SDK's threads are also
+shown one by one (publisher, kafka-python's network thread with its CPU per Kafka message,
+ticker): what bounds the headline besides ``log()``. Run:
 ``python bench/producer_overhead.py`` (about a minute). Prints figures; not a test.
 """
 
