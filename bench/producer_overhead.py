@@ -20,7 +20,9 @@ publisher, ticker and Kafka client threads included), from the first measured st
 what those steps logged is flushed; wall-clock overheads are printed beside it. The
 logging cost of each library is timed directly around its calls
 (perf_counter_ns), which is what
-``tensorboard_ratio`` compares (median per step, 20 scalars). Run:
+``tensorboard_ratio`` compares (median per step, 20 scalars). The SDK's threads are also
+shown one by one (publisher, kafka-python's network thread with its CPU per Kafka message,
+ticker): what bounds the headline besides ``log()``. Run:
 ``python bench/producer_overhead.py`` (about a minute). Prints figures; not a test.
 """
 
@@ -34,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +94,11 @@ def broker(tmp: Path) -> Iterator[Settings]:
 
 def run_mode(
     mode: str, steps: int, warmup: int, settings: Settings, tmp: Path
-) -> tuple[list[float], list[float], tuple[float, float]]:
-    """Per-step wall times (s), per-step logging-call times (s) and process CPU seconds
-    per step (all threads, ours included; and the training thread alone) of one block."""
+) -> tuple[list[float], list[float], tuple[float, float, float], dict[str, float]]:
+    """Per-step wall times (s), per-step logging-call times (s), process CPU seconds per
+    step (all threads, ours included; the training thread alone; the other threads) and
+    the CPU seconds of each other thread by name (plus ``messages``: Kafka messages the
+    monitor sent) of one block."""
     model, optimizer, step = make_step()
     monitor = writer = None
     if mode in ("stepstream", "watch"):
@@ -132,7 +136,9 @@ def run_mode(
                     monitor.flush(10)
                 cpu += [time.process_time(), time.thread_time()]
                 clocks = _helper_clocks()
-                helpers = _clock_sum(clocks)
+                helpers = _clock_sum(clocks.values())
+                by_name = {name: _clock_sum([c]) for name, c in clocks.items()}
+                sent = monitor.stats.sent_messages if monitor is not None else 0
             if i >= warmup:
                 step_times.append((clock() - t0) * 1e-9)
         # Publishing what the measured steps logged is part of their cost (flush waits
@@ -143,34 +149,67 @@ def run_mode(
             writer.flush()
         cpu_per_step = (time.process_time() - cpu[0]) / steps
         main_per_step = (time.thread_time() - cpu[1]) / steps
-        helper_per_step = (_clock_sum(clocks) - helpers) / steps
+        helper_per_step = (_clock_sum(clocks.values()) - helpers) / steps
+        by_name = {name: _clock_sum([clocks[name]]) - t for name, t in by_name.items()}
+        by_name["messages"] = (monitor.stats.sent_messages - sent) if monitor is not None else 0
     finally:
         if monitor is not None:
             monitor.close(10)
         if writer is not None:
             writer.close()
-    return step_times, log_times[warmup:], (cpu_per_step, main_per_step, helper_per_step)
+    return step_times, log_times[warmup:], (cpu_per_step, main_per_step, helper_per_step), by_name
 
 
-def _helper_clocks() -> list[int]:
-    """CPU clocks of every thread but this one (the SDK's publisher, ticker and Kafka
-    client threads in the monitored modes; TensorBoard's writer thread)."""
+def _helper_clocks() -> dict[str, int]:
+    """CPU clocks of every thread but this one by thread name (the SDK's publisher, ticker
+    and Kafka client threads in the monitored modes; TensorBoard's writer thread)."""
     me = threading.get_ident()
-    out = []
+    out = {}
     for thread in threading.enumerate():
         if thread.ident is not None and thread.ident != me:
             with contextlib.suppress(OSError, ProcessLookupError):
-                out.append(time.pthread_getcpuclockid(thread.ident))
+                out[f"{thread.name}#{thread.ident}"] = time.pthread_getcpuclockid(thread.ident)
     return out
 
 
-def _clock_sum(clocks: list[int]) -> float:
+def _clock_sum(clocks: Iterable[int]) -> float:
     """Seconds of CPU of the threads behind `clocks` (those that ended count as 0)."""
     total = 0.0
     for clock in clocks:
         with contextlib.suppress(OSError):
             total += time.clock_gettime(clock)
     return total
+
+
+def _by_thread(by_name: dict[str, float], steps: int) -> dict[str, float]:
+    """CPU seconds per step of each kind of thread of one block (threads named alike
+    summed), the Kafka network thread's CPU seconds per message, and messages."""
+    out: dict[str, float] = {}
+    for name, seconds in by_name.items():
+        if name != "messages":
+            kind = name.split("#")[0]
+            out[kind] = out.get(kind, 0.0) + seconds / steps
+    messages = by_name.get("messages", 0)
+    network = out.get("stepstream-publisher-network-thread", 0.0) * steps
+    out["network_per_message"] = network / messages if messages else 0.0
+    out["messages"] = messages
+    return out
+
+
+def _thread_line(blocks: list[dict[str, float]]) -> str:
+    """Medians over rounds of the SDK threads' CPU per step and of kafka-python's network
+    thread CPU per message: what bounds the SDK besides log() itself."""
+
+    def med(key: str) -> float:
+        return statistics.median(b.get(key, 0.0) for b in blocks)
+
+    return (
+        f"publisher {med('stepstream-publisher') * 1e6:.1f} us/step, "
+        f"kafka-python network thread {med('stepstream-publisher-network-thread') * 1e6:.1f}"
+        f" us/step ({med('network_per_message') * 1e3:.2f} ms CPU per message, "
+        f"{med('messages'):.0f} messages per block), "
+        f"ticker {med('stepstream-ticker') * 1e6:.1f} us/step"
+    )
 
 
 def _ratios(values: list[float], bases: list[float]) -> list[float]:
@@ -203,6 +242,7 @@ def main() -> None:
     cpus: dict[str, list[float]] = {m: [] for m in modes}
     mains: dict[str, list[float]] = {m: [] for m in modes}
     helpers: dict[str, list[float]] = {m: [] for m in modes}
+    threads: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as name, broker(Path(name)) as settings:
         tmp = Path(name)
@@ -210,7 +250,10 @@ def main() -> None:
             order = modes[:]
             rng.shuffle(order)
             for mode in order:
-                times, log_times, cpu = run_mode(mode, args.steps, args.warmup, settings, tmp)
+                times, log_times, cpu, by_name = run_mode(
+                    mode, args.steps, args.warmup, settings, tmp
+                )
+                threads[mode].append(_by_thread(by_name, args.steps))
                 cpus[mode].append(cpu[0])
                 mains[mode].append(cpu[1])
                 helpers[mode].append(cpu[2])
@@ -293,6 +336,8 @@ def main() -> None:
             for m in ("stepstream", "watch")
         )
     )
+    for mode in ("stepstream", "watch"):
+        print(f"{mode} threads: {_thread_line(threads[mode])}")
     main_base = statistics.median(mains["none"])
     print(
         "training-thread CPU per step: "

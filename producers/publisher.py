@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_MESSAGE = 500
 _NAME_OK = re.compile(METRIC_NAME_PATTERN).match
-_FLOAT_ONLY = {float}
 _KIND_VALUES = {kind: kind.value for kind in RecordKind}
 _YIELD_EVERY_S = 0.0005
 
@@ -68,21 +67,41 @@ def to_float(value: object) -> float | None:
     return None
 
 
-def encode_batch(batch: dict[str, Any]) -> bytes:
-    """The JSON of one telemetry batch (the contract's `Batch` as plain dicts, every value
-    a float).
+def _scalar(value: Any) -> float:
+    """orjson's fallback for a value it cannot write (a 0-d tensor): its finite float.
 
-    orjson, at about a third of pydantic's cost, when every value is finite; otherwise
-    pydantic, which writes non-finite floats as the contract's "NaN"/"Infinity" strings
-    (orjson would write null, and a NaN loss must arrive as NaN).
+    Anything else raises, which sends the whole batch to the careful path (conversion,
+    skips counted, pydantic's "NaN"/"Infinity" strings)."""
+    number = value.item()
+    if type(number) is float and number - number == 0.0:
+        return number
+    if type(number) is int:
+        return float(number)
+    raise TypeError("not a finite number")
+
+
+def encode_fast(batch: dict[str, Any]) -> bytes | None:
+    """The JSON of one telemetry batch in one orjson call (about a third of pydantic's
+    cost), or None when the batch needs `encode_batch` after its values are converted.
+
+    Values may still be 0-d tensors: orjson hands them to `_scalar`. orjson writes a
+    non-finite float as null where the contract wants "NaN"/"Infinity" (a NaN loss must
+    arrive as NaN); the publisher's records carry no null fields (a missing step or text
+    is left out), so a ``:null`` in the output is such a value (or a rare text holding
+    ``:null``, which only costs the slower path).
     """
-    # One C-speed sum per record: a NaN or infinity anywhere makes the total non-finite
-    # (an overflow of finite values only costs the slower encoder).
-    total = sum([sum(record["values"].values()) for record in batch["records"]])
-    if total - total == 0.0:
-        with contextlib.suppress(orjson.JSONEncodeError):  # a text it refuses (surrogates)
-            return orjson.dumps(batch)
-    return to_json(batch, inf_nan_mode="strings")
+    try:
+        value = orjson.dumps(batch, default=_scalar)
+    except orjson.JSONEncodeError:  # a value to convert or skip, a text it refuses
+        return None
+    return None if b":null" in value else value
+
+
+def encode_batch(batch: dict[str, Any]) -> bytes:
+    """The JSON of a telemetry batch whose values are all floats (the contract's `Batch`
+    as plain dicts): `encode_fast` when it can, else pydantic, which writes non-finite
+    floats as the contract's "NaN"/"Infinity" strings."""
+    return encode_fast(batch) or to_json(batch, inf_nan_mode="strings")
 
 
 @dataclass
@@ -211,6 +230,9 @@ class Publisher:
         self._spool: Spool | None = None
         self._spool_lock: IO[bytes] | None = None
         self._good_names: set[str] = set()
+        # Value types orjson writes itself (float, int) or through `_scalar` (the 0-d
+        # tensor types seen converting): records holding only these are not converted.
+        self._direct: set[type] = {float, int}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -265,6 +287,7 @@ class Publisher:
         append = records.append
         popleft = self._queue.popleft
         good = self._good_names
+        direct = self._direct
         kinds = _KIND_VALUES
         seq = self._seq
         clock = time.perf_counter
@@ -297,26 +320,25 @@ class Publisher:
                             log.debug("stepstream could not convert deferred values: %s", exc)
                             continue
                         text = text or resolved_text
-                # Fast path: names seen before, value types checked at C speed; only the
-                # values that are not floats (a loss tensor) are converted, in a copy.
+                # Fast path: names seen before, value types checked at C speed and left
+                # as they are (a loss tensor is read by the encoder); other records are
+                # converted in a copy.
                 floats: dict[str, Any]
                 if type(mapping) is dict and good.issuperset(mapping):
-                    if _FLOAT_ONLY.issuperset(map(type, mapping.values())):
+                    if direct.issuperset(map(type, mapping.values())):
                         floats = mapping
                     else:
                         floats = self._converted(mapping)
                 else:
                     floats = self._convert(mapping)
-                append(
-                    {
-                        "seq": seq,
-                        "t": t,
-                        "step": step,
-                        "kind": kinds[kind],
-                        "values": floats,
-                        "text": text,
-                    }
-                )
+                # No null fields: a null in the encoded batch then means a non-finite
+                # value (see `encode_fast`).
+                record = {"seq": seq, "t": t, "kind": kinds[kind], "values": floats}
+                if step is not None:
+                    record["step"] = step
+                if text is not None:
+                    record["text"] = text
+                append(record)
                 seq += 1
         finally:
             self._seq = seq
@@ -327,24 +349,34 @@ class Publisher:
         converted; those that are not numbers dropped and counted."""
         floats = dict(values)
         for name, value in values.items():
-            if type(value) is not float:
+            kind = type(value)
+            if kind is not float:
                 number = to_float(value)
                 if number is None:
                     self.stats.skipped_values += 1
                     del floats[name]
                 else:
                     floats[name] = number
+                    self._learn(kind, value)
         return floats
+
+    def _learn(self, kind: type, value: object) -> None:
+        """Let later values of `kind` (a tensor type that converted) reach the encoder."""
+        if kind is not bool and kind not in self._direct and hasattr(value, "item"):
+            self._direct.add(kind)
 
     def _convert(self, values: Mapping[str, object]) -> dict[str, float]:
         floats: dict[str, float] = {}
         good = self._good_names
         for name, value in values.items():
-            number = value if type(value) is float else to_float(value)
+            kind = type(value)
+            number = value if isinstance(value, float) and kind is float else to_float(value)
             if number is None or (name not in good and not self._name_ok(name)):
                 self.stats.skipped_values += 1
             else:
                 floats[name] = number
+                if kind is not float:
+                    self._learn(kind, value)
         return floats
 
     def _frames(self, records: list[dict[str, Any]]) -> list[Frame]:
@@ -367,7 +399,11 @@ class Publisher:
             "incarnation": self.incarnation,
             "records": chunk,
         }
-        value = encode_batch(batch)
+        value = encode_fast(batch)
+        if value is None:  # a value to convert or skip, or a non-finite one
+            for record in chunk:
+                record["values"] = self._convert(record["values"])
+            value = encode_batch(batch)
         if len(value) > self.settings.max_message_bytes and len(chunk) > 1:
             half = len(chunk) // 2
             self._encode(chunk[:half], frames)

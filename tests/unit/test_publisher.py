@@ -401,3 +401,46 @@ def test_conversion_never_changes_the_callers_dict() -> None:
     pub.close()
     assert values == {"loss": scalar, "acc": 0.5, "n": 3}
     assert [r.values for r in records_of(producer)] == [{"loss": 2.5, "acc": 0.5, "n": 3.0}] * 2
+
+
+def test_tensor_like_values_are_read_by_the_encoder_and_non_finite_ones_kept() -> None:
+    """After a first conversion teaches the publisher a tensor type, later records of it go
+    to the encoder unconverted: finite values arrive as they are, a NaN or infinite one as
+    NaN/Infinity (never null), one that cannot be read is skipped and counted, and records
+    without a step or text decode with none."""
+
+    class Scalar:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+        def item(self) -> Any:
+            if isinstance(self.value, Exception):
+                raise self.value
+            return self.value
+
+    pub, producer = publisher()
+    pub.enqueue(0, RecordKind.TRAIN, {"loss": Scalar(0.5), "acc": 0.25})
+    assert pub.flush(5)
+    assert Scalar in pub._direct
+    pub.enqueue(1, RecordKind.TRAIN, {"loss": Scalar(1.5), "acc": 0.5})
+    pub.enqueue(2, RecordKind.TRAIN, {"loss": Scalar(3), "acc": 1})
+    assert pub.flush(5)
+    pub.enqueue(3, RecordKind.TRAIN, {"loss": Scalar(math.inf), "acc": 0.5})
+    pub.enqueue(4, RecordKind.TRAIN, {"loss": Scalar(float("nan")), "acc": 0.5})
+    pub.enqueue(None, RecordKind.TRAIN, {"loss": Scalar(RuntimeError("2 elements")), "acc": 2.0})
+    assert pub.flush(5)
+    pub.close()
+    records = records_of(producer)
+    assert [r.values for r in records[:4]] == [
+        {"loss": 0.5, "acc": 0.25},
+        {"loss": 1.5, "acc": 0.5},
+        {"loss": 3.0, "acc": 1.0},
+        {"loss": math.inf, "acc": 0.5},
+    ]
+    assert math.isnan(records[4].values["loss"])
+    assert records[5].values == {"acc": 2.0} and records[5].step is None
+    assert all(r.text is None for r in records)
+    assert pub.stats.skipped_values == 1
+    # The batch with the finite tensor-like values took the one-call encoder (no NaN
+    # strings, no step or text nulls): its raw bytes hold the values as numbers.
+    assert b'"loss":1.5' in producer.sent[1][2] and b"null" not in producer.sent[1][2]
