@@ -276,3 +276,36 @@ def test_forked_worker_starts_no_thread_and_no_producer(tmp_path: Path) -> None:
     monitor.close(2)
     assert os.waitstatus_to_exitcode(status) == 0
     assert built == [os.getpid()]
+
+
+def test_log_reads_cpu_scalar_tensors_at_once_and_leaves_the_rest(tmp_path: Path) -> None:
+    """A CPU scalar tensor is read by log() itself (held in the queue until the flush,
+    the step's tensors slowed the training thread); anything else is queued as given
+    for the publisher thread to read (a GPU tensor there, without a device sync)."""
+    import torch
+
+    from producers.monitor import Monitor
+
+    class Null:
+        def send(self, topic: str, key: bytes, value: bytes) -> None:
+            return None
+
+        def flush(self, timeout: float | None = None) -> None:
+            return None
+
+        def close(self, timeout: float | None = None) -> None:
+            return None
+
+    settings = Settings(spool_dir=tmp_path, system_interval_s=0, capture_logs=False)
+    monitor = Monitor(IDENT, settings, lambda s: Null())
+    try:
+        vector = torch.ones(3)
+        queue = monitor._publisher._queue
+        monitor.log(0, loss=torch.tensor(0.25), grad=torch.tensor([2.0]), v=vector, x=1)
+        _, step, _, values, _ = queue[-1]
+        assert step == 0
+        assert values["loss"] == 0.25 and type(values["loss"]) is float
+        assert values["grad"] == 2.0 and type(values["grad"]) is float
+        assert values["v"] is vector and values["x"] == 1
+    finally:
+        monitor.close(2)
