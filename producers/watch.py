@@ -88,14 +88,19 @@ class GradStats:
         self.names = names
         self.index = index  # positions (in `names`) of the params that had a gradient
         self.order = order  # positions in the order backward produced their gradients
-        self.parts = parts  # one stacked tensor: grad norms[, weight norms[, update norms]]
+        # One stacked tensor (or its floats, read on the CPU; or one tensor per device):
+        # grad norms[, weight norms[, update norms]]
+        self.parts = parts
         self.weights = weights
         self.updates = updates and weights
 
     def resolve(self) -> tuple[dict[str, float], str | None]:
         """Per-layer and global norms, update ratios and the first non-finite layer."""
         parts = self.parts
-        flat = parts.tolist() if hasattr(parts, "tolist") else [p.item() for p in parts]
+        if hasattr(parts, "tolist"):
+            flat = parts.tolist()
+        else:  # norms read on the training thread (CPU), or one tensor per device
+            flat = [p if isinstance(p, float) else p.item() for p in parts]
         k = len(self.index)
         grads = flat[:k]
         weights = flat[k : 2 * k] if self.weights else []
@@ -325,6 +330,11 @@ class Watch:
                 parts: Any = torch.stack(norms)
             except RuntimeError:  # parameters on several devices: convert one by one
                 parts = norms
+            else:
+                if parts.device.type == "cpu":
+                    # On the CPU, reading the norms costs a microsecond and no sync; a
+                    # tensor held in the queue until the flush slowed the next steps.
+                    parts = parts.tolist()
             stats = GradStats(self.names, index, self._order, parts, weights, before is not None)
             self._enqueue(self.step, RecordKind.GRAD, stats)
         values: dict[str, Any] = {}
