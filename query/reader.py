@@ -160,22 +160,18 @@ _NUMERIC_STATS = tuple(
 )
 
 
-class _StatsByName(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """RollingStats' known fields by name: stats stored as a JSON object (releases before
-    the positional values) and `RollingStats.model_validate` convert through it."""
-
-    count: int = 0
-    nonfinite: int = 0
-    mean: float | None = None
-    min: float | None = None
-    max: float | None = None
-    last: float | None = None
-    std: float | None = None
-    ema: float | None = None
-    p50: float | None = None
-    p95: float | None = None
-    slope: float | None = None
-    flags: list[str] | None = None
+#: RollingStats' known fields by name: stats stored as a JSON object (releases before
+#: the positional values) and `RollingStats.model_validate` convert through it.
+_StatsByName = msgspec.defstruct(
+    "_StatsByName",
+    [
+        (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(RollingStats)
+        if f.name != "model_extra"
+    ],
+    gc=False,
+    forbid_unknown_fields=True,
+)
 
 
 class RollingRow(msgspec.Struct, array_like=True, gc=False):

@@ -27,6 +27,19 @@ IDENT = Identity(run="r", rank=0, world=1, local_rank=0, node="n")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class NullProducer:
+    """A Kafka producer that accepts everything and sends nothing."""
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
 class Queue:
     """Stands in for the publisher: keeps what would have been enqueued."""
 
@@ -241,19 +254,9 @@ def test_forked_worker_starts_no_thread_and_no_producer(tmp_path: Path) -> None:
 
     built: list[int] = []
 
-    class Null:
-        def send(self, topic: str, key: bytes, value: bytes) -> None:
-            return None
-
-        def flush(self, timeout: float | None = None) -> None:
-            return None
-
-        def close(self, timeout: float | None = None) -> None:
-            return None
-
-    def factory(settings: Settings) -> Null:
+    def factory(settings: Settings) -> NullProducer:
         built.append(os.getpid())
-        return Null()
+        return NullProducer()
 
     settings = Settings(spool_dir=tmp_path, system_interval_s=0.05, heartbeat_interval_s=0.05)
     monitor = Monitor(IDENT, settings, factory)
@@ -286,18 +289,8 @@ def test_log_reads_cpu_scalar_tensors_at_once_and_leaves_the_rest(tmp_path: Path
 
     from producers.monitor import Monitor
 
-    class Null:
-        def send(self, topic: str, key: bytes, value: bytes) -> None:
-            return None
-
-        def flush(self, timeout: float | None = None) -> None:
-            return None
-
-        def close(self, timeout: float | None = None) -> None:
-            return None
-
     settings = Settings(spool_dir=tmp_path, system_interval_s=0, capture_logs=False)
-    monitor = Monitor(IDENT, settings, lambda s: Null())
+    monitor = Monitor(IDENT, settings, lambda s: NullProducer())
     try:
         vector = torch.ones(3)
         queue = monitor._publisher._queue
