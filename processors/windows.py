@@ -130,7 +130,9 @@ def summarize(
 
 def summarize_arrays(y: np.ndarray, x: np.ndarray, span: float | None) -> Summary:
     """`summarize` for long windows: the same definitions, vectorized over float64 arrays
-    of values `y` and positions `x` in position order."""
+    of values `y` and positions `x` in position order. The one-window twin of
+    `_summarize_block`, kept apart: as a one-row block, a 256- to 3,000-point window took
+    17-23 us more (the 2-D reductions and column conversions cost more than one row saves)."""
     count = len(y)
     if count == 0:
         return EMPTY_SUMMARY
