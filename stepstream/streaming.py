@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -14,6 +15,7 @@ import faust
 from faust.types.auth import CredentialsT
 
 from stepstream.deadletter import dead_letter
+from stepstream.positions import restarted_logs
 from stepstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,53 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(os.getpid()))
 
+    @app.timer(LOG_RESET_CHECK_S)
+    async def _reread_restarted_logs() -> None:
+        await reread_restarted_logs(app.consumer)
+
     return app
+
+
+#: How often a worker compares its positions with the ends of the logs it reads. A
+#: restarted in-memory log is told only until it grows past the old position again
+#: (about 2 s of a two-rank job replaying its spool; far longer at production offsets).
+LOG_RESET_CHECK_S = 0.25
+
+
+async def reread_restarted_logs(consumer: Any) -> list[Any]:
+    """Rewind faust's `consumer` to the start of every assigned log that started over
+    (see `stepstream.positions`), so the records the new log holds are read, not dropped
+    as already seen; returns those partitions.
+
+    faust keeps, per partition, the position read (and drops every record below it), the
+    offsets acked and the offset committed. They belong to the old log: they are
+    forgotten as on a revocation, then the partition is read from offset 0.
+    """
+    try:
+        assigned = consumer.assignment()
+        highwaters = {tp: consumer.highwater(tp) for tp in assigned}
+    except Exception:  # mid-rebalance (a partition no longer assigned): next tick
+        return []
+    restarted = restarted_logs(highwaters, consumer._read_offset)
+    for tp in restarted:
+        log.warning(
+            "the log of %s ends at offset %s, below the position read in it (%s): the "
+            "broker lost it (an in-memory broker restarted?); reading the new "
+            "log from its start",
+            tp,
+            highwaters[tp],
+            consumer._read_offset.get(tp),
+        )
+        for state in (
+            consumer._gap,
+            consumer._acked,
+            consumer._acked_index,
+            consumer._read_offset,
+            consumer._committed_offset,
+        ):
+            state.pop(tp, None)
+        await consumer.seek(tp, 0)
+    return restarted
 
 
 FETCH_MAX_WAIT_MS = 50
@@ -119,9 +167,144 @@ def shorten_fetch_wait(max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer
 
 
+#: Errors no second send can mend (the record itself, the topic or our rights).
+_PERMANENT_PRODUCE_ERRORS = (
+    "MessageSizeTooLargeError",
+    "RecordListTooLargeError",
+    "RecordTooLargeError",
+    "InvalidTopicError",
+    "TopicAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+    "UnsupportedVersionError",
+    "UnsupportedForMessageFormatError",
+    "InvalidRequiredAcksError",
+    "InvalidTimestampError",
+    "CorruptRecordException",
+    "ProducerClosed",
+    "IllegalOperation",
+)
+
+#: Sends of one record a worker makes before its failure is final (faust then logs it).
+PRODUCE_ATTEMPTS = 8
+
+
+def retrying(
+    first: asyncio.Future[Any],
+    resend: Callable[[], Awaitable[asyncio.Future[Any]]],
+    *,
+    attempts: int = PRODUCE_ATTEMPTS,
+    permanent: tuple[type[BaseException], ...] = (),
+    what: str = "a record",
+    backoff_s: float = 0.1,
+) -> asyncio.Future[Any]:
+    """The delivery of a record whose send failed is sent again: a future that is done
+    when one of up to `attempts` sends of it is delivered, or with the last error.
+
+    `first` is the delivery future of the first send; `resend` sends the record again
+    and returns the next one. An error of a `permanent` type is final at once. Waits
+    between sends double from `backoff_s`, up to 2 s (about 7 s for 8 attempts).
+    """
+    loop = asyncio.get_running_loop()
+    outer: asyncio.Future[Any] = loop.create_future()
+    left = [attempts - 1]
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def again(delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            inner = await resend()
+        except Exception as exc:  # the producer stopped, ...: the send is lost
+            if not outer.done():
+                outer.set_exception(exc)
+            return
+        inner.add_done_callback(settle)
+
+    def settle(fut: asyncio.Future[Any]) -> None:
+        if outer.done():
+            return
+        if fut.cancelled():
+            outer.cancel()
+            return
+        exc = fut.exception()
+        if exc is None:
+            outer.set_result(fut.result())
+            return
+        if isinstance(exc, permanent) or left[0] <= 0:
+            outer.set_exception(exc)
+            return
+        attempt = attempts - left[0]
+        left[0] -= 1
+        delay = min(2.0, backoff_s * 2 ** (attempt - 1))
+        log.warning(
+            "sending %s failed (%s: %s); sending it again in %.1f s (attempt %d of %d)",
+            what,
+            type(exc).__name__,
+            exc,
+            delay,
+            attempt + 1,
+            attempts,
+        )
+        task = loop.create_task(again(delay))
+        tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(tasks.discard)
+
+    first.add_done_callback(settle)
+    return outer
+
+
+def retry_failed_produces(attempts: int = PRODUCE_ATTEMPTS) -> None:
+    """Make faust's producers send a record again when its delivery failed.
+
+    faust sends a stage's output without waiting for it and acknowledges the input
+    record at once; a failed delivery is logged and the record is gone. A broker that
+    was just restarted failed some of the first sends (tansu answered an unknown error
+    while two batches raced for its new log: one stage-1 message held three seconds of a
+    rank's telemetry). aiokafka retries only the errors it deems transient. Called once
+    in a worker process, before the worker starts (it changes the aiokafka producer class
+    faust's driver builds, in this process only). A record sent again may arrive after
+    later ones of its key: every stage downstream takes records idempotently and in any
+    order within a window.
+    """
+    import aiokafka
+    from aiokafka import errors
+
+    base = aiokafka.AIOKafkaProducer
+    if getattr(base, "_stepstream_retrying", False):
+        return
+    permanent = tuple(
+        getattr(errors, name) for name in _PERMANENT_PRODUCE_ERRORS if hasattr(errors, name)
+    )
+
+    class RetryingProducer(base):  # type: ignore[misc, valid-type]
+        _stepstream_retrying = True
+
+        async def send(
+            self,
+            topic: str,
+            value: Any = None,
+            key: Any = None,
+            partition: int | None = None,
+            timestamp_ms: int | None = None,
+            headers: Any = None,
+        ) -> asyncio.Future[Any]:
+            send = super().send
+            args = (topic, value, key, partition, timestamp_ms, headers)
+            first = await send(*args)
+            return retrying(
+                first,
+                lambda: send(*args),
+                attempts=attempts,
+                permanent=permanent,
+                what=f"a record to {topic}",
+            )
+
+    aiokafka.AIOKafkaProducer = RetryingProducer
+
+
 def run_worker(app: faust.App, log_level: str) -> None:
     """Run `app` in this process until SIGTERM or Ctrl-C (faust handles both)."""
     shorten_fetch_wait()
+    retry_failed_produces()
     worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     # faust's start-up spinner sets the root logger to DEBUG (so that every record spins
     # it) and leaves it there: every debug call of faust and aiokafka then built a log

@@ -1,0 +1,42 @@
+"""Consumer positions against the broker's log: telling a log that started over.
+
+An embedded broker keeps its log in memory. Killed and started again (by a supervisor),
+it numbers offsets from 0 again while a worker's consumer still holds its old position.
+Kafka clients do not notice: fetches at a position past the end return nothing (no
+OffsetOutOfRange on tansu), and faust drops every record below the offset it last read.
+Everything the new log holds until it grows past the old position is then skipped
+silently (measured: 60-129 records of a two-rank job, the first 2-3 s after the restart).
+
+A position can never legitimately be past the end of the log it reads: the end (the
+high watermark a fetch reports) only grows, every record read was below it, and no
+offset past it can be committed. So an end below the position means the log is not the
+one that was read. The position faust keeps is the last offset read, or right after an
+assignment the committed offset, which is the next one to read and may equal the end of
+an idle log: only an end strictly below it is told (a new log that has grown to exactly
+the old position is missed, and a tick later it is past it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+P = TypeVar("P", bound=Hashable)
+
+
+def restarted_logs(
+    highwaters: Mapping[P, int | None], read_offsets: Mapping[P, int | None]
+) -> list[P]:
+    """The partitions whose log ends below the position read in it.
+
+    `highwaters`: the end offset of each partition's log (the offset the next record
+    gets), as the last fetch reported it, or None before any fetch. `read_offsets`: the
+    position of each (the last offset read, or the committed offset), or None when
+    nothing was read since the partition was assigned or rewound.
+    """
+    out = []
+    for partition, end in highwaters.items():
+        read = read_offsets.get(partition)
+        if end is not None and read is not None and end < read:
+            out.append(partition)
+    return out

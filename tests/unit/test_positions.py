@@ -1,0 +1,18 @@
+"""A log that started over is told from the positions read in it."""
+
+from stepstream.positions import restarted_logs
+
+
+def test_a_log_ending_below_the_position_read_in_it_started_over() -> None:
+    highwaters = {"a": 3, "b": 500, "c": 119, "d": 120, "e": 121}
+    read = {"a": 499, "b": 499, "c": 120, "d": 120, "e": 120}
+    # b: the end is past what was read (the usual case); c: below the position, which a
+    # log that held it cannot report; d: the end equals the position, as an idle log does
+    # right after an assignment (the position is then the committed offset, the next to
+    # read): not a restart; e: one past it.
+    assert restarted_logs(highwaters, read) == ["a", "c"]
+
+
+def test_nothing_is_told_before_a_fetch_or_before_a_read() -> None:
+    assert restarted_logs({"a": None, "b": 0}, {"a": 10, "b": None}) == []
+    assert restarted_logs({"a": 0}, {}) == []
