@@ -194,7 +194,7 @@ def retrying(
     *,
     attempts: int = PRODUCE_ATTEMPTS,
     permanent: tuple[type[BaseException], ...] = (),
-    what: str = "a record",
+    topic: str = "?",
     backoff_s: float = 0.1,
 ) -> asyncio.Future[Any]:
     """The delivery of a record whose send failed is sent again: a future that is done
@@ -236,8 +236,8 @@ def retrying(
         left[0] -= 1
         delay = min(2.0, backoff_s * 2 ** (attempt - 1))
         log.warning(
-            "sending %s failed (%s: %s); sending it again in %.1f s (attempt %d of %d)",
-            what,
+            "sending a record to %s failed (%s: %s); sending it again in %.1f s (attempt %d of %d)",
+            topic,
             type(exc).__name__,
             exc,
             delay,
@@ -295,7 +295,7 @@ def retry_failed_produces(attempts: int = PRODUCE_ATTEMPTS) -> None:
                 lambda: send(*args),
                 attempts=attempts,
                 permanent=permanent,
-                what=f"a record to {topic}",
+                topic=topic,
             )
 
     aiokafka.AIOKafkaProducer = RetryingProducer
