@@ -21,13 +21,12 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from producer_overhead import broker  # bench/ is on the path of a bench script
+
 from producers.publisher import close_producer, kafka_producer
-from stepstream.settings import Settings
-from stepstream.stack import LocalStack
 from stepstream.topics import Topics
 
 
@@ -67,54 +66,47 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second")
     parser.add_argument("--size", type=int, default=30_000, help="bytes per message")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as name:
-        settings = Settings(state_dir=Path(name), topic_prefix=f"kc{uuid.uuid4().hex[:6]}")
-        stack = LocalStack(settings, workers=False)
-        state = stack.start()
+    with tempfile.TemporaryDirectory() as name, broker(Path(name)) as settings:
+        topic = Topics(settings.topic_prefix).telemetry
+        ours = kafka_producer(settings)
+        ours.send(topic, key=b"k", value=b"warm-up").get(10)
+        python_ms, call_ms, n = cpu_per_message(
+            lambda v: ours.send(topic, key=b"k", value=v),
+            lambda: ours.flush(10),
+            args.seconds,
+            args.rate,
+            args.size,
+        )
+        close_producer(ours, 5)
+        print(
+            f"kafka-python: {python_ms * 1e3:.2f} ms CPU per message ({n} messages of "
+            f"{args.size} B), of which the send() call {call_ms * 1e3:.2f} ms"
+        )
         try:
-            settings = settings.model_copy(update={"kafka_bootstrap": state.kafka_bootstrap})
-            topic = Topics(settings.topic_prefix).telemetry
-            ours = kafka_producer(settings)
-            ours.send(topic, key=b"k", value=b"warm-up").get(10)
-            python_ms, call_ms, n = cpu_per_message(
-                lambda v: ours.send(topic, key=b"k", value=v),
-                lambda: ours.flush(10),
-                args.seconds,
-                args.rate,
-                args.size,
+            from confluent_kafka import Producer
+        except ImportError:
+            print("confluent-kafka is not installed: pip install confluent-kafka")
+            rd_ms = float("nan")
+        else:
+            rd = Producer(
+                {
+                    "bootstrap.servers": settings.kafka_bootstrap,
+                    "compression.type": settings.kafka_compression or "none",
+                    "linger.ms": settings.kafka_linger_ms,
+                }
             )
-            close_producer(ours, 5)
-            print(
-                f"kafka-python: {python_ms * 1e3:.2f} ms CPU per message ({n} messages of "
-                f"{args.size} B), of which the send() call {call_ms * 1e3:.2f} ms"
+            rd.produce(topic, key=b"k", value=b"warm-up")
+            rd.flush(10)
+
+            def produce(value: bytes) -> None:
+                rd.produce(topic, key=b"k", value=value)
+                rd.poll(0)
+
+            rd_ms, _, n = cpu_per_message(
+                produce, lambda: rd.flush(10), args.seconds, args.rate, args.size
             )
-            try:
-                from confluent_kafka import Producer
-            except ImportError:
-                print("confluent-kafka is not installed: pip install confluent-kafka")
-                rd_ms = float("nan")
-            else:
-                rd = Producer(
-                    {
-                        "bootstrap.servers": state.kafka_bootstrap,
-                        "compression.type": settings.kafka_compression or "none",
-                        "linger.ms": settings.kafka_linger_ms,
-                    }
-                )
-                rd.produce(topic, key=b"k", value=b"warm-up")
-                rd.flush(10)
-
-                def produce(value: bytes) -> None:
-                    rd.produce(topic, key=b"k", value=value)
-                    rd.poll(0)
-
-                rd_ms, _, n = cpu_per_message(
-                    produce, lambda: rd.flush(10), args.seconds, args.rate, args.size
-                )
-                print(f"librdkafka (confluent-kafka): {rd_ms * 1e3:.2f} ms CPU per message")
-                del rd  # closes its connections before the broker goes
-        finally:
-            stack.stop()
+            print(f"librdkafka (confluent-kafka): {rd_ms * 1e3:.2f} ms CPU per message")
+            del rd  # closes its connections before the broker goes
     print(
         f"kafka_python_ms_per_msg={python_ms * 1e3:.2f} send_call_ms={call_ms * 1e3:.2f} "
         f"librdkafka_ms_per_msg={rd_ms * 1e3:.2f} ratio={python_ms / rd_ms:.1f}"

@@ -187,6 +187,9 @@ _PERMANENT_PRODUCE_ERRORS = (
 #: Sends of one record a worker makes before its failure is final (faust then logs it).
 PRODUCE_ATTEMPTS = 8
 
+#: Resends waiting for their turn (only failed deliveries ever get here).
+_RESENDS: set[asyncio.Task[None]] = set()
+
 
 def retrying(
     first: asyncio.Future[Any],
@@ -206,20 +209,10 @@ def retrying(
     """
     loop = asyncio.get_running_loop()
     outer: asyncio.Future[Any] = loop.create_future()
-    left = [attempts - 1]
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def again(delay: float) -> None:
-        await asyncio.sleep(delay)
-        try:
-            inner = await resend()
-        except Exception as exc:  # the producer stopped, ...: the send is lost
-            if not outer.done():
-                outer.set_exception(exc)
-            return
-        inner.add_done_callback(settle)
+    sent = 1
 
     def settle(fut: asyncio.Future[Any]) -> None:
+        nonlocal sent
         if outer.done():
             return
         if fut.cancelled():
@@ -229,24 +222,34 @@ def retrying(
         if exc is None:
             outer.set_result(fut.result())
             return
-        if isinstance(exc, permanent) or left[0] <= 0:
+        if isinstance(exc, permanent) or sent >= attempts:
             outer.set_exception(exc)
             return
-        attempt = attempts - left[0]
-        left[0] -= 1
-        delay = min(2.0, backoff_s * 2 ** (attempt - 1))
+        delay = min(2.0, backoff_s * 2 ** (sent - 1))
+        sent += 1
         log.warning(
             "sending a record to %s failed (%s: %s); sending it again in %.1f s (attempt %d of %d)",
             topic,
             type(exc).__name__,
             exc,
             delay,
-            attempt + 1,
+            sent,
             attempts,
         )
-        task = loop.create_task(again(delay))
-        tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(tasks.discard)
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            try:
+                inner = await resend()
+            except Exception as exc:  # the producer stopped, ...: the send is lost
+                if not outer.done():
+                    outer.set_exception(exc)
+                return
+            inner.add_done_callback(settle)
+
+        task = loop.create_task(again())
+        _RESENDS.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_RESENDS.discard)
 
     first.add_done_callback(settle)
     return outer
