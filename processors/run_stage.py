@@ -14,6 +14,7 @@ of the window (`CrossRankUpdate.quality`), exactly as if one process had seen ev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from processors.detectors import (
     DesyncParams,
     DPMismatchDetector,
     DPMismatchParams,
+    GradientDetector,
+    GradientParams,
     LivenessDetector,
     LivenessParams,
     NonFiniteOrigin,
@@ -32,7 +35,7 @@ from processors.detectors import (
     StragglerDetector,
     StragglerParams,
 )
-from processors.detectors.base import with_overrides
+from processors.detectors.base import median, with_overrides
 from processors.flags import Flag, flag_of, flag_to_alert
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
@@ -40,6 +43,9 @@ from stepstream import vocabulary as vocab
 from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary, WindowStats
 from stepstream.keys import step_window_name
 from stepstream.vocabulary import canonical
+
+#: The rank key under which stage 2's detectors keep a run's job-level series.
+_JOB = -1
 
 #: Detectors whose episodes the liveness detector ends silently when it forgets a run.
 LIVENESS_DETECTORS = (vocab.DEAD_RANK, vocab.HUNG_RANK, vocab.RANK_EXITED, vocab.NODE_LOST)
@@ -66,6 +72,20 @@ class _RunState:
     quality: dict[str, QualityWindow] = field(default_factory=dict)
     #: Processor clock when a summary of the run last came (see `RunStage.expire`).
     heard: float = 0.0
+    #: Each rank's device-mesh coordinates (role -> index), from its heartbeats.
+    mesh: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def roles(self) -> dict[int, tuple[int, int]]:
+        """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
+        return {r: (c.get(vocab.MESH_PP, 0), c.get(vocab.MESH_TP, 0)) for r, c in self.mesh.items()}
+
+    def replicas(self) -> dict[int, tuple[int, int, int]]:
+        """A rank's replica group: ranks equal on every coordinate but ``dp`` hold the same
+        shard."""
+        return {
+            r: (c.get(vocab.MESH_PP, 0), c.get(vocab.MESH_TP, 0), c.get(vocab.MESH_FSDP, 0))
+            for r, c in self.mesh.items()
+        }
 
 
 @dataclass
@@ -74,6 +94,42 @@ class RunResult:
 
     crossrank: list[CrossRankUpdate] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+
+
+def combine_norms(
+    ranks: Mapping[int, Mapping[str, float]], stats: dict[str, CrossRankStats]
+) -> dict[str, float]:
+    """Set `CrossRankStats.combined` on the norms of one complete step: the root of the
+    ranks' summed squared shares for a sharded model (the shares' own entries leave
+    `stats`: no rank's share means anything alone), the replicas' median for a model every
+    rank holds whole. Returns the combined norms of the sharded model (for its gradient
+    detectors)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for values in ranks.values():
+        for metric, value in values.items():
+            target = vocab.combined_name(metric)
+            if target is not None:
+                sums[target] = sums.get(target, 0.0) + value
+                counts[target] = counts.get(target, 0) + 1
+    for metric in [m for m in stats if vocab.is_sharded(m)]:
+        del stats[metric]
+    sharded: dict[str, float] = {}
+    for target, total in sums.items():
+        norm = math.sqrt(total) if total >= 0 else math.nan  # NaN stays NaN
+        sharded[target] = norm
+        known = stats.get(target)
+        if known is None:
+            stats[target] = CrossRankStats(ranks=counts[target], combined=norm)
+        else:
+            known.combined = norm
+    for metric, entry in stats.items():
+        if metric in sharded or not vocab.is_signal(metric, vocab.GRAD_NORM, vocab.GRAD_LAYER_NORM):
+            continue
+        replicas = [v[metric] for v in ranks.values() if metric in v and math.isfinite(v[metric])]
+        if replicas:
+            entry.combined = median(replicas)
+    return sharded
 
 
 def crossrank_stats(ranks: Mapping[int, Mapping[str, float]]) -> dict[str, CrossRankStats]:
@@ -148,6 +204,9 @@ class RunStage:
             with_overrides(NonFiniteOriginParams(), params.get("nonfinite_origin"))
         )
         self.incidents = Incidents(hold_s=incident_hold_s)
+        # A sharded model's gradient norms exist only once stage 2 combined the shares:
+        # the same detector stage 1 runs per rank judges them here, per run.
+        self.gradients = GradientDetector(with_overrides(GradientParams(), params.get("gradients")))
 
     def process(self, summary: RankSummary, now: float) -> RunResult:
         """Apply one rank summary received at `now` (processor clock)."""
@@ -155,6 +214,8 @@ class RunStage:
         state = self._runs.setdefault(run, _RunState())
         state.heard = now
         state.world = max(state.world, summary.world)
+        if summary.mesh is not None:
+            state.mesh[rank] = summary.mesh
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
         flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
         flags += self.liveness.seen(
@@ -222,20 +283,47 @@ class RunStage:
                 break  # later steps wait too: nobody is past them if nobody is past this
             del state.steps[step]
             state.finished = max(state.finished, step)
+            stats = crossrank_stats(pending.ranks)
+            if len(pending.ranks) >= state.world:
+                # Only a step every rank reported adds up to the job's norms.
+                combined = combine_norms(pending.ranks, stats)
+                flags.extend(self._judge_combined(run, step, pending.t, combined))
+            else:
+                for metric in [m for m in stats if vocab.is_sharded(m)]:
+                    del stats[metric]
             result.crossrank.append(
                 CrossRankUpdate(
                     run=run,
                     step=step,
                     t=pending.t,
                     world=state.world,
-                    stats=crossrank_stats(pending.ranks),
+                    stats=stats,
                     quality=self._quality(state, step, pending.quality),
                 )
             )
-            flags.extend(self.straggler.observe_step(run, step, pending.t, pending.ranks))
-            flag = self.dp.observe_step(run, step, pending.t, pending.ranks)
-            if flag is not None:
-                flags.append(flag)
+            mesh = state.mesh or None
+            flags.extend(
+                self.straggler.observe_step(
+                    run, step, pending.t, pending.ranks, state.roles() if mesh else None
+                )
+            )
+            flags.extend(
+                self.dp.observe_step(
+                    run, step, pending.t, pending.ranks, state.replicas() if mesh else None
+                )
+            )
+
+    def _judge_combined(
+        self, run: str, step: int, t: float, norms: Mapping[str, float]
+    ) -> list[Flag]:
+        """The gradient detectors' verdicts on a sharded model's combined norms: findings
+        of the job, so of no rank."""
+        flags: list[Flag] = []
+        for metric, value in norms.items():
+            if self.gradients.wants(metric):
+                for flag in self.gradients.observe(run, _JOB, metric, step, t, value):
+                    flags.append(dataclasses.replace(flag, rank=None))
+        return flags
 
     def flush_steps(self, now: float) -> RunResult:
         """Finish the steps that waited `lag_s` with no summary coming (the last steps of a
@@ -285,6 +373,7 @@ class RunStage:
             self.desync.forget(run)
             self.dp.forget(run)
             self.origin.forget(run)
+            self.gradients.forget([(run, _JOB)])
 
     def expire(self, now: float, idle_s: float) -> list[str]:
         """Forget the runs no summary came for in `idle_s` (processor clock), as `forget`

@@ -198,8 +198,20 @@ def _merge(parts: Sequence[RankSummary]) -> RankSummary:
             older.phase, older.phase_s = newer.phase, newer.phase_s
         if newer.stack is not None:
             older.stack, older.stack_t = newer.stack, newer.stack_t
+        if newer.mesh is not None:
+            older.mesh = newer.mesh
     older.steps = [steps[s] for s in sorted(steps)]
     return older
+
+
+def _always_forwarded(metric: str) -> bool:
+    """Norms stage 2 combines into the job's (`CrossRankStats.combined`): a sharded
+    rank's shares, and the per-layer norms of a model held whole. They come only on the
+    steps `watch()` reads (its `every`)."""
+    return vocab.is_signal(metric, *_COMBINED)
+
+
+_COMBINED = (vocab.GRAD_NORM_SQ, vocab.GRAD_LAYER_NORM_SQ, vocab.GRAD_LAYER_NORM, vocab.SHARD_NORM)
 
 
 def heartbeat(state: RankState, record: Record, beat: RankSummary) -> None:
@@ -216,6 +228,13 @@ def heartbeat(state: RankState, record: Record, beat: RankSummary) -> None:
     if phase is not None:
         beat.phase = vocab.PHASE_NAMES.get(phase)
         beat.phase_s = values.get(vocab.HEARTBEAT_PHASE_S)
+    mesh = {
+        name[len(vocab.MESH_PREFIX) :]: int(value)
+        for name, value in values.items()
+        if name.startswith(vocab.MESH_PREFIX) and math.isfinite(value)
+    }
+    if mesh:
+        beat.mesh = mesh
     if vocab.HEARTBEAT_STACK in values and record.text:
         beat.stack, beat.stack_t = record.text, record.t
 
@@ -317,7 +336,7 @@ class SeriesStage:
             self.window_steps[-1] if self.window_steps else None,
             self.window_seconds[-1] if self.window_seconds else None,
             [d for d in self._detectors if d.wants(metric)],
-            vocab.canonical(metric) in self.crossrank_metrics,
+            vocab.canonical(metric) in self.crossrank_metrics or _always_forwarded(metric),
             metric,
         )
 
@@ -552,6 +571,7 @@ class SeriesStage:
             phase_s=beat.phase_s if beat else None,
             stack=beat.stack if beat else None,
             stack_t=beat.stack_t if beat else None,
+            mesh=beat.mesh if beat else None,
         )
 
     def _add_quality(

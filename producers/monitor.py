@@ -26,9 +26,11 @@ from stepstream.vocabulary import PHASE_OUTSIDE
 if TYPE_CHECKING:
     import torch
 
-    from producers.watch import Watch
+    from producers.mesh import Topology
+    from producers.watch import NoWatch, Watch
 
 _TRAIN = RecordKind.TRAIN
+log = logging.getLogger(__name__)
 
 
 def _shutdown(
@@ -64,7 +66,11 @@ class Monitor:
         self.settings = settings
         self._step: int | None = None
         self._status: str | None = None  # closing or crashed; else derived from _step
-        self._watches: list[Watch] = []
+        self._watches: list[Watch | NoWatch] = []
+        #: SDK parts that failed once (reported once each).
+        self._failed_parts: set[str] = set()
+        #: The job's device mesh, when `init(mesh=...)` gave one (see `watch`).
+        self.mesh: Any = None
         #: The training thread's phase (the thread that creates the monitor).
         self._phases = PhaseClock()
         self._publisher = Publisher(identity, settings, producer_factory)
@@ -121,7 +127,8 @@ class Monitor:
     def log(self, step: int | None = None, /, **values: Any) -> None:
         """Record training metrics at `step`: numbers or 0-d tensors. A tensor on a device
         (GPU) is read off the training thread (reading it here would wait for the device);
-        a CPU tensor is read here."""
+        a CPU tensor is read here. Never raises: a value it cannot read is left to the
+        publisher, which skips it (``stepstream/skipped_values``)."""
         if step is not None:
             self._step = step
         tensor = self._tensor
@@ -131,7 +138,10 @@ class Monitor:
                 # instead, the step's tensors slowed the training thread itself by 3 %
                 # (measured: 0.58 ms CPU steps, 20 values, one a loss tensor).
                 if type(value) is tensor and value.is_cpu and value.numel() == 1:
-                    values[name] = value.item()
+                    try:
+                        values[name] = value.item()
+                    except Exception as exc:  # a tensor subclass item() refuses
+                        self._sdk_error("log", exc)
         self._enqueue(step, _TRAIN, values)
 
     def log_eval(self, step: int | None = None, /, **values: Any) -> None:
@@ -146,6 +156,21 @@ class Monitor:
         """Record sufficient statistics from `producers.quality_stats` (kind quality)."""
         self._publisher.enqueue(step, RecordKind.QUALITY, stats)
 
+    def _sdk_error(self, part: str, exc: BaseException) -> None:
+        """A part of the SDK failed on the training thread: count it
+        (``stepstream/sdk_errors``) and log it with its traceback, once per part (the
+        part turns itself off, or fails the same way again). Training goes on."""
+        self._publisher.stats.sdk_errors += 1
+        if part in self._failed_parts:
+            return
+        self._failed_parts.add(part)
+        log.error(
+            "stepstream: %s failed and is turned off; training goes on (report this with "
+            "the traceback below)",
+            part,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
     def watch(
         self,
         model: torch.nn.Module,
@@ -155,7 +180,8 @@ class Monitor:
         update_ratio: bool = True,
         weights_every: int | None = None,
         timing: bool = True,
-    ) -> Watch:
+        mesh: Any = None,
+    ) -> Watch | NoWatch:
         """Hook `model` and `optimizer`: every `every` optimizer steps, publish global and
         per-layer gradient norms, weight norms, update/weight ratios, the first layer with a
         non-finite gradient (kind grad), learning rates, momentum, step time, data wait,
@@ -164,22 +190,54 @@ class Monitor:
         weights; `update_ratio=False` skips that copy. Steps count optimizer steps from 0.
         `timing=False` leaves step time, data wait and throughput to the caller (a
         framework callback that times the step from its own hooks).
-        Returns the hooks' handle (``.remove()``)."""
-        from producers.watch import Watch
 
-        watch = Watch(
-            self._publisher.enqueue,
-            model,
-            optimizer,
-            every,
-            tokens_per_sample,
-            update_ratio,
-            weights_every,
-            self._phases,
-            timing,
-        )
+        Sharded models (FSDP2 ``fully_shard``, tensor parallel DTensors, pipeline stages)
+        are read from each rank's local shards, with no collective: each rank reports its
+        share of the squared norms and stage 2 adds them into the job's norms. The device
+        mesh is found from the parameters, or given as `mesh` (or ``init(mesh=...)``; a
+        pipeline's plain modules carry none); its coordinates travel with the heartbeats.
+
+        Never raises into training: a hook that fails is counted
+        (``stepstream/sdk_errors``), logged once with its traceback and turned off, and the
+        rest goes on. Returns the hooks' handle (``.remove()``)."""
+        from producers.watch import NoWatch, Watch
+
+        try:
+            topology = self._topology_for(mesh if mesh is not None else self.mesh, model)
+            watch: Watch | NoWatch = Watch(
+                self._publisher.enqueue,
+                model,
+                optimizer,
+                every,
+                tokens_per_sample,
+                update_ratio,
+                weights_every,
+                self._phases,
+                timing,
+                on_error=self._sdk_error,
+                world=self.identity.world,
+                topology=topology,
+            )
+        except Exception as exc:  # a wrapper without torch's hook API, say
+            self._sdk_error("watch", exc)
+            return NoWatch()
         self._watches.append(watch)
         return watch
+
+    def _topology_for(self, mesh: Any, model: torch.nn.Module) -> Topology:
+        """The rank's place in the device mesh (given, or found on the parameters), now
+        sent with every heartbeat; an empty topology for a model every rank holds whole."""
+        from producers.mesh import Topology, find_mesh, topology_of
+
+        params = list(model.parameters())
+        found = mesh if mesh is not None else find_mesh(params)
+        if found is None:
+            return Topology()
+        topology = topology_of(found, params)
+        self._ticker.extra_heartbeat = topology.heartbeat_values()
+        # Now, not at the next tick: stage 2 groups peers by role from the first steps.
+        self._ticker.heartbeat()
+        return topology
 
     def phase(self, name: str) -> AbstractContextManager[None]:
         """``with monitor.phase("checkpoint"):`` declares what the training thread does in
@@ -265,6 +323,7 @@ def init(
     local_rank: int | None = None,
     node: str | None = None,
     settings: Settings | None = None,
+    mesh: Any = None,
     **overrides: Any,
 ) -> Monitor:
     """Start a monitor for this process.
@@ -272,6 +331,8 @@ def init(
     Identity comes from the arguments, then torchrun / SLURM variables, then defaults; the
     node from `node`, then ``STEPSTREAM_NODE`` (`Settings.node`), then SLURMD_NODENAME, then
     the host name (torchrun names no host: its GROUP_RANK is a number, not a node).
+    `mesh`: the job's `torch.distributed.DeviceMesh` when the model's parameters do not
+    carry it (pipeline stages of plain modules); `watch()` finds it on DTensor parameters.
     `overrides` are Settings fields (``kafka_bootstrap=...``, ``spool_dir=...``); they beat
     ``STEPSTREAM_*`` variables, which beat the running local stack and the defaults. With
     `settings` given, `overrides` are applied on top of it.
@@ -283,4 +344,6 @@ def init(
     else:
         resolved = settings.model_copy(update=overrides) if overrides else settings
     identity = detect_identity(run, rank, world, local_rank, node or resolved.node)
-    return Monitor(identity, resolved)
+    monitor = Monitor(identity, resolved)
+    monitor.mesh = mesh
+    return monitor

@@ -86,6 +86,8 @@ class Ticker:
         self._stop = threading.Event()
         self._pid = os.getpid()
         self.sample_cost_s: list[float] = []
+        #: Values every heartbeat carries besides its own (the rank's mesh coordinates).
+        self.extra_heartbeat: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name="stepstream-ticker", daemon=True)
 
     def start(self) -> None:
@@ -101,6 +103,8 @@ class Ticker:
         if self._phases is not None:
             phase, phase_s, _ = self._phases.read()
         values = heartbeat_values(step, self._pid, status, phase, phase_s)
+        if self.extra_heartbeat:
+            values.update(self.extra_heartbeat)
         pub = self._publisher
         pub.enqueue(step, RecordKind.HEARTBEAT, values, status)
         pub.enqueue(step, RecordKind.SYSTEM, pub.stats.values())

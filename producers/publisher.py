@@ -119,6 +119,8 @@ class PublisherStats:
     dropped_spool: int = 0
     spool_bytes: int = 0
     queue_depth: int = 0
+    #: SDK parts that failed on the training thread and turned themselves off.
+    sdk_errors: int = 0
 
     def values(self) -> dict[str, float]:
         """The counters as record values named ``stepstream/<counter>``.
@@ -138,6 +140,7 @@ class PublisherStats:
             "stepstream/replayed": float(self.replayed_records),
             "stepstream/spool_bytes": float(self.spool_bytes),
             "stepstream/queue_depth": float(self.queue_depth),
+            "stepstream/sdk_errors": float(self.sdk_errors),
         }
 
 

@@ -13,13 +13,16 @@ so compute then means launch time unless something in the step synchronizes.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from producers.mesh import Topology, replication
 from producers.phase import PhaseClock
 from stepstream import vocabulary as vocab
 from stepstream.contract import RecordKind
@@ -33,6 +36,9 @@ COMPUTE = vocab.COMPUTE.name
 SAMPLES_PER_S = vocab.SAMPLES_PER_S.name
 TOKENS_PER_S = vocab.TOKENS_PER_S.name
 LAYER_NORM = vocab.GRAD_LAYER_NORM.name
+GLOBAL_NORM_SQ = vocab.GRAD_NORM_SQ.name
+LAYER_NORM_SQ = vocab.GRAD_LAYER_NORM_SQ.name
+SHARD_NORM = vocab.SHARD_NORM.name
 WEIGHT_NORM = vocab.WEIGHT_NORM.name
 UPDATE_RATIO = vocab.UPDATE_RATIO.name
 LR = vocab.LR.name
@@ -44,6 +50,17 @@ PHASE_OPTIMIZER = vocab.PHASE_OPTIMIZER
 PHASE_DATA = vocab.PHASE_DATA
 
 Enqueue = Callable[[int | None, RecordKind, Any], None]
+#: Told when a part of the SDK failed on the training thread: (part, exception).
+OnError = Callable[[str, BaseException], None]
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The parts of `watch()` that fail and turn off independently: a failure in one (a
+#: tensor type the norms cannot read) leaves the others (timing, learning rates) running.
+PART_GRADS = "watch.grads"
+PART_TIMING = "watch.timing"
+PART_OPTIMIZER = "watch.optimizer"
 
 
 _no_grad = torch.no_grad
@@ -71,10 +88,20 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) else model
 
 
+def _is_dtensor(tensor: Any) -> bool:
+    """True for a DTensor (checked by attribute: importing DTensor costs 0.3 s)."""
+    return hasattr(tensor, "to_local") and hasattr(tensor, "placements")
+
+
+def _local(tensor: Any) -> Any:
+    """The rank's local part of a DTensor; a plain tensor itself."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
 class GradStats:
     """Deferred values of one watched step: resolved on the publisher thread."""
 
-    __slots__ = ("index", "names", "order", "parts", "updates", "weights")
+    __slots__ = ("index", "names", "order", "parts", "scales", "updates", "weights")
 
     def __init__(
         self,
@@ -84,6 +111,7 @@ class GradStats:
         parts: Any,
         weights: bool = True,
         updates: bool = True,
+        scales: Sequence[float | None] | None = None,
     ) -> None:
         self.names = names
         self.index = index  # positions (in `names`) of the params that had a gradient
@@ -93,9 +121,15 @@ class GradStats:
         self.parts = parts
         self.weights = weights
         self.updates = updates and weights
+        # Sharded model: per parameter (in `names` order) 1 / the ranks holding the same
+        # local data, or None where the local gradient is a pending partial sum. None for
+        # a model every rank holds whole (DDP): the norms are the job's own.
+        self.scales = scales
 
     def resolve(self) -> tuple[dict[str, float], str | None]:
-        """Per-layer and global norms, update ratios and the first non-finite layer."""
+        """Per-layer and global norms, update ratios and the first non-finite layer; for a
+        sharded model, this rank's shares of the squared norms instead (see
+        `producers.mesh`)."""
         parts = self.parts
         if hasattr(parts, "tolist"):
             flat = parts.tolist()
@@ -107,19 +141,36 @@ class GradStats:
         updates = flat[2 * k : 3 * k] if self.updates else []
         values: dict[str, float] = {}
         by_pos: dict[int, float] = {}
+        scales = self.scales
+        exact = True
+        total_sq = 0.0
         for j, pos in enumerate(self.index):
             name = self.names[pos]
             g = grads[j]
             by_pos[pos] = g
-            values[LAYER_NORM + name] = g
-            if weights:
-                w = weights[j]
-                values[WEIGHT_NORM + name] = w
-                if updates:
-                    u = updates[j]
-                    ratio = u / w if w else (0.0 if u == 0 else math.inf)
-                    values[UPDATE_RATIO + name] = ratio
-        values[GLOBAL_NORM] = math.sqrt(sum(g * g for g in grads))
+            if scales is None:
+                values[LAYER_NORM + name] = g
+            else:
+                scale = scales[pos]
+                if scale is None:
+                    exact = False
+                else:
+                    share = g * g * scale
+                    values[LAYER_NORM_SQ + name] = share
+                    total_sq += share
+            if weights and scales is None:
+                # A shard's weight norm is no norm of the model's: left out when sharded.
+                values[WEIGHT_NORM + name] = weights[j]
+            if updates:  # a ratio: the shard's is an estimate of the parameter's
+                u, w = updates[j], weights[j]
+                ratio = u / w if w else (0.0 if u == 0 else math.inf)
+                values[UPDATE_RATIO + name] = ratio
+        if scales is None:
+            values[GLOBAL_NORM] = math.sqrt(sum(g * g for g in grads))
+        else:
+            values[SHARD_NORM] = math.sqrt(sum(g * g for g in grads))
+            if exact:  # a share missing a partial sum would understate the job's norm
+                values[GLOBAL_NORM_SQ] = total_sq
         bad = [pos for pos in by_pos if not math.isfinite(by_pos[pos])]
         values[NONFINITE_COUNT] = float(len(bad))
         text = None
@@ -127,6 +178,19 @@ class GradStats:
             ranked = [p for p in self.order if p in bad] or sorted(bad)
             text = f"first non-finite gradient: {self.names[ranked[0]]}"
         return values, text
+
+
+class NoWatch:
+    """What `Monitor.watch()` returns when it could not hook the model (the failure was
+    reported): nothing to take off."""
+
+    disabled: frozenset[str] = frozenset({PART_GRADS, PART_TIMING, PART_OPTIMIZER})
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def remove(self) -> None:
+        """Nothing was hooked."""
 
 
 class Watch:
@@ -143,8 +207,14 @@ class Watch:
         weights_every: int | None = None,
         phases: PhaseClock | None = None,
         timing: bool = True,
+        on_error: OnError | None = None,
+        world: int = 1,
+        topology: Topology | None = None,
     ) -> None:
         self._enqueue = enqueue
+        self._on_error = on_error
+        #: Parts that failed once and stay off (`PART_*`).
+        self.disabled: set[str] = set()
         # False when a framework callback times the step from its own hooks (Lightning's
         # training_step need not call the module's forward at all).
         self.timing = timing
@@ -159,6 +229,12 @@ class Watch:
         self.tokens_per_sample = tokens_per_sample
         self.update_ratio = update_ratio
         self.names, self.params = layer_names(model)
+        self.world = max(1, world)
+        self.topology = topology or Topology()
+        # Sharded when a parameter is a DTensor (FSDP2, tensor parallel) or the job is a
+        # pipeline: then no rank's norms are the model's, and each rank reports its shares.
+        self.sharded = self.topology.pp_size > 1 or any(_is_dtensor(p) for p in self.params)
+        self._scales: list[float | None] | None = None
         self.step = 0
         self._order: list[int] = []
         self._t_end: float | None = None
@@ -175,19 +251,53 @@ class Watch:
         # parallelism data wait + forward is the time a rank spends before its first
         # collective, the one number that names a straggler.
         inner = _unwrapped(model)
+        # Every hook catches its own failure (`_guarded`): a monitor must never raise into
+        # the training step, whatever the model, wrapper or tensor type.
         self._handles = [
-            model.register_forward_pre_hook(self._on_forward, with_kwargs=True),
-            inner.register_forward_pre_hook(self._on_inner_forward),
-            inner.register_forward_hook(self._on_inner_forward_end),
-            optimizer.register_step_pre_hook(self._pre_step),
-            optimizer.register_step_post_hook(self._post_step),
+            model.register_forward_pre_hook(
+                self._guarded(PART_TIMING, self._on_forward), with_kwargs=True
+            ),
+            inner.register_forward_pre_hook(self._guarded(PART_TIMING, self._on_inner_forward)),
+            inner.register_forward_hook(self._guarded(PART_TIMING, self._on_inner_forward_end)),
+            optimizer.register_step_pre_hook(self._guarded(PART_OPTIMIZER, self._pre_step)),
+            optimizer.register_step_post_hook(self._guarded(PART_OPTIMIZER, self._post_step)),
         ]
         # Which layer's gradient came first is the order backward produces them: learn it
         # once from the first backward, then drop these per-parameter hooks.
         self._order_handles = [
-            p.register_post_accumulate_grad_hook(self._order_hook(i))
+            p.register_post_accumulate_grad_hook(self._guarded(PART_GRADS, self._order_hook(i)))
             for i, p in enumerate(self.params)
         ]
+
+    def _guarded(self, part: str, hook: F) -> F:
+        """`hook`, made unable to raise: a failure is reported once (`on_error`), turns
+        `part` off for good, and the hook returns None (torch then leaves the step's
+        arguments and outputs as they were)."""
+        disabled = self.disabled
+
+        @functools.wraps(hook)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if part in disabled:
+                return None
+            try:
+                return hook(*args, **kwargs)
+            except Exception as exc:
+                self._fail(part, exc)
+                return None
+
+        return guarded  # type: ignore[return-value]
+
+    def _fail(self, part: str, exc: BaseException) -> None:
+        """Turn `part` off and report its failure once."""
+        if part in self.disabled:
+            return
+        self.disabled.add(part)
+        if part == PART_GRADS:
+            self._pending = None
+        if self._on_error is not None:
+            self._on_error(part, exc)
+        else:
+            log.warning("stepstream: %s failed and is now off", part, exc_info=exc)
 
     def _order_hook(self, pos: int) -> Callable[[torch.Tensor], None]:
         def hook(_param: torch.Tensor) -> None:
@@ -242,20 +352,29 @@ class Watch:
         # `args` holds the optimizer itself first, then step()'s own positional arguments.
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._read_grads()
+            self._read_grads_safely()
             return None
 
         # step(closure) runs forward and backward inside the step (Lightning, LBFGS): the
-        # gradients exist only once the closure returned, so read them there.
+        # gradients exist only once the closure returned, so read them there. The closure's
+        # own exceptions are the training code's: they propagate untouched.
         def read_after(*c_args: Any, **c_kwargs: Any) -> Any:
             result = closure(*c_args, **c_kwargs)
             self._enter(PHASE_OPTIMIZER)
-            self._read_grads()
+            self._read_grads_safely()
             return result
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": read_after}
         return (args[0], read_after, *args[2:]), kwargs
+
+    def _read_grads_safely(self) -> None:
+        if PART_GRADS in self.disabled:
+            return
+        try:
+            self._read_grads()
+        except Exception as exc:
+            self._fail(PART_GRADS, exc)
 
     def _read_grads(self) -> None:
         index = [i for i, p in enumerate(self.params) if p.grad is not None]
@@ -263,6 +382,12 @@ class Watch:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
+        if self.sharded:
+            if self._scales is None:
+                self._scales = self._shard_scales()
+            # The local shards: a norm of a DTensor would be a collective (or fail).
+            grads = [_local(g) for g in grads]
+            params = [_local(p) for p in params]
         # Gradients hold no graph (unless backward ran with create_graph=True), so their
         # norms need no grad-mode switch: two context managers a step were a third of
         # what watch() cost the training thread besides the norms themselves.
@@ -295,31 +420,55 @@ class Watch:
             self._before = (index, copies)
         return copies
 
+    def _shard_scales(self) -> list[float | None]:
+        """Per parameter, 1 / the ranks holding the same local gradient data (None where it
+        is a pending partial sum): read once, placements do not change."""
+        scales: list[float | None] = []
+        for param in self.params:
+            grad = param.grad if param.grad is not None else param
+            copies, exact = replication(grad, self.world, self.topology.pp_size)
+            scales.append(1.0 / copies if exact else None)
+        return scales
+
     def _post_step(self, *_: Any) -> None:
         now = time.perf_counter()
-        self._enter(PHASE_DATA)  # waiting for the next batch
-        if self._phases is not None and self._t_end is not None:
-            self._phases.step_times.append(now - self._t_end)
-        if self._watched():
-            self._emit(now)
-        if self._order_handles and len(self._order) == len(self.params):
-            for handle in self._order_handles:
-                handle.remove()
-            self._order_handles = []
-        self._t_end = now
-        self._t_fwd = None
-        self._forward_s = 0.0
-        self._samples = 0
-        self._tokens = 0
-        self.step += 1
+        try:
+            self._enter(PHASE_DATA)  # waiting for the next batch
+            if self._phases is not None and self._t_end is not None:
+                self._phases.step_times.append(now - self._t_end)
+            if self._watched():
+                if PART_GRADS not in self.disabled:
+                    try:
+                        self._emit_grads()
+                    except Exception as exc:
+                        self._fail(PART_GRADS, exc)
+                if PART_TIMING not in self.disabled:
+                    try:
+                        self._emit(now)
+                    except Exception as exc:
+                        self._fail(PART_TIMING, exc)
+            if self._order_handles and len(self._order) == len(self.params):
+                for handle in self._order_handles:
+                    handle.remove()
+                self._order_handles = []
+        finally:
+            # The step count moves on whatever failed: steps stay optimizer steps.
+            self._t_end = now
+            self._t_fwd = None
+            self._forward_s = 0.0
+            self._samples = 0
+            self._tokens = 0
+            self.step += 1
 
-    def _emit(self, now: float) -> None:
+    def _emit_grads(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             index, norms, weights, before = pending
             if before is not None:
                 with _no_grad():
                     params: list[torch.Tensor] = [self.params[i] for i in index]
+                    if self.sharded:
+                        params = [_local(p) for p in params]
                     torch._foreach_sub_(before, params)
                     norms += list(torch._foreach_norm(before))
             try:
@@ -335,8 +484,12 @@ class Watch:
                     # On the CPU, reading the norms costs a microsecond and no sync; a
                     # tensor held in the queue until the flush slowed the next steps.
                     parts = parts.tolist()
-            stats = GradStats(self.names, index, self._order, parts, weights, before is not None)
+            stats = GradStats(
+                self.names, index, self._order, parts, weights, before is not None, self._scales
+            )
             self._enqueue(self.step, RecordKind.GRAD, stats)
+
+    def _emit(self, now: float) -> None:
         values: dict[str, Any] = {}
         for g, group in enumerate(self._optimizer.param_groups):
             values[f"{LR}{g}"] = group.get("lr")

@@ -207,6 +207,12 @@ class CrossRankRow(QueryModel):
     std: float | None = None
     argmin: int | None = Field(None, description="Rank with the lowest value.")
     argmax: int | None = Field(None, description="Rank with the highest value.")
+    combined: float | None = Field(
+        None,
+        description="The job's value of a gradient norm (global or per layer): what "
+        "torch.nn.utils.clip_grad_norm_ returns, added up from the ranks' shards under "
+        "FSDP2, tensor or pipeline parallelism; None for other metrics.",
+    )
 
 
 class QualityRow(QueryModel):

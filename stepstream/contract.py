@@ -190,6 +190,11 @@ class RankSummary(WireModel):
         None, description="The training thread's stack, captured by the SDK when it was stuck."
     )
     stack_t: float | None = Field(None, description="Event time the stack was captured.")
+    mesh: dict[str, int] | None = Field(
+        None,
+        description="The rank's device-mesh coordinate per role (dp, fsdp, tp, pp) from its "
+        "newest heartbeat that carried them; None for a job every rank holds whole (DDP).",
+    )
 
 
 class CrossRankStats(WireModel):
@@ -202,6 +207,12 @@ class CrossRankStats(WireModel):
     std: float | None = None
     argmin: int | None = None
     argmax: int | None = None
+    combined: float | None = Field(
+        None,
+        description="The job's value of a norm: under sharding the root of the ranks' "
+        "summed squared shares, else the replicas' common value (their median); what "
+        "torch.nn.utils.clip_grad_norm_ returns. Only on steps every rank reported.",
+    )
 
 
 class CrossRankUpdate(WireModel):

@@ -17,6 +17,10 @@ Each signal is classed by what data parallelism does to it (`Sync`):
 - ``COLLECTIVE_BOUND``: a time that includes waiting in collectives (step time, compute
   time after the forward): every rank's grows with the slowest rank, so it locates nothing.
 - ``HOST``: a property of the machine the rank runs on (memory, disk, GPU memory).
+- ``SHARDED``: this rank's share of a sum over the ranks that shard the model (FSDP2,
+  tensor or pipeline parallelism): a squared norm of its local shard, weighted by how many
+  ranks hold the same shard. No rank's value means anything alone; stage 2 adds the shares
+  of a step into the job's true norm. A non-finite share is located on its rank.
 
 GPU metrics carry their device index (``gpu0/mem_used_pct``); they resolve to the signal
 ``gpu/<what>`` and keep their own name.
@@ -39,6 +43,7 @@ class Sync(StrEnum):
     SYNCHRONISED = "synchronised"
     COLLECTIVE_BOUND = "collective_bound"
     HOST = "host"
+    SHARDED = "sharded"
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,31 @@ GRAD_LAYER_NORM = Signal(
     "L2 norm of one parameter's gradient after backward (after the all-reduce under DDP)",
     ("grad_norm/",),
     prefix=True,
+)
+GRAD_NORM_SQ = Signal(
+    "grad/global_norm_sq",
+    "grad",
+    Sync.SHARDED,
+    "sdk",
+    "this rank's share of the squared global gradient norm when the model is sharded "
+    "(FSDP2, tensor, pipeline parallel): stage 2 adds the shares into grad/global_norm",
+)
+GRAD_LAYER_NORM_SQ = Signal(
+    "grad/norm_sq/",
+    "grad",
+    Sync.SHARDED,
+    "sdk",
+    "this rank's share of one parameter's squared gradient norm when the model is sharded: "
+    "stage 2 adds the shares into grad/norm/<param>",
+    prefix=True,
+)
+SHARD_NORM = Signal(
+    "grad/shard_norm",
+    "grad",
+    Sync.SYNCHRONISED,
+    "sdk",
+    "L2 norm of the gradient shard this rank holds (sharded models): equal on the ranks "
+    "that hold the same shard (HSDP replicas), so a disagreement there is a fault",
 )
 NONFINITE_GRADS = Signal(
     "grad/nonfinite_count",
@@ -255,6 +285,9 @@ SIGNALS: tuple[Signal, ...] = (
     EVAL_LOSS,
     GRAD_NORM,
     GRAD_LAYER_NORM,
+    GRAD_NORM_SQ,
+    GRAD_LAYER_NORM_SQ,
+    SHARD_NORM,
     NONFINITE_GRADS,
     WEIGHT_NORM,
     UPDATE_RATIO,
@@ -338,8 +371,26 @@ def sync_of(metric: str) -> Sync:
 
 
 def is_rank_local(metric: str) -> bool:
-    """True when a fault in `metric` can be located on the rank that reports it."""
-    return sync_of(metric) is Sync.RANK_LOCAL
+    """True when a fault in `metric` can be located on the rank that reports it: a
+    rank-local value, or a rank's share of a sharded sum (its own shard)."""
+    return sync_of(metric) in (Sync.RANK_LOCAL, Sync.SHARDED)
+
+
+def is_sharded(metric: str) -> bool:
+    """True for a rank's share of a sum over the shard group (`Sync.SHARDED`)."""
+    return sync_of(metric) is Sync.SHARDED
+
+
+#: The combined (job-level) norm each sharded share adds up to: the share's name with
+#: ``norm_sq`` for ``norm`` (``grad/norm_sq/fc.weight`` -> ``grad/norm/fc.weight``).
+def combined_name(metric: str) -> str | None:
+    """The job-level norm a sharded share `metric` adds into, else None."""
+    signal, name = resolve(metric)
+    if signal is GRAD_NORM_SQ:
+        return GRAD_NORM.name
+    if signal is GRAD_LAYER_NORM_SQ:
+        return GRAD_LAYER_NORM.name + name[len(GRAD_LAYER_NORM_SQ.name) :]
+    return None
 
 
 def is_signal(metric: str, *signals: Signal) -> bool:
@@ -382,6 +433,19 @@ HEARTBEAT_PHASE_S = "heartbeat/phase_s"
 """Seconds the training thread has been in its current phase."""
 HEARTBEAT_STACK = "heartbeat/stack_bytes"
 """Present (the size) on a heartbeat whose text is the training thread's captured stack."""
+MESH_PREFIX = "mesh/"
+"""Heartbeat values ``mesh/<role>``: the rank's coordinate per parallelism role (a device
+mesh the SDK found or was given). Ranks with equal ``pp`` and ``tp`` play the same part of
+the model; ranks equal on every role but ``dp`` hold the same shard (replicas)."""
+MESH_DP = "dp"
+MESH_FSDP = "fsdp"
+MESH_TP = "tp"
+MESH_PP = "pp"
+MESH_ROLES: tuple[str, ...] = (MESH_DP, MESH_FSDP, MESH_TP, MESH_PP)
+SDK_ERRORS = "stepstream/sdk_errors"
+"""SDK parts that failed on the training thread and turned themselves off (the publisher
+counters record): the training went on."""
+
 
 STATUS_CODES: dict[str, float] = {"starting": 0.0, "running": 1.0, "closing": 2.0, "crashed": 3.0}
 STATUS_NAMES: dict[float, str] = {code: name for name, code in STATUS_CODES.items()}

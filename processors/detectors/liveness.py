@@ -368,11 +368,19 @@ class LivenessDetector:
         if not stepping:
             return None
 
-        def order(r: int) -> tuple[bool, float, int]:
+        def order(r: int) -> tuple[bool, bool, float, int]:
             s = state.ranks[r]
             in_phase = s.in_phase(now)
             inside = s.phase is None or s.phase in vocab.COLLECTIVE_PHASES
-            return (inside, -(in_phase if in_phase is not None else now - s.step_moved), r)
+            # A rank waiting for its data waits on nothing of its peers', while under FSDP2
+            # and tensor parallelism a rank in its forward may be waiting in an all-gather.
+            waiting = s.phase != vocab.PHASE_DATA
+            return (
+                inside,
+                waiting,
+                -(in_phase if in_phase is not None else now - s.step_moved),
+                r,
+            )
 
         origin = min(stepping, key=order)
         s = state.ranks[origin]

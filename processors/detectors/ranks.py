@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from processors.detectors.base import median
@@ -73,11 +74,19 @@ class StragglerDetector:
         self._episodes.forget_run(run)
 
     def observe_step(
-        self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
+        self,
+        run: str,
+        step: int,
+        t: float,
+        ranks: dict[int, dict[str, float]],
+        roles: Mapping[int, Hashable] | None = None,
     ) -> list[Flag]:
         """Add one step of every rank; flags of ranks that start straggling and cleared flags
-        of ranks that stop."""
+        of ranks that stop. `roles`: a rank's part of the model (pipeline stage and
+        tensor-parallel index): a rank is compared only with ranks of its role, since a
+        pipeline's first and last stages differ by design. Absent: one role."""
         p = self.params
+        role_of = roles or {}
         measures = {"+".join(p.metrics): p.metrics}
         for name in p.alone:
             measures.setdefault(name, (name,))
@@ -103,7 +112,11 @@ class StragglerDetector:
             if len(medians) < 2:
                 continue
             for rank, own in medians.items():
-                others = median(v for r, v in medians.items() if r != rank)
+                role = role_of.get(rank)
+                peers = [v for r, v in medians.items() if r != rank and role_of.get(r) == role]
+                if not peers:
+                    continue  # alone in its role: nobody does the same work
+                others = median(peers)
                 threshold = max(others * p.ratio, others + p.min_excess_s)
                 slow = own > threshold
                 known = verdicts.get(rank)
@@ -272,11 +285,15 @@ class DPMismatchParams:
 
     metric: a synchronised signal (vocabulary name): the global gradient norm, read after
         the all-reduce, is bit-identical on every data-parallel rank.
+    shard_metric: its counterpart for a sharded model (FSDP2, HSDP, tensor parallel): the
+        norm of the rank's local gradient shard, identical only on ranks holding the same
+        shard (HSDP's replicate dimension), which is what the detector then compares.
     rel_tol: ranks disagree when |value - median| / |median| exceeds this.
     history: agreed values of the run remembered to name the culprit between two ranks.
     """
 
     metric: str = vocab.GRAD_NORM.name
+    shard_metric: str = vocab.SHARD_NORM.name
     rel_tol: float = 1e-3
     history: int = 8
 
@@ -295,32 +312,63 @@ class DPMismatchDetector:
     def __init__(self, params: DPMismatchParams | None = None) -> None:
         self.params = params or DPMismatchParams()
         self._episodes = Episodes()
-        self._agreed: dict[str, deque[float]] = {}
+        self._agreed: dict[Hashable, deque[float]] = {}
 
     def forget(self, run: str) -> None:
         """Drop what it holds of `run` (gone idle), open episodes without a clear."""
-        self._agreed.pop(run, None)
+        for key in [k for k in self._agreed if k == run or (isinstance(k, tuple) and k[0] == run)]:
+            del self._agreed[key]
         self._episodes.forget_run(run)
 
     def observe_step(
-        self, run: str, step: int, t: float, ranks: dict[int, dict[str, float]]
-    ) -> Flag | None:
+        self,
+        run: str,
+        step: int,
+        t: float,
+        ranks: dict[int, dict[str, float]],
+        replicas: Mapping[int, Hashable] | None = None,
+    ) -> list[Flag]:
         """Judge one finished step of every rank of `run`: a flag when a mismatch episode
-        starts, a cleared flag when the norms agree again during one."""
+        starts, a cleared flag when the norms agree again during one. `replicas`: a rank's
+        replica group (ranks that hold the same shard); only ranks of one group are
+        compared, never shards with each other. Absent: every rank holds the whole model."""
+        groups: dict[Hashable, dict[int, dict[str, float]]] = {}
+        for rank, values in ranks.items():
+            groups.setdefault((replicas or {}).get(rank), {})[rank] = values
+        flags: list[Flag] = []
+        for group, members in groups.items():
+            flag = self._observe_group(run, group, step, t, members)
+            if flag is not None:
+                flags.append(flag)
+        return flags
+
+    def _observe_group(
+        self,
+        run: str,
+        group: Hashable,
+        step: int,
+        t: float,
+        ranks: dict[int, dict[str, float]],
+    ) -> Flag | None:
         m = self.params.metric
+        if not any(m in v for v in ranks.values()):
+            if group is None:
+                return None  # shards with no known topology: nothing says which are replicas
+            m = self.params.shard_metric
         norms = {r: v[m] for r, v in ranks.items() if m in v and math.isfinite(v[m])}
         if len(norms) < 2:
             return None
+        key = run if group is None else (run, group)
         med = median(norms.values())
         scale = max(abs(med), 1e-12)
         rank, value = max(norms.items(), key=lambda kv: (abs(kv[1] - med), -kv[0]))
         deviation = abs(value - med) / scale
-        agreed = self._agreed.get(run)
+        agreed = self._agreed.get(key)
         if deviation <= self.params.rel_tol:
             if agreed is None:
-                agreed = self._agreed[run] = deque(maxlen=self.params.history)
+                agreed = self._agreed[key] = deque(maxlen=self.params.history)
             agreed.append(med)
-            opening = self._episodes.end(run)
+            opening = self._episodes.end(key)
             if opening is None:
                 return None
             return cleared_flag(
@@ -331,7 +379,7 @@ class DPMismatchDetector:
                 f"{len(norms)} ranks agree within {self.params.rel_tol:g}",
                 evidence(value, med, self.params.rel_tol, None, rel_deviation=deviation),
             )
-        if self._episodes.is_open(run):
+        if self._episodes.is_open(key):
             return None
         culprit: int | None = rank
         named_by = 1.0
@@ -359,4 +407,4 @@ class DPMismatchDetector:
                 value, med, self.params.rel_tol, None, rel_deviation=deviation, named_by=named_by
             ),
         )
-        return self._episodes.start(run, flag)
+        return self._episodes.start(key, flag)

@@ -9,7 +9,7 @@ from producers.identity import detect_identity
 from producers.monitor import Monitor, init
 
 if TYPE_CHECKING:
-    from producers.watch import Watch
+    from producers.watch import NoWatch, Watch
 
 
 def open_monitor(
@@ -65,7 +65,7 @@ class MonitorSession:
         self._weights_every = weights_every
         self._node = node
         self._init_kwargs = init_kwargs
-        self._watch: Watch | None = None
+        self._watch: Watch | NoWatch | None = None
 
     def _open(self, rank: int, world: int, local_rank: int, agree: Callable[[str], str]) -> None:
         """Open this rank's monitor unless one is open or was given."""
@@ -80,10 +80,11 @@ class MonitorSession:
         `step`, so a resumed job goes on counting from its global step."""
         if self.monitor is None or not self._watch_on or self._watch is not None:
             return
-        self._watch = self.monitor.watch(
+        watch = self.monitor.watch(
             model, optimizer, every=self._every, weights_every=self._weights_every, timing=timing
         )
-        self._watch.step = step
+        watch.step = step
+        self._watch = watch
 
     def _end(self) -> None:
         """Take the hooks off and close the monitor this session opened."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from typing import Any
 
 from processors.detectors import (
     DesyncDetector,
@@ -173,15 +174,26 @@ def test_dead_and_hung_ranks_and_a_finished_run() -> None:
     assert d2.tick(100.0) == []
 
 
+def dp_step(d: DPMismatchDetector, *args: Any) -> Flag | None:
+    """One step of the DP mismatch detector over one replica group: its flag, if any."""
+    flags = d.observe_step(*args)
+    assert len(flags) <= 1
+    return flags[0] if flags else None
+
+
 def test_dp_mismatch() -> None:
     d = DPMismatchDetector()
     same = {r: {"grad/global_norm": 1.2345678 + r * 1e-9} for r in range(4)}
-    assert d.observe_step("r", 1, 1.0, same) is None
+    assert dp_step(d, "r", 1, 1.0, same) is None
     bad = {**same, 3: {"grad/global_norm": 1.25}}
-    flag = d.observe_step("r", 2, 2.0, bad)
+    flag = dp_step(d, "r", 2, 2.0, bad)
     assert flag is not None and flag.rank == 3 and flag.severity == "critical"
-    two = DPMismatchDetector().observe_step(
-        "r", 2, 2.0, {0: {"grad/global_norm": 1.0}, 1: {"grad/global_norm": 1.1}}
+    two = dp_step(
+        DPMismatchDetector(),
+        "r",
+        2,
+        2.0,
+        {0: {"grad/global_norm": 1.0}, 1: {"grad/global_norm": 1.1}},
     )
     assert two is not None and two.rank is None
 
@@ -190,7 +202,8 @@ def test_dp_mismatch_between_two_ranks_names_the_one_that_left_the_agreed_norms(
     d = DPMismatchDetector()
     for step, norm in enumerate([1.0, 1.2, 0.9, 1.1, 1.05]):
         assert (
-            d.observe_step(
+            dp_step(
+                d,
                 "r",
                 step,
                 float(step),
@@ -199,12 +212,14 @@ def test_dp_mismatch_between_two_ranks_names_the_one_that_left_the_agreed_norms(
             is None
         )
     # rank 0 corrupted after the all-reduce: its norm is 5x; rank 1 is still usual
-    flag = d.observe_step(
-        "r", 5, 5.0, {0: {"grad/global_norm": 5.2}, 1: {"grad/global_norm": 0.95}}
-    )
+    flag = dp_step(d, "r", 5, 5.0, {0: {"grad/global_norm": 5.2}, 1: {"grad/global_norm": 0.95}})
     assert flag is not None and flag.rank == 0 and flag.evidence["named_by"] == 2.0
-    flag = DPMismatchDetector().observe_step(
-        "r", 5, 5.0, {0: {"grad/global_norm": 0.95}, 1: {"grad/global_norm": 0.1}}
+    flag = dp_step(
+        DPMismatchDetector(),
+        "r",
+        5,
+        5.0,
+        {0: {"grad/global_norm": 0.95}, 1: {"grad/global_norm": 0.1}},
     )
     assert flag is not None and flag.rank is None  # no agreed history: no culprit
 
@@ -298,7 +313,7 @@ def test_dp_mismatch_starts_clears_and_starts_again() -> None:
     same = {r: {"grad/global_norm": 1.5} for r in range(4)}
     bad = {**same, 3: {"grad/global_norm": 1.6}}
     flags = [
-        d.observe_step("r", step, float(step), ranks)
+        dp_step(d, "r", step, float(step), ranks)
         for step, ranks in enumerate([same, bad, bad, same, same, bad])
     ]
     got = [f for f in flags if f is not None]
