@@ -79,6 +79,11 @@ class _RunState:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
         return {r: (c.get(vocab.MESH_PP, 0), c.get(vocab.MESH_TP, 0)) for r, c in self.mesh.items()}
 
+    def sharded_forward(self) -> bool:
+        """True when the forward holds collectives (FSDP2 all-gathers, tensor-parallel
+        exchanges): a rank's forward time then includes waiting for its peers."""
+        return any(vocab.MESH_FSDP in c or vocab.MESH_TP in c for c in self.mesh.values())
+
     def replicas(self) -> dict[int, tuple[int, int, int]]:
         """A rank's replica group: ranks equal on every coordinate but ``dp`` hold the same
         shard."""
@@ -304,7 +309,12 @@ class RunStage:
             mesh = state.mesh or None
             flags.extend(
                 self.straggler.observe_step(
-                    run, step, pending.t, pending.ranks, state.roles() if mesh else None
+                    run,
+                    step,
+                    pending.t,
+                    pending.ranks,
+                    state.roles() if mesh else None,
+                    sharded=state.sharded_forward(),
                 )
             )
             flags.extend(

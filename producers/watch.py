@@ -254,8 +254,11 @@ class Watch:
         # Every hook catches its own failure (`_guarded`): a monitor must never raise into
         # the training step, whatever the model, wrapper or tensor type.
         self._handles = [
+            # First of the model's pre-hooks: FSDP2's root hook all-gathers parameters,
+            # which waits for the slowest rank; behind it, every rank's data wait would
+            # include its slowest peer's.
             model.register_forward_pre_hook(
-                self._guarded(PART_TIMING, self._on_forward), with_kwargs=True
+                self._guarded(PART_TIMING, self._on_forward), with_kwargs=True, prepend=True
             ),
             inner.register_forward_pre_hook(self._guarded(PART_TIMING, self._on_inner_forward)),
             inner.register_forward_hook(self._guarded(PART_TIMING, self._on_inner_forward_end)),

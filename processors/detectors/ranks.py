@@ -80,14 +80,17 @@ class StragglerDetector:
         t: float,
         ranks: dict[int, dict[str, float]],
         roles: Mapping[int, Hashable] | None = None,
+        sharded: bool = False,
     ) -> list[Flag]:
         """Add one step of every rank; flags of ranks that start straggling and cleared flags
         of ranks that stop. `roles`: a rank's part of the model (pipeline stage and
         tensor-parallel index): a rank is compared only with ranks of its role, since a
-        pipeline's first and last stages differ by design. Absent: one role."""
+        pipeline's first and last stages differ by design. Absent: one role. `sharded`:
+        the forward all-gathers parameters (FSDP2) or activations (tensor parallel), so it
+        holds waiting for the slowest peer: only the `alone` measures can name a rank."""
         p = self.params
         role_of = roles or {}
-        measures = {"+".join(p.metrics): p.metrics}
+        measures = {} if sharded else {"+".join(p.metrics): p.metrics}
         for name in p.alone:
             measures.setdefault(name, (name,))
         for label, names in measures.items():

@@ -158,12 +158,14 @@ def main() -> None:
 def _clip_norm(model: nn.Module, pipeline: bool) -> float:
     """The job's gradient norm, as clip_grad_norm_ computes it (no clipping: max_norm inf).
     A pipeline stage's norm covers its own layers: the stages' squares are added."""
+    # get_total_norm is the norm clip_grad_norm_ returns, without scaling the gradients
+    # by it (the clip would spread a NaN of one shard to every rank's gradients).
+    grads: list[Any] = [p.grad for p in model.parameters() if p.grad is not None]
     try:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
     except RuntimeError:
         # torch 2.13 cannot stack norms of DTensors on different meshes (tensor parallel
         # layers on dp x tp, the rest on dp): the same sum, parameter by parameter.
-        grads: list[Any] = [p.grad for p in model.parameters() if p.grad is not None]
         return math.sqrt(math.fsum(_norm(g.full_tensor().pow(2).sum()) for g in grads))
     if not pipeline:
         return _norm(norm)
