@@ -21,6 +21,8 @@ from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 RULES = """\
 rules:
   - name: loss-high

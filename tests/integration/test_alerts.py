@@ -25,6 +25,8 @@ from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:

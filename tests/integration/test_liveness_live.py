@@ -22,6 +22,8 @@ from stepstream.stack import free_port, settings_env
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("liveness_worker.py")
 

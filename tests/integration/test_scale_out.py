@@ -24,6 +24,8 @@ from stepstream.stack import LocalStack, settings_env, worker_command
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 RUNS = 6
 
 
@@ -65,7 +67,6 @@ def broker(tmp_path: Path) -> Iterator[tuple[Settings, list[subprocess.Popen[byt
         stack.stop()
 
 
-@pytest.mark.integration
 def test_killing_one_of_two_processors_keeps_every_run_flowing(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
@@ -124,7 +125,6 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
         reader.close()
 
 
-@pytest.mark.integration
 def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
