@@ -74,11 +74,16 @@ def wait_committed(settings: Settings, group: str, topics: list[str], timeout: f
     the end each has now: what the workers read so far is durable, and a worker that takes
     a partition over starts after it (an observable event, not a sleep tuned to faust's
     commit interval)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
-    bootstrap = settings.kafka_bootstrap.split(",")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **settings.kafka_client_config())
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **settings.kafka_client_config())
+    # A consumer of the group that never subscribes: it reads the group's committed
+    # offsets without joining it (no rebalance of the workers).
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        group_id=group,
+        enable_auto_commit=False,
+        **settings.kafka_client_config(),
+    )
     try:
         parts = [
             TopicPartition(topic, p)
@@ -89,15 +94,11 @@ def wait_committed(settings: Settings, group: str, topics: list[str], timeout: f
         ends = consumer.end_offsets(parts)
 
         def committed() -> bool:
-            offsets = admin.list_consumer_group_offsets(group)
-            return all(
-                ends[tp] == 0 or (tp in offsets and offsets[tp].offset >= ends[tp]) for tp in parts
-            )
+            return all(ends[tp] == 0 or (consumer.committed(tp) or 0) >= ends[tp] for tp in parts)
 
         wait_for(committed, timeout=timeout, every=0.5)
     finally:
         consumer.close()
-        admin.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
