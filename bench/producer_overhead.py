@@ -24,6 +24,11 @@ logging cost of each library is timed directly around its calls
 shown one by one (publisher, kafka-python's network thread with its CPU per Kafka message,
 ticker): what bounds the headline besides ``log()``. Run:
 ``python bench/producer_overhead.py`` (about a minute). Prints figures; not a test.
+
+It also prints the cost of one ``Publisher.enqueue`` (the training thread's share of a
+record: a deque append, no I/O) against a producer that keeps nothing;
+``--enqueue-only`` prints just that figure, without a broker or torch steps. (It was a
+unit-test bound, 50 us, which measured the load of a shared machine, not the code.)
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ import torch
 from torch import nn
 
 import producers
+from producers.identity import Identity
+from producers.publisher import Publisher
 from producers.system import SystemSampler
+from stepstream.contract import RecordKind
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack
 
@@ -223,6 +231,46 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class _NullProducer:
+    """Takes every send and keeps nothing: the enqueue figure measures the queue alone."""
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+def enqueue_cost_us(calls: int = 20_000, repeats: int = 5) -> float:
+    """Median over `repeats` runs of the wall time of one `Publisher.enqueue` of two
+    floats, in microseconds, while the publisher thread drains the queue as it would."""
+    values = {"loss": 0.1, "acc": 0.9}
+    runs = []
+    with tempfile.TemporaryDirectory() as name:
+        settings = Settings(
+            queue_size=calls * 2, flush_interval_s=0.05, spool_dir=Path(name) / "spool"
+        )
+        ident = Identity(run="bench-enqueue", rank=0, world=1, local_rank=0, node="bench")
+        for _ in range(repeats):
+            pub = Publisher(ident, settings, producer_factory=lambda s: _NullProducer())
+            start = time.perf_counter()
+            for step in range(calls):
+                pub.enqueue(step, RecordKind.TRAIN, values)
+            runs.append((time.perf_counter() - start) / calls * 1e6)
+            pub.close()
+    return statistics.median(runs)
+
+
+def _enqueue_line() -> str:
+    return (
+        f"Publisher.enqueue of 2 values (training thread, per record, no I/O): median "
+        f"{enqueue_cost_us():.2f} us over 5 x 20000 calls"
+    )
+
+
 def main() -> None:
     """Run the interleaved rounds and print the figures; the last line is the summary."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -233,7 +281,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--enqueue-only", action="store_true", help="only the cost of Publisher.enqueue"
+    )
     args = parser.parse_args()
+    if args.enqueue_only:
+        print(_enqueue_line())
+        return
     torch.set_num_threads(args.threads)
     modes = ["none", "stepstream", "tensorboard", "watch"]
     steps: dict[str, list[float]] = {m: [] for m in modes}
@@ -338,6 +392,7 @@ def main() -> None:
     )
     for mode in ("stepstream", "watch"):
         print(f"{mode} threads: {_thread_line(threads[mode])}")
+    print(_enqueue_line())
     main_base = statistics.median(mains["none"])
     print(
         "training-thread CPU per step: "

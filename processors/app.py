@@ -28,6 +28,7 @@ import faust
 from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
+from processors.detectors import check_detector_params
 from processors.forward import (
     forward_messages,
     merge_batches,
@@ -79,7 +80,9 @@ def offset_jumps(last: dict[int, int], places: list[tuple[int, int]]) -> set[int
 
 
 def create_processor_app(settings: Settings) -> faust.App:
-    """Build the processor app; nothing connects until a worker starts it."""
+    """Build the processor app; nothing connects until a worker starts it. ConfigError
+    for detector parameters or a rule file the worker cannot use."""
+    check_detector_params(settings.detector_params)
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("processor"))
     raw: dict[str, Any] = {

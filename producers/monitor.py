@@ -335,14 +335,15 @@ def init(
     carry it (pipeline stages of plain modules); `watch()` finds it on DTensor parameters.
     `overrides` are Settings fields (``kafka_bootstrap=...``, ``spool_dir=...``); they beat
     ``STEPSTREAM_*`` variables, which beat the running local stack and the defaults. With
-    `settings` given, `overrides` are applied on top of it.
+    `settings` given, `overrides` are applied on top of it. An unknown setting, a bad
+    value or a producer configuration Kafka would refuse raises ConfigError here.
     """
     from stepstream.stack import load_settings
 
     if settings is None:
         resolved = load_settings(**overrides)
     else:
-        resolved = settings.model_copy(update=overrides) if overrides else settings
+        resolved = settings.replace(**overrides)  # validated: a typo is a ConfigError
     identity = detect_identity(run, rank, world, local_rank, node or resolved.node)
     monitor = Monitor(identity, resolved)
     monitor.mesh = mesh

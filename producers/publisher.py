@@ -36,6 +36,7 @@ from producers.deferred import Deferred
 from producers.identity import Identity
 from producers.spool import Frame, Spool
 from stepstream.contract import METRIC_NAME_PATTERN, SCHEMA_VERSION, RecordKind, series_key
+from stepstream.errors import ConfigError
 from stepstream.settings import Settings
 from stepstream.topics import Topics
 
@@ -147,17 +148,49 @@ class PublisherStats:
 ProducerFactory = Callable[[Settings], Any]
 
 
+#: kafka-python's check of each codec's library, and the package that provides it.
+_CODECS: dict[str, tuple[str, str]] = {
+    "gzip": ("has_gzip", "the standard library"),
+    "lz4": ("has_lz4", "lz4"),
+    "snappy": ("has_snappy", "python-snappy"),
+    "zstd": ("has_zstd", "zstandard"),
+}
+
+
+def check_producer_settings(settings: Settings) -> None:
+    """Raise ConfigError now for settings kafka-python would refuse only once connected.
+
+    KafkaProducer checks its codec after bootstrapping, on the publisher's thread, where a
+    refusal would spool every batch forever with nothing but debug logs; the security
+    settings and TLS files are checked as the clients will use them.
+    """
+    from kafka import codec
+
+    from stepstream.kafka_security import ssl_context
+
+    name = settings.kafka_compression
+    if name != "none":
+        check, package = _CODECS[name]
+        if not getattr(codec, check)():
+            raise ConfigError(
+                f"kafka_compression={name} needs {package}: pip install {package}, or set "
+                "STEPSTREAM_KAFKA_COMPRESSION=lz4"
+            )
+    ssl_context(settings)  # ConfigError naming the variable when TLS files do not load
+
+
 def kafka_producer(settings: Settings) -> Any:
     """A kafka-python producer for one publisher (built on the publisher's thread).
 
     Bootstrap is bounded to 2 s so an absent broker costs the publisher thread little;
     an unacknowledged batch fails after `kafka_delivery_timeout_s` and is spooled.
+    `check_producer_settings` has vetted `settings` when the publisher was created.
     """
     from kafka import KafkaProducer
 
     delivery_ms = int(settings.kafka_delivery_timeout_s * 1000)
     linger_ms = min(settings.kafka_linger_ms, delivery_ms // 4)
-    compression = None if settings.kafka_compression in ("", "none") else settings.kafka_compression
+    compression = None if settings.kafka_compression == "none" else settings.kafka_compression
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         client_id="stepstream-publisher",
@@ -215,6 +248,8 @@ class Publisher:
         settings: Settings,
         producer_factory: ProducerFactory = kafka_producer,
     ) -> None:
+        # Before any thread starts: a configuration Kafka would refuse fails the caller.
+        check_producer_settings(settings)
         self.identity = identity
         self.settings = settings
         self.topic = Topics(settings.topic_prefix).telemetry

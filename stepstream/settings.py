@@ -6,13 +6,36 @@ Reading settings is the only thing importing stepstream does with the environmen
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from stepstream import vocabulary
+from stepstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "STEPSTREAM_"
+
+#: ``STEPSTREAM_*`` variables that something other than Settings reads: the run id of the
+#: SDK's identity, the scripts' virtualenv and torch index, the browser tests' screenshots.
+OTHER_VARIABLES = frozenset(
+    {"STEPSTREAM_RUN", "STEPSTREAM_VENV", "STEPSTREAM_TORCH_PIP_ARGS", "STEPSTREAM_SCREENSHOT_DIR"}
+)
+
+#: Settings whose values never appear in an error message (credentials, tokens, URLs
+#: that may hold a password, webhook headers).
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "ui_token", "redis_url", "webhooks"})
+
+#: Publisher compression codecs (kafka-python's ``compression_type``; none: uncompressed).
+Compression = Literal["lz4", "gzip", "snappy", "zstd", "none"]
 
 
 def default_state_dir() -> Path:
@@ -40,7 +63,9 @@ class WebhookTarget(BaseModel):
 class Settings(BaseSettings):
     """Every tunable of stepstream. Environment variables are ``STEPSTREAM_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="STEPSTREAM_", extra="ignore")
+    # A keyword no field owns is a mistake (a typo would silently keep the default);
+    # environment variables no field owns are only warned about (see unknown_variables).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
@@ -179,8 +204,10 @@ class Settings(BaseSettings):
         "(and 2 s), send its Python stack once (sys._current_frames, no signal).",
     )
     handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
-    kafka_compression: str = Field(
-        "lz4", description="Publisher compression: lz4 (cheap), gzip (level 9: costly), none."
+    kafka_compression: Compression = Field(
+        "lz4",
+        description="Publisher compression: lz4 (cheap), gzip (level 9: costly), snappy or "
+        "zstd (need python-snappy or zstandard installed), none.",
     )
     kafka_linger_ms: int = Field(20, ge=0, description="Publisher linger before a send.")
     kafka_delivery_timeout_s: float = Field(
@@ -245,6 +272,28 @@ class Settings(BaseSettings):
         description='Per-detector parameter overrides, e.g. {"spike": {"z": 8}}.',
     )
 
+    def __init__(self, **values: Any) -> None:
+        """Settings from `values`, then ``STEPSTREAM_*`` variables, then defaults.
+
+        Raises ConfigError, in one line, naming each setting that is unknown (with the
+        closest valid name) or invalid (with what it accepts); warns once about
+        ``STEPSTREAM_*`` variables that no setting owns.
+        """
+        try:
+            super().__init__(**values)
+        except (ValidationError, SettingsError) as exc:
+            # The pydantic traceback adds nothing to the message: suppress the chain.
+            raise settings_error(exc) from None
+        _warn_unknown_variables(os.environ)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied and validated as the constructor validates them
+        (ConfigError on an unknown name or a bad value); the environment is not re-read."""
+        if not changes:
+            return self
+        checked = type(self)(**{**self.model_dump(), **changes})
+        return self.model_copy(update={name: getattr(checked, name) for name in changes})
+
     @field_validator("window_steps")
     @classmethod
     def _positive_steps(cls, sizes: list[int]) -> list[int]:
@@ -279,3 +328,84 @@ class Settings(BaseSettings):
         from stepstream.kafka_security import kafka_python_security
 
         return kafka_python_security(self)
+
+
+def closest_setting(name: str) -> str | None:
+    """The setting whose name is closest to `name` (a typo's likely intent), if any is
+    close enough to suggest."""
+    found = difflib.get_close_matches(name.lower(), list(Settings.model_fields), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _shown(name: str, value: Any) -> str:
+    if name in SECRET_SETTINGS:
+        return ""
+    text = repr(value)
+    return f"={text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def settings_error(exc: ValidationError | SettingsError) -> ConfigError:
+    """A ConfigError of one line for an invalid Settings construction: each bad setting
+    with its environment variable and what it accepts, each unknown one with the closest
+    valid name."""
+    if isinstance(exc, SettingsError):
+        # pydantic-settings could not parse a variable: a list or mapping is JSON there.
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = f"{ENV_PREFIX}{found.group(1).upper()}" if found else f"a {ENV_PREFIX}* variable"
+        return ConfigError(
+            f"{variable} is not valid JSON: write lists and mappings as JSON, "
+            'e.g. STEPSTREAM_WINDOW_STEPS="[50, 200]"'
+        )
+    problems: list[str] = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:  # a check across several settings
+            problems.append(message)
+            continue
+        name = loc[0]
+        if err["type"] == "extra_forbidden":
+            near = closest_setting(name)
+            hint = f"did you mean {near}?" if near else "see the settings in the README"
+            problems.append(f"unknown setting {name!r}: {hint}")
+            continue
+        where = ".".join(loc)
+        problems.append(
+            f"setting {where}{_shown(name, err.get('input'))} "
+            f"({ENV_PREFIX}{name.upper()}): {message}"
+        )
+    return ConfigError("; ".join(problems))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``STEPSTREAM_*`` names in `environ` that no setting (and nothing else) reads,
+    sorted; case-insensitive as Settings reads them."""
+    fields = Settings.model_fields
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].lower() not in fields
+        and name.upper() not in OTHER_VARIABLES
+    )
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning listing the unknown ``STEPSTREAM_*`` variables not warned about yet in
+    this process (settings are built per command and per init: warn once)."""
+    fresh = [name for name in unknown_variables(environ) if name not in _warned]
+    if not fresh:
+        return
+    _warned.update(fresh)
+    log.warning(
+        "ignoring environment variables that no setting owns: %s",
+        ", ".join(_with_suggestion(name) for name in fresh),
+    )
+
+
+def _with_suggestion(variable: str) -> str:
+    near = closest_setting(variable[len(ENV_PREFIX) :])
+    return f"{variable} (did you mean {ENV_PREFIX}{near.upper()}?)" if near else variable

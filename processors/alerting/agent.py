@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,23 @@ class RuleFile:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._mtime: float | None = None
+
+    def load(self) -> list[Rule]:
+        """The file's rules now, at worker start (none without a file). A broken or
+        unreadable file raises ConfigError with its file, line and reason: a worker must
+        not run without the rules its user wrote."""
+        if self.path is None:
+            return []
+        # The time before the read: a write during the read is picked up by a reload.
+        with contextlib.suppress(OSError):
+            self._mtime = self.path.stat().st_mtime
+        try:
+            return load_rules(self.path)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (fix STEPSTREAM_RULES_FILE and start again; "
+                f"'stepstream rules check {self.path}' checks it)"
+            ) from exc
 
     def changed(self) -> list[Rule] | None:
         """New rules if the file changed since the last call; None otherwise. A broken
@@ -94,7 +112,7 @@ class Alerting:
         self._control = app.topic(topics.control, **raw)
         self._settings = settings
         self._rule_file = RuleFile(settings.rules_file)
-        rules = self._rule_file.changed() or []
+        rules = self._rule_file.load()
         if settings.rules_file is not None:
             log.warning("alert rules from %s: %d rules", settings.rules_file, len(rules))
         self.engine = AlertEngine(rules, clock=time.time)

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from stepstream.errors import ConfigError
 from stepstream.vocabulary import canonical
 
 P = TypeVar("P")
@@ -112,13 +113,16 @@ class SortedWindow:
 
 def with_overrides(params: P, overrides: Mapping[str, Any] | None) -> P:
     """`params` (a dataclass) with the fields named in `overrides` replaced; lists become
-    tuples so params stay hashable. Unknown names raise ValueError naming the valid ones."""
+    tuples so params stay hashable. Unknown names raise ConfigError naming the valid ones."""
     if not overrides:
         return params
     names = {f.name for f in dataclasses.fields(params)}  # type: ignore[arg-type]
     unknown = set(overrides) - names
     if unknown:
-        raise ValueError(f"unknown detector parameters {sorted(unknown)}; valid: {sorted(names)}")
+        raise ConfigError(
+            f"unknown detector parameters {sorted(unknown)} of {type(params).__name__}; "
+            f"valid: {sorted(names)}"
+        )
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(params, **fixed)  # type: ignore[type-var]
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -115,14 +114,6 @@ def _guard(action: Callable[[], T]) -> T:
         raise _fail(exc, str(exc), exc.exit_code) from exc
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except ValidationError as exc:
-        # Settings come from STEPSTREAM_* variables and flags: name the one that is wrong.
-        lines = [
-            f"  STEPSTREAM_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        err_console.print("[red]error:[/red] invalid configuration:\n" + "\n".join(lines))
-        raise typer.Exit(EXIT_ERROR) from exc
     except KeyboardInterrupt as exc:
         err_console.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from exc
@@ -376,13 +367,22 @@ def worker(
     from stepstream.settings import Settings
     from stepstream.streaming import run_worker
 
-    settings = _guard(Settings)
     if stage is Stage.processor:
         from processors.app import create_processor_app as factory
     else:
         from sinks.app import create_sink_app as factory
-    _guard(lambda: ensure_topics(settings))
-    run_worker(factory(settings), settings.log_level)
+
+    def start() -> tuple[Any, str]:
+        settings = Settings()
+        _context["settings"] = settings
+        # The app first: it checks the rule file and detector parameters, so a mistake
+        # there stops the worker before it needs a broker.
+        worker_app = factory(settings)
+        ensure_topics(settings)
+        return worker_app, settings.log_level
+
+    worker_app, log_level = _guard(start)
+    run_worker(worker_app, log_level)
 
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}

@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
 
 
 def _listening(port: int) -> bool:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from query.reader import MetricsReader
+from stepstream.contract import run_key
 from stepstream.settings import Settings
 from stepstream.stack import running_stack
 
@@ -49,6 +51,54 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, every: float 
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def partition_of(run: str, partitions: int) -> int:
+    """The partition of `run`'s run-keyed topics (summaries, alerts): the murmur2 default
+    partitioner that faust's aiokafka producer applies to the run key."""
+    return (murmur2(run_key(run)) & 0x7FFFFFFF) % partitions
+
+
+def same_partition_run(run: str, partitions: int) -> str:
+    """A new run id whose run-keyed messages share `run`'s partitions, so the workers
+    handle it after what `run` sent before it: a later event of the same stream."""
+    wanted = partition_of(run, partitions)
+    while True:
+        other = f"{run}-ctl-{uuid.uuid4().hex[:6]}"
+        if partition_of(other, partitions) == wanted:
+            return other
+
+
+def wait_committed(settings: Settings, group: str, topics: list[str], timeout: float = 60) -> None:
+    """Wait until consumer group `group` has committed every partition of `topics` up to
+    the end each has now: what the workers read so far is durable, and a worker that takes
+    a partition over starts after it (an observable event, not a sleep tuned to faust's
+    commit interval)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    # A consumer of the group that never subscribes: it reads the group's committed
+    # offsets without joining it (no rebalance of the workers).
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        group_id=group,
+        enable_auto_commit=False,
+        **settings.kafka_client_config(),
+    )
+    try:
+        parts = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        assert parts, f"no partitions of {topics}"
+        ends = consumer.end_offsets(parts)
+
+        def committed() -> bool:
+            return all(ends[tp] == 0 or (consumer.committed(tp) or 0) >= ends[tp] for tp in parts)
+
+        wait_for(committed, timeout=timeout, every=0.5)
+    finally:
+        consumer.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,7 +11,10 @@ blocks ARG seconds in its data loader while its peers wait in the all-reduce; it
 train on their own (no DDP wrapper, so nothing waits for anyone); rank 1 closes after 20
 steps, rank 0 goes on stepping for ARG seconds. MODE ``no_show``: the last rank of the
 world exits with code 3 before its first record; the others train on their own (no process
-group: it would wait for the missing rank) for ARG seconds.
+group: it would wait for the missing rank) for ARG seconds. MODE ``vanish``: the ranks
+train on their own; the last rank flushes what it logged after 20 steps and exits at once,
+without closing (a crash that takes the SDK with it: silence, so ``dead_rank``); the
+others step for ARG seconds.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if mode == "no_show":
         no_show(run, arg)
+        return
+    if mode == "vanish":
+        vanish(run, arg)
         return
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
@@ -95,6 +101,24 @@ def no_show(run: str, seconds: float) -> None:
             time.sleep(0.02)
     finally:
         monitor.close()
+
+
+def vanish(run: str, seconds: float) -> None:
+    """The last rank goes silent after 20 steps without a close; the others step for
+    `seconds`, then close."""
+    last = int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1
+    model = nn.Linear(16, 4)
+    monitor = producers.init(run)
+    started, step = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        loss = model(torch.randn(8, 16)).pow(2).mean()
+        monitor.log(step, loss=loss.detach())
+        step += 1
+        if last and step == 20:
+            monitor.flush(30)
+            os._exit(0)  # no close, no atexit flush: the rank's heartbeats just stop
+        time.sleep(0.02)
+    monitor.close()
 
 
 if __name__ == "__main__":

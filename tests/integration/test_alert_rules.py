@@ -3,7 +3,9 @@ back to the training loop, hot reload of the rule file."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,11 +17,14 @@ from pathlib import Path
 import pytest
 
 import producers
+from query.reader import MetricsReader
 from stepstream.settings import Settings, WebhookTarget
 from stepstream.stack import running_stack, settings_env
 from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
 
 RULES = """\
 rules:
@@ -91,6 +96,17 @@ def publish(
     return monitor
 
 
+def later_notification(settings: Settings, receiver: Receiver, run: str, step: int) -> None:
+    """Positive control of an absence: a NaN loss on `run` from step `step`, and wait for
+    its ``nonfinite`` notification. A run's transitions share one partition of the alerts
+    topic and one notification group, in order: once this one arrived, every transition
+    of the run emitted before it has arrived too."""
+    with producers.init(run, rank=0, world=1, settings=settings) as monitor:
+        for i, loss in enumerate([1.0, math.nan, 1.0]):
+            monitor.log(step + i, loss=loss)
+    wait_for(lambda: hooks_for(receiver, run, "nonfinite") or None, timeout=30)
+
+
 def test_flapping_series_gives_one_firing_one_resolved_and_one_action(
     ruled: Settings, receiver: Receiver
 ) -> None:
@@ -111,7 +127,7 @@ def test_flapping_series_gives_one_firing_one_resolved_and_one_action(
         )
     finally:
         monitor.close()
-    time.sleep(1.0)  # any extra notification would arrive by now
+    later_notification(ruled, receiver, run, 1000)  # any extra notification came before it
     sent = hooks_for(receiver, run, "loss-high")
     assert [b["status"] for b in sent] == ["firing", "resolved"]
     firing = sent[0]
@@ -143,7 +159,7 @@ def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
         "silence",
         "add",
         "-m",
-        f"run={run}",
+        f"run={run}*",  # the run and its probes
         "-m",
         "rule=loss-*",
         "--for",
@@ -156,7 +172,18 @@ def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
     silence_id = json.loads(added.stdout)["id"]
     listed = cli(ruled, "silence", "list", "--json")
     assert silence_id in {s["id"] for s in json.loads(listed.stdout)}
-    time.sleep(2.5)  # the alerting stage re-reads silences every 2 s
+    # The alerting stage re-reads silences periodically: probe runs that the silence
+    # matches fire until one is recorded as suppressed by it, then the run proper starts.
+    probes = (f"{run}-probe{i}" for i in range(100))
+
+    def probe_silenced() -> bool:
+        probe = next(probes)
+        publish(ruled, probe, [5.0] * 8).close()
+        with MetricsReader.from_url(ruled.redis_url, ruled.key_prefix) as reader:
+            alerts = wait_for(lambda: reader.alerts(probe) or None, timeout=30)
+        return alerts[0].suppressed_by == f"silence:{silence_id}"
+
+    wait_for(probe_silenced, timeout=60, every=0)
     publish(ruled, run, [5.0] * 8).close()
 
     def history() -> list[dict] | None:
@@ -166,7 +193,7 @@ def test_silence_from_the_cli_mutes_webhooks_but_keeps_history(
 
     rows = wait_for(history, timeout=30)
     assert rows[0]["rule"] == "loss-high" and rows[0]["suppressed_by"] == f"silence:{silence_id}"
-    time.sleep(1.0)
+    later_notification(ruled, receiver, run, 100)  # not silenced: its rule is nonfinite
     assert hooks_for(receiver, run, "loss-high") == []
     expired = cli(ruled, "silence", "expire", silence_id)
     assert expired.returncode == 0
@@ -188,10 +215,14 @@ def test_rule_file_reloads_without_restart(
     severity: info
 """
     )
-    time.sleep(3.0)  # reload period is 2 s
+    steps = itertools.count()
     with producers.init(run, rank=0, world=1, settings=ruled) as monitor:
-        for step in range(5):
-            monitor.log(step, lr=0.0, loss=1.0)
-            time.sleep(0.03)
-    sent = wait_for(lambda: hooks_for(receiver, run, "lr-zero") or None, timeout=30)
+
+        def reloaded() -> list[dict] | None:
+            # Each step is evaluated against the rules in force: the first evaluation
+            # after the reload fires the new rule.
+            monitor.log(next(steps), lr=0.0, loss=1.0)
+            return hooks_for(receiver, run, "lr-zero") or None
+
+        sent = wait_for(reloaded, timeout=30, every=0.05)
     assert sent[0]["severity"] == "info" and sent[0]["status"] == "firing"

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,8 @@ from stepstream.stack import running_stack, settings_env
 from tests.unit.test_webhooks import Receiver
 
 from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,16 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
         return len(requests) - len(set(requests))
 
     # The failed requests are recorded too: wait until the 3 failures were retried.
-    by_key = wait_for(lambda: retried() == 3 and firing_nans(), timeout=60)
-    time.sleep(0.5)  # a 4th retry (after a success) would arrive by now
+    wait_for(lambda: retried() == 3 and firing_nans(), timeout=60)
+    # Positive control of the absences below (no 4th retry, no second firing): the run's
+    # resolved notification, a later transition of the same run. The loss is finite
+    # again at step 6: the incident resolves once the hold (STEPSTREAM_INCIDENT_HOLD_S)
+    # passed.
+    wait_for(
+        lambda: any(a["rule"] == "nonfinite" and a["status"] == "resolved" for a in transitions()),
+        timeout=60,
+    )
+    by_key = firing_nans() or {}
     # The NaN on three ranks is one incident: one firing notification, however retried.
     assert len(by_key) == 1, by_key
     assert all(a["rank"] in (0, 1, 2) for a in by_key.values())
@@ -150,8 +159,6 @@ def test_flaky_webhook_receiver_gets_every_alert_once_after_dedup(
         done = any(r["rule"] == "nonfinite" and r["status"] == "resolved" for r in rows)
         return rows if done else None
 
-    # The loss is finite again at step 6 on every rank: the incident resolves once the
-    # last series cleared and the hold (STEPSTREAM_INCIDENT_HOLD_S) passed.
     rows = wait_for(listed, timeout=60, every=1.0)
     firing = [r for r in rows if r["rule"] == "nonfinite" and r["status"] == "firing"]
     resolved = [r for r in rows if r["rule"] == "nonfinite" and r["status"] == "resolved"]

@@ -15,6 +15,8 @@ import pytest
 from sinks.local_redis import LocalRedis
 from stepstream.stack import free_port
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_UNREACHABLE, EXIT_AUTH, EXIT_TLS = 4, 5, 6
 

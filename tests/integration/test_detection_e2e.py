@@ -18,6 +18,8 @@ import pytest
 from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
 from stepstream.settings import Settings
 
+pytestmark = pytest.mark.integration
+
 FAULT_JOBS = [
     Job("nan", "nan", 3, 260, fault_rank=2, fault_step=150, seed=1),
     Job("lr_blowup", "lr_blowup", 2, 260, 0, 150, 50.0, seed=1),
@@ -42,7 +44,6 @@ def describe(result: Result) -> str:
     return "; ".join(f"{a.rule}@rank{a.rank} {a.status} step {a.step}" for a in result.alerts)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("job", FAULT_JOBS, ids=lambda j: j.name)
 def test_fault_is_caught_once_on_the_right_rank(stack: Settings, job: Job, tmp_path: Path) -> None:
     result = run_job(stack, job, tmp_path, settle_s=2.5)
@@ -60,7 +61,6 @@ def test_fault_is_caught_once_on_the_right_rank(stack: Settings, job: Job, tmp_p
     assert caught.affected and caught.summary
 
 
-@pytest.mark.integration
 def test_a_healthy_job_raises_nothing(stack: Settings, tmp_path: Path) -> None:
     job = Job("healthy", "none", 3, 800, seed=12, lr=0.1, noise=0.9)
     result = run_job(stack, job, tmp_path, settle_s=3.0)

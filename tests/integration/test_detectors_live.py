@@ -23,6 +23,8 @@ from stepstream.stack import free_port, running_stack, settings_env
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 WORLD = 3
 SPIKE = (0, 30)
 STRAGGLER = (1, 40)
@@ -101,7 +103,6 @@ def first(alerts: list[Alert], rule: str) -> Alert | None:
     return min(found, key=lambda a: a.raised_at) if found else None
 
 
-@pytest.mark.integration
 def test_injected_training_faults_are_detected_in_time(
     fault_settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:

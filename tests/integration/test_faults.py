@@ -10,6 +10,8 @@ import pytest
 
 from .fault_harness import HEADER, FaultStack, Verdict, faults, scenario
 
+pytestmark = pytest.mark.integration
+
 # log() only appends to a bounded queue; the documented bound (README) with headroom for
 # a 2-core machine shared with the workers and the broker.
 LOG_BOUND_MS = 50.0

@@ -34,6 +34,8 @@ from stepstream.topics import Topics
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 # Hypothesis keeps caches in ./.hypothesis unless told otherwise: nothing may write into
 # the working directory at run time.
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "stepstream-hypothesis"))

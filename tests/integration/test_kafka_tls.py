@@ -22,6 +22,8 @@ from stepstream.contract import Alert
 from .fault_harness import FaultStack, Training, read_back
 from .tls_proxy import make_pki
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,9 @@ from stepstream.contract import Alert
 from stepstream.settings import Settings
 from stepstream.stack import free_port, settings_env
 
-from .conftest import wait_for
+from .conftest import same_partition_run, wait_for
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("liveness_worker.py")
@@ -69,7 +70,14 @@ def test_staggered_clean_exits_raise_nothing_and_the_run_is_finished(
     meta = wait_for(lambda: (m := reader.run_meta(run_id)).state == "finished" and m, timeout=30)
     assert sorted((r.rank, r.status) for r in meta.ranks) == [(0, "closing"), (1, "closing")]
     assert [r.state for r in reader.runs() if r.run == run_id] == ["finished"]
-    time.sleep(4.0)  # longer than a dead rank's 2.5 s of silence plus the pipeline
+    # Positive control: a later run on the same partition (so stage 2 and the alerts
+    # topic handle it after this one), whose last rank vanishes; once its dead_rank alert
+    # is stored, any liveness alert of this run would be stored too.
+    control = same_partition_run(run_id, live_settings.partitions)
+    (tmp_path / "control").mkdir()
+    codes = run_ranks(live_settings, control, 0, "vanish", 6.0, tmp_path / "control")
+    assert codes == [0, 0], [p.read_text()[-2000:] for p in tmp_path.glob("control/*.log")]
+    wait_for(lambda: [a for a in reader.alerts(control) if a.rule == "dead_rank"], timeout=30)
     assert [(a.rule, a.rank, a.status) for a in reader.alerts(run_id, count=100)] == []
 
 

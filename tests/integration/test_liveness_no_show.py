@@ -18,6 +18,8 @@ from stepstream.stack import running_stack
 from .conftest import wait_for
 from .test_liveness_live import run_ranks
 
+pytestmark = pytest.mark.integration
+
 NEVER_HEARD_S = 5.0
 
 

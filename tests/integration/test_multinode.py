@@ -41,7 +41,10 @@ from .fault_harness import Child
 from .netns import Topology, kill_tree, unavailable
 
 WHY_NOT = unavailable()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host tests: {WHY_NOT}")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host tests: {WHY_NOT}"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK_SCRIPT = Path(__file__).with_name("multinode_rank.py")

@@ -12,8 +12,11 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import pytest
 
 from stepstream.stack import free_port
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 

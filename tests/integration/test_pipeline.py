@@ -8,6 +8,7 @@ import math
 import statistics
 import time
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import producers
@@ -18,6 +19,8 @@ from stepstream.settings import Settings
 from stepstream.topics import Topics
 
 from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def loss_at(rank: int, step: int) -> float:

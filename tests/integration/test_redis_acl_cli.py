@@ -24,6 +24,8 @@ from stepstream.redis_client import sync_client
 
 from .test_redis_store import KEYS, all_messages, value, write_all
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_REDIS = "/usr/bin/redis-server"
 

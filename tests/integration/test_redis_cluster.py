@@ -20,6 +20,8 @@ from stepstream.redis_client import acl_rules
 
 from .test_redis_store import KEYS, all_messages, value, write_all
 
+pytestmark = pytest.mark.integration
+
 SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 
 

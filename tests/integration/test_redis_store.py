@@ -43,6 +43,8 @@ from stepstream.redis_client import WRITE_COMMANDS, acl_rules, async_client, syn
 from stepstream.settings import Settings
 from stepstream.stored_stats import OpenStats, OpenWindowUpdate
 
+pytestmark = pytest.mark.integration
+
 RETENTION_S = 3600
 KEYS = RedisKeys()
 

@@ -21,6 +21,8 @@ from stepstream.settings import Settings
 from .test_redis_store import all_messages, batches, value, write_all
 from .tls_proxy import Pki, TlsProxy, make_pki
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalRedis]:

@@ -10,7 +10,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,11 @@ import producers
 from query.reader import MetricsReader, RollingStats
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env, worker_command
+from stepstream.topics import Topics
 
-from .conftest import wait_for
+from .conftest import wait_committed, wait_for
+
+pytestmark = pytest.mark.integration
 
 RUNS = 6
 
@@ -65,7 +67,6 @@ def broker(tmp_path: Path) -> Iterator[tuple[Settings, list[subprocess.Popen[byt
         stack.stop()
 
 
-@pytest.mark.integration
 def test_killing_one_of_two_processors_keeps_every_run_flowing(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
@@ -124,7 +125,6 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
         reader.close()
 
 
-@pytest.mark.integration
 def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
@@ -151,10 +151,11 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
         publish(range(0, 10), 1.0)
         publish(range(10, 20), math.nan)
         wait_for(lambda: all(nan_alerts(run) == ["firing"] for run in runs), timeout=60)
-        # Let the workers commit past the NaN steps (faust commits every 2.8 s): a survivor
-        # that re-read them would re-raise the same transition, which the sink dedups, and
-        # this test would not see a restart at all.
-        time.sleep(6)
+        # Let the workers commit past the NaN steps: a survivor that re-read them would
+        # re-raise the same transition, which the sink dedups, and this test would not
+        # see a restart at all.
+        topics = Topics(settings.topic_prefix)
+        wait_committed(settings, topics.group("processor"), [topics.telemetry, topics.summaries])
 
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(10)

@@ -23,6 +23,8 @@ from stepstream.settings import Settings
 from stepstream.stack import LocalStack, free_port, settings_env
 from stepstream.topics import Topics
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

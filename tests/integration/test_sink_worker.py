@@ -22,6 +22,8 @@ from stepstream.topics import Topics
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.integration
+
 STEPS = 100
 
 

@@ -18,6 +18,8 @@ from stepstream.errors import BinaryNotFoundError, PortInUseError
 from stepstream.settings import Settings
 from stepstream.stack import LocalStack, check_port_free, find_broker_binary, load_settings
 
+pytestmark = pytest.mark.integration
+
 
 def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STEPSTREAM_STATE_DIR": str(state_dir), "COLUMNS": "120"}

@@ -9,12 +9,15 @@ import math
 import time
 import uuid
 
+import pytest
 from confluent_kafka import Producer
 
 from query.reader import MetricsReader
 from stepstream.settings import Settings
 
 from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
 
 STEPS = 40
 

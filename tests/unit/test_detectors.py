@@ -31,6 +31,7 @@ from processors.detectors import (
 )
 from processors.detectors.base import with_overrides
 from processors.series_stage import ValueDetector
+from stepstream.errors import ConfigError
 
 Observe = Callable[[str, int, str, int | None, float, float], Sequence[Flag]]
 
@@ -85,7 +86,7 @@ def test_spike_is_flagged_at_the_spiking_step_with_evidence() -> None:
 def test_spike_params_are_configurable() -> None:
     d = SpikeDetector(with_overrides(SpikeDetector().params, {"metrics": ["acc"], "z": 4}))
     assert d.wants("acc") and not d.wants("loss") and d.params.z == 4
-    with pytest.raises(ValueError, match="unknown detector parameters"):
+    with pytest.raises(ConfigError, match="unknown detector parameters"):
         with_overrides(PlateauParams(), {"patiance": 3})
 
 

@@ -172,7 +172,7 @@ def test_transitions_of_one_run_are_one_notification_and_acked_after_it() -> Non
     ok = Receiver()
     acked: list[str] = []
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], list[tuple[dict[str, str], dict]]]:
         d = WebhookDispatcher(
             [WebhookTarget(url=ok.url)], _no_dead_letter, group_wait_s=0.3, group_interval_s=5
         )
@@ -183,16 +183,17 @@ def test_transitions_of_one_run_are_one_notification_and_acked_after_it() -> Non
             )
         d.submit(alert(run="b", fingerprint="b0"), lambda: acked.append("b0"))
         await asyncio.sleep(0.1)
-        before = list(acked)  # inside group_wait: nothing sent, nothing acked
+        # inside group_wait: nothing sent, nothing acked
+        before = (list(acked), list(ok.requests))
         await asyncio.sleep(0.6)
         await d.close()
         return before
 
     try:
-        before = asyncio.run(go())
+        acked_before, sent_before = asyncio.run(go())
     finally:
         ok.close()
-    assert before == [] and ok.requests[:0] == []
+    assert acked_before == [] and sent_before == []
     by_run = {body["run"]: body for _, body in ok.requests}
     assert len(ok.requests) == 2 and set(by_run) == {"a", "b"}
     assert [a["rank"] for a in by_run["a"]["alerts"]] == [0, 1, 2, 3, 4]
