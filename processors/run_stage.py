@@ -44,6 +44,9 @@ from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSumm
 from stepstream.keys import step_window_name
 from stepstream.vocabulary import canonical
 
+#: The label naming the mesh coordinates of the rank a flag names (``dp=0 pp=1 tp=0``).
+MESH_LABEL = "mesh"
+
 #: The rank key under which stage 2's detectors keep a run's job-level series.
 _JOB = -1
 
@@ -347,9 +350,20 @@ class RunStage:
         return result
 
     def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
-        """The alerts of `flags`, grouped into one incident per run and detector."""
+        """The alerts of `flags`, grouped into one incident per run and detector; a flag
+        naming a rank of a sharded job carries the rank's mesh coordinates (label
+        ``mesh``: its role)."""
         raised = self._clock()
+        flags = [self._with_role(f) for f in flags]
         return [flag_to_alert(f, raised) for f in self.incidents.apply_all(flags, now)]
+
+    def _with_role(self, flag: Flag) -> Flag:
+        state = self._runs.get(flag.run) if flag.rank is not None else None
+        coords = state.mesh.get(flag.rank) if state is not None and flag.rank is not None else None
+        if not coords or MESH_LABEL in flag.labels:
+            return flag
+        role = " ".join(f"{name}={index}" for name, index in sorted(coords.items()))
+        return dataclasses.replace(flag, labels={**flag.labels, MESH_LABEL: role})
 
     def _quality(
         self, state: _RunState, step: int, sums: Mapping[str, float]

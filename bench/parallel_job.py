@@ -1,6 +1,7 @@
 """One rank of a sharded training job on CPU/gloo, instrumented only through the public SDK,
 run as a subprocess with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and STEPSTREAM_* set,
-as torchrun would.
+as torchrun would (tests/integration/test_parallelism_live.py and bench/parallel_faults.py
+start it).
 
 argv: run parallelism steps faults report.json
   parallelism: ``fsdp`` (FSDP2 `fully_shard` per layer and on the root), ``hsdp`` (a 2 x 2
@@ -97,8 +98,11 @@ def main() -> None:
         coordinate = mesh.get_coordinate()
         assert coordinate is not None
         index = coordinate[0]
-        layers = list(model)
-        part = nn.Sequential(*layers[:2]) if index == 0 else nn.Sequential(*layers[2:])
+        # A stage keeps the model's own layer names (as TorchTitan's splitting does): the
+        # other stage's layers become identities.
+        part = model
+        for i in range(2, len(model)) if index == 0 else range(2):
+            part[i] = nn.Identity()
         if world > 2:
             fully_shard(part, mesh=mesh["dp"])
         model = part
@@ -116,6 +120,7 @@ def main() -> None:
     monitor = producers.init(run, rank=rank, world=world, mesh=mesh)
     monitor.watch(model, optimizer, every=1)
     clip: dict[int, float] = {}
+    last_layers: dict[str, float] = {}
     try:
         for step in range(int(steps)):
             wait = STEP_SLEEP_S + (SLOW_S if step >= faults.get("slow", 1 << 30) else 0.0)
@@ -142,6 +147,8 @@ def main() -> None:
                     local = grad.to_local() if hasattr(grad, "to_local") else grad
                     local.view(-1)[0] = math.nan
             clip[step] = _clip_norm(model, schedule is not None)
+            if step == int(steps) - 1:
+                last_layers = _layer_norms(model)
             optimizer.step()
             # The reference norm goes to the report, not to the monitor: it comes out of a
             # collective, so a NaN in it is on every rank at once, which says nothing.
@@ -152,9 +159,23 @@ def main() -> None:
         flushed = monitor.flush(60)
     finally:
         monitor.close()
-    Path(report).write_text(json.dumps({"rank": rank, "clip": clip, "flushed": flushed}))
+    Path(report).write_text(
+        json.dumps({"rank": rank, "clip": clip, "layers": last_layers, "flushed": flushed})
+    )
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _layer_norms(model: nn.Module) -> dict[str, float]:
+    """Each parameter's whole gradient norm at this step (DTensors gathered: a collective
+    the test job may afford), by parameter name: a pipeline stage has only its own."""
+    out: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        grad: Any = param.grad
+        if grad is not None:
+            full = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+            out[name] = float(full.norm())
+    return out
 
 
 def _clip_norm(model: nn.Module, pipeline: bool) -> float:
