@@ -10,7 +10,8 @@ argv: run parallelism steps faults report.json
       `torch.distributed.pipelining` GPipe schedule), ``ddp``.
   faults: comma-separated ``kind:rank:step`` or ``none``: ``nan`` (a NaN in the rank's
       local gradient shard after backward), ``slow`` (the rank's data wait grows by 30 ms
-      a step from that step on), ``hang`` (the rank blocks in its data loader for good).
+      a step from that step on), ``hang`` (the rank blocks in its data loader for good),
+      ``sdkfail`` (the SDK's gradient reading raises on that rank: the job must not notice).
 
 Every step the job also computes the job's gradient norm as `torch.nn.utils.clip_grad_norm_`
 returns it (a collective), so a test can compare it with what stage 2 combined from the
@@ -117,6 +118,13 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     # Data parallel ranks (all but pipeline and tensor-parallel peers) read their own batches.
     data = torch.Generator().manual_seed(100 + rank)
+    if "sdkfail" in faults:  # a bug in the SDK's gradient reading, from the first step
+        from producers.watch import Watch
+
+        def broken(_self: Watch) -> None:
+            raise RuntimeError("injected failure in watch()")
+
+        Watch._read_grads = broken  # type: ignore[method-assign]
     monitor = producers.init(run, rank=rank, world=world, mesh=mesh)
     monitor.watch(model, optimizer, every=1)
     clip: dict[int, float] = {}

@@ -181,3 +181,27 @@ def test_faults_of_a_sharded_job_are_named_on_the_right_rank_and_role(
         if a.rule in ("straggler", "hung_rank", "dp_mismatch") and a.rank != slow
     ]
     assert wrong == []
+
+
+def test_a_failing_sdk_hook_leaves_training_and_its_loss_series_intact(
+    live_settings: Settings, reader: MetricsReader, ranks: list[Ranks], run_id: str
+) -> None:
+    steps = 20
+    job = Ranks(live_settings, run_id, "fsdp", 2, steps, "sdkfail:1:0")
+    ranks.append(job)
+    reports = job.wait(150)
+    assert all(r["flushed"] for r in reports)
+
+    def counted() -> dict[tuple[int, str], float] | None:
+        latest = reader.latest(run_id)
+        return latest if latest.get((1, "stepstream/sdk_errors")) == 1.0 else None
+
+    latest = wait_for(counted, 30)
+    assert latest[(0, "stepstream/sdk_errors")] == 0.0
+    for rank in (0, 1):
+        points = reader.series(run_id, "loss", rank=rank).points
+        assert [p.step for p in points] == list(range(steps)), rank
+        assert all(math.isfinite(p.value) for p in points)
+    # The failing part turned itself off; the rest of watch() went on on that rank.
+    assert (1, "perf/step_time_s") in latest and (0, "grad/global_norm_sq") in latest
+    assert (1, "grad/global_norm_sq") not in latest
