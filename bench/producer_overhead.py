@@ -10,6 +10,11 @@ alike:
 - ``tensorboard``: ``SummaryWriter.add_scalar`` of the same 20 scalars;
 - ``watch``: ``monitor.watch(model, optimizer, every=1)`` (norms every step), no log().
 
+An FSDP2 row follows (``--fsdp-only`` runs just it): the same MLP under ``fully_shard`` on
+2 ranks over gloo, each rank alternating blocks without monitoring and with
+``watch(every=1)`` (norms from local shards, no collective added), compared by process CPU
+per step, all threads (``fsdp_watch_overhead_pct``).
+
 Every mode builds the same dict of 20 values each step (the loop has its metrics either
 way); only handing them to a library differs. Each block is short and every round runs
 all four, so a slow phase of the machine hits all modes of that round; an overhead is the
@@ -271,6 +276,57 @@ def _enqueue_line() -> str:
     )
 
 
+def fsdp_row(settings: Settings, tmp: Path, rounds: int = 8, steps: int = 200) -> str:
+    """The FSDP2 row: a 2-rank `fully_shard` job on gloo (bench/fsdp_overhead_rank.py)
+    alternating blocks without monitoring and with ``watch(every=1)``; the paired median
+    over rounds and ranks of the process CPU per step, all threads."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from stepstream.stack import free_port, settings_env
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "PYTHONPATH": str(root),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    reports = [tmp / f"fsdp-r{r}.json" for r in range(2)]
+    worker = root / "bench" / "fsdp_overhead_rank.py"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(rounds), str(steps), "50", str(reports[r])],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+        )
+        for r in range(2)
+    ]
+    try:
+        codes = [p.wait(600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if codes != [0, 0]:
+        return f"fsdp2: ranks exited {codes}"
+    ratios: list[float] = []
+    bases: list[float] = []
+    for path in reports:
+        got = json.loads(path.read_text())
+        ratios += [(r - 1) * 100 for r in _ratios(got["watch"], got["none"])]
+        bases += got["none"]
+    return (
+        f"fsdp2 (2 ranks, gloo, watch every step): none {statistics.median(bases) * 1e3:.3f} ms "
+        f"CPU per step; fsdp_watch_overhead_pct={statistics.median(ratios):.2f}"
+    )
+
+
 def main() -> None:
     """Run the interleaved rounds and print the figures; the last line is the summary."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -284,9 +340,14 @@ def main() -> None:
     parser.add_argument(
         "--enqueue-only", action="store_true", help="only the cost of Publisher.enqueue"
     )
+    parser.add_argument("--fsdp-only", action="store_true", help="only the FSDP2 row")
     args = parser.parse_args()
     if args.enqueue_only:
         print(_enqueue_line())
+        return
+    if args.fsdp_only:
+        with tempfile.TemporaryDirectory() as tmp_dir, broker(Path(tmp_dir)) as settings:
+            print(fsdp_row(settings, Path(tmp_dir)))
         return
     torch.set_num_threads(args.threads)
     modes = ["none", "stepstream", "tensorboard", "watch"]
@@ -315,6 +376,7 @@ def main() -> None:
                 medians[mode].append(statistics.median(times))
                 logs[mode] += log_times
             print(f"round {r}: " + " ".join(f"{m}={medians[m][-1] * 1e3:.3f}ms" for m in modes))
+        fsdp_line = fsdp_row(settings, tmp)
         sampler = SystemSampler("/")
         costs = []
         for _ in range(30):
@@ -393,6 +455,7 @@ def main() -> None:
     for mode in ("stepstream", "watch"):
         print(f"{mode} threads: {_thread_line(threads[mode])}")
     print(_enqueue_line())
+    print(fsdp_line)
     main_base = statistics.median(mains["none"])
     print(
         "training-thread CPU per step: "
