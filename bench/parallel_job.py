@@ -132,6 +132,9 @@ def main() -> None:
     try:
         for step in range(int(steps)):
             wait = STEP_SLEEP_S + (SLOW_S if step >= faults.get("slow", 1 << 30) else 0.0)
+            for kind, at in faults.items():
+                if step == at:  # when the fault began, for the benchmark's delays
+                    Path(f"{report}.{kind}").write_text(repr(time.time()))
             if step == faults.get("hang"):
                 wait = 3600.0  # blocked in the data loader; its peers wait in a collective
             time.sleep(wait)
