@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import re
 import threading
@@ -45,7 +46,16 @@ log = logging.getLogger(__name__)
 MAX_RECORDS_PER_MESSAGE = 500
 _NAME_OK = re.compile(METRIC_NAME_PATTERN).match
 _KIND_VALUES = {kind: kind.value for kind in RecordKind}
+_LOG = RecordKind.LOG
 _YIELD_EVERY_S = 0.0005
+#: How often the publisher drains the queue and looks for urgent records; it sends only
+#: every `flush_interval_s` otherwise (a Kafka message costs a worker ~0.1 ms and the
+#: rank ~1.4 ms of CPU whatever it holds: fewer, fuller messages).
+_DRAIN_S = 0.2
+#: Records held before a send is due anyway (a size bound on what waits).
+_HOLD_RECORDS = 20_000
+#: Heartbeat texts that must not wait: a rank's last words.
+_URGENT_STATUS = frozenset({"closing", "crashed"})
 
 Values = Mapping[str, object] | Deferred
 # (event time, step, kind, values, text): made a record off the training thread.
@@ -278,6 +288,11 @@ class Publisher:
         self._flush_deadline: float | None = None
         self._flush_ok = False
         self._flush_persist = False
+        #: Drained records waiting for their send (publisher thread only).
+        self._held: list[dict[str, Any]] = []
+        #: A drained record must go now: a non-finite value, an exception, last words.
+        self._urgent = False
+        self._last_send = time.monotonic()
         self._close_timeout = settings.shutdown_timeout_s
         self._disabled = False
         self._pid = os.getpid()
@@ -330,6 +345,7 @@ class Publisher:
         seq = self._seq
         clock = time.perf_counter
         since = clock()
+        urgent = False
         try:
             while True:
                 try:
@@ -369,6 +385,16 @@ class Publisher:
                         floats = self._converted(mapping)
                 else:
                     floats = self._convert(mapping)
+                if not urgent and (kind is _LOG or (text in _URGENT_STATUS)):
+                    urgent = True
+                if not urgent and floats:
+                    try:  # one C call a record; NaN or inf anywhere makes the sum non-finite
+                        total = math.fsum(floats.values())
+                        urgent = total - total != 0.0
+                    except (OverflowError, ValueError):  # inf and -inf together
+                        urgent = True
+                    except Exception:  # a value fsum cannot read: the encoder will
+                        pass
                 # No null fields: a null in the encoded batch then means a non-finite
                 # value (see `encode_fast`).
                 record = {"seq": seq, "t": t, "kind": kinds[kind], "values": floats}
@@ -380,6 +406,8 @@ class Publisher:
                 seq += 1
         finally:
             self._seq = seq
+            if urgent:
+                self._urgent = True
         return records
 
     def _converted(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -577,8 +605,28 @@ class Publisher:
             self.stats.send_errors += 1
             self._drop_producer()
 
-    def _cycle(self, deadline: float) -> None:
-        frames = self._frames(self._drain())
+    def _cycle(self, deadline: float, due_only: bool = False) -> None:
+        """Drain the queue and send what it held. `due_only`: hold the records instead
+        unless a send is due: `flush_interval_s` passed since the last, an urgent record
+        came, too many are held, or the spool has batches to replay."""
+        records = self._drain()
+        if self._held:
+            records = self._held + records
+            self._held = []
+        now = time.monotonic()
+        if (
+            due_only
+            and not self._urgent
+            and now - self._last_send < self.settings.flush_interval_s
+            and len(records) < _HOLD_RECORDS
+            and not self._spool_pending()
+        ):
+            self._held = records
+            self.stats.queue_depth = len(self._queue) + len(records)
+            return
+        self._urgent = False
+        self._last_send = now
+        frames = self._frames(records)
         self._absorb_failures()
         if self._broken:
             self._drop_producer()
@@ -623,7 +671,7 @@ class Publisher:
         return not self._queue and not self._failed and not self._spool_pending()
 
     def _run(self) -> None:
-        interval = self.settings.flush_interval_s
+        interval = min(_DRAIN_S, self.settings.flush_interval_s)
         directory = self.settings.resolved_spool_dir() / self.identity.run
         if (directory / f"rank-{self.identity.rank}").is_dir():
             self._open_spool()  # a previous incarnation left batches: replay them
@@ -638,7 +686,7 @@ class Publisher:
                     self._flush_deadline = None
                     self._flush_done.set()
                 else:
-                    self._cycle(time.monotonic() + 2.0)
+                    self._cycle(time.monotonic() + 2.0, due_only=True)
             except Exception as exc:  # never let a bug kill telemetry for the whole run
                 log.warning("stepstream publisher cycle failed: %s", exc, exc_info=True)
         try:

@@ -118,7 +118,11 @@ class Settings(BaseSettings):
     retention_s: int = Field(7 * 86400, gt=0, description="TTL of every per-run Redis key.")
     state_dir: Path = Field(default_factory=default_state_dir)
     flush_interval_s: float = Field(
-        0.2, gt=0, description="How often a publisher sends one batch per rank."
+        1.0,
+        gt=0,
+        description="Longest a record waits in the SDK before it is sent: one Kafka message "
+        "per rank per interval. Urgent records (a non-finite value, an exception, a crash or "
+        "closing heartbeat) go within 0.2 s.",
     )
     queue_size: int = Field(100_000, ge=1, description="Bound of the in-process record queue.")
     sink_batch: int = Field(500, ge=1, description="Most messages the sink writes per flush.")

@@ -433,3 +433,32 @@ def test_tensor_like_values_are_read_by_the_encoder_and_non_finite_ones_kept() -
     # The batch with the finite tensor-like values took the one-call encoder (no NaN
     # strings, no step or text nulls): its raw bytes hold the values as numbers.
     assert b'"loss":1.5' in producer.sent[1][2] and b"null" not in producer.sent[1][2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "text"),
+    [
+        (RecordKind.TRAIN, {"loss": math.nan}, None),
+        (RecordKind.TRAIN, {"loss": 1.0, "grad_norm": math.inf}, None),
+        (RecordKind.LOG, {"log/level": 50.0}, "Traceback ..."),
+        (RecordKind.HEARTBEAT, {"heartbeat/status": 3.0}, "crashed"),
+    ],
+)
+def test_records_wait_for_the_interval_and_urgent_ones_go_at_once(
+    kind: RecordKind, values: dict[str, float], text: str | None
+) -> None:
+    producer = RecordingProducer()
+    pub = Publisher(IDENT, Settings(flush_interval_s=30.0), producer_factory=lambda s: producer)
+    try:
+        pub.enqueue(0, RecordKind.TRAIN, {"loss": 1.0})
+        time.sleep(0.6)  # three drains: an ordinary record waits for its interval
+        assert producer.sent == []
+        pub.enqueue(1, kind, values, text)
+        deadline = time.monotonic() + 5
+        while not producer.sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Both go in one message, the held record first, well before the 30 s interval.
+        assert len(producer.sent) == 1
+        assert [r.step for r in records_of(producer)] == [0, 1]
+    finally:
+        pub.close()
