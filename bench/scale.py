@@ -1,30 +1,27 @@
-"""Scale: many simulated ranks (real SDK monitors, real broker) against 1 and 2 processor
-workers. Prints figures; not a test.
+"""Scale: many ranks against 1 and 2 processor workers. Prints figures; not a test.
 
-Starts a tansu broker and Valkey (LocalStack, workers=False). For each worker count and
-each rank count of the ramp (a ramp stops at its first level over 1 s), on a fresh topic
-prefix: start the processor workers, start
-`--procs` host processes that each open their share of the ranks as real
-`producers.init()` monitors (30 metrics per rank, one `log()` per rank per second, spread
-over the second), and read the windows topic until the level was measured.
+Starts a tansu broker and Valkey (LocalStack, workers=False). The load is one real rank
+recorded once (`bench/loadgen.py record`: a small MLP with `watch()`, `log()`, heartbeats
+and the system sampler at default SDK settings, 2 steps a second) and replayed as N
+distinct ranks by `bench/loadgen.py replay` (pre-encoded templates, librdkafka): the
+generator's own CPU is printed beside every level (``generator_cpu_pct``, of one core), so
+the figure measures the pipeline, not its simulator. ``--sdk-hosts`` uses real `Monitor`s
+in host processes instead (the previous bench: at 256 ranks they took the same 2 cores as
+the worker).
 
-Lag is end to end: the arrival time of a window update minus the event time of the newest
-record it covers (stamped by `log()`), so it includes the SDK's flush interval (0.2 s by
-default) and the processor's linger. It is measured for `--seconds` from `SETTLE_S` after
-the first window update (the group join's backlog is not counted). A level is kept when its
-p99 lag is within 1 s and every rank was seen. Memory per rank is the growth of the
-processor workers' resident set from settled-and-idle to the end of the level, over the
-ranks seen, at the largest one-worker level run.
+For each worker count and each rank count of the ramp (a ramp stops at its first level
+over 1 s), on a fresh topic prefix: start the processor workers, start the load, and read
+the windows topic until the level was measured. Lag is end to end: the arrival time of a
+window update minus the event time of the newest record it covers, so it includes the
+SDK's hold (`flush_interval_s`, 1 s: a message's newest record is fresh when it is sent)
+and the processor's linger. It is measured for `--seconds` from `SETTLE_S` after the first
+window update. A level is kept when its p99 lag is within 1 s and every rank was seen.
+Memory per rank is the growth of the processor workers' resident set from settled-and-idle
+to the end of the level, over the ranks seen, at the largest one-worker level run.
 
-Simulated ranks run with the system sampler, log capture and stack capture off: they share
-one host, so those threads would measure the bench, not a rank.
-
-Usage: PYTHONPATH=. python bench/scale.py [--ranks 64,256,1024] [--workers 1,2]
-       [--seconds 15] [--procs 4]
-Bigger runs need cores for the simulated ranks (each is a monitor with its own publisher
-threads; 1024 of them overloaded a shared 2-core machine), e.g. on 16+ cores:
-       PYTHONPATH=. python bench/scale.py --ranks 256,1024,4096 --procs 16 --seconds 40
-Last line: ranks_per_worker_at_1s_lag=... bytes_per_rank=...
+Usage: PYTHONPATH=. python bench/scale.py [--ranks 256,1024,2048,4096] [--workers 1,2]
+       [--seconds 15] [--recording rec.json]
+Last line: ranks_per_worker_at_1s_lag=... bytes_per_rank=... msgs_per_s=... generator_cpu_pct=...
 """
 
 from __future__ import annotations
@@ -148,8 +145,51 @@ def rss(procs: list[subprocess.Popen[bytes]]) -> int:
     return total
 
 
+def start_replay(
+    settings: Settings, recording: Path, ranks: int, logs: Path
+) -> list[subprocess.Popen[bytes]]:
+    """The replaying generator of `ranks` ranks (runs until stopped); its report lines go
+    to its log."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("loadgen.py")),
+        "replay",
+        str(recording),
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic-prefix",
+        settings.topic_prefix,
+        "--ranks",
+        str(ranks),
+        "--world",
+        str(WORLD),
+        "--seconds",
+        "3600",
+        "--report-s",
+        "2",
+    ]
+    return [spawn(cmd, env, logs / f"replay-{settings.topic_prefix}.log")]
+
+
+def generator_figures(logs: Path, prefix: str) -> tuple[float, float]:
+    """The replaying generator's last reported CPU % of a core and messages/s."""
+    path = logs / f"replay-{prefix}.log"
+    last = [line for line in path.read_text().splitlines() if "generator_cpu_pct=" in line]
+    if not last:
+        return math.nan, math.nan
+    fields = dict(part.split("=") for part in last[-1].split())
+    return float(fields["generator_cpu_pct"]), float(fields["msgs_per_s"])
+
+
 def level(
-    base: Settings, workers: int, ranks: int, procs: int, seconds: float, logs: Path
+    base: Settings,
+    workers: int,
+    ranks: int,
+    procs: int,
+    seconds: float,
+    logs: Path,
+    recording: Path | None = None,
 ) -> dict[str, float]:
     """One level of the ramp: its p50/p99 lag, ranks seen, and the workers' memory."""
     live = phase_settings(base, f"s{workers}x{ranks}")
@@ -167,7 +207,10 @@ def level(
             time.sleep(0.2)
         idle = rss(running)
         # The hosts log until stopped; the level ends when enough was measured.
-        hosts = start_hosts(live, ranks, procs, 3600.0, logs)
+        if recording is None:
+            hosts = start_hosts(live, ranks, procs, 3600.0, logs)
+        else:
+            hosts = start_replay(live, recording, ranks, logs)
         deadline = time.time() + 90  # group join, monitors opening
         begin = end = math.inf
         while time.time() < min(deadline, end) and not STOP.is_set():
@@ -191,7 +234,12 @@ def level(
         stop_children(running, 15.0)
     lags.sort()
     pick = lambda q: lags[int(q * (len(lags) - 1))] if lags else math.inf  # noqa: E731
+    gen_cpu, msgs = (
+        generator_figures(logs, live.topic_prefix) if recording is not None else (math.nan,) * 2
+    )
     return {
+        "generator_cpu_pct": gen_cpu,
+        "msgs_per_s": msgs,
         "p50": pick(0.5),
         "p99": pick(0.99),
         "seen": len(seen),
@@ -203,10 +251,14 @@ def level(
 def main() -> None:
     """Run the ramp for each worker count and print the figures."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ranks", default="64,256,1024", help="rank counts of the ramp")
+    parser.add_argument("--ranks", default="256,1024,2048,4096", help="rank counts of the ramp")
     parser.add_argument("--workers", default="1,2", help="processor worker counts")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per level")
     parser.add_argument("--procs", type=int, default=4, help="rank host processes")
+    parser.add_argument("--recording", type=Path, help="a loadgen recording to replay")
+    parser.add_argument(
+        "--sdk-hosts", action="store_true", help="real monitors in host processes, no replay"
+    )
     args = parser.parse_args()
     ramp = [int(r) for r in args.ranks.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="stepstream-scale-"))
@@ -222,11 +274,34 @@ def main() -> None:
             redis_url=state.redis_url,
             session_timeout_s=6.0,
         )
+        recording = args.recording
+        if recording is None and not args.sdk_hosts:
+            recording = tmp / "recording.json"
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("loadgen.py")),
+                    "record",
+                    str(recording),
+                    "--bootstrap",
+                    state.kafka_bootstrap,
+                    "--topic-prefix",
+                    "rec",
+                ],
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                check=True,
+            )
+        msgs_at: dict[int, float] = {}
+        gen_at: dict[int, float] = {}
         for workers in (int(w) for w in args.workers.split(",")):
             best[workers] = 0
             for ranks in ramp:
-                got = level(base, workers, ranks, min(args.procs, ranks), args.seconds, tmp)
+                got = level(
+                    base, workers, ranks, min(args.procs, ranks), args.seconds, tmp, recording
+                )
                 ok = got["p99"] <= 1.0 and got["seen"] >= ranks
+                msgs_at[ranks] = got["msgs_per_s"]
+                gen_at[ranks] = got["generator_cpu_pct"]
                 if workers == 1:
                     memory[ranks] = got["per_rank"]
                 if ok:
@@ -235,7 +310,9 @@ def main() -> None:
                     f"{workers} worker(s), {ranks} ranks: lag p50 {got['p50'] * 1000:.0f} ms, "
                     f"p99 {got['p99'] * 1000:.0f} ms, {got['seen']:.0f} ranks seen, "
                     f"workers RSS {got['rss'] / 2**20:.0f} MiB "
-                    f"({got['per_rank'] / 1024:.0f} KiB/rank) -> "
+                    f"({got['per_rank'] / 1024:.0f} KiB/rank), generator "
+                    f"{got['msgs_per_s']:.0f} msgs/s at {got['generator_cpu_pct']:.1f} % of a "
+                    "core -> "
                     f"{'within' if ok else 'OVER'} 1 s",
                     flush=True,
                 )
@@ -250,7 +327,12 @@ def main() -> None:
         if any(best[w] and best[w] == ramp[-1] // w for w in best):
             print("the top level held: the capacity is at least that; ramp further (--ranks)")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"ranks_per_worker_at_1s_lag={kept} bytes_per_rank={per_rank:.0f}")
+        top = max(msgs_at) if msgs_at else 0
+        print(
+            f"ranks_per_worker_at_1s_lag={kept} bytes_per_rank={per_rank:.0f} "
+            f"msgs_per_s={msgs_at.get(top, math.nan):.0f} "
+            f"generator_cpu_pct={gen_at.get(top, math.nan):.1f}"
+        )
         finished = True
     finally:
         stack.stop()
