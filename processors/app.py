@@ -108,6 +108,7 @@ def create_processor_app(settings: Settings) -> faust.App:
             max_future_s=settings.max_future_s,
             max_past_s=settings.max_past_s,
             max_metrics_per_run=settings.max_metrics_per_run,
+            max_seq_jump=settings.max_seq_jump,
         ),
         detector_params=settings.detector_params,
         stats_interval_s=settings.window_stats_interval_s,

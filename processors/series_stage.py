@@ -40,7 +40,13 @@ from processors.detectors import (
 from processors.detectors.base import with_overrides
 from processors.flags import Flag, RankKey, fingerprint, flag_to_alert
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
-from processors.validation import CardinalityGuard, Limits, Rejection, check_batch
+from processors.validation import (
+    CardinalityGuard,
+    Limits,
+    Rejection,
+    check_batch,
+    check_seq_jump,
+)
 from processors.windows import RollingWindow, Summary, summarize_windows
 from stepstream import vocabulary as vocab
 from stepstream.contract import (
@@ -78,6 +84,10 @@ class ValueDetector(Protocol):
     def forget(self, ranks: Collection[RankKey]) -> None:
         """Drop what it holds of the series of `ranks` (publishers gone idle)."""
         ...
+
+
+#: The detector (and alert rule) name of refused telemetry: a seq jump, the name cap.
+REJECTED = "telemetry_rejected"
 
 
 class SeriesWindows:
@@ -330,6 +340,8 @@ class SeriesStage:
         )
         #: Dead letters by reason since start, for the worker's log.
         self.rejected: dict[str, int] = {}
+        #: (run, reason) pairs already alerted on (one alert per run and reason).
+        self._rejected_runs: set[tuple[str, str]] = set()
 
     def _new_series(self, metric: str) -> SeriesWindows:
         return SeriesWindows(
@@ -381,6 +393,7 @@ class SeriesStage:
         live_runs = {run for run, _ in self._ranks}
         for run in {run for run, _ in gone} - live_runs:
             self._cardinality.names.pop(run, None)
+        self._rejected_runs = {k for k in self._rejected_runs if k[0] in live_runs}
         return gone
 
     def held(self) -> int:
@@ -406,6 +419,11 @@ class SeriesStage:
                 self._reject(result, index, rejection)
                 continue
             state = self._state(batch)
+            jump = check_seq_jump(batch, state.high_seq, self.limits)
+            if jump is not None:
+                self._reject(result, index, jump)
+                self._rejected_flag(batch.run, batch.rank, jump, now, flags)
+                continue
             state.heard = now
             latest = touched.get((batch.run, batch.rank))
             values = latest[2] if latest else {}
@@ -434,6 +452,30 @@ class SeriesStage:
     def admitted(self, run: str, metric: str) -> bool:
         """True if `metric` of `run` got past the cardinality cap (what may be forwarded)."""
         return metric in self._cardinality.names.get(run, ())
+
+    def _rejected_flag(
+        self, run: str, rank: int, rejection: Rejection, t: float, flags: list[Flag]
+    ) -> None:
+        """One alert per run and reason for telemetry the stage refuses on purpose (a seq
+        jump, the metric-name cap): the dead letters carry each case, the alert says it
+        happens. It stays open while the run is held (`forget`/`expire` end it)."""
+        key = (run, rejection.reason)
+        if key in self._rejected_runs:
+            return
+        self._rejected_runs.add(key)
+        flags.append(
+            Flag(
+                detector=REJECTED,
+                run=run,
+                rank=rank,
+                metric=None,
+                step=None,
+                t=t,
+                severity="warning",
+                summary=f"telemetry of run {run} refused ({rejection.reason}): {rejection.detail}",
+                labels={"reason": rejection.reason},
+            )
+        )
 
     def _reject(self, result: StageResult, index: int, rejection: Rejection) -> None:
         result.rejected.append((index, rejection))
@@ -547,15 +589,13 @@ class SeriesStage:
                 flags.append(flag)
         if refused:
             names = sorted(refused)
-            self._reject(
-                result,
-                index,
-                Rejection(
-                    "cardinality",
-                    f"run {run} is at its cap of {self.limits.max_metrics_per_run} metric names; "
-                    f"dropped {len(names)}: {', '.join(names[:10])}",
-                ),
+            rejection = Rejection(
+                "cardinality",
+                f"run {run} is at its cap of {self.limits.max_metrics_per_run} metric names; "
+                f"dropped {len(names)}: {', '.join(names[:10])}",
             )
+            self._reject(result, index, rejection)
+            self._rejected_flag(run, rank, rejection, state.last_t or self._clock(), flags)
         return RankSummary(
             run=run,
             rank=rank,

@@ -24,12 +24,33 @@ class Limits:
     max_future_s: event times further ahead of the processor clock than this.
     max_past_s: event times further behind the processor clock than this.
     max_metrics_per_run: distinct metric names per run (per processor process).
+    max_seq_jump: how far past a publisher's last seq a batch may start. A gap is records
+        lost on the way (a spool that dropped its oldest); one past this is a forged or
+        corrupt seq, which would make every later record of the publisher a "duplicate".
     """
 
     max_records: int = 20_000
     max_future_s: float = 3600.0
     max_past_s: float = 7 * 86400.0
     max_metrics_per_run: int = 5000
+    max_seq_jump: int = 10_000_000
+
+
+def check_seq_jump(batch: Batch, high_seq: int, limits: Limits) -> Rejection | None:
+    """The reason to reject a batch whose seqs jump too far: past the publisher's last
+    seq `high_seq` (-1: none yet, anything goes) or within the batch."""
+    previous = high_seq
+    bound = limits.max_seq_jump
+    for record in batch.records:
+        if previous >= 0 and record.seq - previous > bound:
+            return Rejection(
+                "seq_jump",
+                f"seq {record.seq} of {batch.run}:{batch.rank} is {record.seq - previous} past "
+                f"the publisher's last seq {previous} (limit {bound}): a forged or corrupt seq, "
+                "dropped so that the publisher's later records are not taken for duplicates",
+            )
+        previous = max(previous, record.seq)
+    return None
 
 
 @dataclass(frozen=True)

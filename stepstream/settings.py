@@ -254,6 +254,12 @@ class Settings(BaseSettings):
     max_metrics_per_run: int = Field(
         5000, ge=1, description="Distinct metric names per run; more are dead-lettered."
     )
+    max_seq_jump: int = Field(
+        10_000_000,
+        ge=1,
+        description="How far past a publisher's last seq a batch may start; a larger jump is a "
+        "forged or corrupt seq: dead-lettered (seq_jump) with one alert per run.",
+    )
     crossrank_metrics: list[str] = Field(
         default_factory=lambda: [s.name for s in vocabulary.CROSSRANK_DEFAULT],
         description="Metrics stage 1 forwards per step for cross-rank analysis (vocabulary "

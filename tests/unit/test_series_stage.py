@@ -296,3 +296,20 @@ def _gap_batch(first_seq: int, n: int) -> Batch:
             for i in range(n)
         ],
     )
+
+
+def test_a_forged_seq_jump_is_dead_lettered_and_later_records_still_count() -> None:
+    s = stage()
+    s.process(batch([rec(i, i, loss=1.0) for i in range(5)]))
+    forged = s.process(batch([rec(10**15, 5, loss=9.0)]))
+    assert [(i, r.reason) for i, r in forged.rejected] == [(0, "seq_jump")]
+    assert [(a.rule, a.labels["reason"]) for a in forged.alerts] == [
+        ("telemetry_rejected", "seq_jump")
+    ]
+    # The publisher's next genuine records are not taken for duplicates.
+    genuine = s.process(batch([rec(i, i, loss=2.0) for i in range(5, 8)]))
+    assert (genuine.duplicates, genuine.rejected) == (0, [])
+    assert genuine.update is not None and genuine.update.latest == {"loss": 2.0}
+    # One alert per run and reason, however often it happens.
+    again = s.process(batch([rec(10**15, 9, loss=9.0)]))
+    assert [r.reason for _, r in again.rejected] == ["seq_jump"] and again.alerts == []
