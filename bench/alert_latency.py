@@ -101,6 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--faults", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between faults")
+    parser.add_argument(
+        "--flush-interval-s",
+        type=float,
+        default=Settings.model_fields["flush_interval_s"].default,
+        help="the SDK's hold (default: the SDK's default)",
+    )
     args = parser.parse_args()
 
     receiver = Receiver()
@@ -112,7 +118,9 @@ def main() -> None:
         heartbeat_interval_s=1.0,
         system_interval_s=0,
         max_metrics_per_run=max(1000, args.faults * 2),
-        flush_interval_s=0.02,
+        # The SDK's default hold (1 s): a NaN is urgent and must go at once anyway, which
+        # is what this measures (`--flush-interval-s` to compare with a short hold).
+        flush_interval_s=args.flush_interval_s,
     )
     stack = LocalStack(base)
     finished = False
