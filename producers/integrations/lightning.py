@@ -109,7 +109,15 @@ class StepstreamCallback(Callback, MonitorSession):
         if trainer.optimizers:
             # The batch hooks time the step (timing off): training_step need not call the
             # module's forward, so forward hooks may never fire.
-            self._start_watch(pl_module, trainer.optimizers[0], trainer.global_step, timing=False)
+            # The strategy's wrapper (FSDPStrategy's FSDP1 root) holds the flat parameters.
+            wrapper = trainer.strategy.model
+            self._start_watch(
+                pl_module,
+                trainer.optimizers[0],
+                trainer.global_step,
+                timing=False,
+                wrappers=[wrapper] if wrapper is not None else [],
+            )
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Take the hooks off and close the monitor this callback opened (the rank is then
