@@ -15,6 +15,10 @@ What it sends, per rank (rank, world and local rank are the trainer's):
 - ``event/checkpoint`` at every checkpoint; an exception Lightning reports (``on_exception``)
   as the rank's crash, traceback included; validation runs as the ``eval`` phase.
 
+Under ``FSDPStrategy`` (FSDP1) the parameters are slices of flat parameters: the callback
+tells watch() so (`producers.integrations.fsdp1`), and each rank sends its shares of the
+squared gradient norms, which stage 2 adds into the job's norms (``examples/lightning_fsdp.py``).
+
 The callback opens the monitor at ``setup`` and closes it at ``teardown`` (the rank is then
 finished) unless a `monitor` was given, which stays the caller's. Steps are optimizer-step
 indices from 0, as in watch(): the values of a batch are sent at ``global_step - 1``.
@@ -109,7 +113,15 @@ class StepstreamCallback(Callback, MonitorSession):
         if trainer.optimizers:
             # The batch hooks time the step (timing off): training_step need not call the
             # module's forward, so forward hooks may never fire.
-            self._start_watch(pl_module, trainer.optimizers[0], trainer.global_step, timing=False)
+            # The strategy's wrapper (FSDPStrategy's FSDP1 root) holds the flat parameters.
+            wrapper = trainer.strategy.model
+            self._start_watch(
+                pl_module,
+                trainer.optimizers[0],
+                trainer.global_step,
+                timing=False,
+                wrappers=[wrapper] if wrapper is not None else [],
+            )
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Take the hooks off and close the monitor this callback opened (the rank is then

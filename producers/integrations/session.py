@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from producers.identity import detect_identity
+from producers.integrations.fsdp1 import adapt_watch
 from producers.monitor import Monitor, init
+from producers.watch import PART_GRADS, NoWatch
 
 if TYPE_CHECKING:
-    from producers.watch import NoWatch, Watch
+    from producers.watch import Watch
 
 
 def open_monitor(
@@ -75,16 +77,38 @@ class MonitorSession:
             )
             self._owned = True
 
-    def _start_watch(self, model: Any, optimizer: Any, step: int, *, timing: bool = True) -> None:
+    def _start_watch(
+        self,
+        model: Any,
+        optimizer: Any,
+        step: int,
+        *,
+        timing: bool = True,
+        wrappers: Sequence[Any] = (),
+    ) -> None:
         """Hook `model` and `optimizer` once (when watching is on); steps count on from
-        `step`, so a resumed job goes on counting from its global step."""
-        if self.monitor is None or not self._watch_on or self._watch is not None:
+        `step`, so a resumed job goes on counting from its global step. `wrappers`: the
+        modules the framework built around `model` (Lightning's FSDP root), where an FSDP1
+        model's flat parameters are found."""
+        monitor = self.monitor
+        if monitor is None or not self._watch_on or self._watch is not None:
             return
-        watch = self.monitor.watch(
+        watch = monitor.watch(
             model, optimizer, every=self._every, weights_every=self._weights_every, timing=timing
         )
         watch.step = step
         self._watch = watch
+        if isinstance(watch, NoWatch):
+            return
+        try:
+            # FSDP1 slices are plain tensors: without this, each rank's slice norm would go
+            # out as the job's gradient norm (see producers.integrations.fsdp1).
+            adapt_watch(watch, [model, *wrappers], monitor.identity.world)
+        except Exception as exc:
+            # Never into training. Norms of slices read as replicas would be wrong, not
+            # merely missing: the gradient norms stay off, the rest of watch() goes on.
+            watch.disabled.add(PART_GRADS)
+            monitor._sdk_error("watch.fsdp1", exc)
 
     def _end(self) -> None:
         """Take the hooks off and close the monitor this session opened."""

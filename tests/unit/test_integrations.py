@@ -151,3 +151,63 @@ def test_step_timer_splits_data_wait_and_compute() -> None:
     timer.pause()  # a validation run: not data wait
     timer.start(20.0)
     assert set(timer.end(20.1)) == {"perf/compute_s"}
+
+
+def test_fsdp1_names_lose_the_wrapper_modules() -> None:
+    from producers.integrations.fsdp1 import clean_name
+
+    assert clean_name("net.0._fsdp_wrapped_module.weight") == "net.0.weight"
+    assert clean_name("_fsdp_wrapped_module.h.0._checkpoint_wrapped_module.w") == "h.0.w"
+    assert clean_name("net.0.weight") == "net.0.weight"
+
+
+def test_fsdp1_adapt_leaves_a_model_fsdp_did_not_flatten() -> None:
+    from producers.integrations.fsdp1 import adapt_watch
+    from producers.watch import Watch
+
+    model = torch.nn.Linear(4, 2)
+    watch = Watch(lambda *_: None, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not adapt_watch(watch, [model], world=2)
+    assert not watch.sharded and watch.names == ["weight", "bias"]
+    watch.remove()
+
+
+def test_fsdp1_one_rank_stays_replicated_under_its_own_names() -> None:
+    """A real FSDP1 model on one gloo rank (CPU, each Linear its own unit), in a child
+    process (it owns the process group). FSDP runs one rank as NO_SHARD whatever it was
+    asked: the watch keeps reporting the whole norm (no shares), equal to FSDP's
+    clip_grad_norm_, under the model's own names. The sharded case (2 ranks, shares
+    combined by stage 2) is tests/integration/test_examples.py's Lightning FSDP job."""
+    done = _python(
+        """
+        import math
+        import torch, torch.distributed as dist
+        from torch import nn
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+        from producers.integrations.fsdp1 import adapt_watch
+        from producers.watch import Watch
+
+        dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:0")
+        torch.manual_seed(0)
+        inner = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        model = FSDP(inner, auto_wrap_policy=ModuleWrapPolicy({nn.Linear}),
+                     device_id=torch.device("cpu"), use_orig_params=True)
+        opt = torch.optim.SGD(inner.parameters(), lr=0.1)
+        sent = []
+        watch = Watch(lambda step, kind, v: sent.append(v), inner, opt)
+        print(adapt_watch(watch, [inner, model], world=1), watch.sharded, watch.names)
+        model(torch.randn(3, 4)).sum().backward()
+        reference = float(model.clip_grad_norm_(math.inf))
+        opt.step()
+        values = [v for v in sent if hasattr(v, "resolve")][0].resolve()[0]
+        print(math.isclose(values["grad/global_norm"], reference, rel_tol=1e-6))
+        watch.remove()
+        dist.destroy_process_group()
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == [
+        "False False ['0.weight', '0.bias', '2.weight', '2.bias']",
+        "True",
+    ], done.stdout
