@@ -200,7 +200,7 @@ class Monitor:
         Never raises into training: a hook that fails is counted
         (``stepstream/sdk_errors``), logged once with its traceback and turned off, and the
         rest goes on. Returns the hooks' handle (``.remove()``)."""
-        from producers.watch import NoWatch, Watch
+        from producers.watch import PART_GRADS, NoWatch, Watch
 
         try:
             topology = self._topology_for(mesh if mesh is not None else self.mesh, model)
@@ -222,6 +222,19 @@ class Monitor:
             self._sdk_error("watch", exc)
             return NoWatch()
         self._watches.append(watch)
+        if not isinstance(watch, Watch):
+            return watch
+        try:
+            # FSDP1 (FullyShardedDataParallel) slices are plain tensors, not DTensors: told
+            # apart by FSDP's own attributes (see `producers.fsdp1`).
+            from producers.fsdp1 import adapt_watch
+
+            adapt_watch(watch, [model], self.identity.world)
+        except Exception as exc:
+            # Norms of slices read as replicas would be wrong, not merely missing: the
+            # gradient norms stay off, the rest of watch() goes on.
+            watch.disabled.add(PART_GRADS)
+            self._sdk_error("watch.fsdp1", exc)
         return watch
 
     def _topology_for(self, mesh: Any, model: torch.nn.Module) -> Topology:

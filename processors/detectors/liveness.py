@@ -121,8 +121,13 @@ class _Rank:
         return None if self.phase is None else self.phase_s + (now - self.phase_at)
 
     def rhythm(self, points: int) -> float | None:
-        """The median seconds per step between the moves of its step (None: too few)."""
-        if len(self.moves) <= points:
+        """The median seconds per step between the moves of its step (None: too few). A
+        rank whose step moves many steps at a time (its SDK sends once a second) is
+        trusted after two moves spanning 4 x `points` steps: each move already averages
+        many steps, and waiting for `points` moves would leave its first seconds judged on
+        the cap alone."""
+        moves = self.moves
+        if len(moves) <= points and (len(moves) < 3 or moves[-1][1] - moves[0][1] < 4 * points):
             return None
         pairs = list(self.moves)
         per_step = [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in itertools.pairwise(pairs)]

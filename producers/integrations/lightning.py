@@ -16,7 +16,7 @@ What it sends, per rank (rank, world and local rank are the trainer's):
   as the rank's crash, traceback included; validation runs as the ``eval`` phase.
 
 Under ``FSDPStrategy`` (FSDP1) the parameters are slices of flat parameters: the callback
-tells watch() so (`producers.integrations.fsdp1`), and each rank sends its shares of the
+tells watch() so (`producers.fsdp1`), and each rank sends its shares of the
 squared gradient norms, which stage 2 adds into the job's norms (``examples/lightning_fsdp.py``).
 
 The callback opens the monitor at ``setup`` and closes it at ``teardown`` (the rank is then

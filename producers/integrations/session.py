@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from producers.fsdp1 import adapt_watch
 from producers.identity import detect_identity
-from producers.integrations.fsdp1 import adapt_watch
 from producers.monitor import Monitor, init
 from producers.watch import PART_GRADS, NoWatch
 
@@ -102,7 +102,7 @@ class MonitorSession:
             return
         try:
             # FSDP1 slices are plain tensors: without this, each rank's slice norm would go
-            # out as the job's gradient norm (see producers.integrations.fsdp1).
+            # out as the job's gradient norm (see producers.fsdp1).
             adapt_watch(watch, [model, *wrappers], monitor.identity.world)
         except Exception as exc:
             # Never into training. Norms of slices read as replicas would be wrong, not

@@ -24,7 +24,7 @@ watch(): a log at ``global_step`` N is sent at step N - 1.
 
 Under data parallelism the ``loss`` the Trainer logs is already averaged over the ranks.
 Under FSDP (``fsdp_config``) the model the callback is handed is the sharded one: FSDP2's
-DTensor parameters, or FSDP1's flat-parameter slices (`producers.integrations.fsdp1`);
+DTensor parameters, or FSDP1's flat-parameter slices (`producers.fsdp1`);
 each rank then sends its shares of the squared gradient norms, which stage 2 adds into the
 job's norms (``examples/hf_trainer_fsdp.py``, GPUs: accelerate shards only there).
 """

@@ -108,7 +108,9 @@ def test_a_rank_that_exits_while_the_run_continues_is_rank_exited_not_dead(
 def test_a_data_loader_hang_names_its_rank_within_seconds_with_its_stack(
     live_settings: Settings, reader: MetricsReader, run_id: str, tmp_path: Path
 ) -> None:
-    codes = run_ranks(live_settings, run_id, 300, "data_hang", 14.0, tmp_path)
+    # 600 steps: the hang comes ~4 s in, when the SDK (one send a second) has shown the
+    # run's rhythm; before that the hung threshold is the 120 s cap.
+    codes = run_ranks(live_settings, run_id, 600, "data_hang", 14.0, tmp_path)
     assert codes == [0, 0], [p.read_text()[-2000:] for p in tmp_path.glob("*.log")]
     hang_t = next(
         json.loads(line)["hang_t"]

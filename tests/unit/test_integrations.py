@@ -154,7 +154,7 @@ def test_step_timer_splits_data_wait_and_compute() -> None:
 
 
 def test_fsdp1_names_lose_the_wrapper_modules() -> None:
-    from producers.integrations.fsdp1 import clean_name
+    from producers.fsdp1 import clean_name
 
     assert clean_name("net.0._fsdp_wrapped_module.weight") == "net.0.weight"
     assert clean_name("_fsdp_wrapped_module.h.0._checkpoint_wrapped_module.w") == "h.0.w"
@@ -162,7 +162,7 @@ def test_fsdp1_names_lose_the_wrapper_modules() -> None:
 
 
 def test_fsdp1_adapt_leaves_a_model_fsdp_did_not_flatten() -> None:
-    from producers.integrations.fsdp1 import adapt_watch
+    from producers.fsdp1 import adapt_watch
     from producers.watch import Watch
 
     model = torch.nn.Linear(4, 2)
@@ -185,7 +185,7 @@ def test_fsdp1_one_rank_stays_replicated_under_its_own_names() -> None:
         from torch import nn
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-        from producers.integrations.fsdp1 import adapt_watch
+        from producers.fsdp1 import adapt_watch
         from producers.watch import Watch
 
         dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:0")

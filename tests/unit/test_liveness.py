@@ -339,3 +339,14 @@ def test_a_job_that_instruments_rank_0_only_raises_nothing_for_the_others() -> N
         flags += d.seen("r", 0, 8, i, now, "running")
         flags += d.tick(now + 0.1)
     assert flags == []
+
+
+def test_a_rank_reporting_once_a_second_has_its_rhythm_after_a_few_reports() -> None:
+    # The SDK sends once a second: each report moves the step by ~100 steps. A hang 3 s in
+    # is judged against that rhythm (the 5 s floor), not against the 120 s cap.
+    d = LivenessDetector()
+    hang = 3.0
+    beat = sdk_beat({0: ("backward", hang), 1: ("data", hang)}, hang)
+    flags = drive(d, 12.0, beat, dt=1.0)
+    assert [(f.detector, f.rank) for f in flags] == [("hung_rank", 1)]
+    assert flags[0].evidence["threshold"] == 5.0
