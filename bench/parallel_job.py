@@ -185,7 +185,7 @@ def _layer_norms(model: nn.Module) -> dict[str, float]:
         grad: Any = param.grad
         if grad is not None:
             full = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
-            out[name] = float(full.norm())
+            out[name.removeprefix("module.")] = float(full.norm())  # DDP's wrapper prefix
     return out
 
 

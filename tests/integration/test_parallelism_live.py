@@ -3,7 +3,7 @@ parallel on a 2 x 2 dp x tp mesh and a 2-stage pipeline (GPipe, FSDP2 within eac
 on CPU/gloo, instrumented only through the public SDK (`producers.init`, `watch()`), read
 back only through the public reader.
 
-A healthy job of each trains to the end (FSDP2 crashed `watch()` before), raises nothing,
+A healthy job of each (and of DDP) trains to the end (FSDP2 crashed `watch()` before), raises nothing,
 and the combined gradient norms stage 2 adds up from the ranks' shards equal what
 `clip_grad_norm_` returns. A faulted job of each gets one slow rank (its data wait +30 ms a
 step), a NaN in one rank's gradient shard, and then a hang of the slow rank: each is named
@@ -94,7 +94,7 @@ def ranks() -> Iterator[list[Ranks]]:
         job.stop()
 
 
-@pytest.mark.parametrize(("parallelism", "world"), JOBS)
+@pytest.mark.parametrize(("parallelism", "world"), [*JOBS, ("ddp", 2)])
 def test_sharded_job_trains_and_its_combined_norms_are_clip_grad_norms(
     live_settings: Settings,
     reader: MetricsReader,
@@ -131,8 +131,9 @@ def test_sharded_job_trains_and_its_combined_norms_are_clip_grad_norms(
         assert row.step == steps - 1
         assert row.combined is not None
         assert math.isclose(row.combined, norm, rel_tol=1e-4), (name, row.combined, norm)
-    # No rank's share is charted as a metric of its own.
+    # No rank's share is charted as a metric of its own; DDP sends whole norms.
     assert not [m for m in rows if "norm_sq" in m]
+    assert ("grad/shard_norm" in rows) == (parallelism != "ddp")
     # Nothing failed in the SDK and nothing was raised.
     latest = reader.latest(run_id)
     assert {latest[(r, "stepstream/sdk_errors")] for r in range(world)} == {0.0}
