@@ -352,12 +352,12 @@ def add_dashboard(
 def dashboard_options(settings: Settings, host: str) -> DashboardOptions:
     """The dashboard of a server bound to `host` with these settings: its token rules
     (ConfigError on a non-loopback bind without STEPSTREAM_UI_TOKEN) and live updates
-    from the settings' Redis (off on Redis Cluster: its pub/sub is per node)."""
+    from the settings' Redis.
+
+    On Redis Cluster the subscription is a plain connection to the URL's node: a classic
+    PUBLISH on any node reaches every node's subscribers over the cluster bus, and
+    redis-py's asyncio RedisCluster has no pub/sub (live updates used to be off there)."""
     from stepstream.redis_client import async_client
 
     access = resolve_access(host, settings.ui_token)
-    if settings.redis_cluster:
-        return DashboardOptions(access)
-    return DashboardOptions(
-        access, hub_client=lambda: async_client(settings.redis_url, settings.redis_cluster)
-    )
+    return DashboardOptions(access, hub_client=lambda: async_client(settings.redis_url))
