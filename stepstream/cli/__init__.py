@@ -228,7 +228,10 @@ def query(
     series: Annotated[
         str | None, typer.Option("--series", help="A raw series: metric name.")
     ] = None,
-    rank: Annotated[int, typer.Option("--rank", help="Rank of --series.")] = 0,
+    rank: Annotated[
+        int | None,
+        typer.Option("--rank", help="Rank of --series (default 0; with --compare: the mean)."),
+    ] = None,
     from_step: Annotated[int | None, typer.Option("--from-step", help="First step.")] = None,
     to_step: Annotated[int | None, typer.Option("--to-step", help="Last step.")] = None,
     points: Annotated[
@@ -242,6 +245,14 @@ def query(
     across: Annotated[
         bool, typer.Option("--across-ranks", help="Stats across ranks, quality metrics.")
     ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="Runs side by side, R1,R2 (2-6): --series per run, the mean of its ranks "
+            "(or --rank).",
+        ),
+    ] = None,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
@@ -250,15 +261,22 @@ def query(
     from query import views as query_views
     from query.reader import MetricsReader
 
+    compared = [r.strip() for r in (compare or "").split(",") if r.strip()]
+    if compare is not None and (not 2 <= len(compared) <= 6 or series is None):
+        sys.stderr.write("error: --compare takes 2-6 runs (R1,R2) and --series METRIC\n")
+        raise typer.Exit(2)
+
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
         reader = MetricsReader.from_settings(settings)
         try:
-            if run is None:
+            if compared and series is not None:
+                view = query_views.compare_view(reader, compared, series, rank, from_step, to_step)
+            elif run is None:
                 view = query_views.runs_view(reader)
             elif series is not None:
                 view = query_views.series_view(
-                    reader, run, series, rank, from_step, to_step, points
+                    reader, run, series, rank or 0, from_step, to_step, points
                 )
             elif latest:
                 view = query_views.latest_view(reader, run)
