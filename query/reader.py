@@ -943,13 +943,18 @@ class MetricsReader:
         the event time of the step (NaN where the rank's time index lacks it). No Python
         object is made per row: this is the columnar read path (`frame` builds a pandas
         DataFrame on it, ``stepstream export --parquet`` a Parquet file)."""
-        names = self.series_names(run)
-        if metrics is not None:
-            wanted_m = set(metrics)
-            names = [(r, m) for r, m in names if m in wanted_m]
-        if ranks is not None:
-            wanted_r = set(ranks)
-            names = [(r, m) for r, m in names if r in wanted_r]
+        if metrics is not None and ranks is not None:
+            # Both named: no round trip to the series index (a series never stored
+            # reads as no points).
+            names = sorted({(r, m) for r in ranks for m in metrics})
+        else:
+            names = self.series_names(run)
+            if metrics is not None:
+                wanted_m = set(metrics)
+                names = [(r, m) for r, m in names if m in wanted_m]
+            if ranks is not None:
+                wanted_r = set(ranks)
+                names = [(r, m) for r, m in names if r in wanted_r]
         order = sorted({m for _, m in names})
         code = {m: i for i, m in enumerate(order)}
         arrays = self.step_arrays_many(run, names, from_step, to_step)

@@ -345,15 +345,21 @@ def export(
         Path | None, typer.Option("--tensorboard", help="Write TensorBoard event files here.")
     ] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write a CSV file.")] = None,
+    parquet: Annotated[
+        Path | None,
+        typer.Option("--parquet", help="Write a Parquet file (pip install 'stepstream[parquet]')."),
+    ] = None,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Export a run's stored series to TensorBoard event files and/or CSV."""
-    from query.export import export_csv, export_tensorboard
+    """Export a run's stored series to TensorBoard event files, CSV and/or Parquet."""
+    from query.export import export_csv, export_parquet, export_tensorboard
     from query.reader import MetricsReader
 
-    if tensorboard is None and csv_file is None:
-        err_console.print("[red]error:[/red] give --tensorboard DIR and/or --csv FILE")
+    if tensorboard is None and csv_file is None and parquet is None:
+        err_console.print(
+            "[red]error:[/red] give --tensorboard DIR, --csv FILE and/or --parquet FILE"
+        )
         raise typer.Exit(2)
 
     def go() -> None:
@@ -365,6 +371,9 @@ def export(
             if csv_file is not None:
                 n = export_csv(reader, run, csv_file)
                 console.print(f"{n} rows -> {csv_file}")
+            if parquet is not None:
+                n = export_parquet(reader, run, parquet)
+                console.print(f"{n} rows -> {parquet}")
 
     _guard(go)
 

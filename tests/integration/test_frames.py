@@ -123,3 +123,42 @@ def test_cli_compare_prints_a_line_per_run(stored: tuple[LocalRedis, list[str]])
     assert bad.stderr.strip().splitlines() == [
         "error: --compare takes 2-6 runs (R1,R2) and --series METRIC"
     ]
+
+
+def test_cli_export_parquet_holds_what_the_reader_reads(
+    stored: tuple[LocalRedis, list[str]], tmp_path: Path
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    srv, (run, _) = stored
+    out = tmp_path / "run.parquet"
+    args = [sys.executable, "-m", "stepstream.cli", "export", "--run", run, "--parquet", str(out)]
+    done = subprocess.run(
+        [*args, "--redis-url", srv.url], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{2 * 2 * STEPS} rows -> {out}" in " ".join(done.stdout.split())  # rich wraps
+    table = pq.read_table(out).to_pydict()
+    assert set(table) == {"run", "rank", "metric", "step", "t", "value"}
+    rows = {
+        (r, m, s): v
+        for r, m, s, v in zip(
+            table["rank"], table["metric"], table["step"], table["value"], strict=True
+        )
+    }
+    with MetricsReader.from_url(srv.url) as reader:
+        for rank in (0, 1):
+            for p in reader.series(run, "loss", rank).points:
+                got = rows[(rank, "loss", p.step)]
+                assert got == p.value or (math.isnan(got) and math.isnan(p.value))
+    assert set(table["run"]) == {run}
+    assert table["t"][0] == 1_700_000_000.0
+
+
+def test_frame_without_pandas_names_the_install_line(
+    stored: tuple[LocalRedis, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, (run, _) = stored
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    with MetricsReader.from_url(srv.url) as reader, pytest.raises(Exception) as err:
+        reader.frame(run)
+    assert "pip install 'stepstream[pandas]'" in str(err.value)
