@@ -362,6 +362,11 @@ def _shot(page: Any, name: str) -> None:
 
 
 def _run_job(settings: Settings, run: str, world: int, *args: str) -> None:
+    _run_job_ranks(settings, run, world, list(range(world)), *args)
+
+
+def _run_job_ranks(settings: Settings, run: str, world: int, ranks: list[int], *args: str) -> None:
+    """Run `ranks` of a `world`-rank job to completion."""
     procs = [
         subprocess.Popen(
             _job(settings, run, rank, world, *args),
@@ -369,7 +374,7 @@ def _run_job(settings: Settings, run: str, world: int, *args: str) -> None:
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )
-        for rank in range(world)
+        for rank in ranks
     ]
     try:
         for p in procs:
@@ -516,7 +521,11 @@ def test_sections_in_order_no_internal_series_legend_and_hover(
 
 
 def test_compare_two_runs_draws_a_line_per_run(
-    page: Any, server: Server, reader: MetricsReader, finished_runs: list[str]
+    page: Any,
+    server: Server,
+    live_settings: Settings,
+    reader: MetricsReader,
+    finished_runs: list[str],
 ) -> None:
     page.set_viewport_size({"width": 1400, "height": 900})
     page.goto(f"{server.base}/")
@@ -555,6 +564,13 @@ def test_compare_two_runs_draws_a_line_per_run(
         steps, means = reader.run_line(run, "loss")
         truth[run] = means[steps.tolist().index(step)]
     assert shown == pytest.approx(truth)
+    # Live: more steps of one run reach the open comparison.
+    _run_job_ranks(live_settings, finished_runs[1], 2, [0], "--steps", "46", "--offset", "0.3")
+    page.wait_for_function(
+        "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+        "?.dataset.lastX === '45'",
+        timeout=30_000,
+    )
     # The URL is the comparison: one rank instead of the mean, kept on reload.
     page.locator("#rank-mode").select_option("rank")
     page.locator("#rank").fill("1")

@@ -1,11 +1,12 @@
 // The comparison page: 2-6 runs side by side, one chart per metric with a line per run
 // (the mean over ranks at each step, or one chosen rank), metrics in the run page's
 // sections. Everything it shows is in its URL (?runs=a,b&rank=3&metrics=loss), so the
-// URL can be shared.
+// URL can be shared. Live: a notice that one of these runs was written re-fetches the
+// charts on screen (at most every 2 s).
 "use strict";
 
 (function () {
-  const { api, el, globToRegExp } = window.SS;
+  const { api, el, globToRegExp, events, throttle } = window.SS;
   const { Chart } = window.StepChart;
   const $ = (id) => document.getElementById(id);
   const q = new URLSearchParams(location.search);
@@ -93,5 +94,14 @@
     } catch (e) { showError("Could not compare: " + e.message); return; }
     layout();
     document.body.dataset.loaded = "1";
+    const onUpdate = throttle(() => {
+      for (const c of charts.values()) if (c.loaded) fetchChart(c).catch((e) => showError(e.message));
+    }, 2000);
+    // one stream for all runs (a stream per run would take 6 of the browser's 6
+    // connections to this host); notices name their run
+    events(null, {
+      update: (notice) => { if (notice && runs.includes(notice.run)) onUpdate(); },
+      reload: onUpdate,
+    });
   })();
 })();
