@@ -13,7 +13,9 @@ on that one server in one run:
   of the same keys in the same run (HVALS of the window hash, the command the read sends,
   and ZRANGE of the series):
   ``rolling_floor_ratio`` and ``series_floor_ratio`` are our p50 over the floor's p50,
-  the two called alternately so that both see the same load; ``*_cpu_ratio`` the median
+  the two called alternately so that both see the same load; ``columns_floor_ratio`` the
+  same series read as numpy columns (`MetricsReader.columns`, not downsampled) over the
+  same ZRANGE floor; ``*_cpu_ratio`` the median
   per pair of the client thread's CPU time (ours / floor); ``rolling_hgetall_ratio`` the
   rolling read over a bare HGETALL of the window hash (the floor before reads sent HVALS).
 
@@ -341,6 +343,18 @@ def main() -> None:
                 f"p99 {z99:.2f} ms (query/floor p50 ratio {s50 / z50:.1f}, "
                 f"client CPU ratio {s_cpu:.1f})"
             )
+            # The columnar read path: the same 10,000 points as numpy columns (no
+            # downsampling, no Python object per point), against the same floor.
+            (c50, c99), (cz50, _), c_cpu = paired_latency(
+                lambda: reader.columns("bench-s", metrics=["loss"], ranks=[0]),
+                lambda: bare.zrange(series_key, 0, -1),
+                100,
+            )
+            print(
+                f"series 10,000 points as numpy columns (reader.columns): p50 {c50:.2f} ms, "
+                f"p99 {c99:.2f} ms (query/floor p50 ratio {c50 / cz50:.1f}, "
+                f"client CPU ratio {c_cpu:.1f})"
+            )
             bare.close()
             if args.profile:
                 profile_reads(
@@ -359,7 +373,8 @@ def main() -> None:
         f"rolling_p50_ms={r50:.2f} rolling_p99_ms={r99:.2f} series_p50_ms={s50:.2f} "
         f"series_p99_ms={s99:.2f} rolling_floor_ratio={r50 / h50:.2f} "
         f"series_floor_ratio={s50 / z50:.2f} rolling_cpu_ratio={r_cpu:.2f} "
-        f"series_cpu_ratio={s_cpu:.2f} rolling_hgetall_ratio={g_r50 / g50:.2f}"
+        f"series_cpu_ratio={s_cpu:.2f} rolling_hgetall_ratio={g_r50 / g50:.2f} "
+        f"columns_floor_ratio={c50 / cz50:.2f} columns_cpu_ratio={c_cpu:.2f}"
     )
 
 

@@ -461,6 +461,26 @@ def _no_gc_pause() -> Iterator[None]:
             gc.enable()
 
 
+class Columns(msgspec.Struct, frozen=True):
+    """A run's series as numpy columns (`MetricsReader.columns`): one row per stored
+    point; `metric` holds codes into `metrics` (no Python string per row)."""
+
+    run: str
+    metrics: tuple[str, ...]
+    step: Any  # IntArray
+    rank: Any  # IntArray
+    metric: Any  # int32 codes into `metrics`
+    value: Any  # FloatArray
+    t: Any = None  # FloatArray of event times (by="time"), else None
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def names(self) -> list[str]:
+        """The metric name of every row (Python strings: for small results and tests)."""
+        return [self.metrics[i] for i in self.metric.tolist()]
+
+
 class MetricsReader:
     """Reads runs, rolling stats, latest values, series and alerts of the Redis store.
 
@@ -848,6 +868,161 @@ class MetricsReader:
                 values.extend(raw_values)
                 out.append((steps, values, decimated_before))
         return out
+
+    def step_arrays_many(
+        self,
+        run: str,
+        series: list[tuple[int, str]],
+        from_step: int | None = None,
+        to_step: int | None = None,
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """Steps and values of many (rank, metric) series of a run in [from_step, to_step]
+        as numpy arrays (decimated points before the oldest raw one, then the raw ones),
+        in one pipeline: `step_columns_many` without Python lists."""
+        lo: int | str = "-inf" if from_step is None else from_step
+        hi: int | str = "+inf" if to_step is None else to_step
+        pipe = self._client.pipeline(transaction=False)
+        for rank, metric in series:
+            step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+            pipe.zrange(step_key, lo, hi, byscore=True)
+            pipe.zrange(step_key, 0, 0, withscores=True)
+            pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        replies = pipe.execute() if series else []
+        out: list[tuple[IntArray, FloatArray]] = []
+        with _no_gc_pause():
+            for i in range(len(series)):
+                raw, first, coarse = replies[3 * i : 3 * i + 3]
+                steps, values = _member_columns(raw)
+                if coarse:
+                    oldest_raw = first[0][1] if first else math.inf
+                    old_steps, old_values = _member_columns(coarse)
+                    older = int(np.searchsorted(old_steps, oldest_raw, "left"))
+                    if older:
+                        steps = np.concatenate((old_steps[:older], steps))
+                        values = np.concatenate((old_values[:older], values))
+                out.append((steps, values))
+        return out
+
+    def run_line(
+        self,
+        run: str,
+        metric: str,
+        rank: int | None = None,
+        from_step: int | None = None,
+        to_step: int | None = None,
+    ) -> tuple[IntArray, FloatArray]:
+        """One line of a run for comparisons: `rank`'s series, or (None) the mean over
+        the ranks that logged `metric` at each step. A non-finite value on one rank makes
+        that step's mean non-finite: a fault shows instead of being averaged away."""
+        if rank is not None:
+            return self.step_arrays_many(run, [(rank, metric)], from_step, to_step)[0]
+        ranks = [r for r, m in self.series_names(run) if m == metric]
+        arrays = self.step_arrays_many(run, [(r, metric) for r in ranks], from_step, to_step)
+        if not arrays:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        steps = np.concatenate([a for a, _ in arrays])
+        values = np.concatenate([v for _, v in arrays])
+        uniq, inverse = np.unique(steps, return_inverse=True)
+        sums = np.zeros(len(uniq), np.float64)
+        counts = np.zeros(len(uniq), np.int64)
+        np.add.at(sums, inverse, values)
+        np.add.at(counts, inverse, 1)
+        return uniq, sums / counts
+
+    def columns(
+        self,
+        run: str,
+        metrics: list[str] | None = None,
+        ranks: list[int] | None = None,
+        by: Literal["step", "time"] = "step",
+        from_step: int | None = None,
+        to_step: int | None = None,
+    ) -> Columns:
+        """The stored series of a run as numpy columns, one row per point (long format):
+        step, rank, metric (codes into `Columns.metrics`), value, and with ``by="time"``
+        the event time of the step (NaN where the rank's time index lacks it). No Python
+        object is made per row: this is the columnar read path (`frame` builds a pandas
+        DataFrame on it, ``stepstream export --parquet`` a Parquet file)."""
+        if metrics is not None and ranks is not None:
+            # Both named: no round trip to the series index (a series never stored
+            # reads as no points).
+            names = sorted({(r, m) for r in ranks for m in metrics})
+        else:
+            names = self.series_names(run)
+            if metrics is not None:
+                wanted_m = set(metrics)
+                names = [(r, m) for r, m in names if m in wanted_m]
+            if ranks is not None:
+                wanted_r = set(ranks)
+                names = [(r, m) for r, m in names if r in wanted_r]
+        order = sorted({m for _, m in names})
+        code = {m: i for i, m in enumerate(order)}
+        arrays = self.step_arrays_many(run, names, from_step, to_step)
+        sizes = np.fromiter((len(s) for s, _ in arrays), np.int64, len(arrays))
+        empty_i = np.empty(0, np.int64)
+        step = np.concatenate([s for s, _ in arrays]) if arrays else empty_i
+        value = np.concatenate([v for _, v in arrays]) if arrays else np.empty(0, np.float64)
+        rank = np.repeat(np.fromiter((r for r, _ in names), np.int64, len(names)), sizes)
+        metric = np.repeat(np.fromiter((code[m] for _, m in names), np.int32, len(names)), sizes)
+        t = None
+        if by == "time":
+            t = np.full(len(step), np.nan)
+            rank_list = sorted({r for r, _ in names})
+            pipe = self._client.pipeline(transaction=False)
+            for r in rank_list:
+                pipe.zrange(self.keys.time_index(run, r), 0, -1, withscores=True)
+            for r, index in zip(rank_list, pipe.execute() if rank_list else [], strict=True):
+                if not index:
+                    continue
+                idx_steps = np.fromiter((int(_text(m)) for m, _ in index), np.int64, len(index))
+                idx_t = np.fromiter((sc for _, sc in index), np.float64, len(index)) / 1000.0
+                sort = np.argsort(idx_steps, kind="stable")
+                idx_steps, idx_t = idx_steps[sort], idx_t[sort]
+                mine = rank == r
+                pos = np.searchsorted(idx_steps, step[mine])
+                pos = np.minimum(pos, len(idx_steps) - 1)
+                found = idx_steps[pos] == step[mine]
+                t[mine] = np.where(found, idx_t[pos], np.nan)
+        return Columns(run, tuple(order), step, rank, metric, value, t)
+
+    def frame(
+        self,
+        run: str,
+        metrics: list[str] | None = None,
+        ranks: list[int] | None = None,
+        by: Literal["step", "time"] = "step",
+        wide: bool = False,
+    ) -> Any:
+        """A run's series as a pandas DataFrame (needs the ``pandas`` extra): columns
+        ``step`` (or ``time``, seconds since the epoch), ``rank``, ``metric`` (a
+        categorical) and ``value``, sorted by metric, rank and x. ``wide=True`` pivots it
+        to one row per step (or time) and a column per (metric, rank), as W&B's
+        ``run.history()`` has one column per metric."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ConfigError(
+                "reader.frame() needs pandas: pip install 'stepstream[pandas]' "
+                "(reader.columns() gives the same data as numpy arrays)"
+            ) from exc
+        cols = self.columns(run, metrics, ranks, by)
+        x_name = "time" if by == "time" else "step"
+        x = cols.t if by == "time" else cols.step
+        df = pd.DataFrame(
+            {
+                x_name: x,
+                "rank": cols.rank,
+                "metric": pd.Categorical.from_codes(cols.metric, categories=list(cols.metrics)),
+                "value": cols.value,
+            }
+        )
+        if by == "time":
+            df.insert(1, "step", cols.step)
+        if wide:
+            return df.pivot_table(
+                index=x_name, columns=["metric", "rank"], values="value", observed=True
+            )
+        return df
 
     def runs_overview(
         self, runs: list[str], clock_points: int = 20

@@ -149,6 +149,37 @@ def series_view(
     return View(result, [table])
 
 
+def compare_view(
+    reader: MetricsReader,
+    runs: Sequence[str],
+    metric: str,
+    rank: int | None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> View:
+    """One metric of several runs side by side: per run the mean over its ranks at each
+    step (or `rank`'s series); the table has a row per step and a column per run."""
+    lines = []
+    by_step: dict[int, dict[str, float]] = {}
+    for run in runs:
+        steps, values = reader.run_line(run, metric, rank, from_step, to_step)
+        step_list, value_list = steps.tolist(), values.tolist()
+        lines.append({"run": run, "steps": step_list, "values": value_list})
+        for step, value in zip(step_list, value_list, strict=True):
+            by_step.setdefault(step, {})[run] = value
+    data = {"metric": metric, "rank": rank, "runs": lines}
+    what = "mean of ranks" if rank is None else f"rank {rank}"
+    table = Table("step", *runs, title=f"{metric} · {what} · {len(runs)} runs")
+    for step in sorted(by_step):
+        row = by_step[step]
+        table.add_row(str(step), *(_fmt(row.get(run)) for run in runs))
+    tables: list[Any] = [table]
+    empty = [line["run"] for line in lines if not line["steps"]]
+    if empty:
+        tables.append(f"no {metric!r} points for run(s) {', '.join(empty)}")
+    return View(data, tables)
+
+
 def alerts_view(reader: MetricsReader, run: str) -> View:
     """Alert transitions of a run, oldest first."""
     alerts = reader.alerts(run)

@@ -27,6 +27,13 @@ READ_COMMANDS = (
     "xrange",
     "xrevrange",
 )
+# The dashboard's live updates: one PSUBSCRIBE per server process to the runs' updates and
+# alerts channels (query/dashboard/hub.py). Both roles need them: without these a
+# read-only server's pages loaded but never updated.
+SUBSCRIBE_COMMANDS = (
+    "psubscribe",
+    "punsubscribe",
+)
 # Not granted: MetricsReader.dump_run (a debugging aid) also needs SCAN, TYPE and DUMP,
 # and SCAN lists key names outside the key patterns of a user.
 WRITE_COMMANDS = (
@@ -77,11 +84,21 @@ def acl_rules(
     The full user runs the sink, the alerting stage, the query API and silences; the
     read-only one only queries (CLI, HTTP API, exports). Prepend ``on >PASSWORD``.
     """
-    rules = ["resetkeys", f"~{keys.key_pattern()}", "resetchannels"]
-    if not read_only:
-        rules.append(f"&{keys.alerts_channel_pattern()}")
-        rules.append(f"&{keys.updates_channel_pattern()}")
-    commands = CONNECT_COMMANDS + READ_COMMANDS + (() if read_only else WRITE_COMMANDS)
+    # Channels for both roles: the read-only one subscribes (the dashboard's live
+    # updates) but cannot publish (PUBLISH is a write command, not granted to it).
+    rules = [
+        "resetkeys",
+        f"~{keys.key_pattern()}",
+        "resetchannels",
+        f"&{keys.alerts_channel_pattern()}",
+        f"&{keys.updates_channel_pattern()}",
+    ]
+    commands = (
+        CONNECT_COMMANDS
+        + READ_COMMANDS
+        + SUBSCRIBE_COMMANDS
+        + (() if read_only else WRITE_COMMANDS)
+    )
     known = [c for c in commands if SINCE_VERSION.get(c, OLDEST_SUPPORTED) <= redis_version]
     return [*rules, "-@all", *(f"+{c}" for c in known)]
 

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from stepstream.redis_acl import (  # re-exported: the ACL lists live beside the pure ACL logic
     CONNECT_COMMANDS,
     READ_COMMANDS,
+    SUBSCRIBE_COMMANDS,
     WRITE_COMMANDS,
     acl_rules,
 )
@@ -22,6 +23,7 @@ from stepstream.redis_acl import (  # re-exported: the ACL lists live beside the
 __all__ = [
     "CONNECT_COMMANDS",
     "READ_COMMANDS",
+    "SUBSCRIBE_COMMANDS",
     "WRITE_COMMANDS",
     "acl_rules",
     "async_client",

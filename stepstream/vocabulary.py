@@ -505,3 +505,85 @@ def run_state(statuses: dict[int, str | None], world: int | None) -> str:
     if not known or all(s == "starting" for s in known):
         return RUN_STARTING
     return RUN_RUNNING
+
+
+# Sections of a run page, in the order people look at them (TensorBoard and W&B habits):
+# the training code's own metrics first, then how fast it runs, its gradients and
+# optimizer, the host, the GPU. Internal series (heartbeats, the SDK's own counters, log
+# levels, checkpoint marks) are never charted by default: the rank grid and the
+# diagnostics panel show them.
+SECTION_USER = "user"
+SECTION_PERF = "performance"
+SECTION_GRAD = "gradients"
+SECTION_SYSTEM = "system"
+SECTION_GPU = "gpu"
+SECTION_INTERNAL = "internal"
+SECTIONS: tuple[str, ...] = (
+    SECTION_USER,
+    SECTION_PERF,
+    SECTION_GRAD,
+    SECTION_SYSTEM,
+    SECTION_GPU,
+    SECTION_INTERNAL,
+)
+SECTION_TITLES: dict[str, str] = {
+    SECTION_USER: "Metrics",
+    SECTION_PERF: "Performance",
+    SECTION_GRAD: "Gradients & optimizer",
+    SECTION_SYSTEM: "System",
+    SECTION_GPU: "GPU",
+    SECTION_INTERNAL: "Diagnostics (internal series)",
+}
+INTERNAL_PREFIXES: tuple[str, ...] = ("heartbeat/", "stepstream/", MESH_PREFIX)
+"""Names the SDK sends about itself: liveness, lifecycle, publisher counters, mesh."""
+_PERF_PREFIXES = ("perf/", "goodput")
+_GPU_PREFIXES = ("gpu/", "cuda/", "sys/gpu")
+_PER_LAYER = (GRAD_LAYER_NORM, GRAD_LAYER_NORM_SQ, WEIGHT_NORM, UPDATE_RATIO)
+_SDK_EVENTS = (LOG_LEVEL, CHECKPOINT)
+_USER_FIRST = (LOSS, EVAL_LOSS)
+_GRAD_FIRST = (GRAD_NORM, GRAD_NORM_SQ, SHARD_NORM, NONFINITE_GRADS)
+
+
+def is_internal(metric: str) -> bool:
+    """True for a series the SDK sends about itself (heartbeats, publisher counters, mesh
+    coordinates, captured log levels, checkpoint marks): diagnostics, not training data."""
+    return metric.startswith(INTERNAL_PREFIXES) or is_signal(metric, *_SDK_EVENTS)
+
+
+def section_of(metric: str) -> str:
+    """The run-page section of `metric` (one of `SECTIONS`). Names outside the vocabulary
+    are the training code's own metrics (accuracy, bleu, ...): the first section."""
+    if is_internal(metric):
+        return SECTION_INTERNAL
+    signal, name = resolve(metric)
+    if _GPU.fullmatch(metric) is not None or name.startswith(_GPU_PREFIXES):
+        return SECTION_GPU
+    if signal is None:
+        if metric.startswith(_PERF_PREFIXES):
+            return SECTION_PERF
+        if metric.startswith("sys/"):
+            return SECTION_SYSTEM
+        return SECTION_USER
+    if signal.kind == "system":
+        return SECTION_SYSTEM
+    if signal.kind == "grad" or signal.name.startswith("opt/"):
+        return SECTION_GRAD
+    if name.startswith(_PERF_PREFIXES):
+        return SECTION_PERF
+    return SECTION_USER
+
+
+def is_per_layer(metric: str) -> bool:
+    """True for one parameter's member of a per-layer family (``grad/norm/fc.weight``):
+    charted as small multiples, collapsed by default."""
+    return is_signal(metric, *_PER_LAYER)
+
+
+def chart_order(metric: str) -> tuple[int, int, str]:
+    """Sort key of `metric` within its section: loss and eval loss lead the user's
+    metrics, the global gradient norm leads the gradients, per-layer families come last;
+    then by name."""
+    signal = signal_of(metric)
+    lead = (*_USER_FIRST, *_GRAD_FIRST)
+    first = next((i for i, s in enumerate(lead) if s is signal), len(lead))
+    return (1 if is_per_layer(metric) else 0, first, metric)

@@ -29,8 +29,10 @@ from query.dashboard.shaping import (
     chart_line,
     check_matchers,
     glob_filter,
+    metric_entries,
     rank_grid,
     run_row,
+    section_list,
     silence_matchers,
 )
 from query.reader import MetricsReader
@@ -43,6 +45,7 @@ STATIC = "/ui/static"
 TOKEN_COOKIE = "stepstream_ui_token"
 KEEPALIVE_S = 15.0
 MAX_CHART_RANKS = 1024
+MIN_COMPARE, MAX_COMPARE = 2, 6
 # Pages may load only from this server: scripts, styles, images, connections.
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -171,7 +174,8 @@ def add_dashboard(
             "world": meta.world,
             "state": meta.state,
             "last_t": meta.last_t,
-            "metrics": [{"name": m, "ranks": sorted(rs)} for m, rs in sorted(metrics.items())],
+            "metrics": metric_entries(metrics),
+            "sections": section_list(),
             "ranks": rank_grid(meta.ranks, active, options.stale_after_s),
             "stale_after_s": options.stale_after_s,
             "live": hub is not None,
@@ -223,6 +227,54 @@ def add_dashboard(
         }
         # Straight to JSON text: FastAPI's encoder walks every float in Python, most of
         # the time of a 64-rank chart. Non-finite values are already strings.
+        return Response(json.dumps(doc, allow_nan=False), media_type="application/json")
+
+    @api.get("/compare", include_in_schema=False)
+    def compare_page() -> FileResponse:
+        return page("compare.html")
+
+    def compare_runs(runs: str) -> list[str]:
+        names = list(dict.fromkeys(r.strip() for r in runs.split(",") if r.strip()))
+        if not MIN_COMPARE <= len(names) <= MAX_COMPARE:
+            raise HTTPException(400, f"compare {MIN_COMPARE}-{MAX_COMPARE} runs: runs=R1,R2")
+        for name in names:
+            check_run_id(name)
+        return names
+
+    @api.get("/ui/api/compare", summary="Dashboard: the metrics of 2-6 runs, by section")
+    def ui_compare(runs: str) -> dict[str, Any]:
+        names = compare_runs(runs)
+        r = reader()
+        metrics: dict[str, set[int]] = {}
+        found = []
+        for run in names:
+            series = r.series_names(run)
+            if series:
+                found.append(run)
+            for _, metric in series:
+                metrics.setdefault(metric, set())
+        missing = [run for run in names if run not in found]
+        if missing:
+            raise HTTPException(404, f"no stored series for run(s) {', '.join(missing)}")
+        return {"runs": names, "metrics": metric_entries(metrics), "sections": section_list()}
+
+    @api.get("/ui/api/compare/chart", summary="Dashboard: one metric, one line per run")
+    def ui_compare_chart(
+        runs: str,
+        metric: str,
+        rank: Annotated[int | None, Query(ge=0)] = None,
+        points: Annotated[int | None, Query(ge=2, le=100_000)] = None,
+        method: Literal["lttb", "minmax", "none"] = "minmax",
+    ) -> Response:
+        names = compare_runs(runs)
+        r = reader()
+        lines = []
+        for i, run in enumerate(names):
+            steps, values = r.run_line(run, metric, rank)
+            line = asdict(chart_line(i, steps.tolist(), values.tolist(), points, method))
+            line["run"] = run
+            lines.append(line)
+        doc = {"runs": names, "metric": metric, "rank": rank, "by": "step", "lines": lines}
         return Response(json.dumps(doc, allow_nan=False), media_type="application/json")
 
     @api.get("/ui/api/runs/{run}/alerts", summary="Dashboard: alerts by incident with state")
@@ -352,12 +404,12 @@ def add_dashboard(
 def dashboard_options(settings: Settings, host: str) -> DashboardOptions:
     """The dashboard of a server bound to `host` with these settings: its token rules
     (ConfigError on a non-loopback bind without STEPSTREAM_UI_TOKEN) and live updates
-    from the settings' Redis (off on Redis Cluster: its pub/sub is per node)."""
+    from the settings' Redis.
+
+    On Redis Cluster the subscription is a plain connection to the URL's node: a classic
+    PUBLISH on any node reaches every node's subscribers over the cluster bus, and
+    redis-py's asyncio RedisCluster has no pub/sub (live updates used to be off there)."""
     from stepstream.redis_client import async_client
 
     access = resolve_access(host, settings.ui_token)
-    if settings.redis_cluster:
-        return DashboardOptions(access)
-    return DashboardOptions(
-        access, hub_client=lambda: async_client(settings.redis_url, settings.redis_cluster)
-    )
+    return DashboardOptions(access, hub_client=lambda: async_client(settings.redis_url))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,14 @@ from query.downsample import Method, select
 from query.reader import RankLiveness, RunInfo
 from stepstream.contract import Alert
 from stepstream.keys import format_value
+from stepstream.vocabulary import (
+    SECTION_INTERNAL,
+    SECTION_TITLES,
+    SECTIONS,
+    chart_order,
+    is_per_layer,
+    section_of,
+)
 
 SILENT_AFTER_S = 30.0
 """A running run with no rank heard from this long is shown as silent."""
@@ -70,6 +78,33 @@ def display_state(info: RunInfo, ranks: Sequence[RankLiveness], now: float) -> s
     if now - newest > SILENT_AFTER_S:
         return "silent"
     return "live" if info.state == "running" else info.state
+
+
+def metric_entries(metrics: Mapping[str, Iterable[int]]) -> list[dict[str, Any]]:
+    """The run page's metrics (name -> ranks) in the order they are charted: by section
+    (the user's own metrics first, internal series last), then loss / global norm first,
+    per-layer families last, then by name. The vocabulary classes every name."""
+
+    def key(name: str) -> tuple[int, tuple[int, int, str]]:
+        return SECTIONS.index(section_of(name)), chart_order(name)
+
+    return [
+        {
+            "name": name,
+            "ranks": sorted(metrics[name]),
+            "section": section_of(name),
+            "per_layer": is_per_layer(name),
+        }
+        for name in sorted(metrics, key=key)
+    ]
+
+
+def section_list() -> list[dict[str, Any]]:
+    """The run page's sections in order, with their titles and whether each starts
+    collapsed (only the internal series' diagnostics panel does)."""
+    return [
+        {"id": s, "title": SECTION_TITLES[s], "collapsed": s == SECTION_INTERNAL} for s in SECTIONS
+    ]
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:

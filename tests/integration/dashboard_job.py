@@ -25,12 +25,13 @@ def main() -> None:
     parser.add_argument("--nan-rank", type=int, default=1)
     parser.add_argument("--sleep", type=float, default=0.01)
     parser.add_argument("--metric", action="append", default=[])
+    parser.add_argument("--offset", type=float, default=0.0, help="added to the loss")
     args = parser.parse_args()
     node = f"node-{args.rank // 2}"
     monitor = producers.init(args.run, rank=args.rank, world=args.world, node=node)
     try:
         for step in range(args.steps):
-            loss = 2.0 / (1 + step / 10) + 0.01 * args.rank
+            loss = 2.0 / (1 + step / 10) + 0.01 * args.rank + args.offset
             if step == args.nan_step and args.rank == args.nan_rank:
                 loss = math.nan
             values = {"loss": loss, "accuracy": 1 - 0.5 / (1 + step / 10)}

@@ -4,8 +4,9 @@ the job runs, silencing it from the page, escaping of hostile names, and no requ
 any host but the server. One stack, one server and one browser for the module.
 
 A failing test saves a screenshot under its tmp dir (the path is printed). With
-STEPSTREAM_SCREENSHOT_DIR set, the run page is also saved there as dashboard-run.png (the
-README's picture); nothing is written into the repository otherwise.
+STEPSTREAM_SCREENSHOT_DIR set (docs/img for the README's pictures), full-page screenshots
+of the run page at 1400x900 and 390x844 and of a comparison are saved there; nothing is
+written into the repository otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,14 +241,10 @@ def test_live_run_lines_alert_and_silence(
         # The NaN point itself is drawn as a marker, not dropped.
         loss.locator(".nonfinite-marker", has_text="NaN").first.wait_for()
 
-        if os.environ.get("STEPSTREAM_SCREENSHOT_DIR"):
-            out = Path(os.environ["STEPSTREAM_SCREENSHOT_DIR"])
-            out.mkdir(parents=True, exist_ok=True)
-            page.locator("#metric-glob").fill("loss, accuracy, heartbeat/step, lr")
-            page.wait_for_function("() => document.body.dataset.charts === '3'")
-            page.wait_for_timeout(500)  # charts fetched and drawn
-            clip = {"x": 0, "y": 0, "width": 1400, "height": 640}
-            page.screenshot(path=str(out / "dashboard-run.png"), clip=clip)
+        # The open alert's rank stands out in the legend (until it is silenced).
+        loss_card = page.locator('.chart-card[data-metric="loss"]')
+        if item.get_attribute("data-state") == "firing":
+            loss_card.locator('.legend-item.alerted[data-rank="1"]').wait_for()
 
         # Silence it from the page; the store (what the alerting stage reads) has it.
         item.locator(".silence-btn").click()
@@ -349,3 +347,254 @@ def test_write_actions_need_the_token(server: Server, run_id: str) -> None:
         assert page.status_code == 200
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert json.loads(client.get("/ui/api/hub").text)["live"] is True
+
+
+def _shot(page: Any, name: str) -> None:
+    """A full-page screenshot into STEPSTREAM_SCREENSHOT_DIR (docs/img/ for the README),
+    only when that variable asks: tests write nothing into the repository otherwise."""
+    target = os.environ.get("STEPSTREAM_SCREENSHOT_DIR")
+    if not target:
+        return
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(300)  # the last fetched charts drawn
+    page.screenshot(path=str(out / name), full_page=True)
+
+
+def _run_job(settings: Settings, run: str, world: int, *args: str) -> None:
+    _run_job_ranks(settings, run, world, list(range(world)), *args)
+
+
+def _run_job_ranks(settings: Settings, run: str, world: int, ranks: list[int], *args: str) -> None:
+    """Run `ranks` of a `world`-rank job to completion."""
+    procs = [
+        subprocess.Popen(
+            _job(settings, run, rank, world, *args),
+            env=_env(settings),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        for rank in ranks
+    ]
+    try:
+        for p in procs:
+            assert p.wait(60) == 0
+    finally:
+        stop_children(procs)
+
+
+@pytest.fixture(scope="module")
+def finished_runs(server: Server, live_settings: Settings) -> list[str]:
+    """Two finished runs through the SDK: 3 ranks and 2 ranks, 40 steps of loss, accuracy,
+    a step time, the global and a per-layer gradient norm, with the SDK's own heartbeats
+    and counters stored beside them."""
+    runs = [f"pg-{uuid.uuid4().hex[:8]}", f"pg-{uuid.uuid4().hex[:8]}"]
+    metrics = ("perf/step_time_s", "grad/global_norm", "grad/norm/fc.weight")
+    args = ["--steps", "40", "--sleep", "0.01"] + [a for m in metrics for a in ("--metric", m)]
+    for run, world, offset in zip(runs, (3, 2), ("0", "0.3"), strict=True):
+        _run_job(live_settings, run, world, *args, "--offset", offset)
+    with MetricsReader.from_url(live_settings.redis_url, live_settings.key_prefix) as r:
+        for run, world in zip(runs, (3, 2), strict=True):
+            wanted = {(rank, m) for rank in range(world) for m in ("loss", *metrics)}
+            wait_for(lambda: wanted <= set(r.series_names(run)), timeout=60)  # noqa: B023
+            wait_for(
+                lambda: all(len(r.series(run, "loss", k).points) == 40 for k in range(world))  # noqa: B023
+            )
+    return runs
+
+
+@pytest.fixture(scope="module")
+def finished_run(finished_runs: list[str]) -> str:
+    """The 3-rank finished run."""
+    return finished_runs[0]
+
+
+def _charted(page: Any) -> list[str]:
+    return page.eval_on_selector_all(".chart-card", "els => els.map(e => e.dataset.metric)")
+
+
+def test_sections_in_order_no_internal_series_legend_and_hover(
+    page: Any, server: Server, reader: MetricsReader, finished_run: str
+) -> None:
+    run = finished_run
+    page.set_viewport_size({"width": 1400, "height": 900})
+    # An open alert naming rank 2, as the server would list it: its rank is highlighted.
+    firing = {
+        "fingerprint": "fp-test",
+        "rule": "straggler",
+        "severity": "warning",
+        "state": "firing",
+        "run": run,
+        "rank": 2,
+        "metric": "perf/step_time_s",
+        "fired_step": 30,
+        "fired_t": time.time(),
+        "t": time.time(),
+        "summary": "rank 2 is slow",
+        "evidence": {},
+        "silenced": False,
+    }
+
+    def alerts(route: Any) -> None:
+        doc = route.fetch().json()
+        doc["incidents"] = [firing]
+        route.fulfill(json=doc)
+
+    page.route(f"**/ui/api/runs/{run}/alerts", alerts)
+    page.goto(f"{server.base}/run/{run}")
+    page.wait_for_selector("body[data-loaded='1']")
+    stored = {m for _, m in reader.series_names(run)}
+    internal = {m for m in stored if m.startswith(("heartbeat/", "stepstream/"))}
+    assert internal, f"the SDK stored no internal series to hide: {sorted(stored)}"
+
+    # Sections in the order people look; the first one's charts are the user's metrics.
+    order = page.eval_on_selector_all(
+        ".metric-section:not([hidden])", "els => els.map(e => e.dataset.section)"
+    )
+    assert order[:3] == ["user", "performance", "gradients"], order
+    first = page.eval_on_selector_all(
+        ".metric-section[data-section='user'] .chart-card", "els => els.map(e => e.dataset.metric)"
+    )
+    assert first == ["loss", "accuracy"]
+    charted = _charted(page)
+    assert not [m for m in charted if m in internal], charted
+    grads = page.eval_on_selector_all(
+        ".metric-section[data-section='gradients'] .chart-card",
+        "els => els.map(e => e.dataset.metric)",
+    )
+    assert grads[:1] == ["grad/global_norm"], grads
+    # Per-layer norms: small multiples, collapsed until opened.
+    assert "grad/norm/fc.weight" not in charted
+    page.locator(".metric-section[data-section='layers'] button.fold").click()
+    page.locator('.chart-card.multiple[data-metric="grad/norm/fc.weight"]').wait_for()
+    assert "open=layers" in page.url
+    # The diagnostics panel shows the internal series once opened; the URL keeps it.
+    page.locator(".metric-section[data-section='internal'] button.fold").click()
+    page.locator('.chart-card[data-metric="heartbeat/step"]').wait_for()
+    page.goto(page.url)
+    page.wait_for_selector("body[data-loaded='1']")
+    page.locator('.chart-card[data-metric="heartbeat/step"]').wait_for()
+    page.locator(".metric-section[data-section='internal'] button.fold").click()
+    page.locator(".metric-section[data-section='user'] button.fold").click()
+    assert "closed=user" in page.url and "open=layers" in page.url
+    assert "loss" not in _charted(page)
+    page.locator(".metric-section[data-section='user'] button.fold").click()
+
+    # Legend: one entry per rank, the alert's rank highlighted.
+    card = page.locator('.chart-card[data-metric="loss"]')
+    chart = card.locator(".chart")
+    page.wait_for_function(
+        "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+        "?.dataset.lines === '3'"
+    )
+    assert card.locator(".legend-item").count() == 3
+    assert card.locator(".legend-item.alerted").all_text_contents() == ["r2"]
+    _shot(page, "dashboard-run.png")
+
+    # Hover: every rank's value at the cursor's step, sorted high to low, as stored.
+    box = chart.locator("canvas").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 56 + (box["width"] - 68) * 0.5, box["y"] + 100)
+    tip = chart.locator(".chart-tip")
+    tip.wait_for()
+    step = int(float(tip.get_attribute("data-x") or "nan"))
+    rows = tip.locator(".tip-row")
+    ranks = [int(r.get_attribute("data-rank") or -1) for r in rows.all()]
+    values = [float(r.get_attribute("data-value") or "nan") for r in rows.all()]
+    truth = {
+        k: next(p.value for p in reader.series(run, "loss", k).points if p.step == step)
+        for k in range(3)
+    }
+    assert sorted(ranks) == [0, 1, 2]
+    assert values == [truth[k] for k in ranks]
+    assert values == sorted(values, reverse=True)
+
+    # Click hides a rank; shift-click shows one alone; again shows all.
+    card.locator('.legend-item[data-rank="0"]').click()
+    assert chart.get_attribute("data-shown") == "2"
+    card.locator('.legend-item[data-rank="1"]').click(modifiers=["Shift"])
+    assert chart.get_attribute("data-shown") == "1"
+    page.mouse.move(box["x"] + 56 + (box["width"] - 68) * 0.5, box["y"] + 100)
+    assert [r.get_attribute("data-rank") for r in tip.locator(".tip-row").all()] == ["1"]
+    card.locator('.legend-item[data-rank="1"]').click(modifiers=["Shift"])
+    assert chart.get_attribute("data-shown") == "3"
+
+
+def test_compare_two_runs_draws_a_line_per_run(
+    page: Any,
+    server: Server,
+    live_settings: Settings,
+    reader: MetricsReader,
+    finished_runs: list[str],
+) -> None:
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(f"{server.base}/")
+    page.wait_for_selector("body[data-loaded='1']")
+    for run in finished_runs:
+        page.locator(f'tr[data-run="{run}"] input.pick').check()
+    page.locator("#compare").click()
+    page.wait_for_url("**/compare?runs=*")
+    page.wait_for_selector("body[data-loaded='1']")
+    first = page.locator(".metric-section").first
+    assert first.get_attribute("data-section") == "user"
+    chart = page.locator('.chart-card[data-metric="loss"] .chart')
+    page.wait_for_function(
+        "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+        "?.dataset.lines === '2'"
+    )
+    legend = page.locator('.chart-card[data-metric="loss"] .legend-item').all_text_contents()
+    assert legend == finished_runs
+    assert not [m for m in _charted(page) if m.startswith(("heartbeat/", "stepstream/"))]
+    _shot(page, "dashboard-compare.png")
+    # Hover: each run's rank mean at the cursor's step, as the reader computes it.
+    box = chart.locator("canvas").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 56 + (box["width"] - 68) * 0.25, box["y"] + 100)
+    tip = chart.locator(".chart-tip")
+    tip.wait_for()
+    step = int(float(tip.get_attribute("data-x") or "nan"))
+    shown = {
+        finished_runs[int(r.get_attribute("data-rank") or -1)]: float(
+            r.get_attribute("data-value") or "nan"
+        )
+        for r in tip.locator(".tip-row").all()
+    }
+    truth = {}
+    for run in finished_runs:
+        steps, means = reader.run_line(run, "loss")
+        truth[run] = means[steps.tolist().index(step)]
+    assert shown == pytest.approx(truth)
+    # Live: more steps of one run reach the open comparison.
+    _run_job_ranks(live_settings, finished_runs[1], 2, [0], "--steps", "46", "--offset", "0.3")
+    page.wait_for_function(
+        "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+        "?.dataset.lastX === '45'",
+        timeout=30_000,
+    )
+    # The URL is the comparison: one rank instead of the mean, kept on reload.
+    page.locator("#rank-mode").select_option("rank")
+    page.locator("#rank").fill("1")
+    page.locator("#rank").dispatch_event("change")
+    assert "rank=1" in page.url
+    page.goto(page.url)
+    page.wait_for_selector("body[data-loaded='1']")
+    assert page.locator("#rank").input_value() == "1"
+    page.wait_for_function(
+        "() => document.querySelector('.chart-card[data-metric=\"loss\"] .chart')"
+        "?.dataset.lines === '2'"
+    )
+
+
+def test_phone_width_does_not_overflow(page: Any, server: Server, finished_runs: list[str]) -> None:
+    finished_run = finished_runs[0]
+    page.set_viewport_size({"width": 390, "height": 844})
+    compare = "/compare?runs=" + ",".join(finished_runs)
+    for path in (f"/run/{finished_run}", "/", compare):
+        page.goto(server.base + path)
+        page.wait_for_selector("body[data-loaded='1']")
+        page.wait_for_timeout(300)
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide in a 390 px viewport"
+    page.goto(f"{server.base}/run/{finished_run}")
+    page.wait_for_selector("body[data-loaded='1']")
+    _shot(page, "dashboard-run-phone.png")

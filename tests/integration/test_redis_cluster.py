@@ -17,8 +17,9 @@ from sinks.local_redis import LocalRedis
 from stepstream.errors import StackError
 from stepstream.keys import RedisKeys
 from stepstream.redis_client import acl_rules
+from stepstream.settings import Settings
 
-from .test_redis_store import KEYS, all_messages, value, write_all
+from .test_redis_store import KEYS, all_messages, live_update_seen, value, write_all
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +119,12 @@ def test_least_privilege_acl_user_works_on_the_cluster(cluster: list[LocalRedis]
             with contextlib.suppress(redis.RedisError):
                 admin.execute_command("ACL", "DELUSER", name)
             admin.close()
+
+
+def test_live_updates_reach_the_dashboard_on_the_cluster(cluster: list[LocalRedis]) -> None:
+    """The dashboard subscribes on one node; the sink's notices, published through the
+    cluster client on whichever node, reach it (live updates used to be off on a cluster)."""
+    run = f"cl-{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_url=cluster[1].url, redis_cluster=True)
+    write = lambda: write_all(cluster[0].url, all_messages(run), flush_every=9, cluster=True)  # noqa: E731
+    assert live_update_seen(settings, run, write) in ("update", "alert")

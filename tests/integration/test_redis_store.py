@@ -709,3 +709,40 @@ def test_runs_idle_longer_than_the_retention_leave_the_registry(run: str) -> Non
                 assert 0 < admin.ttl(KEYS.series(old, "step", 0, "loss")) <= RETENTION_S
         finally:
             admin.close()
+
+
+def live_update_seen(settings: Settings, run: str, write: Callable[[], None]) -> str:
+    """The first live-update event for `run` that the dashboard's subscription (made as
+    `stepstream serve` makes it from `settings`) receives while `write` stores the run."""
+    from query.dashboard.app import dashboard_options
+    from query.dashboard.hub import UpdateHub
+
+    factory = dashboard_options(settings, "127.0.0.1").hub_client
+    assert factory is not None, "live updates are off with these settings"
+
+    async def go() -> str:
+        hub = UpdateHub(factory, RedisKeys(settings.key_prefix))
+        listener = hub.listen(run)
+        await hub.start()
+        try:
+            await asyncio.wait_for(hub.connected.wait(), 10)
+            await asyncio.sleep(0.3)  # PSUBSCRIBE's reply is not awaited by redis-py
+            await asyncio.to_thread(write)
+            event, _ = await asyncio.wait_for(listener.queue.get(), 10)
+            return event
+        finally:
+            await hub.stop()
+
+    return asyncio.run(go())
+
+
+def test_read_only_acl_user_gets_live_updates(server: LocalRedis, run: str) -> None:
+    """A dashboard server running as the query-only user updates its pages live: its
+    subscription is allowed (it used to be refused, and pages never updated)."""
+    with acl_user(server, acl_rules(KEYS, read_only=True)) as user:
+        settings = Settings(redis_url=user.url, redis_cluster=False)
+        seen = live_update_seen(
+            settings, run, lambda: write_all(server.url, all_messages(run), flush_every=20)
+        )
+        assert seen in ("update", "alert")
+        assert user.refusals() == set()

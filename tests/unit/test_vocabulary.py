@@ -130,3 +130,38 @@ def test_framework_names_reach_their_signals() -> None:
     assert canonical("eval_loss") == canonical("val_loss") == "eval_loss"
     assert canonical("train_loss") == "loss"
     assert canonical("grad_norm") == "grad/global_norm"
+
+
+def test_run_page_sections_follow_the_vocabulary() -> None:
+    """One definition of names: the run page's sections come from the vocabulary, the
+    user's own metrics first and the SDK's internal series never among them."""
+    from query.dashboard.shaping import metric_entries
+
+    cases = {
+        "loss": "user",
+        "val_loss": "user",
+        "accuracy": "user",
+        "perf/step_time_s": "performance",
+        "data_time": "performance",
+        "throughput": "performance",
+        "grad_norm": "gradients",
+        "grad/norm/fc.weight": "gradients",
+        "opt/lr/0": "gradients",
+        "sys/host_cpu_pct": "system",
+        "sys/proc_rss_bytes": "system",
+        "gpu0/mem_used_pct": "gpu",
+        "cuda/mem_allocated_bytes": "gpu",
+        "heartbeat/step": "internal",
+        "stepstream/enqueued": "internal",
+        "stepstream/sdk_errors": "internal",
+        "log/level": "internal",
+    }
+    assert {m: vocab.section_of(m) for m in cases} == cases
+    entries = metric_entries({m: [1, 0] for m in [*cases, "grad/global_norm"]})
+    names = [e["name"] for e in entries]
+    assert names[:3] == ["loss", "val_loss", "accuracy"]
+    grads = [e["name"] for e in entries if e["section"] == "gradients"]
+    assert grads[0] == "grad/global_norm" and grads[-1] == "grad/norm/fc.weight"
+    assert [e["per_layer"] for e in entries if e["name"] == "grad/norm/fc.weight"] == [True]
+    assert names[-4:] == [n for n in names if cases.get(n) == "internal"]
+    assert entries[0]["ranks"] == [0, 1]

@@ -1,6 +1,8 @@
 // A small canvas line chart written for stepstream: one line per rank, a cross-rank
 // min-max band with its mean, log scale, TensorBoard-style EMA smoothing, drag to zoom,
 // non-finite values as markers (never dropped) and alert markers as DOM elements.
+// A legend per chart: click a rank to hide it, shift-click to show it alone; hovering
+// lists every shown rank's value at the cursor's step, sorted, as W&B's legend does.
 // No library: the dashboard must work air-gapped, from the installed package alone.
 "use strict";
 
@@ -60,7 +62,7 @@
 
   class Chart {
     constructor(container, options) {
-      this.options = Object.assign({ by: "step", log: false, smoothing: 0, onZoom: null }, options || {});
+      this.options = Object.assign({ by: "step", log: false, smoothing: 0, onZoom: null, label: null, legend: true }, options || {});
       this.root = document.createElement("div");
       this.root.className = "chart";
       this.canvas = document.createElement("canvas");
@@ -70,7 +72,12 @@
       this.tip.className = "chart-tip";
       this.tip.hidden = true;
       this.root.append(this.canvas, this.overlay, this.tip);
+      this.legend = document.createElement("div");
+      this.legend.className = "chart-legend";
       container.append(this.root);
+      if (this.options.legend) container.append(this.legend);
+      this.hidden = new Set(); // ranks (line keys) the legend turned off
+      this.highlight = new Set(); // ranks an open alert names
       this.lines = [];
       this.alerts = [];
       this.xRange = null;
@@ -81,7 +88,55 @@
     }
 
     setOptions(opts) { Object.assign(this.options, opts); this.draw(); }
-    setData(lines) { this.lines = lines; this.draw(); }
+    setData(lines) { this.lines = lines; this._legend(); this.draw(); }
+    setHighlight(ranks) {
+      const next = new Set(ranks);
+      if (next.size === this.highlight.size && [...next].every((r) => this.highlight.has(r))) return;
+      this.highlight = next;
+      this._legend();
+      this.draw();
+    }
+
+    // What a line is called: "r3" per rank, or the caller's label (a run id on the
+    // comparison page).
+    _name(line) { return this.options.label ? this.options.label(line) : "r" + line.rank; }
+    _shown() { return this.lines.filter((l) => !this.hidden.has(l.rank)); }
+
+    // Click toggles one line; shift-click shows it alone (again: shows every line).
+    toggle(rank, solo) {
+      if (solo) {
+        const alone = this.lines.every((l) => (l.rank === rank) !== this.hidden.has(l.rank));
+        this.hidden = new Set(alone ? [] : this.lines.filter((l) => l.rank !== rank).map((l) => l.rank));
+      } else if (this.hidden.has(rank)) {
+        this.hidden.delete(rank);
+      } else {
+        this.hidden.add(rank);
+      }
+      this._legend();
+      this.draw();
+    }
+
+    _legend() {
+      if (!this.options.legend) return;
+      // rebuilt only when what it shows changed: live deltas call setData many times
+      const key = this.lines.map((l) => l.rank).join(",") + "|" + [...this.hidden].join(",") + "|" + [...this.highlight].join(",");
+      if (key === this._legendKey) return;
+      this._legendKey = key;
+      const items = this.lines.map((line) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "legend-item" + (this.hidden.has(line.rank) ? " off" : "") + (this.highlight.has(line.rank) ? " alerted" : "");
+        b.dataset.rank = String(line.rank);
+        b.title = "click: hide or show · shift-click: show only this one" + (this.highlight.has(line.rank) ? " · named by an open alert" : "");
+        const sw = document.createElement("span");
+        sw.className = "swatch";
+        sw.style.background = rankColor(line.rank);
+        b.append(sw, document.createTextNode(this._name(line)));
+        b.addEventListener("click", (ev) => this.toggle(line.rank, ev.shiftKey));
+        return b;
+      });
+      this.legend.replaceChildren(...items);
+    }
     setAlerts(alerts) { this.alerts = alerts; this.draw(); }
     setXRange(range) { this.xRange = range; this.draw(); }
 
@@ -147,27 +202,65 @@
       });
     }
 
+    // The step under the cursor: the data x nearest to it over every shown line; then
+    // each shown line's value at that step (or its nearest point: downsampled lines need
+    // not share x values), sorted high to low.
     _hover(px, py) {
-      if (!this.scale || !this.lines.length) { this.tip.hidden = true; return; }
+      const shown = this._shown();
+      if (!this.scale || !shown.length) { this.tip.hidden = true; return; }
       const x = this.scale.xInv(px);
-      let best = null;
-      for (const line of this.lines) {
-        const xs = line.x;
-        if (!xs.length) continue;
+      const near = (xs) => {
         let lo = 0, hi = xs.length - 1;
         while (lo < hi) { const mid = (lo + hi) >> 1; if (xs[mid] < x) lo = mid + 1; else hi = mid; }
-        for (const i of [lo - 1, lo]) {
-          if (i < 0 || i >= xs.length) continue;
-          const d = Math.abs(this.scale.x(xs[i]) - px);
-          if (!best || d < best.d) best = { d, rank: line.rank, x: xs[i], y: line.y[i] };
-        }
+        if (lo > 0 && Math.abs(xs[lo - 1] - x) <= Math.abs(xs[lo] - x)) lo -= 1;
+        return lo;
+      };
+      let best = null;
+      for (const line of shown) {
+        if (!line.x.length) continue;
+        const i = near(line.x);
+        const d = Math.abs(this.scale.x(line.x[i]) - px);
+        if (!best || d < best.d) best = { d, x: line.x[i] };
       }
       if (!best || best.d > 30) { this.tip.hidden = true; return; }
-      const xl = this.options.by === "time" ? fmtTime(best.x) : "step " + best.x;
-      this.tip.textContent = `rank ${best.rank} · ${xl} · ${fmt(best.y)}`;
-      this.tip.style.left = Math.min(px + 10, this.width - 160) + "px";
-      this.tip.style.top = Math.max(py - 24, 0) + "px";
+      const at = best.x;
+      const rows = [];
+      for (const line of shown) {
+        if (!line.x.length) continue;
+        let lo = 0, hi = line.x.length - 1;
+        while (lo < hi) { const mid = (lo + hi) >> 1; if (line.x[mid] < at) lo = mid + 1; else hi = mid; }
+        if (lo > 0 && Math.abs(line.x[lo - 1] - at) < Math.abs(line.x[lo] - at)) lo -= 1;
+        rows.push({ line, x: line.x[lo], y: line.y[lo] });
+      }
+      // high to low; non-finite values (the ones to look at) first
+      const key = (y) => (Number.isFinite(y) ? y : Infinity);
+      rows.sort((a, b) => key(b.y) - key(a.y) || a.line.rank - b.line.rank);
+      const head = document.createElement("div");
+      head.className = "tip-head";
+      head.textContent = this.options.by === "time" ? fmtTime(at) : "step " + at;
+      const items = rows.map((r) => {
+        const row = document.createElement("div");
+        row.className = "tip-row" + (this.highlight.has(r.line.rank) ? " alerted" : "");
+        row.dataset.rank = String(r.line.rank);
+        row.dataset.value = String(r.y);
+        row.dataset.x = String(r.x);
+        const sw = document.createElement("span");
+        sw.className = "swatch";
+        sw.style.background = rankColor(r.line.rank);
+        const name = document.createElement("span");
+        name.textContent = this._name(r.line) + (r.x !== at ? ` (${r.x})` : "");
+        const val = document.createElement("span");
+        val.className = "tip-val";
+        val.textContent = fmt(r.y);
+        row.append(sw, name, val);
+        return row;
+      });
+      this.tip.replaceChildren(head, ...items);
+      this.tip.dataset.x = String(at);
       this.tip.hidden = false;
+      const tw = this.tip.offsetWidth || 160;
+      this.tip.style.left = (px + 12 + tw > this.width ? Math.max(0, px - 12 - tw) : px + 12) + "px";
+      this.tip.style.top = Math.max(py - 24, 0) + "px";
     }
 
     draw() {
@@ -187,10 +280,11 @@
       this.overlay.replaceChildren();
       const opts = this.options;
       const xd = this._xDomain();
-      const smoothed = this.lines.map((l) => smooth(l.y, opts.smoothing));
+      const shown = this._shown();
+      const smoothed = shown.map((l) => smooth(l.y, opts.smoothing));
       // y domain over finite values in the x range (positive only on a log scale)
       let ylo = Infinity, yhi = -Infinity, nonfinite = 0;
-      this.lines.forEach((line, li) => {
+      shown.forEach((line, li) => {
         const ys = smoothed[li];
         for (let i = 0; i < line.x.length; i++) {
           if (xd && (line.x[i] < xd[0] || line.x[i] > xd[1])) continue;
@@ -202,6 +296,7 @@
         }
       });
       this.root.dataset.lines = String(this.lines.length);
+      this.root.dataset.shown = String(shown.length);
       const ext = this.extent();
       this.root.dataset.lastX = ext ? String(ext[1]) : "";
       this.root.dataset.nonfinite = String(nonfinite);
@@ -247,13 +342,17 @@
       ctx.beginPath();
       ctx.rect(PAD.left, PAD.top, plotW, plotH);
       ctx.clip();
-      if (this.lines.length > 1) this._band(ctx, smoothed, xd, sx, sy, opts.log);
-      // one line per rank; a non-finite value breaks the line
-      this.lines.forEach((line, li) => {
+      if (shown.length > 1 && this.options.band !== false) this._band(ctx, shown, smoothed, xd, sx, sy, opts.log);
+      // one line per rank; a non-finite value breaks the line; ranks an open alert
+      // names are drawn last and thicker, so they stand out of 64 others
+      const order = shown.map((_, i) => i).sort((a, b) => Number(this.highlight.has(shown[a].rank)) - Number(this.highlight.has(shown[b].rank)));
+      order.forEach((li) => {
+        const line = shown[li];
         const ys = smoothed[li];
+        const hot = this.highlight.has(line.rank);
         ctx.strokeStyle = rankColor(line.rank);
-        ctx.lineWidth = this.lines.length > 16 ? 1 : 1.5;
-        ctx.globalAlpha = this.lines.length > 16 ? 0.6 : 0.95;
+        ctx.lineWidth = hot ? 3 : shown.length > 16 ? 1 : 1.5;
+        ctx.globalAlpha = hot ? 1 : shown.length > 16 ? 0.6 : 0.95;
         ctx.beginPath();
         let pen = false;
         for (let i = 0; i < line.x.length; i++) {
@@ -264,13 +363,20 @@
           pen = true;
         }
         ctx.stroke();
+        // a lone point (one system sample so far) draws no line segment: a dot instead
+        if (line.x.length === 1 && Number.isFinite(ys[0]) && !(opts.log && ys[0] <= 0)) {
+          ctx.fillStyle = rankColor(line.rank);
+          ctx.beginPath();
+          ctx.arc(sx(line.x[0]), sy(ys[0]), 2.5, 0, 2 * Math.PI);
+          ctx.fill();
+        }
       });
       ctx.globalAlpha = 1;
       ctx.restore();
 
       // non-finite markers: NaN and +Inf on top, -Inf at the bottom
       ctx.fillStyle = "#d00";
-      for (const line of this.lines) {
+      for (const line of shown) {
         for (let i = 0; i < line.x.length; i++) {
           const y = line.y[i];
           if (Number.isFinite(y)) continue;
@@ -326,11 +432,11 @@
 
     // Min-max band and mean across ranks, in BAND_BINS x bins (ranks' points need not
     // share x values: downsampling keeps different points per rank).
-    _band(ctx, smoothed, xd, sx, sy, log) {
+    _band(ctx, lines, smoothed, xd, sx, sy, log) {
       const bins = BAND_BINS, span = xd[1] - xd[0];
       const lo = new Array(bins).fill(Infinity), hi = new Array(bins).fill(-Infinity);
       const sum = new Array(bins).fill(0), cnt = new Array(bins).fill(0);
-      this.lines.forEach((line, li) => {
+      lines.forEach((line, li) => {
         const ys = smoothed[li];
         for (let i = 0; i < line.x.length; i++) {
           const y = ys[i];

@@ -1,5 +1,8 @@
 // The run page: one chart per metric (a line per rank, the cross-rank band, alert
-// markers), the alert list with silence actions, the rank grid and quality panels.
+// markers, a legend), in sections in the order people look (the user's metrics,
+// performance, gradients, system, GPU; internal series only in the collapsed diagnostics
+// panel), the alert list with silence actions, the rank grid and quality panels.
+// Which sections are open is kept in the URL (?closed=...&open=...).
 // Pushed notices trigger delta fetches of the charts on screen: points after the last
 // step each chart holds, for every rank in one request.
 "use strict";
@@ -22,8 +25,12 @@
   $("run-id").textContent = run;
   document.title = "stepstream · " + run;
 
-  const SYS = /^(sys\/|gpu)/;
   const charts = new Map(); // metric -> card state
+  // Sections (from the overview) and the per-layer small multiples inside gradients.
+  // `flipped` holds the ids whose open/closed state differs from their default.
+  const LAYERS = "layers";
+  const flipped = new Set([...(q.get("closed") || "").split(","), ...(q.get("open") || "").split(",")].filter(Boolean));
+  const sectionBoxes = new Map(); // id -> {box, body, count, defaultClosed}
   let overview = null;
   let incidents = [];
   let fetchedAt = 0;
@@ -90,10 +97,12 @@
     const csvBtn = el("button", { type: "button", class: "small csv" }, "CSV");
     const stats = el("span", { class: "muted small" });
     const head = el("div", { class: "chart-head" }, title, stats, reset, csvBtn);
-    const box = el("div", { class: "chart-card", dataset: { metric } }, head);
+    const entry = overview.metrics.find((m) => m.name === metric);
+    const box = el("div", { class: "chart-card" + (entry && entry.per_layer ? " multiple" : ""), dataset: { metric } }, head);
     container.append(box);
     const card = { metric, ranks: ranksOf(metric), lines: [], loaded: false, zoom: null, by: ui.xaxis.value, visible: false, box, stats };
     card.chart = new Chart(box, {
+      legend: !(entry && entry.per_layer),
       by: ui.xaxis.value,
       log: ui.log.checked,
       smoothing: Number(ui.smoothing.value),
@@ -129,26 +138,93 @@
     return overview.metrics.map((m) => m.name).filter((n) => !re || re.test(n));
   }
 
+  function isClosed(id, defaultClosed) { return defaultClosed !== flipped.has(id); }
+
+  // One collapsible block: a heading button and a body; toggling it updates the URL and
+  // creates the charts it holds (a closed block fetches nothing).
+  function sectionBox(id, title, defaultClosed, parent, cls) {
+    let s = sectionBoxes.get(id);
+    if (s) return s;
+    const count = el("span", { class: "muted small count" });
+    const btn = el("button", { type: "button", class: "fold", "aria-expanded": "true" }, el("span", { class: "caret" }), title, " ", count);
+    const body = el("div", { class: cls });
+    const box = el("section", { class: "metric-section", dataset: { section: id } }, el("h2", {}, btn), body);
+    parent.append(box);
+    s = { id, box, body, btn, count, defaultClosed };
+    btn.addEventListener("click", () => {
+      if (flipped.has(id)) flipped.delete(id); else flipped.add(id);
+      syncUrl();
+      layoutCharts();
+      applyAlerts();
+    });
+    sectionBoxes.set(id, s);
+    return s;
+  }
+
+  function renderFold(s) {
+    const closed = isClosed(s.id, s.defaultClosed);
+    s.box.dataset.collapsed = closed ? "1" : "0";
+    s.btn.setAttribute("aria-expanded", closed ? "false" : "true");
+    s.body.hidden = closed;
+  }
+
   function layoutCharts() {
     const names = metricNames();
-    const wanted = new Set(names);
+    const entries = new Map(overview.metrics.map((m) => [m.name, m]));
+    const sections = overview.sections || [{ id: "user", title: "Metrics", collapsed: false }];
+    const root = $("sections");
+    const where = new Map(); // metric -> the block it is charted in
+    const counts = new Map();
+    for (const sec of sections) {
+      const s = sectionBox(sec.id, sec.title, sec.collapsed, root, "charts");
+      root.append(s.box); // section order as the server gives it
+    }
+    for (const name of names) {
+      const m = entries.get(name) || {};
+      const sec = sectionBoxes.get(m.section) || sectionBoxes.get(sections[0].id);
+      let block = sec;
+      if (m.per_layer) {
+        // per-layer norms: small multiples in their own block, collapsed by default
+        block = sectionBox(LAYERS, "Per-layer (small multiples)", true, sec.body, "charts multiples");
+        sec.body.append(block.box);
+        counts.set(LAYERS, (counts.get(LAYERS) || 0) + 1);
+      }
+      counts.set(sec.id, (counts.get(sec.id) || 0) + 1);
+      where.set(name, [sec, block]);
+    }
+    for (const s of sectionBoxes.values()) {
+      const n = counts.get(s.id) || 0;
+      s.count.textContent = `(${n})`;
+      s.box.hidden = n === 0;
+      renderFold(s);
+    }
+    const wanted = new Set();
+    for (const name of names) {
+      const [sec, block] = where.get(name);
+      if (!isClosed(sec.id, sec.defaultClosed) && !isClosed(block.id, block.defaultClosed)) wanted.add(name);
+    }
     for (const [metric, card] of charts) {
       if (!wanted.has(metric)) { observer.unobserve(card.box); card.box.remove(); charts.delete(metric); }
     }
     for (const name of names) {
-      if (charts.has(name)) { charts.get(name).ranks = ranksOf(name); continue; }
-      charts.set(name, makeCard(name, SYS.test(name) ? $("sys-charts") : $("charts")));
+      if (!wanted.has(name)) continue;
+      const body = where.get(name)[1].body;
+      if (charts.has(name)) { charts.get(name).ranks = ranksOf(name); }
+      else charts.set(name, makeCard(name, body));
+      body.append(charts.get(name).box); // keep DOM order = section order
     }
-    // keep DOM order = name order
-    for (const name of names) {
-      const card = charts.get(name);
-      card.box.parentNode.append(card.box);
-    }
+    // the per-layer block sits after the gradients section's other charts
+    const layers = sectionBoxes.get(LAYERS);
+    if (layers) layers.box.parentNode.append(layers.box);
     document.body.dataset.charts = String(charts.size);
   }
 
   function applyAlerts() {
+    // Ranks an open (firing or pending, not silenced) alert names: highlighted in every
+    // chart's legend and drawn on top.
+    const named = incidents.filter((i) => i.rank != null && !i.silenced && (i.state === "firing" || i.state === "pending")).map((i) => i.rank);
     for (const card of charts.values()) {
+      card.chart.setHighlight(named);
       const marks = [];
       for (const inc of incidents) {
         const mine = inc.metric === card.metric || (!inc.metric || !charts.has(inc.metric));
@@ -279,6 +355,13 @@
 
   function syncUrl() {
     const p = new URLSearchParams();
+    const closed = [], opened = [];
+    for (const s of sectionBoxes.values()) {
+      if (!flipped.has(s.id)) continue;
+      (s.defaultClosed ? opened : closed).push(s.id);
+    }
+    if (closed.length) p.set("closed", closed.join(","));
+    if (opened.length) p.set("open", opened.join(","));
     if (ui.glob.value.trim()) p.set("metrics", ui.glob.value.trim());
     if (ui.xaxis.value === "time") p.set("x", "time");
     if (ui.log.checked) p.set("log", "1");

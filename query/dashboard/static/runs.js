@@ -1,5 +1,6 @@
 // The runs page: every run with its state, size, progress and firing alerts; reloaded
 // when the server pushes a notice (at most once a second), never polled per key.
+// Ticking 2-6 runs opens the comparison page (one chart per metric, a line per run).
 "use strict";
 
 (function () {
@@ -12,6 +13,17 @@
   const live = document.getElementById("live");
   const q = new URLSearchParams(location.search);
   glob.value = q.get("glob") || "";
+  const MAX_COMPARE = 6;
+  const picked = new Set();
+  const compareBtn = document.getElementById("compare");
+  function syncPick() {
+    compareBtn.disabled = picked.size < 2 || picked.size > MAX_COMPARE;
+    compareBtn.textContent = `Compare selected (${picked.size})`;
+    for (const box of body.querySelectorAll("input.pick")) box.disabled = !box.checked && picked.size >= MAX_COMPARE;
+  }
+  compareBtn.addEventListener("click", () => {
+    location.href = "/compare?" + new URLSearchParams({ runs: [...picked].join(",") }).toString();
+  });
   stateSel.value = q.get("state") || "";
 
   function badge(alert) {
@@ -23,15 +35,19 @@
   function row(r) {
     const link = el("a", { href: "/run/" + encodeURIComponent(r.run), class: "run-link" }, r.run);
     const nodes = r.nodes.length ? `${r.nodes.length}: ${r.nodes.slice(0, 4).join(", ")}${r.nodes.length > 4 ? "…" : ""}` : "–";
+    const pick = el("input", { type: "checkbox", class: "pick", title: "compare this run", "aria-label": "compare " + r.run });
+    pick.checked = picked.has(r.run);
+    pick.addEventListener("change", () => { if (pick.checked) picked.add(r.run); else picked.delete(r.run); syncPick(); });
     return el(
       "tr",
       { dataset: { run: r.run, state: r.state } },
+      el("td", { class: "pick" }, pick),
       el("td", {}, link),
       el("td", {}, el("span", { class: `state state-${r.state}` }, r.state)),
-      el("td", { class: "num" }, r.world == null ? "–" : r.world),
-      el("td", { title: r.nodes.join(", ") }, nodes),
+      el("td", { class: "num opt" }, r.world == null ? "–" : r.world),
+      el("td", { class: "opt", title: r.nodes.join(", ") }, nodes),
       el("td", { class: "num" }, r.step == null ? "–" : r.step),
-      el("td", { class: "num" }, r.step_rate == null ? "–" : r.step_rate.toFixed(2)),
+      el("td", { class: "num opt" }, r.step_rate == null ? "–" : r.step_rate.toFixed(2)),
       el("td", {}, fmtAge(Date.now() / 1000 - r.last_activity) + " ago"),
       el("td", { class: "badges" }, ...r.alerts.map(badge)),
     );
@@ -44,6 +60,7 @@
       let runs = await api("/ui/api/runs?" + params.toString());
       if (stateSel.value) runs = runs.filter((r) => r.state === stateSel.value);
       body.replaceChildren(...runs.map(row));
+      syncPick();
       count.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}`;
       error.hidden = true;
       document.body.dataset.loaded = "1";
