@@ -3,8 +3,8 @@ parallel on a 2 x 2 dp x tp mesh and a 2-stage pipeline (GPipe, FSDP2 within eac
 on CPU/gloo, instrumented only through the public SDK (`producers.init`, `watch()`), read
 back only through the public reader.
 
-A healthy job of each (and of DDP) trains to the end (FSDP2 crashed `watch()` before), raises nothing,
-and the combined gradient norms stage 2 adds up from the ranks' shards equal what
+A healthy job of each (and of DDP) trains to the end (FSDP2 crashed `watch()` before),
+raises nothing, and the combined gradient norms stage 2 adds up from the ranks' shards equal what
 `clip_grad_norm_` returns. A faulted job of each gets one slow rank (its data wait +30 ms a
 step), a NaN in one rank's gradient shard, and then a hang of the slow rank: each is named
 on the right rank, with its mesh coordinates.
