@@ -439,8 +439,19 @@ class SeriesStage:
             # Stage 1's findings go to stage 2, where every rank of the run meets, to be
             # grouped into incidents (`processors.incidents`).
             target = summaries.get((flag.run, flag.rank))
-            if target is not None:
-                target.flags.append(alert)
+            if target is None:
+                # A finding on a batch the stage refused whole (a seq jump): a summary of
+                # what the stage already knew of the rank carries it to stage 2.
+                known = self._ranks.get((flag.run, flag.rank))
+                target = summaries[(flag.run, flag.rank)] = RankSummary(
+                    run=flag.run,
+                    rank=flag.rank,
+                    last_step=known.last_step if known else None,
+                    last_t=known.last_t if known else 0.0,
+                    status=known.status if known else None,
+                )
+                result.summaries.append(target)
+            target.flags.append(alert)
             # A cleared flag reports an end, not a finding on this window.
             if flag.metric is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)

@@ -306,6 +306,8 @@ def test_a_forged_seq_jump_is_dead_lettered_and_later_records_still_count() -> N
     assert [(a.rule, a.labels["reason"]) for a in forged.alerts] == [
         ("telemetry_rejected", "seq_jump")
     ]
+    # The batch was refused whole: a summary still carries the finding to stage 2.
+    assert [[a.rule for a in m.flags] for m in forged.summaries] == [["telemetry_rejected"]]
     # The publisher's next genuine records are not taken for duplicates.
     genuine = s.process(batch([rec(i, i, loss=2.0) for i in range(5, 8)]))
     assert (genuine.duplicates, genuine.rejected) == (0, [])
