@@ -36,6 +36,8 @@ from processors.detectors import (
     StragglerParams,
 )
 from processors.detectors.base import median, with_overrides
+from processors.detectors.failslow import FailSlowDetector, FailSlowParams
+from processors.detectors.slowdown import SlowdownDetector, SlowdownParams
 from processors.flags import Flag, flag_of, flag_to_alert
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
@@ -173,8 +175,8 @@ class RunStage:
     different partitions, so their data can arrive hundreds of fast steps apart).
     `max_pending_steps`: beyond this many waiting steps of a run, the oldest are finished.
     `heartbeat_interval_s` / `hung_after_s`: liveness parameters (see LivenessParams).
-    `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
-    liveness, nonfinite_origin). `clock` stamps `raised_at`.
+    `detector_params`: overrides by detector name (straggler, fail_slow, job_slowdown,
+    dp_mismatch, rank_desync, liveness, nonfinite_origin). `clock` stamps `raised_at`.
     `quality_window_steps`: size of the run-level quality windows (finished steps).
     `incident_hold_s`: an incident whose series all cleared ends after this long without a
     new flag (see `processors.incidents`); 0 ends it at once.
@@ -201,6 +203,10 @@ class RunStage:
         self._runs: dict[str, _RunState] = {}
         self.straggler = StragglerDetector(
             with_overrides(StragglerParams(), params.get("straggler"))
+        )
+        self.failslow = FailSlowDetector(with_overrides(FailSlowParams(), params.get("fail_slow")))
+        self.slowdown = SlowdownDetector(
+            with_overrides(SlowdownParams(), params.get("job_slowdown"))
         )
         self.dp = DPMismatchDetector(with_overrides(DPMismatchParams(), params.get("dp_mismatch")))
         self.desync = DesyncDetector(with_overrides(DesyncParams(), params.get("rank_desync")))
@@ -320,6 +326,18 @@ class RunStage:
                     sharded=state.sharded_forward(),
                 )
             )
+            roles = state.roles() if mesh else None
+            sharded = state.sharded_forward()
+            flags.extend(
+                self.failslow.observe_step(
+                    run, step, pending.t, pending.ranks, roles, sharded=sharded
+                )
+            )
+            if len(pending.ranks) >= state.world:
+                # A step some rank never reported says nothing about the job's rate.
+                flags.extend(
+                    self.slowdown.observe_step(run, step, pending.t, pending.ranks, sharded)
+                )
             flags.extend(
                 self.dp.observe_step(
                     run, step, pending.t, pending.ranks, state.replicas() if mesh else None
@@ -394,6 +412,8 @@ class RunStage:
             self.liveness.take_forgotten()
             self.incidents.forget(run)
             self.straggler.forget(run)
+            self.failslow.forget(run)
+            self.slowdown.forget(run)
             self.desync.forget(run)
             self.dp.forget(run)
             self.origin.forget(run)
