@@ -39,6 +39,7 @@ from processors.detectors.base import median, with_overrides
 from processors.detectors.failslow import FailSlowDetector, FailSlowParams
 from processors.detectors.slowdown import SlowdownDetector, SlowdownParams
 from processors.flags import Flag, flag_of, flag_to_alert
+from processors.goodput import GoodputMeter
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from stepstream import vocabulary as vocab
@@ -79,6 +80,11 @@ class _RunState:
     heard: float = 0.0
     #: Each rank's device-mesh coordinates (role -> index), from its heartbeats.
     mesh: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: The run's live goodput, and each rank's publisher incarnation: a rank that comes
+    #: back as a new one makes the gap before the next finished step a restart gap.
+    goodput: GoodputMeter = field(default_factory=GoodputMeter)
+    incarnations: dict[int, str] = field(default_factory=dict)
+    restarted: bool = False
 
     def roles(self) -> dict[int, tuple[int, int]]:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
@@ -230,6 +236,11 @@ class RunStage:
         state.world = max(state.world, summary.world)
         if summary.mesh is not None:
             state.mesh[rank] = summary.mesh
+        if summary.incarnation:
+            known = state.incarnations.get(rank)
+            if known is not None and known != summary.incarnation:
+                state.restarted = True
+            state.incarnations[rank] = summary.incarnation
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
         flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
         flags += self.liveness.seen(
@@ -298,10 +309,14 @@ class RunStage:
             del state.steps[step]
             state.finished = max(state.finished, step)
             stats = crossrank_stats(pending.ranks)
+            goodput = None
             if len(pending.ranks) >= state.world:
                 # Only a step every rank reported adds up to the job's norms.
                 combined = combine_norms(pending.ranks, stats)
                 flags.extend(self._judge_combined(run, step, pending.t, combined))
+                if state.goodput.add_step(step, pending.t, pending.ranks, state.restarted):
+                    state.restarted = False
+                    goodput = state.goodput.snapshot(run)
             else:
                 for metric in [m for m in stats if vocab.is_sharded(m)]:
                     del stats[metric]
@@ -313,6 +328,7 @@ class RunStage:
                     world=state.world,
                     stats=stats,
                     quality=self._quality(state, step, pending.quality),
+                    goodput=goodput,
                 )
             )
             mesh = state.mesh or None

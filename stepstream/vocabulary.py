@@ -507,6 +507,19 @@ DECLARED_PHASES = frozenset({PHASE_EVAL, PHASE_CHECKPOINT})
 #: The per-step time signal of each declared phase.
 DECLARED_TIME: dict[str, Signal] = {PHASE_EVAL: EVAL_TIME, PHASE_CHECKPOINT: CHECKPOINT_TIME}
 
+#: Causes of a run's badput (`stepstream.contract.Goodput.badput_s`, `processors.goodput`):
+#: input wait every rank paid, declared eval and checkpoint, hangs and stalls (steps held
+#: far beyond their usual time, gaps with no step finished), restart gaps (a rank came
+#: back as a new incarnation) and the time the peers waited for the slowest rank.
+BADPUT_CAUSES: tuple[str, ...] = (
+    "data_wait",
+    PHASE_EVAL,
+    PHASE_CHECKPOINT,
+    "hang_stall",
+    "restart",
+    "slowest_rank",
+)
+
 #: States of a run as the reader reports them (`run_state`).
 RUN_STARTING = "starting"
 RUN_RUNNING = "running"

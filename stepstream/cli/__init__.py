@@ -242,6 +242,9 @@ def query(
     across: Annotated[
         bool, typer.Option("--across-ranks", help="Stats across ranks, quality metrics.")
     ] = False,
+    goodput: Annotated[
+        bool, typer.Option("--goodput", help="Live goodput: ETTR and badput by cause.")
+    ] = False,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
@@ -270,6 +273,8 @@ def query(
                 view = query_views.nodes_view(reader, run)
             elif across:
                 view = query_views.crossrank_view(reader, run)
+            elif goodput:
+                view = query_views.goodput_view(reader, run)
             else:
                 view = query_views.rolling_view(reader, run, window)
         finally:
