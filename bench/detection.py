@@ -76,7 +76,7 @@ EXPECT: dict[str, Expect] = {
         frozenset({"fail_slow"}), True, 30.0, "a CUSUM, 20 steps since the change at least"
     ),
     "slowdown": Expect(
-        frozenset({"job_slowdown"}), False, 30.0, "a 50-step median held 25 steps and 5 s"
+        frozenset({"job_slowdown"}), False, 30.0, "a 50-step median held 25 steps and 2 s"
     ),
 }
 
@@ -170,7 +170,7 @@ def quiet_faults(quick: bool = False) -> list[Job]:
         Job("failslow20-2r", "failslow", 2, 500, 1, 200, 0.20, seed=32, work_ms=10),
         Job("failslow20-4r", "failslow", 4, 500, 2, 200, 0.20, seed=33, work_ms=10),
         Job("failslow40-3r", "failslow", 3, 400, 0, 200, 0.40, seed=34, work_ms=10),
-        Job("slowdown-3r", "slowdown", 3, 500, 0, 250, 1.0, seed=35, work_ms=10),
+        Job("slowdown-3r", "slowdown", 3, 700, 0, 250, 1.0, seed=35, work_ms=10),
         Job("jitter-3r", "jitter", 3, 600 if quick else 2000, 0, 0, 1.0, seed=36, work_ms=10),
         Job("rank0_duties-3r", "rank0_duties", 3, 300, 0, 100, 1.0, seed=37, work_ms=5),
     ]
@@ -178,7 +178,7 @@ def quiet_faults(quick: bool = False) -> list[Job]:
         out += [
             Job("failslow10-4r", "failslow", 4, 500, 3, 200, 0.10, seed=41, work_ms=10),
             Job("failslow40-2r", "failslow", 2, 400, 1, 200, 0.40, seed=42, work_ms=10),
-            Job("slowdown-2r", "slowdown", 2, 500, 0, 250, 0.6, seed=43, work_ms=10),
+            Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 0.6, seed=43, work_ms=10),
             Job("jitter-2r", "jitter", 2, 2000, 0, 0, 1.0, seed=44, work_ms=10),
         ]
     return out

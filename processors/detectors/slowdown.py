@@ -59,7 +59,7 @@ class SlowdownParams:
     ratio: float = 1.33
     clear_ratio: float = 1.15
     sustain_steps: int = 25
-    sustain_s: float = 5.0
+    sustain_s: float = 2.0
 
 
 @dataclass

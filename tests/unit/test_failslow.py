@@ -8,7 +8,12 @@ import random
 
 import pytest
 
-from processors.detectors import FailSlowDetector, SlowdownDetector, SlowdownParams
+from processors.detectors import (
+    FailSlowDetector,
+    SlowdownDetector,
+    SlowdownParams,
+    StragglerDetector,
+)
 from processors.flags import Flag
 from processors.run_stage import RunStage
 from stepstream import vocabulary as vocab
@@ -226,3 +231,15 @@ def test_stage_two_raises_fail_slow_and_slowdown_alerts() -> None:
             alerts += stage.process(beat(rank, 3, {step: values}), step * 0.05).alerts
     got = [(a.rule, a.rank, a.metric) for a in alerts if a.status == "firing"]
     assert got == [("fail_slow", 2, "forward"), ("job_slowdown", None, "data")]
+
+
+def test_straggler_stays_quiet_under_heavy_jitter_with_equal_means() -> None:
+    # Variable sequence lengths: each rank's forward 0.25-1.75x of 10 ms per step; the
+    # 20-step medians drift 30 % and 3 ms apart by chance, within their own noise.
+    rng = random.Random(13)
+    d = StragglerDetector()
+    for step in range(5000):
+        ranks = {
+            r: {DATA: 0.0002, FWD: 0.010 * rng.uniform(0.25, 1.75), STEP: 0.03} for r in range(3)
+        }
+        assert d.observe_step("r", step, float(step), ranks) == []
