@@ -127,16 +127,28 @@ class GoodputMeter:
         self.last_t = t
         return True
 
-    def snapshot(self, run: str) -> Goodput:
-        """The run's goodput so far."""
+    def snapshot(self, run: str, until: float | None = None) -> Goodput:
+        """The run's goodput so far; `until`: the newest event time heard from the run
+        (heartbeats go on while no step finishes), so a hang or stall in progress counts
+        as ``hang_stall`` up to then, without being committed: the step that ends it
+        decides whether it was a restart."""
+        badput = dict(self.badput)
+        wall = self.wall_s
+        t = self.last_t or 0.0
+        if until is not None and self.last_t is not None:
+            gap = until - self.last_t
+            if gap > self.params.gap_floor_s:
+                badput["hang_stall"] += gap
+                wall += gap
+                t = until
         return Goodput(
             run=run,
             step=self.last_step,
-            t=self.last_t or 0.0,
+            t=t,
             steps=self.steps,
-            wall_s=self.wall_s,
+            wall_s=wall,
             productive_s=self.productive_s,
-            ettr=self.productive_s / self.wall_s if self.wall_s > 0 else None,
-            badput_s=dict(self.badput),
+            ettr=self.productive_s / wall if wall > 0 else None,
+            badput_s=badput,
             slowest_by_rank={str(r): s for r, s in sorted(self.slowest_by_rank.items())},
         )

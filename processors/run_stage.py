@@ -85,6 +85,10 @@ class _RunState:
     goodput: GoodputMeter = field(default_factory=GoodputMeter)
     incarnations: dict[int, str] = field(default_factory=dict)
     restarted: bool = False
+    #: The newest event time any rank said (heartbeats included), and the one the last
+    #: goodput sent covered: a hang in progress is shown while no step finishes.
+    said: float = 0.0
+    goodput_said: float = 0.0
 
     def roles(self) -> dict[int, tuple[int, int]]:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
@@ -186,6 +190,9 @@ class RunStage:
     `quality_window_steps`: size of the run-level quality windows (finished steps).
     `incident_hold_s`: an incident whose series all cleared ends after this long without a
     new flag (see `processors.incidents`); 0 ends it at once.
+    `goodput_refresh_s`: while no step of a run finishes, its goodput (the wait so far as
+    hang/stall) is sent again each time its ranks' event time moved this far (the timer's
+    `flush_steps`): the goodput a reader sees is never older than that plus the pipeline.
     """
 
     def __init__(
@@ -199,7 +206,9 @@ class RunStage:
         clock: Callable[[], float] = time.time,
         quality_window_steps: int = 50,
         incident_hold_s: float = 0.0,
+        goodput_refresh_s: float = 5.0,
     ) -> None:
+        self.goodput_refresh_s = goodput_refresh_s
         self.quality_window_steps = quality_window_steps
         self._quality_name = step_window_name(quality_window_steps)
         params = detector_params or {}
@@ -236,6 +245,8 @@ class RunStage:
         state.world = max(state.world, summary.world)
         if summary.mesh is not None:
             state.mesh[rank] = summary.mesh
+        if summary.last_t > state.said:
+            state.said = summary.last_t
         if summary.incarnation:
             known = state.incarnations.get(rank)
             if known is not None and known != summary.incarnation:
@@ -317,6 +328,7 @@ class RunStage:
                 if state.goodput.add_step(step, pending.t, pending.ranks, state.restarted):
                     state.restarted = False
                     goodput = state.goodput.snapshot(run)
+                    state.goodput_said = max(state.goodput_said, pending.t)
             else:
                 for metric in [m for m in stats if vocab.is_sharded(m)]:
                     del stats[metric]
@@ -374,14 +386,34 @@ class RunStage:
 
     def flush_steps(self, now: float) -> RunResult:
         """Finish the steps that waited `lag_s` with no summary coming (the last steps of a
-        run that ended, the steps a dead rank never reported): called from a timer."""
+        run that ended, the steps a dead rank never reported), and the goodput of runs
+        whose steps stopped finishing while their ranks still speak: called from a timer."""
         result = RunResult()
         flags: list[Flag] = []
         for run, state in self._runs.items():
             if state.steps:
                 self._finish(run, state, now, result, flags)
+            self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
         return result
+
+    def _goodput_in_between(self, run: str, state: _RunState, result: RunResult) -> None:
+        """While no step of a counted run finishes but its ranks still speak (a hang, a
+        stall, a long declared phase), its goodput with the time so far as ``hang_stall``,
+        once `goodput_refresh_s` of event time passed since the last one sent."""
+        meter = state.goodput
+        if meter.last_t is None or state.said - state.goodput_said < self.goodput_refresh_s:
+            return
+        state.goodput_said = state.said
+        result.crossrank.append(
+            CrossRankUpdate(
+                run=run,
+                step=meter.last_step if meter.last_step is not None else 0,
+                t=state.said,
+                world=state.world,
+                goodput=meter.snapshot(run, until=state.said),
+            )
+        )
 
     def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
         """The alerts of `flags`, grouped into one incident per run and detector; a flag

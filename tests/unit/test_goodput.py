@@ -84,3 +84,26 @@ def test_stage_two_counts_a_restart_gap_and_carries_goodput_on_each_step() -> No
     assert last.badput_s["restart"] == pytest.approx(60.0, abs=0.01)
     assert last.badput_s["hang_stall"] == 0.0
     assert last.ettr is not None and last.ettr < 0.1
+
+
+def test_a_hang_in_progress_shows_in_the_goodput_while_no_step_finishes() -> None:
+    stage = RunStage(clock=lambda: 0.0, goodput_refresh_s=5.0)
+    t = 0.0
+    for step in range(30):
+        t += 0.1
+        for rank, values in step_values(2).items():
+            values[STEP] = 0.1
+            stage.process(summary(rank, step, t, values, "a"), t)
+    seen = []
+    for second in range(1, 31):  # both ranks hang: only heartbeats, no step moves
+        for rank in range(2):
+            beat = RankSummary(run="r", rank=rank, world=2, last_step=29, last_t=t + second)
+            stage.process(beat, t + second)
+        seen += [u.goodput for u in stage.flush_steps(t + second).crossrank if u.goodput]
+    assert 5 <= len(seen) <= 7  # every 5 s of the ranks' event time
+    last = seen[-1]
+    # Step 29 finished once it waited lag_s; the hang runs from its event time to the
+    # newest heartbeat the last refresh covered.
+    assert last.step == 29 and last.badput_s["hang_stall"] == pytest.approx(last.t - t)
+    assert last.badput_s["hang_stall"] >= 25
+    assert last.ettr is not None and last.ettr < 0.1
