@@ -50,6 +50,10 @@ class StragglerParams:
         varies 0.25-1.75x (variable sequence lengths) had 20-step medians 30 % and 3 ms
         apart with equal means (bench/detection.py `jitter-3r`), a false straggler.
     noise_window: steps per rank whose MAD gives that noise.
+    confirm_steps: consecutive finished steps a rank must be judged slow before it is
+        named: a median that crosses the threshold for one step (a loaded machine
+        descheduling one rank for a few steps: seen live, fired and cleared one step
+        later) is not a straggler.
     """
 
     metrics: tuple[str, ...] = (vocab.DATA_WAIT.name, vocab.FORWARD.name)
@@ -60,6 +64,7 @@ class StragglerParams:
     min_excess_s: float = 0.003
     z_noise: float = 4.0
     noise_window: int = 200
+    confirm_steps: int = 3
 
 
 class StragglerDetector:
@@ -74,12 +79,16 @@ class StragglerDetector:
         #: (run, measure) -> rank -> its latest step times. Indexed by run so that a step
         #: reads its own run's ranks, not a scan over every run's.
         self._times: dict[tuple[str, str], dict[int, deque[float]]] = {}
+        #: (run, rank) -> consecutive steps judged slow while no episode is open.
+        self._streak: dict[tuple[str, int], int] = {}
         self._episodes = Episodes()
 
     def forget(self, run: str) -> None:
         """Drop what it holds of `run` (gone idle), open episodes without a clear."""
         for key in [k for k in self._times if k[0] == run]:
             del self._times[key]
+        for streak in [k for k in self._streak if k[0] == run]:
+            del self._streak[streak]
         self._episodes.forget_run(run)
 
     def observe_step(
@@ -148,6 +157,7 @@ class StragglerDetector:
             episode = (run, rank)
             what = "of data wait" if label == vocab.DATA_WAIT.name else "before the collective"
             if not slow:
+                self._streak.pop(episode, None)
                 if self._episodes.is_open(episode):
                     flags.append(
                         self._episodes.close(
@@ -161,6 +171,10 @@ class StragglerDetector:
                     )
                 continue
             if not self._episodes.is_open(episode):
+                streak = self._streak[episode] = self._streak.get(episode, 0) + 1
+                if streak < p.confirm_steps:
+                    continue
+                del self._streak[episode]
                 flag = Flag(
                     detector=self.name,
                     run=run,
