@@ -84,6 +84,8 @@ EXPECT: dict[str, Expect] = {
 QUIET = frozenset({"warmup", "stagger", "jitter", "rank0_duties"})
 #: Faults whose delay is also shown in step times.
 HANGS = frozenset({"data_hang", "ckpt_hang"})
+#: Faults whose catching alert's summary is printed (what the alert says matters).
+SUMMARISED = HANGS | {"failslow", "slowdown"}
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def quiet_faults(quick: bool = False) -> list[Job]:
         out += [
             Job("failslow10-4r", "failslow", 4, 500, 3, 200, 0.10, seed=41, work_ms=10),
             Job("failslow40-2r", "failslow", 2, 400, 1, 200, 0.40, seed=42, work_ms=10),
-            Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 0.6, seed=43, work_ms=10),
+            Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 1.5, seed=43, work_ms=10),
             Job("jitter-2r", "jitter", 2, 2000, 0, 0, 1.0, seed=44, work_ms=10),
         ]
     return out
@@ -427,7 +429,7 @@ def line(result: Result) -> str:
         f"{job.name:24} world={job.world} steps={job.steps:5} fault={job.fault:13} "
         f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
         f"{verdict:38} delay={delay:7} pages={result.pages()} false={len(falses)}"
-        + (f" [{caught.summary}]" if caught is not None and job.fault in HANGS else "")
+        + (f" [{caught.summary}]" if caught is not None and job.fault in SUMMARISED else "")
         + (
             "\n" + textwrap.indent(caught.description, "    | ")
             if caught is not None and caught.description
