@@ -122,11 +122,12 @@ def test_a_small_systematic_difference_is_not_fail_slow() -> None:
 
 
 def test_declared_work_in_the_data_wait_is_not_slowness() -> None:
-    # Rank 0 checkpoints 12 s every 50 steps: its data wait holds it, declared.
+    # Rank 0 evaluates 3 ms in every step from step 100 (a small declared eval between
+    # steps) and checkpoints 12 s every 50 steps: its data wait holds both, declared.
     rng = random.Random(6)
     d = FailSlowDetector()
     for step in range(600):
-        declared = {0: 12.0} if step % 50 == 49 else None
+        declared = {0: 12.0 if step % 50 == 49 else 0.003} if step >= 100 else None
         ranks = ddp_step(rng, 3, declared=declared)
         assert d.observe_step("r", step, float(step), ranks) == []
 
@@ -199,6 +200,8 @@ def test_warmup_declared_phases_and_jitter_are_not_slowdowns() -> None:
         if step < 40:  # warm-up: first steps 10x slower
             for v in ranks.values():
                 v[STEP] *= 10
+        if step >= 300:  # rank 0 evaluates 10 ms a step, declared: peers wait for it
+            ranks = ddp_step(rng, 3, jitter=0.3, declared={0: 0.01})
         if step % 100 == 99:  # rank 0 evaluates 8 s inside monitor.phase("eval")
             ranks = ddp_step(rng, 3, declared={0: 8.0})
             for v in ranks.values():
