@@ -7,8 +7,13 @@ stack's STEPSTREAM_* variables. The instrumentation is exactly the README's:
 ``producers.init(run)``, ``monitor.watch(model, optimizer, every=1)``,
 ``monitor.log(step, loss=loss.detach())`` and ``monitor.log_eval(step, val_loss=...)``
 every 20 steps, and ``monitor.phase("checkpoint")`` around the checkpoint of the
-``ckpt_hang`` fault. The job prints one JSON line ``{"fault": ..., "onset_t": ..., "step": ...}``
-when it injects its fault (wall clock, the time the fault starts to show).
+``ckpt_hang`` fault (and ``monitor.phase("eval")``/``("checkpoint")`` around rank 0's
+duties in ``rank0_duties``). ``--work-ms`` gives the forward emulated device time, which
+``failslow`` (one rank's forward 1 + magnitude times longer), ``jitter`` (every rank's
+forward 0.25-1.75x per step, equal means) and ``slowdown`` (every rank's input wait grows
+by magnitude x work) act on. The job prints one JSON line
+``{"fault": ..., "onset_t": ..., "step": ...}`` when it injects its fault (wall clock,
+the time the fault starts to show).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import datetime
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -44,6 +50,10 @@ FAULTS = (
     "leak",
     "warmup",
     "stagger",
+    "failslow",
+    "slowdown",
+    "jitter",
+    "rank0_duties",
 )
 
 
@@ -61,6 +71,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.5, help="label noise (0..1)")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="extra compute per step")
     parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument(
+        "--work-ms",
+        type=float,
+        default=0.0,
+        help="device time of the model's forward per step (slept inside it, as a forward "
+        "waiting on an accelerator would): what fail-slow and jitter faults scale",
+    )
     return parser.parse_args()
 
 
@@ -69,11 +86,15 @@ class Net(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        #: Seconds of emulated device time the next forward takes (see --work-ms).
+        self.work_s = 0.0
         self.fc1 = nn.Linear(32, 64)
         self.fc2 = nn.Linear(64, 64)
         self.head = nn.Linear(64, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.work_s > 0 and self.training:
+            time.sleep(self.work_s)
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
@@ -89,7 +110,11 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     torch.manual_seed(args.seed)
-    model = nn.parallel.DistributedDataParallel(Net())
+    net = Net()
+    model = nn.parallel.DistributedDataParallel(net)
+    # Per-step work of this rank (the jitter job's variable sequence lengths): its own
+    # stream, so ranks draw independently with equal means.
+    work_rng = random.Random(7919 * args.seed + rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     teacher = torch.randn(32, 4, generator=torch.Generator().manual_seed(args.seed + 1))
     data = torch.Generator().manual_seed(1000 * args.seed + rank)
@@ -148,6 +173,19 @@ def main() -> None:
                 if step == at:
                     announce(fault, step, rank)
                 time.sleep(args.magnitude / 1000)  # a slow input pipeline: ms per step
+            work = args.work_ms / 1000
+            if fault == "jitter":  # equal means, each step 0.25-1.75x on every rank
+                work *= work_rng.uniform(0.25, 1.75)
+            if fault == "failslow" and mine and step >= at:
+                if step == at:
+                    announce(fault, step, rank)
+                work *= 1 + args.magnitude  # a slower GPU: the same forward takes longer
+            net.work_s = work
+            if fault == "slowdown" and step >= at:
+                if step == at:
+                    announce(fault, step, rank)
+                # every rank's input pipeline slows (a shared file system)
+                time.sleep(args.magnitude * args.work_ms / 1000)
             if fault == "bad_batch" and mine and step == at:
                 announce(fault, step, rank)
                 x = x * args.magnitude  # one corrupted batch (bad normalisation, garbage)
@@ -187,6 +225,14 @@ def main() -> None:
                 with monitor.phase("checkpoint"):  # a checkpoint write that blocks
                     announce(fault, step, rank)
                     time.sleep(args.magnitude)
+            if fault == "rank0_duties" and rank == 0 and step in (at, at + 60):
+                # Rank 0 alone evaluates, later checkpoints, declared; its peers wait in
+                # the next all-reduce.
+                if step == at:
+                    announce(fault, step, rank)
+                phase, seconds = ("eval", 8.0) if step == at else ("checkpoint", 12.0)
+                with monitor.phase(phase):
+                    time.sleep(seconds * args.magnitude)
             if args.step_sleep:
                 time.sleep(args.step_sleep)
             monitor.log(step, loss=loss.detach())

@@ -72,12 +72,20 @@ EXPECT: dict[str, Expect] = {
     ),
     "ckpt_hang": Expect(frozenset({"hung_rank"}), True, 33.0, "a declared checkpoint: 30 s floor"),
     "leak": Expect(frozenset({"memory_leak"}), True, 60.0, "40 s of samples at least"),
+    "failslow": Expect(
+        frozenset({"fail_slow"}), True, 30.0, "a CUSUM, 20 steps since the change at least"
+    ),
+    "slowdown": Expect(
+        frozenset({"job_slowdown"}), False, 30.0, "a 50-step median held 25 steps and 2 s"
+    ),
 }
 
 #: Faults after which nothing may fire: growth that levels off, staggered clean exits.
-QUIET = frozenset({"warmup", "stagger"})
+QUIET = frozenset({"warmup", "stagger", "jitter", "rank0_duties"})
 #: Faults whose delay is also shown in step times.
 HANGS = frozenset({"data_hang", "ckpt_hang"})
+#: Faults whose catching alert's summary is printed (what the alert says matters).
+SUMMARISED = HANGS | {"failslow", "slowdown"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class Job:
     lr: float = 0.05
     step_sleep: float = 0.0
     noise: float = 0.5
+    work_ms: float = 0.0
 
     def args(self, run: str) -> list[str]:
         return [
@@ -102,6 +111,7 @@ class Job:
             "--fault-rank", str(self.fault_rank), "--fault-step", str(self.fault_step),
             "--magnitude", str(self.magnitude), "--seed", str(self.seed), "--lr", str(self.lr),
             "--step-sleep", str(self.step_sleep), "--noise", str(self.noise),
+            "--work-ms", str(self.work_ms),
         ]  # fmt: skip
 
 
@@ -149,6 +159,30 @@ def jobs(quick: bool = False) -> list[Job]:
         Job("stagger-2r", "stagger", 2, 300, 0, 0, 20.0, seed=25),
         Job("stagger-3r", "stagger", 3, 300, 0, 0, 12.0, seed=26),
     ]
+    out += quiet_faults(quick)
+    return out
+
+
+def quiet_faults(quick: bool = False) -> list[Job]:
+    """Issue 22: fail-slow ranks (10, 20, 40 % slower forward), a job slowdown, a healthy
+    job whose per-step compute varies 0.25-1.75x (equal means), and rank 0 evaluating
+    (8 s) and checkpointing (12 s) alone, declared, while its peers wait."""
+    out = [
+        Job("failslow10-3r", "failslow", 3, 500, 1, 200, 0.10, seed=31, work_ms=10),
+        Job("failslow20-2r", "failslow", 2, 500, 1, 200, 0.20, seed=32, work_ms=10),
+        Job("failslow20-4r", "failslow", 4, 500, 2, 200, 0.20, seed=33, work_ms=10),
+        Job("failslow40-3r", "failslow", 3, 400, 0, 200, 0.40, seed=34, work_ms=10),
+        Job("slowdown-3r", "slowdown", 3, 700, 0, 250, 1.0, seed=35, work_ms=10),
+        Job("jitter-3r", "jitter", 3, 600 if quick else 2000, 0, 0, 1.0, seed=36, work_ms=10),
+        Job("rank0_duties-3r", "rank0_duties", 3, 300, 0, 100, 1.0, seed=37, work_ms=5),
+    ]
+    if not quick:
+        out += [
+            Job("failslow10-4r", "failslow", 4, 500, 3, 200, 0.10, seed=41, work_ms=10),
+            Job("failslow40-2r", "failslow", 2, 400, 1, 200, 0.40, seed=42, work_ms=10),
+            Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 1.5, seed=43, work_ms=10),
+            Job("jitter-2r", "jitter", 2, 2000, 0, 0, 1.0, seed=44, work_ms=10),
+        ]
     return out
 
 
@@ -169,6 +203,9 @@ class Result:
     step_s: float | None = None
     #: The run's state as the reader reports it after the job.
     state: str = ""
+    #: For healthy and jitter jobs: the fail-slow detector's healthy spread (see
+    #: `failslow_spread`): per phase, the largest 50-step median ratio and excess (s).
+    spread: dict[str, tuple[float, float]] | None = None
 
     @property
     def firing(self) -> list[Alert]:
@@ -264,6 +301,7 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
     with MetricsReader.from_url(settings.redis_url, settings.key_prefix) as reader:
         alerts = reader.alerts(run, count=10_000)
         margin = straggler_margin(reader, run, job) if job.fault == "none" else None
+        spread = failslow_spread(reader, run, job) if job.fault in ("none", "jitter") else None
         step_s = median_step(reader, run, job) if job.fault in HANGS else None
         state = reader.run_meta(run).state
     return Result(
@@ -276,7 +314,50 @@ def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> 
         margin,
         step_s,
         state,
+        spread=spread,
     )
+
+
+def failslow_spread(
+    reader: MetricsReader, run: str, job: Job, window: int = 50, skip: int = 20
+) -> dict[str, tuple[float, float]]:
+    """The healthy spread the fail-slow detector's thresholds rest on, recomputed from the
+    stored series: per phase (data wait less declared seconds, forward), the largest
+    median over `window` steps of a rank's per-step ratio to its peers' median, and the
+    largest median excess (s), after `skip` warm-up steps."""
+    from processors.detectors.failslow import phase_times
+
+    names = [vocab.DATA_WAIT.name, vocab.FORWARD.name]
+    names += [s.name for s in vocab.DECLARED_TIME.values()]
+    per: dict[int, dict[int, dict[str, float]]] = {}
+    for rank in range(job.world):
+        steps: dict[int, dict[str, float]] = {}
+        for name in names:
+            series = reader.series(run, name, rank=rank, points=job.steps + 10)
+            for point in series.points:
+                if point.step is not None and point.value is not None:
+                    steps.setdefault(point.step, {})[name] = point.value
+        per[rank] = {step: phase_times(v, False) for step, v in steps.items()}
+    out: dict[str, tuple[float, float]] = {}
+    for phase in ("data", "forward"):
+        common = sorted(
+            set.intersection(*({s for s, v in p.items() if phase in v} for p in per.values()))
+        )
+        common = [s for s in common if s >= skip]
+        ratios: dict[int, list[tuple[float, float]]] = {r: [] for r in per}
+        for step in common:
+            for rank in per:
+                peers = statistics.median(per[r][step][phase] for r in per if r != rank)
+                own = per[rank][step][phase]
+                ratios[rank].append(((own + 1e-4) / (peers + 1e-4), own - peers))
+        worst_ratio = worst_excess = 0.0
+        for points in ratios.values():
+            for i in range(window, len(points) + 1):
+                span = points[i - window : i]
+                worst_ratio = max(worst_ratio, statistics.median(r for r, _ in span))
+                worst_excess = max(worst_excess, statistics.median(e for _, e in span))
+        out[phase] = (worst_ratio, worst_excess)
+    return out
 
 
 def median_step(reader: MetricsReader, run: str, job: Job) -> float | None:
@@ -330,6 +411,8 @@ def line(result: Result) -> str:
     else:
         verdict = f"caught {caught.rule}@rank{caught.rank}"
         delay = f"{caught.raised_at - (result.onset_t or 0):.2f}s"
+        if caught.step is not None and job.fault in EXPECT and EXPECT[job.fault].bound_s > 2:
+            delay += f"/{caught.step - job.fault_step}st"
         if result.step_s:
             took = caught.raised_at - (result.onset_t or 0)
             delay += f" ({took / result.step_s:.0f}x the {result.step_s * 1000:.1f} ms step)"
@@ -337,11 +420,16 @@ def line(result: Result) -> str:
     if result.margin is not None:
         excess, ratio = result.margin
         verdict = f"healthy (straggler margin {excess * 1000:.2f} ms, x{ratio:.2f})"
+    if result.spread:
+        verdict += " fail-slow spread " + ", ".join(
+            f"{phase} x{ratio:.3f}/{excess * 1000:.2f}ms"
+            for phase, (ratio, excess) in result.spread.items()
+        )
     return (
         f"{job.name:24} world={job.world} steps={job.steps:5} fault={job.fault:13} "
         f"rank={job.fault_rank if job.fault != 'none' else '-'} mag={job.magnitude:<6g} "
         f"{verdict:38} delay={delay:7} pages={result.pages()} false={len(falses)}"
-        + (f" [{caught.summary}]" if caught is not None and job.fault in HANGS else "")
+        + (f" [{caught.summary}]" if caught is not None and job.fault in SUMMARISED else "")
         + (
             "\n" + textwrap.indent(caught.description, "    | ")
             if caught is not None and caught.description
@@ -364,6 +452,16 @@ def summary(results: list[Result]) -> str:
         for r, c in caught
         if c.raised_at - (r.onset_t or 0) > EXPECT[r.job.fault].bound_s
     ]
+    spreads = [r.spread for r in results if r.spread]
+    spread = (
+        "; healthy fail-slow spread (50-step median ratio): "
+        + ", ".join(
+            f"{phase} up to x{max(sp[phase][0] for sp in spreads):.3f}"
+            for phase in ("data", "forward")
+        )
+        if spreads
+        else ""
+    )
     margins = [r.margin for r in results if r.margin is not None]
     worst = (
         f"; healthy straggler margin: up to {max(m[0] for m in margins) * 1000:.2f} ms, "
@@ -377,7 +475,7 @@ def summary(results: list[Result]) -> str:
         f"median_delay_s={statistics.median(delays) if delays else float('nan'):.2f} "
         f"max_delay_s={max(fast) if fast else float('nan'):.2f} "
         f"(non-windowed; over bound: {', '.join(over) or 'none'}; healthy steps {steps}"
-        f"{worst})"
+        f"{worst}{spread})"
     )
 
 

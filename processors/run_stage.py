@@ -36,7 +36,10 @@ from processors.detectors import (
     StragglerParams,
 )
 from processors.detectors.base import median, with_overrides
+from processors.detectors.failslow import FailSlowDetector, FailSlowParams
+from processors.detectors.slowdown import SlowdownDetector, SlowdownParams
 from processors.flags import Flag, flag_of, flag_to_alert
+from processors.goodput import GoodputMeter
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from stepstream import vocabulary as vocab
@@ -77,6 +80,15 @@ class _RunState:
     heard: float = 0.0
     #: Each rank's device-mesh coordinates (role -> index), from its heartbeats.
     mesh: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: The run's live goodput, and each rank's publisher incarnation: a rank that comes
+    #: back as a new one makes the gap before the next finished step a restart gap.
+    goodput: GoodputMeter = field(default_factory=GoodputMeter)
+    incarnations: dict[int, str] = field(default_factory=dict)
+    restarted: bool = False
+    #: The newest event time any rank said (heartbeats included), and the one the last
+    #: goodput sent covered: a hang in progress is shown while no step finishes.
+    said: float = 0.0
+    goodput_said: float = 0.0
 
     def roles(self) -> dict[int, tuple[int, int]]:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
@@ -173,11 +185,14 @@ class RunStage:
     different partitions, so their data can arrive hundreds of fast steps apart).
     `max_pending_steps`: beyond this many waiting steps of a run, the oldest are finished.
     `heartbeat_interval_s` / `hung_after_s`: liveness parameters (see LivenessParams).
-    `detector_params`: overrides by detector name (straggler, dp_mismatch, rank_desync,
-    liveness, nonfinite_origin). `clock` stamps `raised_at`.
+    `detector_params`: overrides by detector name (straggler, fail_slow, job_slowdown,
+    dp_mismatch, rank_desync, liveness, nonfinite_origin). `clock` stamps `raised_at`.
     `quality_window_steps`: size of the run-level quality windows (finished steps).
     `incident_hold_s`: an incident whose series all cleared ends after this long without a
     new flag (see `processors.incidents`); 0 ends it at once.
+    `goodput_refresh_s`: while no step of a run finishes, its goodput (the wait so far as
+    hang/stall) is sent again each time its ranks' event time moved this far (the timer's
+    `flush_steps`): the goodput a reader sees is never older than that plus the pipeline.
     """
 
     def __init__(
@@ -191,7 +206,9 @@ class RunStage:
         clock: Callable[[], float] = time.time,
         quality_window_steps: int = 50,
         incident_hold_s: float = 0.0,
+        goodput_refresh_s: float = 5.0,
     ) -> None:
+        self.goodput_refresh_s = goodput_refresh_s
         self.quality_window_steps = quality_window_steps
         self._quality_name = step_window_name(quality_window_steps)
         params = detector_params or {}
@@ -201,6 +218,10 @@ class RunStage:
         self._runs: dict[str, _RunState] = {}
         self.straggler = StragglerDetector(
             with_overrides(StragglerParams(), params.get("straggler"))
+        )
+        self.failslow = FailSlowDetector(with_overrides(FailSlowParams(), params.get("fail_slow")))
+        self.slowdown = SlowdownDetector(
+            with_overrides(SlowdownParams(), params.get("job_slowdown"))
         )
         self.dp = DPMismatchDetector(with_overrides(DPMismatchParams(), params.get("dp_mismatch")))
         self.desync = DesyncDetector(with_overrides(DesyncParams(), params.get("rank_desync")))
@@ -224,6 +245,13 @@ class RunStage:
         state.world = max(state.world, summary.world)
         if summary.mesh is not None:
             state.mesh[rank] = summary.mesh
+        if summary.last_t > state.said:
+            state.said = summary.last_t
+        if summary.incarnation:
+            known = state.incarnations.get(rank)
+            if known is not None and known != summary.incarnation:
+                state.restarted = True
+            state.incarnations[rank] = summary.incarnation
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
         flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
         flags += self.liveness.seen(
@@ -292,10 +320,15 @@ class RunStage:
             del state.steps[step]
             state.finished = max(state.finished, step)
             stats = crossrank_stats(pending.ranks)
+            goodput = None
             if len(pending.ranks) >= state.world:
                 # Only a step every rank reported adds up to the job's norms.
                 combined = combine_norms(pending.ranks, stats)
                 flags.extend(self._judge_combined(run, step, pending.t, combined))
+                if state.goodput.add_step(step, pending.t, pending.ranks, state.restarted):
+                    state.restarted = False
+                    goodput = state.goodput.snapshot(run)
+                    state.goodput_said = max(state.goodput_said, pending.t)
             else:
                 for metric in [m for m in stats if vocab.is_sharded(m)]:
                     del stats[metric]
@@ -307,6 +340,7 @@ class RunStage:
                     world=state.world,
                     stats=stats,
                     quality=self._quality(state, step, pending.quality),
+                    goodput=goodput,
                 )
             )
             mesh = state.mesh or None
@@ -320,6 +354,18 @@ class RunStage:
                     sharded=state.sharded_forward(),
                 )
             )
+            roles = state.roles() if mesh else None
+            sharded = state.sharded_forward()
+            flags.extend(
+                self.failslow.observe_step(
+                    run, step, pending.t, pending.ranks, roles, sharded=sharded
+                )
+            )
+            if len(pending.ranks) >= state.world:
+                # A step some rank never reported says nothing about the job's rate.
+                flags.extend(
+                    self.slowdown.observe_step(run, step, pending.t, pending.ranks, sharded)
+                )
             flags.extend(
                 self.dp.observe_step(
                     run, step, pending.t, pending.ranks, state.replicas() if mesh else None
@@ -340,14 +386,34 @@ class RunStage:
 
     def flush_steps(self, now: float) -> RunResult:
         """Finish the steps that waited `lag_s` with no summary coming (the last steps of a
-        run that ended, the steps a dead rank never reported): called from a timer."""
+        run that ended, the steps a dead rank never reported), and the goodput of runs
+        whose steps stopped finishing while their ranks still speak: called from a timer."""
         result = RunResult()
         flags: list[Flag] = []
         for run, state in self._runs.items():
             if state.steps:
                 self._finish(run, state, now, result, flags)
+            self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
         return result
+
+    def _goodput_in_between(self, run: str, state: _RunState, result: RunResult) -> None:
+        """While no step of a counted run finishes but its ranks still speak (a hang, a
+        stall, a long declared phase), its goodput with the time so far as ``hang_stall``,
+        once `goodput_refresh_s` of event time passed since the last one sent."""
+        meter = state.goodput
+        if meter.last_t is None or state.said - state.goodput_said < self.goodput_refresh_s:
+            return
+        state.goodput_said = state.said
+        result.crossrank.append(
+            CrossRankUpdate(
+                run=run,
+                step=meter.last_step if meter.last_step is not None else 0,
+                t=state.said,
+                world=state.world,
+                goodput=meter.snapshot(run, until=state.said),
+            )
+        )
 
     def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
         """The alerts of `flags`, grouped into one incident per run and detector; a flag
@@ -394,6 +460,8 @@ class RunStage:
             self.liveness.take_forgotten()
             self.incidents.forget(run)
             self.straggler.forget(run)
+            self.failslow.forget(run)
+            self.slowdown.forget(run)
             self.desync.forget(run)
             self.dp.forget(run)
             self.origin.forget(run)

@@ -618,6 +618,7 @@ class SeriesStage:
             steps=[steps[s] for s in sorted(steps)],
             nonfinite=[nonfinite[s] for s in sorted(nonfinite)],
             status=state.status,
+            incarnation=state.incarnation,
             phase=beat.phase if beat else None,
             phase_s=beat.phase_s if beat else None,
             stack=beat.stack if beat else None,

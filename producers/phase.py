@@ -30,7 +30,7 @@ from stepstream import vocabulary as vocab
 class PhaseClock:
     """The phase of the thread that created it (the training thread) and since when."""
 
-    __slots__ = ("current", "step_times", "thread_id")
+    __slots__ = ("current", "declared", "step_times", "thread_id")
 
     def __init__(self) -> None:
         #: (phase, perf_counter at its start); phase None until something tells us.
@@ -38,6 +38,10 @@ class PhaseClock:
         #: Recent step times in seconds (appended by `watch()` after each optimizer step).
         self.step_times: deque[float] = deque(maxlen=32)
         self.thread_id = threading.get_ident()
+        #: Seconds spent in declared phases (eval, checkpoint) since `take_declared`: the
+        #: step that contains them reports them, so readers can tell a step made long by
+        #: declared work from a slow one (job slowdown, goodput, fail-slow data wait).
+        self.declared: dict[str, float] = {}
 
     def enter(self, phase: str) -> None:
         """The training thread starts `phase` now."""
@@ -51,10 +55,21 @@ class PhaseClock:
             raise ValueError(f"unknown phase {name!r}: one of {', '.join(vocab.PHASES)}")
         before = self.current[0]
         self.enter(name)
+        started = self.current[1]
         try:
             yield
         finally:
+            # A declared phase inside another (a checkpoint inside eval) is already in the
+            # outer one's seconds.
+            if name in vocab.DECLARED_PHASES and before not in vocab.DECLARED_PHASES:
+                spent = time.perf_counter() - started
+                self.declared[name] = self.declared.get(name, 0.0) + spent
             self.enter(before or vocab.PHASE_OUTSIDE)
+
+    def take_declared(self) -> dict[str, float]:
+        """The seconds spent per declared phase since the last call (and reset them)."""
+        declared, self.declared = self.declared, {}
+        return declared
 
     def read(self) -> tuple[str | None, float, float]:
         """(phase, seconds in it, its start) now."""

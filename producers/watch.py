@@ -509,6 +509,11 @@ class Watch:
                 values[COMPUTE] = now - self._t_fwd
                 if self._forward_s > 0:
                     values[FORWARD] = self._forward_s
+            if self._phases is not None and self._phases.declared:
+                # Declared work (eval, checkpoint) inside this step: its step time and,
+                # when it ran between two steps, its data wait include these seconds.
+                for phase, seconds in self._phases.take_declared().items():
+                    values[vocab.DECLARED_TIME[phase].name] = seconds
             if step_time > 0 and self._samples:
                 values[SAMPLES_PER_S] = self._samples / step_time
                 if self._tokens:

@@ -27,7 +27,7 @@ from query.reader import (
     RunMeta,
     to_json,
 )
-from stepstream.contract import Alert
+from stepstream.contract import Alert, Goodput
 from stepstream.errors import ConfigError
 from stepstream.failures import explain_redis
 
@@ -155,6 +155,14 @@ def create_api(
     )
     def crossrank(run: str) -> list[CrossRankRow]:
         return reader().crossrank(run)
+
+    @api.get(
+        "/runs/{run}/goodput",
+        response_model=Goodput | None,
+        summary="Live goodput: effective training time ratio and badput by cause",
+    )
+    def goodput(run: str) -> Goodput | None:
+        return reader().goodput(run)
 
     @api.get(
         "/runs/{run}/quality",

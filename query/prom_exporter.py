@@ -37,10 +37,28 @@ class RollingCollector(Collector):
             "Latest value of a training metric.",
             labels=["run", "rank", "metric"],
         )
+        ettr = GaugeMetricFamily(
+            "stepstream_goodput_ettr",
+            "Effective training time ratio of a run (productive / wall seconds).",
+            labels=["run"],
+        )
+        badput = GaugeMetricFamily(
+            "stepstream_badput_seconds",
+            "Seconds of a run's wall time lost, by cause (slowest_rank also by rank).",
+            labels=["run", "cause", "rank"],
+        )
         exported = dropped = 0
         runs = self._reader.runs()
         dropped_runs = max(0, len(runs) - self._max_runs)
         for info in runs[: self._max_runs]:
+            found = self._reader.goodput(info.run)
+            if found is not None:  # one run's few gauges: outside the series cap
+                if found.ettr is not None:
+                    ettr.add_metric([info.run], found.ettr)
+                for cause, seconds in found.badput_s.items():
+                    badput.add_metric([info.run, cause, ""], seconds)
+                for rank, seconds in found.slowest_by_rank.items():
+                    badput.add_metric([info.run, "slowest_rank", rank], seconds)
             for (rank, metric), value in sorted(self._reader.latest(info.run).items()):
                 if exported >= self._max_series:
                     dropped += 1
@@ -57,6 +75,8 @@ class RollingCollector(Collector):
                     rolling.add_metric([*labels, stat], value)
         yield rolling
         yield latest
+        yield ettr
+        yield badput
         series = GaugeMetricFamily(
             "stepstream_exporter_series", "Series exported in this scrape.", value=exported
         )

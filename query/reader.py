@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
-from stepstream.contract import Alert
+from stepstream.contract import Alert, Goodput
 from stepstream.errors import ConfigError
 from stepstream.keys import (
+    GOODPUT_FIELD,
     SERIES_COARSE,
     SERIES_INT_OFFSET,
     SERIES_MEMBER_FIELDS,
@@ -607,6 +608,12 @@ class MetricsReader:
                     found = _rolling_rows_by_field(name, mapping) if mapping else []
                 rows.extend(found)  # names are sorted
         return rows
+
+    def goodput(self, run: str) -> Goodput | None:
+        """The run's live goodput (effective training time ratio, badput by cause, the
+        slowest ranks' share), as of its newest finished step; None before any."""
+        body = self._client.hget(self.keys.goodput(run), GOODPUT_FIELD)
+        return Goodput.model_validate_json(body) if body else None
 
     def crossrank(self, run: str) -> list[CrossRankRow]:
         """Every metric across the ranks of a run at its newest finished step, by metric

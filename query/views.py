@@ -79,6 +79,29 @@ def rolling_view(reader: MetricsReader, run: str, window: str | None) -> View:
     return View(rows, tables)
 
 
+def goodput_view(reader: MetricsReader, run: str) -> View:
+    """The run's live goodput: ETTR, badput by cause, the slowest ranks' share."""
+    found = reader.goodput(run)
+    if found is None:
+        return View(None, [f"run {run}: no goodput yet (no step every rank reported has finished)"])
+    ettr = f"{found.ettr * 100:.1f} %" if found.ettr is not None else "-"
+    table = Table(
+        "cause",
+        "seconds",
+        "% of wall",
+        title=f"run {run} · goodput at step {found.step}: ETTR {ettr} "
+        f"({found.productive_s:.1f} s productive of {found.wall_s:.1f} s, {found.steps} steps)",
+    )
+    wall = found.wall_s or 1.0
+    for cause, seconds in found.badput_s.items():
+        table.add_row(cause, f"{seconds:.2f}", f"{seconds / wall * 100:.1f}")
+    for rank, seconds in found.slowest_by_rank.items():
+        table.add_row(
+            f"  slowest_rank: rank {rank}", f"{seconds:.2f}", f"{seconds / wall * 100:.1f}"
+        )
+    return View(found, [table])
+
+
 def crossrank_view(reader: MetricsReader, run: str) -> View:
     """Each metric across the ranks at the newest finished step, and quality windows."""
     rows = reader.crossrank(run)

@@ -23,6 +23,7 @@ from typing import Any
 from stepstream.contract import Alert, Batch, CrossRankUpdate, WindowUpdate
 from stepstream.keys import (
     FIELD_SEPARATOR,
+    GOODPUT_FIELD,
     SERIES_COARSE,
     SERIES_STEP,
     SERIES_TIME,
@@ -195,6 +196,8 @@ class WritePlan:
             self._hset(keys.crossrank(run), stats)
         if quality:
             self._hset(keys.quality(run), quality)
+        if update.goodput is not None:
+            self._hset(keys.goodput(run), {GOODPUT_FIELD: update.goodput.model_dump_json()})
         self.values += len(stats) + len(quality)
 
     def add_batch(self, batch: Batch) -> None:

@@ -190,6 +190,9 @@ class RankSummary(WireModel):
         None, description="The training thread's stack, captured by the SDK when it was stuck."
     )
     stack_t: float | None = Field(None, description="Event time the stack was captured.")
+    incarnation: str = Field(
+        "", description="The rank's publisher incarnation: a new one is a restart."
+    )
     mesh: dict[str, int] | None = Field(
         None,
         description="The rank's device-mesh coordinate per role (dp, fsdp, tp, pp) from its "
@@ -215,6 +218,28 @@ class CrossRankStats(WireModel):
     )
 
 
+class Goodput(WireModel):
+    """A run's live goodput (stage 2, `processors.goodput`): how much of its wall time
+    trained and where the rest went. Carried on the cross-rank topic with each finished
+    step's update; the sink keeps the newest per run."""
+
+    run: RunId
+    step: int | None = Field(None, description="Newest finished step counted.")
+    t: float = Field(0.0, description="Event time of that step.")
+    steps: int = 0
+    wall_s: float = Field(0.0, description="Wall seconds covered: the steps and the gaps.")
+    productive_s: float = 0.0
+    ettr: float | None = Field(None, description="Effective training time ratio.")
+    badput_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds lost per cause (stepstream.vocabulary.BADPUT_CAUSES).",
+    )
+    slowest_by_rank: dict[str, float] = Field(
+        default_factory=dict,
+        description="The slowest_rank badput by the rank the peers waited for.",
+    )
+
+
 class CrossRankUpdate(WireModel):
     """One message on the cross-rank topic: per-step stats of a run across its ranks."""
 
@@ -229,6 +254,9 @@ class CrossRankUpdate(WireModel):
         description="window name -> run-level quality metric (quality/<task>/...) -> stats "
         "(count = examples, mean = last = value): statistics of the window's finished steps "
         "summed across ranks.",
+    )
+    goodput: Goodput | None = Field(
+        None, description="The run's goodput after this step (absent when not counted)."
     )
 
 

@@ -84,6 +84,10 @@ def check_rank(rank: int) -> int:
     return rank
 
 
+#: The field of the goodput hash holding the newest `Goodput` (see `RedisKeys.goodput`).
+GOODPUT_FIELD = "latest"
+
+
 @dataclass(frozen=True)
 class RedisKeys:
     """Builds every Redis key and channel name stepstream uses."""
@@ -130,6 +134,11 @@ class RedisKeys:
         """Hash: ``w|m`` -> JSON WindowStats of a run-level quality metric (summed over
         ranks) over window w."""
         return self._run(run, "quality")
+
+    def goodput(self, run: str) -> str:
+        """Hash: ``latest`` -> JSON `Goodput` of the run after its newest finished step
+        (effective training time ratio, badput by cause, the slowest ranks' share)."""
+        return self._run(run, "goodput")
 
     def windows_index(self, run: str) -> str:
         """Set: the window names a run has stats for."""
@@ -202,6 +211,7 @@ class RedisKeys:
             self.latest(run),
             self.crossrank(run),
             self.quality(run),
+            self.goodput(run),
             self.windows_index(run),
             self.alerts(run),
             self.active_alerts(run),

@@ -193,6 +193,22 @@ STEP_TIME = Signal(
     "wall seconds of the whole step (equalised across ranks by the collectives)",
     ("step_time", "iter_time", "step_time_s", "iteration_time"),
 )
+EVAL_TIME = Signal(
+    "perf/eval_s",
+    "train",
+    Sync.RANK_LOCAL,
+    "sdk",
+    'seconds this step spent in a declared eval phase (`with monitor.phase("eval")`): '
+    "included in its step time and, between steps, in its data wait",
+)
+CHECKPOINT_TIME = Signal(
+    "perf/checkpoint_s",
+    "train",
+    Sync.RANK_LOCAL,
+    "sdk",
+    "seconds this step spent in a declared checkpoint phase "
+    '(`with monitor.phase("checkpoint")`): included in its step time and data wait',
+)
 SAMPLES_PER_S = Signal(
     "perf/samples_per_s",
     "train",
@@ -297,6 +313,8 @@ SIGNALS: tuple[Signal, ...] = (
     FORWARD,
     COMPUTE,
     STEP_TIME,
+    EVAL_TIME,
+    CHECKPOINT_TIME,
     SAMPLES_PER_S,
     TOKENS_PER_S,
     HOST_MEM_PCT,
@@ -416,6 +434,8 @@ CROSSRANK_DEFAULT: tuple[Signal, ...] = (
     FORWARD,
     COMPUTE,
     STEP_TIME,
+    EVAL_TIME,
+    CHECKPOINT_TIME,
     SAMPLES_PER_S,
 )
 
@@ -484,6 +504,21 @@ COLLECTIVE_PHASES = frozenset({PHASE_BACKWARD})
 """Phases in which a data-parallel rank waits for its peers."""
 DECLARED_PHASES = frozenset({PHASE_EVAL, PHASE_CHECKPOINT})
 """Phases user code declares with `Monitor.phase()`: long by nature."""
+#: The per-step time signal of each declared phase.
+DECLARED_TIME: dict[str, Signal] = {PHASE_EVAL: EVAL_TIME, PHASE_CHECKPOINT: CHECKPOINT_TIME}
+
+#: Causes of a run's badput (`stepstream.contract.Goodput.badput_s`, `processors.goodput`):
+#: input wait every rank paid, declared eval and checkpoint, hangs and stalls (steps held
+#: far beyond their usual time, gaps with no step finished), restart gaps (a rank came
+#: back as a new incarnation) and the time the peers waited for the slowest rank.
+BADPUT_CAUSES: tuple[str, ...] = (
+    "data_wait",
+    PHASE_EVAL,
+    PHASE_CHECKPOINT,
+    "hang_stall",
+    "restart",
+    "slowest_rank",
+)
 
 #: States of a run as the reader reports them (`run_state`).
 RUN_STARTING = "starting"

@@ -26,7 +26,7 @@ class InhibitRule:
 DEFAULT_INHIBIT_RULES = (
     InhibitRule(
         source={"rule": f"{vocab.DEAD_RANK}|{vocab.HUNG_RANK}"},
-        target={"rule": "straggler|throughput*|rank_desync"},
+        target={"rule": "straggler|fail_slow|throughput*|rank_desync"},
         equal=("run", "rank"),
     ),
     # A lost node explains the dead ranks on it, and the rest of the run waiting for them
@@ -38,7 +38,7 @@ DEFAULT_INHIBIT_RULES = (
     ),
     InhibitRule(
         source={"rule": vocab.NODE_LOST},
-        target={"rule": f"{vocab.HUNG_RANK}|straggler|throughput*|rank_desync"},
+        target={"rule": f"{vocab.HUNG_RANK}|straggler|fail_slow|throughput*|rank_desync"},
         equal=("run",),
     ),
     InhibitRule(source={"rule": "nonfinite"}, target={"rule": "spike"}, equal=("run",)),

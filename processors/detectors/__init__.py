@@ -8,6 +8,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from processors.detectors.failslow import FailSlowDetector, FailSlowParams
 from processors.detectors.gradients import GradientDetector, GradientParams
 from processors.detectors.leaks import LeakDetector, LeakParams
 from processors.detectors.logs import ErrorBurstDetector, ErrorBurstParams
@@ -27,6 +28,7 @@ from processors.detectors.ranks import (
     StragglerParams,
 )
 from processors.detectors.resources import ResourceDetector, ResourceParams
+from processors.detectors.slowdown import SlowdownDetector, SlowdownParams
 from processors.detectors.spike import SpikeDetector, SpikeParams
 from processors.detectors.telemetry import TelemetryLossDetector, TelemetryLossParams
 from processors.detectors.throughput import ThroughputDetector, ThroughputParams
@@ -56,6 +58,8 @@ DETECTOR_PARAMS: dict[str, type] = {
     "error_burst": ErrorBurstParams,
     "telemetry_loss": TelemetryLossParams,
     "straggler": StragglerParams,
+    "fail_slow": FailSlowParams,
+    "job_slowdown": SlowdownParams,
     "dp_mismatch": DPMismatchParams,
     "rank_desync": DesyncParams,
     "liveness": LivenessParams,
@@ -99,6 +103,8 @@ __all__ = [
     "DivergenceParams",
     "ErrorBurstDetector",
     "ErrorBurstParams",
+    "FailSlowDetector",
+    "FailSlowParams",
     "Flag",
     "GradientDetector",
     "GradientParams",
@@ -115,6 +121,8 @@ __all__ = [
     "PlateauParams",
     "ResourceDetector",
     "ResourceParams",
+    "SlowdownDetector",
+    "SlowdownParams",
     "SpikeDetector",
     "SpikeParams",
     "StragglerDetector",

@@ -7,8 +7,9 @@ import math
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
-from processors.detectors.base import median
+from processors.detectors.base import MAD_SCALE, median
 from processors.detectors.liveness import LivenessDetector, LivenessParams
 from processors.flags import Episodes, Flag, cleared_flag, evidence
 from stepstream import vocabulary as vocab
@@ -43,6 +44,16 @@ class StragglerParams:
         catch add 5-20 ms per step, while healthy ranks' 20-step medians of data wait +
         forward differed by at most 0.29 ms (ratio up to 1.77, hence both tests) in
         healthy 2-4 rank jobs at 2-200 ms steps on 2 shared cores (bench/detection.py).
+    z_noise: ...and by this many standard errors of the difference of the two medians
+        (each 1.25 sigma / sqrt(n), sigma from the median absolute difference of
+        consecutive times over `noise_window` steps): a job whose per-step compute
+        varies 0.25-1.75x (variable sequence lengths) had 20-step medians 30 % and 3 ms
+        apart with equal means (bench/detection.py `jitter-3r`), a false straggler.
+    noise_window: steps per rank whose MAD gives that noise.
+    confirm_steps: consecutive finished steps a rank must be judged slow before it is
+        named: a median that crosses the threshold for one step (a loaded machine
+        descheduling one rank for a few steps: seen live, fired and cleared one step
+        later) is not a straggler.
     """
 
     metrics: tuple[str, ...] = (vocab.DATA_WAIT.name, vocab.FORWARD.name)
@@ -51,6 +62,9 @@ class StragglerParams:
     min_points: int = 10
     ratio: float = 1.5
     min_excess_s: float = 0.003
+    z_noise: float = 4.0
+    noise_window: int = 200
+    confirm_steps: int = 3
 
 
 class StragglerDetector:
@@ -65,12 +79,16 @@ class StragglerDetector:
         #: (run, measure) -> rank -> its latest step times. Indexed by run so that a step
         #: reads its own run's ranks, not a scan over every run's.
         self._times: dict[tuple[str, str], dict[int, deque[float]]] = {}
+        #: (run, rank) -> consecutive steps judged slow while no episode is open.
+        self._streak: dict[tuple[str, int], int] = {}
         self._episodes = Episodes()
 
     def forget(self, run: str) -> None:
         """Drop what it holds of `run` (gone idle), open episodes without a clear."""
         for key in [k for k in self._times if k[0] == run]:
             del self._times[key]
+        for streak in [k for k in self._streak if k[0] == run]:
+            del self._streak[streak]
         self._episodes.forget_run(run)
 
     def observe_step(
@@ -102,25 +120,35 @@ class StragglerDetector:
                 if len(parts) == len(names):
                     times = by_rank.get(rank)
                     if times is None:
-                        times = by_rank[rank] = deque(maxlen=p.window)
+                        times = by_rank[rank] = deque(maxlen=max(p.window, p.noise_window))
                     times.append(sum(parts))
         flags: list[Flag] = []
         verdicts: dict[int, tuple[bool, str, float, float, float]] = {}
         for label in measures:
-            medians = {
-                rank: median(times)
-                for rank, times in self._times[(run, label)].items()
-                if len(times) >= p.min_points
-            }
+            medians: dict[int, float] = {}
+            errors: dict[int, float] = {}
+            for rank, kept in self._times[(run, label)].items():
+                recent = list(kept)[-p.window :]
+                if len(recent) >= p.min_points:
+                    medians[rank] = median(recent)
+                    # The noise from the longer history (a 20-point spread is itself noisy),
+                    # from consecutive differences: a level shift (the straggling itself)
+                    # moves one of them, not the scale.
+                    diffs = [abs(b - a) for a, b in pairwise(kept)]
+                    sigma = MAD_SCALE * median(diffs) / math.sqrt(2.0) if diffs else 0.0
+                    errors[rank] = 1.2533 * sigma / math.sqrt(len(recent))
             if len(medians) < 2:
                 continue
             for rank, own in medians.items():
                 role = role_of.get(rank)
-                peers = [v for r, v in medians.items() if r != rank and role_of.get(r) == role]
-                if not peers:
+                same = [r for r in medians if r != rank and role_of.get(r) == role]
+                if not same:
                     continue  # alone in its role: nobody does the same work
-                others = median(peers)
-                threshold = max(others * p.ratio, others + p.min_excess_s)
+                others = median(medians[r] for r in same)
+                noise = math.hypot(errors[rank], median(errors[r] for r in same))
+                threshold = max(
+                    others * p.ratio, others + p.min_excess_s, others + p.z_noise * noise
+                )
                 slow = own > threshold
                 known = verdicts.get(rank)
                 if known is None or (slow and not known[0]):
@@ -129,6 +157,7 @@ class StragglerDetector:
             episode = (run, rank)
             what = "of data wait" if label == vocab.DATA_WAIT.name else "before the collective"
             if not slow:
+                self._streak.pop(episode, None)
                 if self._episodes.is_open(episode):
                     flags.append(
                         self._episodes.close(
@@ -142,6 +171,10 @@ class StragglerDetector:
                     )
                 continue
             if not self._episodes.is_open(episode):
+                streak = self._streak[episode] = self._streak.get(episode, 0) + 1
+                if streak < p.confirm_steps:
+                    continue
+                del self._streak[episode]
                 flag = Flag(
                     detector=self.name,
                     run=run,

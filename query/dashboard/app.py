@@ -304,10 +304,14 @@ def add_dashboard(
             ],
         }
 
-    @api.get("/ui/api/runs/{run}/panels", summary="Dashboard: quality and cross-rank panels")
+    @api.get(
+        "/ui/api/runs/{run}/panels", summary="Dashboard: goodput, quality and cross-rank panels"
+    )
     def ui_panels(run: str) -> dict[str, Any]:
         r = reader()
+        goodput = r.goodput(run)
         return {
+            "goodput": goodput.model_dump(mode="json") if goodput is not None else None,
             "quality": [row.model_dump(mode="json") for row in r.quality(run)],
             "crossrank": [row.model_dump(mode="json") for row in r.crossrank(run)],
         }

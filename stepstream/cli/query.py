@@ -46,6 +46,9 @@ def query(
     across: Annotated[
         bool, typer.Option("--across-ranks", help="Stats across ranks, quality metrics.")
     ] = False,
+    goodput: Annotated[
+        bool, typer.Option("--goodput", help="Live goodput: ETTR and badput by cause.")
+    ] = False,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -89,6 +92,8 @@ def query(
                 view = query_views.nodes_view(reader, run)
             elif across:
                 view = query_views.crossrank_view(reader, run)
+            elif goodput:
+                view = query_views.goodput_view(reader, run)
             else:
                 view = query_views.rolling_view(reader, run, window)
         finally:

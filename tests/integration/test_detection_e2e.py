@@ -10,13 +10,22 @@ the fault's onset and within a generous bound, so a loaded CI machine does not d
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
+from query.http_api import create_api
+from query.prom_exporter import render_metrics
+from query.reader import MetricsReader
 from stepstream.settings import Settings
+from stepstream.stack import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +40,10 @@ FAULT_JOBS = [
     Job("slow_input", "slow_input", 3, 260, 0, 150, 8.0, seed=1),
     Job("crash", "crash", 3, 260, 2, 150, 1.0, seed=1),
     Job("corrupt_grads", "corrupt_grads", 3, 260, 1, 150, 0.5, seed=1),
+    # Issue 22: one rank's forward 40 % slower (under the straggler's 1.5x); every rank's
+    # input pipeline slower, the step rate down by about half.
+    Job("failslow", "failslow", 3, 320, 1, 120, 0.4, seed=1, work_ms=10),
+    Job("slowdown", "slowdown", 2, 420, 0, 170, 1.0, seed=1, work_ms=10),
 ]
 
 
@@ -66,3 +79,41 @@ def test_a_healthy_job_raises_nothing(stack: Settings, tmp_path: Path) -> None:
     result = run_job(stack, job, tmp_path, settle_s=3.0)
     assert result.exit_codes == [0, 0, 0]
     assert result.alerts == [], describe(result)
+
+
+def test_rank_zero_duties_declared_while_peers_wait_raise_nothing(
+    stack: Settings, tmp_path: Path
+) -> None:
+    # Rank 0 evaluates alone for 8 s inside monitor.phase("eval") and, 60 steps later,
+    # checkpoints for 12 s inside monitor.phase("checkpoint"); its peers wait in the
+    # all-reduce meanwhile. Neither is a hang, a straggler, a fail-slow rank or a slowdown.
+    job = Job("rank0_duties", "rank0_duties", 3, 220, 0, 100, 1.0, seed=2, work_ms=5)
+    result = run_job(stack, job, tmp_path, settle_s=2.5)
+    assert result.onset_t is not None and result.exit_codes == [0, 0, 0]
+    assert result.wall_s > 20  # the duties did take their 20 s
+    assert result.firing == [], describe(result)
+    # Their cost is in the run's live goodput, by cause, read the ways users read.
+    with MetricsReader.from_url(stack.redis_url, stack.key_prefix) as reader:
+        goodput = reader.goodput(result.run)
+        metrics = render_metrics(reader, 1000).decode()
+        assert goodput is not None and goodput.ettr is not None
+        assert goodput.steps >= 200
+        assert 7.5 < goodput.badput_s["eval"] < 9.5, goodput
+        assert 11.5 < goodput.badput_s["checkpoint"] < 13.5, goodput
+        assert goodput.badput_s["hang_stall"] < 1.0, goodput
+        assert 0.0 < goodput.ettr < 0.8, goodput
+        api = create_api(lambda: MetricsReader.from_url(stack.redis_url, stack.key_prefix))
+        with TestClient(api) as http:
+            body = http.get(f"/runs/{result.run}/goodput").json()
+    assert body["badput_s"]["checkpoint"] > 11.5
+    assert f'stepstream_badput_seconds{{cause="eval",rank="",run="{result.run}"}}' in metrics
+    command = ["query", "--run", result.run, "--goodput", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **settings_env(stack)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["badput_s"]["eval"] > 7.5

@@ -122,3 +122,17 @@ def test_bounded_stack_keeps_the_innermost_frames() -> None:
     assert text.startswith("  ... ") and "outer frame(s) left out" in text
     assert text.endswith("in level499\n    call()\n")
     assert bounded_stack(frames[:3], 4096) == "".join(frames[:3])
+
+
+def test_declared_phases_add_their_seconds_once_until_taken() -> None:
+    clock = PhaseClock()
+    with clock.phase("eval"):
+        time.sleep(0.02)
+        with clock.phase("checkpoint"):  # inside eval: counted in eval's seconds only
+            time.sleep(0.01)
+    with clock.phase("checkpoint"):
+        time.sleep(0.01)
+    taken = clock.take_declared()
+    assert set(taken) == {"eval", "checkpoint"}
+    assert 0.03 <= taken["eval"] < 0.2 and 0.01 <= taken["checkpoint"] < 0.1
+    assert clock.take_declared() == {}

@@ -22,7 +22,7 @@ from query.reader import (
     _member_numbers,
     to_json,
 )
-from stepstream.contract import WindowStats
+from stepstream.contract import Goodput, WindowStats
 from stepstream.keys import (
     WINDOW_STATS_FIELDS,
     parse_series_member,
@@ -210,6 +210,18 @@ class FakeReader:
     def latest(self, run: str) -> dict[tuple[int, str], float]:
         return {(rank, m): 1.0 for rank in range(3) for m in ("loss", "lr")}
 
+    def goodput(self, run: str) -> Goodput | None:
+        if run != "a":
+            return None
+        return Goodput(
+            run=run,
+            wall_s=10.0,
+            productive_s=8.0,
+            ettr=0.8,
+            badput_s={"data_wait": 1.5, "slowest_rank": 0.5},
+            slowest_by_rank={"2": 0.5},
+        )
+
     def rolling(self, run: str) -> list[RollingRow]:
         stats = RollingStats.model_validate({"count": 5, "mean": 2.0, "ema": 1.0})
         return [
@@ -227,6 +239,14 @@ def test_metrics_export_every_stat_with_labels() -> None:
     assert 'stepstream_latest{metric="lr",rank="0",run="a"} 1.0' in text
     assert "stepstream_exporter_series 24.0" in text
     assert "stepstream_exporter_series_dropped 0.0" in text
+
+
+def test_metrics_export_goodput_and_badput_by_cause() -> None:
+    text = render_metrics(FakeReader(), max_series=1000).decode()
+    assert 'stepstream_goodput_ettr{run="a"} 0.8' in text
+    assert 'stepstream_badput_seconds{cause="data_wait",rank="",run="a"} 1.5' in text
+    assert 'stepstream_badput_seconds{cause="slowest_rank",rank="2",run="a"} 0.5' in text
+    assert 'run="b"' not in text.split("stepstream_goodput_ettr")[-1].split("# HELP")[0]
 
 
 def test_metrics_cardinality_is_capped_and_counted() -> None:

@@ -102,7 +102,7 @@ def test_straggler_is_named_and_healthy_ranks_are_not() -> None:
             (f.rank, step) for f in d.observe_step("r", step, float(step), rank_times(rng, 2))
         ]
     assert len(flags) == 1 and flags[0][0] == 2
-    assert flags[0][1] <= 200 + 10  # half of the 20-step window
+    assert flags[0][1] <= 200 + 10 + 2  # half of the 20-step window, 3 verdicts
 
 
 def test_straggler_with_two_ranks() -> None:
@@ -111,7 +111,8 @@ def test_straggler_with_two_ranks() -> None:
     flags = []
     for step in range(30):
         flags += d.observe_step("r", step, float(step), rank_times(rng, 1, ranks=2))
-    assert [f.rank for f in flags] == [1] and flags[0].step == 9  # min_points = 10
+    # min_points = 10, then confirm_steps = 3 slow verdicts
+    assert [f.rank for f in flags] == [1] and flags[0].step == 11
 
 
 def lockstep(t: float) -> int:
@@ -294,12 +295,13 @@ def fixed_times(slow: int | None) -> dict[int, dict[str, float]]:
 def test_straggler_starts_clears_and_starts_again() -> None:
     d = StragglerDetector(StragglerParams(window=5, min_points=3))
     flags: list[Flag] = []
-    for step in range(18):
+    for step in range(20):
         slow = 1 if 5 <= step < 10 or step >= 15 else None
         flags += d.observe_step("r", step, float(step), fixed_times(slow))
-    # Rank 1's median over 5 steps is slow once 3 of them are: steps 7 and 17; it is back
-    # to normal once 3 are normal again: step 12.
-    check_episode(flags, [(False, 7), (True, 12), (False, 17)], "straggler")
+    # Rank 1's median over 5 steps is slow once 3 of them are: steps 7 and 17, named
+    # after 3 slow verdicts (confirm_steps): 9 and 19; it is back to normal once 3 are
+    # normal again: step 12.
+    check_episode(flags, [(False, 9), (True, 12), (False, 19)], "straggler")
     assert {f.rank for f in flags} == {1}
     assert [(f.evidence["value"], f.evidence["baseline"]) for f in flags] == [
         (0.22 + 0.08, 0.02 + 0.08),
@@ -404,7 +406,7 @@ def test_run_stage_resolves_a_straggler_through_the_finished_steps() -> None:
         for rank, values in fixed_times(slow).items():
             alerts += stage.process(summary(rank, {step: values}, world=3), 0.0).alerts
     assert [(a.rule, a.rank, a.status, a.step) for a in alerts] == [
-        ("straggler", 1, "firing", 7),
+        ("straggler", 1, "firing", 9),
         ("straggler", 1, "resolved", 12),
     ]
     assert alerts[0].fingerprint == alerts[1].fingerprint

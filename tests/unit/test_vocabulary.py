@@ -15,6 +15,7 @@ from processors.detectors import (
     ThroughputParams,
 )
 from processors.detectors.trends import DivergenceParams
+from producers.phase import PhaseClock
 from producers.watch import Watch
 from stepstream import vocabulary as vocab
 from stepstream.settings import Settings
@@ -40,8 +41,12 @@ def sdk_names() -> set[str]:
         resolved = values.resolve()[0] if hasattr(values, "resolve") else values
         names.update(resolved)  # type: ignore[arg-type]
 
-    watch = Watch(enqueue, model, opt, every=1, weights_every=1)
+    clock = PhaseClock()  # declared phases give the per-step eval/checkpoint seconds
+    watch = Watch(enqueue, model, opt, every=1, weights_every=1, phases=clock)
     for _ in range(3):
+        for declared in (vocab.PHASE_EVAL, vocab.PHASE_CHECKPOINT):
+            with clock.phase(declared):
+                pass
         loss = model(torch.randn(4, 8)).pow(2).mean()
         opt.zero_grad()
         loss.backward()

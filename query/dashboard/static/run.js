@@ -338,6 +338,17 @@
 
   async function loadPanels() {
     const doc = await api(`/ui/api/runs/${enc}/panels`);
+    // Goodput: ETTR and badput by cause, the slowest ranks' share by rank (live: the
+    // panels refresh with the run's updates, at most every 2 s).
+    const g = doc.goodput;
+    $("ettr").textContent = g && g.ettr != null ? `ETTR ${(g.ettr * 100).toFixed(1)} % at step ${g.step}` : "";
+    const wall = g && g.wall_s > 0 ? g.wall_s : 1;
+    const share = (s) => ((s / wall) * 100).toFixed(1);
+    const grows = g ? [
+      ...Object.entries(g.badput_s).map(([cause, s]) => el("tr", {}, el("td", {}, cause), el("td", { class: "num" }, fmt(s)), el("td", { class: "num" }, share(s)))),
+      ...Object.entries(g.slowest_by_rank).map(([rank, s]) => el("tr", {}, el("td", {}, `slowest rank ${rank}`), el("td", { class: "num" }, fmt(s)), el("td", { class: "num" }, share(s)))),
+    ] : [];
+    $("goodput").tBodies[0].replaceChildren(...(grows.length ? grows : [el("tr", {}, el("td", { colspan: "3", class: "muted" }, "no goodput yet"))]));
     const qrows = doc.quality.map((r) => el("tr", {}, el("td", {}, r.window), el("td", {}, r.metric), el("td", { class: "num" }, fmt(num(r.stats.last))), el("td", { class: "num" }, fmt(num(r.stats.mean)))));
     $("quality").tBodies[0].replaceChildren(...(qrows.length ? qrows : [el("tr", {}, el("td", { colspan: "4", class: "muted" }, "no quality metrics logged"))]));
     const crows = doc.crossrank.map((r) => el("tr", {}, el("td", {}, r.metric), el("td", { class: "num" }, r.step), el("td", { class: "num" }, fmt(num(r.mean))), el("td", { class: "num" }, `${fmt(num(r.min))} (r${r.argmin})`), el("td", { class: "num" }, `${fmt(num(r.max))} (r${r.argmax})`)));
