@@ -377,9 +377,10 @@ class LivenessDetector:
             s = state.ranks[r]
             in_phase = s.in_phase(now)
             inside = s.phase is None or s.phase in vocab.COLLECTIVE_PHASES
-            # A rank waiting for its data waits on nothing of its peers', while under FSDP2
-            # and tensor parallelism a rank in its forward may be waiting in an all-gather.
-            waiting = s.phase != vocab.PHASE_DATA
+            # Under FSDP2 and tensor parallelism a rank in its forward may be waiting in an
+            # all-gather for the origin: it comes after ranks outside the loop's forward
+            # (its data loader, a declared eval), whatever the heartbeats' timing noise.
+            waiting = s.phase == vocab.PHASE_FORWARD
             return (
                 inside,
                 waiting,
