@@ -21,6 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
+from query.dashboard.app import DashboardOptions
+from query.dashboard.auth import Access
 from query.http_api import create_api
 from query.prom_exporter import render_metrics
 from query.reader import MetricsReader
@@ -102,10 +104,15 @@ def test_rank_zero_duties_declared_while_peers_wait_raise_nothing(
         assert 11.5 < goodput.badput_s["checkpoint"] < 13.5, goodput
         assert goodput.badput_s["hang_stall"] < 1.0, goodput
         assert 0.0 < goodput.ettr < 0.8, goodput
-        api = create_api(lambda: MetricsReader.from_url(stack.redis_url, stack.key_prefix))
+        api = create_api(
+            lambda: MetricsReader.from_url(stack.redis_url, stack.key_prefix),
+            dashboard=DashboardOptions(Access("t", reads_need_token=False)),
+        )
         with TestClient(api) as http:
             body = http.get(f"/runs/{result.run}/goodput").json()
+            panels = http.get(f"/ui/api/runs/{result.run}/panels").json()
     assert body["badput_s"]["checkpoint"] > 11.5
+    assert panels["goodput"]["badput_s"]["eval"] > 7.5  # the run page's Goodput panel
     assert f'stepstream_badput_seconds{{cause="eval",rank="",run="{result.run}"}}' in metrics
     command = ["query", "--run", result.run, "--goodput", "--json"]
     out = subprocess.run(
