@@ -842,6 +842,25 @@ class MetricsReader:
 
     # --- Bulk reads for the dashboard: one round trip for many series or runs. ---
 
+    def _step_replies(
+        self,
+        run: str,
+        series: list[tuple[int, str]],
+        from_step: int | None,
+        to_step: int | None,
+    ) -> list[Any]:
+        """One pipeline for many (rank, metric) series: per series, its raw members in
+        [from_step, to_step], its oldest raw member with score, its decimated members."""
+        lo: int | str = "-inf" if from_step is None else from_step
+        hi: int | str = "+inf" if to_step is None else to_step
+        pipe = self._client.pipeline(transaction=False)
+        for rank, metric in series:
+            step_key = self.keys.series(run, SERIES_STEP, rank, metric)
+            pipe.zrange(step_key, lo, hi, byscore=True)
+            pipe.zrange(step_key, 0, 0, withscores=True)
+            pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
+        return pipe.execute() if series else []
+
     def step_columns_many(
         self,
         run: str,
@@ -852,15 +871,7 @@ class MetricsReader:
         """Steps, values and decimation boundary of many (rank, metric) series of a run in
         [from_step, to_step], in the order asked, read in one pipeline (as `series`, not
         downsampled): a chart of 64 ranks is one round trip, not 64."""
-        lo: int | str = "-inf" if from_step is None else from_step
-        hi: int | str = "+inf" if to_step is None else to_step
-        pipe = self._client.pipeline(transaction=False)
-        for rank, metric in series:
-            step_key = self.keys.series(run, SERIES_STEP, rank, metric)
-            pipe.zrange(step_key, lo, hi, byscore=True)
-            pipe.zrange(step_key, 0, 0, withscores=True)
-            pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
-        replies = pipe.execute() if series else []
+        replies = self._step_replies(run, series, from_step, to_step)
         out: list[tuple[list[int], list[float], float | None]] = []
         with _no_gc_pause():
             for i in range(len(series)):
@@ -886,15 +897,7 @@ class MetricsReader:
         """Steps and values of many (rank, metric) series of a run in [from_step, to_step]
         as numpy arrays (decimated points before the oldest raw one, then the raw ones),
         in one pipeline: `step_columns_many` without Python lists."""
-        lo: int | str = "-inf" if from_step is None else from_step
-        hi: int | str = "+inf" if to_step is None else to_step
-        pipe = self._client.pipeline(transaction=False)
-        for rank, metric in series:
-            step_key = self.keys.series(run, SERIES_STEP, rank, metric)
-            pipe.zrange(step_key, lo, hi, byscore=True)
-            pipe.zrange(step_key, 0, 0, withscores=True)
-            pipe.zrange(self.keys.series(run, SERIES_COARSE, rank, metric), lo, hi, byscore=True)
-        replies = pipe.execute() if series else []
+        replies = self._step_replies(run, series, from_step, to_step)
         out: list[tuple[IntArray, FloatArray]] = []
         with _no_gc_pause():
             for i in range(len(series)):
