@@ -50,6 +50,9 @@ from stepstream.vocabulary import canonical
 #: The label naming the mesh coordinates of the rank a flag names (``dp=0 pp=1 tp=0``).
 MESH_LABEL = "mesh"
 
+#: Every norm stage 2 combines is a gradient's (canonical names: ``grad/...``).
+_GRAD = "grad/"
+
 #: The rank key under which stage 2's detectors keep a run's job-level series.
 _JOB = -1
 
@@ -128,11 +131,15 @@ def combine_norms(
     counts: dict[str, int] = {}
     for values in ranks.values():
         for metric, value in values.items():
+            # Stage 2 holds canonical names: only gradient norms can combine (a string
+            # test per value on this per-step loop, not a vocabulary lookup).
+            if not metric.startswith(_GRAD):
+                continue
             target = vocab.combined_name(metric)
             if target is not None:
                 sums[target] = sums.get(target, 0.0) + value
                 counts[target] = counts.get(target, 0) + 1
-    for metric in [m for m in stats if vocab.is_sharded(m)]:
+    for metric in [m for m in stats if m.startswith(_GRAD) and vocab.is_sharded(m)]:
         del stats[metric]
     sharded: dict[str, float] = {}
     for target, total in sums.items():
@@ -144,7 +151,9 @@ def combine_norms(
         else:
             known.combined = norm
     for metric, entry in stats.items():
-        if metric in sharded or not vocab.is_signal(metric, vocab.GRAD_NORM, vocab.GRAD_LAYER_NORM):
+        if not metric.startswith(_GRAD) or metric in sharded:
+            continue
+        if not vocab.is_signal(metric, vocab.GRAD_NORM, vocab.GRAD_LAYER_NORM):
             continue
         replicas = [v[metric] for v in ranks.values() if metric in v and math.isfinite(v[metric])]
         if replicas:
@@ -330,7 +339,7 @@ class RunStage:
                     goodput = state.goodput.snapshot(run)
                     state.goodput_said = max(state.goodput_said, pending.t)
             else:
-                for metric in [m for m in stats if vocab.is_sharded(m)]:
+                for metric in [m for m in stats if m.startswith(_GRAD) and vocab.is_sharded(m)]:
                     del stats[metric]
             result.crossrank.append(
                 CrossRankUpdate(
