@@ -292,6 +292,9 @@ class Publisher:
         self._held: list[dict[str, Any]] = []
         #: A drained record must go now: a non-finite value, an exception, last words.
         self._urgent = False
+        #: Nothing sent yet: the first records go at once, so a rank that dies in its first
+        #: seconds is known to the pipeline (as its run's world member) before it dies.
+        self._announced = False
         self._last_send = time.monotonic()
         self._close_timeout = settings.shutdown_timeout_s
         self._disabled = False
@@ -617,6 +620,7 @@ class Publisher:
         if (
             due_only
             and not self._urgent
+            and (self._announced or not records)
             and now - self._last_send < self.settings.flush_interval_s
             and len(records) < _HOLD_RECORDS
             and not self._spool_pending()
@@ -626,6 +630,7 @@ class Publisher:
             return
         self._urgent = False
         self._last_send = now
+        self._announced = self._announced or bool(records)
         frames = self._frames(records)
         self._absorb_failures()
         if self._broken:

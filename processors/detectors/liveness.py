@@ -422,6 +422,7 @@ class LivenessDetector:
             open_ranks = [r for r, s in state.ranks.items() if s.closed_at is None]
             alive = [r for r in open_ranks if now - max(state.ranks[r].seen, resumed) < dead_s]
             if not alive:
+                flags += self._left_behind(run, state, open_ranks, now, dead_s)
                 if quiet:
                     self._forget(run, state)  # ended long ago
                 continue
@@ -516,6 +517,52 @@ class LivenessDetector:
             affected=tuple(f"rank {r}" for r in ranks),
             labels=node_labels(node),
         )
+
+    def _left_behind(
+        self, run: str, state: _Run, open_ranks: list[int], now: float, dead_s: float
+    ) -> list[Flag]:
+        """Dead flags of the open ranks that fell silent before peers closed or crashed.
+
+        A rank that dies without a word often takes its peers down with it: gloo and NCCL
+        raise in the next collective and the peers close (or crash) within milliseconds, so
+        no peer is still alive when its silence reaches `dead_s`. Peers that closed after
+        its last word are witnesses all the same. A job stopped whole (every rank silent,
+        none closed) has none: that is not one rank's death.
+        """
+        resumed = self._resumed_at
+        flags = []
+        for rank in open_ranks:
+            s = state.ranks[rank]
+            last = max(s.seen, resumed)
+            if now - last < dead_s or self._episodes.is_open((self.DEAD, run, rank)):
+                continue
+            if s.crashed:
+                continue  # it said so itself: reported as its crash, not as a silence
+            after = sorted(
+                r
+                for r, x in state.ranks.items()
+                if r != rank
+                and (
+                    (x.closed_at is not None and x.closed_at > last)
+                    or (x.crashed and x.seen > last)
+                )
+            )
+            if not after:
+                continue
+            flags.append(
+                self._dead(
+                    run,
+                    rank,
+                    s.step,
+                    s.seen,
+                    f"rank {rank} of run {run} silent for {now - s.seen:.1f}s (last step "
+                    f"{s.step}) and never closed, while {len(after)} rank(s) went on to "
+                    "close or crash after its last word: it died first",
+                    evidence(now - last, None, dead_s, self.params.heartbeat_interval_s),
+                    node_labels(s.node),
+                )
+            )
+        return flags
 
     def _never_heard(
         self, run: str, state: _Run, alive: list[int], now: float, resumed: float

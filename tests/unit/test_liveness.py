@@ -78,6 +78,37 @@ def test_a_crashed_silent_rank_is_still_dead() -> None:
     assert [(f.detector, f.rank) for f in flags] == [("dead_rank", 1)]
 
 
+def test_a_rank_that_dies_first_is_dead_though_its_peers_close_at_once() -> None:
+    # gloo raises in the peers' next all-reduce: they close (or crash) milliseconds after
+    # rank 2 dies, so no peer is alive when rank 2's silence reaches the dead bound.
+    for peers_say in (vocab.CLOSING, vocab.CRASHED):
+        d = LivenessDetector()
+
+        def beat(now: float, say: str = peers_say) -> list[tuple[int, int, str, None, None, None]]:
+            out = []
+            if now < 3.0:  # rank 2's last batch left up to a flush interval before it died
+                out.append((2, int(now * 10), "running", None, None, None))
+            if now < 4.0:
+                out += [(r, int(now * 10), "running", None, None, None) for r in (0, 1)]
+            elif now < 4.3:
+                out += [(r, 40, say, None, None, None) for r in (0, 1)]
+            return out
+
+        flags = drive(d, 12.0, beat)
+        assert [(f.detector, f.rank) for f in flags] == [("dead_rank", 2)], peers_say
+
+
+def test_a_job_stopped_whole_has_no_dead_rank() -> None:
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int, str, None, None, None]]:
+        if now < 3.0:  # the scheduler kills every rank at once: nobody says a word
+            return [(r, int(now * 10), "running", None, None, None) for r in (0, 1, 2)]
+        return []
+
+    assert drive(d, 12.0, beat) == []
+
+
 def test_rank_exited_fires_once_after_the_grace_and_clears_when_the_run_finishes() -> None:
     d = LivenessDetector(LivenessParams(exit_grace_s=30.0))
 
