@@ -249,6 +249,12 @@ def heartbeat(state: RankState, record: Record, beat: RankSummary) -> None:
         beat.stack, beat.stack_t = record.text, record.t
 
 
+#: Window name -> metric -> stats: the windows of one rank's update.
+_Windows = dict[str, dict[str, WindowStats]]
+#: A series whose stats are due: its rank's windows, its name, its windows, open flags.
+_Due = tuple[_Windows, str, "SeriesWindows", list[str] | None]
+
+
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     return WindowStats(
         count=summary.count,
@@ -455,9 +461,19 @@ class SeriesStage:
             # A cleared flag reports an end, not a finding on this window.
             if flag.metric is not None and not flag.cleared:
                 flagged.setdefault((flag.run, flag.rank, flag.metric), []).append(flag.detector)
+        pending: list[tuple[Batch, RankState, dict[str, float], _Windows]] = []
+        due: list[_Due] = []
         for (_run, _rank), (batch, state, values) in touched.items():
             if values or state.quality_touched or state.status_changed:
-                result.updates.append(self._update(batch, state, values, flagged, now))
+                windows = self._due(batch, state, values, flagged, now, due)
+                pending.append((batch, state, values, windows))
+        self._fill(due, now)
+        for batch, state, values, windows in pending:
+            if state.quality_touched:
+                values.update(self._quality_metrics(batch.run, state, windows))
+            result.updates.append(
+                self._window_update(batch.run, batch.rank, state, values, windows)
+            )
         return result
 
     def admitted(self, run: str, metric: str) -> bool:
@@ -675,17 +691,19 @@ class SeriesStage:
         state.quality_touched.clear()
         return out
 
-    def _update(
+    def _due(
         self,
         batch: Batch,
         state: RankState,
         touched: dict[str, float],
         flagged: dict[tuple[str, int, str], list[str]],
         now: float,
-    ) -> WindowUpdate:
+        due: list[_Due],
+    ) -> _Windows:
+        """The rank's window stats to fill: its series whose stats are due go to `due`
+        (filled later with every rank's, see `_fill`), the others wait in `pending`."""
         state.world, state.node = batch.world, batch.node
-        windows: dict[str, dict[str, WindowStats]] = {name: {} for name in self.window_names}
-        due: list[tuple[str, SeriesWindows, list[str] | None]] = []
+        windows: _Windows = {name: {} for name in self.window_names}
         for metric, value in touched.items():
             series = state.series[metric]
             marks = flagged.get((batch.run, batch.rank, metric))
@@ -693,37 +711,34 @@ class SeriesStage:
                 state.pending[metric] = value
                 continue
             state.pending.pop(metric, None)
-            due.append((metric, series, marks))
-        self._fill(windows, due, now)
-        if state.quality_touched:
-            touched.update(self._quality_metrics(batch.run, state, windows))
-        return self._window_update(batch.run, batch.rank, state, touched, windows)
+            due.append((windows, metric, series, marks))
+        return windows
 
-    def _fill(
-        self,
-        windows: dict[str, dict[str, WindowStats]],
-        due: list[tuple[str, SeriesWindows, list[str] | None]],
-        now: float,
-    ) -> None:
-        """The window stats of every due series of one rank, each window size summarized
-        for all of them at once (`summarize_windows`)."""
+    def _fill(self, due: list[_Due], now: float) -> None:
+        """The window stats of every due series, of every rank of a call, into its rank's
+        windows: each window size summarized for all of them at once.
+
+        `summarize_windows` stacks the windows of equal length into 2-D numpy reductions,
+        whose cost is per call, not per row: one rank's few dozen series paid it for a
+        handful of rows (3 ms a message of 65 values, most of a worker's CPU at 256 ranks
+        sending once a second), every rank of a batch together spreads it over thousands.
+        """
         due_at = now + self.stats_interval_s
-        by_step: list[tuple[str, RollingWindow, list[str] | None]] = []
-        by_time: list[tuple[str, RollingWindow, list[str] | None]] = []
-        for metric, series, marks in due:
+        by_step: list[tuple[_Windows, str, RollingWindow, list[str] | None]] = []
+        by_time: list[tuple[_Windows, str, RollingWindow, list[str] | None]] = []
+        for windows, metric, series, marks in due:
             series.stats_due = due_at
             if series.by_step is not None and series.by_step.newest is not None:
-                by_step.append((metric, series.by_step, marks))
+                by_step.append((windows, metric, series.by_step, marks))
             if series.by_time is not None:
-                by_time.append((metric, series.by_time, marks))
+                by_time.append((windows, metric, series.by_time, marks))
         for names, held in ((self._step_names, by_step), (self._time_names, by_time)):
             if not held:
                 continue
             for name, span in names:
-                target = windows[name]
-                found = summarize_windows([window for _, window, _ in held], span)
-                for (metric, _, marks), summary in zip(held, found, strict=True):
-                    target[metric] = _stats(summary, marks)
+                found = summarize_windows([window for _, _, window, _ in held], span)
+                for (windows, metric, _, marks), summary in zip(held, found, strict=True):
+                    windows[name][metric] = _stats(summary, marks)
 
     def _window_update(
         self,
@@ -749,21 +764,24 @@ class SeriesStage:
     def flush(self, now: float | None = None) -> list[WindowUpdate]:
         """Window updates with the stats the rate limit held back and that are now due."""
         now = self._clock() if now is None else now
-        out = []
+        found: list[tuple[str, int, RankState, dict[str, float], _Windows]] = []
+        due: list[_Due] = []
         for (run, rank), state in self._ranks.items():
             if not state.pending:
                 continue
-            windows: dict[str, dict[str, WindowStats]] = {n: {} for n in self.window_names}
+            windows: _Windows = {n: {} for n in self.window_names}
             latest: dict[str, float] = {}
-            due: list[tuple[str, SeriesWindows, list[str] | None]] = []
             for metric, value in list(state.pending.items()):
                 series = state.series[metric]
                 if series.stats_due > now:
                     continue
                 del state.pending[metric]
                 latest[metric] = value
-                due.append((metric, series, None))
-            self._fill(windows, due, now)
+                due.append((windows, metric, series, None))
             if latest:
-                out.append(self._window_update(run, rank, state, latest, windows))
-        return out
+                found.append((run, rank, state, latest, windows))
+        self._fill(due, now)
+        return [
+            self._window_update(run, rank, state, latest, windows)
+            for run, rank, state, latest, windows in found
+        ]

@@ -225,7 +225,11 @@ class Settings(BaseSettings):
         0.1, ge=0, description="Longest stage 1 waits to fill a batch."
     )
     window_stats_interval_s: float = Field(
-        0.5, ge=0, description="Window stats of a series are recomputed at most this often."
+        2.0,
+        ge=0,
+        description="Window stats of a series are recomputed at most this often (latest "
+        "values and alerts are not held). Recomputing a rank's windows at every message was "
+        "most of a worker's CPU: 2 s cut it by 40 % at a rank's once-a-second flush.",
     )
     state_idle_s: float = Field(
         6 * 3600.0,

@@ -53,6 +53,10 @@ def ready_file(settings: Settings, app_id: str) -> Path:
     return settings.state_dir / "ready" / app_id
 
 
+#: The workers' producer batch size (per partition, before compression).
+WORKER_BATCH_BYTES = 1_048_576
+
+
 def make_app(settings: Settings, app_id: str) -> faust.App:
     """A faust app with stepstream's settings: memory store, no web server, short sessions,
     the Kafka security settings, its data folder under the state dir.
@@ -77,6 +81,10 @@ def make_app(settings: Settings, app_id: str) -> faust.App:
         broker_rebalance_timeout=max(session_s * 2, 10.0),
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
+        # A window update is tens of KB of JSON: aiokafka's default 16 KB batch holds one,
+        # and a full batch makes the next send to its partition wait for the broker's
+        # answer. Uncompressed: users' alert-topic consumers need no codec library.
+        producer_max_batch_size=WORKER_BATCH_BYTES,
         stream_buffer_maxsize=4096,
         # Room for a message of STEPSTREAM_MAX_MESSAGE_BYTES plus Kafka's record overhead
         # (stage 1 forwards accepted telemetry in messages up to 90% of that size).

@@ -315,3 +315,36 @@ def test_a_forged_seq_jump_is_dead_lettered_and_later_records_still_count() -> N
     # One alert per run and reason, however often it happens.
     again = s.process(batch([rec(10**15, 9, loss=9.0)]))
     assert [r.reason for _, r in again.rejected] == ["seq_jump"] and again.alerts == []
+
+
+def test_ranks_summarized_together_get_the_stats_each_would_get_alone() -> None:
+    # Stage 1 stacks the due series of every rank of a call into one set of reductions;
+    # ranks of different lengths, values and a non-finite point must not mix.
+    def wide() -> SeriesStage:  # windows long enough to be stacked (see MANY_FROM)
+        return SeriesStage(window_steps=[50], window_seconds=[30.0], clock=lambda: 1050.0)
+
+    together, alone = wide(), wide()
+    batches = []
+    for rank in range(5):
+        points = 12 + 7 * rank  # each rank its own window length
+        records = [
+            rec(i, i, loss=(rank + 1) * 0.5 + math.sin(i * (rank + 1)), lr=0.1 * rank)
+            for i in range(points)
+        ]
+        if rank == 3:
+            records.append(rec(points, points, loss=math.nan))
+        batches.append(batch(records, rank=rank))
+    merged = {u.rank: u for u in together.process_many(batches).updates}
+    for b in batches:
+        single = alone.process(b).updates[0]
+        assert merged[b.rank].windows.keys() == single.windows.keys()
+        for name, stats in single.windows.items():
+            for metric, want in stats.items():
+                got = merged[b.rank].windows[name][metric]
+                assert got.count == want.count and got.nonfinite == want.nonfinite
+                for field in ("mean", "std", "p50", "p95", "ema", "slope", "min", "max"):
+                    a, w = getattr(got, field), getattr(want, field)
+                    assert (a is None and w is None) or math.isclose(
+                        a, w, rel_tol=1e-9, abs_tol=1e-12
+                    )
+    assert merged[3].windows[next(iter(merged[3].windows))]["loss"].nonfinite == 1
