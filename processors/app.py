@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
 from processors.detectors import check_detector_params
+from processors.detectors.liveness import KnownRank
 from processors.forward import (
     forward_messages,
     merge_batches,
@@ -50,7 +51,10 @@ from stepstream.contract import (
     validation_reason,
 )
 from stepstream.errors import ContractError
+from stepstream.keys import RedisKeys
+from stepstream.redis_client import async_client
 from stepstream.settings import Settings
+from stepstream.stored_stats import StoredRank
 from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 
@@ -77,6 +81,11 @@ def offset_jumps(last: dict[int, int], places: list[tuple[int, int]]) -> set[int
             jumped.add(partition)
         last[partition] = offset
     return jumped
+
+
+def known_rank(rank: int, entry: StoredRank) -> KnownRank:
+    """A rank registry entry as liveness takes it."""
+    return KnownRank(rank, entry.t, entry.step, entry.node, entry.status)
 
 
 def create_processor_app(settings: Settings) -> faust.App:
@@ -115,6 +124,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         quality_window_steps=settings.window_steps[0],
     )
     alerting = Alerting(app, settings)
+    keys = RedisKeys(settings.key_prefix)
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         hung_after_s=settings.hung_after_s,
@@ -130,6 +140,29 @@ def create_processor_app(settings: Settings) -> faust.App:
     #: The same for stage 2's summaries partitions, by run.
     last_run_offsets: dict[int, int] = {}
     run_partition: dict[str, int] = {}
+    #: Runs whose liveness was seeded from the rank registry since the last assignment.
+    seeded: set[str] = set()
+    redis: list[Any] = []
+
+    async def seed(run: str, world: int) -> None:
+        # A cold owner (a worker died, joined or restarted) learns the ranks the previous
+        # one knew, so a rank that died before the move is still reported (see
+        # LivenessDetector.seed). Redis away: liveness goes on from what it hears.
+        seeded.add(run)
+        try:
+            if not redis:
+                redis.append(async_client(settings.redis_url, settings.redis_cluster))
+            raw = await redis[0].hgetall(keys.ranks(run))
+            known = [
+                known_rank(int(rank), StoredRank.model_validate_json(body))
+                for rank, body in raw.items()
+            ]
+        except Exception as exc:
+            log.warning("rank registry of run %s not read: %s", run, exc)
+            return
+        taken = run_stage.liveness.seed(run, world, known)
+        if taken:
+            log.warning("liveness of run %s seeded with %d rank(s) from Redis", run, taken)
 
     async def reject(
         event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
@@ -231,6 +264,8 @@ def create_processor_app(settings: Settings) -> faust.App:
                 await reject(event, RUN_STAGE, topics.summaries, reason, detail)
                 continue
             run_partition[summary.run] = event.message.partition
+            if summary.run not in seeded:
+                await seed(summary.run, summary.world)
             result = run_stage.process(summary, now)
             for update in result.crossrank:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())
@@ -253,6 +288,7 @@ def create_processor_app(settings: Settings) -> faust.App:
     # silence meanwhile, and counts silences from a grace after the new assignment.
     async def rebalancing(sender: faust.App, revoked: Any = None, **kwargs: Any) -> None:
         run_stage.liveness.pause()
+        seeded.clear()  # runs may come back after another owner heard more of them
 
     async def assigned(sender: faust.App, assigned: Any = None, **kwargs: Any) -> None:
         run_stage.liveness.resume(time.time())

@@ -37,6 +37,7 @@ from stepstream.keys import (
     series_member_head,
     window_stats_value,
 )
+from stepstream.stored_stats import StoredRank
 
 ALERT_STREAM_MAXLEN = 10_000
 
@@ -167,9 +168,8 @@ class WritePlan:
             self._hset(keys.window(run, window), mapping)
             self.window_names[run].add(window)
             self.sets.setdefault(keys.windows_index(run), set()).add(window)
-        liveness: dict[str, object] = {"node": update.node, "step": update.step, "t": update.t}
-        if update.status is not None:
-            liveness["status"] = update.status
+        entry = StoredRank(node=update.node, step=update.step, t=update.t, status=update.status)
+        liveness = entry.model_dump(exclude={"status"} if entry.status is None else set())
         self._hset(keys.ranks(run), {str(rank): json.dumps(liveness)})
         self._hset(keys.meta(run), {"world": str(update.world), "last_t": repr(update.t)})
         self.values += len(latest) + sum(len(m) for m in windows.values())

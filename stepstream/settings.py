@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     resolve_timeout_s: float = Field(
         300.0, gt=0, description="A detector alert with no new evidence this long resolves."
     )
+    failover_reassert_s: float = Field(
+        10.0,
+        gt=0,
+        description="A firing alert a worker takes over with a run (a worker died, joined or "
+        "restarted) resolves unless its detector re-asserts it this long after the run's "
+        "next input; detectors slow to relearn keep it for the resolve timeout.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "warning", description="Worker log level."
     )

@@ -8,7 +8,7 @@ queried, shown and exported.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from stepstream.contract import MetricName, WindowStats, WindowUpdate
 
@@ -36,3 +36,16 @@ class OpenWindowUpdate(WindowUpdate):
     windows: dict[str, dict[MetricName, OpenStats]] = Field(  # type: ignore[assignment]
         default_factory=dict, description="window name -> metric -> stats"
     )
+
+
+class StoredRank(BaseModel):
+    """One rank's entry in the rank registry (`RedisKeys.ranks(run)`, a hash by rank): its
+    newest window update's node, step, event time and lifecycle status. The sink writes
+    it; the reader and a processor taking a run over read it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    node: str = ""
+    step: int | None = None
+    t: float = 0.0
+    status: str | None = None

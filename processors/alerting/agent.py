@@ -161,7 +161,7 @@ class Alerting:
             log.warning("firing alerts of run %s not restored: %s", run, exc)
             alerts = []
         self._taken_over.add(run)
-        taken = self.engine.restore(alerts)
+        taken = self.engine.restore(alerts, self._settings.failover_reassert_s)
         if taken:
             log.warning("restored %d firing alert(s) of run %s from Redis", taken, run)
 
@@ -181,8 +181,9 @@ class Alerting:
         return self._redis
 
     async def tick(self) -> None:
-        """Let `for` and `keep_firing_for` of detector rules elapse between signals."""
-        await self.emit(self.engine.tick())
+        """Let `for` and `keep_firing_for` of detector rules elapse between signals, and
+        resolve taken-over alerts their detectors did not re-assert."""
+        await self.emit(self.engine.tick() + self.engine.resolve_unasserted())
 
     async def refresh(self) -> None:
         """Reload a changed rule file, re-read silences, resolve quiet detector alerts."""

@@ -53,6 +53,32 @@ class _Tracked:
     # Detectors report edges (an episode starts, an episode clears); the level between
     # edges is kept here so `for` and `keep_firing_for` in seconds can elapse on `tick`.
     level: Signal | None = None
+    # A restored alert (see `restore`) whose detector has not spoken since: the wall time
+    # by which it must re-assert, else it resolves (`resolve_unasserted`).
+    reassert_by: float | None = None
+
+
+#: Detectors whose state takes longer than a failover's re-assert window to rebuild (a
+#: leak's 40 s of samples, a plateau's patience, a CUSUM, a 20-step median): their
+#: restored alerts wait for the detector or the resolve timeout instead, so a condition
+#: still holding is not resolved and paged again. The rest re-assert within seconds: a
+#: dead or lost rank from the rank registry, value detectors at their next point.
+SLOW_TO_REASSERT = frozenset(
+    {
+        "memory_leak",
+        "plateau",
+        "overfitting",
+        "divergence",
+        "fail_slow",
+        "job_slowdown",
+        "straggler",
+        "throughput_regression",
+        "resource_pressure",
+        "hung_rank",
+        "dp_mismatch",
+        "rank_desync",
+    }
+)
 
 
 def _selector_labels(run: str, rank: int | None, metric: str | None) -> dict[str, str]:
@@ -169,14 +195,17 @@ class AlertEngine:
             extra_labels=signal.labels,
         )
 
-    def restore(self, alerts: Iterable[Alert]) -> int:
+    def restore(self, alerts: Iterable[Alert], reassert_s: float | None = None) -> int:
         """Take over alerts that were firing before this engine started (a restart, or a
         run's partition moving to this worker); return how many were taken.
 
         A restored alert is firing: the condition still holding does not notify again, a
-        condition rule that no longer holds resolves it as usual, and a detector alert
-        whose detector (fresh after the restart) never reports again resolves after the
-        resolve timeout. Alerts of rules that no longer exist are left alone.
+        condition rule that no longer holds resolves it as usual. A detector alert must be
+        re-asserted by this worker's detectors within `reassert_s` of the run's next input
+        (its clear, owed by the old owner, is lost with it): else it resolves then
+        (`resolve_unasserted`). Detectors slow to rebuild their state (SLOW_TO_REASSERT),
+        and every detector when `reassert_s` is None, resolve after the resolve timeout
+        instead. Alerts of rules that no longer exist are left alone.
         """
         names = {rule.name: rule for rule in self.rules}
         taken = 0
@@ -199,8 +228,43 @@ class AlertEngine:
                 detector=rule.detector is not None,
                 last_signal_at=self._clock(),
             )
+            if (
+                reassert_s is not None
+                and rule.detector is not None
+                and rule.detector not in SLOW_TO_REASSERT
+            ):
+                self._tracked[alert.fingerprint].reassert_by = self._clock() + reassert_s
             taken += 1
         return taken
+
+    def resolve_unasserted(self) -> list[Alert]:
+        """Resolve restored detector alerts not re-asserted in time (see `restore`).
+
+        The window counts from the run's first input after the take-over, so a run that
+        is silent keeps its alerts for the resolve timeout to judge.
+        """
+        now = self._clock()
+        out = []
+        for fp, tracked in list(self._tracked.items()):
+            last, due = tracked.last, tracked.reassert_by
+            if due is None or last is None or now < due:
+                continue
+            if self._run_seen.get(last.run, 0.0) < tracked.last_signal_at:
+                continue  # nothing of the run arrived since the take-over: not judged
+            del self._tracked[fp]
+            out.append(
+                last.model_copy(
+                    update={
+                        "status": "resolved",
+                        "raised_at": now,
+                        "action": None,
+                        "suppressed_by": None,
+                        "summary": f"{last.summary} (not re-asserted after run {last.run} "
+                        "moved to another worker: its condition is no longer seen)",
+                    }
+                )
+            )
+        return out
 
     def forget_all(self) -> None:
         """Drop every alert state (this worker's runs are being reassigned; see restore)."""
@@ -367,6 +431,7 @@ class AlertEngine:
             tracked.detector = True
             tracked.last_signal_at = self._clock()
             tracked.level = level
+            tracked.reassert_by = None
         notice = tracked.state.evaluate(active, t, step, rule.timing)
         if notice is None:
             if tracked.state.phase is Phase.INACTIVE:  # pending, then cleared: forget it

@@ -95,6 +95,17 @@ class LivenessParams:
     node_window_s: float | None = None
 
 
+@dataclass(frozen=True)
+class KnownRank:
+    """A rank as the rank registry last recorded it (see LivenessDetector.seed)."""
+
+    rank: int
+    t: float
+    step: int | None = None
+    node: str = ""
+    status: str | None = None
+
+
 @dataclass
 class _Rank:
     seen: float
@@ -193,6 +204,34 @@ class LivenessDetector:
         """Partitions assigned again at `now`: silences count from the grace after it."""
         self._paused = False
         self._resumed_at = now + self.params.rebalance_grace_s
+
+    def seed(self, run: str, world: int, known: list[KnownRank]) -> int:
+        """Take the ranks of `run` a previous owner knew (the rank registry: each rank's
+        last word) as heard when they last spoke; ranks this detector heard itself are
+        kept. Returns how many were seeded.
+
+        A cold owner (a run's partition moved) otherwise knows only the ranks that speak:
+        one that died before the move would never be reported, nor its dead-rank alert
+        re-asserted. Its silence counts from its last word (its host's clock), so it is
+        judged once the rebalance grace has passed.
+        """
+        state = self._runs.get(run)
+        if state is None:
+            first = min((k.t for k in known), default=0.0)
+            state = self._runs[run] = _Run(first_seen=first)
+        state.world = max(state.world, world)
+        taken = 0
+        for k in known:
+            if k.rank in state.ranks or k.rank < 0:
+                continue
+            rank = state.ranks[k.rank] = _Rank(
+                seen=k.t, step=k.step, step_moved=k.t, node=k.node, said=k.t
+            )
+            if k.status == vocab.CLOSING:
+                rank.closed_at = k.t
+            rank.crashed = k.status == vocab.CRASHED
+            taken += 1
+        return taken
 
     def seen(
         self,

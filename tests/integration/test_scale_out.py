@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,17 +130,23 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
     """The survivor restores the firing alerts of runs it takes over from Redis: a NaN
-    that goes on across the failover is one firing and, when it ends, one resolved."""
+    that goes on across the failover is one firing and, when it ends, one resolved. A NaN
+    that ended while its run moved (the clear the dead worker owed is lost) resolves once
+    the survivor has not re-asserted it for STEPSTREAM_FAILOVER_REASSERT_S (10 s), not
+    after the 300 s resolve timeout."""
     settings, procs = broker
     runs = [f"fo-{uuid.uuid4().hex[:6]}-{i}" for i in range(RUNS)]
+    # Twelve more: about half move, and one of them at least with odds of 4,095 to 1.
+    ended = [f"fe-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
     reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
     monitors = [producers.init(run, rank=0, world=1, settings=settings) for run in runs]
+    quiet = [producers.init(run, rank=0, world=1, settings=settings) for run in ended]
 
-    def publish(steps: range, loss: float) -> None:
+    def publish(steps: range, loss: float, to: list[producers.Monitor] = monitors) -> None:
         for step in steps:
-            for monitor in monitors:
+            for monitor in to:
                 monitor.log(step, loss=loss)
-        for monitor in monitors:
+        for monitor in to:
             assert monitor.flush(20)
 
     def nan_alerts(run: str) -> list[str]:
@@ -148,9 +155,9 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
         ]
 
     try:
-        publish(range(0, 10), 1.0)
-        publish(range(10, 20), math.nan)
-        wait_for(lambda: all(nan_alerts(run) == ["firing"] for run in runs), timeout=60)
+        publish(range(0, 10), 1.0, monitors + quiet)
+        publish(range(10, 20), math.nan, monitors + quiet)
+        wait_for(lambda: all(nan_alerts(run) == ["firing"] for run in runs + ended), timeout=60)
         # Let the workers commit past the NaN steps: a survivor that re-read them would
         # re-raise the same transition, which the sink dedups, and this test would not
         # see a restart at all.
@@ -160,15 +167,32 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(10)
 
+        killed = time.monotonic()
         publish(range(20, 40), math.nan)  # the moved runs' detectors start afresh here
         publish(range(40, 45), 1.0)
+        publish(range(20, 45), 1.0, quiet)  # these ended during the move
         wait_for(lambda: all("resolved" in nan_alerts(run) for run in runs), timeout=90)
         for run in runs:
             assert nan_alerts(run) == ["firing", "resolved"], run
             assert reader.active_alerts(run) == [] or all(
                 a.rule != "nonfinite" for a in reader.active_alerts(run)
             )
+        # Kept alive (their runs report) so that only the re-assert window can end them.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(
+            "resolved" in nan_alerts(run) for run in ended
+        ):
+            publish(range(45, 46), 1.0, quiet)
+            time.sleep(1.0)
+        assert time.monotonic() - killed < 120, "waited for the 300 s resolve timeout"
+        lost = []
+        for run in ended:
+            assert nan_alerts(run) == ["firing", "resolved"], run
+            last = [a for a in reader.alerts(run) if a.rule == "nonfinite"][-1]
+            if "not re-asserted" in last.summary:
+                lost.append(run)
+        assert lost, "no run moved: the survivor resolved every alert itself"
     finally:
-        for monitor in monitors:
+        for monitor in monitors + quiet:
             monitor.close()
         reader.close()

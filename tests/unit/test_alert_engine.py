@@ -325,3 +325,40 @@ def test_an_incidents_series_reach_the_alert() -> None:
     )
     (resolved,) = e.on_signal(ended)
     assert resolved.status == "resolved" and resolved.affected == ["rank 1: loss", "rank 0: loss"]
+
+
+def test_a_taken_over_alert_not_reasserted_resolves_after_the_window_once_its_run_reports() -> None:
+    now = [1000.0]
+    (fired,) = engine().on_signal(signal("spike", 0, True, 5))
+    after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    assert after.restore([fired], reassert_s=10.0) == 1
+    now[0] += 30.0
+    assert after.resolve_unasserted() == []  # its run silent since: the timeout's to judge
+    after.note_activity(fired.run)
+    now[0] += 1.0
+    (resolved,) = after.resolve_unasserted()
+    assert (resolved.status, resolved.fingerprint) == ("resolved", fired.fingerprint)
+    assert "not re-asserted" in resolved.summary
+    assert after.resolve_unasserted() == [] and after.resolve_quiet(300.0) == []
+
+
+def test_a_taken_over_alert_its_detector_reasserts_stays_firing_without_a_page() -> None:
+    now = [1000.0]
+    (fired,) = engine().on_signal(signal("spike", 0, True, 5))
+    after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    after.restore([fired], reassert_s=10.0)
+    now[0] += 2.0
+    after.note_activity(fired.run)
+    assert after.on_signal(signal("spike", 0, True, 9)) == []  # re-asserted: no new page
+    now[0] += 60.0
+    assert after.resolve_unasserted() == []
+
+
+def test_a_taken_over_alert_of_a_slow_detector_waits_for_the_resolve_timeout() -> None:
+    now = [1000.0]
+    (fired,) = engine().on_signal(signal("memory_leak", 0, True, 5, metric=None))
+    after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    after.restore([fired], reassert_s=10.0)
+    now[0] += 60.0
+    after.note_activity(fired.run)
+    assert after.resolve_unasserted() == []  # a leak takes 40 s of samples to re-learn

@@ -381,3 +381,41 @@ def test_a_rank_reporting_once_a_second_has_its_rhythm_after_a_few_reports() -> 
     flags = drive(d, 12.0, beat, dt=1.0)
     assert [(f.detector, f.rank) for f in flags] == [("hung_rank", 1)]
     assert flags[0].evidence["threshold"] == 5.0
+
+
+def test_a_cold_owner_seeded_from_the_registry_reports_a_rank_that_died_before_the_move() -> None:
+    from processors.detectors.liveness import KnownRank
+
+    d = LivenessDetector()
+    d.resume(100.0)  # a rebalance: silences count from the grace after it
+    # The registry: rank 2 last spoke at t=95, before the move; rank 1 closed cleanly.
+    known = [
+        KnownRank(0, 99.5, 40, "a"),
+        KnownRank(1, 96.0, 38, "a", vocab.CLOSING),
+        KnownRank(2, 95.0, 37, "b"),
+    ]
+    assert d.seed("r", 3, known) == 3
+    assert d.seed("r", 3, known) == 0  # once: what it heard itself is kept
+    flags = []
+    now = 100.0
+    while now < 108.0:
+        flags += d.seen("r", 0, 3, int(now), now, "running")  # rank 0 reports
+        flags += d.tick(now + 0.1)
+        now += 0.2
+    assert [(f.detector, f.rank) for f in flags] == [("dead_rank", 2)]
+
+
+def test_a_seeded_rank_that_speaks_is_not_dead() -> None:
+    from processors.detectors.liveness import KnownRank
+
+    d = LivenessDetector()
+    d.resume(100.0)
+    d.seed("r", 2, [KnownRank(0, 99.0, 10), KnownRank(1, 99.0, 10)])
+    flags = []
+    now = 100.0
+    while now < 110.0:
+        for rank in (0, 1):
+            flags += d.seen("r", rank, 2, int(now), now, "running")
+        flags += d.tick(now + 0.1)
+        now += 0.2
+    assert flags == []
