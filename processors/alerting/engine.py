@@ -118,6 +118,7 @@ class AlertEngine:
         self.inhibit_rules = tuple(inhibit_rules)
         self.silences: list[Silence] = []
         self._tracked: dict[str, _Tracked] = {}
+        self._held_before: set[str] = set()  # tracked before the last forget_all
         self._run_seen: dict[str, float] = {}  # run -> wall clock of its latest input
         # (run, window, metric, stat) -> rank -> value: peers for cross-rank thresholds
         self._peers: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
@@ -203,9 +204,11 @@ class AlertEngine:
         condition rule that no longer holds resolves it as usual. A detector alert must be
         re-asserted by this worker's detectors within `reassert_s` of the run's next input
         (its clear, owed by the old owner, is lost with it): else it resolves then
-        (`resolve_unasserted`). Detectors slow to rebuild their state (SLOW_TO_REASSERT),
-        and every detector when `reassert_s` is None, resolve after the resolve timeout
-        instead. Alerts of rules that no longer exist are left alone.
+        (`resolve_unasserted`). One this engine held before its last `forget_all` is
+        taken as it was: its run stayed here, and its detector's episode with it.
+        Detectors slow to rebuild their state (SLOW_TO_REASSERT), and every detector when
+        `reassert_s` is None, resolve after the resolve timeout instead. Alerts of rules
+        that no longer exist are left alone.
         """
         names = {rule.name: rule for rule in self.rules}
         taken = 0
@@ -232,6 +235,7 @@ class AlertEngine:
                 reassert_s is not None
                 and rule.detector is not None
                 and rule.detector not in SLOW_TO_REASSERT
+                and alert.fingerprint not in self._held_before
             ):
                 self._tracked[alert.fingerprint].reassert_by = self._clock() + reassert_s
             taken += 1
@@ -267,7 +271,13 @@ class AlertEngine:
         return out
 
     def forget_all(self) -> None:
-        """Drop every alert state (this worker's runs are being reassigned; see restore)."""
+        """Drop every alert state (this worker's runs are being reassigned; see restore).
+
+        The fingerprints are remembered until the next reassignment: an alert this worker
+        held before keeps its detector's open episode when its run stays here, so restoring
+        it waits for no re-assertion (the detector will not repeat a start it reported).
+        """
+        self._held_before = set(self._tracked)
         self._tracked.clear()
         self._peers.clear()
         self._run_seen.clear()

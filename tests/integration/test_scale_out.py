@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -194,5 +195,93 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
         assert lost, "no run moved: the survivor resolved every alert itself"
     finally:
         for monitor in monitors + quiet:
+            monitor.close()
+        reader.close()
+
+
+DYING_RANKS = """
+import sys, time
+import producers
+monitors = [producers.init(run, rank=1, world=2) for run in sys.argv[1:]]
+for step in range(10):
+    for monitor in monitors:
+        monitor.log(step, loss=1.0)
+for monitor in monitors:
+    monitor.flush(20)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_rank_that_died_around_a_failover_is_reported_dead_once_and_stays_so(
+    broker: tuple[Settings, list[subprocess.Popen[bytes]]], tmp_path: Path
+) -> None:
+    """Rank 1 of each run dies (SIGKILL, no goodbye) and a processor is killed with it.
+    Whether the dead worker had flagged it or not, the survivor learns the rank from the
+    rank registry: one dead_rank alert per run, firing, re-asserted past the re-assert
+    window rather than resolved or paged again."""
+    settings, procs = broker
+    runs = [f"fd-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
+    reader = MetricsReader.from_url(settings.redis_url, settings.key_prefix)
+    alive = [producers.init(run, rank=0, world=2, settings=settings) for run in runs]
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    with (tmp_path / "dying.log").open("wb") as log:
+        dying = subprocess.Popen(
+            [sys.executable, "-c", DYING_RANKS, *runs],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    step = [0]
+
+    def tick() -> None:
+        for monitor in alive:
+            monitor.log(step[0], loss=1.0)
+        step[0] += 1
+
+    def dead(run: str) -> list[str]:
+        return [a.status for a in reader.alerts(run) if a.rule == "dead_rank" and a.rank == 1]
+
+    try:
+        assert dying.stdout is not None and dying.stdout.readline().strip() == b"ready"
+
+        def registered() -> bool:
+            tick()
+            return all(any(r.rank == 1 and r.step == 9 for r in reader.ranks(run)) for run in runs)
+
+        wait_for(registered, timeout=60, every=0.5)
+        dying.send_signal(signal.SIGKILL)
+        dying.wait(10)
+        # The workers commit past rank 1's last words: the survivor does not read them
+        # again, so only the rank registry tells it rank 1 existed.
+        topics = Topics(settings.topic_prefix)
+        wait_committed(settings, topics.group("processor"), [topics.telemetry, topics.summaries])
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(10)
+
+        def all_dead() -> bool:
+            tick()
+            return all(dead(run) == ["firing"] for run in runs)
+
+        wait_for(all_dead, timeout=90, every=0.5)
+        # Past the re-assert window (10 s) and a rebalance grace: still one firing each.
+        until = time.monotonic() + 15
+        while time.monotonic() < until:
+            tick()
+            time.sleep(0.5)
+        for run in runs:
+            assert dead(run) == ["firing"], [
+                (a.status, a.summary) for a in reader.alerts(run) if a.rule == "dead_rank"
+            ]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            dying.kill()
+        dying.wait(10)
+        for monitor in alive:
             monitor.close()
         reader.close()

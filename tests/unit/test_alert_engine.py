@@ -362,3 +362,18 @@ def test_a_taken_over_alert_of_a_slow_detector_waits_for_the_resolve_timeout() -
     now[0] += 60.0
     after.note_activity(fired.run)
     assert after.resolve_unasserted() == []  # a leak takes 40 s of samples to re-learn
+
+
+def test_an_alert_held_before_a_rebalance_is_restored_without_a_reassert_window() -> None:
+    # The run stayed on this worker: its detector's episode is still open and will not
+    # repeat its start, so a re-assert window would resolve a condition that holds.
+    now = [1000.0]
+    e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    (fired,) = e.on_signal(signal("spike", 0, True, 5))
+    e.forget_all()  # a rebalance
+    assert e.restore([fired], reassert_s=10.0) == 1
+    now[0] += 60.0
+    e.note_activity(fired.run)
+    assert e.resolve_unasserted() == []
+    (resolved,) = e.on_signal(signal("spike", 0, False, 12))
+    assert resolved.status == "resolved"
