@@ -38,6 +38,7 @@ from processors.forward import (
 )
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
+from processors.serving_app import register_serving
 from processors.validation import Limits
 from stepstream.contract import (
     Batch,
@@ -115,6 +116,8 @@ def create_processor_app(settings: Settings) -> faust.App:
         quality_window_steps=settings.window_steps[0],
     )
     alerting = Alerting(app, settings)
+    # Served models (issue 23): their own agent and timers, sharing the alert engine.
+    register_serving(app, settings, alerting)
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         hung_after_s=settings.hung_after_s,

@@ -1,0 +1,323 @@
+"""One batch of serving records in, the counter deltas and pending records out.
+
+The stage holds no durable state: pending predictions are looked up by the caller (the
+wiring reads them from Redis before `apply`) and written back from `Effects`. Counts are
+integers keyed by field name, so what several workers write adds up:
+
+- window counts (``counts``): ``n`` predictions; ``f|<feature>|<bin>`` bin counts;
+  ``s|<bin>`` score bins; ``q|<feature>|missing|type|range|unseen`` data quality;
+- label counts (``labels``): ``<segment>|<counter>`` with the counters of
+  `processors.serving.metrics` (``preds`` at prediction time, the rest as outcomes join).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from processors.serving.categorical import OTHER
+from processors.serving.join import Pending, facets_of, join, pending_day
+from processors.serving.metrics import delay_bin, label_deltas
+from processors.serving.reference import NUMERIC, Reference, ReferenceBuilder, as_number
+from stepstream.serving_contract import (
+    MAX_CATEGORY_CHARS,
+    MAX_FEATURES,
+    NON_FINITE_STRINGS,
+    OutcomeRecord,
+    PredictionRecord,
+    ReferenceRecord,
+)
+
+#: The segment of predictions logged without one, and of segments past the top K.
+NO_SEGMENT = "__none__"
+OTHER_SEGMENT = OTHER
+QUALITY = ("missing", "type", "range", "unseen")
+
+
+def window_start(t: float, window_s: float) -> int:
+    """The start (Unix seconds, integer) of the window holding event time `t`."""
+    return int(math.floor(t / window_s) * window_s)
+
+
+def segment_name(segment: Mapping[str, str]) -> str:
+    """``key=value`` pairs sorted by key, joined by ``,`` (``__none__`` for none)."""
+    if not segment:
+        return NO_SEGMENT
+    return ",".join(f"{k}={str(v)[:MAX_CATEGORY_CHARS]}" for k, v in sorted(segment.items()))
+
+
+def _number(value: Any) -> Any:
+    # Non-finite numbers travel as strings (JSON has none).
+    if isinstance(value, str) and value in NON_FINITE_STRINGS:
+        return NON_FINITE_STRINGS[value]
+    return value
+
+
+@dataclass
+class Rejection:
+    """A record the stage could not use."""
+
+    reason: str
+    detail: str
+
+
+@dataclass
+class Parsed:
+    """The usable records of one message."""
+
+    model: str
+    version: str
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    outcomes: list[OutcomeRecord] = field(default_factory=list)
+    references: list[ReferenceRecord] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def parse_records(model: str, version: str, records: list[Any]) -> Parsed:
+    """Check each record on its own: hostile ones (bad id, NaN score, too many features,
+    wrong shape) are rejected with a reason; the rest are kept."""
+    out = Parsed(model, version)
+    for raw in records:
+        if not isinstance(raw, dict):
+            out.rejected.append(Rejection("schema", "a record is a JSON object"))
+            continue
+        kind = raw.get("kind")
+        try:
+            if kind == "prediction":
+                features = raw.get("features")
+                if isinstance(features, dict) and len(features) > MAX_FEATURES:
+                    out.rejected.append(
+                        Rejection("too_many_features", f"{len(features)} > {MAX_FEATURES}")
+                    )
+                    continue
+                score = _number(raw.get("score"))
+                if isinstance(score, float) and not math.isfinite(score):
+                    out.rejected.append(Rejection("non_finite_score", f"score {score}"))
+                    continue
+                if isinstance(features, dict):
+                    raw = {**raw, "features": {k: _number(v) for k, v in features.items()}}
+                record = PredictionRecord.model_validate(raw)
+                if not math.isfinite(record.t):
+                    raise ValueError("t is not finite")
+                out.predictions.append(record)
+            elif kind == "outcome":
+                label = _number(raw.get("label"))
+                if isinstance(label, float) and not math.isfinite(label):
+                    out.rejected.append(Rejection("non_finite_label", f"label {label}"))
+                    continue
+                outcome = OutcomeRecord.model_validate(raw)
+                if not facets_of(outcome.label, outcome.clicked, outcome.converted):
+                    out.rejected.append(
+                        Rejection("empty_outcome", "no label, clicked or converted")
+                    )
+                    continue
+                out.outcomes.append(outcome)
+            elif kind == "reference":
+                out.references.append(ReferenceRecord.model_validate(raw))
+            else:
+                out.rejected.append(Rejection("schema", f"unknown record kind {kind!r}"))
+        except (ValidationError, ValueError) as exc:
+            reason = "bad_id" if _bad_id(exc) else "schema"
+            out.rejected.append(Rejection(reason, str(exc).splitlines()[0][:300]))
+    return out
+
+
+def _bad_id(exc: Exception) -> bool:
+    if isinstance(exc, ValidationError):
+        return any(err["loc"][:1] == ("id",) for err in exc.errors())
+    return False
+
+
+@dataclass
+class Effects:
+    """What one batch changes, for the wiring to write."""
+
+    counts: dict[tuple[str, int], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )
+    labels: dict[tuple[str, int], dict[str, float]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    pending: dict[str, tuple[int, Pending]] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    versions: dict[str, float] = field(default_factory=dict)
+    new_segments: set[tuple[str, str]] = field(default_factory=set)
+    sketch_values: dict[tuple[str, int, str], list[float]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    join_delays_s: list[float] = field(default_factory=list)
+    """Event-time delay of each joined outcome (for the label-delay distribution)."""
+    built: dict[str, Reference] = field(default_factory=dict)
+    """References built from traffic in this batch, by version (to store)."""
+
+
+def _add(target: dict[str, float], segment: str, deltas: Mapping[str, float]) -> None:
+    for name, value in deltas.items():
+        key = f"{segment}|{name}"
+        target[key] = target.get(key, 0) + value
+
+
+class ModelStage:
+    """The serving stage of one model: references by version, segment caps, reference
+    builders; `apply` turns parsed records into `Effects`."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        window_s: float,
+        horizon_s: float,
+        top_k: int,
+        reference_size: int,
+    ) -> None:
+        self.model = model
+        self.window_s = window_s
+        self.horizon_s = horizon_s
+        self.top_k = top_k
+        self.reference_size = reference_size
+        self.references: dict[str, Reference] = {}
+        self.builders: dict[str, ReferenceBuilder] = {}
+        self.segments: dict[str, set[str]] = {}
+
+    def set_reference(self, version: str, reference: Reference) -> None:
+        """Use `reference` for `version` from now on (a builder in progress stops)."""
+        self.references[version] = reference
+        self.builders.pop(version, None)
+
+    def reference_from(self, record: ReferenceRecord) -> Reference:
+        """The reference of a reference record."""
+        return Reference.build(record.features, record.scores, self.top_k, "given")
+
+    def segment_of(self, version: str, name: str, effects: Effects) -> str:
+        """`name` if it has (or gets) a series of its own, else ``__other__``."""
+        admitted = self.segments.setdefault(version, set())
+        if name in admitted or name == NO_SEGMENT:
+            return name
+        if len(admitted) < self.top_k:
+            admitted.add(name)
+            effects.new_segments.add((version, name))
+            return name
+        return OTHER_SEGMENT
+
+    def apply(
+        self,
+        parsed: Parsed,
+        found: Mapping[str, Pending | None],
+        effects: Effects,
+    ) -> None:
+        """Add the effects of `parsed` (one message). `found` holds the stored pending
+        record of every id in it (None: none stored); records pending in this batch are
+        seen by the outcomes after them."""
+        version = parsed.version
+        for record in parsed.predictions:
+            self._prediction(version, record, found, effects)
+        for outcome in parsed.outcomes:
+            self._outcome(outcome, found, effects)
+
+    def _lookup(
+        self, pid: str, found: Mapping[str, Pending | None], effects: Effects
+    ) -> Pending | None:
+        mine = effects.pending.get(pid)
+        return mine[1] if mine is not None else found.get(pid)
+
+    def _prediction(
+        self,
+        version: str,
+        record: PredictionRecord,
+        found: Mapping[str, Pending | None],
+        effects: Effects,
+    ) -> None:
+        if self._lookup(record.id, found, effects) is not None:
+            # Seen before: a replay after a restart, or a repeated id. It adds nothing.
+            effects.outcomes["duplicate_prediction"] += 1
+            return
+        start = window_start(record.t, self.window_s)
+        segment = self.segment_of(version, segment_name(record.segment), effects)
+        effects.pending[record.id] = (
+            pending_day(record.t),
+            Pending(record.t, version, segment, record.score, record.prediction),
+        )
+        effects.versions[version] = max(effects.versions.get(version, 0.0), record.t)
+        _add(effects.labels[(version, start)], segment, {"preds": 1})
+        reference = self.references.get(version)
+        if reference is None:
+            builder = self.builders.get(version)
+            if builder is None:
+                builder = ReferenceBuilder(self.reference_size, start + self.window_s)
+                self.builders[version] = builder
+            builder.add(record.features, record.score)
+            if builder.ready(record.t):
+                built = builder.build(self.top_k)
+                self.set_reference(version, built)
+                effects.built[version] = built
+            return
+        counts = effects.counts[(version, start)]
+        counts["n"] += 1
+        sketches = effects.sketch_values
+        features = record.features
+        for name, ref in reference.features.items():
+            value = features.get(name)
+            number = as_number(value) if value is not None else None
+            if ref.kind == NUMERIC:
+                if value is None or (number is not None and not math.isfinite(number)):
+                    counts[f"q|{name}|missing"] += 1
+                    continue
+                if number is None:
+                    counts[f"q|{name}|type"] += 1
+                    continue
+                bins = ref.numeric
+                assert bins is not None
+                if number < bins.low or number > bins.high:
+                    counts[f"q|{name}|range"] += 1
+                counts[f"f|{name}|{bins.index(number)}"] += 1
+                sketches[(version, start, name)].append(number)
+            else:
+                if value is None or (number is not None and not math.isfinite(number)):
+                    counts[f"q|{name}|missing"] += 1
+                    continue
+                if not isinstance(value, str):
+                    counts[f"q|{name}|type"] += 1
+                    continue
+                cats = ref.categorical
+                assert cats is not None
+                if cats.unseen(value):
+                    counts[f"q|{name}|unseen"] += 1
+                counts[f"f|{name}|{cats.index(value)}"] += 1
+        score_ref = reference.score
+        if score_ref is not None and score_ref.numeric is not None:
+            if record.score is None:
+                counts["q|score|missing"] += 1
+            else:
+                counts[f"s|{score_ref.numeric.index(record.score)}"] += 1
+                sketches[(version, start, "score")].append(record.score)
+
+    def _outcome(
+        self, outcome: OutcomeRecord, found: Mapping[str, Pending | None], effects: Effects
+    ) -> None:
+        pending = self._lookup(outcome.id, found, effects)
+        facets = facets_of(outcome.label, outcome.clicked, outcome.converted)
+        verdict, fresh = join(pending, facets, outcome.t, self.horizon_s)
+        effects.outcomes[verdict] += 1
+        if verdict != "joined":
+            return
+        assert pending is not None
+        effects.pending[outcome.id] = (pending_day(pending.t), pending)
+        start = window_start(pending.t, self.window_s)
+        deltas: dict[str, float] = {}
+        if "label" in fresh and outcome.label is not None:
+            deltas.update(label_deltas(pending.score, pending.prediction, outcome.label))
+            delay = max(0.0, outcome.t - pending.t)
+            deltas[f"d{delay_bin(delay)}"] = 1
+            effects.join_delays_s.append(delay)
+        if "clicked" in fresh or "converted" in fresh:
+            deltas["fb"] = 1
+        if "clicked" in fresh and outcome.clicked:
+            deltas["clicks"] = 1
+        if "converted" in fresh and outcome.converted:
+            deltas["conv"] = 1
+        _add(effects.labels[(pending.version, start)], pending.segment, deltas)
