@@ -1,0 +1,264 @@
+"""Served-model monitoring end to end, through the public SDK (`producers.serving`) and
+the public reader only: tansu, Valkey, a processor and a sink worker.
+
+A drifted feature is named and alerted on, the stable ones stay quiet; labels that come
+later give metrics equal to an offline computation on the same data; a processor worker
+killed -9 between predictions and outcomes (and again mid-outcomes) loses no joined
+label and counts none twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from producers import serving
+from query.reader import MetricsReader
+from stepstream.settings import Settings
+from stepstream.stack import LocalStack, settings_env, worker_command
+from stepstream.streaming import ready_file
+from stepstream.topics import Topics
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WINDOW_S = 2.0
+
+
+class Workers:
+    """The processor and sink workers of the test, started and killed by pid."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def marker(self, stage: str) -> Path:
+        return ready_file(self.settings, Topics(self.settings.topic_prefix).group(stage))
+
+    def start(self, *stages: str) -> None:
+        for stage in stages:
+            self.marker(stage).unlink(missing_ok=True)
+            with (self.logs / f"{stage}.log").open("ab") as out:
+                self.procs[stage] = subprocess.Popen(
+                    worker_command(stage),
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        wait_for(lambda: all(self.marker(s).exists() for s in stages), timeout=40, every=0.1)
+
+    def kill(self, stage: str) -> None:
+        proc = self.procs.pop(stage)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Workers]]:
+    state_dir: Path = tmp_path_factory.mktemp("serving")
+    settings = Settings(
+        state_dir=state_dir,
+        topic_prefix=f"s{uuid.uuid4().hex[:8]}",
+        session_timeout_s=3.0,
+        serving_window_s=WINDOW_S,
+        serving_min_count=100,
+        serving_drift_windows=2,
+        spool_dir=state_dir / "spool",
+        capture_logs=False,
+    )
+    local = LocalStack(settings, workers=False)
+    state = local.start()
+    live = settings.model_copy(
+        update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+    )
+    workers = Workers(live, state_dir)
+    try:
+        workers.start("processor", "sink")
+        yield live, workers
+    finally:
+        workers.stop()
+        local.stop()
+
+
+@pytest.fixture
+def reader(stack: tuple[Settings, Workers]) -> Iterator[MetricsReader]:
+    r = MetricsReader.from_url(stack[0].redis_url, stack[0].key_prefix)
+    yield r
+    r.close()
+
+
+def test_a_drifted_feature_is_named_and_the_stable_ones_stay_quiet(
+    stack: tuple[Settings, Workers], reader: MetricsReader
+) -> None:
+    settings, _ = stack
+    rng = np.random.default_rng(5)
+    pm = serving.init("drift-model", version="v1", settings=settings)
+    try:
+        pm.reference(
+            features={
+                "age": rng.normal(40, 10, 4000),
+                "income": rng.normal(50, 5, 4000),
+                "country": rng.choice(["DE", "FR", "US"], 4000).tolist(),
+            },
+            scores=rng.random(4000),
+        )
+        pm.flush(10)
+        deadline = time.monotonic() + 4 * WINDOW_S
+        i = 0
+        while time.monotonic() < deadline:
+            for _ in range(100):
+                pm.log_prediction(
+                    f"d{i}",
+                    features={
+                        "age": float(rng.normal(60, 10)),  # shifted by two sigma
+                        "income": float(rng.normal(50, 5)),
+                        "country": str(rng.choice(["DE", "FR", "US"])),
+                    },
+                    score=float(rng.random()),
+                )
+                i += 1
+            time.sleep(0.25)
+        pm.flush(10)
+    finally:
+        pm.close()
+
+    def fired() -> Any:
+        alerts = reader.active_alerts("drift-model")
+        return [a for a in alerts if a.rule == "feature_drift"] or None
+
+    alerts = wait_for(fired, timeout=15)
+    assert {a.metric for a in alerts} == {"feature:age"}
+    assert all(a.labels.get("model") == "drift-model" for a in alerts)
+    drift = reader.drift("drift-model")
+    assert drift.version == "v1" and drift.latest is not None
+    judged = [h for h in drift.history if h["predictions"] >= 100]
+    assert len(judged) >= 2
+    assert all(h["drifted"] == ["age"] for h in judged), drift.history
+    age = drift.latest["features"]["age"]
+    assert age["drift"] and age["js"] > age["threshold"]
+    assert 0 < age["ks"]["error_bound"] < 0.05 and age["ks"]["value"] > 0.3
+    for stable in ("income", "country"):
+        assert not drift.latest["features"][stable]["drift"]
+    assert drift.latest["score"]["drift"] is False
+    assert [m.model for m in reader.models()] == ["drift-model"] or "drift-model" in [
+        m.model for m in reader.models()
+    ]
+
+
+def _offline(scores: list[float], labels: list[int], n_preds: int) -> dict[str, float]:
+    pred = [1 if s >= 0.5 else 0 for s in scores]
+    tp = sum(p and y for p, y in zip(pred, labels, strict=True))
+    tn = sum(not p and not y for p, y in zip(pred, labels, strict=True))
+    fp = sum(p and not y for p, y in zip(pred, labels, strict=True))
+    fn = sum(not p and y for p, y in zip(pred, labels, strict=True))
+    err = np.asarray(scores) - np.asarray(labels)
+    bins = [min(99, int(s * 100)) for s in scores]
+    pos = [b for b, y in zip(bins, labels, strict=True) if y]
+    neg = [b for b, y in zip(bins, labels, strict=True) if not y]
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    return {
+        "accuracy": (tp + tn) / len(labels),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall),
+        "auc": wins / (len(pos) * len(neg)),
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+        "label_coverage": len(labels) / n_preds,
+    }
+
+
+@pytest.mark.allow_leaks
+def test_delayed_labels_give_exact_metrics_across_a_worker_restart(
+    stack: tuple[Settings, Workers], reader: MetricsReader
+) -> None:
+    settings, workers = stack
+    rng = np.random.default_rng(9)
+    n = 400
+    scores = rng.random(n).tolist()
+    labels = [int(rng.random() < s) for s in scores]
+    countries = ["DE" if i % 3 else "FR" for i in range(n)]
+    pm = serving.init("perf-model", version="v2", settings=settings)
+    try:
+        for i in range(n):
+            pm.log_prediction(
+                f"r{i}",
+                features={"x": float(i)},
+                score=scores[i],
+                segment={"country": countries[i]},
+            )
+        pm.flush(10)
+
+        def predictions() -> Any:
+            total = reader.performance("perf-model").total
+            return total if total and total["predictions"] == n else None
+
+        wait_for(predictions, timeout=15)
+        # Killed after the predictions were stored, before any outcome: the new worker
+        # joins the outcomes to what the old one stored.
+        workers.kill("processor")
+        labelled = list(range(0, n, 4)) + list(range(1, n, 4)) + list(range(2, n, 4))
+        half = len(labelled) // 2
+        for i in labelled[:half]:
+            pm.log_outcome(f"r{i}", label=labels[i])
+        pm.flush(10)
+        workers.start("processor")
+        for i in labelled[half:]:
+            pm.log_outcome(f"r{i}", label=labels[i])
+        for i in range(0, n, 10):
+            pm.log_outcome(f"r{i}", clicked=i % 20 == 0)
+        pm.log_outcome("never-predicted", label=1)
+        pm.log_outcome("r0", label=labels[0])  # a repeated outcome counts once
+        pm.flush(10)
+    finally:
+        pm.close()
+
+    def all_joined() -> Any:
+        total = reader.performance("perf-model").total
+        return (
+            total
+            if total and total["labeled"] == len(labelled) and total["feedback"] == 40
+            else None
+        )
+
+    total = wait_for(all_joined, timeout=20)
+    expected = _offline([scores[i] for i in labelled], [labels[i] for i in labelled], n)
+    for name, value in expected.items():
+        assert total[name] == pytest.approx(value, abs=1e-9), name
+    assert total["clicks"] == 20 and total["ctr"] == 20 / n
+    report = reader.performance("perf-model", segment="country=FR")
+    fr = [i for i in labelled if countries[i] == "FR"]
+    fr_expected = _offline([scores[i] for i in fr], [labels[i] for i in fr], countries.count("FR"))
+    assert report.total is not None
+    assert report.total["accuracy"] == pytest.approx(fr_expected["accuracy"], abs=1e-12)
+    assert set(report.segments) == {"country=DE", "country=FR"}
+    outcomes = report.outcomes
+    assert outcomes["orphan"] == 1 and outcomes["duplicate"] >= 1
+    assert report.total["label_delay"]["count"] == len(fr)
