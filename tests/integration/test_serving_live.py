@@ -221,16 +221,26 @@ def test_delayed_labels_give_exact_metrics_across_a_worker_restart(
             return total if total and total["predictions"] == n else None
 
         wait_for(predictions, timeout=15)
-        # Killed after the predictions were stored, before any outcome: the new worker
-        # joins the outcomes to what the old one stored.
-        workers.kill("processor")
         labelled = list(range(0, n, 4)) + list(range(1, n, 4)) + list(range(2, n, 4))
-        half = len(labelled) // 2
-        for i in labelled[:half]:
+        third = len(labelled) // 3
+        for i in labelled[:third]:
+            pm.log_outcome(f"r{i}", label=labels[i])
+        pm.flush(10)
+
+        def joined(count: int) -> Any:
+            total = reader.performance("perf-model").total
+            return total if total and total["labeled"] == count else None
+
+        wait_for(lambda: joined(third), timeout=15)
+        # Killed -9 with labels joined and more on their way: the joined ones stay, the
+        # new worker joins the rest to what the old one stored, none counts twice (its
+        # uncommitted input is read again).
+        workers.kill("processor")
+        for i in labelled[third : 2 * third]:
             pm.log_outcome(f"r{i}", label=labels[i])
         pm.flush(10)
         workers.start("processor")
-        for i in labelled[half:]:
+        for i in labelled[2 * third :]:
             pm.log_outcome(f"r{i}", label=labels[i])
         for i in range(0, n, 10):
             pm.log_outcome(f"r{i}", clicked=i % 20 == 0)
@@ -262,3 +272,42 @@ def test_delayed_labels_give_exact_metrics_across_a_worker_restart(
     outcomes = report.outcomes
     assert outcomes["orphan"] == 1 and outcomes["duplicate"] >= 1
     assert report.total["label_delay"]["count"] == len(fr)
+
+
+def test_cli_and_http_show_the_models_drift_and_performance(
+    stack: tuple[Settings, Workers], reader: MetricsReader
+) -> None:
+    """The same reads through `stepstream models` / `stepstream query --model` and HTTP
+    (the two tests above stored the models)."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from query.http_api import create_api
+    from stepstream.cli import app as cli
+
+    settings, _ = stack
+    url = settings.redis_url
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "--json", "--redis-url", url])
+    assert listed.exit_code == 0, listed.output
+    assert {m["model"] for m in json.loads(listed.output)} >= {"drift-model", "perf-model"}
+    drift = runner.invoke(
+        cli, ["query", "--model", "drift-model", "--drift", "--json", "--redis-url", url]
+    )
+    assert drift.exit_code == 0, drift.output
+    assert json.loads(drift.output)["latest"]["features"]["age"]["drift"] is True
+    table = runner.invoke(
+        cli, ["query", "--model", "perf-model", "--performance", "--redis-url", url]
+    )
+    assert table.exit_code == 0 and "accuracy" in table.output, table.output
+    api = create_api(lambda: MetricsReader.from_url(url, settings.key_prefix))
+    with TestClient(api) as http:
+        assert {m["model"] for m in http.get("/models").json()} >= {"drift-model", "perf-model"}
+        body = http.get("/models/perf-model/performance", params={"segment": "country=DE"}).json()
+        assert body["segment"] == "country=DE" and body["total"]["labeled"] > 0
+        assert http.get("/models/drift-model/drift").json()["latest"]["drifted"] == ["age"]
+        assert http.get("/models/nope/drift").status_code == 404
+        metrics = http.get("/metrics").text
+        assert 'stepstream_model_metric{metric="accuracy",model="perf-model"' in metrics
