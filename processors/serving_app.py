@@ -129,8 +129,8 @@ class ServingWorker:
                 sketch = self.sketches.get(key)
                 if sketch is None:
                     sketch = self.sketches[key] = new_sketch()
-                for v in values:
-                    sketch.update(v)
+                for array in values:
+                    sketch.update(array)
                 self.dirty.add((model, version, start))
             self.outcomes.update(effects.outcomes)
             self.processed += sum(len(p.predictions) for p in parts)

@@ -43,6 +43,14 @@ class CategoricalBins:
         except ValueError:
             return len(self.top)
 
+    def positions(self) -> dict[str, int]:
+        """Top category -> bin (cached)."""
+        found: dict[str, int] | None = self.__dict__.get("_positions")
+        if found is None:
+            found = {v: i for i, v in enumerate(self.top)}
+            object.__setattr__(self, "_positions", found)
+        return found
+
     def unseen(self, value: str) -> bool:
         """True if the reference never held `value` (False when not known)."""
         return self.complete and value not in self.seen

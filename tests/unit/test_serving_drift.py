@@ -52,7 +52,10 @@ def _run(seed: int, windows: int, shift_from: int | None = None) -> list[tuple[i
         effects = Effects()
         stage.apply(parse_records("m", "v", records), {}, effects)
         counts = effects.counts[("v", w * 60)]
-        sketches = {f: sketch_of(vals) for (_, start, f), vals in effects.sketch_values.items()}
+        sketches = {
+            f: sketch_of(np.concatenate(vals).tolist())
+            for (_, start, f), vals in effects.sketch_values.items()
+        }
         report, decisions = judge.window("m", "v", w * 60, reference, counts, sketches)
         assert report["predictions"] == WINDOW
         out.extend((w, d) for d in decisions)
