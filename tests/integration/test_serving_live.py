@@ -311,3 +311,23 @@ def test_cli_and_http_show_the_models_drift_and_performance(
         assert http.get("/models/nope/drift").status_code == 404
         metrics = http.get("/metrics").text
         assert 'stepstream_model_metric{metric="accuracy",model="perf-model"' in metrics
+
+
+def test_the_dashboard_has_a_page_per_model(stack: tuple[Settings, Workers]) -> None:
+    """The page and the reads it makes (the browser test suite drives pages in Chromium)."""
+    from fastapi.testclient import TestClient
+
+    from query.dashboard.app import DashboardOptions
+    from query.dashboard.auth import Access
+    from query.http_api import create_api
+
+    settings, _ = stack
+    api = create_api(
+        lambda: MetricsReader.from_url(settings.redis_url, settings.key_prefix),
+        dashboard=DashboardOptions(Access("t", reads_need_token=False)),
+    )
+    with TestClient(api) as http:
+        page = http.get("/model/perf-model")
+        assert page.status_code == 200 and "/ui/static/model.js" in page.text
+        assert "/models/${name}/performance" in http.get("/ui/static/model.js").text
+        assert http.get("/model/bad{name}").status_code == 400
