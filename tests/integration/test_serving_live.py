@@ -9,6 +9,8 @@ label and counts none twice.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from producers import serving
 from query.reader import MetricsReader
@@ -245,6 +248,10 @@ def test_delayed_labels_give_exact_metrics_across_a_worker_restart(
         for i in range(0, n, 10):
             pm.log_outcome(f"r{i}", clicked=i % 20 == 0)
         pm.log_outcome("never-predicted", label=1)
+        # Hostile input: dead-lettered with its reason, the worker goes on, nothing counted.
+        pm.log_prediction("bad id!", features={"x": 1.0}, score=0.5)
+        pm.log_prediction("nan-score", features={"x": 1.0}, score=math.nan)
+        pm.log_prediction("huge", features={f"f{i}": 1.0 for i in range(1000)}, score=0.5)
         pm.log_outcome("r0", label=labels[0])  # a repeated outcome counts once
         pm.flush(10)
     finally:
@@ -272,6 +279,35 @@ def test_delayed_labels_give_exact_metrics_across_a_worker_restart(
     outcomes = report.outcomes
     assert outcomes["orphan"] == 1 and outcomes["duplicate"] >= 1
     assert report.total["label_delay"]["count"] == len(fr)
+    assert reader.performance("perf-model").total["predictions"] == n  # type: ignore[index]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(Topics(settings.topic_prefix).serving, key=b"x", value=b"\xff not json")
+    producer.flush(10)
+    producer.close(5)
+    reasons = _serving_dead_letters(
+        settings, {"bad_id", "non_finite_score", "too_many_features", "undecodable"}
+    )
+    assert reasons >= {"bad_id", "non_finite_score", "too_many_features", "undecodable"}, reasons
+
+
+def _serving_dead_letters(settings: Settings, wanted: set[str], timeout: float = 15) -> set[str]:
+    """Reasons of the serving stage's dead letters, read until `wanted` are all seen."""
+    topic = Topics(settings.topic_prefix).deadletter
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+        consumer.seek_to_beginning()
+        reasons: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while not wanted <= reasons and time.monotonic() < deadline:
+            for messages in consumer.poll(200, max_records=1000).values():
+                for m in messages:
+                    letter = json.loads(m.value)
+                    if letter.get("stage") == "processor/serving-stage":
+                        reasons.add(letter["reason"])
+        return reasons
+    finally:
+        consumer.close()
 
 
 def test_cli_and_http_show_the_models_drift_and_performance(

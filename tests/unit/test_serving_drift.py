@@ -125,3 +125,22 @@ def test_data_quality_counts_and_alert() -> None:
         (DATA_QUALITY, "feature:age"),
         (DATA_QUALITY, "feature:c"),
     }
+
+
+def test_performance_drop_against_earlier_windows() -> None:
+    judge = Judge(min_count=100, consecutive=2, quality_max_rate=0.05)
+
+    def window(correct: int, total: int) -> dict[str, object]:
+        return {"confusion": {"tp": correct, "tn": 0, "fp": total - correct, "fn": 0}}
+
+    decisions = []
+    for w in range(5):  # 90 % accurate: the baseline
+        decisions += judge.performance_window("m", "v", w, window(180, 200))
+    assert decisions == []
+    assert judge.performance_window("m", "v", 5, window(150, 200)) == []  # one window: pending
+    (fired,) = judge.performance_window("m", "v", 6, window(150, 200))
+    assert (fired.rule, fired.action, fired.metric) == ("performance_drop", "fire", "accuracy")
+    assert fired.evidence["value"] == 0.75
+    (cleared,) = judge.performance_window("m", "v", 7, window(181, 200))
+    assert cleared.action == "clear"
+    assert judge.performance_window("m", "v", 8, window(5, 50)) == []  # too few labels
