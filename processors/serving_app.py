@@ -65,6 +65,8 @@ class ServingWorker:
             quality_max_rate=settings.serving_quality_max_rate,
         )
         self.judged: dict[tuple[str, str], int] = {}
+        #: Models with a window judged since the alert engine was last told.
+        self.active_models: set[str] = set()
         self.rejected: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.processed = 0
@@ -164,6 +166,7 @@ class ServingWorker:
                 starts = await self.store.windows(model, version, low, closed_before)
                 if not starts:
                     continue
+                self.active_models.add(model)
                 reference = await self.store.reference(model, version)
                 for start in starts:
                     self.judged[key] = start
@@ -279,6 +282,11 @@ def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> 
         except Exception:
             log.exception("judging serving windows failed; next tick tries again")
             return
+        # A model judged is a model reporting: its firing drift alerts hold (the engine
+        # resolves a holding detector alert only when its run goes silent).
+        for model in worker.active_models:
+            alerting.engine.note_activity(model)
+        worker.active_models.clear()
         if flags:
             now = time.time()
             await alerting.on_flags([flag_to_alert(f, now) for f in flags])

@@ -282,6 +282,10 @@ class ModelStage:
         )
         effects.versions[version] = max(effects.versions.get(version, 0.0), record.t)
         effects.preds[(version, start, segment)] += 1
+        if version in effects.built:
+            # Built from traffic in this batch: another worker may have stored its own
+            # first (the wiring adopts the stored one), so counting waits for the next batch.
+            return
         reference = self.references.get(version)
         if reference is None:
             builder = self.builders.get(version)

@@ -105,3 +105,25 @@ def test_segments_are_capped_at_top_k_then_other() -> None:
     stage.apply(parse_records("m", "v1", records), {}, effects)
     labels = effects.labels[("v1", 0)]
     assert labels == {"c=DE|preds": 2, "c=FR|preds": 1, "__other__|preds": 2}
+
+
+def test_without_a_reference_the_first_window_becomes_it_and_counting_starts_after() -> None:
+    stage = ModelStage("m", window_s=60, horizon_s=DAY, top_k=5, reference_size=50)
+    records = [
+        {
+            "kind": "prediction",
+            "id": f"p{i}",
+            "t": 1.0,
+            "features": {"x": float(i % 10)},
+            "score": 0.5,
+        }
+        for i in range(80)
+    ]
+    effects = Effects()
+    stage.apply(parse_records("m", "v", records), {}, effects)
+    assert set(effects.built) == {"v"} and effects.built["v"].source == "traffic"
+    assert effects.counts == {}  # the rest of the batch waits for the stored reference
+    assert effects.labels[("v", 0)]["__none__|preds"] == 80
+    later = Effects()
+    stage.apply(parse_records("m", "v", [{**records[0], "id": "q"}]), {}, later)
+    assert later.counts[("v", 0)]["n"] == 1
