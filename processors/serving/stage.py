@@ -16,7 +16,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -32,6 +32,7 @@ from stepstream.serving_contract import (
     OutcomeRecord,
     PredictionRecord,
     ReferenceRecord,
+    valid_id,
 )
 
 #: The segment of predictions logged without one, and of segments past the top K.
@@ -73,10 +74,69 @@ class Parsed:
 
     model: str
     version: str
-    predictions: list[PredictionRecord] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     references: list[ReferenceRecord] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+
+
+#: Feature and segment names seen valid (a prediction's 20 names are not matched against
+#: the pattern again for every prediction); bounded.
+_GOOD_NAMES: set[str] = set()
+_MAX_GOOD_NAMES = 100_000
+_PLAIN = (float, int)
+
+
+class Prediction(NamedTuple):
+    """A checked prediction record (the fields of `PredictionRecord`, as a tuple: cheap to
+    build tens of thousands of times a second)."""
+
+    id: str
+    t: float
+    features: dict[str, Any]
+    score: float | None
+    prediction: float | None
+    segment: dict[str, str]
+
+    @classmethod
+    def of(cls, record: PredictionRecord) -> Prediction:
+        """The tuple of a validated model."""
+        return cls(
+            record.id, record.t, record.features, record.score, record.prediction, record.segment
+        )
+
+
+def _plain_prediction(raw: dict[str, Any]) -> Prediction | None:
+    """The record of a prediction in the SDK's plain shape (known names, finite numbers),
+    built without pydantic's per-field validation (most of the stage's parse CPU); None
+    for anything else, which pydantic then validates (and names what is wrong)."""
+    pid = raw.get("id")
+    t = raw.get("t")
+    features = raw.get("features", {})
+    score = raw.get("score")
+    prediction = raw.get("prediction")
+    segment = raw.get("segment", {})
+    if not (
+        type(pid) is str
+        and type(t) in _PLAIN
+        and type(features) is dict
+        and (score is None or type(score) in _PLAIN)
+        and (prediction is None or type(prediction) in _PLAIN)
+        and type(segment) is dict
+        and _GOOD_NAMES.issuperset(features)
+        and _GOOD_NAMES.issuperset(segment)
+        and all(type(v) is str for v in segment.values())
+        and valid_id(pid)
+    ):
+        return None
+    return Prediction(
+        pid,
+        float(t),  # type: ignore[arg-type]
+        features,
+        None if score is None else float(score),
+        None if prediction is None else float(prediction),
+        segment,
+    )
 
 
 def parse_records(model: str, version: str, records: list[Any]) -> Parsed:
@@ -102,9 +162,15 @@ def parse_records(model: str, version: str, records: list[Any]) -> Parsed:
                     continue
                 # Non-finite feature values stay strings here: the counting treats
                 # "NaN"/"Infinity" as missing (no per-value pass at parse time).
-                record = PredictionRecord.model_validate(raw)
+                record = _plain_prediction(raw) or Prediction.of(
+                    PredictionRecord.model_validate(raw)
+                )
                 if not math.isfinite(record.t):
                     raise ValueError("t is not finite")
+                if len(_GOOD_NAMES) > _MAX_GOOD_NAMES:
+                    _GOOD_NAMES.clear()
+                _GOOD_NAMES.update(record.features)
+                _GOOD_NAMES.update(record.segment)
                 out.predictions.append(record)
             elif kind == "outcome":
                 label = _number(raw.get("label"))
@@ -178,7 +244,7 @@ class Effects:
         default_factory=lambda: defaultdict(list)
     )
     """Finite values per (version, window start, feature or ``score``), numpy arrays."""
-    to_count: dict[tuple[str, int], tuple[Reference, list[PredictionRecord]]] = field(
+    to_count: dict[tuple[str, int], tuple[Reference, list[Prediction]]] = field(
         default_factory=dict
     )
     preds: Counter[tuple[str, int, str]] = field(default_factory=Counter)
@@ -266,7 +332,7 @@ class ModelStage:
     def _prediction(
         self,
         version: str,
-        record: PredictionRecord,
+        record: Prediction,
         found: Mapping[str, Pending | None],
         effects: Effects,
     ) -> None:
@@ -306,7 +372,7 @@ class ModelStage:
         version: str,
         start: int,
         reference: Reference,
-        records: list[PredictionRecord],
+        records: list[Prediction],
         effects: Effects,
     ) -> None:
         """Add the drift and quality counts of `records` (one window) column by column:
