@@ -85,6 +85,7 @@ class Parsed:
 _GOOD_NAMES: set[str] = set()
 _MAX_GOOD_NAMES = 100_000
 _PLAIN = (float, int)
+_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
 
 
 class Prediction(NamedTuple):
@@ -124,6 +125,7 @@ def _plain_prediction(raw: dict[str, Any]) -> Prediction | None:
         and (prediction is None or type(prediction) in _PLAIN)
         and type(segment) is dict
         and _GOOD_NAMES.issuperset(features)
+        and _VALUE_TYPES.issuperset(map(type, features.values()))
         and _GOOD_NAMES.issuperset(segment)
         and all(type(v) is str for v in segment.values())
         and valid_id(pid)

@@ -127,3 +127,21 @@ def test_without_a_reference_the_first_window_becomes_it_and_counting_starts_aft
     later = Effects()
     stage.apply(parse_records("m", "v", [{**records[0], "id": "q"}]), {}, later)
     assert later.counts[("v", 0)]["n"] == 1
+
+
+def test_the_fast_path_and_pydantic_agree_on_what_is_valid() -> None:
+    good = {"kind": "prediction", "id": "a", "t": 1.0, "features": {"x": 1.0}, "score": 0.5}
+    records = [
+        good,
+        {**good, "id": "b", "features": {"bad name": 1.0}},
+        {**good, "id": "c", "segment": {"country": 3}},
+        {**good, "id": "d", "t": "soon"},
+        {**good, "id": "e", "score": "0.25"},  # lax: pydantic reads a numeric string
+        {**good, "id": "f", "features": {"x": "NaN", "y": [1]}},
+        {**good, "id": "g", "features": {"x": [1]}},  # a known name: the fast path refuses too
+        {**good, "id": "h", "features": {"x": "NaN", "y": None}},
+    ]
+    parsed = parse_records("m", "v", records)
+    assert [p.id for p in parsed.predictions] == ["a", "e", "h"]
+    assert parsed.predictions[1].score == 0.25
+    assert [r.reason for r in parsed.rejected] == ["schema"] * 5
