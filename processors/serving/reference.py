@@ -16,6 +16,7 @@ import orjson
 from processors.serving.bins import NumericBins
 from processors.serving.categorical import CategoricalBins
 from processors.serving.sketches import kll_doubles_sketch, sketch_of
+from stepstream.serving_contract import NON_FINITE_STRINGS
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -80,7 +81,10 @@ class FeatureReference:
 def feature_reference(values: Sequence[object], top_k: int) -> FeatureReference | None:
     """The reference of one feature's values: numeric when most present values are
     numbers, else categorical; None when nothing usable is there."""
-    present = [v for v in values if v is not None]
+    # Missing: null, and the wire's non-finite strings ("NaN", "Infinity").
+    present = [
+        v for v in values if v is not None and not (type(v) is str and v in NON_FINITE_STRINGS)
+    ]
     numbers = [n for n in (as_number(v) for v in present) if n is not None and math.isfinite(n)]
     if numbers and len(numbers) * 2 >= len(present):
         bins = NumericBins.from_values(numbers)

@@ -61,3 +61,11 @@ def test_categorical_top_k_other_and_unseen() -> None:
     assert cats.counts(["DE", "US", "IT", "FR", "XX"]) == [1, 1, 3]
     assert not cats.unseen("US") and cats.unseen("XX")
     assert CategoricalBins.from_json(cats.to_json()) == cats
+
+
+def test_a_reference_reads_non_finite_values_as_missing() -> None:
+    from processors.serving.reference import NUMERIC, Reference
+
+    ref = Reference.build({"x": [1.0, "NaN", "NaN", "NaN", 2.0, None, 3.0]}, [0.1, 0.9], 5, "given")
+    assert ref.features["x"].kind == NUMERIC and sum(ref.features["x"].counts) == 3
+    assert Reference.from_bytes(ref.to_bytes()).features["x"].counts == ref.features["x"].counts
