@@ -26,6 +26,7 @@ import faust
 from processors.alerting.agent import Alerting
 from processors.flags import Flag, flag_to_alert
 from processors.serving.evaluate import Judge
+from processors.serving.reference import Reference
 from processors.serving.sketches import merged, new_sketch
 from processors.serving.stage import Effects, ModelStage, Parsed, parse_records
 from processors.serving_store import ServingStore
@@ -44,6 +45,8 @@ SERVING_STAGE = "processor/serving-stage"
 SKETCH_FLUSH_S = 1.0
 #: How long a missing reference is not looked up again.
 REFERENCE_RECHECK_S = 1.0
+#: How often a held reference is compared with the stored one.
+REFERENCE_REFRESH_S = 5.0
 
 
 class ServingWorker:
@@ -58,6 +61,7 @@ class ServingWorker:
         self.sketches: dict[tuple[str, str, int, str], Any] = {}
         self.dirty: set[tuple[str, str, int]] = set()
         self.checked: dict[tuple[str, str], float] = {}
+        self.reference_raw: dict[tuple[str, str], bytes] = {}
         self.loaded_segments: set[tuple[str, str]] = set()
         self.judge = Judge(
             min_count=settings.serving_min_count,
@@ -93,14 +97,20 @@ class ServingWorker:
                 await self.store.segments(stage.model, version)
             )
             self.loaded_segments.add(key)
-        if version in stage.references:
-            return
-        if now - self.checked.get(key, 0.0) < REFERENCE_RECHECK_S:
+        # A missing reference is looked for every second; one held is compared with the
+        # stored one every few seconds, so a reference given after traffic started (or
+        # stored by another worker) replaces this worker's. The window in which it changes
+        # mixes two sets of bins: its drift figures are not to be trusted.
+        held = version in stage.references
+        wait = REFERENCE_REFRESH_S if held else REFERENCE_RECHECK_S
+        if now - self.checked.get(key, 0.0) < wait:
             return
         self.checked[key] = now
-        reference = await self.store.reference(stage.model, version)
-        if reference is not None:
-            stage.set_reference(version, reference)
+        raw = await self.store.reference_bytes(stage.model, version)
+        if raw is None or (held and self.reference_raw.get(key) == raw):
+            return
+        self.reference_raw[key] = raw
+        stage.set_reference(version, Reference.from_bytes(raw))
 
     async def handle(self, items: list[Parsed], now: float) -> None:
         """Apply the parsed messages of one batch."""
@@ -114,6 +124,7 @@ class ServingWorker:
                     reference = stage.reference_from(record)
                     stage.set_reference(parsed.version, reference)
                     await self.store.store_reference(model, parsed.version, reference, True)
+                    self.checked[(model, parsed.version)] = now
                 await self.prepare(stage, parsed.version, now)
             found = await self.store.pending(model, parts, now)
             effects = Effects()
@@ -124,6 +135,7 @@ class ServingWorker:
                 # stored is the one everybody uses.
                 kept = await self.store.store_reference(model, version, reference, False)
                 stage.set_reference(version, kept)
+                self.checked[(model, version)] = now
             await self.store.write(model, effects, now)
             await self.store.refresh_performance(model, list(effects.labels))
             for (version, start, feature), values in effects.sketch_values.items():

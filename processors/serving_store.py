@@ -59,6 +59,11 @@ class ServingStore:
         raw = await self.client.get(self.keys.model_reference(model, version))
         return Reference.from_bytes(raw) if raw else None
 
+    async def reference_bytes(self, model: str, version: str) -> bytes | None:
+        """The stored reference of a version as stored (for change checks)."""
+        raw = await self.client.get(self.keys.model_reference(model, version))
+        return bytes(raw) if raw else None
+
     async def store_reference(
         self, model: str, version: str, reference: Reference, replace: bool
     ) -> Reference:

@@ -294,7 +294,10 @@ class ModelStage:
         return Reference.build(record.features, record.scores, self.top_k, "given")
 
     def segment_of(self, version: str, name: str, effects: Effects) -> str:
-        """`name` if it has (or gets) a series of its own, else ``__other__``."""
+        """`name` if it has (or gets) a series of its own, else ``__other__``. The first K
+        segments seen get series (by arrival, not by traffic: a stream has no top K
+        before it ends). Each worker admits from the set it loaded plus its own: with W
+        workers, up to W x K segments in the worst case."""
         admitted = self.segments.setdefault(version, set())
         if name in admitted or name == NO_SEGMENT:
             return name
