@@ -18,7 +18,14 @@
 Beside each figure: the CPU seconds the load generator (building and encoding the
 messages, drawing counts) spent, so it can be compared with what it loads.
 
-Run: PYTHONPATH=. python bench/serving.py [--messages 40] [--windows 1000]
+With ``--live``, the first two figures come from the real pipeline instead: tansu and
+valkey of the embedded stack and one processor worker process; pre-encoded messages are
+replayed with one kafka-python producer (its CPU printed), ``predictions_per_s`` is the
+count stored over the time from the first send to the last prediction counted in Redis,
+and ``join_p99_ms`` is from an outcome's send to its label counted in Redis (polled
+every 2 ms), over 50 outcomes sent one at a time.
+
+Run: PYTHONPATH=. python bench/serving.py [--messages 40] [--windows 1000] [--live]
 """
 
 from __future__ import annotations
@@ -120,6 +127,115 @@ async def _worker_figures(url: str, messages: int) -> dict[str, float]:
     }
 
 
+def _live_figures(messages: int) -> dict[str, float]:
+    """Throughput and join latency through tansu, one processor worker and valkey."""
+    import os
+    import subprocess
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from kafka import KafkaProducer
+
+    from query.reader import MetricsReader
+    from stepstream.stack import LocalStack, settings_env, worker_command
+    from stepstream.streaming import ready_file
+    from stepstream.topics import Topics
+
+    rng = np.random.default_rng(0)
+    preds, _, gen_cpu = _messages(messages, rng)
+    outcome_ids = [f"p0-{i}" for i in range(50)]
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    settings = Settings(
+        state_dir=state_dir, topic_prefix=f"b{uuid.uuid4().hex[:6]}", session_timeout_s=3.0
+    )
+    stack = LocalStack(settings, workers=False)
+    state = stack.start()
+    live = settings.model_copy(
+        update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
+    )
+    topics = Topics(live.topic_prefix)
+    marker = ready_file(live, topics.group("processor"))
+    env = {**os.environ, **settings_env(live)}
+    with (state_dir / "processor.log").open("ab") as out:
+        worker = subprocess.Popen(worker_command("processor"), env=env, stdout=out, stderr=out)
+    reader = producer = None
+    try:
+        reader = MetricsReader.from_url(live.redis_url, live.key_prefix)
+        producer = KafkaProducer(
+            bootstrap_servers=live.kafka_bootstrap, linger_ms=5, max_request_size=2_000_000
+        )
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reference = {
+            "kind": "reference",
+            "t": time.time(),
+            "features": {
+                f"f{j}": rng.normal(0, 1, 2000).round(4).tolist() for j in range(FEATURES)
+            },
+            "scores": rng.random(2000).round(4).tolist(),
+        }
+        body = {"v": 1, "model": "bench", "version": "v1", "records": [reference]}
+        producer.send(topics.serving, key=b"reference", value=orjson.dumps(body))
+        producer.flush()
+        time.sleep(1.0)
+        total = len(preds) * PER_MESSAGE
+        cpu = time.process_time()
+        began = time.perf_counter()
+        # One worker reads every partition: the messages need not be split by partition
+        # here (the SDK splits them so that several workers can share a model).
+        for raw in preds:
+            producer.send(topics.serving, key=b"p", value=raw)
+        producer.flush()
+        send_cpu = time.process_time() - cpu
+
+        def stored() -> int:
+            perf = reader.performance("bench").total
+            return int(perf["predictions"]) if perf else 0
+
+        while stored() < total and time.perf_counter() - began < 120:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - began
+        counted = stored()
+        latencies = []
+        cpu = time.process_time()
+        for n, pid in enumerate(outcome_ids, 1):
+            outcome = {"kind": "outcome", "id": pid, "t": time.time(), "label": 1}
+            body = {"v": 1, "model": "bench", "version": "v1", "records": [outcome]}
+            sent = time.perf_counter()
+            producer.send(topics.serving, key=pid.encode(), value=orjson.dumps(body))
+            producer.flush()
+            while time.perf_counter() - sent < 10:
+                perf = reader.performance("bench").total
+                if perf and perf["labeled"] >= n:
+                    break
+                time.sleep(0.002)
+            latencies.append((time.perf_counter() - sent) * 1000)
+        outcome_cpu = time.process_time() - cpu
+    finally:
+        if producer is not None:
+            producer.close(5)
+        if reader is not None:
+            reader.close()
+        worker.terminate()
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        stack.stop()
+    return {
+        "predictions_per_s": counted / elapsed,
+        "join_p99_ms": float(np.percentile(latencies, 99)),
+        "join_p50_ms": float(np.percentile(latencies, 50)),
+        "gen_cpu_s": gen_cpu + send_cpu,
+        "send_cpu_s": send_cpu,
+        "outcome_cpu_s": outcome_cpu,
+        "joined": float(sum(lat < 10_000 for lat in latencies)),
+    }
+
+
 def _normal_bin_probs(edges: tuple[float, ...], shift: float) -> np.ndarray:
     cdf = [0.0, *(0.5 * (1 + math.erf((e - shift) / math.sqrt(2))) for e in edges), 1.0]
     return np.diff(cdf)
@@ -177,9 +293,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=40, help="prediction messages of 500")
     parser.add_argument("--windows", type=int, default=1000, help="stable windows judged")
+    parser.add_argument("--live", action="store_true", help="through tansu and a worker")
     args = parser.parse_args()
-    with LocalRedis() as server:
-        w = asyncio.run(_worker_figures(server.url, args.messages))
+    if args.live:
+        w = _live_figures(args.messages)
+        w["worker_cpu_per_s"] = math.nan  # the worker is another process
+        print(
+            f"live: producer CPU {w['send_cpu_s']:.2f} s for {args.messages} messages, "
+            f"{w['outcome_cpu_s']:.2f} s for the 50 outcomes and polling"
+        )
+    else:
+        with LocalRedis() as server:
+            w = asyncio.run(_worker_figures(server.url, args.messages))
     d = _drift_figures(args.windows)
     print(
         f"worker: {w['predictions_per_s']:,.0f} predictions/s wall, {w['worker_cpu_per_s']:,.0f} "
