@@ -88,18 +88,31 @@ class ServingStore:
         self, model: str, parsed: Iterable[Parsed], now: float
     ) -> dict[str, Pending | None]:
         """The stored pending record of every prediction and outcome id in `parsed`."""
-        ids: set[str] = set()
-        days: set[int] = set()
+        # Each id is looked up only where it can be: a prediction under its own day, an
+        # outcome under every day of the horizon before it.
+        by_day: dict[int, set[str]] = {}
         for p in parsed:
             for record in p.predictions:
-                ids.add(record.id)
-                days.add(pending_day(record.t))
+                by_day.setdefault(pending_day(record.t), set()).add(record.id)
             for outcome in p.outcomes:
-                ids.add(outcome.id)
-                days.update(lookup_days(outcome.t, self.horizon_s, now))
-        found: dict[str, Pending | None] = dict.fromkeys(ids)
-        if not ids:
+                for day in lookup_days(outcome.t, self.horizon_s, now):
+                    by_day.setdefault(day, set()).add(outcome.id)
+        found: dict[str, Pending | None] = {}
+        for ids in by_day.values():
+            found.update(dict.fromkeys(ids))
+        if not found:
             return found
+        days = sorted(by_day, reverse=True)  # newest first: the newest record of an id wins
+        orders = [sorted(by_day[day]) for day in days]
+        pipe = self.client.pipeline(transaction=False)
+        for day, order in zip(days, orders, strict=True):
+            pipe.hmget(self.keys.model_pending(model, day), order)
+        replies = await pipe.execute()
+        for order, values in zip(orders, replies, strict=True):
+            for pid, raw in zip(order, values, strict=True):
+                if raw is not None and found[pid] is None:
+                    found[pid] = Pending.from_bytes(raw)
+        return found
         order = sorted(ids)
         ordered_days = sorted(days, reverse=True)
         pipe = self.client.pipeline(transaction=False)
