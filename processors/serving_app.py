@@ -11,6 +11,11 @@ windows whose labels changed (an outcome is in the metrics when its batch is don
 timer writes this worker's KLL sketches every second; another judges closed windows
 (drift, data quality, performance) on the worker that holds partition 0 of the serving
 topic, so each window is judged once.
+
+What a worker killed -9 loses: up to a second of its sketch updates (KS and Wasserstein
+only; they carry error bounds anyway). Pending records, joins and the exact bin counts
+are in the per-batch transaction, and the batches read again after the restart add
+nothing twice. The judge's streaks and performance baseline start afresh.
 """
 
 from __future__ import annotations
