@@ -382,3 +382,69 @@ def test_the_dashboard_has_a_page_per_model(stack: tuple[Settings, Workers]) -> 
         assert page.status_code == 200 and "/ui/static/model.js" in page.text
         assert "/models/${name}/performance" in http.get("/ui/static/model.js").text
         assert http.get("/model/bad{name}").status_code == 400
+
+
+def test_the_model_page_in_a_browser(stack: tuple[Settings, Workers]) -> None:
+    """The model page as a user sees it: Debian's chromium, headless, through Playwright
+    (skipped where either is missing, like the dashboard's browser tests)."""
+    import threading
+
+    import uvicorn
+
+    from query.dashboard.app import DashboardOptions
+    from query.dashboard.auth import Access
+    from query.http_api import create_api
+    from stepstream.stack import free_port
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} missing: apt-get install chromium (.ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    settings, _ = stack
+    api = create_api(
+        lambda: MetricsReader.from_url(settings.redis_url, settings.key_prefix),
+        dashboard=DashboardOptions(Access("t", reads_need_token=False)),
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-model-page", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=15, every=0.05)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium),
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-gpu",
+                ],
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"http://127.0.0.1:{port}/model/perf-model")
+                page.wait_for_function(
+                    "document.querySelector('#performance').innerText.includes('all windows')",
+                    timeout=10_000,
+                )
+                table = page.inner_text("#performance")
+                assert "accuracy" in table and "auc" in table
+                assert "country=DE" in page.inner_text("#outcomes")
+                page.goto(f"http://127.0.0.1:{port}/model/drift-model")
+                page.wait_for_function(
+                    "document.querySelector('#drift').innerText.includes('DRIFT')", timeout=10_000
+                )
+                rows = page.inner_text("#drift")
+                assert "age" in rows and "income" in rows and "±" in rows
+                assert "feature:age" in page.inner_text("#drift-title")
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
