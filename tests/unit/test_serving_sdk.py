@@ -105,3 +105,51 @@ def test_bad_names_are_config_errors(tmp_path: Path) -> None:
         PredictionMonitor("bad model", "v1", settings, producer_factory=lambda s: None)
     with pytest.raises(ConfigError, match="version"):
         PredictionMonitor("m", "v 1", settings, producer_factory=lambda s: None)
+
+
+class AwayBroker:
+    """Refuses to connect while `up` is False; keeps (topic, key, value) once up."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def factory(self, settings: Settings) -> AwayBroker:
+        if not self.up:
+            raise ConnectionError("no broker")
+        return self
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_records_logged_while_the_broker_is_away_are_spooled_and_replayed_to_serving(
+    tmp_path: Path,
+) -> None:
+    broker = AwayBroker()
+    settings = Settings(
+        spool_dir=tmp_path / "spool", flush_interval_s=0.02, shutdown_timeout_s=0.5, partitions=4
+    )
+    first = PredictionMonitor("ctr-model", "v7", settings, producer_factory=broker.factory)
+    for i in range(30):
+        first.log_prediction(f"req-{i}", features={"age": i}, score=0.5)
+    first.close()
+    assert first.stats.spooled_records == 30 and not broker.sent
+    broker.up = True
+    second = PredictionMonitor("ctr-model", "v7", settings, producer_factory=broker.factory)
+    try:
+        assert second.flush(5)
+    finally:
+        second.close(2)
+    assert {topic for topic, _, _ in broker.sent} == {Topics().serving}
+    ids = sorted(r["id"] for _, _, v in broker.sent for r in decode_serving(v)[1])
+    assert ids == sorted(f"req-{i}" for i in range(30))
+    for _, key, value in broker.sent:  # the spooled frames kept their partition keys
+        partition = prediction_partition(key.decode(), 4)
+        assert {prediction_partition(r["id"], 4) for r in decode_serving(value)[1]} == {partition}
