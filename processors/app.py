@@ -39,6 +39,7 @@ from processors.forward import (
 )
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
+from processors.serving_app import register_serving
 from processors.validation import Limits
 from stepstream.contract import (
     Batch,
@@ -125,6 +126,8 @@ def create_processor_app(settings: Settings) -> faust.App:
     )
     alerting = Alerting(app, settings)
     keys = RedisKeys(settings.key_prefix)
+    # Served models (issue 23): their own agent and timers, sharing the alert engine.
+    register_serving(app, settings, alerting)
     run_stage = RunStage(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         hung_after_s=settings.hung_after_s,

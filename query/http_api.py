@@ -21,6 +21,9 @@ from query.reader import (
     CrossRankRow,
     LatestValue,
     MetricsReader,
+    ModelDrift,
+    ModelInfo,
+    ModelPerformance,
     QualityRow,
     RankLiveness,
     RunInfo,
@@ -206,6 +209,34 @@ def create_api(
         run: str, count: Annotated[int, Query(ge=1, le=10_000)] = 100, active: bool = False
     ) -> list[Alert]:
         return reader().active_alerts(run) if active else reader().alerts(run, count)
+
+    @api.get("/models", response_model=list[ModelInfo], summary="Served models, newest first")
+    def models() -> list[ModelInfo]:
+        return reader().models()
+
+    @api.get(
+        "/models/{model}/drift",
+        response_model=ModelDrift,
+        summary="Drift per feature and of the score in a model version's judged windows",
+    )
+    def model_drift(model: str, version: str | None = None) -> ModelDrift:
+        found = reader().drift(model, version)
+        if found.version is None:
+            raise HTTPException(404, f"model {model!r} not found: GET /models lists them")
+        return found
+
+    @api.get(
+        "/models/{model}/performance",
+        response_model=ModelPerformance,
+        summary="Accuracy, precision, recall, F1, AUC, MSE/MAE, CTR and conversion by window",
+    )
+    def model_performance(
+        model: str, version: str | None = None, segment: str | None = None
+    ) -> ModelPerformance:
+        found = reader().performance(model, version, segment)
+        if found.version is None:
+            raise HTTPException(404, f"model {model!r} not found: GET /models lists them")
+        return found
 
     @api.get("/metrics", summary="Prometheus exposition of latest values and rolling stats")
     def metrics() -> Response:

@@ -77,6 +77,7 @@ class RollingCollector(Collector):
         yield latest
         yield ettr
         yield badput
+        yield from self._models()
         series = GaugeMetricFamily(
             "stepstream_exporter_series", "Series exported in this scrape.", value=exported
         )
@@ -91,6 +92,36 @@ class RollingCollector(Collector):
             "Runs left out of this scrape by the run cap.",
             value=dropped_runs,
         )
+
+    def _models(self) -> Iterator[GaugeMetricFamily]:
+        """Served models: each version's metrics over all windows and its newest drift."""
+        performance = GaugeMetricFamily(
+            "stepstream_model_metric",
+            "A served model version's metric over all its windows (accuracy, auc, ctr ...).",
+            labels=["model", "version", "metric"],
+        )
+        drift = GaugeMetricFamily(
+            "stepstream_model_drift",
+            "A feature's drift in a model version's newest judged window (js, psi, threshold).",
+            labels=["model", "version", "feature", "stat"],
+        )
+        models = getattr(self._reader, "models", None)
+        for info in (models() if callable(models) else [])[: self._max_runs]:
+            perf = self._reader.performance(info.model)
+            for name, value in (perf.total or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    performance.add_metric([info.model, str(perf.version), name], value)
+            report = self._reader.drift(info.model).latest or {}
+            rows = dict(report.get("features") or {})
+            if report.get("score"):
+                rows["__score__"] = report["score"]
+            for feature, figures in rows.items():
+                for stat in ("js", "psi", "threshold"):
+                    value = figures.get(stat)
+                    if isinstance(value, int | float):
+                        drift.add_metric([info.model, str(perf.version), feature, stat], value)
+        yield performance
+        yield drift
 
 
 def render_metrics(reader: Any, max_series: int) -> bytes:

@@ -482,6 +482,36 @@ class Columns(msgspec.Struct, frozen=True):
         return [self.metrics[i] for i in self.metric.tolist()]
 
 
+class ModelInfo(QueryModel):
+    """A served model: its name, last prediction time and versions (newest first)."""
+
+    model: str
+    last_t: float
+    versions: list[str]
+
+
+class ModelDrift(QueryModel):
+    """Drift of one model version (see `MetricsReader.drift`)."""
+
+    model: str
+    version: str | None
+    latest: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    firing: list[str] = Field(default_factory=list)
+
+
+class ModelPerformance(QueryModel):
+    """Model and user metrics of one model version (see `MetricsReader.performance`)."""
+
+    model: str
+    version: str | None
+    segment: str
+    total: dict[str, Any] | None = None
+    windows: list[dict[str, Any]] = Field(default_factory=list)
+    segments: list[str] = Field(default_factory=list)
+    outcomes: dict[str, int] = Field(default_factory=dict)
+
+
 class MetricsReader:
     """Reads runs, rolling stats, latest values, series and alerts of the Redis store.
 
@@ -816,6 +846,92 @@ class MetricsReader:
         """Alerts of a run now firing."""
         bodies = self._client.hvals(self.keys.active_alerts(run))
         return sorted((Alert.model_validate_json(b) for b in bodies), key=lambda a: a.t)
+
+    # -- served models (issue 23) --------------------------------------------------
+
+    def models(self, now: float | None = None) -> list[ModelInfo]:
+        """Every served model, most recently active first, with its versions (newest
+        first); with `retention_s`, only models active within it."""
+        since = "-inf"
+        if self.retention_s is not None:
+            since = str((now if now is not None else time.time()) - self.retention_s)
+        names = self._client.zrevrangebyscore(self.keys.models(), "+inf", since, withscores=True)
+        out = []
+        for name, score in names:
+            model = _text(name)
+            versions = self._client.zrevrange(self.keys.model_versions(model), 0, -1)
+            out.append(ModelInfo(model=model, last_t=score, versions=[_text(v) for v in versions]))
+        return out
+
+    def _version(self, model: str, version: str | None) -> str | None:
+        if version is not None:
+            return version
+        newest = self._client.zrevrange(self.keys.model_versions(model), 0, 0)
+        return _text(newest[0]) if newest else None
+
+    def drift(self, model: str, version: str | None = None, windows: int = 20) -> ModelDrift:
+        """Drift of a model version (default: its newest) in its judged windows: the
+        newest report in full (per feature: PSI, Jensen-Shannon, the calibrated
+        threshold, KS and Wasserstein with their error bounds, data quality), the
+        features drifted in each of the last `windows`, and the firing drift alerts."""
+        found = self._version(model, version)
+        if found is None:
+            return ModelDrift(model=model, version=version)
+        raw = self._client.hgetall(self.keys.model_drift(model, found))
+        reports = sorted((json.loads(body) for body in raw.values()), key=lambda r: int(r["start"]))
+        history = [
+            {"start": r["start"], "predictions": r["predictions"], "drifted": r["drifted"]}
+            for r in reports[-windows:]
+        ]
+        latest = reports[-1] if reports else None
+        firing = sorted(
+            {
+                a.metric or ""
+                for a in self.active_alerts(model)
+                if a.rule in ("feature_drift", "prediction_drift")
+                and a.labels.get("version") == found
+            }
+        )
+        return ModelDrift(model=model, version=found, latest=latest, history=history, firing=firing)
+
+    def performance(
+        self, model: str, version: str | None = None, segment: str | None = None
+    ) -> ModelPerformance:
+        """Model and user metrics of a model version (default: its newest): over every
+        window (`total`) and per window, for one `segment` (``country=DE``) or the model
+        (the sum over its segments); plus the version's outcome counters (joined, late,
+        orphan, duplicate)."""
+        found = self._version(model, version)
+        seg = segment or "__all__"
+        if found is None:
+            return ModelPerformance(model=model, version=version, segment=seg)
+        raw = self._client.hgetall(self.keys.model_performance(model, found))
+        windows = []
+        total = None
+        segments = set()
+        for field, body in raw.items():
+            start, _, name = _text(field).partition("|")
+            segments.add(name)
+            if name != seg:
+                continue
+            if start == "total":
+                total = json.loads(body)
+            else:
+                windows.append({"start": int(start), **json.loads(body)})
+        windows.sort(key=lambda w: w["start"])
+        outcomes = {
+            _text(k): int(v)
+            for k, v in self._client.hgetall(self.keys.model_outcomes(model)).items()
+        }
+        return ModelPerformance(
+            model=model,
+            version=found,
+            segment=seg,
+            total=total,
+            windows=windows,
+            segments=sorted(segments - {"__all__"}),
+            outcomes=outcomes,
+        )
 
     def dump_run(self, run: str) -> dict[str, Any]:
         """Every per-run key with its type and full content (stream ids included): for

@@ -285,3 +285,109 @@ def ranks_view(reader: MetricsReader, run: str, stale_after_s: float = 30.0) -> 
         alive = "[green]yes" if r.alive else "[red]no"
         table.add_row(str(r.rank), r.node, str(r.step), f"{r.t:.3f}", _fmt(r.age_s), alive)
     return View(meta, [table])
+
+
+# -- served models (issue 23) --------------------------------------------------------
+
+
+def models_view(reader: MetricsReader) -> View:
+    """Every served model, most recently active first, with its versions."""
+    models = reader.models()
+    table = Table("model", "versions (newest first)", "last prediction (unix s)")
+    for m in models:
+        table.add_row(m.model, ", ".join(m.versions), f"{m.last_t:.0f}")
+    return View(models, [table])
+
+
+def drift_view(reader: MetricsReader, model: str, version: str | None) -> View:
+    """Drift of a model version in its newest judged window, feature by feature."""
+    drift = reader.drift(model, version)
+    tables: list[Any] = []
+    latest = drift.latest
+    if latest is not None:
+        table = Table(
+            "feature",
+            "kind",
+            "n",
+            "PSI",
+            "JS",
+            "threshold",
+            "KS ± bound",
+            "W1 ± bound",
+            "drift",
+            "missing/type/range/unseen",
+            title=f"{model} {drift.version}: window at {latest['start']} "
+            f"({latest['predictions']} predictions, reference: {latest['reference']})",
+        )
+        rows = dict(latest["features"])
+        if latest.get("score"):
+            rows["(score)"] = latest["score"]
+        for name, f in rows.items():
+            ks = f.get("ks") or {}
+            w1 = f.get("wasserstein") or {}
+            q = f.get("quality") or {}
+            table.add_row(
+                name,
+                str(f.get("kind", "")),
+                str(f.get("n", 0)),
+                _fmt(f.get("psi")),
+                _fmt(f.get("js")),
+                _fmt(f.get("threshold")),
+                f"{_fmt(ks.get('value'))} ± {_fmt(ks.get('error_bound'))}" if ks else "-",
+                f"{_fmt(w1.get('value'))} ± {_fmt(w1.get('error_bound'))}" if w1 else "-",
+                "DRIFT" if f.get("drift") else "",
+                "/".join(str(q.get(k, 0)) for k in ("missing", "type", "range", "unseen")),
+            )
+        tables.append(table)
+    history = Table("window start", "predictions", "drifted", title="recent windows")
+    for h in drift.history:
+        history.add_row(str(h["start"]), str(h["predictions"]), ", ".join(h["drifted"]) or "-")
+    tables.append(history)
+    if drift.firing:
+        tables.append(f"firing drift alerts: {', '.join(drift.firing)}")
+    return View(drift, tables)
+
+
+_PERF_COLUMNS = (
+    "predictions",
+    "labeled",
+    "label_coverage",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "auc",
+    "mse",
+    "mae",
+    "ctr",
+    "conversion_rate",
+)
+
+
+def performance_view(
+    reader: MetricsReader, model: str, version: str | None, segment: str | None
+) -> View:
+    """Model and user metrics of a model version: over all windows and in the newest
+    windows (metrics as rows, so the table fits a terminal)."""
+    perf = reader.performance(model, version, segment)
+    columns: list[tuple[str, dict[str, Any]]] = []
+    if perf.total is not None:
+        columns.append(("all windows", perf.total))
+    columns.extend((str(w["start"]), w) for w in perf.windows[-4:])
+    table = Table(
+        "metric",
+        *(name for name, _ in columns),
+        title=f"{model} {perf.version} segment {perf.segment}",
+    )
+    for metric in _PERF_COLUMNS:
+        cells = []
+        for _, metrics in columns:
+            value = metrics.get(metric)
+            cells.append(
+                _fmt(value)
+                if isinstance(value, float)
+                else str(value if value is not None else "-")
+            )
+        table.add_row(metric, *cells)
+    extra = f"segments: {', '.join(perf.segments) or '-'}; outcomes: {perf.outcomes or '-'}"
+    return View(perf, [table, extra])

@@ -225,6 +225,73 @@ class RedisKeys:
         """The keys of one raw series, one per kind."""
         return [self.series(run, kind, rank, metric) for kind in SERIES_KINDS]
 
+    # -- served models (issue 23). A model's keys share its hash tag ``{model}`` (model
+    # names follow run ids); the ``serve:`` suffixes are a namespace of their own, so a
+    # run and a model of the same name never share a key. Every one expires after
+    # `retention_s` without a write, except the pending predictions (label horizon).
+
+    def models(self) -> str:
+        """Sorted set: model name scored by its last prediction (event time)."""
+        return f"{self.prefix}:models"
+
+    def _serve(self, model: str, suffix: str) -> str:
+        return self._run(model, f"serve:{suffix}")
+
+    def model_versions(self, model: str) -> str:
+        """Sorted set: version of a model scored by its last prediction."""
+        return self._serve(model, "versions")
+
+    def model_segments(self, model: str, version: str) -> str:
+        """Set: the segments of a version with their own series (at most the top K)."""
+        return self._serve(model, f"segments:{check_window(version)}")
+
+    def model_reference(self, model: str, version: str) -> str:
+        """String: JSON reference of a version (bins, categories, sample, range)."""
+        return self._serve(model, f"ref:{check_window(version)}")
+
+    def model_windows(self, model: str, version: str) -> str:
+        """Sorted set: window start (Unix seconds) of every window with data."""
+        return self._serve(model, f"windows:{check_window(version)}")
+
+    def model_counts(self, model: str, version: str, start: int) -> str:
+        """Hash: the integer counts of one window (drift bins, categories, data quality),
+        added to by every worker (HINCRBY)."""
+        return self._serve(model, f"counts:{check_window(version)}:{int(start)}")
+
+    def model_labels(self, model: str, version: str, start: int) -> str:
+        """Hash: ``segment|counter`` -> label counts and sums of the predictions of one
+        window (confusion, score histograms by label, squared and absolute errors, clicks,
+        conversions, label delays), added to as outcomes join."""
+        return self._serve(model, f"labels:{check_window(version)}:{int(start)}")
+
+    def model_label_totals(self, model: str, version: str) -> str:
+        """Hash: the label counts of every window of a version, added up (as `model_labels`)."""
+        return self._serve(model, f"labels:{check_window(version)}:total")
+
+    def model_sketches(self, model: str, version: str, start: int) -> str:
+        """Hash: ``partition|feature`` -> serialized KLL sketch of one window (one writer
+        per partition; readers merge them)."""
+        return self._serve(model, f"kll:{check_window(version)}:{int(start)}")
+
+    def model_performance(self, model: str, version: str) -> str:
+        """Hash: ``start|segment`` -> JSON metrics of a window (``__all__``: the model, the
+        sum over its segments; start ``total``: every window added up)."""
+        return self._serve(model, f"perf:{check_window(version)}")
+
+    def model_drift(self, model: str, version: str) -> str:
+        """Hash: window start -> JSON drift report of a closed window."""
+        return self._serve(model, f"drift:{check_window(version)}")
+
+    def model_outcomes(self, model: str) -> str:
+        """Hash: outcome counters of a model that belong to no window: ``orphan``,
+        ``late``, ``duplicate``, ``joined``."""
+        return self._serve(model, "outcomes")
+
+    def model_pending(self, model: str, day: int) -> str:
+        """Hash: prediction id -> compact JSON of a prediction served on UTC day `day`
+        (days since the epoch) waiting for its outcome; expires after the label horizon."""
+        return self._serve(model, f"pending:{int(day)}")
+
     def run_pattern(self, run: str) -> str:
         """SCAN MATCH pattern of every per-run key (run ids hold no glob characters)."""
         return f"{self.prefix}:{{{check_run_id(run)}}}:*"

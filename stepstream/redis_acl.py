@@ -26,6 +26,12 @@ READ_COMMANDS = (
     "ttl",
     "xrange",
     "xrevrange",
+    # served models (issue 23): the reader's and the serving stage's reads
+    "zrangebyscore",
+    "zrevrangebyscore",
+    "zrevrange",
+    "hmget",
+    "get",
 )
 # The dashboard's live updates: one PSUBSCRIBE per server process to the runs' updates and
 # alerts channels (query/dashboard/hub.py). Both roles need them: without these a
@@ -49,6 +55,13 @@ WRITE_COMMANDS = (
     "xadd",
     "hdel",
     "publish",
+    # served models (issue 23): the serving stage's counts, references and transactions
+    "hincrby",
+    "hincrbyfloat",
+    "expireat",
+    "set",
+    "multi",
+    "exec",
 )
 
 

@@ -23,6 +23,7 @@ from stepstream.contract import (
     RankSummary,
     WindowUpdate,
 )
+from stepstream.serving_contract import ServingBatch
 from stepstream.topics import Topics
 
 NON_FINITE = ["NaN", "Infinity", "-Infinity"]
@@ -39,6 +40,7 @@ def topic_models(topics: Topics) -> dict[str, tuple[type[BaseModel], str]]:
         topics.alerts: (Alert, "run"),
         topics.deadletter: (DeadLetter, "any"),
         topics.control: (ControlAction, "run"),
+        topics.serving: (ServingBatch, "prediction id"),
     }
     assert set(models) == set(topics.all()), "every topic needs its model here"
     return models

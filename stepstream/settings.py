@@ -293,6 +293,44 @@ class Settings(BaseSettings):
         description='Per-detector parameter overrides, e.g. {"spike": {"z": 8}}.',
     )
 
+    serving_label_horizon_s: float = Field(
+        14 * 86400.0,
+        gt=0,
+        description="How long a served prediction waits for its outcome; an outcome after "
+        "it is counted late, not joined.",
+    )
+    serving_window_s: float = Field(
+        60.0, gt=0, description="Length of a serving window (drift, quality, performance)."
+    )
+    serving_top_k: int = Field(
+        20,
+        ge=1,
+        description="Segments kept per model, and categories kept per categorical feature; "
+        "the rest are counted under __other__.",
+    )
+    serving_min_count: int = Field(
+        100, ge=1, description="Fewest predictions (or labels) a window needs to be judged."
+    )
+    serving_reference_size: int = Field(
+        10_000,
+        ge=100,
+        description="Values per feature kept as the reference sample (given, or the first "
+        "window of traffic when none is given).",
+    )
+    serving_drift_windows: int = Field(
+        2,
+        ge=1,
+        description="Consecutive windows over the calibrated threshold before a drift or "
+        "performance alert fires.",
+    )
+    serving_quality_max_rate: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of a window's values of a feature that may be missing, mistyped, "
+        "out of the reference range or unseen before a data_quality alert fires.",
+    )
+
     def __init__(self, **values: Any) -> None:
         """Settings from `values`, then ``STEPSTREAM_*`` variables, then defaults.
 

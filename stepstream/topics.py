@@ -52,6 +52,12 @@ class Topics:
         """Actions for training jobs (stop, checkpoint, scale LR), keyed by run."""
         return f"{self.prefix}.control"
 
+    @property
+    def serving(self) -> str:
+        """Predictions, outcomes and references of served models, keyed by prediction id
+        (predictions and their outcomes meet in one partition)."""
+        return f"{self.prefix}.serving"
+
     def all(self) -> list[str]:
         """Every topic stepstream creates at start-up."""
         return [
@@ -63,6 +69,7 @@ class Topics:
             self.alerts,
             self.deadletter,
             self.control,
+            self.serving,
         ]
 
     def group(self, stage: str) -> str:

@@ -145,6 +145,12 @@ def add_dashboard(
         check_run_id(run)
         return page("run.html")
 
+    @api.get("/model/{model}", include_in_schema=False)
+    def model_page(model: str) -> FileResponse:
+        # A served model's page (its data: GET /models/{model}/drift and /performance).
+        check_run_id(model)
+        return page("model.html")
+
     @api.get("/ui/api/runs", summary="Dashboard: runs with state, step rate, firing alerts")
     def ui_runs(glob: str | None = None) -> list[dict[str, Any]]:
         r = reader()

@@ -47,7 +47,19 @@ __all__ = [
 ]
 
 # Help lists commands in the order they were written in one module before the split.
-_ORDER = ["up", "down", "status", "query", "serve", "export", "worker", "alerts", "schema", "demo"]
+_ORDER = [
+    "up",
+    "down",
+    "status",
+    "query",
+    "models",
+    "serve",
+    "export",
+    "worker",
+    "alerts",
+    "schema",
+    "demo",
+]
 _GROUPS = ["silence", "redis", "rules"]
 app.registered_commands.sort(
     key=lambda c: _ORDER.index(str(c.name or getattr(c.callback, "__name__", "")))

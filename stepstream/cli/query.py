@@ -57,6 +57,21 @@ def query(
             "(or --rank).",
         ),
     ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="A served model (with --drift or --performance).")
+    ] = None,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="--model: drift per feature, newest window.")
+    ] = False,
+    performance: Annotated[
+        bool, typer.Option("--performance", help="--model: accuracy, AUC, CTR ... per window.")
+    ] = False,
+    version: Annotated[
+        str | None, typer.Option("--version", help="--model: a version (default: newest).")
+    ] = None,
+    segment: Annotated[
+        str | None, typer.Option("--segment", help="--performance: one segment, e.g. country=DE.")
+    ] = None,
     redis_url: RedisUrl = None,
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
@@ -69,12 +84,20 @@ def query(
     if compare is not None and (not 2 <= len(compared) <= 6 or series is None):
         sys.stderr.write("error: --compare takes 2-6 runs (R1,R2) and --series METRIC\n")
         raise typer.Exit(2)
+    if (drift or performance) and model is None:
+        sys.stderr.write("error: --drift and --performance need --model M\n")
+        raise typer.Exit(2)
 
     def go() -> None:
         settings = _load(redis_url=redis_url, state_dir=state_dir)
         reader = MetricsReader.from_settings(settings)
         try:
-            if compared and series is not None:
+            if model is not None:
+                if performance:
+                    view = query_views.performance_view(reader, model, version, segment)
+                else:
+                    view = query_views.drift_view(reader, model, version)
+            elif compared and series is not None:
                 view = query_views.compare_view(reader, compared, series, rank, from_step, to_step)
             elif run is None:
                 view = query_views.runs_view(reader)
@@ -96,6 +119,32 @@ def query(
                 view = query_views.goodput_view(reader, run)
             else:
                 view = query_views.rolling_view(reader, run, window)
+        finally:
+            reader.close()
+        if json_out:
+            print(view.to_json())
+            return
+        for renderable in view.tables:
+            console.print(renderable)
+
+    _guard(go)
+
+
+@app.command()
+def models(
+    redis_url: RedisUrl = None,
+    state_dir: StateDir = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List the served models (`producers.serving`), newest activity first, with versions."""
+    from query import views as query_views
+    from query.reader import MetricsReader
+
+    def go() -> None:
+        settings = _load(redis_url=redis_url, state_dir=state_dir)
+        reader = MetricsReader.from_settings(settings)
+        try:
+            view = query_views.models_view(reader)
         finally:
             reader.close()
         if json_out:

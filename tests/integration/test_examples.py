@@ -93,7 +93,11 @@ def _commands(suffix: str, workdir: Path) -> dict[str, tuple[str, list[str]]]:
             str(_norms_file(workdir, "hf_fsdp")),
         ],
     }
-    return {name: (f"ex-{name}-{suffix}", cmd) for name, cmd in jobs.items()}
+    jobs["serving"] = [*py, str(EXAMPLES / "serving.py"), "--predictions", "600", "--rate", "400"]
+    out = {name: (f"ex-{name}-{suffix}", cmd) for name, cmd in jobs.items()}
+    model = out["serving"][0]
+    out["serving"] = (model, [*out["serving"][1], "--model", model])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,24 @@ def _steps(reader: MetricsReader, run: str, metric: str, rank: int = 0) -> list[
 
 def _names(reader: MetricsReader, run: str, rank: int) -> set[str]:
     return {m for r, m in reader.series_names(run) if r == rank}
+
+
+def test_serving(jobs: dict[str, Job], reader: MetricsReader) -> None:
+    """examples/serving.py: predictions now, labels and clicks later, all joined."""
+    job = jobs["serving"]
+    _finished(job)
+    line = job.output.strip().splitlines()[-1]
+    fields = dict(part.split("=") for part in line.split())
+    assert fields["model"] == job.run and fields["predictions"] == "600"
+
+    def joined() -> object:
+        total = reader.performance(job.run).total
+        return total if total and total["labeled"] == int(fields["labels"]) else None
+
+    total = wait_for(joined, timeout=60)
+    assert total["predictions"] == 600 and total["clicks"] == int(fields["clicks"])
+    assert total["auc"] is not None and 0.5 < total["auc"] <= 1.0
+    assert len(reader.performance(job.run).segments) == 4
 
 
 def test_plain_loop(jobs: dict[str, Job], reader: MetricsReader) -> None:

@@ -42,13 +42,26 @@ def test_every_topic_has_a_schema_and_a_key() -> None:
 
 
 def test_the_docs_telemetry_example_is_valid_for_the_schema_and_the_decoder() -> None:
-    batch_doc, letter_doc = json_examples()
+    batch_doc, letter_doc, _ = json_examples()
     validator("Batch").validate(batch_doc)
     batch = decode_batch(json.dumps(batch_doc).encode())
     assert math.isnan(batch.records[0].values["grad_norm"])
     assert batch.records[1].values["underflow"] == -math.inf
     validator("DeadLetter").validate(letter_doc)
     assert DeadLetter.model_validate(letter_doc).truncated
+
+
+def test_the_docs_serving_example_is_valid_for_the_schema_and_the_stage() -> None:
+    from processors.serving.stage import parse_records
+    from stepstream.serving_contract import decode_serving
+
+    _, _, serving_doc = json_examples()
+    validator("ServingBatch").validate(serving_doc)
+    envelope, records = decode_serving(json.dumps(serving_doc).encode())
+    parsed = parse_records(envelope.model, envelope.version, records)
+    assert not parsed.rejected
+    assert [p.id for p in parsed.predictions] == ["req-123"]
+    assert [o.id for o in parsed.outcomes] == ["req-117", "req-118"]
 
 
 def test_what_the_sdk_models_write_validates_including_non_finite_values() -> None:

@@ -89,4 +89,18 @@
   });
   setInterval(load, 10000); // states age (silent) without any write
   load();
+
+  // Served models (producers.serving): one link per model to its page.
+  async function loadModels() {
+    try {
+      const models = await window.SS.api("/models");
+      const list = document.getElementById("models");
+      list.replaceChildren(...models.map((m) => window.SS.el("li", {},
+        window.SS.el("a", { href: "/model/" + encodeURIComponent(m.model) }, m.model),
+        " " + m.versions.join(", "))));
+      document.getElementById("models-box").hidden = models.length === 0;
+    } catch (e) { /* the runs table shows read errors */ }
+  }
+  loadModels();
+  setInterval(loadModels, 10000);
 })();
