@@ -5,6 +5,8 @@ numeric stat (extra stats processors add appear as new ``stat`` values, no code 
 and ``stepstream_latest{run, rank, metric}`` the latest values. At most `max_series`
 (run, rank, metric[, window]) series are exported per scrape, most recently active runs
 first; ``stepstream_exporter_series_dropped`` counts the rest so a cap is never silent.
+``stepstream_alerts{run, rank, alertname, severity, alertstate}`` is 1 per open alert,
+``alertstate`` firing or pending, as Prometheus's ``ALERTS`` series.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class RollingCollector(Collector):
             "Seconds of a run's wall time lost, by cause (slowest_rank also by rank).",
             labels=["run", "cause", "rank"],
         )
+        # Prometheus's own ALERTS series: 1 per open alert, pending ones included with
+        # alertstate="pending" (one HVALS per run, outside the series cap like goodput).
+        alerts = GaugeMetricFamily(
+            "stepstream_alerts",
+            "Open alerts of a run (1 each), like Prometheus's ALERTS: firing or pending.",
+            labels=["run", "rank", "alertname", "severity", "alertstate"],
+        )
+        active_alerts = getattr(self._reader, "active_alerts", None)
         exported = dropped = 0
         runs = self._reader.runs()
         dropped_runs = max(0, len(runs) - self._max_runs)
@@ -59,6 +69,9 @@ class RollingCollector(Collector):
                     badput.add_metric([info.run, cause, ""], seconds)
                 for rank, seconds in found.slowest_by_rank.items():
                     badput.add_metric([info.run, "slowest_rank", rank], seconds)
+            for alert in active_alerts(info.run) if callable(active_alerts) else ():
+                rank = "" if alert.rank is None else str(alert.rank)
+                alerts.add_metric([info.run, rank, alert.rule, alert.severity, alert.status], 1)
             for (rank, metric), value in sorted(self._reader.latest(info.run).items()):
                 if exported >= self._max_series:
                     dropped += 1
@@ -77,6 +90,7 @@ class RollingCollector(Collector):
         yield latest
         yield ettr
         yield badput
+        yield alerts
         yield from self._models()
         series = GaugeMetricFamily(
             "stepstream_exporter_series", "Series exported in this scrape.", value=exported

@@ -843,7 +843,8 @@ class MetricsReader:
         return list(reversed(alerts))
 
     def active_alerts(self, run: str) -> list[Alert]:
-        """Alerts of a run now firing."""
+        """Alerts of a run now open, oldest first: firing, and pending (a rule's condition
+        holding for less than its `for`; see `Alert.status`)."""
         bodies = self._client.hvals(self.keys.active_alerts(run))
         return sorted((Alert.model_validate_json(b) for b in bodies), key=lambda a: a.t)
 

@@ -43,12 +43,14 @@ ALERT_STREAM_MAXLEN = 10_000
 
 # Appends an alert transition once: the dedup field (fingerprint|status|t) is claimed with
 # HSETNX, and only a first claim adds to the history, updates the active set and
-# publishes. A script, because a pipeline cannot make a write depend on another's reply;
-# all its keys share the run's hash tag, so it runs on Redis Cluster too.
+# publishes. Pending and firing alerts are active; resolved and withdrawn (a pending alert
+# whose condition stopped before it fired) leave the set. A script, because a pipeline
+# cannot make a write depend on another's reply; all its keys share the run's hash tag,
+# so it runs on Redis Cluster too.
 ALERT_SCRIPT = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], '1') == 0 then return 0 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'fingerprint', ARGV[2], 'alert', ARGV[4])
-if ARGV[3] == 'firing' then
+if ARGV[3] == 'firing' or ARGV[3] == 'pending' then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 else
   redis.call('HDEL', KEYS[3], ARGV[2])

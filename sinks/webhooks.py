@@ -25,7 +25,7 @@ import aiohttp
 
 from sinks.notify_groups import NotificationGroups
 from sinks.webhook_payloads import body_for, notification_key
-from stepstream.contract import Alert
+from stepstream.contract import NOTIFY_STATUSES, Alert
 from stepstream.settings import WebhookTarget
 
 RETRYABLE_4XX = frozenset({408, 429})
@@ -121,10 +121,14 @@ class WebhookDispatcher:
     def submit(self, alert: Alert, ack: Ack | None = None) -> None:
         """Queue one transition; `ack` is called once it was delivered or dead-lettered
         everywhere (at once for a transition nobody is to be notified of)."""
-        wanted = alert.suppressed_by is None and any(
-            alert.severity in t.severities for t in self.targets
+        # Pending and withdrawn alerts are stored and shown, never notified (Prometheus
+        # sends Alertmanager firing alerts only): a `for` exists to keep them quiet.
+        wanted = (
+            alert.status in NOTIFY_STATUSES
+            and alert.suppressed_by is None
+            and any(alert.severity in t.severities for t in self.targets)
         )
-        if not wanted:  # silenced, inhibited or filtered out: recorded, not notified
+        if not wanted:  # pending, silenced, inhibited or filtered out: not notified
             if ack is not None:
                 ack()
             return

@@ -261,7 +261,15 @@ class CrossRankUpdate(WireModel):
 
 
 Severity = Literal["info", "warning", "critical"]
-AlertStatus = Literal["firing", "resolved"]
+#: An alert's transitions, Prometheus-style: ``pending`` while its condition holds for less
+#: than its rule's ``for`` (visible, never notified), ``firing``, then ``resolved``; or
+#: ``withdrawn`` when a pending alert's condition stops before it fired. Withdrawn is a
+#: state of its own, not ``resolved``, so that "resolved" counts only alerts that fired.
+AlertStatus = Literal["pending", "firing", "resolved", "withdrawn"]
+#: The statuses of an alert still open (kept in the run's active-alert hash).
+OPEN_STATUSES: frozenset[str] = frozenset({"pending", "firing"})
+#: The statuses anyone is notified of (webhooks, anything that pages).
+NOTIFY_STATUSES: frozenset[str] = frozenset({"firing", "resolved"})
 
 
 class Alert(WireModel):
@@ -278,6 +286,11 @@ class Alert(WireModel):
     step: int | None = None
     t: float = Field(description="Event time of the record that caused the transition.")
     raised_at: float = Field(description="Wall-clock time the processor raised it.")
+    active_since: float | None = Field(
+        None,
+        description="Event time the rule's condition started holding (pending and firing "
+        "alerts of the alert engine; Prometheus's activeAt).",
+    )
     summary: str = ""
     description: str = ""
     labels: dict[str, str] = Field(default_factory=dict)

@@ -19,7 +19,7 @@ from processors.alerting.rules import Rule
 from processors.alerting.silences import Silence, silenced_by
 from processors.alerting.templates import render
 from processors.flags import fingerprint
-from stepstream.contract import Alert, Severity, WindowUpdate
+from stepstream.contract import OPEN_STATUSES, Alert, AlertStatus, Severity, WindowUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +200,9 @@ class AlertEngine:
         """Take over alerts that were firing before this engine started (a restart, or a
         run's partition moving to this worker); return how many were taken.
 
-        A restored alert is firing: the condition still holding does not notify again, a
-        condition rule that no longer holds resolves it as usual. A detector alert must be
+        A restored alert is firing (or pending, and goes on pending): the condition still
+        holding does not notify again, a condition rule that no longer holds resolves (or
+        withdraws) it as usual. A detector alert must be
         re-asserted by this worker's detectors within `reassert_s` of the run's next input
         (its clear, owed by the old owner, is lost with it): else it resolves then
         (`resolve_unasserted`). One this engine held before its last `forget_all` is
@@ -213,14 +214,18 @@ class AlertEngine:
         names = {rule.name: rule for rule in self.rules}
         taken = 0
         for alert in alerts:
-            if alert.status != "firing" or alert.fingerprint in self._tracked:
+            if alert.status not in OPEN_STATUSES or alert.fingerprint in self._tracked:
                 continue
             # No user rule of that name: a detector's built-in rule (or a user rule since
             # removed, which then resolves on the resolve timeout like a quiet detector).
             rule = names.get(alert.rule) or self._builtin(alert.rule, alert.severity)
+            # A pending alert goes on pending from when its condition started: it fires
+            # when `for` has elapsed since then, or is withdrawn like a firing one resolves.
+            pending = alert.status == "pending"
+            since = alert.active_since if alert.active_since is not None else alert.t
             state = AlertState(
-                phase=Phase.FIRING,
-                active_since_t=alert.t,
+                phase=Phase.PENDING if pending else Phase.FIRING,
+                active_since_t=since,
                 active_since_step=alert.step,
                 last_notified_t=alert.t,
             )
@@ -257,15 +262,11 @@ class AlertEngine:
                 continue  # nothing of the run arrived since the take-over: not judged
             del self._tracked[fp]
             out.append(
-                last.model_copy(
-                    update={
-                        "status": "resolved",
-                        "raised_at": now,
-                        "action": None,
-                        "suppressed_by": None,
-                        "summary": f"{last.summary} (not re-asserted after run {last.run} "
-                        "moved to another worker: its condition is no longer seen)",
-                    }
+                _ended(
+                    last,
+                    now,
+                    f"not re-asserted after run {last.run} moved to another worker: "
+                    "its condition is no longer seen",
                 )
             )
         return out
@@ -325,13 +326,25 @@ class AlertEngine:
         that stops altogether, an alert restored after a restart whose detector starts
         afresh, a rule whose keep_firing_for is counted in steps. Like Alertmanager's
         resolve_timeout, such an alert resolves after `timeout_s`: one still holding when
-        its run has been silent that long, any other with no new signal that long.
+        its run has been silent that long, any other with no new signal that long. A
+        pending alert ends withdrawn instead (a condition rule's too, once its run has been
+        silent that long).
         """
         now = self._clock()
         out = []
         for fp, tracked in list(self._tracked.items()):
             last = tracked.last
-            if not tracked.detector or last is None:
+            if last is None:
+                continue
+            if not tracked.detector:
+                # A condition rule's pending alert of a run gone silent: its `for` will
+                # never elapse, so it is withdrawn rather than left pending for ever.
+                if last.status != "pending":
+                    continue
+                if now - self._run_seen.get(last.run, tracked.last_signal_at) < timeout_s:
+                    continue
+                del self._tracked[fp]
+                out.append(_ended(last, now, f"run {last.run} silent for {timeout_s:g}s"))
                 continue
             holding = tracked.level is not None and tracked.level.active
             if holding:
@@ -344,17 +357,7 @@ class AlertEngine:
                     continue
                 why = f"no new evidence for {timeout_s:g}s"
             del self._tracked[fp]
-            out.append(
-                last.model_copy(
-                    update={
-                        "status": "resolved",
-                        "raised_at": now,
-                        "action": None,
-                        "suppressed_by": None,
-                        "summary": f"{last.summary} ({why})",
-                    }
-                )
-            )
+            out.append(_ended(last, now, why))
         self._forget_quiet_runs(now, timeout_s)
         return out
 
@@ -444,8 +447,6 @@ class AlertEngine:
             tracked.reassert_by = None
         notice = tracked.state.evaluate(active, t, step, rule.timing)
         if notice is None:
-            if tracked.state.phase is Phase.INACTIVE:  # pending, then cleared: forget it
-                del self._tracked[fp]
             return None
         context = {
             **values,
@@ -456,17 +457,18 @@ class AlertEngine:
             "rule": rule.name,
             "labels": rule.labels,
         }
-        if notice is Notice.RESOLVED:
-            status = "resolved"
+        status: AlertStatus
+        if notice is Notice.RESOLVED or notice is Notice.WITHDRAWN:
+            status = "resolved" if notice is Notice.RESOLVED else "withdrawn"
             # A detector's cleared flag says what cleared and when; a condition rule's
-            # resolution repeats what fired.
+            # resolution repeats what fired (or was pending).
             summary = (
                 (fallback_summary if from_detector else "")
                 or (tracked.last.summary if tracked.last else fallback_summary)
                 or rule.name
             )
         else:
-            status = "firing"
+            status = "pending" if notice is Notice.PENDING else "firing"
             summary = render(rule.summary, context) if rule.summary else fallback_summary
             summary = summary or f"{rule.name} on run {run}" + (
                 f" rank {rank}" if rank is not None else ""
@@ -482,6 +484,7 @@ class AlertEngine:
             step=step,
             t=t,
             raised_at=self._clock(),
+            active_since=tracked.state.active_since_t if status in OPEN_STATUSES else None,
             summary=summary,
             description=render(rule.description, context) if rule.description else description,
             labels={
@@ -489,14 +492,15 @@ class AlertEngine:
                 **{k: v for k, v in rule.labels.items() if k != "builtin"},
             },
             evidence=evidence
-            if status == "firing" or from_detector
+            if status in OPEN_STATUSES or from_detector
             else (tracked.last.evidence if tracked.last else {}),
             action=rule.action if status == "firing" and notice is Notice.FIRING else None,
             suppressed_by=self._suppressed(tracked.labels, fp, self._clock()),
             affected=list(affected),
         )
-        tracked.last = alert if status == "firing" else None
-        if status == "resolved":
+        if status in OPEN_STATUSES:
+            tracked.last = alert
+        else:  # resolved, or withdrawn before it fired: forget it
             del self._tracked[fp]
         return alert
 
@@ -504,7 +508,12 @@ class AlertEngine:
         silence = silenced_by(self.silences, labels, now)
         if silence is not None:
             return f"silence:{silence.id}"
-        firing = [t.labels for f, t in self._tracked.items() if f != fp and t.last is not None]
+        # Only firing alerts inhibit others (Alertmanager's rule): a pending one may never fire.
+        firing = [
+            t.labels
+            for f, t in self._tracked.items()
+            if f != fp and t.last is not None and t.last.status == "firing"
+        ]
         source = inhibited_by(labels, firing, self.inhibit_rules)
         if source is not None:
             return f"inhibited:{source['rule']}"
@@ -512,4 +521,23 @@ class AlertEngine:
 
     def firing(self) -> list[Alert]:
         """The alerts now firing."""
-        return [t.last for t in self._tracked.values() if t.last is not None]
+        return [t.last for t in self._tracked.values() if t.last and t.last.status == "firing"]
+
+    def pending(self) -> list[Alert]:
+        """The alerts now pending (condition holding, `for` not yet elapsed)."""
+        return [t.last for t in self._tracked.values() if t.last and t.last.status == "pending"]
+
+
+def _ended(last: Alert, now: float, why: str) -> Alert:
+    """The end of an open alert whose condition is no longer seen: resolved if it fired,
+    withdrawn if it was pending."""
+    return last.model_copy(
+        update={
+            "status": "resolved" if last.status == "firing" else "withdrawn",
+            "raised_at": now,
+            "active_since": None,
+            "action": None,
+            "suppressed_by": None,
+            "summary": f"{last.summary} ({why})",
+        }
+    )

@@ -1,8 +1,9 @@
 """The alert lifecycle, Prometheus-style: inactive -> pending -> firing -> resolved.
 
 One `AlertState` per fingerprint. `evaluate` is called with each new observation of the
-rule's condition (true or false) at an event time and step, and returns the notification
-to send, if any. Pending never notifies; a condition that clears while pending is
+rule's condition (true or false) at an event time and step, and returns the transition
+to emit, if any. Entering pending and a pending condition clearing (withdrawn) are
+transitions that are stored and shown but never notify anyone; a withdrawn alert is then
 forgotten. `keep_firing_for` holds a firing alert through short clears, which is what
 turns a flapping series into one firing and one resolved notification.
 """
@@ -24,8 +25,10 @@ class Phase(StrEnum):
 
 
 class Notice(StrEnum):
-    """What `evaluate` asks the caller to send."""
+    """What `evaluate` asks the caller to emit."""
 
+    PENDING = "pending"
+    WITHDRAWN = "withdrawn"
     FIRING = "firing"
     REPEAT = "repeat"
     RESOLVED = "resolved"
@@ -52,11 +55,12 @@ class AlertState:
     last_notified_t: float = 0.0
 
     def evaluate(self, active: bool, t: float, step: int | None, timing: Timing) -> Notice | None:
-        """Advance with one observation; return the notification due, if any."""
+        """Advance with one observation; return the transition due, if any."""
         if active:
             self.cleared_since_t = None
             self.cleared_since_step = None
-            if self.phase is Phase.INACTIVE:
+            entered = self.phase is Phase.INACTIVE
+            if entered:
                 self.phase = Phase.PENDING
                 self.active_since_t, self.active_since_step = t, step
             if self.phase is Phase.PENDING:
@@ -64,7 +68,9 @@ class AlertState:
                     self.phase = Phase.FIRING
                     self.last_notified_t = t
                     return Notice.FIRING
-                return None
+                # Only the first observation of an episode emits; a rule with no `for`
+                # fires at once above and is never seen pending.
+                return Notice.PENDING if entered else None
             if t - self.last_notified_t >= timing.repeat_interval_s:
                 self.last_notified_t = t
                 return Notice.REPEAT
@@ -72,7 +78,7 @@ class AlertState:
 
         if self.phase is Phase.PENDING:
             self.phase = Phase.INACTIVE
-            return None
+            return Notice.WITHDRAWN
         if self.phase is Phase.FIRING:
             if self.cleared_since_t is None:
                 self.cleared_since_t, self.cleared_since_step = t, step

@@ -132,7 +132,10 @@ def run_row(
         "step": max(steps) if steps else None,
         "step_rate": step_rate(clock),
         "last_activity": info.last_activity,
+        # Open alerts, pending ones included (each with its `status`); the counts say which.
         "alerts": [alert_json(a) for a in sorted(active, key=lambda a: a.t, reverse=True)],
+        "firing": sum(a.status == "firing" for a in active),
+        "pending": sum(a.status == "pending" for a in active),
     }
 
 
@@ -144,7 +147,8 @@ def rank_grid(
     newest = max((r.step for r in ranks if r.step is not None), default=None)
     flagged: dict[int, set[str]] = {}
     for alert in active:
-        if alert.rank is None:
+        # A pending alert is not yet a problem of its rank: it may be withdrawn.
+        if alert.rank is None or alert.status != "firing":
             continue
         kind = (
             "dead"
@@ -180,9 +184,11 @@ def rank_grid(
 
 
 def alert_incidents(transitions: Sequence[Alert], silenced: set[str]) -> list[dict[str, Any]]:
-    """One entry per fingerprint, newest transition first: its state (firing or resolved;
-    `silenced` when a live silence or the stored suppression mutes it), the step it fired
-    at, and every transition's (status, step, t)."""
+    """One entry per fingerprint, newest transition first: its state (its last status:
+    pending, firing, resolved or withdrawn; `silenced` when a live silence or the stored
+    suppression mutes it), the step it fired at (or went pending at, if it never fired),
+    `active_since` (event time its condition started, while open), and every transition's
+    (status, step, t)."""
     by_fp: dict[str, list[Alert]] = {}
     for alert in transitions:
         by_fp.setdefault(alert.fingerprint, []).append(alert)

@@ -32,9 +32,14 @@ def _alert_line(alert: Any) -> str:
     where = f"rank {alert.rank}" if alert.rank is not None else "run"
     step = f" step {alert.step}" if alert.step is not None else ""
     colour = {"critical": "red", "warning": "yellow"}.get(alert.severity, "cyan")
-    state = "RESOLVED" if alert.status == "resolved" else alert.severity.upper()
+    # Firing shows its severity; the other states are named (pending never paged anyone).
+    state = alert.severity.upper() if alert.status == "firing" else alert.status.upper()
+    if alert.status in ("resolved", "withdrawn"):
+        colour = "dim"
+    elif alert.status == "pending":
+        colour = "magenta"
     return (
-        f"[{colour}]{state:<8}[/{colour}] {alert.run} {where}{step}  {alert.rule}: {alert.summary}"
+        f"[{colour}]{state:<9}[/{colour}] {alert.run} {where}{step}  {alert.rule}: {alert.summary}"
     )
 
 
@@ -52,7 +57,11 @@ def alerts(
     state_dir: StateDir = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """List active and recent alerts from Redis, or follow the alerts topic live."""
+    """List active and recent alerts from Redis, or follow the alerts topic live.
+
+    Each transition shows its state: the severity while firing, PENDING while a rule's
+    condition holds for less than its `for`, RESOLVED, WITHDRAWN (pending, then cleared).
+    """
 
     if severity not in SEVERITY_ORDER:
         err_console.print(f"[red]error:[/red] --severity must be one of {list(SEVERITY_ORDER)}")
@@ -89,7 +98,11 @@ def alerts(
             for name in runs:
                 active = reader.active_alerts(name)
                 if not json_out and active:
-                    console.print(f"[bold]{name}[/bold]: {len(active)} firing")
+                    pending = sum(a.status == "pending" for a in active)
+                    head = f"{len(active) - pending} firing" + (
+                        f", {pending} pending" if pending else ""
+                    )
+                    console.print(f"[bold]{name}[/bold]: {head}")
                 for alert in reader.alerts(name, count):
                     show(alert)
         finally:

@@ -63,8 +63,11 @@ def test_condition_rule_with_for_in_steps_and_template() -> None:
     summary: "mean loss {{ value }} > {{ threshold }} on rank {{ rank }}"
     action: scale_lr:0.5
 """)
-    assert e.on_window_update(update(0, 10, 5.0)) == []  # pending
-    assert e.on_window_update(update(0, 11, 5.0)) == []
+    pending = e.on_window_update(update(0, 10, 5.0))
+    assert [(a.status, a.step, a.active_since, a.action) for a in pending] == [
+        ("pending", 10, 10.0, None)  # shown, but its action waits for firing
+    ]
+    assert e.on_window_update(update(0, 11, 5.0)) == []  # still pending: no new transition
     fired = e.on_window_update(update(0, 12, 5.5))
     assert len(fired) == 1
     alert = fired[0]
@@ -75,6 +78,7 @@ def test_condition_rule_with_for_in_steps_and_template() -> None:
         {"team": "ml"},
     )
     assert alert.evidence == {"value": 5.5, "threshold": 4.0}
+    assert (alert.fingerprint, alert.active_since) == (pending[0].fingerprint, 10.0)
     resolved = e.on_window_update(update(0, 13, 1.0))
     assert [(a.status, a.action) for a in resolved] == [("resolved", None)]
 
@@ -209,7 +213,9 @@ def test_detector_rule_for_and_keep_firing_for_elapse_between_signals() -> None:
 """),
         clock=lambda: now[0],
     )
-    assert e.on_signal(signal("spike", 0, True, 5)) == []  # pending: for 10 s
+    pending = e.on_signal(signal("spike", 0, True, 5))  # pending: for 10 s
+    assert [(a.rule, a.status, a.rank) for a in pending] == [("slow-spike", "pending", 0)]
+    assert e.firing() == [] and e.pending() == pending
     now[0] += 9.0
     assert e.tick() == []
     now[0] += 1.5
@@ -230,12 +236,17 @@ def test_a_detector_start_cleared_within_for_never_fires_and_is_forgotten() -> N
         parse_rules("rules:\n  - name: s\n    detector: spike\n    for: 10s\n"),
         clock=lambda: now[0],
     )
-    assert e.on_signal(signal("spike", 0, True, 5)) == []
+    pending = e.on_signal(signal("spike", 0, True, 5))
+    assert [a.status for a in pending] == ["pending"]
     now[0] += 5.0
-    assert e.on_signal(signal("spike", 0, False, 10)) == []
+    withdrawn = e.on_signal(signal("spike", 0, False, 10))
+    # Withdrawn, not resolved: it never fired, and must leave the stored active set.
+    assert [(a.status, a.fingerprint, a.step, a.active_since) for a in withdrawn] == [
+        ("withdrawn", pending[0].fingerprint, 10, None)
+    ]
     now[0] += 60.0
     assert e.tick() == [] and e.resolve_quiet(0.0) == []
-    assert e._tracked == {}  # nothing kept for an episode that never fired
+    assert e._tracked == {} and e.pending() == []  # nothing kept of an unfired episode
 
 
 def test_restored_firing_alert_is_not_paged_again_and_resolves_on_clear() -> None:
@@ -377,3 +388,63 @@ def test_an_alert_held_before_a_rebalance_is_restored_without_a_reassert_window(
     assert e.resolve_unasserted() == []
     (resolved,) = e.on_signal(signal("spike", 0, False, 12))
     assert resolved.status == "resolved"
+
+
+FOR_3_STEPS = """rules:
+  - name: loss-high
+    condition: mean(loss, 50 steps) > 4
+    for: 3 steps
+"""
+
+
+def test_a_pending_condition_that_stops_is_withdrawn_not_resolved() -> None:
+    e = engine(FOR_3_STEPS)
+    (pending,) = e.on_window_update(update(0, 10, 5.0))
+    assert (pending.status, pending.active_since) == ("pending", 10.0)
+    assert e.on_window_update(update(0, 11, 5.0)) == []
+    (withdrawn,) = e.on_window_update(update(0, 12, 1.0))  # stops before its 3 steps
+    assert (withdrawn.status, withdrawn.fingerprint, withdrawn.step) == (
+        "withdrawn",
+        pending.fingerprint,
+        12,
+    )
+    assert withdrawn.action is None and e.pending() == [] and e.firing() == []
+    # A new episode pends from its own start: `for` counts afresh.
+    (again,) = e.on_window_update(update(0, 20, 5.0))
+    assert (again.status, again.active_since) == ("pending", 20.0)
+    assert e.on_window_update(update(0, 22, 5.0)) == []
+    assert [a.status for a in e.on_window_update(update(0, 23, 5.0))] == ["firing"]
+
+
+def test_a_pending_alert_inhibits_nothing() -> None:
+    e = engine("rules:\n  - name: dead_rank\n    detector: dead_rank\n    for: 30s\n")
+    (pending,) = e.on_signal(signal("dead_rank", 2, True, 10, metric=None))
+    assert pending.status == "pending"
+    straggler = e.on_signal(signal("straggler", 2, True, 11, metric="data_time"))
+    # Only a firing dead rank silences its straggler alert (Alertmanager inhibits on firing).
+    assert [(a.status, a.suppressed_by) for a in straggler] == [("firing", None)]
+
+
+def test_a_pending_condition_of_a_silent_run_is_withdrawn_on_the_resolve_timeout() -> None:
+    now = [1000.0]
+    e = AlertEngine(parse_rules(FOR_3_STEPS), clock=lambda: now[0])
+    (pending,) = e.on_window_update(update(0, 10, 5.0))
+    now[0] += 299.0
+    assert e.resolve_quiet(300.0) == []
+    now[0] += 2.0
+    (withdrawn,) = e.resolve_quiet(300.0)
+    assert (withdrawn.status, withdrawn.fingerprint) == ("withdrawn", pending.fingerprint)
+    assert "silent for 300s" in withdrawn.summary and e.pending() == []
+
+
+def test_a_restored_pending_alert_fires_when_for_elapses_since_its_start() -> None:
+    (pending,) = engine(FOR_3_STEPS).on_window_update(update(0, 10, 5.0))
+    after = engine(FOR_3_STEPS)  # a restarted worker, reading the active set
+    assert after.restore([pending]) == 1 and after.pending() == [pending]
+    assert after.on_window_update(update(0, 12, 5.0)) == []  # no second pending transition
+    (fired,) = after.on_window_update(update(0, 13, 5.0))  # 3 steps after step 10
+    assert (fired.status, fired.fingerprint, fired.active_since) == (
+        "firing",
+        pending.fingerprint,
+        10.0,
+    )

@@ -27,23 +27,23 @@ S = Span  # brevity in tables
     [
         # for=0: fires on the first true, resolves on the first false
         (Timing(), [(True, 0, 0), (False, 1, 1)], [Notice.FIRING, Notice.RESOLVED]),
-        # for=3 steps: pending until 3 steps have passed since it became true
+        # for=3 steps: pending (once, as it starts) until 3 steps have passed
         (
             Timing(for_=S(3, "steps")),
             [(True, 0, 10), (True, 1, 11), (True, 2, 12), (True, 3, 13)],
-            [None, None, None, Notice.FIRING],
+            [Notice.PENDING, None, None, Notice.FIRING],
         ),
-        # pending that clears never notifies
+        # pending that clears is withdrawn (never fired), and a new episode pends again
         (
             Timing(for_=S(3, "steps")),
-            [(True, 0, 0), (False, 1, 1), (True, 2, 2)],
-            [None, None, None],
+            [(True, 0, 0), (False, 1, 1), (False, 2, 2), (True, 3, 3)],
+            [Notice.PENDING, Notice.WITHDRAWN, None, Notice.PENDING],
         ),
         # for in seconds uses event time
         (
             Timing(for_=S(5, "seconds")),
             [(True, 100, None), (True, 104.9, None), (True, 105, None)],
-            [None, None, Notice.FIRING],
+            [Notice.PENDING, None, Notice.FIRING],
         ),
         # keep_firing_for holds through a short clear
         (
@@ -76,7 +76,7 @@ def test_flapping_series_gives_one_firing_and_one_resolved() -> None:
     timing = Timing(for_=S(2, "steps"), keep_firing_for=S(20, "steps"))
     notices = [state.evaluate(step % 5 != 0, float(step), step, timing) for step in range(1, 100)]
     notices += [state.evaluate(False, float(step), step, timing) for step in range(100, 130)]
-    assert [n for n in notices if n] == [Notice.FIRING, Notice.RESOLVED]
+    assert [n for n in notices if n] == [Notice.PENDING, Notice.FIRING, Notice.RESOLVED]
     assert state.phase is Phase.INACTIVE
 
 

@@ -146,3 +146,27 @@ def test_hub_fans_out_by_run_and_flags_overflow() -> None:
         assert hub.listeners == 2
 
     asyncio.run(go())
+
+
+def test_pending_alerts_are_counted_apart_and_mark_no_rank() -> None:
+    ranks = [RankLiveness(rank=1, node="a", step=9, age_s=0.5, status="running")]
+    info = RunInfo(run="r", last_activity=1000.0, world=2, state="running")
+    open_ = [alert("spike", t=5), alert("dead_rank", "pending", t=9)]
+    row = run_row(info, ranks, open_, [], 1001.0)
+    assert (row["firing"], row["pending"]) == (1, 1)
+    assert [(a["rule"], a["status"]) for a in row["alerts"]] == [
+        ("dead_rank", "pending"),
+        ("spike", "firing"),
+    ]
+    # A pending dead rank may yet be withdrawn: the grid does not call the rank dead.
+    assert rank_grid(ranks, open_[1:], stale_after_s=30.0)[0]["problems"] == []
+
+
+def test_a_pending_incident_shows_pending_since_its_start_then_firing() -> None:
+    pending = alert("loss-high", "pending", t=60).model_copy(update={"active_since": 60.0})
+    (inc,) = alert_incidents([pending], silenced=set())
+    assert (inc["state"], inc["active_since"], inc["fired_step"]) == ("pending", 60.0, 60)
+    fired = alert("loss-high", t=63).model_copy(update={"active_since": 60.0})
+    (inc,) = alert_incidents([pending, fired], silenced=set())
+    assert (inc["state"], inc["fired_step"]) == ("firing", 63)
+    assert [t["status"] for t in inc["transitions"]] == ["pending", "firing"]

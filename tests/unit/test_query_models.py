@@ -22,7 +22,7 @@ from query.reader import (
     _member_numbers,
     to_json,
 )
-from stepstream.contract import Goodput, WindowStats
+from stepstream.contract import Alert, Goodput, WindowStats
 from stepstream.keys import (
     WINDOW_STATS_FIELDS,
     parse_series_member,
@@ -222,6 +222,15 @@ class FakeReader:
             slowest_by_rank={"2": 0.5},
         )
 
+    def active_alerts(self, run: str) -> list[Alert]:
+        if run != "a":
+            return []
+        common = {"run": run, "t": 1.0, "raised_at": 1.0, "severity": "warning"}
+        return [
+            Alert(fingerprint="f1", rule="loss-high", status="pending", rank=1, **common),
+            Alert(fingerprint="f2", rule="nonfinite", status="firing", **common),
+        ]
+
     def rolling(self, run: str) -> list[RollingRow]:
         stats = RollingStats.model_validate({"count": 5, "mean": 2.0, "ema": 1.0})
         return [
@@ -254,3 +263,16 @@ def test_metrics_cardinality_is_capped_and_counted() -> None:
     assert "stepstream_exporter_series 10.0" in text
     assert "stepstream_exporter_series_dropped 14.0" in text
     assert text.count("stepstream_latest{") + text.count('stat="count"') == 10
+
+
+def test_metrics_export_open_alerts_with_their_state_like_prometheus_alerts() -> None:
+    text = render_metrics(FakeReader(), max_series=1000).decode()
+    assert (
+        'stepstream_alerts{alertname="loss-high",alertstate="pending",rank="1",run="a",'
+        'severity="warning"} 1.0' in text
+    )
+    assert (
+        'stepstream_alerts{alertname="nonfinite",alertstate="firing",rank="",run="a",'
+        'severity="warning"} 1.0' in text
+    )
+    assert text.count("stepstream_alerts{") == 2

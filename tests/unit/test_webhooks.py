@@ -255,3 +255,22 @@ def test_close_leaves_undelivered_transitions_unacknowledged() -> None:
 
     asyncio.run(go())
     assert acked == [] and letters == []  # consumed again after a restart
+
+
+def test_pending_and_withdrawn_transitions_never_notify() -> None:
+    ok = Receiver()
+    acked: list[str] = []
+
+    async def go() -> None:
+        d = WebhookDispatcher([WebhookTarget(url=ok.url)], _no_dead_letter)
+        d.submit(alert(status="pending"), lambda: acked.append("pending"))
+        d.submit(alert(status="withdrawn", t=6.0), lambda: acked.append("withdrawn"))
+        await d.dispatch(alert(status="firing", t=7.0, fingerprint="fp2"))
+        await d.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        ok.close()
+    assert acked == ["pending", "withdrawn"]  # acked at once, no request of their own
+    assert [[a["status"] for a in body["alerts"]] for _, body in ok.requests] == [["firing"]]

@@ -266,6 +266,11 @@
         inc.rank == null ? null : el("span", {}, ` rank ${inc.rank}`),
         inc.fired_step == null ? null : el("span", { class: "muted" }, ` step ${inc.fired_step}`),
         el("span", { class: "muted" }, " " + fmtTime(inc.t)),
+        // pending: its rule's condition holds, `for` has not elapsed; nobody was notified
+        inc.state === "pending" && inc.active_since != null
+          ? el("span", { class: "pending-for", title: "condition holding since " + fmtTime(inc.active_since) + "; fires when the rule's `for` elapses" },
+            " pending for " + fmtAge(Math.max(0, Date.now() / 1000 - inc.active_since)))
+          : null,
       ),
       el("div", { class: "alert-summary" }, inc.summary || ""),
       evidence ? el("div", { class: "alert-evidence muted" }, evidence) : null,

@@ -29,7 +29,9 @@
   function badge(alert) {
     const where = alert.rank == null ? "" : ` r${alert.rank}`;
     const text = `${alert.rule}${where}`;
-    return el("span", { class: `badge sev-${alert.severity}`, title: alert.summary || text }, text);
+    if (alert.status === "pending")  // condition holding, `for` not elapsed: not firing yet
+      return el("span", { class: "badge state-pending", dataset: { status: "pending" }, title: "pending: " + (alert.summary || text) }, "pending " + text);
+    return el("span", { class: `badge sev-${alert.severity}`, dataset: { status: alert.status }, title: alert.summary || text }, text);
   }
 
   function row(r) {
