@@ -1,5 +1,6 @@
-"""User rules end to end: lifecycle on a flapping series, silences from the CLI, actions
-back to the training loop, hot reload of the rule file."""
+"""User rules end to end: lifecycle on a flapping series, pending under `for` (then firing,
+or withdrawn), silences from the CLI, actions back to the training loop, hot reload of the
+rule file."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 import producers
 from query.reader import MetricsReader
+from stepstream.contract import Alert
 from stepstream.settings import Settings, WebhookTarget
 from stepstream.stack import running_stack, settings_env
 from tests.unit.test_webhooks import Receiver
@@ -35,6 +37,10 @@ rules:
     severity: warning
     summary: "loss {{ value }} above {{ threshold }} on rank {{ rank }}"
     action: scale_lr:0.5
+  - name: loss-sustained
+    condition: last(loss, 50 steps) > 100
+    for: 3s
+    severity: critical
 """
 
 
@@ -226,3 +232,51 @@ def test_rule_file_reloads_without_restart(
 
         sent = wait_for(reloaded, timeout=30, every=0.05)
     assert sent[0]["severity"] == "info" and sent[0]["status"] == "firing"
+
+
+def test_a_rule_with_for_is_pending_then_firing_and_a_short_episode_is_withdrawn(
+    ruled: Settings, receiver: Receiver
+) -> None:
+    run = f"pend-{uuid.uuid4().hex[:6]}"
+    rule = "loss-sustained"  # last(loss) > 100 for 3 s
+    steps = itertools.count()
+    reader = MetricsReader.from_url(ruled.redis_url, ruled.key_prefix)
+    monitor = producers.init(run, rank=0, world=1, settings=ruled)
+    monitor.log(None, warmup=1.0)
+    assert monitor.flush(30)
+
+    def log(loss: float) -> None:
+        monitor.log(next(steps), loss=loss)
+        time.sleep(0.05)
+
+    def open_alert(status: str) -> Alert | None:
+        log(500.0)
+        found = [a for a in reader.active_alerts(run) if a.rule == rule]
+        return found[0] if found and found[0].status == status else None
+
+    def history() -> list[str]:
+        return [a.status for a in reader.alerts(run) if a.rule == rule]
+
+    try:
+        # An episode shorter than `for`: pending, then withdrawn, out of the active set.
+        wait_for(lambda: open_alert("pending"), timeout=10, every=0)
+        for _ in range(5):
+            log(1.0)
+        wait_for(lambda: history() == ["pending", "withdrawn"] or None, timeout=10)
+        assert [a for a in reader.active_alerts(run) if a.rule == rule] == []
+
+        # A sustained one: pending while `for` runs, then firing, one fingerprint.
+        pending = wait_for(lambda: open_alert("pending"), timeout=10, every=0)
+        assert pending.active_since is not None and pending.action is None
+        firing = wait_for(lambda: open_alert("firing"), timeout=10, every=0)
+        assert firing.fingerprint == pending.fingerprint
+        assert firing.active_since == pending.active_since
+        assert firing.t - firing.active_since >= 3.0
+        assert history() == ["pending", "withdrawn", "pending", "firing"]
+        # Only the firing transition is notified: a run's transitions arrive in order, so
+        # the pending ones, had they been sent, would be there before it.
+        sent = wait_for(lambda: hooks_for(receiver, run, rule) or None, timeout=30)
+        assert [(h["status"], h["fingerprint"]) for h in sent] == [("firing", firing.fingerprint)]
+    finally:
+        monitor.close()
+        reader.close()

@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, driven headless by Playwright):
 runs page, run page with one line per rank, a NaN alert appearing live on the chart while
-the job runs, silencing it from the page, escaping of hostile names, and no request to
-any host but the server. One stack, one server and one browser for the module.
+the job runs, silencing it from the page, a rule's pending alert shown as pending and then
+firing, escaping of hostile names, and no request to any host but the server. One stack
+(with one user rule), one server and one browser for the module.
 
 A failing test saves a screenshot under its tmp dir (the path is printed). With
 STEPSTREAM_SCREENSHOT_DIR set (docs/img for the README's pictures), full-page screenshots
@@ -17,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -28,10 +30,11 @@ from typing import Any
 import httpx
 import pytest
 
+import producers
 from processors.alerting.silence_store import SilenceStore
 from query.reader import MetricsReader
 from stepstream.settings import Settings
-from stepstream.stack import free_port, settings_env, stop_children
+from stepstream.stack import free_port, running_stack, settings_env, stop_children
 
 from .conftest import wait_for
 
@@ -50,6 +53,32 @@ ROOT = Path(__file__).resolve().parents[2]
 NAN_STEP = 60
 STEPS = 200
 STEP_S = 0.1
+
+
+#: A rule with `for:` for the pending-alert test; no other test's loss comes near 100.
+PENDING_RULE = "loss-stuck-high"
+PENDING_FOR_S = 6
+RULES = f"""\
+rules:
+  - name: {PENDING_RULE}
+    condition: last(loss, 50 steps) > 100
+    for: {PENDING_FOR_S}s
+    severity: critical
+"""
+
+
+@pytest.fixture(scope="module")
+def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The conftest's stack for the module, with the user rule of RULES."""
+    rules = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    rules.write_text(RULES)
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+        rules_file=rules,
+    )
+    with running_stack(settings) as client_settings:
+        yield client_settings
 
 
 @dataclass
@@ -598,3 +627,51 @@ def test_phone_width_does_not_overflow(page: Any, server: Server, finished_runs:
     page.goto(f"{server.base}/run/{finished_run}")
     page.wait_for_selector("body[data-loaded='1']")
     _shot(page, "dashboard-run-phone.png")
+
+
+def test_a_pending_alert_shows_as_pending_then_firing(
+    page: Any, server: Server, live_settings: Settings, reader: MetricsReader, run_id: str
+) -> None:
+    stop = threading.Event()
+    monitor = producers.init(run_id, rank=0, world=1, settings=live_settings)
+
+    def train() -> None:  # a loss stuck above the rule's threshold, 10 steps a second
+        step = 0
+        while not stop.is_set():
+            monitor.log(step, loss=500.0)
+            step += 1
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any(r.run == run_id for r in reader.runs()), timeout=30, every=0.1)
+        # The runs page lists it among the run's open alerts as pending, apart from firing.
+        page.goto(f"{server.base}/?token={server.token}")
+        badge = page.locator(f'tr[data-run="{run_id}"] .badge.state-pending')
+        badge.wait_for()
+        assert badge.inner_text() == f"pending {PENDING_RULE} r0"
+
+        page.goto(f"{server.base}/run/{run_id}?token={server.token}")
+        item = page.locator(f'.alert-item[data-rule="{PENDING_RULE}"]')
+        pending = item.and_(page.locator('[data-state="pending"]'))
+        pending.wait_for()
+        assert pending.locator(".badge.state-pending").inner_text() == "pending"
+        since = pending.locator(".pending-for").inner_text()
+        assert re.fullmatch(r" ?pending for \d+(\.\d+)?s", since), since
+        style = pending.evaluate("e => getComputedStyle(e).borderLeftStyle")
+        assert style == "dashed"  # drawn apart from a firing alert's solid bar
+        (stored,) = [a for a in reader.active_alerts(run_id) if a.rule == PENDING_RULE]
+        assert stored.status == "pending"
+
+        # `for` elapses while the page stays open: the same entry turns firing by push.
+        firing = item.and_(page.locator('[data-state="firing"]'))
+        firing.wait_for(timeout=(PENDING_FOR_S + 8) * 1000)
+        assert item.count() == 1 and firing.locator(".pending-for").count() == 0
+        assert firing.locator(".badge.state-firing").inner_text() == "firing"
+        (stored,) = [a for a in reader.active_alerts(run_id) if a.rule == PENDING_RULE]
+        assert stored.status == "firing" and stored.t - (stored.active_since or 0) >= PENDING_FOR_S
+    finally:
+        stop.set()
+        thread.join(5)
+        monitor.close()

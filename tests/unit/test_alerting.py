@@ -230,3 +230,17 @@ def test_templates() -> None:
     values = {"value": 4.56789, "rank": 3, "labels": {"team": "ml"}, "bad": math.nan}
     assert render("v={{ value }} r={{rank}} t={{ labels.team }}", values) == "v=4.568 r=3 t=ml"
     assert render("{{ bad }} {{ missing }}", values) == "NaN <missing?>"
+
+
+def test_cli_alert_line_names_pending_and_withdrawn() -> None:
+    from stepstream.cli.alerts import _alert_line
+    from stepstream.contract import Alert
+
+    base = Alert(fingerprint="f", rule="loss-high", run="r", rank=0, t=1.0, raised_at=1.0)
+    lines = {
+        status: _alert_line(base.model_copy(update={"status": status}))
+        for status in ("pending", "firing", "resolved", "withdrawn")
+    }
+    assert "PENDING" in lines["pending"] and "CRITICAL" not in lines["pending"]
+    assert "CRITICAL" in lines["firing"]
+    assert "RESOLVED" in lines["resolved"] and "WITHDRAWN" in lines["withdrawn"]
