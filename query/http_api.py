@@ -208,6 +208,8 @@ def create_api(
     def alerts(
         run: str, count: Annotated[int, Query(ge=1, le=10_000)] = 100, active: bool = False
     ) -> list[Alert]:
+        """The run's newest `count` transitions, oldest first; with `active`, its open
+        alerts instead: firing and pending (each `status` says which)."""
         return reader().active_alerts(run) if active else reader().alerts(run, count)
 
     @api.get("/models", response_model=list[ModelInfo], summary="Served models, newest first")
