@@ -890,6 +890,7 @@ class MetricsReader:
                 a.metric or ""
                 for a in self.active_alerts(model)
                 if a.rule in ("feature_drift", "prediction_drift")
+                and a.status == "firing"  # not a user rule's pending one
                 and a.labels.get("version") == found
             }
         )

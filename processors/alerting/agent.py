@@ -189,7 +189,7 @@ class Alerting:
         """Reload a changed rule file, re-read silences, resolve quiet detector alerts."""
         rules = self._rule_file.changed()
         if rules is not None:
-            self.engine.set_rules(rules)
+            await self.emit(self.engine.set_rules(rules))
             log.warning(
                 "alert rules loaded from %s: %d rules", self._settings.rules_file, len(rules)
             )

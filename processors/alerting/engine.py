@@ -124,8 +124,12 @@ class AlertEngine:
         self._peers: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
         self.set_rules(rules)
 
-    def set_rules(self, rules: Iterable[Rule]) -> None:
-        """Replace the rules (hot reload); alert states of kept rule names survive."""
+    def set_rules(self, rules: Iterable[Rule]) -> list[Alert]:
+        """Replace the rules (hot reload); alert states of kept rule names survive.
+
+        Returns the withdrawn transitions of pending alerts whose rule is gone, so they
+        leave the stored active set (their `for` can no longer elapse).
+        """
         self.rules = list(rules)
         self._by_detector: dict[str, list[Rule]] = defaultdict(list)
         self._conditions: list[Rule] = []
@@ -135,11 +139,15 @@ class AlertEngine:
             elif rule.condition:
                 self._conditions.append(rule)
         names = {r.name for r in self.rules}
-        self._tracked = {
-            fp: t
-            for fp, t in self._tracked.items()
-            if t.labels["rule"] in names or t.labels.get("builtin") == "true"
-        }
+        kept: dict[str, _Tracked] = {}
+        withdrawn = []
+        for fp, t in self._tracked.items():
+            if t.labels["rule"] in names or t.labels.get("builtin") == "true":
+                kept[fp] = t
+            elif t.last is not None and t.last.status == "pending":
+                withdrawn.append(_ended(t.last, self._clock(), "its rule was removed"))
+        self._tracked = kept
+        return withdrawn
 
     @property
     def has_conditions(self) -> bool:

@@ -127,8 +127,9 @@ def run_demo(
         with console.status("waiting for alerts"):
             while nan_alert is None and time.monotonic() < deadline:
                 for alert in feed.poll(0.5):
+                    head = "ALERT" if alert.status == "firing" else alert.status.upper()
                     console.print(
-                        f"[bold red]ALERT[/bold red] [{alert.severity}] {alert.summary}"
+                        f"[bold red]{head}[/bold red] [{alert.severity}] {alert.summary}"
                         f"  (rule={alert.rule}, fingerprint={alert.fingerprint})"
                     )
                     if (

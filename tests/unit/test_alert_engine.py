@@ -448,3 +448,13 @@ def test_a_restored_pending_alert_fires_when_for_elapses_since_its_start() -> No
         pending.fingerprint,
         10.0,
     )
+
+
+def test_removing_a_rule_withdraws_its_pending_alerts() -> None:
+    e = engine(FOR_3_STEPS)
+    (pending,) = e.on_window_update(update(0, 10, 5.0))
+    kept = e.set_rules(parse_rules(FOR_3_STEPS))  # reloaded unchanged: still pending
+    assert kept == [] and e.pending() == [pending]
+    (withdrawn,) = e.set_rules(parse_rules("rules: []\n"))
+    assert (withdrawn.status, withdrawn.fingerprint) == ("withdrawn", pending.fingerprint)
+    assert "rule was removed" in withdrawn.summary and e.pending() == []
