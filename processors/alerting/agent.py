@@ -148,9 +148,9 @@ class Alerting:
                 self.engine.note_activity(update.run)
 
     async def take_over(self, run: str) -> None:
-        """The first time this worker sees `run`, restore the run's firing alerts from
-        Redis, so a restart or a moved partition neither pages again for a condition
-        that still holds nor leaves alerts active that nobody would resolve."""
+        """The first time this worker sees `run`, restore the run's open (firing and
+        pending) alerts from Redis, so a restart or a moved partition neither pages again
+        for a condition that still holds nor leaves alerts active that nobody would end."""
         if run in self._taken_over:
             return
         try:
@@ -163,7 +163,7 @@ class Alerting:
         self._taken_over.add(run)
         taken = self.engine.restore(alerts, self._settings.failover_reassert_s)
         if taken:
-            log.warning("restored %d firing alert(s) of run %s from Redis", taken, run)
+            log.warning("restored %d open alert(s) of run %s from Redis", taken, run)
 
     async def _on_revoked(
         self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any
