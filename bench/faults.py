@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.fault_harness import (
+from fault_harness import (
     HEADER,
     MEMORY_REDIS,
     FaultStack,

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fault_harness import Child
+from bench.fault_harness import Child
 
 CLONE_NEWNET = 0x40000000
 TELEMETRY = ("eth0", "10.77.0")

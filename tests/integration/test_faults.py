@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .fault_harness import HEADER, FaultStack, Verdict, faults, scenario
+from bench.fault_harness import HEADER, FaultStack, Verdict, faults, scenario
 
 pytestmark = pytest.mark.integration
 

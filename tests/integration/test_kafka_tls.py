@@ -1,5 +1,5 @@
 """The whole pipeline over Kafka TLS only: tansu sits behind a TLS-terminating relay
-(tls_proxy.py) and advertises the relay, so the SDK publishers of two gloo ranks, the
+(bench/tls_proxy.py) and advertises the relay, so the SDK publishers of two gloo ranks, the
 processor and sink workers, topic creation and an alert follower all speak TLS with the
 test CA given as STEPSTREAM_KAFKA_SSL_CAFILE. Workers run from an empty directory that
 must stay empty (their data lives under the state dir)."""
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.fault_harness import FaultStack, Training, read_back
+from bench.tls_proxy import make_pki
 from query.alert_feed import AlertFeed
 from stepstream.contract import Alert
-
-from .fault_harness import FaultStack, Training, read_back
-from .tls_proxy import make_pki
 
 pytestmark = pytest.mark.integration
 

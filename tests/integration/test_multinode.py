@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.fault_harness import Child
 from query.reader import MetricsReader
 from stepstream import vocabulary as vocab
 from stepstream.admin import ensure_topics
@@ -37,7 +38,6 @@ from stepstream.streaming import ready_file
 from stepstream.topics import Topics
 
 from .conftest import wait_for
-from .fault_harness import Child
 from .netns import Topology, kill_tree, unavailable
 
 WHY_NOT = unavailable()

@@ -1,6 +1,6 @@
 """`rediss://` URLs against a real server: the sink's write path and the reader through
 TLS, with the CA (and a client certificate) given as URL query parameters. The bundled
-valkey-server has no TLS, so a TLS-terminating proxy (tls_proxy.py) stands in front."""
+valkey-server has no TLS, so a TLS-terminating proxy (bench/tls_proxy.py) stands in front."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from bench.tls_proxy import Pki, TlsProxy, make_pki
 from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 
 from .test_redis_store import all_messages, batches, value, write_all
-from .tls_proxy import Pki, TlsProxy, make_pki
 
 pytestmark = pytest.mark.integration
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.tls_proxy import Pki, TlsProxy
 from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
 from stepstream.admin import ensure_topics
@@ -34,9 +35,7 @@ from stepstream.stack import find_broker_binary, free_port, settings_env, worker
 from stepstream.streaming import ready_file
 from stepstream.topics import Topics
 
-from .tls_proxy import Pki, TlsProxy
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RANK_SCRIPT = Path(__file__).with_name("fault_rank.py")
 PUBLISHER_CLIENT_ID = b"stepstream-publisher"
 
@@ -370,7 +369,7 @@ class FaultStack:
 
 @dataclass
 class Training:
-    """`world` gloo ranks of tests/integration/fault_rank.py, started at once."""
+    """`world` gloo ranks of bench/fault_rank.py, started at once."""
 
     stack: FaultStack
     run: str
