@@ -276,7 +276,9 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     @app.agent(summaries, name="run-stage")
     async def run_stage_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.processor_batch, within=settings.processor_linger_s
+        ):
             await guarded(events, run_batch, reject, RUN_STAGE, topics.summaries)
 
     @app.timer(max(0.1, settings.window_stats_interval_s / 2))

@@ -226,10 +226,10 @@ class Settings(BaseSettings):
     )
     # processors
     processor_batch: int = Field(
-        1000, ge=1, description="Most telemetry messages stage 1 processes as one batch."
+        1000, ge=1, description="Most messages a processor stage (1 or 2) takes as one batch."
     )
     processor_linger_s: float = Field(
-        0.1, ge=0, description="Longest stage 1 waits to fill a batch."
+        0.1, ge=0, description="Longest a processor stage (1 or 2) waits to fill a batch."
     )
     window_stats_interval_s: float = Field(
         2.0,
