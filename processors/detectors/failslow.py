@@ -70,6 +70,10 @@ class FailSlowParams:
     cap: S stops growing here (in scales), so a rank that recovers clears within about
         cap / k steps instead of after as long as it was slow.
     min_ratio: least median ratio to the peers, since the change point, to name a rank.
+        1.07: a 10 % slower device (the shift Falcon/Greyhound confirms) measures 1.09
+        here (the forward's own CPU work dilutes it), while quiet healthy jobs with a
+        10 ms forward stayed within 1.011 over 50 steps; in jittery jobs, where healthy
+        medians drift further, `z_confirm` is what holds (see docs/detectors.md).
     min_excess_s: least time the peers wait per step for it.
     min_points: least steps since the change point whose median is judged.
     z_confirm: the log of that median ratio must be this many standard errors of a
@@ -87,7 +91,7 @@ class FailSlowParams:
     k: float = 0.5
     h: float = 12.0
     cap: float = 20.0
-    min_ratio: float = 1.15
+    min_ratio: float = 1.07
     min_excess_s: float = 0.0005
     min_points: int = 25
     z_confirm: float = 3.0

@@ -8,7 +8,8 @@ all closed is finished. A rank that closed while its peers still step is reporte
 a job, up to that grace apart, raise nothing).
 
 Hangs are judged against the job's own rhythm: the median time per step of the run
-(estimated from the steps the ranks report as summaries arrive), times `hung_factor`, with
+(estimated from the steps the ranks report as summaries arrive; until a few have arrived,
+from the step times the ranks reported), times `hung_factor`, with
 a floor (`hung_floor_s`), capped by `hung_after_s`. The phase every heartbeat carries
 (`stepstream.vocabulary.PHASES`) names the origin: under data parallelism a rank blocked
 outside the collective (its data loader, forward, a checkpoint) holds its peers in the
@@ -143,6 +144,8 @@ class _Run:
     ranks: dict[int, _Rank] = field(default_factory=dict)
     #: Arrival time of the run's first summary here (see LivenessParams.never_heard_s).
     first_seen: float = 0.0
+    #: The step times its ranks reported for its finished steps (`step_time`).
+    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def finished(self) -> bool:
         """Every rank of the run closed."""
@@ -364,10 +367,25 @@ class LivenessDetector:
         state = self._runs.get(run)
         return None if state is None else self._rhythm(state)
 
+    def step_time(self, run: str, seconds: float) -> None:
+        """A finished step of `run` took `seconds` by its ranks' own clocks (the median of
+        their reported step times): the run's rhythm until the arrivals of its summaries
+        give one."""
+        state = self._runs.get(run)
+        if state is not None and seconds > 0:
+            state.step_times.append(seconds)
+
     def _rhythm(self, state: _Run) -> float | None:
         points = self.params.rhythm_points
         per_rank = [r for s in state.ranks.values() if (r := s.rhythm(points)) is not None]
-        return median(per_rank) if per_rank else None
+        if per_rank:
+            return median(per_rank)
+        # A job that hangs within its first seconds has sent too few summaries (once a
+        # second) for a rhythm from their arrivals, and was judged on the 120 s cap; the
+        # step times its ranks reported with them say the same.
+        if len(state.step_times) >= points:
+            return median(state.step_times)
+        return None
 
     def judge(self, state: _Run, ranks: list[int], now: float) -> HangVerdict | None:
         """The hang verdict of the run at `now` over its live, unclosed `ranks`."""

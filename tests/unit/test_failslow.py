@@ -66,7 +66,7 @@ def firing(flags: list[Flag]) -> list[Flag]:
     return [f for f in flags if not f.cleared]
 
 
-@pytest.mark.parametrize("shift", [0.2, 0.4])
+@pytest.mark.parametrize("shift", [0.1, 0.2, 0.4])
 @pytest.mark.parametrize("world", [2, 4])
 def test_a_rank_slower_by_20_percent_is_named_within_100_steps(shift: float, world: int) -> None:
     rng = random.Random(world * 10 + int(shift * 10))
@@ -112,12 +112,12 @@ def test_heavy_jitter_with_equal_means_stays_quiet(jitter: float) -> None:
 
 
 def test_a_small_systematic_difference_is_not_fail_slow() -> None:
-    # A rank 6 % slower for good (a slightly slower host, a rank that also logs) is far
+    # A rank 4 % slower for good (a slightly slower host, a rank that also logs) is
     # under the shift that costs the job; the CUSUM rises but the shift's size holds it.
     rng = random.Random(5)
     d = FailSlowDetector()
     for step in range(3000):
-        ranks = ddp_step(rng, 2, jitter=0.02, slow={0: 0.06})
+        ranks = ddp_step(rng, 2, jitter=0.02, slow={0: 0.04})
         assert d.observe_step("r", step, float(step), ranks) == []
 
 

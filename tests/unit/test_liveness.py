@@ -9,7 +9,7 @@ from processors.flags import Flag
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from stepstream import vocabulary as vocab
-from stepstream.contract import Batch, RankSummary, Record, RecordKind
+from stepstream.contract import Batch, RankSummary, Record, RecordKind, StepPoint
 
 
 def drive(
@@ -307,6 +307,43 @@ def test_run_stage_passes_status_phase_and_stack_to_liveness() -> None:
         alerts += stage.tick(now + 0.1)
     assert [(a.rule, a.rank, a.status) for a in alerts] == [("hung_rank", 0, "firing")]
     assert alerts[0].description == "rank 0 (forward):\nFile model.py, line 3, in forward"
+
+
+def test_a_job_that_hangs_in_its_first_seconds_is_judged_on_its_reported_step_times() -> None:
+    # Two 5 ms-step ranks report once a second: the job reaches its hang after a single
+    # summary each, too few arrivals for a rhythm. The step times they reported with it
+    # give one, so the hang is reported after the 5 s floor, not the 120 s cap.
+    stage = RunStage()
+    step_s = 0.005
+    for rank in (0, 1):
+        points = [
+            StepPoint(step=s, t=s * step_s, values={vocab.STEP_TIME.name: step_s})
+            for s in range(200)
+        ]
+        summary = RankSummary(
+            run="r", rank=rank, world=2, last_step=199 + rank, steps=points, status="running"
+        )
+        stage.process(summary, 1.0)
+    alerts = []
+    for i in range(6, 60):
+        now = i * 0.2
+        for rank in (0, 1):
+            summary = RankSummary(
+                run="r",
+                rank=rank,
+                world=2,
+                last_step=199 + rank,
+                status="running",
+                phase="backward",
+                phase_s=now - 1.0,
+            )
+            alerts += stage.process(summary, now).alerts
+        alerts += stage.tick(now + 0.1) + stage.flush_steps(now + 0.1).alerts
+    assert [(a.rule, a.rank, a.status) for a in alerts] == [("hung_rank", 0, "firing")]
+    hung = alerts[0]
+    assert hung.evidence["threshold"] == 5.0  # the floor: 20 x 5 ms is less
+    assert hung.evidence["value"] is not None and hung.evidence["value"] < 5.5
+    assert "its 5.0 ms median step" in hung.summary
 
 
 def test_stage_1_reads_heartbeats_into_the_summary_and_the_window_update() -> None:
