@@ -159,7 +159,8 @@ def main() -> None:
 
     eval_x, eval_y = batch(held_out, 256)
     monitor = producers.init(args.run)
-    monitor.watch(model, optimizer, every=1)
+    # A restarted job resumes its step count where it resumes its loop.
+    monitor.watch(model, optimizer, every=1, start_step=args.start_step)
     held: list[bytearray] = []  # what the leak and warm-up faults allocate and keep
     started = time.time()
     leak_t: float | None = None

@@ -15,10 +15,11 @@ of its peers' at the same step (peers: ranks of the same role, see `RunStage`):
   Standardising makes the same `k` and `h` right for a 2 ms forward with 1 % noise and
   for a job whose per-step compute varies 3x (variable sequence lengths): heavy jitter
   with equal means has E[z] = 0, and the CUSUM drifts down by `k` a step.
-- The alarm needs the shift to matter too: the median ratio since the CUSUM last left
-  zero (the change point estimate) is at least `min_ratio`, and the peers wait at least
-  `min_excess_s` per step for it. A systematic but small difference (a rank that also
-  logs, a slightly slower host) keeps S high and never fires.
+- The alarm needs the shift to matter too: the median ratio over the newest (at most
+  `confirm_window`) steps since the CUSUM last left zero (the change point estimate) is
+  at least `min_ratio`, and the peers wait at least `min_excess_s` per step for it. A
+  systematic but small difference (a rank that also logs, a slightly slower host) keeps S
+  high and never fires.
 - It clears when S drains back to zero (the rank is no slower than its peers for a while).
 
 The phases judged: ``data`` (data wait less the declared eval/checkpoint seconds that
@@ -76,6 +77,11 @@ class FailSlowParams:
         medians drift further, `z_confirm` is what holds (see docs/detectors.md).
     min_excess_s: least time the peers wait per step for it.
     min_points: least steps since the change point whose median is judged.
+    confirm_window: the shift's size (median ratio, excess) is measured over the newest
+        this many steps since the change point: a rank a little slower than its peers
+        before the fault keeps the CUSUM above zero, and a median since then mixes that
+        healthy stretch in (a live 10 % shift measured 7 % so, 120 steps late). 50 steps
+        is the window of the measured healthy spread `min_ratio` rests on.
     z_confirm: the log of that median ratio must be this many standard errors of a
         median (1.25 sigma / sqrt(n)) above zero: under heavy jitter a few points since
         the change point do not make a shift.
@@ -94,6 +100,7 @@ class FailSlowParams:
     min_ratio: float = 1.07
     min_excess_s: float = 0.0005
     min_points: int = 25
+    confirm_window: int = 50
     z_confirm: float = 3.0
     history: int = 200
 
@@ -218,13 +225,14 @@ class FailSlowDetector:
             )
         if s < p.h or len(series.since) < p.min_points:
             return None
-        own_med = median(o for o, _ in series.since)
-        peer_med = median(q for _, q in series.since)
-        ratio = median((o + p.eps_s) / (q + p.eps_s) for o, q in series.since)
+        recent = list(series.since)[-p.confirm_window :]
+        own_med = median(o for o, _ in recent)
+        peer_med = median(q for _, q in recent)
+        ratio = median((o + p.eps_s) / (q + p.eps_s) for o, q in recent)
         excess = own_med - peer_med
         # The shift must also be significant for the series' own noise: the median of n
         # points has a standard error of about 1.25 sigma / sqrt(n) (normal data).
-        se = 1.2533 * sigma / math.sqrt(len(series.since))
+        se = 1.2533 * sigma / math.sqrt(len(recent))
         if ratio < p.min_ratio or excess < p.min_excess_s or math.log(ratio) < p.z_confirm * se:
             return None
         onset = step - len(series.since) + 1

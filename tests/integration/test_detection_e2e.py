@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,11 @@ FAULT_JOBS = [
     # input pipeline slower, the step rate down by about half.
     Job("failslow", "failslow", 3, 320, 1, 120, 0.4, seed=1, work_ms=10),
     Job("slowdown", "slowdown", 2, 420, 0, 170, 1.0, seed=1, work_ms=10),
+    # Hang classes, a second into the job (the rhythm from the ranks' own step times):
+    # rank 2 in an all-reduce its peers never call, after its backward (9 s, then it
+    # gives up); rank 0's forward in a 9 s matmul loop.
+    Job("extra_collective", "extra_collective", 3, 160, 2, 100, 9.0, seed=1),
+    Job("compute_hang", "compute_hang", 3, 160, 0, 100, 9.0, seed=1),
 ]
 
 
@@ -124,3 +130,31 @@ def test_rank_zero_duties_declared_while_peers_wait_raise_nothing(
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["badput_s"]["eval"] > 7.5
+
+
+def test_a_restart_gap_is_badput_of_cause_restart(stack: Settings, tmp_path: Path) -> None:
+    # Both ranks are killed without a word at step 120 (a preemption); after a pause a new
+    # incarnation of the same run resumes at step 120. The time in between (the pause, the
+    # new processes' start-up, the records the killed ones never sent) is restart badput,
+    # not a hang or stall, read through the public reader.
+    pause = 3.0
+    first = run_job(stack, Job("restart", "preempt", 2, 400, 0, 120, seed=5), tmp_path, 0.0)
+    assert first.onset_t is not None and 1 in first.exit_codes
+    time.sleep(pause)
+    again = Job("restart", "none", 2, 220, seed=5, start_step=120)
+    second = run_job(stack, again, tmp_path, 0.0, run=first.run)
+    assert second.exit_codes == [0, 0]
+    goodput = None
+    with MetricsReader.from_url(stack.redis_url, stack.key_prefix) as reader:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            goodput = reader.goodput(first.run)
+            if goodput is not None and (goodput.step or 0) >= 215:
+                break
+            time.sleep(0.3)
+    assert goodput is not None and (goodput.step or 0) >= 215, goodput
+    restart = goodput.badput_s["restart"]
+    # At least the pause; at most from the kill to the end of the new incarnation.
+    assert pause <= restart < pause + second.wall_s, goodput
+    assert goodput.badput_s["hang_stall"] < 0.5, goodput
+    assert goodput.ettr is not None and goodput.ettr < 1 - restart / goodput.wall_s + 1e-6

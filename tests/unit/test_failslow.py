@@ -86,6 +86,22 @@ def test_a_rank_slower_by_20_percent_is_named_within_100_steps(shift: float, wor
     assert "rank 1 is fail-slow in forward" in flag.summary and "peers wait" in flag.summary
 
 
+def test_a_shift_on_a_rank_already_a_little_slow_is_measured_from_the_newest_steps() -> None:
+    # Rank 1 runs 2 % slower than its peers from the start (a slower host, under the
+    # threshold), which keeps the CUSUM above zero; from step 300 its forward is 10 %
+    # slower still. The shift is judged on the newest steps, not diluted by 300 old ones.
+    rng = random.Random(11)
+    d = FailSlowDetector()
+    flags: list[Flag] = []
+    for step in range(500):
+        shift = 0.02 if step < 300 else 1.02 * 1.10 - 1
+        ranks = ddp_step(rng, 4, jitter=0.02, slow={1: shift})
+        flags += d.observe_step("r", step, float(step), ranks)
+    assert [(f.rank, f.metric, f.cleared) for f in flags] == [(1, "forward", False)]
+    assert flags[0].step is not None and 300 < flags[0].step < 360
+    assert 8.0 <= flags[0].evidence["shift_pct"] <= 14.0  # 12 % against the peers
+
+
 def test_a_slow_data_pipeline_is_named_in_the_data_phase_and_clears() -> None:
     rng = random.Random(3)
     d = FailSlowDetector()
