@@ -197,6 +197,8 @@ def quiet_faults(quick: bool = False) -> list[Job]:
             Job("failslow10-4r", "failslow", 4, 500, 3, 200, 0.10, seed=41, work_ms=10),
             Job("failslow40-2r", "failslow", 2, 400, 1, 200, 0.40, seed=42, work_ms=10),
             Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 1.5, seed=43, work_ms=10),
+            # starts while the baseline is taken (steps 51-150)
+            Job("slowdown-early-3r", "slowdown", 3, 500, 1, 100, 1.0, seed=45, work_ms=10),
             Job("jitter-2r", "jitter", 2, 2000, 0, 0, 1.0, seed=44, work_ms=10),
         ]
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
+from bench.detection import EXPECT, HANGS, Job, Result, embedded_stack, run_job
 from query.dashboard.app import DashboardOptions
 from query.dashboard.auth import Access
 from query.http_api import create_api
@@ -50,8 +50,8 @@ FAULT_JOBS = [
     # Hang classes, a second into the job (the rhythm from the ranks' own step times):
     # rank 2 in an all-reduce its peers never call, after its backward (9 s, then it
     # gives up); rank 0's forward in a 9 s matmul loop.
-    Job("extra_collective", "extra_collective", 3, 160, 2, 100, 9.0, seed=1),
-    Job("compute_hang", "compute_hang", 3, 160, 0, 100, 9.0, seed=1),
+    Job("extra_collective", "extra_collective", 3, 140, 2, 100, 9.0, seed=1),
+    Job("compute_hang", "compute_hang", 3, 140, 0, 100, 9.0, seed=1),
 ]
 
 
@@ -67,7 +67,9 @@ def describe(result: Result) -> str:
 
 @pytest.mark.parametrize("job", FAULT_JOBS, ids=lambda j: j.name)
 def test_fault_is_caught_once_on_the_right_rank(stack: Settings, job: Job, tmp_path: Path) -> None:
-    result = run_job(stack, job, tmp_path, settle_s=2.5)
+    # A hang is named while it lasts, its clear comes as the origin steps: no need to wait
+    # for the pipeline's last alerts after the job.
+    result = run_job(stack, job, tmp_path, settle_s=1.0 if job.fault in HANGS else 2.5)
     assert result.onset_t is not None, f"the job never injected its fault: {result.exit_codes}"
     caught = result.caught()
     expect = EXPECT[job.fault]

@@ -180,6 +180,20 @@ def test_job_slowdown_on_every_rank_names_the_phase() -> None:
     assert flag.step is not None and 250 < flag.step < 250 + 100
 
 
+def test_a_slowdown_that_starts_while_the_baseline_is_taken_is_still_named() -> None:
+    # Every rank's input gets 3x slower at step 90: 60 of the 100 baseline steps (51-150)
+    # are slow, so their median is the slow rate; their fastest 50-step stretch is not.
+    rng = random.Random(12)
+    d = SlowdownDetector()
+    flags: list[Flag] = []
+    for step in range(300):
+        data = 0.012 if step >= 90 else 0.004
+        flags += d.observe_step("r", step, step * 0.1, ddp_step(rng, 4, data=data))
+    assert [(f.metric, f.cleared) for f in flags] == [("data", False)]
+    assert flags[0].evidence["rate_drop_pct"] == pytest.approx(42, abs=10)
+    assert "every rank" in flags[0].summary
+
+
 def test_job_slowdown_from_one_rank_names_that_rank() -> None:
     rng = random.Random(9)
     d = SlowdownDetector(SlowdownParams(sustain_s=0.0))
