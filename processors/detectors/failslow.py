@@ -235,7 +235,16 @@ class FailSlowDetector:
         se = 1.2533 * sigma / math.sqrt(len(recent))
         if ratio < p.min_ratio or excess < p.min_excess_s or math.log(ratio) < p.z_confirm * se:
             return None
-        onset = step - len(series.since) + 1
+        # The CUSUM may have left zero before the change (a rank a little slower all
+        # along): where the shift began within `since`, and its size and cost after that.
+        points = list(series.since)
+        split = _split(points, p.eps_s, sigma, p.min_points)
+        after = points[split:]
+        own_med = median(o for o, _ in after)
+        peer_med = median(q for _, q in after)
+        ratio = median((o + p.eps_s) / (q + p.eps_s) for o, q in after)
+        excess = own_med - peer_med
+        onset = step - len(after) + 1
         flag = Flag(
             detector=self.name,
             run=run,
@@ -266,3 +275,24 @@ class FailSlowDetector:
             labels={"phase": phase},
         )
         return self._episodes.start(episode, flag)
+
+
+def _split(points: list[tuple[float, float]], eps: float, sigma: float, least: int) -> int:
+    """Where a level shift of the log ratios of `points` ((own, peers) seconds) began: the
+    split maximising the two means' difference weighted by the segments' sizes (the
+    least-squares single change point), kept only when the later mean is above the
+    earlier by 3 standard errors (`sigma` per point); 0 (no earlier segment) otherwise.
+    At least `least` points stay after it."""
+    xs = [math.log((o + eps) / (q + eps)) for o, q in points]
+    n = len(xs)
+    total = sum(xs)
+    best, best_stat, before = 0, 0.0, 0.0
+    for k in range(1, n - least + 1):
+        before += xs[k - 1]
+        diff = (total - before) / (n - k) - before / k
+        if diff <= 3 * sigma * math.sqrt(1 / k + 1 / (n - k)):
+            continue
+        stat = k * (n - k) / n * diff * diff
+        if stat > best_stat:
+            best, best_stat = k, stat
+    return best

@@ -99,7 +99,8 @@ def test_a_shift_on_a_rank_already_a_little_slow_is_measured_from_the_newest_ste
         flags += d.observe_step("r", step, float(step), ranks)
     assert [(f.rank, f.metric, f.cleared) for f in flags] == [(1, "forward", False)]
     assert flags[0].step is not None and 300 < flags[0].step < 360
-    assert 8.0 <= flags[0].evidence["shift_pct"] <= 14.0  # 12 % against the peers
+    assert flags[0].evidence["shift_pct"] == pytest.approx(12.2, abs=3)  # against the peers
+    assert flags[0].evidence["onset_step"] == pytest.approx(300, abs=5)
 
 
 def test_a_slow_data_pipeline_is_named_in_the_data_phase_and_clears() -> None:
