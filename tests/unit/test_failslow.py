@@ -98,7 +98,7 @@ def test_a_shift_on_a_rank_already_a_little_slow_is_measured_from_the_newest_ste
         ranks = ddp_step(rng, 4, jitter=0.02, slow={1: shift})
         flags += d.observe_step("r", step, float(step), ranks)
     assert [(f.rank, f.metric, f.cleared) for f in flags] == [(1, "forward", False)]
-    assert flags[0].step is not None and 300 < flags[0].step < 360
+    assert flags[0].step is not None and 300 < flags[0].step < 400
     assert flags[0].evidence["shift_pct"] == pytest.approx(12.2, abs=3)  # against the peers
     assert flags[0].evidence["onset_step"] == pytest.approx(300, abs=5)
 
@@ -126,6 +126,17 @@ def test_heavy_jitter_with_equal_means_stays_quiet(jitter: float) -> None:
     d = FailSlowDetector()
     for step in range(10_000):
         assert d.observe_step("r", step, float(step), ddp_step(rng, 4, jitter=jitter)) == []
+
+
+def test_a_rank_slower_for_a_stretch_of_a_loaded_machine_is_not_fail_slow() -> None:
+    # Measured live at load average 5-6: one of two ranks' 10 ms forward ran 10 % slower
+    # for 56 steps, then not. Fail-slow is sustained: this is not named.
+    rng = random.Random(13)
+    d = FailSlowDetector()
+    for step in range(600):
+        slow = {0: 0.10} if 300 <= step < 356 else None
+        ranks = ddp_step(rng, 2, forward=0.010, jitter=0.02, slow=slow)
+        assert d.observe_step("r", step, float(step), ranks) == []
 
 
 def test_a_small_systematic_difference_is_not_fail_slow() -> None:
