@@ -146,9 +146,9 @@ def phase_times(values: Mapping[str, float], sharded: bool) -> dict[str, float]:
 
 class FailSlowDetector:
     """Names a rank whose data wait or forward stays above its peers' (module docstring).
-    Fed one finished step at a time (every rank's values). Delay: about h / (z - k) steps
-    after the onset for a standardised shift z (a 20 % shift in a quiet job: a few steps
-    past `warmup_steps`; with 30 % per-step jitter: some tens of steps)."""
+    Fed one finished step at a time (every rank's values). Delay: `sustain_steps` after the
+    onset, or about h / (z - k) steps for a standardised shift z when that is longer (with
+    30 % per-step jitter a 20 % shift needs some tens of steps more)."""
 
     name = "fail_slow"
 
@@ -247,9 +247,12 @@ class FailSlowDetector:
         after = points[split:]
         if len(after) < p.sustain_steps:
             return None
-        own_med = median(o for o, _ in after)
-        peer_med = median(q for _, q in after)
-        ratio = median((o + p.eps_s) / (q + p.eps_s) for o, q in after)
+        # Its size and cost now: the newest steps after the split (where no split stands
+        # out, the window the confirmation read).
+        size = after[-p.confirm_window :]
+        own_med = median(o for o, _ in size)
+        peer_med = median(q for _, q in size)
+        ratio = median((o + p.eps_s) / (q + p.eps_s) for o, q in size)
         excess = own_med - peer_med
         onset = step - len(after) + 1
         flag = Flag(
