@@ -72,8 +72,10 @@ class FailSlowParams:
         cap / k steps instead of after as long as it was slow.
     min_ratio: least median ratio to the peers, since the change point, to name a rank.
         1.07: a 10 % slower device (the shift Falcon/Greyhound confirms) measures 1.09
-        here (the forward's own CPU work dilutes it), while quiet healthy jobs with a
-        10 ms forward stayed within 1.011 over 50 steps; in jittery jobs, where healthy
+        here (the forward's own CPU work dilutes it), while steady healthy jobs with a
+        10 ms forward stayed within 1.011-1.039 over 50 steps (four runs, load average
+        2-7; `sustain_steps` answers the longer stretches of a loaded machine); in
+        jittery jobs, where healthy
         medians drift further, `z_confirm` is what holds (see docs/detectors.md).
     min_excess_s: least time the peers wait per step for it.
     min_points: least steps since the change point whose median is judged.
