@@ -11,7 +11,10 @@ every 20 steps, and ``monitor.phase("checkpoint")`` around the checkpoint of the
 duties in ``rank0_duties``). ``--work-ms`` gives the forward emulated device time, which
 ``failslow`` (one rank's forward 1 + magnitude times longer), ``jitter`` (every rank's
 forward 0.25-1.75x per step, equal means) and ``slowdown`` (every rank's input wait grows
-by magnitude x work) act on. The job prints one JSON line
+by magnitude x work) act on. Hang classes: ``extra_collective`` (the fault rank, after its
+backward, enters an all-reduce its peers never call: a metric synced on one rank only; it
+gives up after magnitude s and carries on) and ``compute_hang`` (the fault rank's forward
+runs a matmul loop for magnitude s). The job prints one JSON line
 ``{"fault": ..., "onset_t": ..., "step": ...}`` when it injects its fault (wall clock,
 the time the fault starts to show).
 """
@@ -54,6 +57,9 @@ FAULTS = (
     "slowdown",
     "jitter",
     "rank0_duties",
+    "extra_collective",
+    "compute_hang",
+    "preempt",
 )
 
 
@@ -61,6 +67,9 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True)
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--start-step", type=int, default=0, help="first step (a restart resumes here)"
+    )
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--fault-rank", type=int, default=0)
     parser.add_argument("--fault-step", type=int, default=150)
@@ -88,6 +97,8 @@ class Net(nn.Module):
         super().__init__()
         #: Seconds of emulated device time the next forward takes (see --work-ms).
         self.work_s = 0.0
+        #: Seconds the next forward spends in a long compute op (the compute_hang fault).
+        self.stall_s = 0.0
         self.fc1 = nn.Linear(32, 64)
         self.fc2 = nn.Linear(64, 64)
         self.head = nn.Linear(64, 4)
@@ -95,6 +106,13 @@ class Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.work_s > 0 and self.training:
             time.sleep(self.work_s)
+        if self.stall_s > 0:
+            # A long compute op (a runaway loop of big matmuls): real CPU work, releasing
+            # the GIL inside each op as a kernel launch would.
+            until, a = time.monotonic() + self.stall_s, torch.randn(256, 256)
+            while time.monotonic() < until:
+                a = torch.tanh(a @ a)
+            self.stall_s = 0.0
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
@@ -112,6 +130,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     net = Net()
     model = nn.parallel.DistributedDataParallel(net)
+    # A group every rank creates (new_group is collective) but only the fault rank ever
+    # uses: its all-reduce there waits for peers that never come, until the timeout.
+    side = (
+        dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=args.magnitude))
+        if args.fault == "extra_collective"
+        else None
+    )
     # Per-step work of this rank (the jitter job's variable sequence lengths): its own
     # stream, so ranks draw independently with equal means.
     work_rng = random.Random(7919 * args.seed + rank)
@@ -134,7 +159,8 @@ def main() -> None:
 
     eval_x, eval_y = batch(held_out, 256)
     monitor = producers.init(args.run)
-    monitor.watch(model, optimizer, every=1)
+    # A restarted job resumes its step count where it resumes its loop.
+    monitor.watch(model, optimizer, every=1, start_step=args.start_step)
     held: list[bytearray] = []  # what the leak and warm-up faults allocate and keep
     started = time.time()
     leak_t: float | None = None
@@ -149,7 +175,7 @@ def main() -> None:
             have += len(chunk)
 
     try:
-        for step in range(args.steps):
+        for step in range(args.start_step, args.steps):
             if fault == "leak" and mine and step >= at:
                 if step == at:
                     announce(fault, step, rank)
@@ -163,6 +189,9 @@ def main() -> None:
             if fault == "crash" and mine and step == at:
                 announce(fault, step, rank)
                 os._exit(1)  # no flush, no goodbye: the peers hang in the next all-reduce
+            if fault == "preempt" and step == at:
+                announce(fault, step, rank)
+                os._exit(1)  # every rank killed at once (a preemption): the job restarts
             if fault == "overfit" and step >= at:
                 if step == at:
                     announce(fault, step, rank)
@@ -181,6 +210,9 @@ def main() -> None:
                     announce(fault, step, rank)
                 work *= 1 + args.magnitude  # a slower GPU: the same forward takes longer
             net.work_s = work
+            if fault == "compute_hang" and mine and step == at:
+                announce(fault, step, rank)
+                net.stall_s = args.magnitude
             if fault == "slowdown" and step >= at:
                 if step == at:
                     announce(fault, step, rank)
@@ -220,6 +252,12 @@ def main() -> None:
                     grad = model.module.fc1.weight.grad
                     assert grad is not None
                     grad.add_(torch.randn_like(grad) * grad.norm() * args.magnitude)
+            if fault == "extra_collective" and mine and step == at:
+                announce(fault, step, rank)
+                try:  # the peers are already in the next step's all-reduce, waiting for it
+                    dist.all_reduce(torch.ones(1), group=side)
+                except RuntimeError as exc:  # gloo's timeout: give up on it, carry on
+                    print(json.dumps({"extra_collective_gave_up": str(exc)[:120]}))
             optimizer.step()
             if fault == "ckpt_hang" and mine and step == at:
                 with monitor.phase("checkpoint"):  # a checkpoint write that blocks

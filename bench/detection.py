@@ -71,6 +71,12 @@ EXPECT: dict[str, Expect] = {
         frozenset({"hung_rank"}), True, 8.0, "20 x the step time, floor 5 s, + a heartbeat"
     ),
     "ckpt_hang": Expect(frozenset({"hung_rank"}), True, 33.0, "a declared checkpoint: 30 s floor"),
+    "extra_collective": Expect(
+        frozenset({"hung_rank"}), True, 8.0, "20 x the step time, floor 5 s, + a heartbeat"
+    ),
+    "compute_hang": Expect(
+        frozenset({"hung_rank"}), True, 8.0, "20 x the step time, floor 5 s, + a heartbeat"
+    ),
     "leak": Expect(frozenset({"memory_leak"}), True, 60.0, "40 s of samples at least"),
     "failslow": Expect(
         frozenset({"fail_slow"}), True, 30.0, "a CUSUM, 20 steps since the change at least"
@@ -83,7 +89,7 @@ EXPECT: dict[str, Expect] = {
 #: Faults after which nothing may fire: growth that levels off, staggered clean exits.
 QUIET = frozenset({"warmup", "stagger", "jitter", "rank0_duties"})
 #: Faults whose delay is also shown in step times.
-HANGS = frozenset({"data_hang", "ckpt_hang"})
+HANGS = frozenset({"data_hang", "ckpt_hang", "extra_collective", "compute_hang"})
 #: Faults whose catching alert's summary is printed (what the alert says matters).
 SUMMARISED = HANGS | {"failslow", "slowdown"}
 
@@ -104,6 +110,8 @@ class Job:
     step_sleep: float = 0.0
     noise: float = 0.5
     work_ms: float = 0.0
+    #: The first step: a new incarnation of a job resumes where the last one stopped.
+    start_step: int = 0
 
     def args(self, run: str) -> list[str]:
         return [
@@ -111,7 +119,7 @@ class Job:
             "--fault-rank", str(self.fault_rank), "--fault-step", str(self.fault_step),
             "--magnitude", str(self.magnitude), "--seed", str(self.seed), "--lr", str(self.lr),
             "--step-sleep", str(self.step_sleep), "--noise", str(self.noise),
-            "--work-ms", str(self.work_ms),
+            "--work-ms", str(self.work_ms), "--start-step", str(self.start_step),
         ]  # fmt: skip
 
 
@@ -141,6 +149,8 @@ def jobs(quick: bool = False) -> list[Job]:
             Job("corrupt_grads-2r", "corrupt_grads", 2, 300, 0, 170, 1.0, seed=3),
             Job("slow_input-2r", "slow_input", 2, 300, 1, 170, 20.0, seed=3),
             Job("nan-2r", "nan", 2, 300, 0, 170, seed=3),
+            Job("extra_collective-2r", "extra_collective", 2, 300, 0, 170, 12.0, seed=3),
+            Job("compute_hang-4r", "compute_hang", 4, 300, 2, 170, 10.0, seed=4),
         ]
     steps = 600 if quick else 5000
     out += [
@@ -151,9 +161,15 @@ def jobs(quick: bool = False) -> list[Job]:
     ]
     if not quick:
         out.append(Job("healthy-2r-20ms", "none", 2, 600, seed=15, lr=0.2, step_sleep=0.02))
+    # The regime fail-slow is judged in: a forward holding 10 ms of device time per step.
+    out.append(Job("healthy-3r-10ms", "none", 3, 600 if quick else 1500, seed=16, work_ms=10))
     out += [  # liveness and memory (issue 14)
         Job("data_hang-3r", "data_hang", 3, 400, 1, 200, 15.0, seed=21),
         Job("ckpt_hang-3r", "ckpt_hang", 3, 400, 0, 200, 40.0, seed=22),
+        # hang classes (issue 22): one rank in a collective its peers never call (it
+        # reports backward like them, one step behind), one in a long compute op
+        Job("extra_collective-3r", "extra_collective", 3, 400, 2, 200, 15.0, seed=27),
+        Job("compute_hang-3r", "compute_hang", 3, 400, 0, 200, 12.0, seed=28),
         Job("leak-2r", "leak", 2, 1600, 1, 100, 20.0, seed=23, step_sleep=0.05),
         Job("warmup-2r", "warmup", 2, 1600, 1, 0, 20.0, seed=24, step_sleep=0.05),
         Job("stagger-2r", "stagger", 2, 300, 0, 0, 20.0, seed=25),
@@ -181,6 +197,8 @@ def quiet_faults(quick: bool = False) -> list[Job]:
             Job("failslow10-4r", "failslow", 4, 500, 3, 200, 0.10, seed=41, work_ms=10),
             Job("failslow40-2r", "failslow", 2, 400, 1, 200, 0.40, seed=42, work_ms=10),
             Job("slowdown-2r", "slowdown", 2, 700, 0, 250, 1.5, seed=43, work_ms=10),
+            # starts while the baseline is taken (steps 51-150)
+            Job("slowdown-early-3r", "slowdown", 3, 500, 1, 100, 1.0, seed=45, work_ms=10),
             Job("jitter-2r", "jitter", 2, 2000, 0, 0, 1.0, seed=44, work_ms=10),
         ]
     return out
@@ -254,9 +272,12 @@ def embedded_stack(state_dir: Path) -> Iterator[Settings]:
         yield client_settings
 
 
-def run_job(settings: Settings, job: Job, logs: Path, settle_s: float = 4.0) -> Result:
-    """Run `job` to its end (ranks started as torchrun would), then collect its alerts."""
-    run = f"{job.name}-{uuid.uuid4().hex[:6]}"
+def run_job(
+    settings: Settings, job: Job, logs: Path, settle_s: float = 4.0, run: str | None = None
+) -> Result:
+    """Run `job` to its end (ranks started as torchrun would), then collect its alerts.
+    `run`: the run id (a restart of an earlier job's run); a fresh one by default."""
+    run = run or f"{job.name}-{uuid.uuid4().hex[:6]}"
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     started = time.time()

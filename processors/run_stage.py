@@ -52,6 +52,7 @@ MESH_LABEL = "mesh"
 
 #: Every norm stage 2 combines is a gradient's (canonical names: ``grad/...``).
 _GRAD = "grad/"
+_STEP_TIME = vocab.STEP_TIME.name
 
 #: The rank key under which stage 2's detectors keep a run's job-level series.
 _JOB = -1
@@ -330,6 +331,13 @@ class RunStage:
             state.finished = max(state.finished, step)
             stats = crossrank_stats(pending.ranks)
             goodput = None
+            times = [
+                v[_STEP_TIME]
+                for v in pending.ranks.values()
+                if _STEP_TIME in v and math.isfinite(v[_STEP_TIME])
+            ]
+            if times:
+                self.liveness.step_time(run, median(times))
             if len(pending.ranks) >= state.world:
                 # Only a step every rank reported adds up to the job's norms.
                 combined = combine_norms(pending.ranks, stats)

@@ -181,13 +181,16 @@ class Monitor:
         weights_every: int | None = None,
         timing: bool = True,
         mesh: Any = None,
+        start_step: int = 0,
     ) -> Watch | NoWatch:
         """Hook `model` and `optimizer`: every `every` optimizer steps, publish global and
         per-layer gradient norms, weight norms, update/weight ratios, the first layer with a
         non-finite gradient (kind grad), learning rates, momentum, step time, data wait,
         compute time and samples/s, tokens/s (kind train). Weight norms and update ratios
         come every `weights_every` steps (default 10 x `every`): they need a copy of the
-        weights; `update_ratio=False` skips that copy. Steps count optimizer steps from 0.
+        weights; `update_ratio=False` skips that copy. Steps count optimizer steps from
+        `start_step` (0; a job resumed from a checkpoint passes the step it resumes at, so
+        its steps continue the run's instead of counting again from 0).
         `timing=False` leaves step time, data wait and throughput to the caller (a
         framework callback that times the step from its own hooks).
 
@@ -217,6 +220,7 @@ class Monitor:
                 on_error=self._sdk_error,
                 world=self.identity.world,
                 topology=topology,
+                start_step=start_step,
             )
         except Exception as exc:  # a wrapper without torch's hook API, say
             self._sdk_error("watch", exc)

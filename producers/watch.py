@@ -210,6 +210,7 @@ class Watch:
         on_error: OnError | None = None,
         world: int = 1,
         topology: Topology | None = None,
+        start_step: int = 0,
     ) -> None:
         self._enqueue = enqueue
         self._on_error = on_error
@@ -235,7 +236,7 @@ class Watch:
         # pipeline: then no rank's norms are the model's, and each rank reports its shares.
         self.sharded = self.topology.pp_size > 1 or any(_is_dtensor(p) for p in self.params)
         self._scales: list[float | None] | None = None
-        self.step = 0
+        self.step = max(0, start_step)
         self._order: list[int] = []
         self._t_end: float | None = None
         self._t_fwd: float | None = None

@@ -8,12 +8,16 @@ all closed is finished. A rank that closed while its peers still step is reporte
 a job, up to that grace apart, raise nothing).
 
 Hangs are judged against the job's own rhythm: the median time per step of the run
-(estimated from the steps the ranks report as summaries arrive), times `hung_factor`, with
+(estimated from the steps the ranks report as summaries arrive; until a few have arrived,
+from the step times the ranks reported), times `hung_factor`, with
 a floor (`hung_floor_s`), capped by `hung_after_s`. The phase every heartbeat carries
 (`stepstream.vocabulary.PHASES`) names the origin: under data parallelism a rank blocked
 outside the collective (its data loader, forward, a checkpoint) holds its peers in the
 collective (``backward``); the origin is the rank outside the collective that has been in
-its phase longest (or, with every rank inside it, the one longest in it). The threshold is
+its phase longest (or, with every rank inside it, the one longest in it). A rank whose step
+is behind every peer's is the origin whatever its phase: its peers finished a step it did
+not, so it waits for none of them (one rank in a collective its peers never call, after
+its backward, still reports ``backward``). The threshold is
 the origin's: declared phases (eval, checkpoint) are long by nature and get
 `declared_floor_s`; a rank outside the loop, or any run one of whose ranks has already
 closed, gets `hung_after_s`. A rank whose phase keeps changing is working (an evaluation
@@ -151,6 +155,8 @@ class _Run:
     ranks: dict[int, _Rank] = field(default_factory=dict)
     #: Arrival time of the run's first summary here (see LivenessParams.never_heard_s).
     first_seen: float = 0.0
+    #: The step times its ranks reported for its finished steps (`step_time`).
+    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def finished(self) -> bool:
         """Every rank of the run closed."""
@@ -400,10 +406,25 @@ class LivenessDetector:
         state = self._runs.get(run)
         return None if state is None else self._rhythm(state)
 
+    def step_time(self, run: str, seconds: float) -> None:
+        """A finished step of `run` took `seconds` by its ranks' own clocks (the median of
+        their reported step times): the run's rhythm until the arrivals of its summaries
+        give one."""
+        state = self._runs.get(run)
+        if state is not None and seconds > 0:
+            state.step_times.append(seconds)
+
     def _rhythm(self, state: _Run) -> float | None:
         points = self.params.rhythm_points
         per_rank = [r for s in state.ranks.values() if (r := s.rhythm(points)) is not None]
-        return median(per_rank) if per_rank else None
+        if per_rank:
+            return median(per_rank)
+        # A job that hangs within its first seconds has sent too few summaries (once a
+        # second) for a rhythm from their arrivals, and was judged on the 120 s cap; the
+        # step times its ranks reported with them say the same.
+        if len(state.step_times) >= points:
+            return median(state.step_times)
+        return None
 
     def judge(self, state: _Run, ranks: list[int], now: float) -> HangVerdict | None:
         """The hang verdict of the run at `now` over its live, unclosed `ranks`."""
@@ -412,15 +433,23 @@ class LivenessDetector:
         if not stepping:
             return None
 
-        def order(r: int) -> tuple[bool, bool, float, int]:
+        behind = _behind({r: state.ranks[r].step for r in stepping})
+
+        def order(r: int) -> tuple[bool, bool, bool, float, int]:
             s = state.ranks[r]
             in_phase = s.in_phase(now)
-            inside = s.phase is None or s.phase in vocab.COLLECTIVE_PHASES
+            # A rank behind every peer's step is waiting for none of them, whatever its
+            # phase says: they finished a step it did not, so they passed every collective
+            # of that step with it. It is stuck in its own work, or in a collective they
+            # never call (an extra all-reduce on one rank, in its backward phase).
+            late = r in behind
+            inside = (s.phase is None or s.phase in vocab.COLLECTIVE_PHASES) and not late
             # Under FSDP2 and tensor parallelism a rank in its forward may be waiting in an
             # all-gather for the origin: it comes after ranks outside the loop's forward
             # (its data loader, a declared eval), whatever the heartbeats' timing noise.
-            waiting = s.phase == vocab.PHASE_FORWARD
+            waiting = s.phase == vocab.PHASE_FORWARD and not late
             return (
+                not late,
                 inside,
                 waiting,
                 -(in_phase if in_phase is not None else now - s.step_moved),
@@ -694,6 +723,8 @@ class LivenessDetector:
             "origin_phase": _code(origin.phase),
         }
         listing = []
+        # Steps are listed where they differ: a rank behind the others is the origin.
+        steps_differ = len({s.step for s in state.ranks.values() if s.step is not None}) > 1
         for r in sorted(state.ranks):
             s = state.ranks[r]
             in_phase = s.in_phase(now)
@@ -705,7 +736,8 @@ class LivenessDetector:
             elif self._episodes.is_open((self.DEAD, run, r)):
                 what = "silent"
             took = f" {in_phase:.1f}s" if in_phase is not None and what == s.phase else ""
-            listing.append(f"rank {r}: {what}{took}")
+            at = f" at step {s.step}" if steps_differ and s.step is not None else ""
+            listing.append(f"rank {r}: {what}{took}{at}")
         rhythm = (
             f" ({v.stuck_s / v.step_s:.0f}x its {v.step_s * 1000:.1f} ms median step)"
             if v.step_s
@@ -754,6 +786,23 @@ class LivenessDetector:
         for rank in state.ranks:
             self._episodes.end((self.DEAD, run, rank))
             self._episodes.end((self.EXITED, run, rank))
+
+
+def _behind(steps: dict[int, int | None]) -> set[int]:
+    """The ranks whose step is behind every other rank's (at least two ranks stepping).
+
+    In lockstep data parallelism a hung job's waiting ranks are never behind its origin:
+    the step the origin did not finish is one they could not finish without it either,
+    unless the origin passed its collectives and stopped after them (a checkpoint, an extra
+    collective of its own). One rank behind all the others is that origin. Equal steps
+    say nothing; neither does one rank ahead of the rest (a rank that logs more often)."""
+    known = {r: s for r, s in steps.items() if s is not None}
+    out = set()
+    for rank, step in known.items():
+        others = [s for r, s in known.items() if r != rank]
+        if others and step < min(others):
+            out.add(rank)
+    return out
 
 
 def _code(phase: str | None) -> float | None:

@@ -5,9 +5,11 @@ pipeline, a fail-slow rank that drags every collective).
 - The job's step time at a finished step is the median of its ranks' step times, less the
   longest declared eval/checkpoint time a rank spent in it (the peers wait for that rank
   in the next collective, so every rank's step carries it): declared work is not slowness.
-- The baseline is the median of the job's step times over `baseline_steps` steps after
-  `warmup_steps` (start-up, compilation, allocator and data-loader warm-up are not the
-  baseline), frozen once taken: a slow drift must not become the new normal.
+- The baseline comes from the `baseline_steps` steps after `warmup_steps` (start-up,
+  compilation, allocator and data-loader warm-up are not the baseline): the lowest median
+  of `window` consecutive steps among them, frozen once taken: a slow drift must not become
+  the new normal, and a slowdown that starts inside the baseline steps (after 50 of them)
+  must not either (their median would be the slow rate once half of them were slow).
 - Slow when the median of the last `window` step times is at least `ratio` x the baseline
   (step rate down by 1 - 1/ratio), and that held for `sustain_steps` steps and
   `sustain_s` seconds of event time: one incident, cleared when the window's median is
@@ -44,7 +46,9 @@ class SlowdownParams:
     """Parameters of `SlowdownDetector` (see the module docstring).
 
     warmup_steps: finished steps before the baseline starts.
-    baseline_steps: steps whose median is the baseline.
+    baseline_steps: steps after the warm-up among whose `window`-step medians the lowest
+        is the baseline (the fastest sustained rate the job showed once warm: at most a
+        few % under their median on the jittery jobs measured, far inside `ratio`).
     window: steps whose median is compared with the baseline.
     ratio: slow at this step time over the baseline: 1.33 is a 25 % lower step rate, so a
         30 % drop is named even when the window's median comes out a little low; healthy
@@ -68,6 +72,8 @@ class _Run:
     baseline: float | None = None
     #: Per rank and phase: the baseline's median seconds.
     base_phases: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: While the baseline is taken: the lowest window median so far (see the module).
+    lowest: float | None = None
     steps: deque[float] = field(default_factory=deque)
     phases: dict[int, dict[str, deque[float]]] = field(default_factory=dict)
     #: (step, event time) the window first read slow; None while it does not.
@@ -152,6 +158,15 @@ class SlowdownDetector:
                 if len(kept) > size:
                     kept.popleft()
         if state.baseline is None:
+            if len(state.steps) >= p.window:
+                recent = median(list(state.steps)[-p.window :])
+                if state.lowest is None or recent < state.lowest:
+                    # The fastest stretch so far, and what each rank's phases took in it.
+                    state.lowest = recent
+                    state.base_phases = {
+                        rank: {ph: median(list(kept)[-p.window :]) for ph, kept in per.items()}
+                        for rank, per in state.phases.items()
+                    }
             if len(state.steps) >= p.baseline_steps:
                 self._take_baseline(state)
             return []
@@ -185,11 +200,7 @@ class SlowdownDetector:
         return [self._episodes.start(episode, self._flag(run, state, step, t, current))]
 
     def _take_baseline(self, state: _Run) -> None:
-        state.baseline = median(state.steps)
-        state.base_phases = {
-            rank: {phase: median(kept) for phase, kept in per.items() if kept}
-            for rank, per in state.phases.items()
-        }
+        state.baseline = state.lowest if state.lowest is not None else median(state.steps)
         # From now on the deques hold the comparison window only.
         state.steps = deque(list(state.steps)[-self.params.window :])
         for per in state.phases.values():

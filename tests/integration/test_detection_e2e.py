@@ -14,13 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.detection import EXPECT, Job, Result, embedded_stack, run_job
+from bench.detection import EXPECT, HANGS, Job, Result, embedded_stack, run_job
 from query.dashboard.app import DashboardOptions
 from query.dashboard.auth import Access
 from query.http_api import create_api
@@ -46,6 +47,11 @@ FAULT_JOBS = [
     # input pipeline slower, the step rate down by about half.
     Job("failslow", "failslow", 3, 320, 1, 120, 0.4, seed=1, work_ms=10),
     Job("slowdown", "slowdown", 2, 420, 0, 170, 1.0, seed=1, work_ms=10),
+    # A hang class, a second into the job (the rhythm from the ranks' own step times), on
+    # 2 ranks (cheaper to start): rank 0 in an all-reduce its peer never calls, after its
+    # backward (9 s, then it gives up): 19 s here. The other class, a long compute op in
+    # one rank's forward, cost 21-25 s live: bench/detection.py and the unit tests have it.
+    Job("extra_collective", "extra_collective", 2, 140, 0, 100, 9.0, seed=1),
 ]
 
 
@@ -61,7 +67,9 @@ def describe(result: Result) -> str:
 
 @pytest.mark.parametrize("job", FAULT_JOBS, ids=lambda j: j.name)
 def test_fault_is_caught_once_on_the_right_rank(stack: Settings, job: Job, tmp_path: Path) -> None:
-    result = run_job(stack, job, tmp_path, settle_s=2.5)
+    # A hang is named while it lasts, its clear comes as the origin steps: no need to wait
+    # for the pipeline's last alerts after the job.
+    result = run_job(stack, job, tmp_path, settle_s=1.0 if job.fault in HANGS else 2.5)
     assert result.onset_t is not None, f"the job never injected its fault: {result.exit_codes}"
     caught = result.caught()
     expect = EXPECT[job.fault]
@@ -124,3 +132,31 @@ def test_rank_zero_duties_declared_while_peers_wait_raise_nothing(
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["badput_s"]["eval"] > 7.5
+
+
+def test_a_restart_gap_is_badput_of_cause_restart(stack: Settings, tmp_path: Path) -> None:
+    # Both ranks are killed without a word at step 120 (a preemption); after a pause a new
+    # incarnation of the same run resumes at step 120. The time in between (the pause, the
+    # new processes' start-up, the records the killed ones never sent) is restart badput,
+    # not a hang or stall, read through the public reader.
+    pause = 3.0
+    first = run_job(stack, Job("restart", "preempt", 2, 400, 0, 120, seed=5), tmp_path, 0.0)
+    assert first.onset_t is not None and 1 in first.exit_codes
+    time.sleep(pause)
+    again = Job("restart", "none", 2, 220, seed=5, start_step=120)
+    second = run_job(stack, again, tmp_path, 0.0, run=first.run)
+    assert second.exit_codes == [0, 0]
+    goodput = None
+    with MetricsReader.from_url(stack.redis_url, stack.key_prefix) as reader:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            goodput = reader.goodput(first.run)
+            if goodput is not None and (goodput.step or 0) >= 215:
+                break
+            time.sleep(0.3)
+    assert goodput is not None and (goodput.step or 0) >= 215, goodput
+    restart = goodput.badput_s["restart"]
+    # At least the pause; at most from the kill to the end of the new incarnation.
+    assert pause <= restart < pause + second.wall_s, goodput
+    assert goodput.badput_s["hang_stall"] < 0.5, goodput
+    assert goodput.ettr is not None and goodput.ettr < 1 - restart / goodput.wall_s + 1e-6

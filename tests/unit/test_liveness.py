@@ -9,7 +9,7 @@ from processors.flags import Flag
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from stepstream import vocabulary as vocab
-from stepstream.contract import Batch, RankSummary, Record, RecordKind
+from stepstream.contract import Batch, RankSummary, Record, RecordKind, StepPoint
 
 
 def drive(
@@ -188,6 +188,66 @@ def test_a_checkpoint_gets_the_declared_floor_and_the_hang_clears_when_the_origi
     assert [(f.detector, f.rank, f.cleared) for f in cleared] == [("hung_rank", 0, True)]
 
 
+def test_a_rank_in_a_collective_its_peers_never_call_is_named_by_its_step() -> None:
+    # Rank 2 enters an extra all-reduce after its backward (one rank syncing a metric the
+    # others never sync): it still reports backward, like its peers waiting in the next
+    # step's all-reduce, and its heartbeats even say it entered it a little later (their
+    # delivery jitter is larger than a step). Its step, one behind theirs, names it.
+    d = LivenessDetector()
+    hang, step_s = 10.0, 0.01
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        if now < hang:
+            return [(r, int(now / step_s), "running", "data", 0.001, None) for r in (0, 1, 2)]
+        done = int(hang / step_s)
+        return [
+            (0, done, "running", "backward", now - hang + 0.3, None),
+            (1, done, "running", "backward", now - hang + 0.2, None),
+            (2, done - 1, "running", "backward", now - hang, None),
+        ]
+
+    flags = drive(d, 25.0, beat)
+    assert [(f.detector, f.rank, f.cleared) for f in flags] == [("hung_rank", 2, False)]
+    assert "origin rank 2 in backward" in flags[0].summary
+    assert f"rank 2: backward {flags[0].evidence['phase_s_rank2']:.1f}s at step 999" in (
+        flags[0].summary
+    )
+
+
+def test_a_rank_stuck_in_a_long_forward_is_named_while_its_peers_wait() -> None:
+    # Rank 0's forward runs a long compute op; ranks 1 and 2 wait in the all-reduce.
+    d = LivenessDetector()
+    hang = 10.0
+    beat = sdk_beat({0: ("forward", hang), 1: ("backward", hang), 2: ("backward", hang)}, hang)
+    flags = drive(d, 25.0, beat)
+    assert [(f.detector, f.rank, f.cleared) for f in flags] == [("hung_rank", 0, False)]
+    assert flags[0].evidence["origin_phase"] == vocab.PHASE_CODES["forward"]
+    assert "origin rank 0 in forward" in flags[0].summary
+
+
+def test_a_rank_ahead_of_the_others_does_not_make_them_origins() -> None:
+    # Rank 0 logs every step, ranks 1 and 2 every 10 (their step lags): rank 1 blocked in
+    # its data loader is still the origin, ranks behind only rank 0 are not.
+    d = LivenessDetector()
+    hang, step_s = 10.0, 0.01
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        t = min(now, hang)
+        dense, sparse = int(t / step_s), int(t / step_s) // 10 * 10 - 5
+        if now < hang:
+            return [(0, dense, "running", "data", 0.001, None)] + [
+                (r, sparse, "running", "data", 0.001, None) for r in (1, 2)
+            ]
+        return [
+            (0, dense, "running", "backward", now - hang, None),
+            (1, sparse, "running", "data", now - hang, None),
+            (2, sparse, "running", "backward", now - hang, None),
+        ]
+
+    flags = drive(d, 25.0, beat)
+    assert [(f.detector, f.rank) for f in flags] == [("hung_rank", 1)]
+
+
 def test_a_rank_whose_phase_keeps_changing_is_not_hung() -> None:
     d = LivenessDetector()
 
@@ -247,6 +307,43 @@ def test_run_stage_passes_status_phase_and_stack_to_liveness() -> None:
         alerts += stage.tick(now + 0.1)
     assert [(a.rule, a.rank, a.status) for a in alerts] == [("hung_rank", 0, "firing")]
     assert alerts[0].description == "rank 0 (forward):\nFile model.py, line 3, in forward"
+
+
+def test_a_job_that_hangs_in_its_first_seconds_is_judged_on_its_reported_step_times() -> None:
+    # Two 5 ms-step ranks report once a second: the job reaches its hang after a single
+    # summary each, too few arrivals for a rhythm. The step times they reported with it
+    # give one, so the hang is reported after the 5 s floor, not the 120 s cap.
+    stage = RunStage()
+    step_s = 0.005
+    for rank in (0, 1):
+        points = [
+            StepPoint(step=s, t=s * step_s, values={vocab.STEP_TIME.name: step_s})
+            for s in range(200)
+        ]
+        summary = RankSummary(
+            run="r", rank=rank, world=2, last_step=199 + rank, steps=points, status="running"
+        )
+        stage.process(summary, 1.0)
+    alerts = []
+    for i in range(6, 60):
+        now = i * 0.2
+        for rank in (0, 1):
+            summary = RankSummary(
+                run="r",
+                rank=rank,
+                world=2,
+                last_step=199 + rank,
+                status="running",
+                phase="backward",
+                phase_s=now - 1.0,
+            )
+            alerts += stage.process(summary, now).alerts
+        alerts += stage.tick(now + 0.1) + stage.flush_steps(now + 0.1).alerts
+    assert [(a.rule, a.rank, a.status) for a in alerts] == [("hung_rank", 0, "firing")]
+    hung = alerts[0]
+    assert hung.evidence["threshold"] == 5.0  # the floor: 20 x 5 ms is less
+    assert hung.evidence["value"] is not None and hung.evidence["value"] < 5.5
+    assert "its 5.0 ms median step" in hung.summary
 
 
 def test_stage_1_reads_heartbeats_into_the_summary_and_the_window_update() -> None:

@@ -199,3 +199,17 @@ def test_an_evaluation_between_steps_is_not_the_next_steps_forward() -> None:
     watch.remove()
     train = [v for _, kind, v in seen if kind == RecordKind.TRAIN][-1]
     assert math.isclose(train["perf/samples_per_s"] * train["perf/step_time_s"], 4.0)
+
+
+def test_a_resumed_job_counts_its_steps_from_the_step_it_resumes_at() -> None:
+    # A new incarnation resumed at step 120: its records continue the run's steps, not
+    # 0, 1, ... again (stage 2 would take them for steps already finished).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[Any] = []
+    watch = Watch(lambda s, kind, values: seen.append(s), model, opt, 1, start_step=120)
+    step(model, opt)
+    step(model, opt)
+    watch.remove()
+    assert sorted(set(seen)) == [120, 121]
