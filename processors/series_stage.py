@@ -101,6 +101,7 @@ class SeriesWindows:
         "canonical",
         "detectors",
         "forward",
+        "held_at",
         "nonfinite",
         "rank_local",
         "stats_due",
@@ -127,6 +128,8 @@ class SeriesWindows:
         self.nonfinite = False
         #: Processor time before which this series' stats are not recomputed (rate limit).
         self.stats_due = 0.0
+        #: When its newest value was held back by the rate limit (see `flush`).
+        self.held_at = 0.0
 
     def add(self, step: int | None, t: float, value: float) -> None:
         """Place one value in every window it belongs to."""
@@ -301,8 +304,9 @@ class SeriesStage:
     `detector_params` override detector parameters by detector name; `clock` stamps
     `raised_at` on alerts and judges far-future event times (injected so tests control it).
     `stats_interval_s` > 0 rate-limits window statistics per series: a series touched again
-    sooner gets only its latest value in the update, and `flush` later emits the held-back
-    stats (a flagged series is always computed at once).
+    sooner gets only its latest value in the update; its next value computes the stats
+    once due, and `flush` emits the held-back stats of series that went quiet (a flagged
+    series is always computed at once).
     `quality_window_steps` (default: the first of `window_steps`) is the size of the
     quality windows: records of kind quality carry additive sufficient statistics
     (stepstream.quality) that are summed per (run, rank, task) over that many steps and
@@ -709,6 +713,7 @@ class SeriesStage:
             marks = flagged.get((batch.run, batch.rank, metric))
             if series.stats_due > now and marks is None:
                 state.pending[metric] = value
+                series.held_at = now
                 continue
             state.pending.pop(metric, None)
             due.append((windows, metric, series, marks))
@@ -773,7 +778,11 @@ class SeriesStage:
             latest: dict[str, float] = {}
             for metric, value in list(state.pending.items()):
                 series = state.series[metric]
-                if series.stats_due > now:
+                # A series held back within the interval is still arriving: its next
+                # value computes the stats, spread over the arrivals. Flushing every due
+                # series at once made a burst of all ranks' stats each tick, and the p99
+                # lag with it; the flush is for series that went quiet.
+                if series.stats_due > now or now - series.held_at < self.stats_interval_s:
                     continue
                 del state.pending[metric]
                 latest[metric] = value

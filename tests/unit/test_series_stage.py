@@ -193,7 +193,10 @@ def test_stats_rate_limit_holds_back_and_flush_delivers() -> None:
     assert second.update is not None and second.update.latest == {"loss": 3.0}
     assert second.update.windows["5steps"] == {}  # held back
     assert s.flush(100.9) == []
-    (flushed,) = s.flush(101.0)
+    # Due, but held back only 0.5 s ago: a series still arriving gets its stats from its
+    # next value; the flush is for one that went quiet.
+    assert s.flush(101.0) == []
+    (flushed,) = s.flush(101.5)
     assert flushed.latest == {"loss": 3.0} and flushed.step == 1
     assert flushed.windows["5steps"]["loss"].mean == 2.0
     assert s.flush(105.0) == []
