@@ -58,6 +58,19 @@ class _Tracked:
     reassert_by: float | None = None
 
 
+#: Detectors of stage 1 (per rank, where the rank's telemetry is read) whose alerts
+#: re-assert quickly: see `AlertEngine._held_here`.
+FOUND_IN_STAGE_1 = frozenset(
+    {
+        "spike",
+        "nonfinite",
+        "exploding_gradients",
+        "vanishing_gradients",
+        "error_burst",
+        "telemetry_loss",
+    }
+)
+
 #: Detectors whose state takes longer than a failover's re-assert window to rebuild (a
 #: leak's 40 s of samples, a plateau's patience, a CUSUM, a 20-step median): their
 #: restored alerts wait for the detector or the resolve timeout instead, so a condition
@@ -248,11 +261,21 @@ class AlertEngine:
                 reassert_s is not None
                 and rule.detector is not None
                 and rule.detector not in SLOW_TO_REASSERT
-                and alert.fingerprint not in self._held_before
+                and not self._held_here(alert, rule.detector)
             ):
                 self._tracked[alert.fingerprint].reassert_by = self._clock() + reassert_s
             taken += 1
         return taken
+
+    def _held_here(self, alert: Alert, detector: str) -> bool:
+        """Whether `alert`'s detector state surely stayed on this worker: it held the alert
+        before the rebalance, and the finding is its own stage 2's. A stage-1 finding of a
+        rank (FOUND_IN_STAGE_1) is made where that rank's telemetry partition is read, and
+        raised where its run's summaries are: the two may part in a rebalance, the
+        detector starting cold while its run's alert stays here."""
+        if alert.fingerprint not in self._held_before:
+            return False
+        return alert.rank is None or detector not in FOUND_IN_STAGE_1
 
     def resolve_unasserted(self) -> list[Alert]:
         """Resolve restored detector alerts not re-asserted in time (see `restore`).

@@ -376,17 +376,17 @@ def test_a_taken_over_alert_of_a_slow_detector_waits_for_the_resolve_timeout() -
 
 
 def test_an_alert_held_before_a_rebalance_is_restored_without_a_reassert_window() -> None:
-    # The run stayed on this worker: its detector's episode is still open and will not
-    # repeat its start, so a re-assert window would resolve a condition that holds.
+    # A stage-2 finding (a dead rank): its run stayed on this worker, its detector's
+    # episode with it, and that episode will not repeat its start.
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
-    (fired,) = e.on_signal(signal("spike", 0, True, 5))
+    (fired,) = e.on_signal(signal("dead_rank", 1, True, 5, metric=None))
     e.forget_all()  # a rebalance
     assert e.restore([fired], reassert_s=10.0) == 1
     now[0] += 60.0
     e.note_activity(fired.run)
     assert e.resolve_unasserted() == []
-    (resolved,) = e.on_signal(signal("spike", 0, False, 12))
+    (resolved,) = e.on_signal(signal("dead_rank", 1, False, 12, metric=None))
     assert resolved.status == "resolved"
 
 
@@ -458,3 +458,17 @@ def test_removing_a_rule_withdraws_its_pending_alerts() -> None:
     (withdrawn,) = e.set_rules(parse_rules("rules: []\n"))
     assert (withdrawn.status, withdrawn.fingerprint) == ("withdrawn", pending.fingerprint)
     assert "rule was removed" in withdrawn.summary and e.pending() == []
+
+
+def test_a_stage_1_finding_held_before_a_rebalance_still_needs_re_asserting() -> None:
+    # Its run's summaries stayed here, its rank's telemetry may have moved: the detector
+    # that owed the clear may be gone.
+    now = [1000.0]
+    e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
+    (fired,) = e.on_signal(signal("nonfinite", 0, True, 5))
+    e.forget_all()
+    e.restore([fired], reassert_s=10.0)
+    now[0] += 11.0
+    e.note_activity(fired.run)
+    (resolved,) = e.resolve_unasserted()
+    assert resolved.status == "resolved" and "not re-asserted" in resolved.summary
