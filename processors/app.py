@@ -297,6 +297,7 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     async def assigned(sender: faust.App, assigned: Any = None, **kwargs: Any) -> None:
         run_stage.liveness.resume(time.time())
+        stage.rebalanced()
         # Rare and consequential (runs move, state restarts cold): operators see it.
         log.warning("partitions assigned after a rebalance: %d", len(assigned or ()))
 

@@ -96,6 +96,12 @@ def forget_ranks(mapping: MutableMapping[Any, Any], ranks: Collection[RankKey]) 
     return len(gone)
 
 
+#: Label of a flag a stage restates after a rebalance: an episode it holds open, sent
+#: again so that the alert engine of the run's new owner hears it (see
+#: `processors.incidents`, which strips it).
+RESTATED = "restated"
+
+
 class Episodes:
     """Open episodes by key, each with the flag that opened it.
 
@@ -132,6 +138,14 @@ class Episodes:
         it) without a cleared flag."""
         for key in [k for k in self._open if k == run or (isinstance(k, tuple) and k[0] == run)]:
             del self._open[key]
+
+    def opened(self, run: str, rank: int) -> list[Flag]:
+        """The opening flags of the open episodes of one rank, marked RESTATED."""
+        return [
+            dataclasses.replace(flag, labels={**flag.labels, RESTATED: "1"})
+            for key, flag in self._open.items()
+            if isinstance(key, tuple) and key[:2] == (run, rank)
+        ]
 
     def open_of(self, run: str, rank: int) -> list[Hashable]:
         """The keys of the open episodes of one rank (keys starting with (run, rank))."""

@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from processors.flags import Flag, cleared_flag
+from processors.flags import RESTATED, Flag, cleared_flag
 from stepstream.vocabulary import NODE_LABEL, is_rank_local
 
 #: Series listed in an incident's `affected` (the count goes on in the evidence).
@@ -76,13 +76,23 @@ class Incidents:
                 return None
             del self._open[key]
             return self._closed(incident, flag)
+        restated = RESTATED in flag.labels
+        if restated:
+            flag = dataclasses.replace(
+                flag, labels={k: v for k, v in flag.labels.items() if k != RESTATED}
+            )
         if incident is None:
             incident = self._open[key] = _Incident(opening=flag)
             self._join(incident, flag, member)
             return self._opened(incident, flag)
+        again = restated or member in incident.open
         incident.closing = None  # flagged again within the hold: the same incident
         self._join(incident, flag, member)
-        return None
+        # A series that starts again while open is a detector restarted cold (its
+        # partition moved) or restating its episode after a rebalance: the alert engine
+        # hears the incident again, so an alert it took over is re-asserted, not resolved
+        # for want of news (it pages nothing: the alert is firing already).
+        return incident.opening if again else None
 
     def apply_all(self, flags: list[Flag], now: float = 0.0) -> list[Flag]:
         """`apply` each of `flags` (in order); the flags to raise. Of the flags that open
@@ -93,9 +103,10 @@ class Incidents:
         fresh: dict[tuple[str, str], int] = {}
         for flag in flags:
             key = (flag.run, flag.detector)
+            existed = key in self._open
             raised = self.apply(flag, now)
             if raised is not None:
-                if not raised.cleared:
+                if not raised.cleared and not existed:
                     fresh[key] = len(out)
                 out.append(raised)
                 continue

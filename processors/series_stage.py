@@ -85,6 +85,10 @@ class ValueDetector(Protocol):
         """Drop what it holds of the series of `ranks` (publishers gone idle)."""
         ...
 
+    def restated(self, run: str, rank: int) -> list[Flag]:
+        """The open episodes of one rank, as flags to send again after a rebalance."""
+        ...
+
 
 #: The detector (and alert rule) name of refused telemetry: a seq jump, the name cap.
 REJECTED = "telemetry_rejected"
@@ -348,6 +352,9 @@ class SeriesStage:
         self._loss = TelemetryLossDetector(
             with_overrides(TelemetryLossParams(), params.get("telemetry_loss"))
         )
+        #: Ranks whose open episodes were restated since the last rebalance (None: no
+        #: rebalance since start; see `rebalanced`).
+        self._restated: set[tuple[str, int]] | None = None
         #: Dead letters by reason since start, for the worker's log.
         self.rejected: dict[str, int] = {}
         #: (run, reason) pairs already alerted on (one alert per run and reason).
@@ -440,6 +447,11 @@ class SeriesStage:
             summary = self._apply(batch, state, values, flags, result, index)
             touched[(batch.run, batch.rank)] = (batch, state, values)
             parts.setdefault((batch.run, batch.rank), []).append(summary)
+        if self._restated is not None:
+            for run, rank in touched:
+                if (run, rank) not in self._restated:
+                    self._restated.add((run, rank))
+                    flags.extend(self._restate(run, rank))
         summaries = {key: _merge(found) for key, found in parts.items()}
         result.summaries = list(summaries.values())
         result.alerts = [flag_to_alert(flag, now) for flag in flags]
@@ -479,6 +491,18 @@ class SeriesStage:
                 self._window_update(batch.run, batch.rank, state, values, windows)
             )
         return result
+
+    def rebalanced(self) -> None:
+        """The worker's partitions were reassigned: restate each rank's open episodes at
+        its next batch. Its run's summaries may now go to another worker, whose alert
+        engine took the run's alerts over from Redis and waits for them to be re-asserted
+        (`AlertEngine.restore`); an episode still open here would not start again."""
+        self._restated = set()
+
+    def _restate(self, run: str, rank: int) -> list[Flag]:
+        detectors: list[ValueDetector] = [self._nonfinite, *self._detectors]
+        out = [f for d in detectors for f in d.restated(run, rank)]
+        return out + self._errors.restated(run, rank) + self._loss.restated(run, rank)
 
     def admitted(self, run: str, metric: str) -> bool:
         """True if `metric` of `run` got past the cardinality cap (what may be forwarded)."""

@@ -13,13 +13,22 @@ maximum 4.3x) and 20x for a layer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from processors.detectors.base import matches, median
-from processors.flags import Flag, RankKey, cleared_flag, evidence, forget_ranks, moment
+from processors.flags import (
+    RESTATED,
+    Flag,
+    RankKey,
+    cleared_flag,
+    evidence,
+    forget_ranks,
+    moment,
+)
 from stepstream import vocabulary as vocab
 
 
@@ -111,6 +120,14 @@ class GradientDetector:
         """Drop the series of `ranks` (idle publishers), open episodes included."""
         forget_ranks(self._series, ranks)
         forget_ranks(self._ranks, ranks)
+
+    def restated(self, run: str, rank: int) -> list[Flag]:
+        """The open episodes of one rank, as flags to send again after a rebalance."""
+        return [
+            dataclasses.replace(series.open, labels={**series.open.labels, RESTATED: "1"})
+            for (r, k, _), series in self._series.items()
+            if (r, k) == (run, rank) and series.open is not None
+        ]
 
     def _new(self, run: str, rank: int, metric: str) -> _Series:
         p = self.params

@@ -52,6 +52,10 @@ class ErrorBurstDetector:
         self._times: dict[tuple[str, int], deque[float]] = {}
         self._episodes = Episodes()
 
+    def restated(self, run: str, rank: int) -> list[Flag]:
+        """The open episodes of one rank, as flags to send again (`Episodes.opened`)."""
+        return self._episodes.opened(run, rank)
+
     def forget(self, ranks: Collection[RankKey]) -> None:
         """Drop the error times and open bursts of `ranks` (idle publishers)."""
         forget_ranks(self._times, ranks)

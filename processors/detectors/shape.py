@@ -55,6 +55,10 @@ class SeriesDetector(Generic[S, P]):
         """True if the detector reads `metric` (an alias of one of its signals counts)."""
         return matches(metric, self.signals())
 
+    def restated(self, run: str, rank: int) -> list[Flag]:
+        """The open episodes of one rank, as flags to send again (`Episodes.opened`)."""
+        return self._episodes.opened(run, rank)
+
     def forget(self, ranks: Collection[RankKey]) -> None:
         """Drop the state and open episodes of the series of `ranks` (idle publishers);
         an episode ends without a cleared flag (see `Episodes.forget`)."""

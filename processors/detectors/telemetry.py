@@ -34,6 +34,10 @@ class TelemetryLossDetector:
         self._batches: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self._episodes = Episodes()
 
+    def restated(self, run: str, rank: int) -> list[Flag]:
+        """The open episodes of one rank, as flags to send again (`Episodes.opened`)."""
+        return self._episodes.opened(run, rank)
+
     def forget(self, ranks: Collection[RankKey]) -> None:
         """Drop the batch counts and open loss episodes of `ranks` (idle publishers)."""
         forget_ranks(self._batches, ranks)

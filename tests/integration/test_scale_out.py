@@ -169,15 +169,27 @@ def test_a_moved_run_keeps_its_firing_alert_without_paging_again(
         procs[1].wait(10)
 
         killed = time.monotonic()
-        publish(range(20, 40), math.nan)  # the moved runs' detectors start afresh here
-        publish(range(40, 45), 1.0)
         publish(range(20, 45), 1.0, quiet)  # these ended during the move
+        publish(range(20, 40), math.nan)  # the moved runs' detectors start afresh here
+        # The NaN goes on past the re-assert window (10 s): a taken-over alert must be
+        # restated or raised again, not resolved for want of news.
+        step = 40
+        until = time.monotonic() + 13
+        while time.monotonic() < until:
+            publish(range(step, step + 1), math.nan)
+            step += 1
+            time.sleep(0.5)
+        publish(range(step, step + 5), 1.0)
         wait_for(lambda: all("resolved" in nan_alerts(run) for run in runs), timeout=90)
         for run in runs:
             assert nan_alerts(run) == ["firing", "resolved"], run
             assert reader.active_alerts(run) == [] or all(
                 a.rule != "nonfinite" for a in reader.active_alerts(run)
             )
+            # The NaN went on across the move: restated or raised again, never resolved
+            # for want of news.
+            last = [a for a in reader.alerts(run) if a.rule == "nonfinite"][-1]
+            assert "not re-asserted" not in last.summary, (run, last.summary)
         # Kept alive (their runs report) so that only the re-assert window can end them.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not all(

@@ -130,3 +130,37 @@ def test_a_rank_local_series_names_an_incident_opened_in_the_same_step() -> None
     first = later.apply_all([flag(0, "grad/global_norm", 5)])
     assert first[0].metric == "grad/global_norm"
     assert later.apply_all([flag(0, "loss", 6)]) == []
+
+
+def test_an_open_series_flagged_again_or_restated_makes_the_incident_heard_again() -> None:
+    import dataclasses
+
+    from processors.flags import RESTATED
+
+    inc = Incidents()
+    opening = inc.apply(flag(0, "loss", 5))
+    assert opening is not None and inc.apply(flag(1, "loss", 5)) is None  # joins quietly
+    # Rank 0's detector restarted cold (its partition moved) and starts its episode again:
+    assert inc.apply(flag(0, "loss", 9)) == opening
+    restated = flag(1, "loss", 5)
+    restated = dataclasses.replace(restated, labels={RESTATED: "1"})
+    assert inc.apply(restated) == opening
+    # A restated flag that opens an incident (a cold stage 2) opens it unmarked.
+    fresh = dataclasses.replace(flag(2, "x", 3, detector="spike"), labels={RESTATED: "1"})
+    raised = inc.apply(fresh)
+    assert raised is not None and RESTATED not in raised.labels
+
+
+def test_a_rebalanced_stage_restates_each_ranks_open_episodes_once() -> None:
+    s = SeriesStage(window_steps=[5], window_seconds=[], clock=lambda: 1100.0)
+    s.process(batch(0, 1, {"loss": 1.0}))
+    opened = s.process(batch(0, 2, {"loss": math.nan}))
+    assert [a.rule for a in opened.alerts] == ["nonfinite"]
+    s.rebalanced()
+    again = s.process(batch(0, 3, {"loss": math.nan}))  # the episode goes on: no new start
+    (summary,) = again.summaries
+    assert [(a.rule, a.metric, a.status) for a in summary.flags] == [
+        ("nonfinite", "loss", "firing")
+    ]
+    later = s.process(batch(0, 4, {"loss": math.nan}))
+    assert later.summaries[0].flags == []  # once per rank and rebalance
