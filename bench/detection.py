@@ -65,7 +65,12 @@ EXPECT: dict[str, Expect] = {
     ),
     "overfit": Expect(frozenset({"overfitting"}), False, 60.0, "judged at evaluations"),
     "slow_input": Expect(frozenset({"straggler"}), True, 5.0, "a 20-step median"),
-    "crash": Expect(frozenset({"dead_rank"}), True, 3.5, "2.5 heartbeat intervals of silence"),
+    "crash": Expect(
+        frozenset({"dead_rank"}),
+        True,
+        6.0,
+        "2.5 heartbeat intervals of silence; 5 when its peers closed after it (gloo)",
+    ),
     "corrupt_grads": Expect(frozenset({"dp_mismatch"}), True),
     "data_hang": Expect(
         frozenset({"hung_rank"}), True, 8.0, "20 x the step time, floor 5 s, + a heartbeat"

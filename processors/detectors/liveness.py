@@ -598,11 +598,15 @@ class LivenessDetector:
         none closed) has none: that is not one rank's death.
         """
         resumed = self._resumed_at
+        # Twice the dead bound: ranks that end together close a heartbeat apart or more
+        # (their last words are up to a flush interval old), and a loaded host's close
+        # takes a moment; a rank still closing must not read as one that died first.
+        bound = 2 * dead_s
         flags = []
         for rank in open_ranks:
             s = state.ranks[rank]
             last = max(s.seen, resumed)
-            if now - last < dead_s or self._episodes.is_open((self.DEAD, run, rank)):
+            if now - last < bound or self._episodes.is_open((self.DEAD, run, rank)):
                 continue
             if s.crashed:
                 continue  # it said so itself: reported as its crash, not as a silence

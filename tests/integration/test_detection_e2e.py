@@ -41,7 +41,8 @@ FAULT_JOBS = [
     Job("plateau", "plateau", 2, 500, 0, 150, 1.0, seed=1, lr=0.02),
     Job("overfit", "overfit", 2, 800, 0, 150, 1.0, seed=1, lr=0.1),
     Job("slow_input", "slow_input", 3, 260, 0, 150, 8.0, seed=1),
-    Job("crash", "crash", 3, 260, 2, 150, 1.0, seed=1),
+    # 10 ms steps: rank 2 has reported (as a rank 1.5 s into a job has) before it dies.
+    Job("crash", "crash", 3, 260, 2, 150, 1.0, seed=1, step_sleep=0.01),
     Job("corrupt_grads", "corrupt_grads", 3, 260, 1, 150, 0.5, seed=1),
     # Issue 22: one rank's forward 40 % slower (under the straggler's 1.5x); every rank's
     # input pipeline slower, the step rate down by about half.

@@ -98,6 +98,27 @@ def test_a_rank_that_dies_first_is_dead_though_its_peers_close_at_once() -> None
         assert [(f.detector, f.rank) for f in flags] == [("dead_rank", 2)], peers_say
 
 
+def test_ranks_that_end_together_but_close_seconds_apart_raise_nothing() -> None:
+    # Rank 0's last heartbeat left 1 s before rank 1 closed, and its own close (a loaded
+    # host, a final flush) takes 2.5 s more: it is closing, not dead.
+    d = LivenessDetector()
+
+    def beat(now: float) -> list[tuple[int, int, str, None, None, None]]:
+        out = []
+        if now < 4.0:
+            out.append((0, int(now * 10), "running", None, None, None))
+        elif 7.5 <= now < 7.8:
+            out.append((0, 40, vocab.CLOSING, None, None, None))
+        if now < 5.0:
+            out.append((1, int(now * 10), "running", None, None, None))
+        elif now < 5.3:
+            out.append((1, 50, vocab.CLOSING, None, None, None))
+        return out
+
+    assert drive(d, 12.0, beat) == []
+    assert d.finished("r")
+
+
 def test_a_job_stopped_whole_has_no_dead_rank() -> None:
     d = LivenessDetector()
 
