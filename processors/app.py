@@ -324,6 +324,9 @@ def create_processor_app(settings: Settings) -> faust.App:
             partition_of.pop((run, rank), None)
         for run in runs:
             run_partition.pop(run, None)
+            # A run that comes back is cold: its liveness is seeded again from Redis.
+            seeded.discard(run)
+        alerting.forget_runs(runs)
         if ranks or runs:
             log.info(
                 "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,16 @@ class Alerting:
         taken = self.engine.restore(alerts, self._settings.failover_reassert_s)
         if taken:
             log.warning("restored %d firing alert(s) of run %s from Redis", taken, run)
+
+    def forget_runs(self, runs: Iterable[str]) -> None:
+        """Runs the stages forgot (idle for ``STEPSTREAM_STATE_IDLE_S``): one that comes back
+        is taken over afresh, its firing alerts restored from Redis (see take_over). Kept,
+        the set of runs taken over grew with every run the worker ever saw."""
+        self._taken_over.difference_update(runs)
+
+    def taken_over(self, run: str) -> bool:
+        """True once this worker restored `run`'s firing alerts (until it forgets it)."""
+        return run in self._taken_over
 
     async def _on_revoked(
         self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any

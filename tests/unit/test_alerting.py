@@ -230,3 +230,23 @@ def test_templates() -> None:
     values = {"value": 4.56789, "rank": 3, "labels": {"team": "ml"}, "bad": math.nan}
     assert render("v={{ value }} r={{rank}} t={{ labels.team }}", values) == "v=4.568 r=3 t=ml"
     assert render("{{ bad }} {{ missing }}", values) == "NaN <missing?>"
+
+
+def test_alerting_forgets_the_runs_the_stages_forgot(tmp_path: Path) -> None:
+    # The soak (bench/soak.py): the set of runs taken over grew with every run a worker
+    # ever saw. A run the stages forgot (idle) is taken over afresh if it comes back.
+    import asyncio
+
+    from processors.alerting.agent import Alerting
+    from stepstream.settings import Settings
+    from stepstream.stack import free_port
+    from stepstream.streaming import make_app
+
+    # Nothing listens there: the restore is skipped (Redis away), the run still taken.
+    settings = Settings(state_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    alerting = Alerting(make_app(settings, "forget-test"), settings)
+    for run in ("a", "b"):
+        asyncio.run(alerting.take_over(run))
+    assert alerting.taken_over("a") and alerting.taken_over("b")
+    alerting.forget_runs(["a"])
+    assert not alerting.taken_over("a") and alerting.taken_over("b")
