@@ -56,7 +56,7 @@ from stepstream.keys import RedisKeys
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import StoredRank
-from stepstream.streaming import guarded, make_app, send_dead_letter
+from stepstream.streaming import guarded, make_app, release_memory, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,9 @@ def create_processor_app(settings: Settings) -> faust.App:
             seeded.discard(run)
         alerting.forget_runs(runs)
         if ranks or runs:
+            # Their state is freed: give the pages back, or RSS stays at the high-water
+            # mark of the busiest span however few runs are held now.
+            release_memory()
             log.info(
                 "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs",
                 len(ranks),

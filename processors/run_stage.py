@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +314,11 @@ class RunStage:
         result = RunResult()
         self._finish(run, state, now, result, flags)
         result.alerts = self._raise(flags, now)
+        # The summary that closed the run's last rank ends its incidents here, after what
+        # it raised, in one list: delivered by one task, the end cannot overtake a
+        # verdict the same summary settled.
+        raised = self._clock()
+        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished([run])]
         return result
 
     def _finish(
@@ -412,10 +417,10 @@ class RunStage:
             self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
         raised = self._clock()
-        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished()]
+        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished(self._runs)]
         return result
 
-    def _end_finished(self) -> list[Flag]:
+    def _end_finished(self, runs: Iterable[str]) -> list[Flag]:
         """End the incidents of runs whose ranks all closed and whose steps are all
         finished: their cleared flags. Nothing can clear them later (a NaN that ended the
         run, a non-finite origin waiting for `rearm_steps` more steps, a straggler at the
@@ -424,7 +429,8 @@ class RunStage:
         them, so a run that comes back opens fresh ones; its steps, goodput and liveness
         stay until the run goes idle (`expire`)."""
         out: list[Flag] = []
-        for run, state in self._runs.items():
+        for run in runs:
+            state = self._runs[run]
             if state.ended or state.steps or not self.liveness.finished(run):
                 continue
             state.ended = True

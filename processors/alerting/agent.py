@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -121,17 +122,25 @@ class Alerting:
         self._redis: Any = None
         self._silences_ok = True
         self._taken_over: set[str] = set()
+        self._sending = asyncio.Lock()
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def emit(self, transitions: list[Alert]) -> None:
-        """Send alert transitions, and the actions of unsuppressed firing ones."""
-        for alert in transitions:
-            await self._alerts.send(key=run_key(alert.run), value=alert.to_bytes())
-            action = ControlAction.from_alert(alert) if alert.suppressed_by is None else None
-            if action is not None:
-                await self._control.send(key=run_key(alert.run), value=action.to_bytes())
+        """Send alert transitions, and the actions of unsuppressed firing ones, in the order
+        the engine made them, whichever task (an agent, a timer) calls."""
+        # The stage-2 agent and the timers call this concurrently, and a send awaits: two
+        # unguarded calls could reach the topic in either order. The soak (bench/soak.py)
+        # saw a run's "resolved" stored before its "firing", which then stayed active. The
+        # lock is taken before any await here, right after the engine ran, so sends keep
+        # the engine's order (asyncio locks wake waiters first come, first served).
+        async with self._sending:
+            for alert in transitions:
+                await self._alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+                action = ControlAction.from_alert(alert) if alert.suppressed_by is None else None
+                if action is not None:
+                    await self._control.send(key=run_key(alert.run), value=action.to_bytes())
 
     async def on_flags(self, flags: list[Alert]) -> None:
         """Detector findings of the stages."""
