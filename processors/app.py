@@ -330,13 +330,16 @@ def create_processor_app(settings: Settings) -> faust.App:
         if ranks or runs:
             # Their state is freed: give the pages back, or RSS stays at the high-water
             # mark of the busiest span however few runs are held now.
+            began = time.perf_counter()
             release_memory()
             log.info(
-                "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs",
+                "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs "
+                "(memory released in %.0f ms)",
                 len(ranks),
                 len(runs),
                 stage.held(),
                 run_stage.held(),
+                (time.perf_counter() - began) * 1000,
             )
 
     return app

@@ -359,6 +359,9 @@ def release_memory() -> bool:
     over the heap's free lists, not over live objects.
     """
     global _malloc_trim
+    # Cycles among the freed state wait for a full collection, which `tune_gc` makes
+    # rare: collect them first, or their blocks keep Python's arenas from emptying.
+    gc.collect()
     if _malloc_trim is None:
         try:
             _malloc_trim = ctypes.CDLL(None).malloc_trim
