@@ -21,11 +21,11 @@ Measured, read through the public reader (`query.reader.MetricsReader`) and psut
   (a leak, or memory the allocator did not give back after the larger held state of the
   steady load). Under load, RSS is also compared at equal held state (from the run where
   the runs held within the horizon stop growing, to the last runs): a leak shows there;
-* stale firing: every run is checked once its longest hold has passed since it finished
-  (``resolve_timeout_s`` plus the alert refresh and a margin): an alert still in
-  ``active_alerts(run)`` then is stale. Runs whose NaN turned finite are also checked at
-  ``incident_hold_s`` plus the margin (printed, not in the last line). That the NaN runs
-  did raise their alert is counted too, or the check would be vacuous;
+* stale firing: every run is read once ``incident_hold_s`` (5 s) and a margin for the
+  pipeline's lag (10 s) have passed since it finished: an alert still in
+  ``active_alerts(run)`` then is stale (a finished run ends its incidents). It is read
+  again after the resolve timeout (printed, not in the last line). That the NaN runs did
+  raise their alert is counted too, or the check would be vacuous;
 * keys left: keys under the key prefix (SCAN) once the retention has passed since the last
   write; none may remain, the run registry included.
 
@@ -389,7 +389,7 @@ def main() -> None:
         due: deque[tuple[float, str, str]] = deque()
         short_due: deque[tuple[float, str, str]] = deque()
         stale: list[str] = []
-        stale_short: list[str] = []
+        stale_timeout: list[str] = []
         histories: list[list[str]] = []
         nan_runs = nan_alerted = 0
         done_runs = 0
@@ -422,7 +422,7 @@ def main() -> None:
                     ]
                 )
             if firing:
-                (stale if strict else stale_short).append(
+                (stale_timeout if strict else stale).append(
                     f"{run}: {', '.join(f'{a.rule}/{a.rank}' for a in firing)}"
                 )
             if strict and nan:
@@ -443,8 +443,7 @@ def main() -> None:
                 nan = "" if nan == "-" else nan
                 last_finish = float(at)
                 due.append((last_finish + hold_s, run, nan))
-                if nan == NAN_TRANSIENT:
-                    short_due.append((last_finish + short_hold_s, run, nan))
+                short_due.append((last_finish + short_hold_s, run, nan))
                 done_runs += 1
                 if done_runs == steady_at and steady_at < late_at:
                     label = f"after {done_runs} runs (held state steady)"
@@ -501,10 +500,12 @@ def main() -> None:
                 f"{late_at}: worker {like['worker']:+.1f} %, sink {like['sink']:+.1f} %"
             )
         print(
-            f"NaN runs that raised their alert: {nan_alerted} of {nan_runs}; transient NaN "
-            f"runs still firing {short_hold_s:.0f} s after they finished: {len(stale_short)}"
+            f"NaN runs that raised their alert: {nan_alerted} of {nan_runs}; runs with an "
+            f"alert firing {short_hold_s:.0f} s after they finished (the incident hold and "
+            f"a margin): {len(stale)}; {hold_s:.0f} s after (the resolve timeout and a "
+            f"margin): {len(stale_timeout)}"
         )
-        for what in (stale[:5], stale_short[:5]):
+        for what in (stale[:5], stale_timeout[:5]):
             for entry in what:
                 print(f"  firing: {entry}")
         for history in histories:
