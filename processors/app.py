@@ -56,7 +56,7 @@ from stepstream.keys import RedisKeys
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import StoredRank
-from stepstream.streaming import guarded, make_app, send_dead_letter
+from stepstream.streaming import guarded, make_app, release_memory, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -327,13 +327,22 @@ def create_processor_app(settings: Settings) -> faust.App:
             partition_of.pop((run, rank), None)
         for run in runs:
             run_partition.pop(run, None)
+            # A run that comes back is cold: its liveness is seeded again from Redis.
+            seeded.discard(run)
+        alerting.forget_runs(runs)
         if ranks or runs:
+            # Their state is freed: give the pages back, or RSS stays at the high-water
+            # mark of the busiest span however few runs are held now.
+            began = time.perf_counter()
+            release_memory()
             log.info(
-                "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs",
+                "forgot %d idle ranks and %d idle runs; holding %d ranks, %d runs "
+                "(memory released in %.0f ms)",
                 len(ranks),
                 len(runs),
                 stage.held(),
                 run_stage.held(),
+                (time.perf_counter() - began) * 1000,
             )
 
     return app

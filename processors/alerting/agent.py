@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +122,25 @@ class Alerting:
         self._redis: Any = None
         self._silences_ok = True
         self._taken_over: set[str] = set()
+        self._sending = asyncio.Lock()
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def emit(self, transitions: list[Alert]) -> None:
-        """Send alert transitions, and the actions of unsuppressed firing ones."""
-        for alert in transitions:
-            await self._alerts.send(key=run_key(alert.run), value=alert.to_bytes())
-            action = ControlAction.from_alert(alert) if alert.suppressed_by is None else None
-            if action is not None:
-                await self._control.send(key=run_key(alert.run), value=action.to_bytes())
+        """Send alert transitions, and the actions of unsuppressed firing ones, in the order
+        the engine made them, whichever task (an agent, a timer) calls."""
+        # The stage-2 agent and the timers call this concurrently, and a send awaits: two
+        # unguarded calls could reach the topic in either order. The soak (bench/soak.py)
+        # saw a run's "resolved" stored before its "firing", which then stayed active. The
+        # lock is taken before any await here, right after the engine ran, so sends keep
+        # the engine's order (asyncio locks wake waiters first come, first served).
+        async with self._sending:
+            for alert in transitions:
+                await self._alerts.send(key=run_key(alert.run), value=alert.to_bytes())
+                action = ControlAction.from_alert(alert) if alert.suppressed_by is None else None
+                if action is not None:
+                    await self._control.send(key=run_key(alert.run), value=action.to_bytes())
 
     async def on_flags(self, flags: list[Alert]) -> None:
         """Detector findings of the stages."""
@@ -164,6 +174,16 @@ class Alerting:
         taken = self.engine.restore(alerts, self._settings.failover_reassert_s)
         if taken:
             log.warning("restored %d open alert(s) of run %s from Redis", taken, run)
+
+    def forget_runs(self, runs: Iterable[str]) -> None:
+        """Runs the stages forgot (idle for ``STEPSTREAM_STATE_IDLE_S``): one that comes back
+        is taken over afresh, its firing alerts restored from Redis (see take_over). Kept,
+        the set of runs taken over grew with every run the worker ever saw."""
+        self._taken_over.difference_update(runs)
+
+    def taken_over(self, run: str) -> bool:
+        """True once this worker restored `run`'s firing alerts (until it forgets it)."""
+        return run in self._taken_over
 
     async def _on_revoked(
         self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any

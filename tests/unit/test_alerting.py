@@ -244,3 +244,23 @@ def test_cli_alert_line_names_pending_and_withdrawn() -> None:
     assert "PENDING" in lines["pending"] and "CRITICAL" not in lines["pending"]
     assert "CRITICAL" in lines["firing"]
     assert "RESOLVED" in lines["resolved"] and "WITHDRAWN" in lines["withdrawn"]
+
+
+def test_alerting_forgets_the_runs_the_stages_forgot(tmp_path: Path) -> None:
+    # The soak (bench/soak.py): the set of runs taken over grew with every run a worker
+    # ever saw. A run the stages forgot (idle) is taken over afresh if it comes back.
+    import asyncio
+
+    from processors.alerting.agent import Alerting
+    from stepstream.settings import Settings
+    from stepstream.stack import free_port
+    from stepstream.streaming import make_app
+
+    # Nothing listens there: the restore is skipped (Redis away), the run still taken.
+    settings = Settings(state_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    alerting = Alerting(make_app(settings, "forget-test"), settings)
+    for run in ("a", "b"):
+        asyncio.run(alerting.take_over(run))
+    assert alerting.taken_over("a") and alerting.taken_over("b")
+    alerting.forget_runs(["a"])
+    assert not alerting.taken_over("a") and alerting.taken_over("b")

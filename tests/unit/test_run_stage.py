@@ -437,3 +437,46 @@ def test_the_last_step_of_an_ended_run_is_finished_by_the_timer() -> None:
     assert stage.flush_steps(14.9).crossrank == []
     assert [u.step for u in stage.flush_steps(15.0).crossrank] == [2]
     assert stage.flush_steps(20.0).crossrank == []
+
+
+def closing(rank: int, step: int, world: int = 2) -> RankSummary:
+    """A rank's closing heartbeat (``monitor.close()``) as stage 1 summarises it."""
+    return RankSummary(
+        run="r", rank=rank, world=world, last_step=step, last_t=100.0 + step, status="closing"
+    )
+
+
+def test_a_finished_run_ends_its_incidents_and_last_steps_at_once() -> None:
+    # Rank 0's loss went NaN at step 3 and the run closed one step later: the origin's
+    # episode waits 20 more steps to clear, and nothing would ever end it; the soak found
+    # such alerts firing for finished runs until the resolve timeout (300 s).
+    stage = RunStage(clock=lambda: 0.0, lag_s=5.0, incident_hold_s=5.0)
+    nan = math.nan
+    alerts = []
+    for rank in (0, 1):
+        loss = nan if rank == 0 else 1.0
+        point = [StepPoint(step=3, t=103.0, values={"loss": nan})] if rank == 0 else None
+        steps = {3: {"loss": loss}, 4: {"loss": 1.0}}
+        alerts += stage.process(summary(rank, steps, world=2, nonfinite=point), 1.0).alerts
+    assert [(a.rule, a.status) for a in alerts] == [("nonfinite_origin", "firing")]
+    assert stage.flush_steps(1.5).alerts == []  # still running: the episode stays open
+    crossrank, ended = [], []
+    for rank in (0, 1):
+        out = stage.process(closing(rank, 4), 2.0)
+        crossrank += out.crossrank
+        ended += out.alerts
+    # Every rank closed: step 4, which no rank will move past, is finished without the
+    # 5 s wait, and the open incident ends with the run, in the result of the summary
+    # that closed it (after anything that summary raised).
+    assert [u.step for u in crossrank] == [4]
+    assert [(a.rule, a.status, a.rank) for a in ended] == [("nonfinite_origin", "resolved", 0)]
+    assert "finished" in ended[0].summary
+    assert stage.flush_steps(2.4).alerts == [] and stage.tick(20.0) == []
+    # A rank that comes back (a restart) runs the detectors afresh: a new NaN is a new
+    # incident, and it stays open while the run is not finished again.
+    point = [StepPoint(step=30, t=130.0, values={"loss": nan})]
+    back = summary(0, {30: {"loss": nan}}, world=2, nonfinite=point)
+    stage.process(back.model_copy(update={"status": "running"}), 30.0)
+    again = stage.tick(40.0)
+    assert [(a.rule, a.status) for a in again] == [("nonfinite_origin", "firing")]
+    assert stage.flush_steps(40.2).alerts == []
