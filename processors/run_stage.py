@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,9 +93,6 @@ class _RunState:
     #: goodput sent covered: a hang in progress is shown while no step finishes.
     said: float = 0.0
     goodput_said: float = 0.0
-    #: Its incidents were ended because every rank closed (see `RunStage._end_finished`);
-    #: a summary after that (a rank back) lets a later finish end them again.
-    ended: bool = False
 
     def roles(self) -> dict[int, tuple[int, int]]:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
@@ -255,7 +252,6 @@ class RunStage:
         run, rank = summary.run, summary.rank
         state = self._runs.setdefault(run, _RunState())
         state.heard = now
-        state.ended = False
         state.world = max(state.world, summary.world)
         if summary.mesh is not None:
             state.mesh[rank] = summary.mesh
@@ -315,11 +311,6 @@ class RunStage:
         result = RunResult()
         self._finish(run, state, now, result, flags)
         result.alerts = self._raise(flags, now)
-        # The summary that closed the run's last rank ends its incidents here, after what
-        # it raised, in one list: delivered by one task, the end cannot overtake a
-        # verdict the same summary settled.
-        raised = self._clock()
-        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished([run])]
         return result
 
     def _finish(
@@ -327,15 +318,12 @@ class RunStage:
     ) -> None:
         """Finish the steps of `run` that are complete or waited long enough: their
         cross-rank stats into `result`, the step detectors' flags into `flags`."""
-        # Every rank closed: no rank will move past its last step, and each rank's
-        # summaries arrive in order, so what is pending is complete.
-        closed = self.liveness.finished(run)
         for step in sorted(state.steps):
             pending = state.steps[step]
             # Finished once every rank has moved past it: a rank's records of one step can
             # be split over two messages (the publisher flushes on a timer), and a rank's
             # summaries arrive in order, so a later step means its step is complete.
-            done = closed or all(state.latest.get(r, -1) > step for r in range(state.world))
+            done = all(state.latest.get(r, -1) > step for r in range(state.world))
             waited = now - pending.seen >= self.lag_s
             if not (done or waited or len(state.steps) > self.max_pending_steps):
                 break  # later steps wait too: nobody is past them if nobody is past this
@@ -424,37 +412,7 @@ class RunStage:
                 self._finish(run, state, now, result, flags)
             self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
-        raised = self._clock()
-        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished(self._runs)]
         return result
-
-    def _end_finished(self, runs: Iterable[str]) -> list[Flag]:
-        """End the incidents of runs whose ranks all closed and whose steps are all
-        finished: their cleared flags. Nothing can clear them later (a NaN that ended the
-        run, a non-finite origin waiting for `rearm_steps` more steps, a straggler at the
-        last step), and left open they kept a finished run's alerts firing until the
-        resolve timeout (300 s). The run-level detectors forget the run's episodes with
-        them, so a run that comes back opens fresh ones; its steps, goodput and liveness
-        stay until the run goes idle (`expire`)."""
-        out: list[Flag] = []
-        for run in runs:
-            state = self._runs[run]
-            if state.ended or state.steps or not self.liveness.finished(run):
-                continue
-            state.ended = True
-            for detector in (
-                self.straggler,
-                self.failslow,
-                self.slowdown,
-                self.desync,
-                self.dp,
-                self.origin,
-            ):
-                detector.forget(run)
-            self.gradients.forget([(run, _JOB)])
-            t = state.said or self._clock()
-            out += self.incidents.end_run(run, t, f"run {run} finished: every rank closed")
-        return out
 
     def _goodput_in_between(self, run: str, state: _RunState, result: RunResult) -> None:
         """While no step of a counted run finishes but its ranks still speak (a hang, a
