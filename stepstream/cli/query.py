@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -121,13 +121,18 @@ def query(
                 view = query_views.rolling_view(reader, run, window)
         finally:
             reader.close()
-        if json_out:
-            print(view.to_json())
-            return
-        for renderable in view.tables:
-            console.print(renderable)
+        _show(view, json_out)
 
     _guard(go)
+
+
+def _show(view: Any, json_out: bool) -> None:
+    """Print a view: its JSON with ``--json``, else its tables."""
+    if json_out:
+        print(view.to_json())
+        return
+    for renderable in view.tables:
+        console.print(renderable)
 
 
 @app.command()
@@ -147,11 +152,7 @@ def models(
             view = query_views.models_view(reader)
         finally:
             reader.close()
-        if json_out:
-            print(view.to_json())
-            return
-        for renderable in view.tables:
-            console.print(renderable)
+        _show(view, json_out)
 
     _guard(go)
 
