@@ -130,6 +130,19 @@ class _Rank:
     said: float | None = None
     """Event time of its newest record (its host's clock): when its last words were said,
     whatever the pipeline's lag per partition (see judge_nodes)."""
+    lag_floor: float | None = None
+    """The least arrival-minus-event time seen of its words: its host's clock offset plus
+    the pipeline's quickest passage, the base its staleness is measured from."""
+
+    def known_until(self) -> float | None:
+        """The processor-clock time its newest word stands for (None: no event time).
+
+        Ranks whose telemetry crosses a lagging partition are heard on time but speak of
+        seconds ago; comparing these across ranks says how much older one rank's news is.
+        """
+        if self.said is None or self.lag_floor is None:
+            return None
+        return self.said + self.lag_floor
 
     def in_phase(self, now: float) -> float | None:
         """Seconds the rank has been in its phase at `now` (None: phase unknown)."""
@@ -223,8 +236,12 @@ class LivenessDetector:
         """
         state = self._runs.get(run)
         if state is None:
-            first = min((k.t for k in known), default=0.0)
-            state = self._runs[run] = _Run(first_seen=first)
+            if not known:
+                # A run new to the registry too: it starts when its first summary arrives
+                # (a run made here with no first_seen would count its never-heard ranks
+                # from the last rebalance).
+                return 0
+            state = self._runs[run] = _Run(first_seen=min(k.t for k in known))
         state.world = max(state.world, world)
         taken = 0
         for k in known:
@@ -272,6 +289,9 @@ class LivenessDetector:
         rank_state.seen = max(rank_state.seen, now)
         if said is not None:
             rank_state.said = said if rank_state.said is None else max(rank_state.said, said)
+            lag = now - said
+            floor = rank_state.lag_floor
+            rank_state.lag_floor = lag if floor is None else min(floor, lag)
         if phase is not None:
             rank_state.phase, rank_state.phase_s, rank_state.phase_at = phase, phase_s or 0.0, now
         if stack:
@@ -432,8 +452,12 @@ class LivenessDetector:
         stepping = [r for r in ranks if state.ranks[r].step is not None]
         if not stepping:
             return None
-
-        behind = _behind({r: state.ranks[r].step for r in stepping})
+        stale = _staleness({r: state.ranks[r].known_until() for r in stepping})
+        # A rank whose news is a dead window older than its peers' is behind them in what
+        # was heard, not in what it did: its partition lags (a loaded processor), and its
+        # step a few seconds on is not known yet.
+        fresh = [r for r in stepping if stale[r] <= p.dead_after * p.heartbeat_interval_s]
+        behind = _behind({r: state.ranks[r].step for r in fresh})
 
         def order(r: int) -> tuple[bool, bool, bool, float, int]:
             s = state.ranks[r]
@@ -467,8 +491,11 @@ class LivenessDetector:
             floor = p.declared_floor_s if s.phase in vocab.DECLARED_PHASES else p.hung_floor_s
             rhythm = p.hung_factor * step_s if step_s is not None else p.hung_after_s
             threshold = min(p.hung_after_s, max(floor, rhythm))
-        stuck = now - max(s.step_moved, self._resumed_at)
+        # Its stuck time counts to what its news stands for, not to now.
+        stuck = now - max(s.step_moved, self._resumed_at) - stale[origin]
         in_phase = s.in_phase(now)
+        if in_phase is not None:
+            in_phase -= stale[origin]
         hung = stuck >= threshold and (in_phase is None or in_phase >= threshold)
         return HangVerdict(origin, stuck, in_phase, threshold, step_s, hung)
 
@@ -790,6 +817,16 @@ class LivenessDetector:
         for rank in state.ranks:
             self._episodes.end((self.DEAD, run, rank))
             self._episodes.end((self.EXITED, run, rank))
+
+
+def _staleness(known: dict[int, float | None]) -> dict[int, float]:
+    """Seconds each rank's newest news is older than the freshest rank's (0.0 where the
+    time its news stands for is unknown)."""
+    times = [t for t in known.values() if t is not None]
+    if not times:
+        return dict.fromkeys(known, 0.0)
+    freshest = max(times)
+    return {r: 0.0 if t is None else freshest - t for r, t in known.items()}
 
 
 def _behind(steps: dict[int, int | None]) -> set[int]:

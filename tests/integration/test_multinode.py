@@ -407,13 +407,20 @@ def test_a_lost_node_is_one_alert_that_resolves_when_it_is_back(cluster: Cluster
     def leftovers() -> list[str]:
         with cluster.reader() as reader:
             return [
-                a.rule
+                f"{a.rule}@{a.rank} {a.status} since {a.raised_at:.1f}: {a.summary}"
                 for a in reader.active_alerts(cluster.run)
                 if a.rule in (vocab.NODE_LOST, vocab.DEAD_RANK)
             ]
 
     # A clean slate: liveness alerts of the earlier faults resolved (see resolve_timeout_s).
-    wait_for(lambda: not leftovers(), timeout=40, every=0.5)
+    try:
+        wait_for(lambda: not leftovers(), timeout=40, every=0.5)
+    except AssertionError:
+        history = [(a.rule, a.rank, a.status, round(a.raised_at, 1)) for a in cluster.alerts()]
+        raise AssertionError(
+            f"liveness alerts of the earlier faults still open: {leftovers()}; marks "
+            f"{cluster.marks}; every transition: {history}"
+        ) from None
     start = time.time()
     for iface in ("eth0", "eth1"):  # a host that loses power says nothing to its peers
         cluster.topo.cut("train-b", iface)

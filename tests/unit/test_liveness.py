@@ -537,3 +537,50 @@ def test_a_seeded_rank_that_speaks_is_not_dead() -> None:
         flags += d.tick(now + 0.1)
         now += 0.2
     assert flags == []
+
+
+def test_a_new_run_seeded_from_an_empty_registry_waits_its_own_grace_for_a_late_rank() -> None:
+    # The worker has run for minutes (its last rebalance long ago); a new run's first
+    # summary finds nothing in the registry. Ranks 0 and 2 speak first, rank 1 four seconds
+    # later: that is a rank starting late, not one that never reported.
+    d = LivenessDetector()
+    d.resume(0.0)
+    assert d.seed("r", 3, []) == 0
+    flags: list[Flag] = []
+    now = 200.0
+    while now < 240.0:
+        for rank in (0, 1, 2) if now >= 204.0 else (0, 2):
+            flags += d.seen("r", rank, 3, int(now), now, "running")
+        flags += d.tick(now + 0.1)
+        now += 0.2
+    assert flags == []
+
+
+def test_a_rank_whose_news_lags_behind_its_peers_is_not_a_hang() -> None:
+    # Rank 0 evaluates alone for 8 s (a declared phase) while ranks 1 and 2 wait in the
+    # all-reduce; then all step again. Rank 1's partition lags 6 s behind the others: its
+    # heartbeats arrive on time but say what it did 6 s ago ("backward 8 s at step 100")
+    # while its peers already report step 160. It is behind in what was heard, not hung.
+    d = LivenessDetector()
+    step_s, lag = 0.1, 6.0
+    eval_at, eval_s = 10.0, 8.0
+
+    def state(t: float) -> tuple[int, str, float]:
+        if t < eval_at:
+            return int(t / step_s), "forward", 0.01
+        if t < eval_at + eval_s:
+            return int(eval_at / step_s), "backward", t - eval_at
+        return int(eval_at / step_s) + int((t - eval_at - eval_s) / step_s), "forward", 0.01
+
+    flags: list[Flag] = []
+    now = 0.0
+    while now < 40.0:
+        for rank in (0, 1, 2):
+            said = now - (lag if rank == 1 and now > 5.0 else 0.05)
+            step, phase, phase_s = state(said)
+            if rank == 0 and eval_at <= said < eval_at + eval_s:
+                phase, phase_s = "eval", said - eval_at
+            flags += d.seen("r", rank, 3, step, now, "running", phase, phase_s, said=said)
+        flags += d.tick(now + 0.1)
+        now = round(now + 0.2, 6)
+    assert flags == []
