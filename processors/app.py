@@ -269,6 +269,9 @@ def create_processor_app(settings: Settings) -> faust.App:
             run_partition[summary.run] = event.message.partition
             if summary.run not in seeded:
                 await seed(summary.run, summary.world)
+            # The run's detector alerts are this worker's now: restored at once, so those
+            # held elsewhere resolve or are re-asserted though no finding comes.
+            await alerting.take_over(summary.run, detectors=True)
             result = run_stage.process(summary, now)
             for update in result.crossrank:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())

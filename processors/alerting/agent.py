@@ -121,7 +121,8 @@ class Alerting:
         self._keys = RedisKeys(settings.key_prefix)
         self._redis: Any = None
         self._silences_ok = True
-        self._taken_over: set[str] = set()
+        #: (run, detector alerts?) taken over: see take_over.
+        self._taken_over: set[tuple[str, bool]] = set()
         self._sending = asyncio.Lock()
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
@@ -145,23 +146,31 @@ class Alerting:
     async def on_flags(self, flags: list[Alert]) -> None:
         """Detector findings of the stages."""
         for flag in flags:
-            await self.take_over(flag.run)
+            await self.take_over(flag.run, detectors=True)
             await self.emit(self.engine.on_signal(signal_of(flag)))
 
     async def on_updates(self, updates: list[WindowUpdate]) -> None:
         """Window updates of stage 1: condition rules, and the runs' activity."""
         for update in updates:
-            await self.take_over(update.run)
+            await self.take_over(update.run, detectors=False)
             if self.engine.has_conditions:
                 await self.emit(self.engine.on_window_update(update))  # notes activity too
             else:
                 self.engine.note_activity(update.run)
 
-    async def take_over(self, run: str) -> None:
+    async def take_over(self, run: str, detectors: bool) -> None:
         """The first time this worker sees `run`, restore the run's open (firing and
         pending) alerts from Redis, so a restart or a moved partition neither pages again
-        for a condition that still holds nor leaves alerts active that nobody would end."""
-        if run in self._taken_over:
+        for a condition that still holds nor leaves alerts active that nobody would end.
+
+        Only the alerts this worker raises for the run: detector alerts (`detectors`) where
+        its findings arrive (the run's summaries partition), condition-rule alerts where
+        its window updates are made (its ranks' telemetry partitions). The two may be
+        different workers: one that took over the other's alerts would resolve them as
+        not re-asserted while their owner still holds them firing, and that owner would
+        then re-assert a new episode of the same alert without a page.
+        """
+        if (run, detectors) in self._taken_over:
             return
         try:
             client = self._redis_client()
@@ -170,8 +179,8 @@ class Alerting:
         except Exception as exc:  # Redis away: alerting goes on without the history
             log.warning("firing alerts of run %s not restored: %s", run, exc)
             alerts = []
-        self._taken_over.add(run)
-        taken = self.engine.restore(alerts, self._settings.failover_reassert_s)
+        self._taken_over.add((run, detectors))
+        taken = self.engine.restore(alerts, self._settings.failover_reassert_s, detectors)
         if taken:
             log.warning("restored %d open alert(s) of run %s from Redis", taken, run)
 
@@ -179,11 +188,12 @@ class Alerting:
         """Runs the stages forgot (idle for ``STEPSTREAM_STATE_IDLE_S``): one that comes back
         is taken over afresh, its firing alerts restored from Redis (see take_over). Kept,
         the set of runs taken over grew with every run the worker ever saw."""
-        self._taken_over.difference_update(runs)
+        gone = set(runs)
+        self._taken_over = {(run, d) for run, d in self._taken_over if run not in gone}
 
     def taken_over(self, run: str) -> bool:
         """True once this worker restored `run`'s firing alerts (until it forgets it)."""
-        return run in self._taken_over
+        return any((run, d) in self._taken_over for d in (True, False))
 
     async def _on_revoked(
         self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any

@@ -217,7 +217,12 @@ class AlertEngine:
             extra_labels=signal.labels,
         )
 
-    def restore(self, alerts: Iterable[Alert], reassert_s: float | None = None) -> int:
+    def restore(
+        self,
+        alerts: Iterable[Alert],
+        reassert_s: float | None = None,
+        detectors: bool | None = None,
+    ) -> int:
         """Take over alerts that were firing before this engine started (a restart, or a
         run's partition moving to this worker); return how many were taken.
 
@@ -230,7 +235,9 @@ class AlertEngine:
         taken as it was: its run stayed here, and its detector's episode with it.
         Detectors slow to rebuild their state (SLOW_TO_REASSERT), and every detector when
         `reassert_s` is None, resolve after the resolve timeout instead. Alerts of rules
-        that no longer exist are left alone.
+        that no longer exist are left alone. `detectors` True takes detector alerts only,
+        False condition-rule alerts only (a worker raises one kind of a run, see
+        Alerting.take_over), None both.
         """
         names = {rule.name: rule for rule in self.rules}
         taken = 0
@@ -240,6 +247,8 @@ class AlertEngine:
             # No user rule of that name: a detector's built-in rule (or a user rule since
             # removed, which then resolves on the resolve timeout like a quiet detector).
             rule = names.get(alert.rule) or self._builtin(alert.rule, alert.severity)
+            if detectors is not None and (rule.detector is not None) != detectors:
+                continue
             # A pending alert goes on pending from when its condition started: it fires
             # when `for` has elapsed since then, or is withdrawn like a firing one resolves.
             pending = alert.status == "pending"

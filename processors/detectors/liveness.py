@@ -79,6 +79,13 @@ class LivenessParams:
         heard it. Ranks start seconds apart (imports, data set-up before ``init()``): 30 s.
         Judged once two ranks or more of the run are heard (a job that instruments rank 0
         only is not a job whose other ranks failed).
+    witness_after: a silent rank is dead (a node lost) only once a peer was heard this
+        many intervals after its last word. A processor cut off from the broker, or
+        stalled, hears every rank fall silent at once, but their last arrivals lie up to an
+        interval apart: without a witness heard after the silence began, the ranks it heard
+        last would pass for alive for a moment, and the others for dead. 1.5 intervals
+        clears that spread; a peer of a rank really gone speaks within one interval, so the
+        verdict is not later for it.
     rebalance_grace_s: after the processors' consumer group rebalanced, silences and
         stalls count from this long after the new assignment: the moved partitions catch
         up one by one, and a rank whose partition is still in handover looks silent while
@@ -87,6 +94,7 @@ class LivenessParams:
 
     heartbeat_interval_s: float = 1.0
     dead_after: float = 2.5
+    witness_after: float = 1.5
     never_heard_s: float = 30.0
     rebalance_grace_s: float = 2.0
     hung_after_s: float = 120.0
@@ -521,6 +529,7 @@ class LivenessDetector:
                 if quiet:
                     self._forget(run, state)  # ended long ago
                 continue
+            witness_s = p.witness_after * p.heartbeat_interval_s
             nodes = judge_nodes(
                 {
                     r: RankView(
@@ -531,6 +540,7 @@ class LivenessDetector:
                 now,
                 dead_s,
                 self.node_window_s,
+                witness_s,
             )
             for node, ranks in nodes.lost.items():
                 key_node = (self.NODE_LOST, run, node)
@@ -546,7 +556,10 @@ class LivenessDetector:
                 key = (self.DEAD, run, rank)
                 if silent >= dead_s and rank in nodes.waiting:
                     continue  # its node's verdict first: see judge_nodes
-                if silent >= dead_s and not self._episodes.is_open(key):
+                if silent < dead_s or self._episodes.is_open(key):
+                    continue
+                witnesses = [r for r in alive if state.ranks[r].seen - s.seen >= witness_s]
+                if witnesses:  # else the silence may be this processor's (witness_after)
                     flags.append(
                         self._dead(
                             run,
@@ -554,7 +567,7 @@ class LivenessDetector:
                             s.step,
                             s.seen,
                             f"rank {rank} of run {run} silent for {now - s.seen:.1f}s "
-                            f"(last step {s.step}) while {len(alive)} rank(s) still report",
+                            f"(last step {s.step}) while {len(witnesses)} rank(s) still report",
                             evidence(silent, None, dead_s, p.heartbeat_interval_s),
                             node_labels(s.node),
                         )

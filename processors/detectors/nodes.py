@@ -11,8 +11,10 @@ is the node. A node is lost when:
   apart, are separate faults). Last words are compared in event time: the ranks of one
   node share its clock, and the processor's arrival times differ by the lag of each
   rank's partition, which under load exceeds a heartbeat;
-- a rank of another node still reports (a run gone silent everywhere is a telemetry outage
-  or the end of a job, judged elsewhere).
+- a rank of another node still reports, and was heard `witness_s` after the node's ranks
+  last were (a run gone silent everywhere is a telemetry outage or the end of a job,
+  judged elsewhere; a processor cut off hears every rank stop, the last ones up to a
+  heartbeat after the first).
 
 While a dead rank's node peer is still reporting but within `window_s` of the dead rank's
 last word, the node may yet be lost: the rank's own verdict waits, so the node's one alert
@@ -59,7 +61,11 @@ def node_labels(node: str) -> dict[str, str]:
 
 
 def judge_nodes(
-    ranks: Mapping[int, RankView], now: float, dead_s: float, window_s: float
+    ranks: Mapping[int, RankView],
+    now: float,
+    dead_s: float,
+    window_s: float,
+    witness_s: float = 0.0,
 ) -> NodeVerdict:
     """The lost nodes of one run at `now` and the dead ranks that wait (module docstring)."""
     verdict = NodeVerdict()
@@ -76,8 +82,13 @@ def judge_nodes(
         dead = [r for r in members if now - ranks[r].seen >= dead_s]
         if len(dead) == len(members):
             seen = [v.last_words for v in views]
+            last_heard = max(v.seen for v in views)
             others_alive = any(
-                v.node != node and not v.closed and now - v.seen < dead_s for v in ranks.values()
+                v.node != node
+                and not v.closed
+                and now - v.seen < dead_s
+                and v.seen - last_heard >= witness_s
+                for v in ranks.values()
             )
             if max(seen) - min(seen) <= window_s and others_alive:
                 verdict.lost[node] = sorted(members)

@@ -472,3 +472,24 @@ def test_a_stage_1_finding_held_before_a_rebalance_still_needs_re_asserting() ->
     e.note_activity(fired.run)
     (resolved,) = e.resolve_unasserted()
     assert resolved.status == "resolved" and "not re-asserted" in resolved.summary
+
+
+def test_a_worker_takes_over_only_the_kind_of_alerts_it_raises_for_a_run() -> None:
+    # A run's detector alerts are raised where its summaries are read, its condition-rule
+    # alerts where its ranks' window updates are made: two workers, possibly. The one with
+    # only window updates of the run must not resolve the dead rank its owner holds.
+    text = "rules:\n  - name: high\n    condition: mean(loss, 50 steps) > 1\n"
+    now = [1000.0]
+    before = AlertEngine(parse_rules(text), clock=lambda: now[0])
+    (dead,) = before.on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    (high,) = before.on_window_update(update(0, 1, 5.0))
+    windows_only = AlertEngine(parse_rules(text), clock=lambda: now[0])
+    assert windows_only.restore([dead, high], reassert_s=10.0, detectors=False) == 1
+    now[0] += 30.0
+    windows_only.on_window_update(update(0, 2, 5.0))  # its run reports: no re-assert due
+    now[0] += 1.0
+    assert windows_only.resolve_unasserted() == []
+    assert [a.rule for a in windows_only.firing()] == ["high"]
+    summaries_owner = AlertEngine(parse_rules(text), clock=lambda: now[0])
+    assert summaries_owner.restore([dead, high], reassert_s=10.0, detectors=True) == 1
+    assert [a.rule for a in summaries_owner.firing()] == ["dead_rank"]

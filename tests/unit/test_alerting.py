@@ -260,7 +260,7 @@ def test_alerting_forgets_the_runs_the_stages_forgot(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     alerting = Alerting(make_app(settings, "forget-test"), settings)
     for run in ("a", "b"):
-        asyncio.run(alerting.take_over(run))
+        asyncio.run(alerting.take_over(run, detectors=True))
     assert alerting.taken_over("a") and alerting.taken_over("b")
     alerting.forget_runs(["a"])
     assert not alerting.taken_over("a") and alerting.taken_over("b")

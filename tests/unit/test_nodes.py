@@ -212,3 +212,27 @@ def test_a_run_forgotten_by_stage_two_leaves_no_incident_to_swallow_new_flags() 
     assert len(lose_node_b(100.0)) == 1  # a fresh incident, not one swallowed by the old
     stage.forget(["r"])  # the partition came back after another worker held it
     assert len(lose_node_b(200.0)) == 1
+
+
+def test_a_processor_that_hears_every_rank_stop_raises_nothing() -> None:
+    # The processor is cut off from the broker (or stalls): nothing arrives from any rank.
+    # Node b's ranks were last heard 0.6 s before node a's (one heartbeat apart at most):
+    # at the moment b's are a dead window silent, a's still look alive. No witness was
+    # heard after b fell silent, so neither a lost node nor a dead rank is declared.
+    interval = 0.5
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=interval))
+    flags: list[Flag] = []
+    now = 0.0
+    while now < 12.0:
+        for rank in range(4):
+            stops = 5.0 if rank >= 2 else 5.6
+            if now < stops:
+                flags += d.seen("r", rank, 4, int(now * 10), now, "running", node=NODES[rank])
+        flags += d.tick(now + 0.05)
+        now = round(now + 0.1 if now < 6.0 else now + interval, 6)
+    assert [(f.detector, f.rank) for f in flags] == []
+    v = judge_nodes(views({0: 5.6, 1: 5.6, 2: 5.0, 3: 5.0}), 6.3, 1.25, 1.25, witness_s=0.75)
+    assert v.lost == {}
+    # a peer heard 0.75 s after them: they are gone while it reports
+    v = judge_nodes(views({0: 5.75, 1: 5.6, 2: 5.0, 3: 5.0}), 6.3, 1.25, 1.25, witness_s=0.75)
+    assert v.lost == {"b": [2, 3]}
