@@ -25,6 +25,7 @@ from typing import Any
 import pydantic_core
 
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
+from stepstream.contract import WINDOW_STATS_FIELDS as WINDOW_STATS_FIELDS  # stored order
 from stepstream.errors import ConfigError
 
 WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -386,31 +387,15 @@ def parse_series_member(member: bytes | str) -> tuple[int | None, int, float]:
     return (int(step_text) if step_text else None), int(seq_text), float(value_text)
 
 
-WINDOW_STATS_FIELDS = (
-    "count",
-    "nonfinite",
-    "mean",
-    "min",
-    "max",
-    "last",
-    "std",
-    "ema",
-    "p50",
-    "p95",
-    "slope",
-    "flags",
-)
-"""The stats stored by position in a window hash value, in this order (those of the
-contract's WindowStats today; a field added to the contract is stored with the extras,
-by name, until this tuple and the readers change together)."""
 _WINDOW_STATS_SET = frozenset(WINDOW_STATS_FIELDS)
 
 
 def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
     """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
-    with the stats of `WINDOW_STATS_FIELDS` by position, then, only when there are any,
-    an object of the other stats by name (``[...,flags,{"p999":0.5}]``). Non-finite
-    floats are the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+    with the stats of `WINDOW_STATS_FIELDS` (the contract's `WindowStats`) by position,
+    then, only when there are any, an object of the other stats by name
+    (``[...,flags,{"p999":0.5}]``). Non-finite floats are the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``.
 
     Each value holds its whole row, so a reader decodes a window by joining the values
     into one JSON array (no per-row Python); the field (``rank|metric``) still names it.

@@ -11,6 +11,7 @@ import msgspec
 from pydantic import TypeAdapter
 
 from query import schemas
+from query.legacy import member_numbers
 from query.prom_exporter import render_metrics
 from query.reader import (
     MetricsReader,
@@ -19,7 +20,6 @@ from query.reader import (
     RunInfo,
     SeriesPoint,
     SeriesResult,
-    _member_numbers,
     to_json,
 )
 from stepstream.contract import Alert, Goodput, WindowStats
@@ -186,7 +186,7 @@ def test_series_members_parse_as_float_parses_them() -> None:
     ]
     values = specials + [rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-300, 300) for _ in range(2000)]
     members = [text_series_member(step, step * 7, v).encode() for step, v in enumerate(values)]
-    numbers = _member_numbers(members)
+    numbers = member_numbers(members)
     want = [parse_series_member(m.decode()) for m in members]
     assert numbers[0::3] == [float(step) for step, _, _ in want]
     assert numbers[1::3] == [float(seq) for _, seq, _ in want]
@@ -198,7 +198,7 @@ def test_series_members_parse_as_float_parses_them() -> None:
         math.copysign(1.0, v) for _, _, v in want
     ]
     decoded = [m.decode() for m in members[3:6]]  # a client made with decode_responses=True
-    assert _member_numbers(decoded) == numbers[9:18]  # type: ignore[arg-type]
+    assert member_numbers(decoded) == numbers[9:18]  # type: ignore[arg-type]
 
 
 class FakeReader:
