@@ -30,7 +30,6 @@ from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
 from stepstream.contract import (
-    WINDOW_STATS_FIELDS,
     WINDOW_STATS_NUMBERS,
     Alert,
     Goodput,
@@ -46,6 +45,7 @@ from stepstream.keys import (
     SERIES_MEMBER_TAG,
     SERIES_STEP,
     SERIES_TIME,
+    STORED_WINDOW_STATS,
     RedisKeys,
     is_packed_member,
     parse_series_field,
@@ -108,12 +108,15 @@ class RunMeta(QueryModel):
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
-#: RollingStats' stored fields, derived from the contract's WindowStats (names, types,
-#: defaults, order), then the extras. Typed Any: a class made at run time is no type to
-#: mypy; `RollingStats` below is the name to use.
+#: The stats a window value holds by position (`STORED_WINDOW_STATS`): their names,
+#: types and defaults, from the contract's WindowStats.
+_STORED_TYPES = window_stats_types()[: len(STORED_WINDOW_STATS)]
+
+#: RollingStats' fields: the stored ones, then the extras. Typed Any: a class made at
+#: run time is no type to mypy; `RollingStats` below is the name to use.
 _RollingStatsFields: Any = msgspec.defstruct(
     "_RollingStatsFields",
-    [*window_stats_types(), ("model_extra", dict[str, Any] | None, None)],
+    [*_STORED_TYPES, ("model_extra", dict[str, Any] | None, None)],
     array_like=True,
     gc=False,
     module=__name__,
@@ -121,9 +124,10 @@ _RollingStatsFields: Any = msgspec.defstruct(
 
 
 class RollingStats(_RollingStatsFields):
-    """WindowStats as stored: the fields of `stepstream.contract.WindowStats` in its order
-    (`WINDOW_STATS_FIELDS`), from which they are derived; extra stats a newer processor
-    adds are kept in `model_extra` and read as attributes (``stats.p999``), as with
+    """WindowStats as stored: the fields of `stepstream.contract.WindowStats` that a
+    window value holds by position (`stepstream.keys.STORED_WINDOW_STATS`), derived from
+    it; the other stats (a newer processor's, or one the contract gained since the
+    layout) are kept in `model_extra` and read as attributes (``stats.p999``), as with
     pydantic's ``extra="allow"``. Decoded by position from the stored value
     (`array_like`); its JSON (`to_json`) is an object, as the pydantic mirror's."""
 
@@ -146,7 +150,7 @@ class RollingStats(_RollingStatsFields):
         """Every numeric stat, known and extra, in field order; None values left out."""
         out: dict[str, float] = {}
         for name in WINDOW_STATS_NUMBERS:
-            value = getattr(self, name)
+            value = getattr(self, name, None)  # beyond the stored ones: an extra, if any
             if value is not None:
                 out[name] = float(value)
         for name, value in (self.model_extra or {}).items():
@@ -156,12 +160,12 @@ class RollingStats(_RollingStatsFields):
         return out
 
 
-_STAT_FIELDS = frozenset(WINDOW_STATS_FIELDS)
+_STAT_FIELDS = frozenset(STORED_WINDOW_STATS)
 
 #: RollingStats' known fields by name: stats stored as a JSON object (releases before
 #: the positional values) and `RollingStats.model_validate` convert through it.
 _StatsByName = msgspec.defstruct(
-    "_StatsByName", window_stats_types(), gc=False, forbid_unknown_fields=True
+    "_StatsByName", _STORED_TYPES, gc=False, forbid_unknown_fields=True
 )
 
 

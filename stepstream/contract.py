@@ -105,10 +105,9 @@ class WindowStats(WireModel):
     The one definition of window statistics: its fields, in this order, are
     `WINDOW_STATS_FIELDS`, from which every other stats struct is derived (the
     processor's `Summary`, the sink's `OpenStats`, the reader's and the HTTP API's
-    `RollingStats`) and by which the store keeps them by position
-    (`stepstream.keys.window_stats_value`). A new field changes that stored layout:
-    append it, and teach `query.legacy` the values stored before it (fewer positions,
-    and their extra stats object where the new field now is).
+    `RollingStats`). The store keeps the first `stepstream.keys.STORED_WINDOW_STATS` of
+    them by position: append a new field, and it is stored by name with the extra stats
+    until the stored layout grows (`stepstream.keys.WINDOW_STATS_POSITIONS`).
     """
 
     count: int = 0

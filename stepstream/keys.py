@@ -25,7 +25,7 @@ from typing import Any
 import pydantic_core
 
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
-from stepstream.contract import WINDOW_STATS_FIELDS as WINDOW_STATS_FIELDS  # stored order
+from stepstream.contract import WINDOW_STATS_FIELDS as WINDOW_STATS_FIELDS
 from stepstream.errors import ConfigError
 
 WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -387,12 +387,21 @@ def parse_series_member(member: bytes | str) -> tuple[int | None, int, float]:
     return (int(step_text) if step_text else None), int(seq_text), float(value_text)
 
 
-_WINDOW_STATS_SET = frozenset(WINDOW_STATS_FIELDS)
+WINDOW_STATS_POSITIONS = 12
+"""How many of the contract's window stats (`WINDOW_STATS_FIELDS`, in its order) a window
+value holds by position: the layout's version, not a second list of names. A stat the
+contract gains is stored by name with the extras, so that a reader of this layout never
+misreads a position; raising this number is a new storage layout (readers first, and
+`query.legacy` for values stored before)."""
+
+STORED_WINDOW_STATS: tuple[str, ...] = WINDOW_STATS_FIELDS[:WINDOW_STATS_POSITIONS]
+"""The stats a window value holds by position, in this order."""
+_STORED_SET = frozenset(STORED_WINDOW_STATS)
 
 
 def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
     """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
-    with the stats of `WINDOW_STATS_FIELDS` (the contract's `WindowStats`) by position,
+    with the stats of `STORED_WINDOW_STATS` (the contract's `WindowStats`) by position,
     then, only when there are any, an object of the other stats by name
     (``[...,flags,{"p999":0.5}]``). Non-finite floats are the strings ``"NaN"``,
     ``"Infinity"``, ``"-Infinity"``.
@@ -401,8 +410,8 @@ def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, 
     into one JSON array (no per-row Python); the field (``rank|metric``) still names it.
     `stats` is a validated stats model's fields and extras (the sink's OpenStats).
     """
-    values: list[Any] = [stats.get(name) for name in WINDOW_STATS_FIELDS]
-    extra = {k: v for k, v in stats.items() if k not in _WINDOW_STATS_SET}
+    values: list[Any] = [stats.get(name) for name in STORED_WINDOW_STATS]
+    extra = {k: v for k, v in stats.items() if k not in _STORED_SET}
     if extra:
         values.append(extra)
     return pydantic_core.to_json([rank, metric, window, values], inf_nan_mode="strings")

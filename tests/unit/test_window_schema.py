@@ -23,16 +23,19 @@ from stepstream.contract import (
 from stepstream.stored_stats import OpenStats
 
 CONTRACT = tuple(WindowStats.model_fields)
+#: The stats a window value holds by position: a prefix of the contract's (a stat the
+#: contract gains later is stored by name, so that no reader misreads a position).
+STORED = CONTRACT[: keys.WINDOW_STATS_POSITIONS]
 
-#: Every struct that holds window stats, with its fields, in order. A new stats struct
-#: belongs here.
+#: Every struct that holds window stats, with its fields and the contract's, in order.
+#: A new stats struct belongs here.
 DERIVED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "stepstream.keys.WINDOW_STATS_FIELDS (stored order)": (keys.WINDOW_STATS_FIELDS, CONTRACT),
+    "stepstream.keys.STORED_WINDOW_STATS (stored order)": (keys.STORED_WINDOW_STATS, STORED),
     "stepstream.stored_stats.OpenStats": (tuple(OpenStats.model_fields), CONTRACT),
     "query.schemas.RollingStats (HTTP API)": (tuple(schemas.RollingStats.model_fields), CONTRACT),
-    "query.reader.RollingStats": (
+    "query.reader.RollingStats (stored, by position)": (
         tuple(f for f in reader.RollingStats.__struct_fields__ if f != "model_extra"),
-        CONTRACT,
+        STORED,
     ),
     "processors.windows.Summary (numbers only)": (
         tuple(f.name for f in dataclasses.fields(Summary)),
@@ -48,14 +51,16 @@ def test_every_stats_struct_holds_exactly_the_contracts_fields(name: str) -> Non
 
 
 def test_the_contract_lists_are_its_model() -> None:
-    assert WINDOW_STATS_FIELDS == CONTRACT
+    assert WINDOW_STATS_FIELDS == CONTRACT == keys.WINDOW_STATS_FIELDS
+    # The stored layout never names a stat the contract lacks.
+    assert len(CONTRACT) >= keys.WINDOW_STATS_POSITIONS
     assert tuple(f for f in CONTRACT if f != "flags") == WINDOW_STATS_NUMBERS
     assert [name for name, _, _ in window_stats_types()] == list(CONTRACT)
 
 
 def test_the_reader_struct_has_the_contracts_types_and_defaults() -> None:
     got = [(f.name, f.type, f.default) for f in msgspec.structs.fields(reader.RollingStats)]
-    assert got[:-1] == window_stats_types()
+    assert got[:-1] == window_stats_types()[: len(STORED)]
     assert got[-1][0] == "model_extra"
     # The HTTP API documents the same properties (its /openapi.json schema).
     props = schemas.RollingStats.model_json_schema()["properties"]
@@ -69,10 +74,13 @@ def test_a_summary_becomes_window_stats_field_for_field() -> None:
 
 
 def test_the_stored_window_value_keeps_its_layout() -> None:
-    # Stored values must read back across releases: this is the layout of release 2. A
-    # stat added to WindowStats changes it; query.legacy must then read this one.
+    # Stored values must read back across releases: this is the layout of release 2.
     stats: dict[str, Any] = {
-        **WindowStats(count=3, nonfinite=1, mean=0.5, last=float("nan"), flags=["nan"]).__dict__,
+        "count": 3,
+        "nonfinite": 1,
+        "mean": 0.5,
+        "last": float("nan"),
+        "flags": ["nan"],
         "p999": 0.5,
     }
     value = keys.window_stats_value(2, "loss", "50steps", stats)
