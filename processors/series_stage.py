@@ -266,11 +266,16 @@ _Due = tuple[_Windows, str, "SeriesWindows", list[str] | None]
 
 #: A Summary's stats as a tuple, in the contract's order (its fields are derived from it).
 _SUMMARY_VALUES = attrgetter(*WINDOW_STATS_NUMBERS)
+#: WindowStats(**data) without the keyword round trip: the stats of every touched series
+#: are built per batch, and a dict through `**` cost 1.2 us more a call than naming each
+#: field did (0.15 us more this way).
+_WINDOW_STATS = WindowStats.__pydantic_validator__.validate_python
 
 
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
     values = zip(WINDOW_STATS_NUMBERS, _SUMMARY_VALUES(summary), strict=True)
-    return WindowStats(**dict(values), flags=flags)
+    stats: WindowStats = _WINDOW_STATS(dict(values, flags=flags))
+    return stats
 
 
 def quality_stats(value: float, examples: float) -> WindowStats:
