@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 from processors.detectors import (
@@ -50,6 +51,7 @@ from processors.validation import (
 from processors.windows import RollingWindow, Summary, summarize_windows
 from stepstream import vocabulary as vocab
 from stepstream.contract import (
+    WINDOW_STATS_NUMBERS,
     Alert,
     Batch,
     RankSummary,
@@ -262,21 +264,18 @@ _Windows = dict[str, dict[str, WindowStats]]
 _Due = tuple[_Windows, str, "SeriesWindows", list[str] | None]
 
 
+#: A Summary's stats as a tuple, in the contract's order (its fields are derived from it).
+_SUMMARY_VALUES = attrgetter(*WINDOW_STATS_NUMBERS)
+#: WindowStats(**data) without the keyword round trip: the stats of every touched series
+#: are built per batch, and a dict through `**` cost 1.2 us more a call than naming each
+#: field did (0.15 us more this way).
+_WINDOW_STATS = WindowStats.__pydantic_validator__.validate_python
+
+
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
-    return WindowStats(
-        count=summary.count,
-        nonfinite=summary.nonfinite,
-        mean=summary.mean,
-        min=summary.min,
-        max=summary.max,
-        last=summary.last,
-        std=summary.std,
-        ema=summary.ema,
-        p50=summary.p50,
-        p95=summary.p95,
-        slope=summary.slope,
-        flags=flags,
-    )
+    values = zip(WINDOW_STATS_NUMBERS, _SUMMARY_VALUES(summary), strict=True)
+    stats: WindowStats = _WINDOW_STATS(dict(values, flags=flags))
+    return stats
 
 
 def quality_stats(value: float, examples: float) -> WindowStats:

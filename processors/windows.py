@@ -20,11 +20,14 @@ import math
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 from functools import lru_cache
 from operator import mul
+from typing import Any
 
 import numpy as np
+
+from stepstream.contract import WINDOW_STATS_NUMBERS, window_stats_types
 
 #: Windows with more finite points than this are summarized with numpy, fewer in Python
 #: (converting a short list to an array costs more than the arithmetic it saves).
@@ -35,9 +38,25 @@ NUMPY_FROM = 128
 EMA_EDGE = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """Statistics of the values in a window.
+#: The fields of `Summary`: the contract's numeric window stats (`WINDOW_STATS_NUMBERS`),
+#: with its types and defaults, so that a stat added there is computed into the same
+#: slot here. Typed Any: a class made at run time is no type to mypy.
+_SummaryFields: Any = make_dataclass(
+    "_SummaryFields",
+    [
+        (name, kind, field(default=default))
+        for name, kind, default in window_stats_types()
+        if name in WINDOW_STATS_NUMBERS
+    ],
+    frozen=True,
+    slots=True,
+    namespace={"__module__": __name__},
+)
+
+
+class Summary(_SummaryFields):
+    """Statistics of the values in a window (`stepstream.contract.WindowStats` without
+    the detectors' flags), positional in the contract's order.
 
     Non-finite values are counted in `nonfinite` and left out of every other statistic
     so that one NaN does not erase the window's history; `last` is the value at the newest
@@ -49,17 +68,7 @@ class Summary:
     position: per step for step windows, per second for time windows.
     """
 
-    count: int
-    nonfinite: int
-    mean: float | None
-    min: float | None
-    max: float | None
-    last: float | None
-    std: float | None = None
-    ema: float | None = None
-    p50: float | None = None
-    p95: float | None = None
-    slope: float | None = None
+    __slots__ = ()
 
 
 EMPTY_SUMMARY = Summary(count=0, nonfinite=0, mean=None, min=None, max=None, last=None)

@@ -10,7 +10,6 @@ JSON, like on the wire.
 
 from __future__ import annotations
 
-import array
 import bisect
 import gc
 import json
@@ -30,7 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from query import schemas
 from query.downsample import Method, select
 from stepstream import vocabulary as vocab
-from stepstream.contract import Alert, Goodput
+from stepstream.contract import (
+    WINDOW_STATS_NUMBERS,
+    Alert,
+    Goodput,
+    window_stats_types,
+)
 from stepstream.errors import ConfigError
 from stepstream.keys import (
     GOODPUT_FIELD,
@@ -41,6 +45,7 @@ from stepstream.keys import (
     SERIES_MEMBER_TAG,
     SERIES_STEP,
     SERIES_TIME,
+    STORED_WINDOW_STATS,
     RedisKeys,
     is_packed_member,
     parse_series_field,
@@ -103,26 +108,28 @@ class RunMeta(QueryModel):
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
-class RollingStats(msgspec.Struct, array_like=True, gc=False):
-    """WindowStats as stored (`stepstream.keys.WINDOW_STATS_FIELDS`, the fields of
-    `stepstream.contract.WindowStats`, in its order); extra stats a newer processor adds
-    are kept in `model_extra` and read as attributes (``stats.p999``), as with pydantic's
-    ``extra="allow"``. Decoded by position from the stored value (`array_like`); its
-    JSON (`to_json`) is an object, as the pydantic mirror's."""
+#: The stats a window value holds by position (`STORED_WINDOW_STATS`): their names,
+#: types and defaults, from the contract's WindowStats.
+_STORED_TYPES = window_stats_types()[: len(STORED_WINDOW_STATS)]
 
-    count: int = 0
-    nonfinite: int = 0
-    mean: float | None = None
-    min: float | None = None
-    max: float | None = None
-    last: float | None = None
-    std: float | None = None
-    ema: float | None = None
-    p50: float | None = None
-    p95: float | None = None
-    slope: float | None = None
-    flags: list[str] | None = None
-    model_extra: dict[str, Any] | None = None
+#: RollingStats' fields: the stored ones, then the extras. Typed Any: a class made at
+#: run time is no type to mypy; `RollingStats` below is the name to use.
+_RollingStatsFields: Any = msgspec.defstruct(
+    "_RollingStatsFields",
+    [*_STORED_TYPES, ("model_extra", dict[str, Any] | None, None)],
+    array_like=True,
+    gc=False,
+    module=__name__,
+)
+
+
+class RollingStats(_RollingStatsFields):
+    """WindowStats as stored: the fields of `stepstream.contract.WindowStats` that a
+    window value holds by position (`stepstream.keys.STORED_WINDOW_STATS`), derived from
+    it; the other stats (a newer processor's, or one the contract gained since the
+    layout) are kept in `model_extra` and read as attributes (``stats.p999``), as with
+    pydantic's ``extra="allow"``. Decoded by position from the stored value
+    (`array_like`); its JSON (`to_json`) is an object, as the pydantic mirror's."""
 
     def __getattr__(self, name: str) -> Any:
         extra = self.model_extra
@@ -137,15 +144,13 @@ class RollingStats(msgspec.Struct, array_like=True, gc=False):
         known = {k: v for k, v in data.items() if k in _STAT_FIELDS}
         extra = {k: v for k, v in data.items() if k not in _STAT_FIELDS}
         by_name = msgspec.convert(known, _StatsByName, strict=False)
-        stats = cls(**msgspec.structs.asdict(by_name))
-        stats.model_extra = extra or None
-        return stats
+        return cls(*msgspec.structs.astuple(by_name), extra or None)
 
     def numbers(self) -> dict[str, float]:
         """Every numeric stat, known and extra, in field order; None values left out."""
         out: dict[str, float] = {}
-        for name in _NUMERIC_STATS:
-            value = getattr(self, name)
+        for name in WINDOW_STATS_NUMBERS:
+            value = getattr(self, name, None)  # beyond the stored ones: an extra, if any
             if value is not None:
                 out[name] = float(value)
         for name, value in (self.model_extra or {}).items():
@@ -155,23 +160,12 @@ class RollingStats(msgspec.Struct, array_like=True, gc=False):
         return out
 
 
-_STAT_FIELDS = frozenset(RollingStats.__struct_fields__) - {"model_extra"}
-_NUMERIC_STATS = tuple(
-    f for f in RollingStats.__struct_fields__ if f not in ("flags", "model_extra")
-)
-
+_STAT_FIELDS = frozenset(STORED_WINDOW_STATS)
 
 #: RollingStats' known fields by name: stats stored as a JSON object (releases before
 #: the positional values) and `RollingStats.model_validate` convert through it.
 _StatsByName = msgspec.defstruct(
-    "_StatsByName",
-    [
-        (f.name, f.type, f.default)
-        for f in msgspec.structs.fields(RollingStats)
-        if f.name != "model_extra"
-    ],
-    gc=False,
-    forbid_unknown_fields=True,
+    "_StatsByName", _STORED_TYPES, gc=False, forbid_unknown_fields=True
 )
 
 
@@ -183,16 +177,6 @@ class RollingRow(msgspec.Struct, array_like=True, gc=False):
     metric: str
     window: str
     stats: RollingStats
-
-
-class _RollingRowOpen(msgspec.Struct, gc=False):
-    """A rolling row of a window value stored as a JSON object by an earlier release,
-    spliced with its field (`_rolling_document`)."""
-
-    rank: int
-    metric: str
-    window: str
-    stats: dict[str, Any]
 
 
 class CrossRankRow(QueryModel):
@@ -258,13 +242,10 @@ class SeriesResult(msgspec.Struct, gc=False):
 
 
 _ROWS = msgspec.json.Decoder(list[RollingRow], strict=False)
-_OPEN_ROWS = msgspec.json.Decoder(list[_RollingRowOpen], strict=False)
-_FLOATS = msgspec.json.Decoder(list[float], strict=False)
 _RANK = attrgetter("rank")
 _METRIC = attrgetter("metric")
 _X = attrgetter("x")
 _VALUE = attrgetter("value")
-_PIPE_TO_COMMA = bytes.maketrans(b"|", b",")
 
 
 def to_json(data: Any) -> bytes:
@@ -314,24 +295,6 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def _member_numbers(members: list[bytes]) -> list[float]:
-    """step, seq, value, step, seq, value ... of text members ``step|seq|value`` of a
-    series by step (what releases before the binary members wrote; every member has a
-    step), as floats (steps and seqs are exact). One join and translate make them one
-    JSON array that msgspec parses in C; int() and float() per member were most of a
-    10,000-point read."""
-    if not members:
-        return []
-    if isinstance(members[0], str):  # a client made with decode_responses=True
-        members = [m.encode() for m in members]
-    doc = b"[" + b",".join(members).translate(_PIPE_TO_COMMA) + b"]"
-    if b"N" in doc or b"I" in doc:  # NaN, Infinity, -Infinity (keys.format_value)
-        doc = doc.replace(b"NaN", b'"NaN"').replace(b"Infinity", b'"Infinity"')
-        doc = doc.replace(b'-"Infinity"', b'"-Infinity"')
-    numbers: list[float] = _FLOATS.decode(doc)
-    return numbers
-
-
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 _MEMBER_DTYPE = np.dtype(list(SERIES_MEMBER_FIELDS))
@@ -358,32 +321,10 @@ def _member_columns(members: list[bytes]) -> tuple[IntArray, FloatArray]:
         packed = np.frombuffer(joined, _MEMBER_DTYPE)
         steps = (packed["step"] ^ _INT_OFFSET).view(np.int64)
         return steps, packed["value"].astype(np.float64)
-    if _TAG not in joined:  # text only: one JSON parse of every number
-        try:
-            numbers = _member_numbers(members)
-        except msgspec.DecodeError:  # a member without a step ("|seq|value")
-            pass
-        else:
-            return np.array(numbers[0::3], np.int64), _array(numbers[2::3])
-    # Mixed formats (or text points without a step): one member at a time. A range the
-    # sink replayed across the upgrade holds a point in both formats: it is read once.
-    parsed = list(map(parse_series_member, members))
-    binary = {p[:2] for p, m in zip(parsed, members, strict=True) if is_packed_member(m)}
-    steps_list: list[int] = []
-    values_list: list[float] = []
-    for point, member in zip(parsed, members, strict=True):
-        step, seq, value = point
-        if (step, seq) in binary and not is_packed_member(member):
-            continue
-        steps_list.append(NO_STEP if step is None else step)
-        values_list.append(value)
-    return np.array(steps_list, np.int64), _array(values_list)
+    # Text written by an earlier release, alone or beside binary members.
+    from query import legacy  # imported on first use: a cycle, and off the hot path
 
-
-def _array(floats: list[float]) -> npt.NDArray[np.float64]:
-    """A list of floats as a numpy array: array.array converts in one pass where
-    np.array first scans the list for a type (a quarter of the time of both)."""
-    return np.frombuffer(array.array("d", floats), dtype=np.float64)
+    return legacy.member_columns(members, joined)
 
 
 def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
@@ -392,26 +333,9 @@ def _step_columns(members: list[bytes]) -> tuple[list[int], list[float]]:
     return steps.tolist(), values.tolist()
 
 
-def _rolling_document(window: str, mapping: Mapping[bytes, bytes]) -> bytes:
-    """One window hash (fields ``rank|metric``, JSON stats bodies) as a JSON array of
-    rows, by C-level joins, a replace and a split: no Python per row. Fields and bodies
-    were validated at write time; metric and window names hold no character JSON would
-    need to escape, and no "|" or NUL (stepstream.keys)."""
-    tail = b'","window":"%s","stats":' % window.encode()
-    # Field i becomes '},{"rank":R,"metric":"M","window":"W","stats":' (no "}," first)
-    fields = (tail + b'\x00},{"rank":').join(mapping).replace(b"|", b',"metric":"')
-    heads = (b'[{"rank":' + fields + tail).split(b"\x00")
-    # ... and is followed by its body: interleaved by slice assignment, joined once.
-    parts: list[bytes] = heads * 2
-    parts[0::2] = heads
-    parts[1::2] = mapping.values()
-    parts.append(b"}]")
-    return b"".join(parts)
-
-
 def _rolling_rows(values: list[Any]) -> list[RollingRow] | None:
     """The rows of one window hash from its values alone (HVALS), sorted by rank, metric;
-    None when some value was stored by an earlier release (`_rolling_rows_by_field`).
+    None when some value was stored by an earlier release (`query.legacy`).
 
     Values hold their whole row (`stepstream.keys.window_stats_value`): joined into one
     JSON array, they decode in one msgspec call, with no Python per row but the sort."""
@@ -421,22 +345,6 @@ def _rolling_rows(values: list[Any]) -> list[RollingRow] | None:
         found = _ROWS.decode(b"[" + b",".join(values) + b"]")
     except msgspec.ValidationError:  # a JSON object: stats stored by an earlier release
         return None
-    return _sorted_rows(found)
-
-
-def _rolling_rows_by_field(window: str, mapping: Mapping[Any, Any]) -> list[RollingRow]:
-    """The rows of one window hash (HGETALL) that holds values an earlier release wrote:
-    JSON-object stats, whose rank and metric are only in their field (`_rolling_document`).
-    Such values stay until the row is written again or the retention ends."""
-    if isinstance(next(iter(mapping)), str):  # decode_responses=True
-        mapping = {k.encode(): v.encode() for k, v in mapping.items()}
-    current = [v for v in mapping.values() if v[:1] == b"["]
-    found = _ROWS.decode(b"[" + b",".join(current) + b"]")
-    earlier = {f: v for f, v in mapping.items() if v[:1] != b"["}
-    found.extend(
-        RollingRow(r.rank, r.metric, r.window, RollingStats.model_validate(r.stats))
-        for r in _OPEN_ROWS.decode(_rolling_document(window, earlier))
-    )
     return _sorted_rows(found)
 
 
@@ -634,8 +542,10 @@ class MetricsReader:
                     continue
                 found = _rolling_rows(values)
                 if found is None:  # values of an earlier release: read with their fields
+                    from query import legacy  # imported on first use: see _member_columns
+
                     mapping = self._client.hgetall(self.keys.window(run, name))
-                    found = _rolling_rows_by_field(name, mapping) if mapping else []
+                    found = legacy.rolling_rows_by_field(name, mapping) if mapping else []
                 rows.extend(found)  # names are sorted
         return rows
 

@@ -9,7 +9,7 @@ a message whose major version ``v`` is newer than ours is rejected with reason `
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_core import from_json
@@ -100,7 +100,15 @@ class Batch(WireModel):
 
 class WindowStats(WireModel):
     """Rolling statistics of one metric over one window. Non-finite values are counted,
-    not averaged, so one NaN does not hide the rest of the window."""
+    not averaged, so one NaN does not hide the rest of the window.
+
+    The one definition of window statistics: its fields, in this order, are
+    `WINDOW_STATS_FIELDS`, from which every other stats struct is derived (the
+    processor's `Summary`, the sink's `OpenStats`, the reader's and the HTTP API's
+    `RollingStats`). The store keeps the first `stepstream.keys.STORED_WINDOW_STATS` of
+    them by position: append a new field, and it is stored by name with the extra stats
+    until the stored layout grows (`stepstream.keys.WINDOW_STATS_POSITIONS`).
+    """
 
     count: int = 0
     nonfinite: int = 0
@@ -116,6 +124,22 @@ class WindowStats(WireModel):
     flags: list[str] | None = Field(
         None, description="Detectors whose episode on this series is open at this update."
     )
+
+
+WINDOW_STATS_FIELDS: tuple[str, ...] = tuple(WindowStats.model_fields)
+"""The window statistics by name, in their stored order: `WindowStats`' fields."""
+
+WINDOW_STATS_NUMBERS: tuple[str, ...] = tuple(
+    name for name in WINDOW_STATS_FIELDS if name != "flags"
+)
+"""The numeric window statistics (all but the detectors' `flags`): what a processor
+computes from a window's values (`processors.windows.Summary`)."""
+
+
+def window_stats_types() -> list[tuple[str, Any, Any]]:
+    """(name, type, default) of every window statistic, in stored order: what a struct
+    outside pydantic (a dataclass, a msgspec Struct) is built from."""
+    return [(name, f.annotation, f.default) for name, f in WindowStats.model_fields.items()]
 
 
 class WindowUpdate(WireModel):

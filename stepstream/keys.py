@@ -25,6 +25,7 @@ from typing import Any
 import pydantic_core
 
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
+from stepstream.contract import WINDOW_STATS_FIELDS as WINDOW_STATS_FIELDS
 from stepstream.errors import ConfigError
 
 WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -386,38 +387,31 @@ def parse_series_member(member: bytes | str) -> tuple[int | None, int, float]:
     return (int(step_text) if step_text else None), int(seq_text), float(value_text)
 
 
-WINDOW_STATS_FIELDS = (
-    "count",
-    "nonfinite",
-    "mean",
-    "min",
-    "max",
-    "last",
-    "std",
-    "ema",
-    "p50",
-    "p95",
-    "slope",
-    "flags",
-)
-"""The stats stored by position in a window hash value, in this order (those of the
-contract's WindowStats today; a field added to the contract is stored with the extras,
-by name, until this tuple and the readers change together)."""
-_WINDOW_STATS_SET = frozenset(WINDOW_STATS_FIELDS)
+WINDOW_STATS_POSITIONS = 12
+"""How many of the contract's window stats (`WINDOW_STATS_FIELDS`, in its order) a window
+value holds by position: the layout's version, not a second list of names. A stat the
+contract gains is stored by name with the extras, so that a reader of this layout never
+misreads a position; raising this number is a new storage layout (readers first, and
+`query.legacy` for values stored before)."""
+
+STORED_WINDOW_STATS: tuple[str, ...] = WINDOW_STATS_FIELDS[:WINDOW_STATS_POSITIONS]
+"""The stats a window value holds by position, in this order."""
+_STORED_SET = frozenset(STORED_WINDOW_STATS)
 
 
 def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
     """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
-    with the stats of `WINDOW_STATS_FIELDS` by position, then, only when there are any,
-    an object of the other stats by name (``[...,flags,{"p999":0.5}]``). Non-finite
-    floats are the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+    with the stats of `STORED_WINDOW_STATS` (the contract's `WindowStats`) by position,
+    then, only when there are any, an object of the other stats by name
+    (``[...,flags,{"p999":0.5}]``). Non-finite floats are the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``.
 
     Each value holds its whole row, so a reader decodes a window by joining the values
     into one JSON array (no per-row Python); the field (``rank|metric``) still names it.
     `stats` is a validated stats model's fields and extras (the sink's OpenStats).
     """
-    values: list[Any] = [stats.get(name) for name in WINDOW_STATS_FIELDS]
-    extra = {k: v for k, v in stats.items() if k not in _WINDOW_STATS_SET}
+    values: list[Any] = [stats.get(name) for name in STORED_WINDOW_STATS]
+    extra = {k: v for k, v in stats.items() if k not in _STORED_SET}
     if extra:
         values.append(extra)
     return pydantic_core.to_json([rank, metric, window, values], inf_nan_mode="strings")
