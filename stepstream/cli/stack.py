@@ -126,8 +126,8 @@ def worker(
 ) -> None:
     """Run one stage's faust worker in the foreground (used by `up` and docker-compose)."""
     from stepstream.admin import ensure_topics
+    from stepstream.faust_seam import run_worker
     from stepstream.settings import Settings
-    from stepstream.streaming import run_worker
 
     if stage is Stage.processor:
         from processors.app import create_processor_app as factory
