@@ -443,14 +443,17 @@ def _installed(package: str) -> str:
         return "not installed"
 
 
-def missing_internals(internals: Iterable[Internal] = INTERNALS) -> list[Internal]:
-    """The `internals` the installed faust-streaming and aiokafka lack."""
-    return [internal for internal in internals if not _present(internal)]
+def missing_internals(internals: Iterable[Internal] | None = None) -> list[Internal]:
+    """The `internals` (default: `INTERNALS`) the installed faust-streaming and aiokafka
+    lack."""
+    wanted = INTERNALS if internals is None else internals
+    return [internal for internal in wanted if not _present(internal)]
 
 
-def check_internals(internals: Iterable[Internal] = INTERNALS) -> None:
+def check_internals(internals: Iterable[Internal] | None = None) -> None:
     """Raise FaustInternalsError, naming each missing one and the versions to pin, if the
-    installed faust-streaming or aiokafka lacks one of `internals`."""
+    installed faust-streaming or aiokafka lacks one of `internals` (default:
+    `INTERNALS`)."""
     missing = missing_internals(internals)
     if not missing:
         return
