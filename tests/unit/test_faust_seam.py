@@ -201,3 +201,20 @@ def test_dead_letters_count_by_reason_when_asked_to() -> None:
     message = Message("t", 2, 9, None, b"x")
     assert asyncio.run(dead.send(message, stage="s", reason="schema", detail="d"))
     assert counts == {"schema": 1}
+
+
+def test_the_worker_command_says_what_to_pin_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    import stepstream.faust_seam as seam
+    from stepstream import cli
+
+    monkeypatch.setenv("STEPSTREAM_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(
+        seam, "INTERNALS", (*INTERNALS, Internal("faust:Stream", "gone", "attribute", "t"))
+    )
+    result = CliRunner().invoke(cli.app, ["worker", "sink"])
+    assert result.exit_code == 1, result.output
+    assert "faust:Stream.gone" in result.output and "Traceback" not in result.output
