@@ -396,6 +396,7 @@ INTERNALS: tuple[Internal, ...] = (
     ),
     Internal("aiokafka", "errors", "attribute", "tells permanent send errors"),
     Internal("faust:Stream", "take_events", "attribute", "the batching loop of every agent"),
+    Internal("faust:Stream", "noack", "attribute", "manual acks of the webhook agent"),
     Internal(
         "faust:Worker", "spinner", "declared", "turned off (it left the root logger at DEBUG)"
     ),

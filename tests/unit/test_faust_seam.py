@@ -49,6 +49,7 @@ PINNED = {
     ("aiokafka:AIOKafkaProducer.send", "headers"),
     ("aiokafka", "errors"),
     ("faust:Stream", "take_events"),
+    ("faust:Stream", "noack"),
     ("faust:Worker", "spinner"),
 }
 
