@@ -221,7 +221,7 @@ def ceiling_worker(argv: list[str]) -> None:
     counting span to a file."""
     import faust
 
-    from stepstream.streaming import make_app, run_worker
+    from stepstream.faust_seam import make_app, run_worker
 
     out, expected = Path(argv[0]), int(argv[1])
     settings = Settings()

@@ -4,7 +4,7 @@ Stage 1 (``series-stage``, telemetry keyed ``run:rank``): decode, validate, wind
 emits window updates, alerts, dead letters, per-rank summaries (keyed by run) and the
 batches that passed its checks, to the validated topic the sink stores raw series from.
 Stage 1 is the only place that validates telemetry, and every message it reads is either
-used or dead-lettered once (``stepstream.streaming.guarded``: no exception escapes).
+used or dead-lettered once (``stepstream.faust_seam.guarded``: no exception escapes).
 Stage 2 (``run-stage``, summaries keyed ``run``): cross-rank stats and detectors; a timer
 judges dead and hung ranks. Both agents live in one app, so one worker process runs both.
 
@@ -13,12 +13,17 @@ partition moves to another worker (a worker died or joined), the new owner start
 partition's series cold: windows refill from new data (50 steps / 60 s by default) and
 detectors re-learn their baselines. Nothing is rebuilt from the topic. A partition that
 comes back after another worker held it (this worker was cut off, then rejoined) is met by
-a jump in its offsets: its series start cold too (`offset_jumps`), else the seq the other
-worker consumed would read as lost telemetry.
+a jump in its offsets (`stepstream.positions.PartitionOffsets`, applied by the seam): its
+series start cold too, else the seq the other worker consumed would read as lost telemetry.
+
+The agents are (topic, handler) pairs run by `stepstream.faust_seam`, which owns batching,
+the guard, dead letters and offsets; the per-partition bookkeeping is in
+`processors.partition_state`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from processors.forward import (
     sized_update,
     strip_metrics,
 )
+from processors.partition_state import PartitionKeys, SeededRuns
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
 from processors.serving_app import register_serving
@@ -52,11 +58,21 @@ from stepstream.contract import (
     validation_reason,
 )
 from stepstream.errors import ContractError
+from stepstream.faust_seam import (
+    Agent,
+    DeadLetters,
+    add_agents,
+    make_app,
+    on_partitions_assigned,
+    on_partitions_revoked,
+    raw_topic,
+)
 from stepstream.keys import RedisKeys
+from stepstream.messages import Message
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import StoredRank
-from stepstream.streaming import guarded, make_app, release_memory, send_dead_letter
+from stepstream.streaming import release_memory
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -72,18 +88,6 @@ RUN_STAGE = "processor/run-stage"
 CAPPED_EXEMPT = frozenset({RecordKind.LOG, RecordKind.HEARTBEAT, RecordKind.QUALITY})
 
 
-def offset_jumps(last: dict[int, int], places: list[tuple[int, int]]) -> set[int]:
-    """Partitions whose offsets jumped forward in `places` ((partition, offset) in read
-    order) past `last` (updated): read by another worker meanwhile."""
-    jumped = set()
-    for partition, offset in places:
-        previous = last.get(partition)
-        if previous is not None and offset > previous + 1:
-            jumped.add(partition)
-        last[partition] = offset
-    return jumped
-
-
 def known_rank(rank: int, entry: StoredRank) -> KnownRank:
     """A rank registry entry as liveness takes it."""
     return KnownRank(rank, entry.t, entry.step, entry.node, entry.status)
@@ -95,17 +99,11 @@ def create_processor_app(settings: Settings) -> faust.App:
     check_detector_params(settings.detector_params)
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("processor"))
-    raw: dict[str, Any] = {
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
-    telemetry = app.topic(topics.telemetry, **raw)
-    summaries = app.topic(topics.summaries, **raw)
-    windows = app.topic(topics.windows, **raw)
-    crossrank = app.topic(topics.crossrank, **raw)
-    deadletters = app.topic(topics.deadletter, **raw)
-    validated = app.topic(topics.validated, **raw)
+    summaries = raw_topic(app, topics.summaries)
+    windows = raw_topic(app, topics.windows)
+    crossrank = raw_topic(app, topics.crossrank)
+    validated = raw_topic(app, topics.validated)
+    dead = DeadLetters.of(app, topics.deadletter)
     # Below the producer's request limit (max_request_size, 1 MB by default) with room
     # for the record overhead.
     forward_limit = int(settings.max_message_bytes * 0.9)
@@ -136,26 +134,22 @@ def create_processor_app(settings: Settings) -> faust.App:
         incident_hold_s=settings.incident_hold_s,
     )
 
-    #: Stage 1's telemetry partitions: the offset last read of each, the partition of
-    #: each (run, rank) seen.
-    last_offsets: dict[int, int] = {}
-    partition_of: dict[tuple[str, int], int] = {}
-    #: The same for stage 2's summaries partitions, by run.
-    last_run_offsets: dict[int, int] = {}
-    run_partition: dict[str, int] = {}
-    #: Runs whose liveness was seeded from the rank registry since the last assignment.
-    seeded: set[str] = set()
-    redis: list[Any] = []
+    #: The telemetry partition of each (run, rank) and the summaries partition of each run.
+    series_partitions: PartitionKeys[tuple[str, int]] = PartitionKeys()
+    run_partitions: PartitionKeys[str] = PartitionKeys()
+    seeded = SeededRuns()
+
+    @functools.cache
+    def redis() -> Any:
+        # Made on first use, so building the app connects nothing.
+        return async_client(settings.redis_url, settings.redis_cluster)
 
     async def seed(run: str, world: int) -> None:
         # A cold owner (a worker died, joined or restarted) learns the ranks the previous
         # one knew, so a rank that died before the move is still reported (see
         # LivenessDetector.seed). Redis away: liveness goes on from what it hears.
-        seeded.add(run)
         try:
-            if not redis:
-                redis.append(async_client(settings.redis_url, settings.redis_cluster))
-            raw = await redis[0].hgetall(keys.ranks(run))
+            raw = await redis().hgetall(keys.ranks(run))
             known = [
                 known_rank(int(rank), StoredRank.model_validate_json(body))
                 for rank, body in raw.items()
@@ -167,19 +161,15 @@ def create_processor_app(settings: Settings) -> faust.App:
         if taken:
             log.warning("liveness of run %s seeded with %d rank(s) from Redis", run, taken)
 
-    async def reject(
-        event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
-    ) -> None:
-        await send_dead_letter(
-            deadletters, event, stage=stage_name, topic=topic, reason=reason, detail=detail
-        )
+    async def reject(message: Message, stage_name: str, reason: str, detail: str) -> None:
+        await dead.send(message, stage=stage_name, reason=reason, detail=detail)
 
     def keeper(run: str) -> Callable[[Record, str], bool]:
         # Values the stage windows are capped per run; logs, heartbeats and quality
         # statistics are not windowed by name and pass as they came.
         return lambda record, metric: record.kind in CAPPED_EXEMPT or stage.admitted(run, metric)
 
-    async def forward(sources: list[faust.EventT], key: bytes, value: bytes) -> None:
+    async def forward(sources: list[Message], key: bytes, value: bytes) -> None:
         # A forward the producer refuses costs the raw series of the messages in it, with
         # a dead letter for each saying so (their windows were updated).
         try:
@@ -188,38 +178,37 @@ def create_processor_app(settings: Settings) -> faust.App:
             log.warning("forward of %d bytes to %s failed: %s", len(value), topics.validated, exc)
             detail = f"windows updated, raw series not stored: {type(exc).__name__}: {exc}"
             for source in sources:
-                await reject(source, SERIES_STAGE, topics.telemetry, "forward_failed", detail)
+                await reject(source, SERIES_STAGE, "forward_failed", detail)
 
-    async def series_batch(events: list[faust.EventT]) -> None:
-        places = [(e.message.partition, e.message.offset) for e in events]
-        stale = offset_jumps(last_offsets, places)
-        if stale:
-            gone = [key for key, p in partition_of.items() if p in stale]
-            log.warning("partitions %s came back: %d series restart cold", sorted(stale), len(gone))
-            stage.forget(gone)
+    def series_returned(partitions: set[int]) -> None:
+        gone = series_partitions.on(partitions)
+        log.warning(
+            "partitions %s came back: %d series restart cold", sorted(partitions), len(gone)
+        )
+        stage.forget(gone)
+
+    async def series_batch(messages: list[Message]) -> None:
         batches: list[Batch] = []
-        sources: list[faust.EventT] = []
-        for event in events:
+        sources: list[Message] = []
+        for message in messages:
             try:
-                batches.append(decode_batch(event.value, settings.max_message_bytes))
-                sources.append(event)
+                batches.append(decode_batch(message.value, settings.max_message_bytes))
+                sources.append(message)
             except ContractError as err:
                 stage.rejected[err.reason] = stage.rejected.get(err.reason, 0) + 1
-                await reject(event, SERIES_STAGE, topics.telemetry, err.reason, err.detail)
+                await reject(message, SERIES_STAGE, err.reason, err.detail)
         if not batches:
             return
         for batch, source in zip(batches, sources, strict=True):
-            partition_of[(batch.run, batch.rank)] = source.message.partition
+            series_partitions.note((batch.run, batch.rank), source.partition)
         result = stage.process_many(batches)
         dropped: set[int] = set()
         partial: set[int] = set()
         for index, rejection in result.rejected:
             (partial if rejection.reason == "cardinality" else dropped).add(index)
-            await reject(
-                sources[index], SERIES_STAGE, topics.telemetry, rejection.reason, rejection.detail
-            )
+            await reject(sources[index], SERIES_STAGE, rejection.reason, rejection.detail)
         accepted: list[Batch] = []
-        origin: list[faust.EventT] = []
+        origin: list[Message] = []
         for index, batch in enumerate(batches):
             if index in dropped:
                 continue
@@ -239,35 +228,27 @@ def create_processor_app(settings: Settings) -> faust.App:
             for part in sized_summary(summary, forward_limit):
                 await summaries.send(key=run_key(summary.run), value=part)
 
-    @app.agent(telemetry, name="series-stage")
-    async def series_stage(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.processor_batch, within=settings.processor_linger_s
-        ):
-            await guarded(events, series_batch, reject, SERIES_STAGE, topics.telemetry)
+    def runs_returned(partitions: set[int]) -> None:
+        gone = run_partitions.on(partitions)
+        log.warning(
+            "summaries partitions %s came back: %d runs restart", sorted(partitions), len(gone)
+        )
+        run_stage.forget(gone)
 
-    async def run_batch(events: list[faust.EventT]) -> None:
-        places = [(e.message.partition, e.message.offset) for e in events]
-        stale = offset_jumps(last_run_offsets, places)
-        if stale:
-            gone = [run for run, p in run_partition.items() if p in stale]
-            log.warning(
-                "summaries partitions %s came back: %d runs restart", sorted(stale), len(gone)
-            )
-            run_stage.forget(gone)
+    async def run_batch(messages: list[Message]) -> None:
         now = time.time()
-        for event in events:
+        for message in messages:
             try:
-                summary = RankSummary.model_validate_json(check_value(event.value))
+                summary = RankSummary.model_validate_json(check_value(message.value))
             except ContractError as err:
-                await reject(event, RUN_STAGE, topics.summaries, err.reason, err.detail)
+                await reject(message, RUN_STAGE, err.reason, err.detail)
                 continue
             except ValidationError as exc:
                 reason, detail = validation_reason(exc)
-                await reject(event, RUN_STAGE, topics.summaries, reason, detail)
+                await reject(message, RUN_STAGE, reason, detail)
                 continue
-            run_partition[summary.run] = event.message.partition
-            if summary.run not in seeded:
+            run_partitions.note(summary.run, message.partition)
+            if seeded.first_sight(summary.run):
                 await seed(summary.run, summary.world)
             # The run's detector alerts are this worker's now: restored at once, so those
             # held elsewhere resolve or are re-asserted though no finding comes.
@@ -277,12 +258,32 @@ def create_processor_app(settings: Settings) -> faust.App:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())
             await alerting.on_flags(result.alerts)
 
-    @app.agent(summaries, name="run-stage")
-    async def run_stage_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.processor_batch, within=settings.processor_linger_s
-        ):
-            await guarded(events, run_batch, reject, RUN_STAGE, topics.summaries)
+    # Stage 2 batches as stage 1 does: the same settings, so one knob tunes both.
+    batch, linger_s = settings.processor_batch, settings.processor_linger_s
+    add_agents(
+        app,
+        dead,
+        [
+            Agent(
+                "series-stage",
+                topics.telemetry,
+                SERIES_STAGE,
+                series_batch,
+                batch,
+                linger_s,
+                returned=series_returned,
+            ),
+            Agent(
+                "run-stage",
+                topics.summaries,
+                RUN_STAGE,
+                run_batch,
+                batch,
+                linger_s,
+                returned=runs_returned,
+            ),
+        ],
+    )
 
     @app.timer(max(0.1, settings.window_stats_interval_s / 2))
     async def flush_window_stats() -> None:
@@ -294,18 +295,18 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     # A rebalance stops every partition and restarts them one by one: liveness judges no
     # silence meanwhile, and counts silences from a grace after the new assignment.
-    async def rebalancing(sender: faust.App, revoked: Any = None, **kwargs: Any) -> None:
+    async def rebalancing(revoked: int) -> None:
         run_stage.liveness.pause()
-        seeded.clear()  # runs may come back after another owner heard more of them
+        seeded.reset()  # runs may come back after another owner heard more of them
 
-    async def assigned(sender: faust.App, assigned: Any = None, **kwargs: Any) -> None:
+    async def assigned(count: int) -> None:
         run_stage.liveness.resume(time.time())
         stage.rebalanced()
         # Rare and consequential (runs move, state restarts cold): operators see it.
-        log.warning("partitions assigned after a rebalance: %d", len(assigned or ()))
+        log.warning("partitions assigned after a rebalance: %d", count)
 
-    app.on_partitions_revoked.connect(rebalancing)  # type: ignore[arg-type]
-    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
+    on_partitions_revoked(app, rebalancing)
+    on_partitions_assigned(app, assigned)
 
     @app.timer(TICK_S)
     async def liveness_tick() -> None:
@@ -326,12 +327,10 @@ def create_processor_app(settings: Settings) -> faust.App:
         now = time.time()
         ranks = stage.expire(now, settings.state_idle_s)
         runs = run_stage.expire(now, settings.state_idle_s)
-        for run, rank in ranks:
-            partition_of.pop((run, rank), None)
-        for run in runs:
-            run_partition.pop(run, None)
-            # A run that comes back is cold: its liveness is seeded again from Redis.
-            seeded.discard(run)
+        series_partitions.drop(ranks)
+        run_partitions.drop(runs)
+        # A run that comes back is cold: its liveness is seeded again from Redis.
+        seeded.drop(runs)
         alerting.forget_runs(runs)
         if ranks or runs:
             # Their state is freed: give the pages back, or RSS stays at the high-water

@@ -36,11 +36,12 @@ from processors.serving.sketches import merged, new_sketch
 from processors.serving.stage import Effects, ModelStage, Parsed, parse_records
 from processors.serving_store import ServingStore
 from stepstream.errors import ContractError
+from stepstream.faust_seam import Agent, DeadLetters, add_agents, assigned_partitions
 from stepstream.keys import RedisKeys
+from stepstream.messages import Message
 from stepstream.redis_client import async_client
 from stepstream.serving_contract import decode_serving
 from stepstream.settings import Settings
-from stepstream.streaming import guarded, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -222,13 +223,6 @@ class ServingWorker:
 def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> ServingWorker:
     """Add the serving stage's agent and timers to the processor `app`."""
     topics = Topics(settings.topic_prefix)
-    raw: dict[str, Any] = {
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
-    serving_topic = app.topic(topics.serving, **raw)
-    deadletters = app.topic(topics.deadletter, **raw)
     store = ServingStore(
         async_client(settings.redis_url, settings.redis_cluster),
         RedisKeys(settings.key_prefix),
@@ -237,25 +231,21 @@ def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> 
         cluster=settings.redis_cluster,
     )
     worker = ServingWorker(settings, store)
+    dead = DeadLetters.of(app, topics.deadletter, counts=worker.rejected)
 
-    async def reject(
-        event: faust.EventT, stage_name: str, topic: str, reason: str, detail: str
-    ) -> None:
-        worker.rejected[reason] += 1
-        await send_dead_letter(
-            deadletters, event, stage=stage_name, topic=topic, reason=reason, detail=detail
-        )
+    async def reject(message: Message, reason: str, detail: str) -> None:
+        await dead.send(message, stage=SERVING_STAGE, reason=reason, detail=detail)
 
-    async def serving_batch(events: list[faust.EventT]) -> None:
+    async def serving_batch(messages: list[Message]) -> None:
         items: list[Parsed] = []
-        for event in events:
-            try:
-                envelope, records = decode_serving(event.value, settings.max_message_bytes)
-            except ContractError as err:
-                await reject(event, SERVING_STAGE, topics.serving, err.reason, err.detail)
+        for message in messages:
+            if message.value is None:  # a tombstone
+                await reject(message, "null", "the message has no value (a tombstone)")
                 continue
-            except TypeError as exc:  # a null value (tombstone)
-                await reject(event, SERVING_STAGE, topics.serving, "null", str(exc))
+            try:
+                envelope, records = decode_serving(message.value, settings.max_message_bytes)
+            except ContractError as err:
+                await reject(message, err.reason, err.detail)
                 continue
             parsed = parse_records(envelope.model, envelope.version, records)
             if parsed.rejected:
@@ -265,16 +255,24 @@ def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> 
                     f"{len(parsed.rejected)} of {len(records)} records rejected "
                     f"({dict(reasons)}); the rest were used. First: {first.detail}"
                 )
-                await reject(event, SERVING_STAGE, topics.serving, first.reason, detail)
+                await reject(message, first.reason, detail)
             items.append(parsed)
         await worker.handle(items, time.time())
 
-    @app.agent(serving_topic, name="serving-stage")
-    async def serving_stage(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.processor_batch, within=settings.processor_linger_s
-        ):
-            await guarded(events, serving_batch, reject, SERVING_STAGE, topics.serving)
+    add_agents(
+        app,
+        dead,
+        [
+            Agent(
+                "serving-stage",
+                topics.serving,
+                SERVING_STAGE,
+                serving_batch,
+                settings.processor_batch,
+                settings.processor_linger_s,
+            )
+        ],
+    )
 
     @app.timer(SKETCH_FLUSH_S)
     async def flush_serving_sketches() -> None:
@@ -284,11 +282,7 @@ def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> 
             log.warning("serving sketches not written: %s", exc)
 
     def owns_judging() -> bool:
-        try:
-            assigned = app.consumer.assignment()
-        except Exception:
-            return False
-        return any(tp.topic == topics.serving and tp.partition == 0 for tp in assigned)
+        return (topics.serving, 0) in assigned_partitions(app)
 
     @app.timer(max(0.25, min(5.0, settings.serving_window_s / 4)))
     async def judge_serving_windows() -> None:

@@ -2,13 +2,16 @@
 
 Raw series are read from the validated topic (what stage 1 accepted), not from raw
 telemetry. A message a sink agent cannot use is dead-lettered once, with stage
-``sink/<agent>``; no exception escapes an agent (``stepstream.streaming.guarded``).
+``sink/<agent>``; no exception escapes an agent (``stepstream.faust_seam.guarded``).
 
 Each agent takes up to `sink_batch` messages, plans them, and writes the plan in one
 pipeline before it asks for more. faust commits only offsets of events the agent has
 moved past, so while Redis is down (write_with_retry waits) no offset moves past what
 Redis holds; on restart the uncommitted range is replayed, which the idempotent plan
 turns into the same state.
+
+Each agent is a (topic, handler) pair that `stepstream.faust_seam` runs: batching, the
+guard, dead letters and offsets are the seam's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import faust
 from pydantic import ValidationError
@@ -35,11 +37,12 @@ from stepstream.contract import (
     validation_reason,
 )
 from stepstream.errors import ConfigError, ContractError
+from stepstream.faust_seam import Agent, DeadLetters, add_agents, make_app
 from stepstream.keys import RedisKeys
+from stepstream.messages import Message
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import OpenWindowUpdate
-from stepstream.streaming import guarded, make_app, send_dead_letter
 from stepstream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -87,80 +90,56 @@ def create_sink_app(settings: Settings) -> faust.App:
     """Build the sink app; nothing connects until a worker starts it."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, topics.group("sink"))
-    raw: dict[str, Any] = {
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
     keys = RedisKeys(settings.key_prefix)
     limits = SeriesLimits.from_settings(settings)
     writer = RedisWriter(
         async_client(settings.redis_url, settings.redis_cluster), settings.retention_s
     )
-    deadletters = app.topic(topics.deadletter, **raw)
+    dead = DeadLetters.of(app, topics.deadletter)
 
-    async def reject(event: faust.EventT, stage: str, topic: str, reason: str, detail: str) -> None:
-        await send_dead_letter(
-            deadletters, event, stage=stage, topic=topic, reason=reason, detail=detail
-        )
-
-    async def drain(
-        stream: faust.StreamT, agent: str, topic: str, add: Callable[[WritePlan, bytes], None]
-    ) -> None:
+    def sink(agent: str, topic: str, add: Callable[[WritePlan, bytes], None]) -> Agent:
         stage = f"sink/{agent}"
 
-        async def handle(events: list[faust.EventT]) -> None:
+        async def handle(messages: list[Message]) -> None:
             plan = WritePlan(keys, limits)
-            for event in events:
+            for message in messages:
                 try:
-                    add(plan, check_value(event.value))
+                    add(plan, check_value(message.value))
                 except (ValidationError, ContractError, ConfigError) as exc:
                     reason, detail = _reason(exc)
-                    await reject(event, stage, topic, reason, detail)
+                    await dead.send(message, stage=stage, reason=reason, detail=detail)
             await write_with_retry(writer, plan)
 
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.sink_batch, within=settings.sink_linger_s
-        ):
-            await guarded(events, handle, reject, stage, topic)
+        return Agent(agent, topic, stage, handle, settings.sink_batch, settings.sink_linger_s)
 
-    @app.agent(app.topic(topics.validated, **raw), name="series-sink")
-    async def series_sink(stream: faust.StreamT) -> None:
-        # Raw series come from stage 1's validated topic, never from raw telemetry: what
-        # is stored passed the processor's checks, and bad telemetry has one dead letter.
-        await drain(
-            stream,
-            "series-sink",
-            topics.validated,
-            lambda plan, raw: plan.add_batch(decode_batch(raw)),
-        )
-
-    @app.agent(app.topic(topics.windows, **raw), name="windows-sink")
-    async def windows_sink(stream: faust.StreamT) -> None:
-        await drain(
-            stream,
-            "windows-sink",
-            topics.windows,
-            lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
-        )
-
-    @app.agent(app.topic(topics.crossrank, **raw), name="crossrank-sink")
-    async def crossrank_sink(stream: faust.StreamT) -> None:
-        await drain(
-            stream,
-            "crossrank-sink",
-            topics.crossrank,
-            lambda plan, raw: plan.add_crossrank(CrossRankUpdate.model_validate_json(raw)),
-        )
-
-    @app.agent(app.topic(topics.alerts, **raw), name="alerts-sink")
-    async def alerts_sink(stream: faust.StreamT) -> None:
-        await drain(
-            stream,
-            "alerts-sink",
-            topics.alerts,
-            lambda plan, raw: plan.add_alert(Alert.model_validate_json(raw)),
-        )
-
+    add_agents(
+        app,
+        dead,
+        [
+            # Raw series come from stage 1's validated topic, never from raw telemetry:
+            # what is stored passed the processor's checks, and bad telemetry has one
+            # dead letter.
+            sink(
+                "series-sink",
+                topics.validated,
+                lambda plan, raw: plan.add_batch(decode_batch(raw)),
+            ),
+            sink(
+                "windows-sink",
+                topics.windows,
+                lambda plan, raw: plan.add_window_update(OpenWindowUpdate.model_validate_json(raw)),
+            ),
+            sink(
+                "crossrank-sink",
+                topics.crossrank,
+                lambda plan, raw: plan.add_crossrank(CrossRankUpdate.model_validate_json(raw)),
+            ),
+            sink(
+                "alerts-sink",
+                topics.alerts,
+                lambda plan, raw: plan.add_alert(Alert.model_validate_json(raw)),
+            ),
+        ],
+    )
     add_webhook_agent(app, settings)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
 
 import faust
 from pydantic import ValidationError
@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from sinks.webhooks import DeliveryResult, WebhookDispatcher
 from stepstream.contract import Alert
 from stepstream.deadletter import dead_letter as build_dead_letter
+from stepstream.faust_seam import add_acking_agent, on_shutdown, raw_topic
+from stepstream.messages import Message
 from stepstream.settings import Settings
 from stepstream.topics import Topics
 
@@ -23,12 +25,7 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
     if not settings.webhooks:
         return None
     topics = Topics(settings.topic_prefix)
-    raw: dict[str, Any] = {
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
-    deadletters = app.topic(topics.deadletter, **raw)
+    deadletters = raw_topic(app, topics.deadletter)
 
     async def dead_letter(alert: Alert, result: DeliveryResult) -> None:
         letter = build_dead_letter(
@@ -54,24 +51,23 @@ def add_webhook_agent(app: faust.App, settings: Settings) -> WebhookDispatcher |
         group_interval_s=settings.alert_group_interval_s,
     )
 
-    @app.agent(app.topic(topics.alerts, **raw), name="alerts-webhooks")
-    async def alerts_webhooks(stream: faust.StreamT) -> None:
+    def deliver(message: Message, ack: Callable[[], object]) -> None:
         # Manual acks: an alert's offset commits only after its notification was
         # delivered or dead-lettered, not when it was queued for its group.
-        async for event in stream.noack().events():  # type: ignore[attr-defined]
-            try:
-                alert = Alert.model_validate_json(event.value)
-            except ValidationError:
-                event.ack()  # the alerts sink dead-letters it; nothing to notify
-                continue
-            try:
-                dispatcher.submit(alert, event.ack)
-            except Exception:
-                log.exception("webhook dispatch of alert %s failed", alert.fingerprint)
-                event.ack()
+        if message.value is None:
+            ack()  # the alerts sink dead-letters it; nothing to notify
+            return
+        try:
+            alert = Alert.model_validate_json(message.value)
+        except ValidationError:
+            ack()  # the alerts sink dead-letters it; nothing to notify
+            return
+        try:
+            dispatcher.submit(alert, ack)
+        except Exception:
+            log.exception("webhook dispatch of alert %s failed", alert.fingerprint)
+            ack()
 
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def _close(app: faust.App, **kwargs: object) -> None:
-        await dispatcher.close()
-
+    add_acking_agent(app, "alerts-webhooks", topics.alerts, deliver)
+    on_shutdown(app, dispatcher.close)
     return dispatcher

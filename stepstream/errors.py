@@ -80,6 +80,12 @@ class TopicMismatchError(StepstreamError):
     """A topic exists with a partition count other than the configured one."""
 
 
+class FaustInternalsError(StepstreamError):
+    """The installed faust-streaming or aiokafka lacks an internal stepstream's workers
+    rely on (`stepstream.faust_seam.INTERNALS`): an upgrade changed them. The message
+    names what is missing and the versions to pin."""
+
+
 class MissingExtraError(StepstreamError, ImportError):
     """An optional part of stepstream needs a package that is not installed; the message
     names the extra that installs it."""

@@ -3,7 +3,7 @@
 
 Every Kafka client stepstream builds takes its security from here: the SDK publisher and
 control listener, the admin client that creates topics, the alert feed (kafka-python), and
-the faust workers (aiokafka, through ``stepstream.streaming.make_app``). No Kafka imports:
+the faust workers (aiokafka, through ``stepstream.faust_seam.make_app``). No Kafka imports:
 the mapping is unit-tested on its own.
 """
 

@@ -18,7 +18,8 @@ the old position is missed, and a tick later it is past it).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 P = TypeVar("P", bound=Hashable)
@@ -40,3 +41,29 @@ def restarted_logs(
         if end is not None and read is not None and end < read:
             out.append(partition)
     return out
+
+
+@dataclass
+class PartitionOffsets:
+    """The offset last read in each partition of one topic by one agent, to tell the
+    partitions that came back after another worker read them meanwhile.
+
+    A partition's offsets move by one from record to record while this worker holds it
+    (a compacted or transactional topic may skip some; the stages read neither). A jump
+    forward means records were read elsewhere: this worker was cut off from its group,
+    the partition went to another worker, and came back.
+    """
+
+    last: dict[int, int] = field(default_factory=dict)
+
+    def jumps(self, places: Iterable[tuple[int, int]]) -> set[int]:
+        """The partitions whose offsets jumped forward in `places` ((partition, offset) in
+        read order) past the offset last read in them; remembers the offsets read."""
+        jumped = set()
+        last = self.last
+        for partition, offset in places:
+            previous = last.get(partition)
+            if previous is not None and offset > previous + 1:
+                jumped.add(partition)
+            last[partition] = offset
+        return jumped

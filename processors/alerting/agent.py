@@ -20,6 +20,7 @@ from processors.alerting.rules import Rule, load_rules
 from processors.alerting.silence_store import load_silences
 from stepstream.contract import Alert, ControlAction, WindowUpdate, run_key
 from stepstream.errors import ConfigError
+from stepstream.faust_seam import on_partitions_revoked
 from stepstream.keys import RedisKeys
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
@@ -126,7 +127,7 @@ class Alerting:
         self._sending = asyncio.Lock()
         app.timer(RELOAD_S)(self.refresh)
         app.timer(TICK_S)(self.tick)
-        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        on_partitions_revoked(app, self._on_revoked)
 
     async def emit(self, transitions: list[Alert]) -> None:
         """Send alert transitions, and the actions of unsuppressed firing ones, in the order
@@ -195,9 +196,7 @@ class Alerting:
         """True once this worker restored `run`'s firing alerts (until it forgets it)."""
         return any((run, d) in self._taken_over for d in (True, False))
 
-    async def _on_revoked(
-        self, sender: faust.App, revoked: set[Any] | None = None, **kwargs: Any
-    ) -> None:
+    async def _on_revoked(self, revoked: int) -> None:
         # Runs may come back after another worker changed their alerts: forget them all
         # and restore each from Redis when it is next seen (see take_over).
         if not revoked:  # the first assignment: nothing was ours yet

@@ -126,8 +126,8 @@ def worker(
 ) -> None:
     """Run one stage's faust worker in the foreground (used by `up` and docker-compose)."""
     from stepstream.admin import ensure_topics
+    from stepstream.faust_seam import check_internals, run_worker
     from stepstream.settings import Settings
-    from stepstream.streaming import run_worker
 
     if stage is Stage.processor:
         from processors.app import create_processor_app as factory
@@ -137,6 +137,9 @@ def worker(
     def start() -> tuple[Any, str]:
         settings = Settings()
         _context["settings"] = settings
+        # run_worker checks too; here an upgraded faust or aiokafka is one line and an
+        # exit code, before anything connects.
+        check_internals()
         # The app first: it checks the rule file and detector parameters, so a mistake
         # there stops the worker before it needs a broker.
         worker_app = factory(settings)

@@ -59,7 +59,7 @@ def test_fault_loses_nothing(stack: FaultStack, table: list[Verdict], name: str)
         # acknowledged and the pipeline had not read yet (at most a few hops of about
         # 0.1 s each). What the restarted broker holds is all read: the workers rewind
         # to the start of a log that ends below their positions, and send again what the
-        # new broker failed (stepstream.streaming). Before, the first 2-3 s after the
+        # new broker failed (stepstream.faust_seam). Before, the first 2-3 s after the
         # restart were skipped: 59-129 records of this job; since, 0 in 7 runs of 8 and
         # 8 (in flight at the kill) in one. Bounded here at 1 s of records.
         assert verdict.lost <= 20 * 2, verdict

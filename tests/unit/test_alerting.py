@@ -252,9 +252,9 @@ def test_alerting_forgets_the_runs_the_stages_forgot(tmp_path: Path) -> None:
     import asyncio
 
     from processors.alerting.agent import Alerting
+    from stepstream.faust_seam import make_app
     from stepstream.settings import Settings
     from stepstream.stack import free_port
-    from stepstream.streaming import make_app
 
     # Nothing listens there: the restore is skipped (Redis away), the run still taken.
     settings = Settings(state_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")

@@ -411,7 +411,7 @@ def test_worker_command_starts_its_stage_with_the_compose_settings(
     # The worker imports both at call time, so patching the modules intercepts them
     # before anything connects.
     clean_env.setattr("stepstream.admin.ensure_topics", fake_ensure_topics)
-    clean_env.setattr("stepstream.streaming.run_worker", fake_run_worker)
+    clean_env.setattr("stepstream.faust_seam.run_worker", fake_run_worker)
 
     result = CliRunner().invoke(cli.app, service_command(svc))
     assert result.exit_code == 0, result.output

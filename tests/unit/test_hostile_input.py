@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import math
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +24,8 @@ from stepstream.contract import (
 )
 from stepstream.deadletter import EXCERPT_BYTES, dead_letter, excerpt
 from stepstream.errors import ContractError
-from stepstream.streaming import guarded
+from stepstream.faust_seam import guarded
+from stepstream.messages import Message
 
 NOW = 1_800_000_000.0
 
@@ -244,19 +244,19 @@ def test_forward_strips_refused_metrics_but_keeps_other_kinds() -> None:
 
 
 def test_guard_dead_letters_only_the_message_that_fails_and_handles_the_rest() -> None:
-    events = [SimpleNamespace(value=v) for v in (b"1", b"boom", b"3")]
-    handled: list[bytes] = []
-    rejected: list[tuple[bytes, str, str, str]] = []
+    messages = [Message("t", 0, i, None, v) for i, v in enumerate((b"1", b"boom", b"3"))]
+    handled: list[bytes | None] = []
+    rejected: list[tuple[bytes | None, str, str, str]] = []
 
-    async def handle(batch: list[Any]) -> None:
-        if any(e.value == b"boom" for e in batch):
+    async def handle(batch: list[Message]) -> None:
+        if any(m.value == b"boom" for m in batch):
             raise KeyError("a bug")
-        handled.extend(e.value for e in batch)
+        handled.extend(m.value for m in batch)
 
-    async def reject(event: Any, stage: str, topic: str, reason: str, detail: str) -> None:
-        rejected.append((event.value, stage, reason, detail))
+    async def reject(message: Message, stage: str, reason: str, detail: str) -> None:
+        rejected.append((message.value, stage, reason, detail))
 
-    asyncio.run(guarded(events, handle, reject, "processor/x", "t"))  # type: ignore[arg-type]
+    asyncio.run(guarded(messages, handle, reject, "processor/x"))
     assert handled == [b"1", b"3"]
     assert rejected == [(b"boom", "processor/x", "internal_error", "KeyError: 'a bug'")]
 
@@ -264,20 +264,20 @@ def test_guard_dead_letters_only_the_message_that_fails_and_handles_the_rest() -
 def test_guard_does_nothing_extra_when_all_goes_well() -> None:
     calls: list[int] = []
 
-    async def handle(batch: list[Any]) -> None:
+    async def handle(batch: list[Message]) -> None:
         calls.append(len(batch))
 
     async def reject(*args: Any) -> None:
         raise AssertionError("nothing to reject")
 
-    asyncio.run(guarded([SimpleNamespace()] * 3, handle, reject, "s", "t"))  # type: ignore[arg-type]
+    asyncio.run(guarded([Message("t", 0, 0, None, b"")] * 3, handle, reject, "s"))
     assert calls == [3]
 
 
 def test_a_dead_letter_that_cannot_be_sent_is_logged_and_the_stage_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from stepstream.streaming import send_dead_letter
+    from stepstream.faust_seam import send_dead_letter
 
     class Refusing:
         def __init__(self) -> None:
@@ -290,15 +290,13 @@ def test_a_dead_letter_that_cannot_be_sent_is_logged_and_the_stage_goes_on(
             self.sent.append(value)
 
     topic = Refusing()
-    event = SimpleNamespace(
-        key=b"r:0", value=b"\xff" * 3_000_000, message=SimpleNamespace(partition=1, offset=7)
-    )
+    message = Message("t", 1, 7, b"r:0", b"\xff" * 3_000_000)
 
     async def go() -> list[bool]:
-        kw = {"stage": "processor/series-stage", "topic": "t", "reason": "x", "detail": "d"}
+        kw = {"stage": "processor/series-stage", "reason": "x", "detail": "d"}
         return [
-            await send_dead_letter(topic, event, **kw),  # type: ignore[arg-type]
-            await send_dead_letter(topic, event, **kw),  # type: ignore[arg-type]
+            await send_dead_letter(topic, message, **kw),
+            await send_dead_letter(topic, message, **kw),
         ]
 
     assert asyncio.run(go()) == [False, True]

@@ -17,9 +17,10 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from stepstream.admin import new_topic
 from stepstream.errors import ConfigError
+from stepstream.faust_seam import broker_credentials, make_app
 from stepstream.kafka_security import aiokafka_security, kafka_python_security, ssl_context
 from stepstream.settings import Settings
-from stepstream.streaming import broker_credentials, make_app, worker_data_dir
+from stepstream.streaming import worker_data_dir
 
 CA = str(Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"))
 

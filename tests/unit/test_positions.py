@@ -16,3 +16,14 @@ def test_a_log_ending_below_the_position_read_in_it_started_over() -> None:
 def test_nothing_is_told_before_a_fetch_or_before_a_read() -> None:
     assert restarted_logs({"a": None, "b": 0}, {"a": 10, "b": None}) == []
     assert restarted_logs({"a": 0}, {}) == []
+
+
+def test_offset_jumps_name_partitions_another_worker_read_meanwhile() -> None:
+    from stepstream.positions import PartitionOffsets
+
+    offsets = PartitionOffsets()
+    assert offsets.jumps([(0, 5), (1, 9), (0, 6)]) == set()  # first sight: no jump
+    assert offsets.jumps([(0, 7), (1, 30)]) == {1}
+    assert offsets.last == {0: 7, 1: 30}
+    assert offsets.jumps([(1, 31), (1, 31)]) == set()  # the same offset again: no jump
+    assert offsets.jumps([(0, 9)]) == {0}  # one record skipped is a jump

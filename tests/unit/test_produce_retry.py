@@ -1,4 +1,4 @@
-"""A stage's output record whose delivery failed is sent again (stepstream.streaming)."""
+"""A stage's output record whose delivery failed is sent again (stepstream.faust_seam)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stepstream.streaming import retrying
+from stepstream.faust_seam import retrying
 
 
 class Permanent(Exception):

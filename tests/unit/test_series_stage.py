@@ -264,15 +264,6 @@ def test_error_burst_resolves_on_a_later_record_of_any_kind() -> None:
     assert resolved[0].fingerprint == fired.alerts[0].fingerprint
 
 
-def test_offset_jumps_name_partitions_another_worker_read_meanwhile() -> None:
-    from processors.app import offset_jumps
-
-    last: dict[int, int] = {}
-    assert offset_jumps(last, [(0, 5), (1, 9), (0, 6)]) == set()  # first sight: no jump
-    assert offset_jumps(last, [(0, 7), (1, 30)]) == {1}
-    assert last == {0: 7, 1: 30}
-
-
 def test_forgotten_series_restart_cold_without_a_seq_gap() -> None:
     stage = SeriesStage(window_steps=[5], window_seconds=[])
     stage.process(_gap_batch(0, 10))
