@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,8 +50,10 @@ from processors.series_stage import SeriesStage
 from processors.serving_app import register_serving
 from processors.validation import Limits
 from stepstream.contract import (
+    READ_MARK_KEY,
     Batch,
     RankSummary,
+    ReadMark,
     Record,
     RecordKind,
     check_value,
@@ -62,6 +66,7 @@ from stepstream.faust_seam import (
     Agent,
     DeadLetters,
     add_agents,
+    caught_up,
     make_app,
     on_partitions_assigned,
     on_partitions_revoked,
@@ -69,6 +74,7 @@ from stepstream.faust_seam import (
 )
 from stepstream.keys import RedisKeys
 from stepstream.messages import Message
+from stepstream.positions import PartitionOffsets
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import StoredRank
@@ -136,6 +142,9 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     #: The telemetry partition of each (run, rank) and the summaries partition of each run.
     series_partitions: PartitionKeys[tuple[str, int]] = PartitionKeys()
+    #: The offset stage 1 read last in each telemetry partition (its read marks).
+    telemetry_read = PartitionOffsets()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     run_partitions: PartitionKeys[str] = PartitionKeys()
     seeded = SeededRuns()
 
@@ -225,6 +234,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         await alerting.on_updates(result.updates)
         # Detector findings ride in the summaries: stage 2 groups them per run.
         for summary in result.summaries:
+            summary.partition = series_partitions.partition_of.get((summary.run, summary.rank))
             for part in sized_summary(summary, forward_limit):
                 await summaries.send(key=run_key(summary.run), value=part)
 
@@ -238,6 +248,13 @@ def create_processor_app(settings: Settings) -> faust.App:
     async def run_batch(messages: list[Message]) -> None:
         now = time.time()
         for message in messages:
+            if message.key == READ_MARK_KEY:
+                try:
+                    mark = ReadMark.model_validate_json(check_value(message.value))
+                except (ContractError, ValidationError):
+                    continue  # a mark says nothing of a run: nothing lost without it
+                run_stage.liveness.partitions_read(mark.partitions, now, mark.t)
+                continue
             try:
                 summary = RankSummary.model_validate_json(check_value(message.value))
             except ContractError as err:
@@ -272,6 +289,7 @@ def create_processor_app(settings: Settings) -> faust.App:
                 batch,
                 linger_s,
                 returned=series_returned,
+                positions=telemetry_read,
             ),
             Agent(
                 "run-stage",
@@ -307,6 +325,17 @@ def create_processor_app(settings: Settings) -> faust.App:
 
     on_partitions_revoked(app, rebalancing)
     on_partitions_assigned(app, assigned)
+
+    @app.timer(settings.heartbeat_interval_s)
+    async def send_read_marks() -> None:
+        # Every summaries partition hears which telemetry partitions this worker has read
+        # to their end: stage 2 judges a rank's silence only where its partition is read.
+        read = await caught_up(app, topics.telemetry, telemetry_read)
+        if not read:
+            return
+        mark = ReadMark(t=time.time(), partitions=read, worker=worker).to_bytes()
+        for partition in range(settings.partitions):
+            await summaries.send(key=READ_MARK_KEY, value=mark, partition=partition)
 
     @app.timer(TICK_S)
     async def liveness_tick() -> None:

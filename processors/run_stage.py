@@ -276,6 +276,7 @@ class RunStage:
             stack=summary.stack,
             node=summary.node,
             said=summary.last_t or None,
+            partition=summary.partition,
         )
         for point in summary.nonfinite:
             for metric, value in point.values.items():

@@ -222,6 +222,31 @@ class RankSummary(WireModel):
         description="The rank's device-mesh coordinate per role (dp, fsdp, tp, pp) from its "
         "newest heartbeat that carried them; None for a job every rank holds whole (DDP).",
     )
+    partition: int | None = Field(
+        None,
+        description="The telemetry partition stage 1 read the rank from: its silence is "
+        "judged only while that partition is read (see ReadMark).",
+    )
+
+
+#: The summaries-topic key of read marks (a run id cannot start with "~").
+READ_MARK_KEY = b"~read"
+
+
+class ReadMark(WireModel):
+    """One message on the summaries topic, keyed READ_MARK_KEY and sent to every one of its
+    partitions: stage 1 of one worker has read everything the broker held of `partitions`
+    (telemetry partitions) as of `t` (that worker's clock).
+
+    Stage 2 judges a rank silent (dead, a lost node) only once its partition was read
+    after its last word. A worker cut off from the broker, or lagging behind, sends none
+    for its partitions, so their ranks' silence is not taken for the ranks' own.
+    """
+
+    v: int = SCHEMA_VERSION
+    t: float
+    partitions: list[int] = Field(default_factory=list)
+    worker: str = ""
 
 
 class CrossRankStats(WireModel):

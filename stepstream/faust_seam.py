@@ -612,6 +612,8 @@ class Agent:
     batch: int
     linger_s: float
     returned: Callable[[set[int]], None] | None = None
+    #: Where the agent notes the offset it read last in each partition (see caught_up).
+    positions: PartitionOffsets | None = None
 
 
 def add_agents(app: faust.App, dead_letters: DeadLetters, agents: Iterable[Agent]) -> None:
@@ -621,15 +623,17 @@ def add_agents(app: faust.App, dead_letters: DeadLetters, agents: Iterable[Agent
 
 
 def _add_agent(app: faust.App, dead_letters: DeadLetters, spec: Agent) -> None:
-    offsets = PartitionOffsets() if spec.returned is not None else None
+    offsets = spec.positions
+    if offsets is None and spec.returned is not None:
+        offsets = PartitionOffsets()
 
     async def reject(message: Message, stage: str, reason: str, detail: str) -> bool:
         return await dead_letters.send(message, stage=stage, reason=reason, detail=detail)
 
     def came_back(messages: list[Message]) -> None:
-        assert offsets is not None and spec.returned is not None
+        assert offsets is not None
         stale = offsets.jumps([(m.partition, m.offset) for m in messages])
-        if not stale:
+        if not stale or spec.returned is None:
             return
         try:
             spec.returned(stale)
@@ -685,6 +689,35 @@ def assigned_partitions(app: faust.App) -> list[tuple[str, int]]:
         return [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
     except Exception:
         return []
+
+
+async def caught_up(app: faust.App, topic: str, read: PartitionOffsets) -> list[int]:
+    """The partitions of `topic` this worker holds and has read to the end the broker last
+    reported (`read`: the offsets its agent read, see Agent.positions); [] mid-rebalance.
+
+    A partition nothing was read from since it was assigned is caught up when the
+    consumer's position is at its end: the previous owner read it all.
+    """
+    consumer = app.consumer
+    out = []
+    try:
+        held = [tp for tp in consumer.assignment() if tp.topic == topic]
+        for tp in held:
+            end = consumer.highwater(tp)
+            if end is None:
+                continue  # no fetch answered yet: nothing known
+            last = read.last.get(tp.partition)
+            if last is not None:
+                done = last + 1 >= end
+            else:
+                position = await consumer.position(tp)
+                done = position is not None and position >= end
+            if done:
+                out.append(tp.partition)
+    except Exception as exc:  # mid-rebalance, or the consumer not started: no claim
+        log.debug("read positions of %s unknown: %s", topic, exc)
+        return []
+    return sorted(out)
 
 
 def add_acking_agent(

@@ -138,6 +138,8 @@ class _Rank:
     said: float | None = None
     """Event time of its newest record (its host's clock): when its last words were said,
     whatever the pipeline's lag per partition (see judge_nodes)."""
+    partition: int | None = None
+    """The telemetry partition stage 1 read it from (None: not told)."""
     lag_floor: float | None = None
     """The least arrival-minus-event time seen of its words: its host's clock offset plus
     the pipeline's quickest passage, the base its staleness is measured from."""
@@ -222,6 +224,8 @@ class LivenessDetector:
         #: afterwards they count from `_resumed_at` (see LivenessParams.rebalance_grace_s).
         self._paused = False
         self._resumed_at = float("-inf")
+        #: When each telemetry partition was last known read to its end (see partitions_read).
+        self._read_at: dict[int, float] = {}
 
     def pause(self) -> None:
         """The processors' partitions are being reassigned: judge no silence until `resume`."""
@@ -231,6 +235,31 @@ class LivenessDetector:
         """Partitions assigned again at `now`: silences count from the grace after it."""
         self._paused = False
         self._resumed_at = now + self.params.rebalance_grace_s
+
+    def partitions_read(self, partitions: list[int], now: float, said: float) -> None:
+        """Stage 1 read everything the broker held of these telemetry `partitions` as of
+        `said` (a read mark, its worker's clock), heard at `now`: silences of their ranks
+        since before it are the ranks' own.
+
+        A mark that took longer than the dead window to arrive says nothing current (a
+        worker cut off sends its marks on heal); with clocks further apart than that, no
+        mark counts and peers witness silences instead (LivenessParams.witness_after).
+        """
+        p = self.params
+        if now - said > p.dead_after * p.heartbeat_interval_s:
+            return
+        for partition in partitions:
+            self._read_at[partition] = max(self._read_at.get(partition, now), now)
+
+    def _witnessed(self, rank: _Rank, latest_peer: float, witness_s: float) -> bool:
+        """Whether `rank`'s silence is surely its own, not this pipeline's: its telemetry
+        partition was read to its end `witness_s` after its last word, or (where no read
+        marks come) a peer was heard that long after it, `latest_peer` being when the
+        last was heard (see LivenessParams.witness_after)."""
+        read = self._read_at.get(rank.partition) if rank.partition is not None else None
+        if read is not None:
+            return read - rank.seen >= witness_s
+        return latest_peer - rank.seen >= witness_s
 
     def seed(self, run: str, world: int, known: list[KnownRank]) -> int:
         """Take the ranks of `run` a previous owner knew (the rank registry: each rank's
@@ -277,11 +306,12 @@ class LivenessDetector:
         stack: str | None = None,
         node: str | None = None,
         said: float | None = None,
+        partition: int | None = None,
     ) -> list[Flag]:
         """Record that `rank` (on `node`) was heard from at `now`, at `step` (None if no
         step), with its heartbeat `status`, `phase` (for `phase_s` seconds) and a captured
-        `stack`, its newest record stamped `said` (event time); cleared flags of the
-        episodes that ends."""
+        `stack`, its newest record stamped `said` (event time), read from telemetry
+        `partition`; cleared flags of the episodes that ends."""
         p = self.params
         state = self._runs.get(run)
         if state is None:
@@ -306,6 +336,8 @@ class LivenessDetector:
             rank_state.stack, rank_state.stack_at = stack, now
         if node:
             rank_state.node = node
+        if partition is not None:
+            rank_state.partition = partition
         if status is not None:
             rank_state.crashed = status == vocab.CRASHED
         flags: list[Flag] = []
@@ -530,17 +562,28 @@ class LivenessDetector:
                     self._forget(run, state)  # ended long ago
                 continue
             witness_s = p.witness_after * p.heartbeat_interval_s
+            latest = max(state.ranks[r].seen for r in alive)
+            # Judged for the silent only: the others' silence is no question yet.
+            witnessed = {
+                r
+                for r, s in state.ranks.items()
+                if now - max(s.seen, resumed) < dead_s or self._witnessed(s, latest, witness_s)
+            }
             nodes = judge_nodes(
                 {
                     r: RankView(
-                        s.node, max(s.seen, resumed), s.closed_at is not None, s.crashed, s.said
+                        s.node,
+                        max(s.seen, resumed),
+                        s.closed_at is not None,
+                        s.crashed,
+                        s.said,
+                        r in witnessed,
                     )
                     for r, s in state.ranks.items()
                 },
                 now,
                 dead_s,
                 self.node_window_s,
-                witness_s,
             )
             for node, ranks in nodes.lost.items():
                 key_node = (self.NODE_LOST, run, node)
@@ -558,8 +601,7 @@ class LivenessDetector:
                     continue  # its node's verdict first: see judge_nodes
                 if silent < dead_s or self._episodes.is_open(key):
                     continue
-                witnesses = [r for r in alive if state.ranks[r].seen - s.seen >= witness_s]
-                if witnesses:  # else the silence may be this processor's (witness_after)
+                if rank in witnessed:  # else the silence may be the pipeline's (witness_after)
                     flags.append(
                         self._dead(
                             run,
@@ -567,7 +609,7 @@ class LivenessDetector:
                             s.step,
                             s.seen,
                             f"rank {rank} of run {run} silent for {now - s.seen:.1f}s "
-                            f"(last step {s.step}) while {len(witnesses)} rank(s) still report",
+                            f"(last step {s.step}) while {len(alive)} rank(s) still report",
                             evidence(silent, None, dead_s, p.heartbeat_interval_s),
                             node_labels(s.node),
                         )

@@ -11,10 +11,10 @@ is the node. A node is lost when:
   apart, are separate faults). Last words are compared in event time: the ranks of one
   node share its clock, and the processor's arrival times differ by the lag of each
   rank's partition, which under load exceeds a heartbeat;
-- a rank of another node still reports, and was heard `witness_s` after the node's ranks
-  last were (a run gone silent everywhere is a telemetry outage or the end of a job,
-  judged elsewhere; a processor cut off hears every rank stop, the last ones up to a
-  heartbeat after the first).
+- each of its ranks' silence is witnessed (its telemetry partition was read after its
+  last word: a processor cut off or lagging hears ranks stop that did not), and a rank
+  of another node still reports (a run gone silent everywhere is a telemetry outage or
+  the end of a job, judged elsewhere).
 
 While a dead rank's node peer is still reporting but within `window_s` of the dead rank's
 last word, the node may yet be lost: the rank's own verdict waits, so the node's one alert
@@ -39,6 +39,8 @@ class RankView:
     closed: bool = False
     crashed: bool = False
     said: float | None = None
+    witnessed: bool = True
+    """Its silence is surely its own (see LivenessDetector._witnessed)."""
 
     @property
     def last_words(self) -> float:
@@ -61,11 +63,7 @@ def node_labels(node: str) -> dict[str, str]:
 
 
 def judge_nodes(
-    ranks: Mapping[int, RankView],
-    now: float,
-    dead_s: float,
-    window_s: float,
-    witness_s: float = 0.0,
+    ranks: Mapping[int, RankView], now: float, dead_s: float, window_s: float
 ) -> NodeVerdict:
     """The lost nodes of one run at `now` and the dead ranks that wait (module docstring)."""
     verdict = NodeVerdict()
@@ -82,15 +80,11 @@ def judge_nodes(
         dead = [r for r in members if now - ranks[r].seen >= dead_s]
         if len(dead) == len(members):
             seen = [v.last_words for v in views]
-            last_heard = max(v.seen for v in views)
             others_alive = any(
-                v.node != node
-                and not v.closed
-                and now - v.seen < dead_s
-                and v.seen - last_heard >= witness_s
-                for v in ranks.values()
+                v.node != node and not v.closed and now - v.seen < dead_s for v in ranks.values()
             )
-            if max(seen) - min(seen) <= window_s and others_alive:
+            witnessed = all(v.witnessed for v in views)
+            if max(seen) - min(seen) <= window_s and others_alive and witnessed:
                 verdict.lost[node] = sorted(members)
             continue
         for rank in dead:

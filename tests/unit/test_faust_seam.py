@@ -219,3 +219,31 @@ def test_the_worker_command_says_what_to_pin_in_one_line(
     result = CliRunner().invoke(cli.app, ["worker", "sink"])
     assert result.exit_code == 1, result.output
     assert "faust:Stream.gone" in result.output and "Traceback" not in result.output
+
+
+def test_caught_up_names_the_partitions_read_to_the_end_the_broker_reported() -> None:
+    from faust.types import TP
+
+    from stepstream.faust_seam import caught_up
+    from stepstream.positions import PartitionOffsets
+
+    class Consumer:  # the public calls of faust's consumer that caught_up makes
+        ends = {0: 10, 1: 10, 2: 5, 3: None}
+        positions = {2: 5}
+
+        def assignment(self) -> set[TP]:
+            return {TP("telemetry", p) for p in range(4)} | {TP("summaries", 0)}
+
+        def highwater(self, tp: TP) -> int | None:
+            return self.ends[tp.partition]
+
+        async def position(self, tp: TP) -> int | None:
+            return self.positions.get(tp.partition)
+
+    class App:
+        consumer = Consumer()
+
+    read = PartitionOffsets({0: 9, 1: 7})
+    # 0: read to offset 9 of 10; 1: three behind; 2: nothing read here, the position at
+    # its end (the previous owner read it all); 3: no fetch answered yet
+    assert asyncio.run(caught_up(App(), "telemetry", read)) == [0, 2]  # type: ignore[arg-type]

@@ -231,8 +231,55 @@ def test_a_processor_that_hears_every_rank_stop_raises_nothing() -> None:
         flags += d.tick(now + 0.05)
         now = round(now + 0.1 if now < 6.0 else now + interval, 6)
     assert [(f.detector, f.rank) for f in flags] == []
-    v = judge_nodes(views({0: 5.6, 1: 5.6, 2: 5.0, 3: 5.0}), 6.3, 1.25, 1.25, witness_s=0.75)
-    assert v.lost == {}
-    # a peer heard 0.75 s after them: they are gone while it reports
-    v = judge_nodes(views({0: 5.75, 1: 5.6, 2: 5.0, 3: 5.0}), 6.3, 1.25, 1.25, witness_s=0.75)
-    assert v.lost == {"b": [2, 3]}
+    unwitnessed = {r: RankView(NODES[r], t, witnessed=r < 2) for r, t in views_at().items()}
+    assert judge_nodes(unwitnessed, 6.3, 1.25, 1.25).lost == {}
+    assert judge_nodes(views(views_at()), 6.3, 1.25, 1.25).lost == {"b": [2, 3]}
+
+
+def views_at() -> dict[int, float]:
+    return {0: 5.6, 1: 5.6, 2: 5.0, 3: 5.0}
+
+
+def drive_marked(
+    d: LivenessDetector,
+    until: float,
+    heard: Callable[[int, float], bool],
+    read: Callable[[int, float], bool],
+    start: float = 0.0,
+) -> list[Flag]:
+    """Ranks r on telemetry partition r, each heard every 0.1 s while `heard(r, now)`;
+    stage 1 marks partition p read every 0.5 s while `read(p, now)`."""
+    flags: list[Flag] = []
+    now = start
+    while now < until:
+        for rank in range(4):
+            if heard(rank, now):
+                flags += d.seen(
+                    "r", rank, 4, int(now * 10), now, "running", node=NODES[rank], partition=rank
+                )
+        if round(now * 10) % 5 == 0:
+            d.partitions_read([p for p in range(4) if read(p, now)], now, now - 0.05)
+        flags += d.tick(now + 0.05)
+        now = round(now + 0.1, 6)
+    return flags
+
+
+def test_ranks_whose_partitions_are_not_read_are_not_dead_while_their_peers_report() -> None:
+    # Node b's ranks are read by a stage-1 worker cut off from the broker: their summaries
+    # and their partitions' read marks stop; node a's go on (another worker reads them).
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=0.5))
+    flags = drive_marked(
+        d, 12.0, lambda r, now: r < 2 or now < 5.0, lambda p, now: p < 2 or now < 5.0
+    )
+    assert flags == []
+    # Read again (the partitions moved to a worker that reads them), still silent: the
+    # ranks themselves are gone.
+    flags = drive_marked(d, 16.0, lambda r, now: r < 2, lambda p, now: True, start=12.0)
+    assert [(f.detector, f.rank) for f in flags if not f.cleared][:1] == [(vocab.NODE_LOST, None)]
+
+
+def test_a_rank_whose_partition_is_read_is_dead_in_the_dead_window() -> None:
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=0.5))
+    flags = drive_marked(d, 8.0, lambda r, now: r != 3 or now < 5.0, lambda p, now: True)
+    assert [(f.detector, f.rank) for f in flags] == [(vocab.DEAD_RANK, 3)]
+    assert flags[0].evidence["value"] <= 1.25 + 0.5 + 0.2  # type: ignore[operator]
