@@ -33,7 +33,7 @@ from stepstream import vocabulary as vocab
 from stepstream.admin import ensure_topics
 from stepstream.contract import Alert, series_key
 from stepstream.settings import Settings
-from stepstream.stack import find_broker_binary, settings_env, worker_command
+from stepstream.stack import find_broker_binary, find_redis_binary, settings_env, worker_command
 from stepstream.streaming import ready_file
 from stepstream.topics import Topics
 
@@ -160,7 +160,7 @@ def _start(topo: Topology, root: Path, svc: str) -> Iterator[Cluster]:
         "svc",
         "redis",
         [
-            "redis-server", "--bind", svc, "--port", "6379", "--save", "",
+            find_redis_binary(), "--bind", svc, "--port", "6379", "--save", "",
             "--appendonly", "no", "--protected-mode", "no", "--dir", str(root / "redis"),
         ],
     )  # fmt: skip
