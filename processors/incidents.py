@@ -182,6 +182,22 @@ class Incidents:
             if wanted is None or key[1] in wanted:
                 del self._open[key]
 
+    def end_run(self, run: str, t: float, summary: str) -> list[Flag]:
+        """Cleared flags of every open incident of `run` at event time `t`, at once: the run
+        finished (every rank closed), so none of its series will clear or flag again, and
+        an incident left open would keep its alert firing until the resolve timeout. One
+        already closing ends with the clear it was holding."""
+        out = []
+        for key in [k for k in self._open if k[0] == run]:
+            incident = self._open.pop(key)
+            if incident.closing is not None:
+                last = incident.closing[1]
+            else:
+                opening = incident.opening
+                last = cleared_flag(opening, opening.step, max(t, opening.t), summary, {})
+            out.append(self._closed(incident, last))
+        return out
+
     def affected(self, run: str, detector: str) -> tuple[str, ...]:
         """The series listed in the open incident of (`run`, `detector`), if any."""
         incident = self._open.get((run, detector))

@@ -57,6 +57,10 @@ _STEP_TIME = vocab.STEP_TIME.name
 #: The rank key under which stage 2's detectors keep a run's job-level series.
 _JOB = -1
 
+#: The least quiet after a run finished before its incidents end (see
+#: RunStage._end_finished): stage-1 partitions lag one another by seconds under load.
+FINISHED_QUIET_S = 10.0
+
 #: Detectors whose episodes the liveness detector ends silently when it forgets a run.
 LIVENESS_DETECTORS = (vocab.DEAD_RANK, vocab.HUNG_RANK, vocab.RANK_EXITED, vocab.NODE_LOST)
 
@@ -93,6 +97,9 @@ class _RunState:
     #: goodput sent covered: a hang in progress is shown while no step finishes.
     said: float = 0.0
     goodput_said: float = 0.0
+    #: Its incidents were ended because every rank closed (see `RunStage._end_finished`);
+    #: a summary after that (a rank back) lets a later finish end them again.
+    ended: bool = False
 
     def roles(self) -> dict[int, tuple[int, int]]:
         """A rank's part of the model: (pipeline stage, tensor-parallel index)."""
@@ -219,6 +226,9 @@ class RunStage:
         goodput_refresh_s: float = 5.0,
     ) -> None:
         self.goodput_refresh_s = goodput_refresh_s
+        #: A finished run's incidents end once nothing of it came this long: the hold,
+        #: and at least the seconds one partition may lag another (see _end_finished).
+        self.finished_quiet_s = max(incident_hold_s, FINISHED_QUIET_S)
         self.quality_window_steps = quality_window_steps
         self._quality_name = step_window_name(quality_window_steps)
         params = detector_params or {}
@@ -252,6 +262,7 @@ class RunStage:
         run, rank = summary.run, summary.rank
         state = self._runs.setdefault(run, _RunState())
         state.heard = now
+        state.ended = False
         state.world = max(state.world, summary.world)
         if summary.mesh is not None:
             state.mesh[rank] = summary.mesh
@@ -319,12 +330,15 @@ class RunStage:
     ) -> None:
         """Finish the steps of `run` that are complete or waited long enough: their
         cross-rank stats into `result`, the step detectors' flags into `flags`."""
+        # Every rank closed: no rank will move past its last step, and each rank's
+        # summaries arrive in order, so what is pending is complete.
+        closed = self.liveness.finished(run)
         for step in sorted(state.steps):
             pending = state.steps[step]
             # Finished once every rank has moved past it: a rank's records of one step can
             # be split over two messages (the publisher flushes on a timer), and a rank's
             # summaries arrive in order, so a later step means its step is complete.
-            done = all(state.latest.get(r, -1) > step for r in range(state.world))
+            done = closed or all(state.latest.get(r, -1) > step for r in range(state.world))
             waited = now - pending.seen >= self.lag_s
             if not (done or waited or len(state.steps) > self.max_pending_steps):
                 break  # later steps wait too: nobody is past them if nobody is past this
@@ -413,7 +427,44 @@ class RunStage:
                 self._finish(run, state, now, result, flags)
             self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
+        raised = self._clock()
+        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished(now)]
         return result
+
+    def _end_finished(self, now: float) -> list[Flag]:
+        """End the incidents of runs whose ranks all closed, whose steps are all finished
+        and of which nothing was heard for `finished_quiet_s`: their cleared flags. Nothing
+        can clear them later (a NaN that ended the run, a non-finite origin waiting for
+        `rearm_steps` more steps, a straggler at the last step), and left open they kept a
+        finished run's alerts firing until the resolve timeout (300 s). The run-level
+        detectors forget the run's episodes with them, so a run that comes back opens
+        fresh ones; its steps, goodput and liveness stay until the run goes idle
+        (`expire`).
+
+        Not at the summary that closed the last rank: its ranks' summaries travel through
+        different partitions, and one rank's last flags can arrive seconds after another
+        rank's close. Ended then, the run's incidents reopened for those flags and paged
+        again (three pages for one NaN, ranks publishing one after another)."""
+        out: list[Flag] = []
+        for run, state in self._runs.items():
+            if state.ended or state.steps or now - state.heard < self.finished_quiet_s:
+                continue
+            if not self.liveness.finished(run):
+                continue
+            state.ended = True
+            for detector in (
+                self.straggler,
+                self.failslow,
+                self.slowdown,
+                self.desync,
+                self.dp,
+                self.origin,
+            ):
+                detector.forget(run)
+            self.gradients.forget([(run, _JOB)])
+            t = state.said or self._clock()
+            out += self.incidents.end_run(run, t, f"run {run} finished: every rank closed")
+        return out
 
     def _goodput_in_between(self, run: str, state: _RunState, result: RunResult) -> None:
         """While no step of a counted run finishes but its ranks still speak (a hang, a

@@ -228,8 +228,9 @@ def test_caught_up_names_the_partitions_read_to_the_end_the_broker_reported() ->
     from stepstream.positions import PartitionOffsets
 
     class Consumer:  # the public calls of faust's consumer that caught_up makes
-        ends = {0: 10, 1: 10, 2: 5, 3: None}
-        positions = {2: 5}
+        def __init__(self) -> None:
+            self.ends = {0: 10, 1: 10, 2: 5, 3: None}
+            self.positions = {2: 5}
 
         def assignment(self) -> set[TP]:
             return {TP("telemetry", p) for p in range(4)} | {TP("summaries", 0)}

@@ -18,8 +18,9 @@ from processors.detectors import (
     StragglerDetector,
     StragglerParams,
 )
-from processors.run_stage import RunStage, crossrank_stats
-from stepstream.contract import RankSummary, StepPoint
+from processors.flags import flag_to_alert
+from processors.run_stage import FINISHED_QUIET_S, RunStage, crossrank_stats
+from stepstream.contract import Alert, RankSummary, StepPoint
 
 
 def summary(
@@ -437,3 +438,89 @@ def test_the_last_step_of_an_ended_run_is_finished_by_the_timer() -> None:
     assert stage.flush_steps(14.9).crossrank == []
     assert [u.step for u in stage.flush_steps(15.0).crossrank] == [2]
     assert stage.flush_steps(20.0).crossrank == []
+
+
+def closing(rank: int, step: int, world: int = 2) -> RankSummary:
+    """A rank's closing heartbeat (``monitor.close()``) as stage 1 summarises it."""
+    return RankSummary(
+        run="r", rank=rank, world=world, last_step=step, last_t=100.0 + step, status="closing"
+    )
+
+
+def test_a_finished_run_ends_its_incidents_once_it_stays_quiet() -> None:
+    # Rank 0's loss went NaN at step 3 and the run closed one step later: the origin's
+    # episode waits 20 more steps to clear, and nothing would ever end it; the soak found
+    # such alerts firing for finished runs until the resolve timeout (300 s).
+    stage = RunStage(clock=lambda: 0.0, lag_s=5.0, incident_hold_s=5.0)
+    nan = math.nan
+    alerts = []
+    for rank in (0, 1):
+        loss = nan if rank == 0 else 1.0
+        point = [StepPoint(step=3, t=103.0, values={"loss": nan})] if rank == 0 else None
+        steps = {3: {"loss": loss}, 4: {"loss": 1.0}}
+        alerts += stage.process(summary(rank, steps, world=2, nonfinite=point), 1.0).alerts
+    assert [(a.rule, a.status) for a in alerts] == [("nonfinite_origin", "firing")]
+    assert stage.flush_steps(1.5).alerts == []  # still running: the episode stays open
+    crossrank, ended = [], []
+    for rank in (0, 1):
+        out = stage.process(closing(rank, 4), 2.0)
+        crossrank += out.crossrank
+        ended += out.alerts
+    # Every rank closed: step 4, which no rank will move past, is finished without the
+    # 5 s wait; the open incident waits for the run to stay quiet (a rank's last flags
+    # may come seconds after another rank's close, through another partition).
+    assert [u.step for u in crossrank] == [4]
+    assert ended == []
+    assert stage.flush_steps(2.0 + FINISHED_QUIET_S - 0.5).alerts == []
+    ended = stage.flush_steps(2.0 + FINISHED_QUIET_S).alerts
+    assert [(a.rule, a.status, a.rank) for a in ended] == [("nonfinite_origin", "resolved", 0)]
+    assert "finished" in ended[0].summary
+    assert stage.flush_steps(20.4).alerts == [] and stage.tick(20.0) == []
+    # A rank that comes back (a restart) runs the detectors afresh: a new NaN is a new
+    # incident, and it stays open while the run is not finished again.
+    point = [StepPoint(step=30, t=130.0, values={"loss": nan})]
+    back = summary(0, {30: {"loss": nan}}, world=2, nonfinite=point)
+    stage.process(back.model_copy(update={"status": "running"}), 30.0)
+    again = stage.tick(40.0)
+    assert [(a.rule, a.status) for a in again] == [("nonfinite_origin", "firing")]
+    assert stage.flush_steps(40.2).alerts == []
+
+
+def flag_alert(rank: int, step: int = 5) -> Alert:
+    """Stage 1's non-finite finding for `rank`'s loss, as it rides in a summary."""
+    flag = Flag(
+        detector="nonfinite",
+        run="r",
+        rank=rank,
+        metric="loss",
+        step=step,
+        t=100.0 + step,
+        severity="critical",
+        summary=f"loss is NaN on rank {rank}",
+        evidence={"value": None},
+    )
+    return flag_to_alert(flag, 0.0)
+
+
+def test_ranks_that_report_one_after_another_keep_one_incident() -> None:
+    # Three ranks publish a NaN one after another, each closing before the next starts,
+    # and a late rank's flags arrive after every rank closed: one incident, one page,
+    # ended once the run stayed quiet.
+    stage = RunStage(clock=lambda: 0.0, lag_s=5.0, incident_hold_s=5.0)
+    nan = math.nan
+    out = []
+    for rank in (0, 1, 2):
+        point = [StepPoint(step=5, t=105.0, values={"loss": nan})]
+        flags = [flag_alert(rank)]
+        body = summary(rank, {5: {"loss": nan}}, world=3, nonfinite=point)
+        out += stage.process(body.model_copy(update={"flags": flags}), 1.0 + rank * 0.1).alerts
+        out += stage.process(closing(rank, 5, world=3), 1.05 + rank * 0.1).alerts
+        out += stage.flush_steps(1.08 + rank * 0.1).alerts
+    late = summary(1, {}, world=3).model_copy(update={"flags": [flag_alert(1, step=6)]})
+    out += stage.process(late, 3.0).alerts
+    out += stage.flush_steps(3.0 + FINISHED_QUIET_S).alerts
+    seen = [(a.fingerprint, a.status) for a in out if a.rule == "nonfinite"]
+    # one incident (one fingerprint), firing (restated as flags come) until the end
+    assert len({fp for fp, _ in seen}) == 1
+    assert [status for _, status in seen if status == "resolved"] == ["resolved"]
+    assert seen[-1][1] == "resolved" and seen[0][1] == "firing"
