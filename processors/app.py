@@ -66,15 +66,15 @@ from stepstream.faust_seam import (
     Agent,
     DeadLetters,
     add_agents,
-    caught_up,
     make_app,
     on_partitions_assigned,
     on_partitions_revoked,
     raw_topic,
+    read_as_of,
 )
 from stepstream.keys import RedisKeys
 from stepstream.messages import Message
-from stepstream.positions import PartitionOffsets
+from stepstream.positions import PartitionOffsets, ReadProgress
 from stepstream.redis_client import async_client
 from stepstream.settings import Settings
 from stepstream.stored_stats import StoredRank
@@ -144,6 +144,7 @@ def create_processor_app(settings: Settings) -> faust.App:
     series_partitions: PartitionKeys[tuple[str, int]] = PartitionKeys()
     #: The offset stage 1 read last in each telemetry partition (its read marks).
     telemetry_read = PartitionOffsets()
+    telemetry_progress = ReadProgress()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     run_partitions: PartitionKeys[str] = PartitionKeys()
     seeded = SeededRuns()
@@ -253,7 +254,7 @@ def create_processor_app(settings: Settings) -> faust.App:
                     mark = ReadMark.model_validate_json(check_value(message.value))
                 except (ContractError, ValidationError):
                     continue  # a mark says nothing of a run: nothing lost without it
-                run_stage.liveness.partitions_read(mark.partitions, now, mark.t)
+                run_stage.liveness.partitions_read(mark.read, now, mark.t)
                 continue
             try:
                 summary = RankSummary.model_validate_json(check_value(message.value))
@@ -330,10 +331,12 @@ def create_processor_app(settings: Settings) -> faust.App:
     async def send_read_marks() -> None:
         # Every summaries partition hears which telemetry partitions this worker has read
         # to their end: stage 2 judges a rank's silence only where its partition is read.
-        read = await caught_up(app, topics.telemetry, telemetry_read)
+        now = time.time()
+        read = await read_as_of(app, topics.telemetry, telemetry_read, telemetry_progress, now)
         if not read:
             return
-        mark = ReadMark(t=time.time(), partitions=read, worker=worker).to_bytes()
+        ages = {partition: now - at for partition, at in read.items()}
+        mark = ReadMark(t=now, read=ages, worker=worker).to_bytes()
         for partition in range(settings.partitions):
             await summaries.send(key=READ_MARK_KEY, value=mark, partition=partition)
 

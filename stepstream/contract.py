@@ -235,17 +235,18 @@ READ_MARK_KEY = b"~read"
 
 class ReadMark(WireModel):
     """One message on the summaries topic, keyed READ_MARK_KEY and sent to every one of its
-    partitions: stage 1 of one worker has read everything the broker held of `partitions`
-    (telemetry partitions) as of `t` (that worker's clock).
+    partitions by stage 1 of one worker at `t` (its clock): for each telemetry partition
+    it holds, `read` gives how many seconds before `t` it had read everything the broker
+    held of it (0.0: read to its end).
 
     Stage 2 judges a rank silent (dead, a lost node) only once its partition was read
-    after its last word. A worker cut off from the broker, or lagging behind, sends none
-    for its partitions, so their ranks' silence is not taken for the ranks' own.
+    past its last word. A worker cut off from the broker sends none, and one lagging
+    behind tells how far: their ranks' silence is not taken for the ranks' own.
     """
 
     v: int = SCHEMA_VERSION
     t: float
-    partitions: list[int] = Field(default_factory=list)
+    read: dict[int, float] = Field(default_factory=dict)
     worker: str = ""
 
 

@@ -33,7 +33,7 @@ from faust.types.auth import CredentialsT
 from stepstream.deadletter import dead_letter
 from stepstream.errors import FaustInternalsError
 from stepstream.messages import Message
-from stepstream.positions import PartitionOffsets, restarted_logs
+from stepstream.positions import PartitionOffsets, ReadProgress, restarted_logs
 from stepstream.settings import Settings
 from stepstream.streaming import ready_file, tune_gc, worker_data_dir
 
@@ -612,7 +612,7 @@ class Agent:
     batch: int
     linger_s: float
     returned: Callable[[set[int]], None] | None = None
-    #: Where the agent notes the offset it read last in each partition (see caught_up).
+    #: Where the agent notes the offset it read last in each partition (see read_as_of).
     positions: PartitionOffsets | None = None
 
 
@@ -691,33 +691,38 @@ def assigned_partitions(app: faust.App) -> list[tuple[str, int]]:
         return []
 
 
-async def caught_up(app: faust.App, topic: str, read: PartitionOffsets) -> list[int]:
-    """The partitions of `topic` this worker holds and has read to the end the broker last
-    reported (`read`: the offsets its agent read, see Agent.positions); [] mid-rebalance.
-
-    A partition nothing was read from since it was assigned is caught up when the
-    consumer's position is at its end: the previous owner read it all.
+async def read_as_of(
+    app: faust.App, topic: str, read: PartitionOffsets, progress: ReadProgress, now: float
+) -> dict[int, float]:
+    """For each partition of `topic` this worker holds, the newest moment (up to `now`)
+    as of which it has read everything the broker held (`read`: the offsets its agent
+    read, see Agent.positions; `progress`: the log ends sampled at earlier calls); {}
+    mid-rebalance. A partition nothing was read from since it was assigned is read as of
+    now when the consumer's position is at its end: the previous owner read it all.
     """
     consumer = app.consumer
-    out = []
+    out: dict[int, float] = {}
     try:
         held = [tp for tp in consumer.assignment() if tp.topic == topic]
         for tp in held:
             end = consumer.highwater(tp)
             if end is None:
                 continue  # no fetch answered yet: nothing known
+            progress.sample(tp.partition, now, end)
             last = read.last.get(tp.partition)
-            if last is not None:
-                done = last + 1 >= end
-            else:
+            if last is None:
                 position = await consumer.position(tp)
-                done = position is not None and position >= end
-            if done:
-                out.append(tp.partition)
+                if position is not None and position >= end:
+                    out[tp.partition] = now
+                continue
+            as_of = progress.read_as_of(tp.partition, last)
+            if as_of is not None:
+                out[tp.partition] = as_of
+        progress.drop(set(progress.samples) - {tp.partition for tp in held})
     except Exception as exc:  # mid-rebalance, or the consumer not started: no claim
         log.debug("read positions of %s unknown: %s", topic, exc)
-        return []
-    return sorted(out)
+        return {}
+    return dict(sorted(out.items()))
 
 
 def add_acking_agent(

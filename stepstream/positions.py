@@ -67,3 +67,44 @@ class PartitionOffsets:
                 jumped.add(partition)
             last[partition] = offset
         return jumped
+
+
+@dataclass
+class ReadProgress:
+    """How far behind the broker one agent's reading of each partition is, in time.
+
+    Under steady load a partition is seldom read to its very end at the moment one asks:
+    new records keep arriving. What can be said is that everything the broker held at
+    some earlier moment was read. Each `sample` notes the log's end at a moment; `read_as_of`
+    gives the newest moment whose end the reading has passed.
+    """
+
+    #: The most samples kept per partition (one per mark interval: a minute at 1 s).
+    keep: int = 64
+    samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+
+    def sample(self, partition: int, now: float, end: int) -> None:
+        """The log of `partition` ended at offset `end` (the next record's) at `now`."""
+        taken = self.samples.setdefault(partition, [])
+        taken.append((now, end))
+        if len(taken) > self.keep:
+            del taken[0]
+
+    def read_as_of(self, partition: int, last_read: int) -> float | None:
+        """The newest moment at which the log of `partition` held nothing past
+        `last_read` (the offset last read), or None when no sample is that old; samples
+        older than it are dropped."""
+        taken = self.samples.get(partition, [])
+        found = None
+        for index in range(len(taken) - 1, -1, -1):
+            at, end = taken[index]
+            if end <= last_read + 1:
+                found = at
+                del taken[:index]
+                break
+        return found
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget `partitions` (no longer held here)."""
+        for partition in partitions:
+            self.samples.pop(partition, None)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from processors.detectors.base import median
@@ -236,10 +237,10 @@ class LivenessDetector:
         self._paused = False
         self._resumed_at = now + self.params.rebalance_grace_s
 
-    def partitions_read(self, partitions: list[int], now: float, said: float) -> None:
-        """Stage 1 read everything the broker held of these telemetry `partitions` as of
-        `said` (a read mark, its worker's clock), heard at `now`: silences of their ranks
-        since before it are the ranks' own.
+    def partitions_read(self, ages: Mapping[int, float], now: float, said: float) -> None:
+        """A read mark heard at `now`, said at `said` (its worker's clock): stage 1 had read
+        everything the broker held of each telemetry partition in `ages` as of that many
+        seconds before. Silences of their ranks since before then are the ranks' own.
 
         A mark that took longer than the dead window to arrive says nothing current (a
         worker cut off sends its marks on heal); with clocks further apart than that, no
@@ -248,8 +249,9 @@ class LivenessDetector:
         p = self.params
         if now - said > p.dead_after * p.heartbeat_interval_s:
             return
-        for partition in partitions:
-            self._read_at[partition] = max(self._read_at.get(partition, now), now)
+        for partition, age in ages.items():
+            at = now - max(0.0, age)
+            self._read_at[partition] = max(self._read_at.get(partition, at), at)
 
     def _witnessed(self, rank: _Rank, latest_peer: float, witness_s: float) -> bool:
         """Whether `rank`'s silence is surely its own, not this pipeline's: its telemetry

@@ -221,15 +221,15 @@ def test_the_worker_command_says_what_to_pin_in_one_line(
     assert "faust:Stream.gone" in result.output and "Traceback" not in result.output
 
 
-def test_caught_up_names_the_partitions_read_to_the_end_the_broker_reported() -> None:
+def test_read_as_of_tells_how_far_each_partition_was_read() -> None:
     from faust.types import TP
 
-    from stepstream.faust_seam import caught_up
-    from stepstream.positions import PartitionOffsets
+    from stepstream.faust_seam import read_as_of
+    from stepstream.positions import PartitionOffsets, ReadProgress
 
-    class Consumer:  # the public calls of faust's consumer that caught_up makes
+    class Consumer:  # the public calls of faust's consumer that read_as_of makes
         def __init__(self) -> None:
-            self.ends = {0: 10, 1: 10, 2: 5, 3: None}
+            self.ends: dict[int, int | None] = {0: 10, 1: 10, 2: 5, 3: None}
             self.positions = {2: 5}
 
         def assignment(self) -> set[TP]:
@@ -244,7 +244,28 @@ def test_caught_up_names_the_partitions_read_to_the_end_the_broker_reported() ->
     class App:
         consumer = Consumer()
 
-    read = PartitionOffsets({0: 9, 1: 7})
+    app: Any = App()
+    read, progress = PartitionOffsets({0: 9, 1: 7}), ReadProgress()
     # 0: read to offset 9 of 10; 1: three behind; 2: nothing read here, the position at
     # its end (the previous owner read it all); 3: no fetch answered yet
-    assert asyncio.run(caught_up(App(), "telemetry", read)) == [0, 2]  # type: ignore[arg-type]
+    assert asyncio.run(read_as_of(app, "telemetry", read, progress, 100.0)) == {0: 100.0, 2: 100.0}
+    # a second later partition 1 has read what the broker held at 100, not what came since
+    app.consumer.ends[1] = 14
+    read.last[1] = 9
+    found = asyncio.run(read_as_of(app, "telemetry", read, progress, 101.0))
+    assert found == {0: 101.0, 1: 100.0, 2: 101.0}
+
+
+def test_read_progress_keeps_the_newest_moment_the_reading_passed() -> None:
+    from stepstream.positions import ReadProgress
+
+    progress = ReadProgress(keep=3)
+    for at, end in ((1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40)):
+        progress.sample(0, at, end)
+    assert progress.samples[0] == [(2.0, 20), (3.0, 30), (4.0, 40)]  # the oldest dropped
+    assert progress.read_as_of(0, 15) is None  # not even what the broker held at 2.0
+    assert progress.read_as_of(0, 29) == 3.0
+    assert progress.samples[0] == [(3.0, 30), (4.0, 40)]
+    assert progress.read_as_of(0, 45) == 4.0
+    progress.drop([0])
+    assert progress.read_as_of(0, 45) is None

@@ -258,7 +258,7 @@ def drive_marked(
                     "r", rank, 4, int(now * 10), now, "running", node=NODES[rank], partition=rank
                 )
         if round(now * 10) % 5 == 0:
-            d.partitions_read([p for p in range(4) if read(p, now)], now, now - 0.05)
+            d.partitions_read({p: 0.0 for p in range(4) if read(p, now)}, now, now - 0.05)
         flags += d.tick(now + 0.05)
         now = round(now + 0.1, 6)
     return flags
@@ -283,3 +283,23 @@ def test_a_rank_whose_partition_is_read_is_dead_in_the_dead_window() -> None:
     flags = drive_marked(d, 8.0, lambda r, now: r != 3 or now < 5.0, lambda p, now: True)
     assert [(f.detector, f.rank) for f in flags] == [(vocab.DEAD_RANK, 3)]
     assert flags[0].evidence["value"] <= 1.25 + 0.5 + 0.2  # type: ignore[operator]
+
+
+def test_a_rank_on_a_lagging_partition_is_not_dead_for_the_lag() -> None:
+    # Rank 3's partition is read 4 s behind the broker (a loaded stage 1): its summaries
+    # stop arriving for that long, but it is not silent, its news is late.
+    interval = 0.5
+    d = LivenessDetector(LivenessParams(heartbeat_interval_s=interval))
+    flags: list[Flag] = []
+    now = 0.0
+    while now < 12.0:
+        lagging = 5.0 <= now < 9.0
+        for rank in range(4):
+            if rank != 3 or not lagging:
+                flags += d.seen("r", rank, 4, int(now * 10), now, node=NODES[rank], partition=rank)
+        if round(now * 10) % 5 == 0:
+            ages = {p: (now - 5.0 if lagging and p == 3 else 0.0) for p in range(4)}
+            d.partitions_read(ages, now, now)
+        flags += d.tick(now + 0.05)
+        now = round(now + 0.1, 6)
+    assert flags == []
