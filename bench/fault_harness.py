@@ -189,7 +189,8 @@ class Child:
             self.proc.kill()
             self.proc.wait(5)
 
-    def signal(self, sig: int) -> None:
+    def deliver(self, sig: int) -> None:
+        """Send the process the OS signal `sig` (SIGSTOP, SIGCONT)."""
         os.kill(self.proc.pid, sig)
 
 
@@ -321,11 +322,11 @@ class FaultStack:
 
     def pause_broker(self, seconds: float) -> None:
         broker = self.children["broker"]
-        broker.signal(signal.SIGSTOP)
+        broker.deliver(signal.SIGSTOP)
         try:
             time.sleep(seconds)
         finally:
-            broker.signal(signal.SIGCONT)
+            broker.deliver(signal.SIGCONT)
 
     def restart_broker(self, down_s: float = 1.0) -> None:
         """Kill tansu and start a new one on the same port: memory storage, so topics,

@@ -274,7 +274,7 @@ def create_processor_app(settings: Settings) -> faust.App:
             result = run_stage.process(summary, now)
             for update in result.crossrank:
                 await crossrank.send(key=run_key(update.run), value=update.to_bytes())
-            await alerting.on_flags(result.alerts)
+            await alerting.on_findings(result.alerts)
 
     # Stage 2 batches as stage 1 does: the same settings, so one knob tunes both.
     batch, linger_s = settings.processor_batch, settings.processor_linger_s
@@ -343,11 +343,11 @@ def create_processor_app(settings: Settings) -> faust.App:
     @app.timer(TICK_S)
     async def liveness_tick() -> None:
         now = time.time()
-        await alerting.on_flags(run_stage.tick(now))
+        await alerting.on_findings(run_stage.tick(now))
         finished = run_stage.flush_steps(now)
         for update in finished.crossrank:
             await crossrank.send(key=run_key(update.run), value=update.to_bytes())
-        await alerting.on_flags(finished.alerts)
+        await alerting.on_findings(finished.alerts)
 
     @app.timer(60.0)
     async def report_counters() -> None:

@@ -5,7 +5,9 @@ A detector reports a condition twice: a Flag when an episode starts and a Flag w
 (detector, run, rank, metric) conditions are open, with the flag that opened each, so a
 condition that holds for many points is reported once, re-arms when it clears, and its end
 names exactly what its start named (the alert fingerprint is computed from those fields).
-The alerting lifecycle (pending, firing, resolved) is built later on top of `flag_to_alert`.
+`flag_to_alert` is the one conversion of a flag: into the `Alert` message it travels as from
+then on, a *finding* (stage 1's in the rank summaries, stage 2's incidents, the alert
+engine's input); the alerting lifecycle (pending, firing, resolved) is built on findings.
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ def fingerprint(
 
 
 def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
-    """The alert message of a detector flag (the only Flag -> Alert mapping)."""
+    """The alert message of a detector flag, its finding (the only Flag -> Alert mapping;
+    nothing maps back: incidents and the alert engine take the finding as it is)."""
     return Alert(
         fingerprint=fingerprint(flag.detector, flag.run, flag.rank, flag.metric),
         rule=flag.detector,
@@ -202,24 +205,4 @@ def flag_to_alert(flag: Flag, raised_at: float) -> Alert:
         affected=list(flag.affected),
         description=flag.description,
         labels=dict(flag.labels),
-    )
-
-
-def flag_of(alert: Alert) -> Flag:
-    """The detector flag an alert message of `flag_to_alert` carries (stage 1's findings
-    travel to stage 2 as alerts in the rank summaries)."""
-    return Flag(
-        detector=alert.rule,
-        run=alert.run,
-        rank=alert.rank,
-        metric=alert.metric,
-        step=alert.step,
-        t=alert.t,
-        severity=alert.severity,
-        summary=alert.summary,
-        evidence=dict(alert.evidence),
-        cleared=alert.status == "resolved",
-        affected=tuple(alert.affected),
-        description=alert.description,
-        labels=dict(alert.labels),
     )

@@ -2,143 +2,152 @@
 
 A NaN loss on one rank spreads through the all-reduce to every rank and every layer's
 gradient norm: per series, that is dozens of flags for one fault, and someone paged for it
-would get dozens of pages. `Incidents` groups the flags of a run by detector: the first
-flag of a quiet (run, detector) opens the incident and is the one that is raised (its rank,
-metric and step are the first seen, and name the alert); flags of further series join it
-silently and are listed in `Flag.affected`; the incident ends, with one cleared flag, when
-the last of its series has cleared and no series of it flagged again for `hold_s` seconds
-(a loss that spikes, clears and spikes again a few steps later is one incident, one page).
-So the alert stays firing while any series still holds the condition.
+would get dozens of pages. `Incidents` groups the findings of a run by detector: the first
+finding of a quiet (run, detector) opens the incident and is the one that is raised (its
+rank, metric and step are the first seen, and name the alert); findings of further series
+join it silently and are listed in `Alert.affected`; the incident ends, with one resolved
+finding, when the last of its series has cleared and no series of it was found again for
+`hold_s` seconds (a loss that spikes, clears and spikes again a few steps later is one
+incident, one page). So the alert stays firing while any series still holds the condition.
 
+A finding is a detector's flag as the alert message it travels as (`flag_to_alert`): status
+``firing`` when its episode starts, ``resolved`` when it ends, `rule` naming the detector.
 Pure logic, fed in stage 2 (keyed by run, so every rank of a run meets in one process)
-with stage 1's flags, which travel in the rank summaries, and stage 2's own.
+with stage 1's findings, which travel in the rank summaries, and stage 2's own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from processors.flags import RESTATED, Flag, cleared_flag
+from processors.flags import RESTATED
+from stepstream.contract import Alert
 from stepstream.vocabulary import NODE_LABEL, is_rank_local
 
 #: Series listed in an incident's `affected` (the count goes on in the evidence).
 MAX_LISTED = 50
 
 
-def series_label(flag: Flag) -> str:
+def series_label(finding: Alert) -> str:
     """How an incident lists one of its series: ``rank 1: loss`` (or the parts it has)."""
-    node = flag.labels.get(NODE_LABEL)
-    if flag.rank is None and node:  # a lost node: its ranks are in the flag's `affected`
-        ranks = f" ({', '.join(flag.affected)})" if flag.affected else ""
+    node = finding.labels.get(NODE_LABEL)
+    if finding.rank is None and node:  # a lost node: its ranks are in its `affected`
+        ranks = f" ({', '.join(finding.affected)})" if finding.affected else ""
         return f"node {node}{ranks}"
-    where = f"rank {flag.rank}" if flag.rank is not None else "run"
-    return f"{where}: {flag.metric}" if flag.metric else where
+    where = f"rank {finding.rank}" if finding.rank is not None else "run"
+    return f"{where}: {finding.metric}" if finding.metric else where
+
+
+def cleared(finding: Alert) -> bool:
+    """True when `finding` reports the end of an episode (its condition cleared)."""
+    return finding.status == "resolved"
 
 
 @dataclass
 class _Incident:
-    opening: Flag
+    opening: Alert
     open: set[Hashable] = field(default_factory=set)
     listed: list[str] = field(default_factory=list)
     seen: set[Hashable] = field(default_factory=set)
-    #: Once every series cleared: (when the incident ends, the last cleared flag).
-    closing: tuple[float, Flag] | None = None
+    #: Once every series cleared: (when the incident ends, the last cleared finding).
+    closing: tuple[float, Alert] | None = None
 
 
 class Incidents:
     """Open incidents by (run, detector); see the module docstring. `hold_s`: how long an
-    incident whose series all cleared waits for a new flag before it ends."""
+    incident whose series all cleared waits for a new finding before it ends."""
 
     def __init__(self, max_listed: int = MAX_LISTED, hold_s: float = 0.0) -> None:
         self.max_listed = max_listed
         self.hold_s = hold_s
         self._open: dict[tuple[str, str], _Incident] = {}
 
-    def apply(self, flag: Flag, now: float = 0.0) -> Flag | None:
-        """The flag to raise for `flag` at `now` (processor clock), if any: the incident's
-        opening flag, its cleared flag once its last series cleared (at once without a
-        hold; else from `tick`), or None while the incident goes on."""
-        key = (flag.run, flag.detector)
-        member = (flag.rank, flag.metric, flag.labels.get(NODE_LABEL))
+    def apply(self, finding: Alert, now: float = 0.0) -> Alert | None:
+        """What to raise for `finding` at `now` (processor clock), if any: the
+        incident's opening finding, its resolved one once its last series cleared (at once
+        without a hold; else from `tick`), or None while the incident goes on. What it
+        returns carries `raised_at` of the findings it was made of: the caller stamps it."""
+        key = (finding.run, finding.rule)
+        member = (finding.rank, finding.metric, finding.labels.get(NODE_LABEL))
         incident = self._open.get(key)
-        if flag.cleared:
+        if cleared(finding):
             if incident is None:
                 # Nothing open here (e.g. this worker took the run over after a restart):
                 # let the end through, so an alert restored from Redis resolves.
-                return flag
+                return finding
             incident.open.discard(member)
             if incident.open:
                 return None
             if self.hold_s > 0:
-                incident.closing = (now + self.hold_s, flag)
+                incident.closing = (now + self.hold_s, finding)
                 return None
             del self._open[key]
-            return self._closed(incident, flag)
-        restated = RESTATED in flag.labels
+            return self._closed(incident, finding)
+        restated = RESTATED in finding.labels
         if restated:
-            flag = dataclasses.replace(
-                flag, labels={k: v for k, v in flag.labels.items() if k != RESTATED}
+            finding = finding.model_copy(
+                update={"labels": {k: v for k, v in finding.labels.items() if k != RESTATED}}
             )
         if incident is None:
-            incident = self._open[key] = _Incident(opening=flag)
-            self._join(incident, flag, member)
-            return self._opened(incident, flag)
+            incident = self._open[key] = _Incident(opening=finding)
+            self._join(incident, finding, member)
+            return self._opened(incident, finding)
         again = restated or member in incident.open
         incident.closing = None  # flagged again within the hold: the same incident
-        self._join(incident, flag, member)
+        self._join(incident, finding, member)
         # A series that starts again while open is a detector restarted cold (its
         # partition moved) or restating its episode after a rebalance: the alert engine
         # hears the incident again, so an alert it took over is re-asserted, not resolved
         # for want of news (it pages nothing: the alert is firing already).
         return incident.opening if again else None
 
-    def apply_all(self, flags: list[Flag], now: float = 0.0) -> list[Flag]:
-        """`apply` each of `flags` (in order); the flags to raise. Of the flags that open
+    def apply_all(self, findings: list[Alert], now: float = 0.0) -> list[Alert]:
+        """`apply` each of `findings` (in order); the findings to raise. Of those that open
         an incident together (the same step, in one call), the one on a rank-local signal
         names it: the loss that went NaN, not the gradient norm that `watch()` read just
         before it."""
-        out: list[Flag] = []
+        out: list[Alert] = []
         fresh: dict[tuple[str, str], int] = {}
-        for flag in flags:
-            key = (flag.run, flag.detector)
+        for finding in findings:
+            key = (finding.run, finding.rule)
             existed = key in self._open
-            raised = self.apply(flag, now)
+            raised = self.apply(finding, now)
             if raised is not None:
-                if not raised.cleared and not existed:
+                if not cleared(raised) and not existed:
                     fresh[key] = len(out)
                 out.append(raised)
                 continue
             at = fresh.get(key)
-            if at is None or flag.cleared:
+            if at is None or cleared(finding):
                 continue
             opener = out[at]
             if (
-                flag.step == opener.step
-                and flag.metric is not None
-                and is_rank_local(flag.metric)
+                finding.step == opener.step
+                and finding.metric is not None
+                and is_rank_local(finding.metric)
                 and (opener.metric is None or not is_rank_local(opener.metric))
             ):
-                out[at] = self._opened(self._open[key], flag)
+                out[at] = self._opened(self._open[key], finding)
         return out
 
-    def _opened(self, incident: _Incident, flag: Flag) -> Flag:
-        """The opening flag of `incident`, named by `flag`."""
-        opened = dataclasses.replace(
-            flag,
-            affected=tuple(incident.listed),
-            evidence={
-                **flag.evidence,
-                "first_rank": _num(flag.rank),
-                "first_step": _num(flag.step),
-            },
+    def _opened(self, incident: _Incident, finding: Alert) -> Alert:
+        """The opening finding of `incident`, named by `finding`."""
+        opened = finding.model_copy(
+            update={
+                "affected": list(incident.listed),
+                "evidence": {
+                    **finding.evidence,
+                    "first_rank": _num(finding.rank),
+                    "first_step": _num(finding.step),
+                },
+            }
         )
         incident.opening = opened
         return opened
 
-    def tick(self, now: float) -> list[Flag]:
-        """Cleared flags of the incidents whose hold ran out by `now`."""
+    def tick(self, now: float) -> list[Alert]:
+        """Resolved findings of the incidents whose hold ran out by `now`."""
         due = [
             key
             for key, incident in self._open.items()
@@ -151,32 +160,35 @@ class Incidents:
             out.append(self._closed(incident, incident.closing[1]))
         return out
 
-    def _join(self, incident: _Incident, flag: Flag, member: Hashable) -> None:
+    def _join(self, incident: _Incident, finding: Alert, member: Hashable) -> None:
         incident.open.add(member)
         if member not in incident.seen:
             incident.seen.add(member)
             if len(incident.listed) < self.max_listed:
-                incident.listed.append(series_label(flag))
+                incident.listed.append(series_label(finding))
 
-    def _closed(self, incident: _Incident, last: Flag) -> Flag:
-        opening = incident.opening
+    def _closed(self, incident: _Incident, last: Alert) -> Alert:
+        """The end of `incident`: its opening finding, resolved where `last` cleared (so
+        it names what the opening named, and ends the very alert it raised)."""
         count = len(incident.seen)
         summary = last.summary
         if count > 1:
             summary = f"{summary} (incident over: all {count} affected series cleared)"
-        ended = cleared_flag(
-            opening,
-            last.step,
-            last.t,
-            summary,
-            {**last.evidence, "affected_series": float(count)},
+        return incident.opening.model_copy(
+            update={
+                "status": "resolved",
+                "step": last.step,
+                "t": last.t,
+                "summary": summary,
+                "evidence": {**last.evidence, "affected_series": float(count)},
+                "affected": list(incident.listed),
+            }
         )
-        return dataclasses.replace(ended, affected=tuple(incident.listed))
 
     def forget(self, run: str, detectors: Iterable[str] | None = None) -> None:
-        """Drop the open incidents of `run` (of `detectors`, or all) without a cleared flag:
+        """Drop the open incidents of `run` (of `detectors`, or all) without an end:
         the detector forgot their episodes (the run went quiet, or moved to another
-        worker), so no clear will come, and a stale incident would swallow new flags."""
+        worker), so no clear will come, and a stale incident would swallow new findings."""
         wanted = None if detectors is None else set(detectors)
         for key in [k for k in self._open if k[0] == run]:
             if wanted is None or key[1] in wanted:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from processors.detectors import (
 from processors.detectors.base import median, with_overrides
 from processors.detectors.failslow import FailSlowDetector, FailSlowParams
 from processors.detectors.slowdown import SlowdownDetector, SlowdownParams
-from processors.flags import Flag, flag_of, flag_to_alert
+from processors.flags import Flag, flag_to_alert
 from processors.goodput import GoodputMeter
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
@@ -274,8 +274,7 @@ class RunStage:
                 state.restarted = True
             state.incarnations[rank] = summary.incarnation
         # Hearing from a rank ends its dead (and, if its step moved, hung) episode.
-        flags: list[Flag] = [flag_of(alert) for alert in summary.flags]
-        flags += self.liveness.seen(
+        flags: list[Flag] = self.liveness.seen(
             run,
             rank,
             summary.world,
@@ -322,7 +321,8 @@ class RunStage:
             state.newest = max(state.newest, point.step)
         result = RunResult()
         self._finish(run, state, now, result, flags)
-        result.alerts = self._raise(flags, now)
+        # Stage 1's findings (its flags as alerts, in the summary) come first.
+        result.alerts = self._raise(flags, now, found=summary.flags)
         return result
 
     def _finish(
@@ -484,21 +484,24 @@ class RunStage:
             )
         )
 
-    def _raise(self, flags: list[Flag], now: float) -> list[Alert]:
-        """The alerts of `flags`, grouped into one incident per run and detector; a flag
-        naming a rank of a sharded job carries the rank's mesh coordinates (label
-        ``mesh``: its role)."""
+    def _raise(self, flags: list[Flag], now: float, found: Iterable[Alert] = ()) -> list[Alert]:
+        """The alerts of stage 1's findings `found` and of this stage's `flags`, grouped
+        into one incident per run and detector; a finding naming a rank of a sharded job
+        carries the rank's mesh coordinates (label ``mesh``: its role)."""
         raised = self._clock()
-        flags = [self._with_role(f) for f in flags]
-        return [flag_to_alert(f, raised) for f in self.incidents.apply_all(flags, now)]
+        findings = [*found, *(flag_to_alert(f, raised) for f in flags)]
+        findings = [self._with_role(f) for f in findings]
+        return _stamped(self.incidents.apply_all(findings, now), raised)
 
-    def _with_role(self, flag: Flag) -> Flag:
-        state = self._runs.get(flag.run) if flag.rank is not None else None
-        coords = state.mesh.get(flag.rank) if state is not None and flag.rank is not None else None
-        if not coords or MESH_LABEL in flag.labels:
-            return flag
+    def _with_role(self, finding: Alert) -> Alert:
+        state = self._runs.get(finding.run) if finding.rank is not None else None
+        coords = (
+            state.mesh.get(finding.rank) if state is not None and finding.rank is not None else None
+        )
+        if not coords or MESH_LABEL in finding.labels:
+            return finding
         role = " ".join(f"{name}={index}" for name, index in sorted(coords.items()))
-        return dataclasses.replace(flag, labels={**flag.labels, MESH_LABEL: role})
+        return finding.model_copy(update={"labels": {**finding.labels, MESH_LABEL: role}})
 
     def _quality(
         self, state: _RunState, step: int, sums: Mapping[str, float]
@@ -555,5 +558,11 @@ class RunStage:
         for run in self.liveness.take_forgotten():  # their episodes ended without a clear
             self.incidents.forget(run, LIVENESS_DETECTORS)
         alerts = self._raise(flags + self.origin.tick(now), now)
-        raised = self._clock()
-        return alerts + [flag_to_alert(f, raised) for f in self.incidents.tick(now)]
+        return alerts + _stamped(self.incidents.tick(now), self._clock())
+
+
+def _stamped(alerts: list[Alert], raised: float) -> list[Alert]:
+    """`alerts` raised at `raised` (processor clock), as copies: the incidents' findings
+    carry the time of the findings they were made of (stage 1's, or an opening raised
+    earlier), and an incident keeps its opening to raise again."""
+    return [a.model_copy(update={"raised_at": raised}) for a in alerts]

@@ -300,6 +300,6 @@ def register_serving(app: faust.App, settings: Settings, alerting: Alerting) -> 
         worker.active_models.clear()
         if flags:
             now = time.time()
-            await alerting.on_flags([flag_to_alert(f, now) for f in flags])
+            await alerting.on_findings([flag_to_alert(f, now) for f in flags])
 
     return worker

@@ -9,7 +9,7 @@ training thread (about 0.1 µs); the heartbeat thread reads it.
 
 `StackCapture` runs on the heartbeat thread: when the phase has lasted longer than
 `factor` x the rank's recent median step time and at least `floor_s`, it takes the training
-thread's Python stack with ``sys._current_frames()`` (no signal, the training thread is not
+thread's Python stack with ``sys._current_frames()`` (no OS signal, the training thread is not
 interrupted), keeps the innermost frames within `max_bytes`, and returns it once per stuck
 phase. Its cost is paid only then (about 0.1-1 ms for a deep stack).
 """

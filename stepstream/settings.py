@@ -212,7 +212,7 @@ class Settings(BaseSettings):
     capture_stacks: bool = Field(
         True,
         description="When the training thread stays in one phase past 10x its step time "
-        "(and 2 s), send its Python stack once (sys._current_frames, no signal).",
+        "(and 2 s), send its Python stack once (sys._current_frames, no OS signal).",
     )
     handle_sigterm: bool = Field(True, description="Flush on SIGTERM (main thread only).")
     kafka_compression: Compression = Field(

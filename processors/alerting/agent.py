@@ -1,4 +1,4 @@
-"""Wires the alert engine into the processor app: detector flags and window updates in
+"""Wires the alert engine into the processor app: detector findings and window updates in
 (both keyed by run), alert transitions and control actions out. Rules hot-reload from
 ``STEPSTREAM_RULES_FILE``; silences are read from Redis.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from processors.alerting.engine import AlertEngine, Signal
+from processors.alerting.engine import AlertEngine
 from processors.alerting.rules import Rule, load_rules
 from processors.alerting.silence_store import load_silences
 from stepstream.contract import Alert, ControlAction, WindowUpdate, run_key
@@ -29,7 +29,7 @@ from stepstream.topics import Topics
 log = logging.getLogger(__name__)
 
 RELOAD_S = 2.0
-#: How often detector-driven alerts advance between signals (`for` / `keep_firing_for`).
+#: How often detector-driven alerts advance between findings (`for` / `keep_firing_for`).
 TICK_S = 0.25
 
 
@@ -76,29 +76,10 @@ class RuleFile:
             return None
 
 
-def signal_of(flag: Alert) -> Signal:
-    """A detector finding (an episode starting, or ending when resolved) as a signal."""
-    return Signal(
-        detector=flag.rule,
-        run=flag.run,
-        rank=flag.rank,
-        metric=flag.metric,
-        step=flag.step,
-        t=flag.t,
-        active=flag.status == "firing",
-        severity=flag.severity,
-        summary=flag.summary,
-        evidence=flag.evidence,
-        affected=tuple(flag.affected),
-        description=flag.description,
-        labels=dict(flag.labels),
-    )
-
-
 class Alerting:
     """The alert engine inside the processor worker.
 
-    The stages hand it their detector flags and window updates in-process, so alerts cost
+    The stages hand it their detector findings and window updates in-process, so alerts cost
     no extra Kafka hop. The engine sees what this worker processes: with several
     processor workers, cross-rank conditions and inhibition see the ranks whose
     partitions this worker owns (all of them with one worker).
@@ -144,11 +125,11 @@ class Alerting:
                 if action is not None:
                     await self._control.send(key=run_key(alert.run), value=action.to_bytes())
 
-    async def on_flags(self, flags: list[Alert]) -> None:
-        """Detector findings of the stages."""
-        for flag in flags:
-            await self.take_over(flag.run, detectors=True)
-            await self.emit(self.engine.on_signal(signal_of(flag)))
+    async def on_findings(self, findings: list[Alert]) -> None:
+        """Detector findings of the stages (their alert messages, see `flag_to_alert`)."""
+        for finding in findings:
+            await self.take_over(finding.run, detectors=True)
+            await self.emit(self.engine.on_finding(finding))
 
     async def on_updates(self, updates: list[WindowUpdate]) -> None:
         """Window updates of stage 1: condition rules, and the runs' activity."""
@@ -210,7 +191,7 @@ class Alerting:
         return self._redis
 
     async def tick(self) -> None:
-        """Let `for` and `keep_firing_for` of detector rules elapse between signals, and
+        """Let `for` and `keep_firing_for` of detector rules elapse between findings, and
         resolve taken-over alerts their detectors did not re-assert."""
         await self.emit(self.engine.tick() + self.engine.resolve_unasserted())
 

@@ -1,4 +1,4 @@
-"""The alert engine: rules over detector signals and window stats, one lifecycle per
+"""The alert engine: rules over detector findings and window stats, one lifecycle per
 fingerprint, silences and inhibition applied to notifications. Pure logic.
 
 Run it where a whole run is in one place (keyed by run), so cross-rank conditions and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from processors.alerting.conditions import AcrossRanks
 from processors.alerting.inhibition import DEFAULT_INHIBIT_RULES, InhibitRule, inhibited_by
@@ -22,37 +22,17 @@ from processors.flags import fingerprint
 from stepstream.contract import OPEN_STATUSES, Alert, AlertStatus, Severity, WindowUpdate
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """A detector's condition on one series starting (`active`) or clearing."""
-
-    detector: str
-    run: str
-    rank: int | None
-    metric: str | None
-    step: int | None
-    t: float
-    active: bool
-    severity: Severity = "warning"
-    summary: str = ""
-    evidence: dict[str, float | None] = field(default_factory=dict)
-    #: The series of the detector's incident (`processors.incidents`).
-    affected: tuple[str, ...] = ()
-    description: str = ""
-    #: Labels the detector adds (the node of a rank): matched by silences and inhibition.
-    labels: dict[str, str] = field(default_factory=dict)
-
-
 @dataclass
 class _Tracked:
     state: AlertState
     labels: dict[str, str]
     last: Alert | None = None
     detector: bool = False
-    last_signal_at: float = 0.0
+    last_finding_at: float = 0.0
     # Detectors report edges (an episode starts, an episode clears); the level between
-    # edges is kept here so `for` and `keep_firing_for` in seconds can elapse on `tick`.
-    level: Signal | None = None
+    # edges (the latest finding) is kept here so `for` and `keep_firing_for` in seconds
+    # can elapse on `tick`.
+    level: Alert | None = None
     # A restored alert (see `restore`) whose detector has not spoken since: the wall time
     # by which it must re-assert, else it resolves (`resolve_unasserted`).
     reassert_by: float | None = None
@@ -114,7 +94,7 @@ def _labels(rule: Rule, run: str, rank: int | None, metric: str | None) -> dict[
 
 
 class AlertEngine:
-    """Turns signals and window updates into alert transitions.
+    """Turns detector findings and window updates into alert transitions.
 
     Every detector has a built-in rule (fires with the detector, resolves when it clears)
     unless a user rule names that detector. `clock` stamps `raised_at`.
@@ -176,45 +156,52 @@ class AlertEngine:
             labels={"builtin": "true"},
         )
 
-    def on_signal(self, signal: Signal) -> list[Alert]:
-        """Apply a detector signal to every rule that watches that detector."""
-        self.note_activity(signal.run)
-        rules = self._by_detector.get(signal.detector) or [
-            self._builtin(signal.detector, signal.severity)
+    def on_finding(self, finding: Alert) -> list[Alert]:
+        """Apply a detector finding to every rule that watches that detector.
+
+        A finding is the detector's alert message as the stages raise it (`flag_to_alert`):
+        its `rule` names the detector, status ``firing`` says the condition started and
+        ``resolved`` that it cleared.
+        """
+        self.note_activity(finding.run)
+        rules = self._by_detector.get(finding.rule) or [
+            self._builtin(finding.rule, finding.severity)
         ]
-        selector_labels = _selector_labels(signal.run, signal.rank, signal.metric)
+        selector_labels = _selector_labels(finding.run, finding.rank, finding.metric)
         out = []
         for rule in rules:
             if not match_all(rule.selector, selector_labels):
                 continue
-            alert = self._advance_signal(rule, signal, signal.t, fresh=True)
+            alert = self._advance_finding(rule, finding, finding.t, fresh=True)
             if alert:
                 out.append(alert)
         return out
 
-    def _advance_signal(self, rule: Rule, signal: Signal, t: float, *, fresh: bool) -> Alert | None:
-        """Apply a detector signal (`fresh`: as it arrives; else its level, at `t`)."""
+    def _advance_finding(
+        self, rule: Rule, finding: Alert, t: float, *, fresh: bool
+    ) -> Alert | None:
+        """Apply a detector finding (`fresh`: as it arrives; else its level, at `t`)."""
         values: dict[str, object] = {
-            "value": signal.evidence.get("value"),
-            **signal.evidence,
-            "detector_summary": signal.summary,
+            "value": finding.evidence.get("value"),
+            **finding.evidence,
+            "detector_summary": finding.summary,
         }
         return self._advance(
             rule,
-            signal.run,
-            signal.rank,
-            signal.metric,
-            signal.active,
+            finding.run,
+            finding.rank,
+            finding.metric,
+            _holds(finding),
             t,
-            signal.step if fresh else None,
+            finding.step if fresh else None,
             values,
-            signal.summary,
-            signal.evidence,
+            finding.summary,
+            finding.evidence,
             from_detector=True,
-            level=signal if fresh else None,
-            affected=signal.affected,
-            description=signal.description,
-            extra_labels=signal.labels,
+            level=finding if fresh else None,
+            affected=tuple(finding.affected),
+            description=finding.description,
+            extra_labels=finding.labels,
         )
 
     def restore(
@@ -264,7 +251,7 @@ class AlertEngine:
                 {**alert.labels, **_labels(rule, alert.run, alert.rank, alert.metric)},
                 last=alert,
                 detector=rule.detector is not None,
-                last_signal_at=self._clock(),
+                last_finding_at=self._clock(),
             )
             if (
                 reassert_s is not None
@@ -298,7 +285,7 @@ class AlertEngine:
             last, due = tracked.last, tracked.reassert_by
             if due is None or last is None or now < due:
                 continue
-            if self._run_seen.get(last.run, 0.0) < tracked.last_signal_at:
+            if self._run_seen.get(last.run, 0.0) < tracked.last_finding_at:
                 continue  # nothing of the run arrived since the take-over: not judged
             del self._tracked[fp]
             out.append(
@@ -324,34 +311,34 @@ class AlertEngine:
         self._run_seen.clear()
 
     def tick(self) -> list[Alert]:
-        """Advance detector-driven alerts between signals.
+        """Advance detector-driven alerts between findings.
 
         A detector says when its condition starts and when it clears, nothing in between.
         A rule with `for: 30s` on a detector fires 30 s after the start if no clear came,
         and `keep_firing_for: 1m` resolves 1 min after the clear if no new start came;
-        this advances both on the wall clock. Spans in steps advance only with signals.
+        this advances both on the wall clock. Spans in steps advance only with findings.
         """
         now = self._clock()
         out = []
         for tracked in list(self._tracked.values()):
-            signal = tracked.level
-            if signal is None:
+            finding = tracked.level
+            if finding is None:
                 continue
-            rule = self._rule_named(tracked.labels["rule"], signal)
+            rule = self._rule_named(tracked.labels["rule"], finding)
             if rule is None:
                 continue
-            # Event time of the last signal, moved on by the wall time since it arrived.
-            t = signal.t + max(0.0, now - tracked.last_signal_at)
-            alert = self._advance_signal(rule, signal, t, fresh=False)
+            # Event time of the last finding, moved on by the wall time since it arrived.
+            t = finding.t + max(0.0, now - tracked.last_finding_at)
+            alert = self._advance_finding(rule, finding, t, fresh=False)
             if alert:
                 out.append(alert)
         return out
 
-    def _rule_named(self, name: str, signal: Signal) -> Rule | None:
-        for rule in self._by_detector.get(signal.detector, ()):
+    def _rule_named(self, name: str, finding: Alert) -> Rule | None:
+        for rule in self._by_detector.get(finding.rule, ()):
             if rule.name == name:
                 return rule
-        return self._builtin(signal.detector, signal.severity) if name == signal.detector else None
+        return self._builtin(finding.rule, finding.severity) if name == finding.rule else None
 
     def note_activity(self, run: str) -> None:
         """Record that something of `run` arrived now (see resolve_quiet)."""
@@ -366,7 +353,7 @@ class AlertEngine:
         that stops altogether, an alert restored after a restart whose detector starts
         afresh, a rule whose keep_firing_for is counted in steps. Like Alertmanager's
         resolve_timeout, such an alert resolves after `timeout_s`: one still holding when
-        its run has been silent that long, any other with no new signal that long. A
+        its run has been silent that long, any other with no new finding that long. A
         pending alert ends withdrawn instead (a condition rule's too, once its run has been
         silent that long).
         """
@@ -381,19 +368,19 @@ class AlertEngine:
                 # never elapse, so it is withdrawn rather than left pending for ever.
                 if last.status != "pending":
                     continue
-                if now - self._run_seen.get(last.run, tracked.last_signal_at) < timeout_s:
+                if now - self._run_seen.get(last.run, tracked.last_finding_at) < timeout_s:
                     continue
                 del self._tracked[fp]
                 out.append(_ended(last, now, f"run {last.run} silent for {timeout_s:g}s"))
                 continue
-            holding = tracked.level is not None and tracked.level.active
+            holding = tracked.level is not None and _holds(tracked.level)
             if holding:
-                run_seen = max(self._run_seen.get(last.run, 0.0), tracked.last_signal_at)
+                run_seen = max(self._run_seen.get(last.run, 0.0), tracked.last_finding_at)
                 if now - run_seen < timeout_s:
                     continue
                 why = f"run {last.run} silent for {timeout_s:g}s"
             else:
-                if now - tracked.last_signal_at < timeout_s:
+                if now - tracked.last_finding_at < timeout_s:
                     continue
                 why = f"no new evidence for {timeout_s:g}s"
             del self._tracked[fp]
@@ -468,7 +455,7 @@ class AlertEngine:
         fallback_summary: str,
         evidence: dict[str, float | None],
         from_detector: bool = False,
-        level: Signal | None = None,
+        level: Alert | None = None,
         affected: tuple[str, ...] = (),
         description: str = "",
         extra_labels: dict[str, str] | None = None,
@@ -482,7 +469,7 @@ class AlertEngine:
             tracked = self._tracked[fp] = _Tracked(AlertState(), labels)
         if level is not None:  # fresh evidence keeps its alert from resolve_quiet
             tracked.detector = True
-            tracked.last_signal_at = self._clock()
+            tracked.last_finding_at = self._clock()
             tracked.level = level
             tracked.reassert_by = None
         notice = tracked.state.evaluate(active, t, step, rule.timing)
@@ -566,6 +553,12 @@ class AlertEngine:
     def pending(self) -> list[Alert]:
         """The alerts now pending (condition holding, `for` not yet elapsed)."""
         return [t.last for t in self._tracked.values() if t.last and t.last.status == "pending"]
+
+
+def _holds(finding: Alert) -> bool:
+    """Whether a detector finding says its condition holds (an episode starting) rather
+    than cleared."""
+    return finding.status == "firing"
 
 
 def _ended(last: Alert, now: float, why: str) -> Alert:

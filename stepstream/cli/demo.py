@@ -18,8 +18,8 @@ import time
 from rich.console import Console
 
 from stepstream.errors import StepstreamError
+from stepstream.interrupts import sigterm_interrupts
 from stepstream.settings import Settings
-from stepstream.signals import sigterm_interrupts
 from stepstream.stack import LocalStack, free_port, settings_env, stop_children
 
 WORLD = 2

@@ -33,7 +33,7 @@ def up(
     json_out: JsonFlag = False,
 ) -> None:
     """Start the embedded stack (tansu, Redis, workers) in the background."""
-    from stepstream.signals import sigterm_interrupts
+    from stepstream.interrupts import sigterm_interrupts
     from stepstream.stack import LocalStack
 
     def run() -> None:

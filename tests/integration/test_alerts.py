@@ -47,7 +47,7 @@ def hooked(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         yield client_settings
 
 
-def _terminal_signals() -> None:
+def _ctrl_c_as_in_a_terminal() -> None:
     # As in a terminal: a test run started in the background (`cmd &` in a script)
     # ignores SIGINT, and children inherit that, so Ctrl-C would never reach the CLI.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -61,7 +61,7 @@ def cli(settings: Settings, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_terminal_signals,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
 
 

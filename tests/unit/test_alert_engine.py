@@ -1,11 +1,12 @@
-"""The alert engine: rules over signals and window stats, silences, inhibition, actions."""
+"""The alert engine: rules over detector findings and window stats, silences, inhibition."""
 
 from __future__ import annotations
 
-from processors.alerting.engine import AlertEngine, Signal
+from processors.alerting.engine import AlertEngine
 from processors.alerting.rules import parse_rules
 from processors.alerting.silences import Silence
-from stepstream.contract import WindowStats, WindowUpdate
+from processors.flags import Flag, flag_to_alert
+from stepstream.contract import Alert, WindowStats, WindowUpdate
 
 NOW = 1000.0
 
@@ -14,18 +15,22 @@ def engine(rules_yaml: str = "rules: []\n") -> AlertEngine:
     return AlertEngine(parse_rules(rules_yaml), clock=lambda: NOW)
 
 
-def signal(detector: str, rank: int, active: bool, step: int, **kw: object) -> Signal:
-    return Signal(
-        detector=detector,
-        run="r",
-        rank=rank,
-        metric=kw.pop("metric", "loss"),  # type: ignore[arg-type]
-        step=step,
-        t=float(step),
-        active=active,
-        severity="critical",
-        summary=f"{detector} on {rank}",
-        evidence={"value": 1.0},
+def finding(detector: str, rank: int, active: bool, step: int, **kw: object) -> Alert:
+    """A detector's finding as the stages hand it to the engine (`flag_to_alert`)."""
+    return flag_to_alert(
+        Flag(
+            detector=detector,
+            run="r",
+            rank=rank,
+            metric=kw.pop("metric", "loss"),  # type: ignore[arg-type]
+            step=step,
+            t=float(step),
+            cleared=not active,
+            severity="critical",
+            summary=f"{detector} on {rank}",
+            evidence={"value": 1.0},
+        ),
+        NOW,
     )
 
 
@@ -43,12 +48,12 @@ def update(
 
 def test_builtin_rule_fires_with_the_detector_and_resolves_when_it_clears() -> None:
     e = engine()
-    fired = e.on_signal(signal("nonfinite", 1, True, 40))
+    fired = e.on_finding(finding("nonfinite", 1, True, 40))
     assert [(a.rule, a.status, a.rank, a.step, a.severity) for a in fired] == [
         ("nonfinite", "firing", 1, 40, "critical")
     ]
-    assert e.on_signal(signal("nonfinite", 1, True, 41)) == []
-    resolved = e.on_signal(signal("nonfinite", 1, False, 45))
+    assert e.on_finding(finding("nonfinite", 1, True, 41)) == []
+    resolved = e.on_finding(finding("nonfinite", 1, False, 45))
     assert [(a.status, a.fingerprint) for a in resolved] == [("resolved", fired[0].fingerprint)]
     assert e.firing() == []
 
@@ -107,18 +112,18 @@ def test_selector_limits_rules_to_matching_runs() -> None:
 def test_silence_marks_transitions_suppressed() -> None:
     e = engine()
     e.silences = [Silence(id="s1", matchers={"rule": "nonfinite"}, starts_at=0, ends_at=NOW + 1)]
-    fired = e.on_signal(signal("nonfinite", 0, True, 1))
+    fired = e.on_finding(finding("nonfinite", 0, True, 1))
     assert fired[0].suppressed_by == "silence:s1"
     e.silences = [Silence(id="s1", matchers={"rule": "nonfinite"}, starts_at=0, ends_at=NOW)]
-    assert e.on_signal(signal("nonfinite", 1, True, 1))[0].suppressed_by is None
+    assert e.on_finding(finding("nonfinite", 1, True, 1))[0].suppressed_by is None
 
 
 def test_dead_rank_inhibits_its_straggler_alert() -> None:
     e = engine()
-    e.on_signal(signal("dead_rank", 2, True, 10, metric=None))
-    straggler = e.on_signal(signal("straggler", 2, True, 11, metric="data_time"))
+    e.on_finding(finding("dead_rank", 2, True, 10, metric=None))
+    straggler = e.on_finding(finding("straggler", 2, True, 11, metric="data_time"))
     assert straggler[0].suppressed_by == "inhibited:dead_rank"
-    other = e.on_signal(signal("straggler", 1, True, 11, metric="data_time"))
+    other = e.on_finding(finding("straggler", 1, True, 11, metric="data_time"))
     assert other[0].suppressed_by is None
 
 
@@ -129,8 +134,8 @@ def test_user_rule_overrides_builtin_for_a_detector() -> None:
     severity: critical
     selector: {metric: loss}
 """)
-    assert [a.rule for a in e.on_signal(signal("nonfinite", 0, True, 1))] == ["nan-page"]
-    assert e.on_signal(signal("nonfinite", 0, True, 1, metric="lr")) == []
+    assert [a.rule for a in e.on_finding(finding("nonfinite", 0, True, 1))] == ["nan-page"]
+    assert e.on_finding(finding("nonfinite", 0, True, 1, metric="lr")) == []
 
 
 def test_hot_reload_keeps_state_of_kept_rules() -> None:
@@ -143,7 +148,6 @@ def test_hot_reload_keeps_state_of_kept_rules() -> None:
 
 
 def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
-    from processors.alerting.agent import signal_of
     from processors.series_stage import SeriesStage
     from stepstream.contract import Batch, Record
 
@@ -155,7 +159,7 @@ def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
         record = Record(seq=step, t=100.0 + step, step=step, values={"loss": loss})
         result = stage.process_many([Batch(run="r", rank=1, incarnation="i", records=[record])])
         for flag in result.alerts:
-            transitions += e.on_signal(signal_of(flag))
+            transitions += e.on_finding(flag)
     assert [(a.status, a.step) for a in transitions] == [("firing", 1), ("resolved", 3)]
     assert transitions[0].fingerprint == transitions[1].fingerprint
     assert e.firing() == []
@@ -164,10 +168,10 @@ def test_nonfinite_alert_resolves_when_the_series_is_finite_again() -> None:
 def test_detector_alert_without_new_evidence_resolves_after_the_timeout() -> None:
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
-    e.on_signal(signal("spike", 0, True, 5))
+    e.on_finding(finding("spike", 0, True, 5))
     now[0] += 299.0
     assert e.resolve_quiet(300.0) == []
-    e.on_signal(signal("spike", 0, True, 9))  # fresh evidence restarts the quiet period
+    e.on_finding(finding("spike", 0, True, 9))  # fresh evidence restarts the quiet period
     now[0] += 299.0
     assert e.resolve_quiet(300.0) == []
     now[0] += 2.0
@@ -177,9 +181,7 @@ def test_detector_alert_without_new_evidence_resolves_after_the_timeout() -> Non
 
 
 def test_a_detectors_cleared_flag_resolves_its_alert_without_the_timeout() -> None:
-    from processors.alerting.agent import signal_of
     from processors.detectors import SpikeDetector
-    from processors.flags import flag_to_alert
 
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
@@ -187,7 +189,7 @@ def test_a_detectors_cleared_flag_resolves_its_alert_without_the_timeout() -> No
     transitions = []
     for step, loss in enumerate([1.0, 1.01, 1.02] * 10 + [9.0, 1.01]):
         for flag in detector.observe("r", 1, "loss", step, 100.0 + step, loss):
-            transitions += e.on_signal(signal_of(flag_to_alert(flag, now[0])))
+            transitions += e.on_finding(flag_to_alert(flag, now[0]))
         now[0] += 0.1  # far less than any resolve timeout
     assert [(a.rule, a.status, a.rank, a.metric, a.step) for a in transitions] == [
         ("spike", "firing", 1, "loss", 30),
@@ -202,7 +204,7 @@ def test_a_detectors_cleared_flag_resolves_its_alert_without_the_timeout() -> No
     assert e.firing() == [] and e.resolve_quiet(0.0) == []
 
 
-def test_detector_rule_for_and_keep_firing_for_elapse_between_signals() -> None:
+def test_detector_rule_for_and_keep_firing_for_elapse_between_findings() -> None:
     now = [1000.0]
     e = AlertEngine(
         parse_rules("""rules:
@@ -213,15 +215,15 @@ def test_detector_rule_for_and_keep_firing_for_elapse_between_signals() -> None:
 """),
         clock=lambda: now[0],
     )
-    pending = e.on_signal(signal("spike", 0, True, 5))  # pending: for 10 s
+    pending = e.on_finding(finding("spike", 0, True, 5))  # pending: for 10 s
     assert [(a.rule, a.status, a.rank) for a in pending] == [("slow-spike", "pending", 0)]
     assert e.firing() == [] and e.pending() == pending
     now[0] += 9.0
     assert e.tick() == []
     now[0] += 1.5
-    fired = e.tick()  # no new signal: the level held for 10 s
+    fired = e.tick()  # no new finding: the level held for 10 s
     assert [(a.rule, a.status, a.rank) for a in fired] == [("slow-spike", "firing", 0)]
-    assert e.on_signal(signal("spike", 0, False, 20)) == []  # cleared: kept firing 30 s
+    assert e.on_finding(finding("spike", 0, False, 20)) == []  # cleared: kept firing 30 s
     now[0] += 29.0
     assert e.tick() == []
     now[0] += 2.0
@@ -236,10 +238,10 @@ def test_a_detector_start_cleared_within_for_never_fires_and_is_forgotten() -> N
         parse_rules("rules:\n  - name: s\n    detector: spike\n    for: 10s\n"),
         clock=lambda: now[0],
     )
-    pending = e.on_signal(signal("spike", 0, True, 5))
+    pending = e.on_finding(finding("spike", 0, True, 5))
     assert [a.status for a in pending] == ["pending"]
     now[0] += 5.0
-    withdrawn = e.on_signal(signal("spike", 0, False, 10))
+    withdrawn = e.on_finding(finding("spike", 0, False, 10))
     # Withdrawn, not resolved: it never fired, and must leave the stored active set.
     assert [(a.status, a.fingerprint, a.step, a.active_since) for a in withdrawn] == [
         ("withdrawn", pending[0].fingerprint, 10, None)
@@ -251,11 +253,11 @@ def test_a_detector_start_cleared_within_for_never_fires_and_is_forgotten() -> N
 
 def test_restored_firing_alert_is_not_paged_again_and_resolves_on_clear() -> None:
     before = engine()
-    (fired,) = before.on_signal(signal("spike", 0, True, 5))
+    (fired,) = before.on_finding(finding("spike", 0, True, 5))
     after = engine()  # a restarted worker
     assert after.restore([fired, fired.model_copy(update={"status": "resolved"})]) == 1
-    assert after.on_signal(signal("spike", 0, True, 9)) == []  # still firing: no new page
-    (resolved,) = after.on_signal(signal("spike", 0, False, 12))
+    assert after.on_finding(finding("spike", 0, True, 9)) == []  # still firing: no new page
+    (resolved,) = after.on_finding(finding("spike", 0, False, 12))
     assert (resolved.status, resolved.fingerprint, resolved.step) == (
         "resolved",
         fired.fingerprint,
@@ -266,7 +268,7 @@ def test_restored_firing_alert_is_not_paged_again_and_resolves_on_clear() -> Non
 
 def test_restored_detector_alert_without_evidence_resolves_on_the_timeout() -> None:
     now = [1000.0]
-    (fired,) = engine().on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    (fired,) = engine().on_finding(finding("dead_rank", 1, True, 5, metric=None))
     after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
     after.restore([fired])
     now[0] += 301.0
@@ -292,7 +294,7 @@ def test_restored_condition_alert_resolves_when_the_condition_no_longer_holds() 
 def test_a_holding_detector_alert_stays_firing_while_its_run_reports() -> None:
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
-    (fired,) = e.on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    (fired,) = e.on_finding(finding("dead_rank", 1, True, 5, metric=None))
     for _ in range(10):  # the other ranks go on for 10 minutes
         now[0] += 60.0
         e.on_window_update(update(0, 100, 1.0))
@@ -308,39 +310,38 @@ def test_a_holding_detector_alert_stays_firing_while_its_run_reports() -> None:
 
 def test_an_incidents_series_reach_the_alert() -> None:
     e = engine()
-    opened = Signal(
+    opened = Flag(
         detector="nonfinite",
         run="r",
         rank=1,
         metric="loss",
         step=40,
         t=40.0,
-        active=True,
         severity="critical",
         summary="loss is NaN",
         affected=("rank 1: loss",),
     )
-    (fired,) = e.on_signal(opened)
+    (fired,) = e.on_finding(flag_to_alert(opened, NOW))
     assert fired.affected == ["rank 1: loss"]
-    ended = Signal(
+    ended = Flag(
         detector="nonfinite",
         run="r",
         rank=1,
         metric="loss",
         step=60,
         t=60.0,
-        active=False,
+        cleared=True,
         severity="critical",
         summary="cleared",
         affected=("rank 1: loss", "rank 0: loss"),
     )
-    (resolved,) = e.on_signal(ended)
+    (resolved,) = e.on_finding(flag_to_alert(ended, NOW))
     assert resolved.status == "resolved" and resolved.affected == ["rank 1: loss", "rank 0: loss"]
 
 
 def test_a_taken_over_alert_not_reasserted_resolves_after_the_window_once_its_run_reports() -> None:
     now = [1000.0]
-    (fired,) = engine().on_signal(signal("spike", 0, True, 5))
+    (fired,) = engine().on_finding(finding("spike", 0, True, 5))
     after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
     assert after.restore([fired], reassert_s=10.0) == 1
     now[0] += 30.0
@@ -355,19 +356,19 @@ def test_a_taken_over_alert_not_reasserted_resolves_after_the_window_once_its_ru
 
 def test_a_taken_over_alert_its_detector_reasserts_stays_firing_without_a_page() -> None:
     now = [1000.0]
-    (fired,) = engine().on_signal(signal("spike", 0, True, 5))
+    (fired,) = engine().on_finding(finding("spike", 0, True, 5))
     after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
     after.restore([fired], reassert_s=10.0)
     now[0] += 2.0
     after.note_activity(fired.run)
-    assert after.on_signal(signal("spike", 0, True, 9)) == []  # re-asserted: no new page
+    assert after.on_finding(finding("spike", 0, True, 9)) == []  # re-asserted: no new page
     now[0] += 60.0
     assert after.resolve_unasserted() == []
 
 
 def test_a_taken_over_alert_of_a_slow_detector_waits_for_the_resolve_timeout() -> None:
     now = [1000.0]
-    (fired,) = engine().on_signal(signal("memory_leak", 0, True, 5, metric=None))
+    (fired,) = engine().on_finding(finding("memory_leak", 0, True, 5, metric=None))
     after = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
     after.restore([fired], reassert_s=10.0)
     now[0] += 60.0
@@ -380,13 +381,13 @@ def test_an_alert_held_before_a_rebalance_is_restored_without_a_reassert_window(
     # episode with it, and that episode will not repeat its start.
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
-    (fired,) = e.on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    (fired,) = e.on_finding(finding("dead_rank", 1, True, 5, metric=None))
     e.forget_all()  # a rebalance
     assert e.restore([fired], reassert_s=10.0) == 1
     now[0] += 60.0
     e.note_activity(fired.run)
     assert e.resolve_unasserted() == []
-    (resolved,) = e.on_signal(signal("dead_rank", 1, False, 12, metric=None))
+    (resolved,) = e.on_finding(finding("dead_rank", 1, False, 12, metric=None))
     assert resolved.status == "resolved"
 
 
@@ -418,9 +419,9 @@ def test_a_pending_condition_that_stops_is_withdrawn_not_resolved() -> None:
 
 def test_a_pending_alert_inhibits_nothing() -> None:
     e = engine("rules:\n  - name: dead_rank\n    detector: dead_rank\n    for: 30s\n")
-    (pending,) = e.on_signal(signal("dead_rank", 2, True, 10, metric=None))
+    (pending,) = e.on_finding(finding("dead_rank", 2, True, 10, metric=None))
     assert pending.status == "pending"
-    straggler = e.on_signal(signal("straggler", 2, True, 11, metric="data_time"))
+    straggler = e.on_finding(finding("straggler", 2, True, 11, metric="data_time"))
     # Only a firing dead rank silences its straggler alert (Alertmanager inhibits on firing).
     assert [(a.status, a.suppressed_by) for a in straggler] == [("firing", None)]
 
@@ -465,7 +466,7 @@ def test_a_stage_1_finding_held_before_a_rebalance_still_needs_re_asserting() ->
     # that owed the clear may be gone.
     now = [1000.0]
     e = AlertEngine(parse_rules("rules: []\n"), clock=lambda: now[0])
-    (fired,) = e.on_signal(signal("nonfinite", 0, True, 5))
+    (fired,) = e.on_finding(finding("nonfinite", 0, True, 5))
     e.forget_all()
     e.restore([fired], reassert_s=10.0)
     now[0] += 11.0
@@ -481,7 +482,7 @@ def test_a_worker_takes_over_only_the_kind_of_alerts_it_raises_for_a_run() -> No
     text = "rules:\n  - name: high\n    condition: mean(loss, 50 steps) > 1\n"
     now = [1000.0]
     before = AlertEngine(parse_rules(text), clock=lambda: now[0])
-    (dead,) = before.on_signal(signal("dead_rank", 1, True, 5, metric=None))
+    (dead,) = before.on_finding(finding("dead_rank", 1, True, 5, metric=None))
     (high,) = before.on_window_update(update(0, 1, 5.0))
     windows_only = AlertEngine(parse_rules(text), clock=lambda: now[0])
     assert windows_only.restore([dead, high], reassert_s=10.0, detectors=False) == 1

@@ -2,44 +2,53 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-from processors.flags import Flag
+from processors.flags import Flag, flag_to_alert
 from processors.incidents import Incidents
 from processors.run_stage import RunStage
 from processors.series_stage import SeriesStage
-from stepstream.contract import Batch, Record, RecordKind
+from stepstream.contract import Alert, Batch, Record, RecordKind
 
 
 def flag(
-    rank: int, metric: str, step: int, cleared: bool = False, detector: str = "nonfinite"
-) -> Flag:
-    return Flag(
-        detector=detector,
-        run="r",
-        rank=rank,
-        metric=metric,
-        step=step,
-        t=float(step),
-        severity="critical",
-        summary=f"{metric} on rank {rank}",
-        evidence={"value": None},
-        cleared=cleared,
+    rank: int,
+    metric: str,
+    step: int,
+    cleared: bool = False,
+    detector: str = "nonfinite",
+    labels: dict[str, str] | None = None,
+) -> Alert:
+    """A detector's finding as incidents get it: its flag as an alert (`flag_to_alert`)."""
+    return flag_to_alert(
+        Flag(
+            detector=detector,
+            run="r",
+            rank=rank,
+            metric=metric,
+            step=step,
+            t=float(step),
+            severity="critical",
+            summary=f"{metric} on rank {rank}",
+            evidence={"value": None},
+            cleared=cleared,
+            labels=labels or {},
+        ),
+        0.0,
     )
 
 
 def test_one_incident_per_run_and_detector_open_until_its_last_series_clears() -> None:
     incidents = Incidents()
     opened = incidents.apply(flag(1, "loss", 40))
-    assert opened is not None and opened.affected == ("rank 1: loss",)
+    assert opened is not None and opened.affected == ["rank 1: loss"]
     assert opened.evidence["first_rank"] == 1.0 and opened.evidence["first_step"] == 40.0
     for rank in range(3):
         for layer in range(10):
             assert incidents.apply(flag(rank, f"grad/norm/l{layer}", 41)) is None
     assert incidents.apply(flag(0, "loss", 41)) is None
     other = incidents.apply(flag(2, "loss", 41, detector="spike"))  # another detector
-    assert other is not None and other.detector == "spike"
+    assert other is not None and other.rule == "spike"
     assert len(incidents.affected("r", "nonfinite")) == 32
     # Every gradient series clears; the losses are still NaN: the incident goes on.
     for rank in range(3):
@@ -47,13 +56,13 @@ def test_one_incident_per_run_and_detector_open_until_its_last_series_clears() -
             assert incidents.apply(flag(rank, f"grad/norm/l{layer}", 50, cleared=True)) is None
     assert incidents.apply(flag(1, "loss", 60, cleared=True)) is None
     ended = incidents.apply(flag(0, "loss", 61, cleared=True))
-    assert ended is not None and ended.cleared
+    assert ended is not None and ended.status == "resolved"
     # It ends the alert the opening raised: same rank and metric (so the fingerprint).
     assert (ended.rank, ended.metric, ended.step) == (1, "loss", 61)
     assert ended.evidence["affected_series"] == 32.0
     # A new fault later is a new incident.
     again = incidents.apply(flag(2, "loss", 90))
-    assert again is not None and not again.cleared
+    assert again is not None and again.status == "firing"
 
 
 def test_a_cleared_flag_with_no_incident_passes_through() -> None:
@@ -104,7 +113,7 @@ def test_a_flapping_fault_within_the_hold_is_one_incident() -> None:
     assert incidents.apply(flag(1, "loss", 56, cleared=True), now=103.4) is None
     assert incidents.tick(108.3) == []
     (ended,) = incidents.tick(108.4)
-    assert ended.cleared and (ended.rank, ended.step) == (1, 56)
+    assert ended.status == "resolved" and (ended.rank, ended.step) == (1, 56)
     assert incidents.apply(flag(1, "loss", 90), now=120.0) is not None  # a new incident
 
 
@@ -125,7 +134,7 @@ def test_a_rank_local_series_names_an_incident_opened_in_the_same_step() -> None
     for metric in ("grad/norm/fc.weight", "grad/global_norm"):
         assert incidents.apply_all([flag(0, metric, 210, cleared=True)]) == []
     (ended,) = incidents.apply_all([flag(0, "loss", 211, cleared=True)])
-    assert ended.cleared and ended.metric == "loss"
+    assert ended.status == "resolved" and ended.metric == "loss"
     # a later step does not rename what was already raised
     later = Incidents()
     first = later.apply_all([flag(0, "grad/global_norm", 5)])
@@ -143,11 +152,10 @@ def test_an_open_series_flagged_again_or_restated_makes_the_incident_heard_again
     assert opening is not None and inc.apply(flag(1, "loss", 5)) is None  # joins quietly
     # Rank 0's detector restarted cold (its partition moved) and starts its episode again:
     assert inc.apply(flag(0, "loss", 9)) == opening
-    restated = flag(1, "loss", 5)
-    restated = dataclasses.replace(restated, labels={RESTATED: "1"})
+    restated = flag(1, "loss", 5, labels={RESTATED: "1"})
     assert inc.apply(restated) == opening
     # A restated flag that opens an incident (a cold stage 2) opens it unmarked.
-    fresh = dataclasses.replace(flag(2, "x", 3, detector="spike"), labels={RESTATED: "1"})
+    fresh = flag(2, "x", 3, detector="spike", labels={RESTATED: "1"})
     raised = inc.apply(fresh)
     assert raised is not None and RESTATED not in raised.labels
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from processors.alerting.agent import signal_of
 from processors.alerting.engine import AlertEngine
 from processors.alerting.rules import parse_rules
 from processors.detectors.liveness import LivenessDetector, LivenessParams
@@ -167,7 +166,7 @@ def test_stage_two_and_the_engine_page_once_for_a_lost_node() -> None:
                 alerts += stage.process(summary(rank, int(now * 10)), now).alerts
         alerts += stage.tick(now + 0.1)
         now = round(now + 0.2, 6)
-    transitions = [a for flag in alerts for a in engine.on_signal(signal_of(flag))]
+    transitions = [a for flag in alerts for a in engine.on_finding(flag)]
     firing = [a for a in transitions if a.status == "firing"]
     notified = [a for a in firing if a.suppressed_by is None]
     assert [a.rule for a in notified] == [vocab.NODE_LOST]
