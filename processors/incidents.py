@@ -194,11 +194,11 @@ class Incidents:
             if wanted is None or key[1] in wanted:
                 del self._open[key]
 
-    def end_run(self, run: str, t: float, summary: str) -> list[Flag]:
-        """Cleared flags of every open incident of `run` at event time `t`, at once: the run
-        finished (every rank closed), so none of its series will clear or flag again, and
-        an incident left open would keep its alert firing until the resolve timeout. One
-        already closing ends with the clear it was holding."""
+    def end_run(self, run: str, t: float, summary: str) -> list[Alert]:
+        """The ends of every open incident of `run` at event time `t`, at once: the run
+        finished (every rank closed), so none of its series will clear or be found again,
+        and an incident left open would keep its alert firing until the resolve timeout.
+        One already closing ends with the clear it was holding."""
         out = []
         for key in [k for k in self._open if k[0] == run]:
             incident = self._open.pop(key)
@@ -206,7 +206,9 @@ class Incidents:
                 last = incident.closing[1]
             else:
                 opening = incident.opening
-                last = cleared_flag(opening, opening.step, max(t, opening.t), summary, {})
+                last = opening.model_copy(
+                    update={"status": "resolved", "t": max(t, opening.t), "summary": summary}
+                )
             out.append(self._closed(incident, last))
         return out
 

@@ -427,13 +427,12 @@ class RunStage:
                 self._finish(run, state, now, result, flags)
             self._goodput_in_between(run, state, result)
         result.alerts = self._raise(flags, now)
-        raised = self._clock()
-        result.alerts += [flag_to_alert(f, raised) for f in self._end_finished(now)]
+        result.alerts += _stamped(self._end_finished(now), self._clock())
         return result
 
-    def _end_finished(self, now: float) -> list[Flag]:
+    def _end_finished(self, now: float) -> list[Alert]:
         """End the incidents of runs whose ranks all closed, whose steps are all finished
-        and of which nothing was heard for `finished_quiet_s`: their cleared flags. Nothing
+        and of which nothing was heard for `finished_quiet_s`: their ends. Nothing
         can clear them later (a NaN that ended the run, a non-finite origin waiting for
         `rearm_steps` more steps, a straggler at the last step), and left open they kept a
         finished run's alerts firing until the resolve timeout (300 s). The run-level
@@ -445,7 +444,7 @@ class RunStage:
         different partitions, and one rank's last flags can arrive seconds after another
         rank's close. Ended then, the run's incidents reopened for those flags and paged
         again (three pages for one NaN, ranks publishing one after another)."""
-        out: list[Flag] = []
+        out: list[Alert] = []
         for run, state in self._runs.items():
             if state.ended or state.steps or now - state.heard < self.finished_quiet_s:
                 continue
