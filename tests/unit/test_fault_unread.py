@@ -3,7 +3,7 @@ broker held unread at the kill, on hand-made offsets and messages."""
 
 from __future__ import annotations
 
-from bench.fault_harness import SERIES, unread_points
+from bench.fault_harness import SERIES, Unread, Verdict, unread_points
 from stepstream.contract import Batch, Record
 
 
@@ -41,3 +41,12 @@ def test_a_kill_with_everything_read_bounds_the_loss_at_zero() -> None:
     messages = [(p, o, message("job", p, [o])) for p in range(2) for o in range(3)]
     assert unread_points("job", {0: 3, 1: 3}, messages) == set()
     assert len(unread_points("job", {0: 3, 1: 1}, messages)) == 2
+
+
+def test_the_verdict_carries_the_measured_bound() -> None:
+    unread = Unread(steps=3, telemetry=2, validated=2, gap_ms=5.0, points=frozenset())
+    kill = Verdict("broker kill+restart", 4, 0, 0, 2, 0.2, 0, 20.0, unread=unread)
+    other = Verdict("sink SIGKILL", 0, 0, 0, 2, 0.2, 0, 20.0)
+    assert (kill.unread_at_kill, other.unread_at_kill) == (3, None)
+    assert not kill.lost <= kill.unread_at_kill  # what test_faults asserts fails here
+    assert kill.row().split()[2:4] == ["4", "3"] and other.row().split()[2:4] == ["0", "-"]
