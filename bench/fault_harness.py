@@ -22,14 +22,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from bench.tls_proxy import Pki, TlsProxy
 from query.reader import MetricsReader
 from sinks.local_redis import LocalRedis
 from stepstream.admin import ensure_topics
+from stepstream.contract import decode_batch
+from stepstream.errors import ContractError
 from stepstream.settings import Settings
 from stepstream.stack import find_broker_binary, free_port, settings_env, worker_command
 from stepstream.streaming import ready_file
@@ -209,6 +213,11 @@ class FaultStack:
     redis: LocalRedis | None = None
     fault_relay: FaultRelay | None = None
     tls_proxy: TlsProxy | None = None
+    current_run: str | None = None
+    """The run `scenario` is training now: what `restart_broker` measures before the kill."""
+    unread: Unread | None = None
+    """What the broker held unread of `current_run` at the last kill (`restart_broker`);
+    None where the measurement failed (the kill goes on)."""
 
     @property
     def cwd(self) -> Path:
@@ -331,8 +340,16 @@ class FaultStack:
     def restart_broker(self, down_s: float = 1.0) -> None:
         """Kill tansu and start a new one on the same port: memory storage, so topics,
         records and group offsets are gone; topics are created again (as `stepstream
-        worker` does at start)."""
-        self.children["broker"].kill()
+        worker` does at start). With a `current_run`, what the broker holds of it that
+        the pipeline has not read is measured just before the kill (`unread`)."""
+        broker = self.children["broker"]
+        try:
+            if self.current_run is not None:
+                self.unread = measure_unread(self.settings, self.current_run, broker.kill)
+        except Exception as exc:  # the fault goes on; the verdict shows no measurement
+            print(f"unread at the kill not measured: {exc!r}", file=sys.stderr)
+        finally:
+            broker.kill()  # at once, unless measure_unread did
         time.sleep(down_s)
         self.start_broker()
         ensure_topics(self.settings)
@@ -444,17 +461,26 @@ class Verdict:
     max_log_ms: float
     unflushed_ranks: int
     seconds: float
+    unread: Unread | None = None
+    """What the broker held unread of the run at a broker kill (none for other faults)."""
+
+    @property
+    def unread_at_kill(self) -> int | None:
+        """Points of the counted series the broker held unread at the kill: the most a
+        kill of the memory-only broker can lose (`Unread`); None without a kill."""
+        return None if self.unread is None else self.unread.steps
 
     def row(self) -> str:
+        unread = "-" if self.unread_at_kill is None else str(self.unread_at_kill)
         return (
-            f"{self.fault:<22} {self.lost:>5} {self.wrong:>5} {self.duplicate_alerts:>9} "
-            f"{self.alerts_fired:>6} {self.max_log_ms:>11.2f} {self.unflushed_ranks:>9} "
-            f"{self.seconds:>7.1f}"
+            f"{self.fault:<22} {self.lost:>5} {unread:>6} {self.wrong:>5} "
+            f"{self.duplicate_alerts:>9} {self.alerts_fired:>6} {self.max_log_ms:>11.2f} "
+            f"{self.unflushed_ranks:>9} {self.seconds:>7.1f}"
         )
 
 
 HEADER = (
-    f"{'fault':<22} {'lost':>5} {'wrong':>5} {'dup_alert':>9} {'fired':>6} "
+    f"{'fault':<22} {'lost':>5} {'unread':>6} {'wrong':>5} {'dup_alert':>9} {'fired':>6} "
     f"{'max_log_ms':>11} {'unflushed':>9} {'seconds':>7}"
 )
 
@@ -506,6 +532,131 @@ def duplicate_firings(transitions: list[tuple[str, str]]) -> int:
     return duplicates
 
 
+SERIES = "counter"
+"""The series every rank logs as ``counter = step``: what `read_back` counts as lost."""
+
+
+@dataclass(frozen=True)
+class Unread:
+    """What the broker held of one run that the pipeline had not read, measured just
+    before a kill: the (rank, step) points of the `SERIES` in telemetry messages at or
+    past the processor group's committed offsets, and in validated messages at or past
+    the sink group's. The groups commit after they handled a batch, on an interval, so
+    this is an upper bound of what a kill of the memory-only broker can lose (points read
+    but not yet committed are counted, and reach Redis all the same)."""
+
+    steps: int
+    """Distinct (rank, step) points of the run in either part: the bound."""
+    telemetry: int
+    """Points in telemetry messages past the processor group's committed offsets."""
+    validated: int
+    """Points in validated messages past the sink group's committed offsets."""
+    gap_ms: float
+    """From the last request for the end offsets (read up to them) to the kill: what the
+    broker acknowledged in this gap is not counted."""
+    points: frozenset[tuple[int, int]] = field(default=frozenset(), repr=False)
+    """The (rank, step) points counted in `steps`."""
+
+
+def unread_points(
+    run: str,
+    committed: Mapping[int, int],
+    messages: Iterable[tuple[int, int, bytes | None]],
+    series: str = SERIES,
+) -> set[tuple[int, int]]:
+    """(rank, step) of the `series` records of `run` in those `messages` (partition,
+    offset, value) at or past their partition's `committed` offset (all of a partition
+    without one). Values are decoded with the contract's `decode_batch`, as the processor
+    and the sink do; a message it refuses holds nothing the sink would store."""
+    points: set[tuple[int, int]] = set()
+    for partition, offset, value in messages:
+        if offset < committed.get(partition, 0):
+            continue
+        try:
+            batch = decode_batch(value)
+        except ContractError:
+            continue
+        if batch.run != run:
+            continue
+        for record in batch.records:
+            if record.step is not None and series in record.values:
+                points.add((batch.rank, record.step))
+    return points
+
+
+def committed_offsets(
+    admin: KafkaAdminClient, group: str, parts: list[TopicPartition]
+) -> dict[int, int]:
+    """The offsets `group` committed in `parts` (all of one topic), by partition; a
+    partition without a commit is left out."""
+    found = admin.list_group_offsets({group: parts})[group]
+    return {tp.partition: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
+def measure_unread(
+    settings: Settings, run: str, kill: Callable[[], None], timeout_s: float = 10.0
+) -> Unread:
+    """Read, with a client of its own, every message of the telemetry and validated
+    topics past the processor and sink groups' committed offsets up to the end offsets,
+    until the end offsets stop moving, then call `kill` at once; count what of `run`
+    was unread (`Unread`)."""
+    topics = Topics(settings.topic_prefix)
+    groups = {topics.telemetry: topics.group("processor"), topics.validated: topics.group("sink")}
+    common: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "client_id": "stepstream-faults-unread",
+        **settings.kafka_client_config(),
+    }
+    admin = KafkaAdminClient(**common)
+    consumer = KafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,  # tansu holds a fetch for all of it
+        **common,
+    )
+    try:
+        parts = [
+            TopicPartition(topic, p)
+            for topic in groups
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(parts)
+        committed = {
+            topic: committed_offsets(admin, group, [tp for tp in parts if tp.topic == topic])
+            for topic, group in groups.items()
+        }
+        starts = consumer.beginning_offsets(parts)
+        for tp in parts:
+            consumer.seek(tp, max(committed[tp.topic].get(tp.partition, 0), starts[tp]))
+        got: dict[str, list[tuple[int, int, bytes | None]]] = {topic: [] for topic in groups}
+        deadline = time.monotonic() + timeout_s
+        ends: dict[TopicPartition, int] = {}
+        while True:
+            asked = time.monotonic()
+            now = consumer.end_offsets(parts)
+            if now == ends or time.monotonic() > deadline:
+                kill()
+                gap_ms = (time.monotonic() - asked) * 1000
+                break
+            ends = now
+            while any(consumer.position(tp) < ends[tp] for tp in parts):
+                if time.monotonic() > deadline:
+                    break
+                for tp, records in consumer.poll(timeout_ms=100).items():
+                    got[tp.topic].extend((r.partition, r.offset, r.value) for r in records)
+    finally:
+        consumer.close()
+        admin.close()
+    per_topic = {topic: unread_points(run, committed[topic], got[topic]) for topic in groups}
+    return Unread(
+        steps=len(per_topic[topics.telemetry] | per_topic[topics.validated]),
+        telemetry=len(per_topic[topics.telemetry]),
+        validated=len(per_topic[topics.validated]),
+        gap_ms=gap_ms,
+        points=frozenset(per_topic[topics.telemetry] | per_topic[topics.validated]),
+    )
+
+
 def summary(verdicts: list[Verdict]) -> str:
     return (
         f"lost={sum(v.lost for v in verdicts)} "
@@ -529,11 +680,13 @@ def scenario(
     run = f"{name.split()[0]}-{uuid.uuid4().hex[:6]}"
     training = Training(stack, run, world=world, steps=steps, step_s=step_s, nan_step=10)
     training.start()
+    stack.current_run, stack.unread = run, None
     try:
         training.wait_started()
         time.sleep(lead_s)
         inject()
     finally:
+        stack.current_run = None
         reports = training.wait()
     lost, wrong, duplicates, fired = read_back(stack.settings, run, world, steps)
     return Verdict(
@@ -545,6 +698,7 @@ def scenario(
         max_log_ms=max(r["max_log_ms"] for r in reports),
         unflushed_ranks=sum(1 for r in reports if not r["flushed"]),
         seconds=time.monotonic() - started,
+        unread=stack.unread,
     )
 
 
