@@ -523,6 +523,8 @@ class LivenessDetector:
             )
 
         origin = min(stepping, key=order)
+        duty = self._on_duty(state, stepping, origin, now, stale)
+        origin = origin if duty is None else duty
         s = state.ranks[origin]
         step_s = self._rhythm(state)
         if any(x.closed_at is not None for x in state.ranks.values()) or (
@@ -540,6 +542,39 @@ class LivenessDetector:
             in_phase -= stale[origin]
         hung = stuck >= threshold and (in_phase is None or in_phase >= threshold)
         return HangVerdict(origin, stuck, in_phase, threshold, step_s, hung)
+
+    def _on_duty(
+        self,
+        state: _Run,
+        stepping: list[int],
+        origin: int,
+        now: float,
+        stale: dict[int, float],
+    ) -> int | None:
+        """A rank in a declared phase (eval, checkpoint) since before `origin` got stuck,
+        if any: the run waits for that duty, whatever the origin's reported step says.
+
+        In lockstep every rank waits for the slowest. A rank one step "behind" the rank on
+        duty is most often only reported so (its last step's record not flushed yet when
+        the duty began), and judged on its own it would be hung after 5 s of a 12 s
+        checkpoint. A rank stuck since before the duty began is still the origin.
+        """
+        if state.ranks[origin].phase in vocab.DECLARED_PHASES:
+            return None
+        s = state.ranks[origin]
+        stuck = now - max(s.step_moved, self._resumed_at) - stale[origin]
+        # Reports of the duty's start and of the others' last step come up to a heartbeat
+        # interval apart (each rank's own send cycle), each way.
+        slack = 2 * self.params.heartbeat_interval_s
+        on_duty = [
+            (in_phase, r)
+            for r in stepping
+            if r != origin
+            and state.ranks[r].phase in vocab.DECLARED_PHASES
+            and (in_phase := state.ranks[r].in_phase(now)) is not None
+            and in_phase - stale[r] + slack >= stuck
+        ]
+        return max(on_duty)[1] if on_duty else None
 
     def tick(self, now: float) -> list[Flag]:
         """Judge every known run at `now`."""

@@ -584,3 +584,50 @@ def test_a_rank_whose_news_lags_behind_its_peers_is_not_a_hang() -> None:
         flags += d.tick(now + 0.1)
         now = round(now + 0.2, 6)
     assert flags == []
+
+
+def test_a_rank_reported_a_step_behind_the_rank_on_duty_is_not_the_hang() -> None:
+    # Rank 0 checkpoints for 12 s after step 160 (a declared phase: the 30 s floor);
+    # ranks 1 and 2 wait in the next all-reduce. Rank 1's record of step 160 was not
+    # flushed before the wait began: its reports say step 159, one behind every peer.
+    d = LivenessDetector()
+    step_s, duty_at, duty_s = 0.1, 16.05, 12.0
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        if now < duty_at:  # rank 1's newest record is always a step behind
+            return [
+                (r, int(now / step_s) - (r == 1), "running", "forward", 0.01, None)
+                for r in (0, 1, 2)
+            ]
+        if now < duty_at + duty_s:
+            waited = now - duty_at
+            return [
+                (0, 160, "running", "checkpoint", waited, None),
+                (1, 159, "running", "backward", waited, None),
+                (2, 160, "running", "backward", waited, None),
+            ]
+        moved = 161 + int((now - duty_at - duty_s) / step_s)
+        return [(r, moved, "running", "forward", 0.01, None) for r in (0, 1, 2)]
+
+    assert drive(d, 40.0, beat) == []
+
+
+def test_a_rank_stuck_before_a_peer_began_its_duty_is_still_the_hang() -> None:
+    # Rank 1 hangs in its data loader at 10 s; rank 0 begins an eval at 14 s (it logged
+    # its step before the collective that now waits for rank 1): rank 1 is the origin.
+    d = LivenessDetector()
+    step_s, hang = 0.1, 10.0
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        if now < hang:
+            return [(r, int(now / step_s), "running", "forward", 0.01, None) for r in (0, 1, 2)]
+        done = int(hang / step_s)
+        eval_s = max(0.0, now - 14.0)
+        return [
+            (0, done, "running", "eval" if eval_s else "backward", eval_s or now - hang, None),
+            (1, done - 1, "running", "data", now - hang, None),
+            (2, done, "running", "backward", now - hang, None),
+        ]
+
+    flags = drive(d, 25.0, beat)
+    assert [(f.detector, f.rank, f.cleared) for f in flags] == [("hung_rank", 1, False)]
