@@ -70,8 +70,15 @@ class Ranks:
     def wait(self, timeout: float) -> list[dict[str, Any]]:
         """Every rank's report, once all exited 0."""
         codes = [p.wait(timeout) for p in self.procs]
-        errors = [p.stderr.read().decode()[-2000:] if p.stderr else "" for p in self.procs]
-        assert codes == [0] * len(codes), (codes, errors)
+        if codes != [0] * len(codes):
+            # The first rank to fail is the one to read (a signal: negative), its peers'
+            # errors follow from it; each rank's tail, its own line, untruncated.
+            tails = [p.stderr.read().decode()[-1500:] if p.stderr else "" for p in self.procs]
+            told = "\n".join(
+                f"--- rank {rank} exit {code}:\n{tail}"
+                for rank, (code, tail) in enumerate(zip(codes, tails, strict=True))
+            )
+            raise AssertionError(f"exit codes {codes}\n{told}")
         return [json.loads(path.read_text()) for path in self.reports]
 
     def stop(self) -> None:
