@@ -612,7 +612,8 @@ class Agent:
     batch: int
     linger_s: float
     returned: Callable[[set[int]], None] | None = None
-    #: Where the agent notes the offset it read last in each partition (see read_as_of).
+    #: Where the agent notes the offset it last handled in each partition, once the
+    #: handler returned for it (see read_as_of): what it sent for them is on its way.
     positions: PartitionOffsets | None = None
 
 
@@ -623,17 +624,15 @@ def add_agents(app: faust.App, dead_letters: DeadLetters, agents: Iterable[Agent
 
 
 def _add_agent(app: faust.App, dead_letters: DeadLetters, spec: Agent) -> None:
-    offsets = spec.positions
-    if offsets is None and spec.returned is not None:
-        offsets = PartitionOffsets()
+    offsets = PartitionOffsets() if spec.returned is not None else None
 
     async def reject(message: Message, stage: str, reason: str, detail: str) -> bool:
         return await dead_letters.send(message, stage=stage, reason=reason, detail=detail)
 
     def came_back(messages: list[Message]) -> None:
-        assert offsets is not None
+        assert offsets is not None and spec.returned is not None
         stale = offsets.jumps([(m.partition, m.offset) for m in messages])
-        if not stale or spec.returned is None:
+        if not stale:
             return
         try:
             spec.returned(stale)
@@ -648,6 +647,10 @@ def _add_agent(app: faust.App, dead_letters: DeadLetters, spec: Agent) -> None:
             if offsets is not None:
                 came_back(messages)
             await guarded(messages, spec.handle, reject, spec.stage)
+            if spec.positions is not None:
+                # After the handler: a read mark never claims what was read but not yet
+                # handled (its findings and summaries not yet sent ahead of the mark).
+                spec.positions.handled(messages)
 
     app.agent(raw_topic(app, spec.topic), name=spec.name)(run)
 

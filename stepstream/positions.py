@@ -22,6 +22,8 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from stepstream.messages import Message
+
 P = TypeVar("P", bound=Hashable)
 
 
@@ -55,6 +57,13 @@ class PartitionOffsets:
     """
 
     last: dict[int, int] = field(default_factory=dict)
+
+    def handled(self, messages: Iterable[Message]) -> None:
+        """Note the offsets of `messages` as read (see faust_seam.Agent.positions)."""
+        last = self.last
+        for message in messages:
+            if message.offset > last.get(message.partition, -1):
+                last[message.partition] = message.offset
 
     def jumps(self, places: Iterable[tuple[int, int]]) -> set[int]:
         """The partitions whose offsets jumped forward in `places` ((partition, offset) in

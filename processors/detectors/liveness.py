@@ -255,12 +255,15 @@ class LivenessDetector:
 
     def _witnessed(self, rank: _Rank, latest_peer: float, witness_s: float) -> bool:
         """Whether `rank`'s silence is surely its own, not this pipeline's: its telemetry
-        partition was read to its end `witness_s` after its last word, or (where no read
-        marks come) a peer was heard that long after it, `latest_peer` being when the
-        last was heard (see LivenessParams.witness_after)."""
+        partition was read to its end a whole dead window after its last word (a rank
+        sends once per flush interval, which may exceed the heartbeat's: anything shorter
+        can be a message not sent yet), or, where no read marks come, a peer was heard
+        `witness_s` after it, `latest_peer` being when the last was heard (see
+        LivenessParams.witness_after)."""
         read = self._read_at.get(rank.partition) if rank.partition is not None else None
         if read is not None:
-            return read - rank.seen >= witness_s
+            p = self.params
+            return read - rank.seen >= p.dead_after * p.heartbeat_interval_s
         return latest_peer - rank.seen >= witness_s
 
     def seed(self, run: str, world: int, known: list[KnownRank]) -> int:
