@@ -235,7 +235,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         await alerting.on_updates(result.updates)
         # Detector findings ride in the summaries: stage 2 groups them per run.
         for summary in result.summaries:
-            summary.partition = series_partitions.partition_of.get((summary.run, summary.rank))
+            summary.partition = series_partitions.get((summary.run, summary.rank))
             for part in sized_summary(summary, forward_limit):
                 await summaries.send(key=run_key(summary.run), value=part)
 

@@ -25,6 +25,10 @@ class PartitionKeys(Generic[K]):
         """`key` was read from `partition`."""
         self.partition_of[key] = partition
 
+    def get(self, key: K) -> int | None:
+        """The partition `key` was last read from (None: not read here)."""
+        return self.partition_of.get(key)
+
     def on(self, partitions: Collection[int]) -> list[K]:
         """The keys last read from one of `partitions` (they are kept: a key read again
         is noted again where it is read)."""

@@ -27,3 +27,10 @@ def test_a_run_is_seeded_once_until_a_rebalance_or_its_expiry() -> None:
     assert seeded.first_sight("a") and not seeded.first_sight("b")
     seeded.reset()  # a rebalance began
     assert seeded.first_sight("a") and seeded.first_sight("b")
+
+
+def test_partition_keys_tell_where_a_key_was_last_read() -> None:
+    keys: PartitionKeys[str] = PartitionKeys()
+    keys.note("a", 3)
+    keys.note("a", 1)
+    assert keys.get("a") == 1 and keys.get("b") is None
