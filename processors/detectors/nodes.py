@@ -18,7 +18,9 @@ is the node. A node is lost when:
 
 While a dead rank's node peer is still reporting but within `window_s` of the dead rank's
 last word, the node may yet be lost: the rank's own verdict waits, so the node's one alert
-comes first and the per-rank ones arrive already inhibited.
+comes first and the per-rank ones arrive already inhibited. So do the node's dead ranks
+while a peer's silence is not witnessed yet, for at most `WITNESS_WAIT_DEAD_WINDOWS` dead
+windows (a partition that stays unread must not hide a death for good).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from stepstream import vocabulary as vocab
+
+#: How long (in dead windows past the node's last arrival) dead ranks wait for a node
+#: peer's silence to be witnessed before each is judged alone: partitions lag each other by
+#: seconds under load (6 s seen in CI), and a lagging one is read well within this.
+WITNESS_WAIT_DEAD_WINDOWS = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +90,14 @@ def judge_nodes(
             others_alive = any(
                 v.node != node and not v.closed and now - v.seen < dead_s for v in ranks.values()
             )
-            witnessed = all(v.witnessed for v in views)
-            if max(seen) - min(seen) <= window_s and others_alive and witnessed:
-                verdict.lost[node] = sorted(members)
+            if max(seen) - min(seen) <= window_s and others_alive:
+                if all(v.witnessed for v in views):
+                    verdict.lost[node] = sorted(members)
+                elif now - max(v.seen for v in views) < WITNESS_WAIT_DEAD_WINDOWS * dead_s:
+                    # A peer's silence not witnessed yet (its partition read later than
+                    # this one's): the node's verdict is still to come, and a dead_rank
+                    # raised now would page ahead of it, uninhibited.
+                    verdict.waiting.update(dead)
             continue
         for rank in dead:
             if ranks[rank].crashed:

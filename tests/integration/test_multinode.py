@@ -503,8 +503,11 @@ def test_a_lost_node_is_one_alert_that_resolves_when_it_is_back(cluster: Cluster
     transitions = since()
     assert sum(1 for a in transitions if a.rule == vocab.NODE_LOST and a.status == "firing") == 1
     dead = [a for a in transitions if a.rule == vocab.DEAD_RANK and a.status == "firing"]
-    assert all(a.suppressed_by == f"inhibited:{vocab.NODE_LOST}" for a in dead), dead
+    seen = [(a.rule, a.rank, a.status, a.suppressed_by, a.summary) for a in transitions]
+    assert all(a.suppressed_by == f"inhibited:{vocab.NODE_LOST}" for a in dead), (
+        f"{seen}; {cluster.history()}"
+    )
     paged = [a for a in transitions if a.status == "firing" and a.suppressed_by is None]
-    assert [a.rule for a in paged] == [vocab.NODE_LOST], [(a.rule, a.summary) for a in paged]
+    assert [a.rule for a in paged] == [vocab.NODE_LOST], f"{seen}; {cluster.history()}"
     print(f"\nnode lost: alerted {detected:.1f}s after the cut; {len(dead)} dead_rank "
           f"alert(s) inhibited; summary: {alert.summary}")  # fmt: skip

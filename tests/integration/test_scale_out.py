@@ -115,7 +115,14 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
             windows = loss_windows()
             return len(windows) == RUNS and all(w.last == 1.0 / 40 for w in windows.values())
 
-        wait_for(windows_at_39, timeout=60)
+        try:
+            wait_for(windows_at_39, timeout=60)
+        except AssertionError:
+            seen = {run: (w.last, w.count) for run, w in loss_windows().items()}
+            raise AssertionError(
+                f"loss windows (last, count) by run, wanted last={1.0 / 40}: {seen}; "
+                f"ranks: {[(run, [r.step for r in reader.ranks(run)]) for run in runs]}"
+            ) from None
         # Every run's 50-step window holds the new steps; a run whose partition moved
         # starts a cold window on the survivor (at least the 20 new steps).
         for run, stats in loss_windows().items():

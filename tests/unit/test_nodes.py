@@ -8,7 +8,7 @@ from collections.abc import Callable
 from processors.alerting.engine import AlertEngine
 from processors.alerting.rules import parse_rules
 from processors.detectors.liveness import LivenessDetector, LivenessParams
-from processors.detectors.nodes import RankView, judge_nodes
+from processors.detectors.nodes import WITNESS_WAIT_DEAD_WINDOWS, RankView, judge_nodes
 from processors.flags import Flag
 from processors.run_stage import RunStage
 from stepstream import vocabulary as vocab
@@ -38,6 +38,24 @@ def test_a_dead_rank_waits_while_its_node_peer_spoke_within_the_window() -> None
     v = judge_nodes(views({0: 8.0, 1: 8.0, 2: 5.0, 3: 7.0}), now=8.0, dead_s=2.5, window_s=2.5)
     assert v.lost == {}
     assert v.waiting == {2}
+
+
+def test_dead_ranks_wait_while_a_node_peers_silence_is_not_witnessed_yet() -> None:
+    # Node b went at 5: rank 3's partition is read past it, rank 2's not yet. Rank 3 alone
+    # would page a dead_rank ahead of the node_lost (CI's multinode run); it waits instead.
+    seen = views({0: 10.0, 1: 10.0, 2: 5.0, 3: 5.2})
+    seen[2] = RankView("b", 5.0, witnessed=False)
+    v = judge_nodes(seen, now=10.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {}
+    assert v.waiting == {2, 3}
+    # Once rank 2's silence is witnessed too, the node is lost.
+    seen[2] = RankView("b", 5.0)
+    assert judge_nodes(seen, now=10.5, dead_s=2.5, window_s=2.5).lost == {"b": [2, 3]}
+    # A partition that stays unread hides nothing for good: past the wait, rank 3 is judged
+    # alone (its dead_rank comes; rank 2's waits for its own witness in the detector).
+    seen[2] = RankView("b", 5.0, witnessed=False)
+    late = 5.2 + WITNESS_WAIT_DEAD_WINDOWS * 2.5
+    assert judge_nodes(seen, now=late, dead_s=2.5, window_s=2.5).waiting == set()
 
 
 def test_last_words_are_compared_in_the_nodes_own_clock_not_by_arrival() -> None:
