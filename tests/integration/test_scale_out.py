@@ -119,9 +119,13 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
             wait_for(windows_at_39, timeout=60)
         except AssertionError:
             seen = {run: (w.last, w.count) for run, w in loss_windows().items()}
+            # The raw series tells a step the survivor never read (skipped offsets) from
+            # one it read but whose window stats it never sent.
+            raw = {run: [p.step for p in reader.series(run, "loss", 0).points] for run in runs}
             raise AssertionError(
                 f"loss windows (last, count) by run, wanted last={1.0 / 40}: {seen}; "
-                f"ranks: {[(run, [r.step for r in reader.ranks(run)]) for run in runs]}"
+                f"ranks: {[(run, [r.step for r in reader.ranks(run)]) for run in runs]}; "
+                f"raw loss steps stored: {raw}"
             ) from None
         # Every run's 50-step window holds the new steps; a run whose partition moved
         # starts a cold window on the survivor (at least the 20 new steps).
