@@ -125,6 +125,13 @@ def record_one(tmp: Path) -> Path:
     return out
 
 
+def load_recording(path: Path | None, prefix: str) -> dict:
+    """The recording at `path`, or one made now against an embedded broker."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        found = path or record_one(Path(tmp))
+        return json.loads(found.read_text())
+
+
 def main() -> None:
     """Time each configuration on the same messages and print the figures."""
     parser = argparse.ArgumentParser()
@@ -132,9 +139,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="simulated seconds")
     parser.add_argument("--recording", type=Path, help="a loadgen recording")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="stepstream-stage-cost-") as tmp:
-        path = args.recording or record_one(Path(tmp))
-        recording = json.loads(path.read_text())
+    recording = load_recording(args.recording, "stepstream-stage-cost-")
     cpu = time.process_time()
     seconds = replayed(recording, args.ranks, args.seconds)
     count = sum(len(tick) for tick in seconds)

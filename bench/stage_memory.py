@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import tempfile
 import tracemalloc
 from pathlib import Path
 
 import orjson
 
 # The bench's own folder is on sys.path when it runs as a script.
-from stage_cost import record_one, replayed
+from stage_cost import load_recording, replayed
 
 from processors.series_stage import SeriesStage
 from stepstream.contract import decode_batch
@@ -49,9 +47,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="allocation sites printed")
     parser.add_argument("--recording", type=Path, help="a loadgen recording")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="stepstream-stage-memory-") as tmp:
-        path = args.recording or record_one(Path(tmp))
-        recording = json.loads(path.read_text())
+    recording = load_recording(args.recording, "stepstream-stage-memory-")
     seconds = replayed(recording, args.ranks, args.seconds)
     generator = sum(len(m) for tick in seconds for m in tick)
     settings = Settings()
