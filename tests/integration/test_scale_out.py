@@ -69,6 +69,48 @@ def broker(tmp_path: Path) -> Iterator[tuple[Settings, list[subprocess.Popen[byt
         stack.stop()
 
 
+def telemetry_log(settings: Settings, runs: list[str]) -> str:
+    """Where `runs`' telemetry lies in the log (partition, offset, steps) and the
+    processor group's committed offsets there: a failure message's evidence of records
+    the survivor never read."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stepstream.contract import decode_batch
+
+    topic = Topics(settings.topic_prefix).telemetry
+    reader = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        enable_auto_commit=False,
+        **settings.kafka_client_config(),
+    )
+    group = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        group_id=Topics(settings.topic_prefix).group("processor"),
+        enable_auto_commit=False,
+        **settings.kafka_client_config(),
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(parts)
+        reader.seek_to_beginning(*parts)
+        found: dict[str, list[tuple[int, int, list[int | None]]]] = {run: [] for run in runs}
+        partitions: set[int] = set()
+        for records in reader.poll(timeout_ms=3000, max_records=100_000).values():
+            for message in records:
+                batch = decode_batch(message.value, settings.max_message_bytes)
+                if batch.run in found:
+                    steps = [r.step for r in batch.records if "loss" in r.values]
+                    found[batch.run].append((message.partition, message.offset, steps))
+                    partitions.add(message.partition)
+        committed = {p: group.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+        return f"telemetry (partition, offset, loss steps): {found}; committed: {committed}"
+    except Exception as exc:  # evidence only: never hide the failure it explains
+        return f"telemetry not read: {exc!r}"
+    finally:
+        reader.close()
+        group.close()
+
+
 def test_killing_one_of_two_processors_keeps_every_run_flowing(
     broker: tuple[Settings, list[subprocess.Popen[bytes]]],
 ) -> None:
@@ -122,10 +164,11 @@ def test_killing_one_of_two_processors_keeps_every_run_flowing(
             # The raw series tells a step the survivor never read (skipped offsets) from
             # one it read but whose window stats it never sent.
             raw = {run: [p.step for p in reader.series(run, "loss", 0).points] for run in runs}
+            frozen = [run for run, w in seen.items() if w[0] != 1.0 / 40]
             raise AssertionError(
                 f"loss windows (last, count) by run, wanted last={1.0 / 40}: {seen}; "
                 f"ranks: {[(run, [r.step for r in reader.ranks(run)]) for run in runs]}; "
-                f"raw loss steps stored: {raw}"
+                f"raw loss steps stored: {raw}; {telemetry_log(settings, frozen)}"
             ) from None
         # Every run's 50-step window holds the new steps; a run whose partition moved
         # starts a cold window on the survivor (at least the 20 new steps).

@@ -40,6 +40,8 @@ PINNED = {
     ("faust.transport.drivers.aiokafka", "aiokafka"),
     ("aiokafka", "AIOKafkaConsumer"),
     ("aiokafka:AIOKafkaConsumer.__init__", "fetch_max_wait_ms"),
+    ("aiokafka:AIOKafkaConsumer", "seek_to_committed"),
+    ("aiokafka:AIOKafkaConsumer", "seek_to_beginning"),
     ("aiokafka", "AIOKafkaProducer"),
     ("aiokafka:AIOKafkaProducer.send", "topic"),
     ("aiokafka:AIOKafkaProducer.send", "value"),
