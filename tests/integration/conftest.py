@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka.partitioner import murmur2
@@ -69,21 +69,29 @@ def same_partition_run(run: str, partitions: int) -> str:
             return other
 
 
-def wait_committed(settings: Settings, group: str, topics: list[str], timeout: float = 60) -> None:
-    """Wait until consumer group `group` has committed every partition of `topics` up to
-    the end each has now: what the workers read so far is durable, and a worker that takes
-    a partition over starts after it (an observable event, not a sleep tuned to faust's
-    commit interval)."""
-    from kafka import KafkaConsumer, TopicPartition
+def kafka_consumer(settings: Settings, group: str | None = None) -> Any:
+    """A kafka-python consumer of the stack that commits nothing; of `group` when given
+    (never subscribed: it reads the group's commits without joining it)."""
+    from kafka import KafkaConsumer
 
-    # A consumer of the group that never subscribes: it reads the group's committed
-    # offsets without joining it (no rebalance of the workers).
-    consumer = KafkaConsumer(
+    return KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         group_id=group,
         enable_auto_commit=False,
         **settings.kafka_client_config(),
     )
+
+
+def wait_committed(settings: Settings, group: str, topics: list[str], timeout: float = 60) -> None:
+    """Wait until consumer group `group` has committed every partition of `topics` up to
+    the end each has now: what the workers read so far is durable, and a worker that takes
+    a partition over starts after it (an observable event, not a sleep tuned to faust's
+    commit interval)."""
+    from kafka import TopicPartition
+
+    # A consumer of the group that never subscribes: it reads the group's committed
+    # offsets without joining it (no rebalance of the workers).
+    consumer = kafka_consumer(settings, group)
     try:
         parts = [
             TopicPartition(topic, p)

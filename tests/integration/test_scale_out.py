@@ -24,7 +24,7 @@ from stepstream.settings import Settings
 from stepstream.stack import LocalStack, settings_env, worker_command
 from stepstream.topics import Topics
 
-from .conftest import wait_committed, wait_for
+from .conftest import kafka_consumer, wait_committed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,22 +73,14 @@ def telemetry_log(settings: Settings, runs: list[str]) -> str:
     """Where `runs`' telemetry lies in the log (partition, offset, steps) and the
     processor group's committed offsets there: a failure message's evidence of records
     the survivor never read."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     from stepstream.contract import decode_batch
 
-    topic = Topics(settings.topic_prefix).telemetry
-    reader = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
-        enable_auto_commit=False,
-        **settings.kafka_client_config(),
-    )
-    group = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
-        group_id=Topics(settings.topic_prefix).group("processor"),
-        enable_auto_commit=False,
-        **settings.kafka_client_config(),
-    )
+    topics = Topics(settings.topic_prefix)
+    topic = topics.telemetry
+    reader = kafka_consumer(settings)
+    group = kafka_consumer(settings, topics.group("processor"))
     try:
         parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
         reader.assign(parts)
