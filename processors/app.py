@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from processors.alerting.agent import Alerting
 from processors.detectors import check_detector_params
-from processors.detectors.liveness import KnownRank
+from processors.detectors.liveness import KnownRank, read_mark_interval_s
 from processors.forward import (
     forward_messages,
     merge_batches,
@@ -327,7 +327,7 @@ def create_processor_app(settings: Settings) -> faust.App:
     on_partitions_revoked(app, rebalancing)
     on_partitions_assigned(app, assigned)
 
-    @app.timer(settings.heartbeat_interval_s)
+    @app.timer(read_mark_interval_s(settings.heartbeat_interval_s, settings.partitions))
     async def send_read_marks() -> None:
         # Every summaries partition hears which telemetry partitions this worker has read
         # to their end: stage 2 judges a rank's silence only where its partition is read.

@@ -88,8 +88,9 @@ class ReadProgress:
     gives the newest moment whose end the reading has passed.
     """
 
-    #: The most samples kept per partition (one per mark interval: a minute at 1 s).
-    keep: int = 64
+    #: The most samples kept per partition, one per read-mark interval: a minute at the
+    #: default quarter second. A worker further behind than that claims nothing.
+    keep: int = 256
     samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
 
     def sample(self, partition: int, now: float, end: int) -> None:

@@ -631,3 +631,16 @@ def test_a_rank_stuck_before_a_peer_began_its_duty_is_still_the_hang() -> None:
 
     flags = drive(d, 25.0, beat)
     assert [(f.detector, f.rank, f.cleared) for f in flags] == [("hung_rank", 1, False)]
+
+
+def test_read_marks_come_four_times_a_heartbeat_within_a_workers_budget() -> None:
+    from processors.detectors.liveness import READ_MARKS_RECEIVED_PER_S, read_mark_interval_s
+
+    # The default 4 partitions: a quarter interval, so a mark adds at most 0.25 s to a
+    # dead_rank's delay.
+    assert read_mark_interval_s(1.0, 4) == 0.25
+    assert read_mark_interval_s(0.5, 2) == 0.125
+    # 16 partitions at a quarter second would send each stage-2 worker 64 marks a second.
+    assert read_mark_interval_s(1.0, 16) == 16 / READ_MARKS_RECEIVED_PER_S == 0.8
+    # Never slower than the heartbeat: the delay stays bounded by one interval.
+    assert read_mark_interval_s(1.0, 64) == 1.0
