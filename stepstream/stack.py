@@ -66,8 +66,20 @@ class ManagedProcess:
         if not self.is_running():
             _reap(self.pid)
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+        self.terminate()
+        self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM it (if it is still the process started), without waiting."""
+        if self.is_running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` for it to exit, then SIGKILL it."""
+        if not self.is_running():
+            _reap(self.pid)
+            return
         try:
             psutil.Process(self.pid).wait(timeout)
         except psutil.TimeoutExpired:
@@ -380,8 +392,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process this object started, newest first, and remove the state file."""
-        for proc in reversed(self._children):
-            proc.stop()
+        stop_in_order(self._children)
         self._children.clear()
         if self.state is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -421,16 +432,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def stop_in_order(procs: list[ManagedProcess]) -> None:
+    """Stop the workers together (each takes about a second to leave its group and commit),
+    then the rest newest first: the broker and Redis outlive the workers' last commits."""
+    workers = [p for p in procs if p.name in WORKER_STAGES]
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.wait_stopped()
+    for proc in reversed(procs):
+        if proc not in workers:
+            proc.stop()
+
+
 def stop_stack(state_dir: Path) -> list[str]:
     """Stop the stack recorded in `state_dir` (from any process); return what was stopped."""
     state = StackState.load(state_dir)
     if state is None:
         raise StackNotRunningError(f"no stack state in {state_dir}: nothing to stop")
-    stopped = []
-    for proc in reversed(state.processes):
-        if proc.is_running():
-            proc.stop()
-            stopped.append(proc.name)
+    stopped = [proc.name for proc in reversed(state.processes) if proc.is_running()]
+    stop_in_order(state.processes)
     with contextlib.suppress(FileNotFoundError):
         (state_dir / STATE_FILE).unlink()
     return stopped
