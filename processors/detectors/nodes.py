@@ -18,7 +18,10 @@ is the node. A node is lost when:
 
 While a dead rank's node peer is still reporting but within `window_s` of the dead rank's
 last word, the node may yet be lost: the rank's own verdict waits, so the node's one alert
-comes first and the per-rank ones arrive already inhibited. So do the node's dead ranks
+comes first and the per-rank ones arrive already inhibited. Not in a run whose ranks all
+share one node (a single host's job): that node is never judged lost, and waiting for a
+peer's next message past the window (one send interval, about a second) only made its
+dead ranks late. So do the node's dead ranks
 while a peer's silence is not witnessed yet, for at most `WITNESS_WAIT_DEAD_WINDOWS` dead
 windows (a partition that stays unread must not hide a death for good).
 """
@@ -86,6 +89,10 @@ def judge_nodes(
         if any(v.closed or v.crashed for v in views):
             continue  # a rank finished or reported its crash: not a vanished host
         dead = [r for r in members if now - ranks[r].seen >= dead_s]
+        if not any(v.node != node and not v.closed for v in ranks.values()):
+            # The node holds every rank of the run: it is never judged lost (no other
+            # node witnesses it), so its dead ranks have no verdict to wait for.
+            continue
         if len(dead) == len(members):
             seen = [v.last_words for v in views]
             others_alive = any(

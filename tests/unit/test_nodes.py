@@ -40,6 +40,20 @@ def test_a_dead_rank_waits_while_its_node_peer_spoke_within_the_window() -> None
     assert v.waiting == {2}
 
 
+def test_a_dead_rank_of_a_single_host_job_does_not_wait_for_a_node_verdict() -> None:
+    # Every rank on host "a": the node is never judged lost (no other node witnesses it),
+    # so rank 2 is dead as soon as its own silence is, though its peers spoke within the
+    # window (they send once a second: waiting for their next word cost up to that).
+    one_host = {r: RankView("a", t) for r, t in {0: 7.0, 1: 7.0, 2: 5.0}.items()}
+    v = judge_nodes(one_host, now=8.0, dead_s=2.5, window_s=2.5)
+    assert v.lost == {} and v.waiting == set()
+    # A rank of another node, even one closed, changes that only while it is open.
+    two_hosts = {**one_host, 3: RankView("b", 8.0)}
+    assert judge_nodes(two_hosts, now=8.0, dead_s=2.5, window_s=2.5).waiting == {2}
+    two_hosts[3] = RankView("b", 8.0, closed=True)
+    assert judge_nodes(two_hosts, now=8.0, dead_s=2.5, window_s=2.5).waiting == set()
+
+
 def test_dead_ranks_wait_while_a_node_peers_silence_is_not_witnessed_yet() -> None:
     # Node b went at 5: rank 3's partition is read past it, rank 2's not yet. Rank 3 alone
     # would page a dead_rank ahead of the node_lost (CI's multinode run); it waits instead.
