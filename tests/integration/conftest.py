@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -19,13 +18,22 @@ from stepstream.stack import running_stack
 T = TypeVar("T")
 
 
+def fresh_stack(tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> Iterator[Settings]:
+    """Start an embedded stack with these settings (its own state directory and topic
+    prefix), yield the settings clients use, and stop it: a module fixture yields from it."""
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
+    with running_stack(settings) as client_settings:
+        yield client_settings
+
+
 @pytest.fixture(scope="module")
 def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a freshly started stack, stopped after the module."""
-    state_dir: Path = tmp_path_factory.mktemp("stack")
-    settings = Settings(state_dir=state_dir, topic_prefix=f"t{uuid.uuid4().hex[:8]}")
-    with running_stack(settings) as client_settings:
-        yield client_settings
+    yield from fresh_stack(tmp_path_factory)
 
 
 @pytest.fixture

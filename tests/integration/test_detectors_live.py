@@ -20,9 +20,9 @@ from processors.detectors.liveness import read_mark_interval_s
 from query.reader import MetricsReader
 from stepstream.contract import Alert
 from stepstream.settings import Settings
-from stepstream.stack import free_port, running_stack, settings_env
+from stepstream.stack import free_port, settings_env
 
-from .conftest import wait_for
+from .conftest import fresh_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,14 @@ HUNG_AFTER_S = 4.0
 @pytest.fixture(scope="module")
 def fault_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A stack whose liveness detector uses a 1 s heartbeat interval."""
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("faults"),
-        topic_prefix=f"f{uuid.uuid4().hex[:8]}",
+    yield from fresh_stack(
+        tmp_path_factory,
         heartbeat_interval_s=HEARTBEAT_S,
         hung_after_s=HUNG_AFTER_S,
         # The injected straggler sleeps 100 ms per step; 50 ms of required excess keeps
         # scheduling noise of a loaded 2-core CI machine from naming a false straggler.
         detector_params={"straggler": {"min_excess_s": 0.05}},
     )
-    with running_stack(settings) as client_settings:
-        yield client_settings
 
 
 def start_trainers(settings: Settings, run: str, logs: Path) -> list[subprocess.Popen[bytes]]:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 from query.reader import MetricsReader
 from stepstream.contract import Alert
 from stepstream.settings import Settings
-from stepstream.stack import free_port, running_stack, settings_env
+from stepstream.stack import free_port, settings_env
 
-from .conftest import same_partition_run, wait_for
+from .conftest import fresh_stack, same_partition_run, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +34,9 @@ EXIT_GRACE_S = 12.0
 @pytest.fixture(scope="module")
 def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The shared stack's settings, but rank_exited's grace is EXIT_GRACE_S."""
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("stack"),
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}",
-        detector_params={"liveness": {"exit_grace_s": EXIT_GRACE_S}},
+    yield from fresh_stack(
+        tmp_path_factory, detector_params={"liveness": {"exit_grace_s": EXIT_GRACE_S}}
     )
-    with running_stack(settings) as client_settings:
-        yield client_settings
 
 
 def run_ranks(

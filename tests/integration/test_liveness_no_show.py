@@ -13,9 +13,8 @@ import pytest
 
 from query.reader import MetricsReader
 from stepstream.settings import Settings
-from stepstream.stack import running_stack
 
-from .conftest import wait_for
+from .conftest import fresh_stack, wait_for
 from .test_liveness_live import run_ranks
 
 pytestmark = pytest.mark.integration
@@ -25,13 +24,9 @@ NEVER_HEARD_S = 5.0
 
 @pytest.fixture(scope="module")
 def no_show_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("stack"),
-        topic_prefix=f"t{uuid.uuid4().hex[:8]}",
-        detector_params={"liveness": {"never_heard_s": NEVER_HEARD_S}},
+    yield from fresh_stack(
+        tmp_path_factory, detector_params={"liveness": {"never_heard_s": NEVER_HEARD_S}}
     )
-    with running_stack(settings) as client_settings:
-        yield client_settings
 
 
 def test_a_rank_that_fails_before_its_first_record_is_dead_once_its_peers_waited(
