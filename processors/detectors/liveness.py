@@ -200,6 +200,10 @@ class _Run:
     first_seen: float = 0.0
     #: The step times its ranks reported for its finished steps (`step_time`).
     step_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    #: When a rank was last heard leaving a declared phase (eval, checkpoint): its peers
+    #: waited for it until then, and hear of their own steps moving on up to a send
+    #: interval (and a partition's lag) later, so their stuck time counts from it.
+    duty_ended: float = float("-inf")
 
     def finished(self) -> bool:
         """Every rank of the run closed."""
@@ -356,6 +360,8 @@ class LivenessDetector:
             floor = rank_state.lag_floor
             rank_state.lag_floor = lag if floor is None else min(floor, lag)
         if phase is not None:
+            if rank_state.phase in vocab.DECLARED_PHASES and phase not in vocab.DECLARED_PHASES:
+                state.duty_ended = now
             rank_state.phase, rank_state.phase_s, rank_state.phase_at = phase, phase_s or 0.0, now
         if stack:
             rank_state.stack, rank_state.stack_at = stack, now
@@ -558,8 +564,11 @@ class LivenessDetector:
             floor = p.declared_floor_s if s.phase in vocab.DECLARED_PHASES else p.hung_floor_s
             rhythm = p.hung_factor * step_s if step_s is not None else p.hung_after_s
             threshold = min(p.hung_after_s, max(floor, rhythm))
-        # Its stuck time counts to what its news stands for, not to now.
-        stuck = now - max(s.step_moved, self._resumed_at) - stale[origin]
+        # Its stuck time counts to what its news stands for, not to now, and from the end
+        # of a duty the run waited for (a rank in the all-reduce through a peer's 12 s
+        # checkpoint was judged hung when the checkpoint's end was heard before its step
+        # moved on: test_detection_e2e's declared duties, 1 full run in 3 here).
+        stuck = now - max(s.step_moved, self._resumed_at, state.duty_ended) - stale[origin]
         in_phase = s.in_phase(now)
         if in_phase is not None:
             in_phase -= stale[origin]

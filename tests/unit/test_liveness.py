@@ -612,6 +612,32 @@ def test_a_rank_reported_a_step_behind_the_rank_on_duty_is_not_the_hang() -> Non
     assert drive(d, 40.0, beat) == []
 
 
+def test_the_end_of_a_duty_heard_before_the_waiting_ranks_moved_on_is_not_a_hang() -> None:
+    # Rank 0 checkpoints for 12 s; ranks 1 and 2 wait in the all-reduce. Rank 0's report of
+    # the checkpoint's end comes first; rank 2 sends once a second and its partition lags,
+    # so for 1.5 s more it is still heard "in backward since 12 s, at step 160".
+    d = LivenessDetector()
+    step_s, duty_at, duty_s, late = 0.1, 16.05, 12.0, 1.5
+    end = duty_at + duty_s
+
+    def beat(now: float) -> list[tuple[int, int, str, str, float, None]]:
+        if now < duty_at:
+            return [(r, int(now / step_s), "running", "forward", 0.01, None) for r in (0, 1, 2)]
+        moved = 161 + int(max(0.0, now - end) / step_s)
+        rows = []
+        for rank in (0, 1, 2):
+            heard = now - (late if rank == 2 else 0.0)
+            if heard >= end:
+                rows.append((rank, moved, "running", "forward", 0.01, None))
+            elif rank == 0:
+                rows.append((0, 160, "running", "checkpoint", now - duty_at, None))
+            else:
+                rows.append((rank, 160, "running", "backward", heard - duty_at, None))
+        return rows
+
+    assert drive(d, 40.0, beat) == []
+
+
 def test_a_rank_stuck_before_a_peer_began_its_duty_is_still_the_hang() -> None:
     # Rank 1 hangs in its data loader at 10 s; rank 0 begins an eval at 14 s (it logged
     # its step before the collective that now waits for rank 1): rank 1 is the origin.
