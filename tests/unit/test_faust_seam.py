@@ -41,7 +41,7 @@ PINNED = {
     ("aiokafka", "AIOKafkaConsumer"),
     ("aiokafka:AIOKafkaConsumer.__init__", "fetch_max_wait_ms"),
     ("aiokafka:AIOKafkaConsumer", "seek_to_committed"),
-    ("aiokafka:AIOKafkaConsumer", "seek_to_beginning"),
+    ("aiokafka:AIOKafkaConsumer", "seek"),
     ("aiokafka", "AIOKafkaProducer"),
     ("aiokafka:AIOKafkaProducer.send", "topic"),
     ("aiokafka:AIOKafkaProducer.send", "value"),
