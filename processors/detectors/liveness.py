@@ -110,8 +110,8 @@ class LivenessParams:
 
 #: Read marks sent per heartbeat interval. A silence is judged once a mark says its
 #: partition was read a dead window past the rank's last word, so the marks' period adds
-#: to every dead_rank delay: one per interval added up to a whole interval (4.2 s against
-#: the 2.7 s documented, seen in CI); four add at most a quarter.
+#: to every dead_rank delay: one per interval added up to a whole interval (3.1-3.4 s
+#: against 2.6 s for a single-host run beside two CPU burners); four add a quarter.
 READ_MARKS_PER_HEARTBEAT = 4
 #: The most read marks a second one stage-2 worker is sent while the period is shorter
 #: than a heartbeat: every stage-1 worker marks every summaries partition, so a worker

@@ -21,9 +21,9 @@ last word, the node may yet be lost: the rank's own verdict waits, so the node's
 comes first and the per-rank ones arrive already inhibited. Not in a run whose ranks all
 share one node (a single host's job): that node is never judged lost, and waiting for a
 peer's next message past the window (one send interval, about a second) only made its
-dead ranks late. So do the node's dead ranks
-while a peer's silence is not witnessed yet, for at most `WITNESS_WAIT_DEAD_WINDOWS` dead
-windows (a partition that stays unread must not hide a death for good).
+dead ranks late. A node's dead ranks also wait while a peer's silence is not witnessed
+yet, for at most `WITNESS_WAIT_DEAD_WINDOWS` dead windows (a partition that stays unread
+must not hide a death for good).
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def judge_nodes(
 ) -> NodeVerdict:
     """The lost nodes of one run at `now` and the dead ranks that wait (module docstring)."""
     verdict = NodeVerdict()
+    # Nodes with a rank still open ("" counts as a node of its own): once per call, as a
+    # run of thousands of ranks is judged every tick.
+    open_nodes = {v.node for v in ranks.values() if not v.closed}
     by_node: dict[str, list[int]] = {}
     for rank, view in ranks.items():
         if view.node:
@@ -89,7 +92,7 @@ def judge_nodes(
         if any(v.closed or v.crashed for v in views):
             continue  # a rank finished or reported its crash: not a vanished host
         dead = [r for r in members if now - ranks[r].seen >= dead_s]
-        if not any(v.node != node and not v.closed for v in ranks.values()):
+        if len(open_nodes) - (node in open_nodes) == 0:
             # The node holds every rank of the run: it is never judged lost (no other
             # node witnesses it), so its dead ranks have no verdict to wait for.
             continue
