@@ -288,14 +288,31 @@ def main() -> None:
             # The read sends HVALS (each value holds its row); the floor is the same
             # command on the same key. HGETALL, the floor of earlier layouts (the read
             # sent it), is measured too: `rolling_hgetall_ratio`.
+            # The columnar read (`rolling_columns`, no object per row) is the one held
+            # to the floor; the rows read (`rolling`) is printed beside it.
+            cols = reader.rolling_columns("bench-u", "50steps")
+            assert len(cols) == RANKS * METRICS and not cols.flags, len(cols)
             (r50, r99), (h50, h99), r_cpu = paired_latency(
+                lambda: reader.rolling_columns("bench-u", "50steps"),
+                lambda: bare.hvals(window_key),
+                200,
+            )
+            (rr50, rr99), (rh50, _), rr_cpu = paired_latency(
                 lambda: reader.rolling("bench-u", "50steps"), lambda: bare.hvals(window_key), 200
             )
             (g_r50, _), (g50, g99), _ = paired_latency(
                 lambda: reader.rolling("bench-u", "50steps"), lambda: bare.hgetall(window_key), 200
             )
             a50, a99 = latency(lambda: reader.rolling("bench-u"), 50)
-            print(f"rolling stats, 1 window, {RANKS}x{METRICS}: p50 {r50:.2f} ms, p99 {r99:.2f} ms")
+            print(
+                f"rolling stats, 1 window, {RANKS}x{METRICS}, as numpy columns "
+                f"(reader.rolling_columns): p50 {r50:.2f} ms, p99 {r99:.2f} ms"
+            )
+            print(
+                f"rolling stats, 1 window, {RANKS}x{METRICS}, as rows (reader.rolling): "
+                f"p50 {rr50:.2f} ms, p99 {rr99:.2f} ms (rows/floor p50 ratio "
+                f"{rr50 / rh50:.1f}, client CPU ratio {rr_cpu:.1f})"
+            )
             print(f"rolling stats, all {len(WINDOWS)} windows: p50 {a50:.2f} ms, p99 {a99:.2f} ms")
             print(
                 f"  floor: bare HVALS of the {RANKS * METRICS} fields: p50 {h50:.2f} ms, "
@@ -360,6 +377,9 @@ def main() -> None:
                 profile_reads(
                     {
                         "rolling, 1 window x200": lambda: reader.rolling("bench-u", "50steps"),
+                        "rolling columns, 1 window x200": lambda: reader.rolling_columns(
+                            "bench-u", "50steps"
+                        ),
                         "series -> 1,000 (LTTB) x200": lambda: reader.series(
                             "bench-s", "loss", 0, points=1000
                         ),
@@ -374,7 +394,8 @@ def main() -> None:
         f"series_p99_ms={s99:.2f} rolling_floor_ratio={r50 / h50:.2f} "
         f"series_floor_ratio={s50 / z50:.2f} rolling_cpu_ratio={r_cpu:.2f} "
         f"series_cpu_ratio={s_cpu:.2f} rolling_hgetall_ratio={g_r50 / g50:.2f} "
-        f"columns_floor_ratio={c50 / cz50:.2f} columns_cpu_ratio={c_cpu:.2f}"
+        f"columns_floor_ratio={c50 / cz50:.2f} columns_cpu_ratio={c_cpu:.2f} "
+        f"rolling_rows_floor_ratio={rr50 / rh50:.2f}"
     )
 
 

@@ -17,8 +17,9 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from itertools import repeat, starmap
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -52,6 +53,13 @@ from stepstream.keys import (
     parse_series_member,
 )
 from stepstream.redis_client import sync_client
+from stepstream.window_values import (
+    NONE_BITS,
+    PACKED_STATS,
+    is_packed,
+    none_mask,
+    unpack_window_values,
+)
 
 if TYPE_CHECKING:
     from stepstream.settings import Settings
@@ -356,6 +364,75 @@ def _sorted_rows(found: list[RollingRow]) -> list[RollingRow]:
     return found
 
 
+_NONE_FLOAT = float(np.array([NONE_BITS], np.uint64).view(np.float64)[0])
+
+
+def _stat_float(value: float | None) -> float:
+    """A stat of a JSON row as a packed column holds it: None is the NONE_BITS NaN."""
+    return _NONE_FLOAT if value is None else float(value)
+
+
+class _Packed(NamedTuple):
+    """The packed values of one window hash, decoded: rank, metric name index, stats."""
+
+    rank: IntArray
+    names: list[str]
+    name_index: IntArray  # per row, into `names`
+    stats: FloatArray
+
+
+def _packed_part(records: Any, table: Mapping[int, str]) -> _Packed:
+    """Packed records with their metric codes resolved through the run's code table.
+    A code the table does not name (its field not yet written) is left out: the sink
+    writes the table with every flush that writes values."""
+    uniq, inverse = np.unique(records["code"], return_inverse=True)
+    found = [table.get(c) for c in uniq.tolist()]
+    if None in found:
+        named = np.fromiter((n is not None for n in found), bool, len(found))
+        keep = named[inverse]
+        records, inverse = records[keep], inverse[keep]
+        remap = np.cumsum(named) - 1
+        inverse = remap[inverse]
+        found = [n for n in found if n is not None]
+    return _Packed(
+        records["rank"].astype(np.int64),
+        [str(n) for n in found],
+        inverse.astype(np.int64),
+        np.ascontiguousarray(records["stats"]),
+    )
+
+
+def _split_window(values: list[bytes]) -> tuple[Any, list[bytes]]:
+    """(packed records, JSON rows) of one window hash's values: one frombuffer when every
+    value is packed, the usual case (a JSON row holds open flags or extra stats)."""
+    if isinstance(values[0], str):  # decode_responses=True: JSON rows only
+        return unpack_window_values([]), values
+    records = unpack_window_values(values)
+    if records is not None:
+        return records, []
+    packed = [v for v in values if is_packed(v)]
+    rest = [v for v in values if not is_packed(v)]
+    return unpack_window_values(packed), rest
+
+
+def _packed_rows(part: _Packed, window: str) -> list[RollingRow]:
+    """Rows of packed values, built by C-level maps (no Python loop per row)."""
+    n = len(part.rank)
+    if n == 0:
+        return []
+    width = len(PACKED_STATS)
+    # Stats, then None for the flags and the extras: RollingStats' fields by position.
+    table = np.empty((n, len(STORED_WINDOW_STATS) + 1), object)
+    table[:, :width] = part.stats.astype(object)
+    table[:, :2] = part.stats[:, :2].astype(np.int64).astype(object)  # counts are ints
+    missing = none_mask(part.stats)
+    if missing.any():
+        table[:, :width][missing] = None
+    metric = np.array(part.names, dtype=object)[part.name_index].tolist()
+    stats = starmap(RollingStats, table.tolist())
+    return list(map(RollingRow, part.rank.tolist(), metric, repeat(window, n), stats))
+
+
 @contextmanager
 def _no_gc_pause() -> Iterator[None]:
     """Hold the cyclic GC while a read builds thousands of acyclic objects (floats, dicts,
@@ -384,6 +461,41 @@ class Columns(msgspec.Struct, frozen=True):
 
     def __len__(self) -> int:
         return len(self.step)
+
+    def names(self) -> list[str]:
+        """The metric name of every row (Python strings: for small results and tests)."""
+        return [self.metrics[i] for i in self.metric.tolist()]
+
+
+class RollingColumns(msgspec.Struct, frozen=True):
+    """Rolling stats of one window of a run as numpy columns
+    (`MetricsReader.rolling_columns`): one row per (rank, metric), sorted by rank then
+    metric; `metric` holds codes into `metrics`, `stats` is a float64 matrix with a column
+    per name of `stat_names` (count and nonfinite too, exact as floats). A stat not
+    computed (``std`` of one value) is NaN, as is a NaN stat (`computed` tells them
+    apart). No Python object is made per row."""
+
+    run: str
+    window: str
+    metrics: tuple[str, ...]
+    rank: Any  # IntArray
+    metric: Any  # int32 codes into `metrics`
+    stats: Any  # FloatArray, shape (rows, len(stat_names))
+    flags: dict[int, list[str]] = msgspec.field(default_factory=dict)
+    """Row -> the detectors whose episode on that series is open (few rows have any)."""
+    stat_names: tuple[str, ...] = PACKED_STATS
+
+    def __len__(self) -> int:
+        return len(self.rank)
+
+    def column(self, stat: str) -> Any:
+        """One stat's column (a view), e.g. ``cols.column("mean")``."""
+        return self.stats[:, self.stat_names.index(stat)]
+
+    @property
+    def computed(self) -> Any:
+        """Where a stat was computed (False where it is None in the rows API)."""
+        return ~none_mask(self.stats)
 
     def names(self) -> list[str]:
         """The metric name of every row (Python strings: for small results and tests)."""
@@ -527,27 +639,101 @@ class MetricsReader:
         """The window names a run has stats for."""
         return sorted(_text(w) for w in self._client.smembers(self.keys.windows_index(run)))
 
-    def rolling(self, run: str, window: str | None = None) -> list[RollingRow]:
-        """Rolling stats of every (rank, metric) of a run, sorted by window, rank, metric."""
-        names = [window] if window else self.windows(run)
+    def _window_values(self, run: str, names: list[str]) -> tuple[list[Any], dict[int, str]]:
+        """HVALS of each window hash, and the run's metric code table, in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             # Values only: each holds its row, and HGETALL's fields cost twice the reply.
             pipe.hvals(self.keys.window(run, name))
-        replies = pipe.execute() if names else []
+        pipe.hgetall(self.keys.metric_codes(run))
+        *replies, codes = pipe.execute()
+        table = {int(k, 16): _text(v) for k, v in codes.items()}
+        return replies, table
+
+    def _json_rows(self, run: str, window: str, values: list[bytes]) -> list[RollingRow]:
+        """Rows stored as JSON (open flags, extra stats, or an earlier release's)."""
+        found = _rolling_rows(values)
+        if found is None:  # values of an earlier release: read with their fields
+            from query import legacy  # imported on first use: see _member_columns
+
+            mapping = self._client.hgetall(self.keys.window(run, window))
+            mapping = {f: v for f, v in mapping.items() if not is_packed(v)}
+            found = legacy.rolling_rows_by_field(window, mapping) if mapping else []
+        return found
+
+    def rolling(self, run: str, window: str | None = None) -> list[RollingRow]:
+        """Rolling stats of every (rank, metric) of a run, sorted by window, rank, metric.
+        For a large window, `rolling_columns` reads the same as numpy columns."""
+        names = [window] if window else self.windows(run)
+        if not names:
+            return []
+        replies, table = self._window_values(run, names)
         rows: list[RollingRow] = []
         with _no_gc_pause():
             for name, values in zip(names, replies, strict=True):
                 if not values:
                     continue
-                found = _rolling_rows(values)
-                if found is None:  # values of an earlier release: read with their fields
-                    from query import legacy  # imported on first use: see _member_columns
-
-                    mapping = self._client.hgetall(self.keys.window(run, name))
-                    found = legacy.rolling_rows_by_field(name, mapping) if mapping else []
-                rows.extend(found)  # names are sorted
+                records, rest = _split_window(values)
+                found = _packed_rows(_packed_part(records, table), name) if len(records) else []
+                if rest:
+                    found.extend(self._json_rows(run, name, rest))
+                rows.extend(_sorted_rows(found))  # names are sorted
         return rows
+
+    def rolling_columns(self, run: str, window: str) -> RollingColumns:
+        """Rolling stats of one window of a run as numpy columns, sorted by rank then
+        metric: the columnar read of `rolling`, with no Python object per row (a window of
+        thousands of ranks). Stats beyond `RollingColumns.stat_names` (a newer
+        processor's extras) are in `rolling` only."""
+        (values,), table = self._window_values(run, [window])
+        empty = np.empty(0, np.int64)
+        if not values:
+            return RollingColumns(
+                run, window, (), empty, empty.astype(np.int32), np.empty((0, len(PACKED_STATS)))
+            )
+        records, rest = _split_window(values)
+        part = _packed_part(records, table)
+        ranks, names, index, stats = part.rank, part.names, part.name_index, part.stats
+        flags: dict[int, list[str]] = {}
+        if rest:
+            json_rows = self._json_rows(run, window, rest)
+            extra_names = [r.metric for r in json_rows]
+            names_all = sorted(set(names) | set(extra_names))
+            where = {m: i for i, m in enumerate(names_all)}
+            remap = np.fromiter((where[m] for m in names), np.int64, len(names))
+            index = np.concatenate(
+                (remap[index], np.fromiter((where[m] for m in extra_names), np.int64))
+            )
+            ranks = np.concatenate((ranks, np.fromiter((r.rank for r in json_rows), np.int64)))
+            json_stats = np.array(
+                [[_stat_float(getattr(r.stats, s)) for s in PACKED_STATS] for r in json_rows],
+                np.float64,
+            ).reshape(len(json_rows), len(PACKED_STATS))
+            stats = np.concatenate((stats, json_stats))
+            flagged = {len(part.rank) + i: r.stats.flags for i, r in enumerate(json_rows)}
+            names = names_all
+        else:
+            flagged = {}
+        # Codes in name order, so that sorting by code sorts by name.
+        order_of_name = np.argsort(np.array(names, dtype=object)).astype(np.int64)
+        code_of = np.empty(len(names), np.int64)
+        code_of[order_of_name] = np.arange(len(names))
+        metric = code_of[index].astype(np.int32)
+        order = np.lexsort((metric, ranks))
+        position = np.empty(len(order), np.int64)
+        position[order] = np.arange(len(order))
+        for row, found in flagged.items():
+            if found:
+                flags[int(position[row])] = list(found)
+        return RollingColumns(
+            run,
+            window,
+            tuple(sorted(names)),
+            ranks[order],
+            metric[order],
+            stats[order],
+            flags,
+        )
 
     def goodput(self, run: str) -> Goodput | None:
         """The run's live goodput (effective training time ratio, badput by cause, the

@@ -38,6 +38,7 @@ from stepstream.keys import (
     window_stats_value,
 )
 from stepstream.stored_stats import StoredRank
+from stepstream.window_values import code_field, metric_code
 
 ALERT_STREAM_MAXLEN = 10_000
 
@@ -166,6 +167,12 @@ class WritePlan:
         }
         self._touch(run, update.t)
         self._hset(keys.latest(run), latest)
+        if windows:
+            # The code table names the packed values' metrics. Written with every plan
+            # that writes values (a field per metric per flush, not per update), so a
+            # table lost with its key comes back with the next flush.
+            names = {m for stats in update.windows.values() for m in stats}
+            self._hset(keys.metric_codes(run), {code_field(metric_code(m)): m for m in names})
         for window, mapping in windows.items():
             self._hset(keys.window(run, window), mapping)
             self.window_names[run].add(window)

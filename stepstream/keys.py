@@ -27,6 +27,7 @@ import pydantic_core
 from stepstream.contract import METRIC_NAME_PATTERN, RUN_ID_PATTERN
 from stepstream.contract import WINDOW_STATS_FIELDS as WINDOW_STATS_FIELDS
 from stepstream.errors import ConfigError
+from stepstream.window_values import pack_window_stats
 
 WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Window names (``50steps``, ``10s``): safe as a key suffix."""
@@ -123,8 +124,14 @@ class RedisKeys:
         return self._run(run, "latest")
 
     def window(self, run: str, window: str) -> str:
-        """Hash: ``rank|metric`` -> JSON WindowStats of one window (``50steps``, ``10s``)."""
+        """Hash: ``rank|metric`` -> stats of one window (``50steps``, ``10s``): a packed
+        value (`stepstream.window_values`) or a JSON row (`window_stats_json`)."""
         return self._run(run, f"win:{check_window(window)}")
+
+    def metric_codes(self, run: str) -> str:
+        """Hash: 16 hex digits of a `metric_code` -> the metric name: names the metrics
+        of a run's packed window values."""
+        return self._run(run, "mcodes")
 
     def crossrank(self, run: str) -> str:
         """Hash: ``m`` -> JSON stats of the metric across ranks at the newest finished
@@ -214,6 +221,7 @@ class RedisKeys:
             self.quality(run),
             self.goodput(run),
             self.windows_index(run),
+            self.metric_codes(run),
             self.alerts(run),
             self.active_alerts(run),
             self.alerts_seen(run),
@@ -400,11 +408,20 @@ _STORED_SET = frozenset(STORED_WINDOW_STATS)
 
 
 def window_stats_value(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
-    """A window hash value: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
+    """A window hash value: packed (`stepstream.window_values`) when the layout holds the
+    stats, else the JSON row of `window_stats_json`. Readers read both. Write the metric's
+    code to the run's code table (`RedisKeys.metric_codes`) beside it."""
+    packed = pack_window_stats(rank, metric, stats)
+    return packed if packed is not None else window_stats_json(rank, metric, window, stats)
+
+
+def window_stats_json(rank: int, metric: str, window: str, stats: Mapping[str, Any]) -> bytes:
+    """A window hash value as a JSON row: ``[rank,"metric","window",[count,nonfinite,...,flags]]``
     with the stats of `STORED_WINDOW_STATS` (the contract's `WindowStats`) by position,
     then, only when there are any, an object of the other stats by name
     (``[...,flags,{"p999":0.5}]``). Non-finite floats are the strings ``"NaN"``,
-    ``"Infinity"``, ``"-Infinity"``.
+    ``"Infinity"``, ``"-Infinity"``. The layout of what the packed one cannot hold (open
+    flags, extra stats), and of every value stored before it.
 
     Each value holds its whole row, so a reader decodes a window by joining the values
     into one JSON array (no per-row Python); the field (``rank|metric``) still names it.

@@ -49,7 +49,15 @@ def test_published_values_land_in_redis_exactly(
             return reader.rolling(run_id, "50steps")
         return None
 
-    rows = {(r.rank, r.metric): r.stats for r in wait_for(final_rows)}
+    found = wait_for(final_rows)
+    rows = {(r.rank, r.metric): r.stats for r in found}
+    # The columnar read of the same window holds the same figures, without a row object.
+    cols = reader.rolling_columns(run_id, "50steps")
+    assert list(zip(cols.rank.tolist(), cols.names(), strict=True)) == [
+        (r.rank, r.metric) for r in found
+    ]
+    for name in ("count", "nonfinite", "mean", "min", "max", "last"):
+        assert cols.column(name).tolist() == [getattr(r.stats, name) for r in found], name
     for rank in (0, 1):
         window = [loss_at(rank, s) for s in range(steps - 50, steps)]
         finite = [v for v in window if math.isfinite(v)]

@@ -22,7 +22,7 @@ def test_every_per_run_key_carries_the_run_hash_tag() -> None:
     for key in keys.run_keys("run-1", ["50steps", "10s"]):
         assert key.startswith("ss:{run-1}:")
     assert keys.window("run-1", "10s") == "ss:{run-1}:win:10s"
-    assert len(set(keys.run_keys("run-1", ["50steps", "10s"]))) == 13  # 11 per-run keys + 2 windows
+    assert len(set(keys.run_keys("run-1", ["50steps", "10s"]))) == 14  # 12 per-run keys + 2 windows
 
 
 @pytest.mark.parametrize("bad", ["a}b", "a{b", "a:b", "a b", "", "x*"])

@@ -20,6 +20,7 @@ from stepstream.contract import (
 from stepstream.errors import ConfigError
 from stepstream.keys import RedisKeys, series_member
 from stepstream.stored_stats import OpenWindowUpdate
+from stepstream.window_values import code_field, metric_code, none_mask, unpack_window_values
 
 
 def update(rank: int, loss: float, t: float) -> WindowUpdate:
@@ -44,9 +45,16 @@ def test_later_updates_of_a_series_replace_earlier_in_one_hset() -> None:
     plan.add_window_update(update(1, math.nan, 12.0))
     latest = plan.hashes[keys.latest("r")]
     assert latest == {"0|loss": "2.0", "1|loss": "NaN"}
-    rank, metric, window, stats = json.loads(plan.hashes[keys.window("r", "50steps")]["0|loss"])
-    assert (rank, metric, window) == (0, "loss", "50steps")
-    assert stats == [1, 0, 2.0, 2.0, 2.0, 2.0, None, None, None, None, None, None]
+    value = plan.hashes[keys.window("r", "50steps")]["0|loss"]
+    assert isinstance(value, bytes)
+    (record,) = unpack_window_values([value])
+    assert (record["rank"], record["code"]) == (0, metric_code("loss"))
+    stats = record["stats"]
+    assert stats[:6].tolist() == [1, 0, 2.0, 2.0, 2.0, 2.0]
+    assert none_mask(stats)[6:].all() and not none_mask(stats)[:6].any()
+    # The code table names it, written once per plan.
+    assert plan.hashes[keys.metric_codes("r")] == {code_field(metric_code("loss")): "loss"}
+    assert keys.metric_codes("r") in plan.expiring_keys()
     assert plan.run_activity == {"r": 12.0}
     assert json.loads(plan.hashes[keys.ranks("r")]["1"]) == {"node": "n", "step": 3, "t": 12.0}
     assert keys.window("r", "50steps") in plan.expiring_keys()

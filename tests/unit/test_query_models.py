@@ -27,9 +27,11 @@ from stepstream.keys import (
     STORED_WINDOW_STATS,
     parse_series_member,
     text_series_member,
+    window_stats_json,
     window_stats_value,
 )
 from stepstream.stored_stats import OpenStats
+from stepstream.window_values import code_field, metric_code, unpack_window_values
 
 
 def test_rolling_stats_keep_extra_numeric_fields_generically() -> None:
@@ -60,27 +62,39 @@ def test_rolling_stats_are_the_contracts_window_stats() -> None:
 
 
 class WindowStore:
-    """Just enough of a redis-py client for MetricsReader.rolling: window hashes."""
+    """Just enough of a redis-py client for MetricsReader.rolling: window hashes and the
+    run's metric code table."""
 
-    def __init__(self, windows: dict[str, dict[Any, Any]]) -> None:
+    def __init__(self, windows: dict[str, dict[Any, Any]], codes: dict[Any, Any]) -> None:
         self.windows = windows
-        self.asked: list[str] = []
+        self.codes = codes
+        self.asked: list[tuple[str, Any]] = []
+        self.piped = False
 
     def smembers(self, key: str) -> set[str]:
         return set(self.windows)
 
     def pipeline(self, transaction: bool = False) -> WindowStore:
-        self.asked = []
+        self.asked, self.piped = [], True
         return self
 
     def hvals(self, key: str) -> None:
-        self.asked.append(key.rsplit(":", 1)[1])
+        self.asked.append(("hvals", key.rsplit(":", 1)[1]))
 
-    def hgetall(self, key: str) -> dict[Any, Any]:
-        return self.windows[key.rsplit(":", 1)[1]]
+    def hgetall(self, key: str) -> dict[Any, Any] | None:
+        suffix = key.rsplit(":", 1)[1]
+        found = self.codes if suffix == "mcodes" else self.windows[suffix]
+        if self.piped:
+            self.asked.append(("reply", found))
+            return None
+        return found
 
-    def execute(self) -> list[list[Any]]:
-        return [list(self.windows[w].values()) for w in self.asked]
+    def execute(self) -> list[Any]:
+        self.piped = False
+        return [
+            list(self.windows.get(arg, {}).values()) if kind == "hvals" else arg
+            for kind, arg in self.asked
+        ]
 
 
 def stored_stats(rng: random.Random, extra: bool) -> dict[str, Any]:
@@ -126,16 +140,21 @@ def test_rolling_rows_read_and_write_as_the_pydantic_rows_did() -> None:
     want_json = TypeAdapter(list[schemas.RollingRow]).dump_json(want)
 
     def stored(window: str, field: str, body: dict[str, Any], layout: str) -> bytes:
-        """The value as the sink stores it now (positional), or as earlier releases did."""
-        if layout == "object" or (layout == "mixed" and rng.random() < 0.5):
+        """The value as the sink stores it now (packed where it can, else a JSON row), or
+        as earlier releases did (JSON rows; JSON objects before them)."""
+        if layout == "mixed":
+            layout = rng.choice(["packed", "array", "object"])
+        if layout == "object":
             return json.dumps(body).encode()
         rank, metric = field.split("|")
         stats = OpenStats.model_validate(body)
-        return window_stats_value(
-            int(rank), metric, window, {**stats.__dict__, **(stats.model_extra or {})}
-        )
+        write = window_stats_value if layout == "packed" else window_stats_json
+        return write(int(rank), metric, window, {**stats.__dict__, **(stats.model_extra or {})})
 
-    cases = [(layout, False) for layout in ("array", "object", "mixed")]
+    codes = {
+        code_field(metric_code(m)).encode(): m.encode() for m in ("loss", "grad/norm:l1", "a.b-c@d")
+    }
+    cases = [(layout, False) for layout in ("packed", "array", "object", "mixed")]
     # a client made with decode_responses=True
     cases += [("array", True), ("object", True)]
     for layout, decoded in cases:
@@ -147,7 +166,7 @@ def test_rolling_rows_read_and_write_as_the_pydantic_rows_did() -> None:
             windows = {
                 w: {f.decode(): b.decode() for f, b in m.items()} for w, m in windows.items()
             }
-        rows = MetricsReader(WindowStore(windows)).rolling("r")
+        rows = MetricsReader(WindowStore(windows, codes)).rolling("r")
         assert to_json(rows) == want_json
         assert [(r.window, r.rank, r.metric) for r in rows] == [
             (r.window, r.rank, r.metric) for r in want
@@ -156,7 +175,7 @@ def test_rolling_rows_read_and_write_as_the_pydantic_rows_did() -> None:
             assert isinstance(row.stats.mean, float | None)
             assert json.dumps(row.stats.numbers()) == json.dumps(model.stats.numbers())
         assert rows[0].stats.p999 is not None  # extras of "10s" read as attributes
-    one = MetricsReader(WindowStore({"50steps": {b"3|m": b'{"count":2,"mean":"NaN"}'}}))
+    one = MetricsReader(WindowStore({"50steps": {b"3|m": b'{"count":2,"mean":"NaN"}'}}, {}))
     (row,) = one.rolling("r", "50steps")
     assert row.rank == 3 and row.stats.count == 2 and math.isnan(row.stats.mean or 0.0)
 
@@ -277,3 +296,46 @@ def test_metrics_export_open_alerts_with_their_state_like_prometheus_alerts() ->
         'severity="warning"} 1.0' in text
     )
     assert text.count("stepstream_alerts{") == 2
+
+
+def test_rolling_columns_hold_what_the_rows_hold() -> None:
+    rng = random.Random(11)
+    metrics = ("loss", "grad/norm:l1", "a.b-c@d", "zeta")
+    codes = {code_field(metric_code(m)).encode(): m.encode() for m in metrics}
+    for layout in ("packed", "mixed", "unflagged"):
+        mapping: dict[Any, Any] = {}
+        for rank in (10, 0, 3, 1):
+            for metric in metrics:
+                stats = OpenStats.model_validate(stored_stats(rng, extra=False))
+                fields = {**stats.__dict__, **(stats.model_extra or {})}
+                if layout == "unflagged":
+                    fields["flags"] = None
+                packed = layout != "mixed" or rng.random() < 0.5
+                write = window_stats_value if packed else window_stats_json
+                mapping[f"{rank}|{metric}".encode()] = write(rank, metric, "10s", fields)
+        store = WindowStore({"10s": mapping}, codes)
+        reader = MetricsReader(store)
+        rows = reader.rolling("r", "10s")
+        cols = reader.rolling_columns("r", "10s")
+        assert len(cols) == len(rows) == 16
+        assert cols.metrics == tuple(sorted(metrics))
+        assert cols.rank.tolist() == [r.rank for r in rows] == sorted(r.rank for r in rows)
+        assert cols.names() == [r.metric for r in rows]
+        for i, row in enumerate(rows):
+            for name in cols.stat_names:
+                want = getattr(row.stats, name)
+                got = float(cols.column(name)[i])
+                assert bool(cols.computed[i, cols.stat_names.index(name)]) == (want is not None)
+                if want is None or math.isnan(want):
+                    assert math.isnan(got)
+                else:
+                    assert got == want
+            assert cols.flags.get(i) == (row.stats.flags or None)
+        # Without open flags every value is packed: the window is one frombuffer.
+        all_packed = unpack_window_values(list(mapping.values())) is not None
+        assert all_packed == (layout == "unflagged")
+    # A code the run's table does not name yet is left out, not misnamed.
+    value = window_stats_value(0, "unnamed", "10s", {"count": 1, "mean": 1.0})
+    reader = MetricsReader(WindowStore({"10s": {b"0|unnamed": value}}, {}))
+    assert len(reader.rolling_columns("r", "10s")) == 0 and reader.rolling("r", "10s") == []
+    assert len(reader.rolling_columns("r", "nothing")) == 0

@@ -91,3 +91,22 @@ def test_the_stored_window_value_keeps_its_layout() -> None:
     (row,) = reader._rolling_rows([value]) or []
     assert (row.rank, row.metric, row.stats.nonfinite, row.stats.p999) == (2, "loss", 1, 0.5)
     assert json.loads(reader.to_json(row))["stats"]["flags"] == ["nan"]
+
+
+def test_the_packed_window_value_keeps_its_layout() -> None:
+    # Packed values must read back across releases: this is the packed layout (magic 0xB1).
+    from stepstream import window_values
+
+    stats: dict[str, Any] = {"count": 3, "nonfinite": 1, "mean": 0.5, "last": float("nan")}
+    value = keys.window_stats_value(2, "loss", "50steps", stats)
+    assert value.hex() == (
+        "b102000000"
+        + window_values.metric_code("loss").to_bytes(8, "little").hex()
+        + "0000000000000840000000000000f03f000000000000e03f"
+        + "ad0b00000000f87f" * 2
+        + "000000000000f87f"
+        + "ad0b00000000f87f" * 5
+    )
+    assert window_values.metric_code("loss") == 0x6CD3DEDC4CAA698E
+    assert keys.window_stats_value(2, "loss", "50steps", {**stats, "flags": ["nan"]})[:1] == b"["
+    assert keys.window_stats_value(2, "loss", "50steps", {**stats, "p999": 0.5})[:1] == b"["
