@@ -81,17 +81,15 @@ def code_field(code: int) -> str:
 def pack_window_stats(rank: int, metric: str, stats: Mapping[str, Any]) -> bytes | None:
     """The packed value of one (rank, metric)'s stats, or None when the layout cannot hold
     them (open flags, or a stat beyond `PACKED_STATS`): store the JSON row then."""
-    if stats.get("flags") or any(k not in _STATS_SET for k in stats) or rank > _MAX_RANK:
+    if stats.get("flags") or not stats.keys() <= _STATS_SET or rank > _MAX_RANK:
         return None
     get = stats.get
-    return _STRUCT.pack(
-        PACKED_MAGIC,
-        rank,
-        metric_code(metric),
-        get("count") or 0,  # counts are never None (the contract's default is 0)
-        get("nonfinite") or 0,
-        *(_NONE if (v := get(name)) is None else v for name in PACKED_STATS[2:]),
-    )
+    values = [get(name) for name in PACKED_STATS]
+    values[0] = values[0] or 0  # counts are never None (the contract's default is 0)
+    values[1] = values[1] or 0
+    if None in values:
+        values = [_NONE if v is None else v for v in values]
+    return _STRUCT.pack(PACKED_MAGIC, rank, metric_code(metric), *values)
 
 
 def unpack_window_values(values: Sequence[bytes]) -> npt.NDArray[Any] | None:
