@@ -11,9 +11,24 @@ limit is split into consecutive parts.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
-from stepstream.contract import Batch, RankSummary, Record, WindowUpdate
+import msgspec
+
+from processors.windows import Summary
+from stepstream.contract import (
+    SCHEMA_VERSION,
+    WINDOW_STATS_NUMBERS,
+    Batch,
+    RankSummary,
+    Record,
+    WindowStats,
+)
 
 
 def strip_metrics(batch: Batch, keep: Callable[[Record, str], bool]) -> Batch:
@@ -56,7 +71,67 @@ def forward_messages(batch: Batch, max_bytes: int) -> list[bytes]:
     ) + forward_messages(batch.model_copy(update={"records": batch.records[half:]}), max_bytes)
 
 
-def sized_update(update: WindowUpdate, max_bytes: int) -> list[bytes]:
+#: Window stats as stage 1 holds them: the `Summary` it computed (no open flags, every
+#: stat finite or None), else a `WindowStats`.
+Stats = Summary | WindowStats
+
+
+@dataclass(slots=True)
+class StageUpdate:
+    """A window update as stage 1 makes it: the fields of the contract's `WindowUpdate`,
+    with each series' stats as the stage computed them (`Stats`). `to_bytes` writes the
+    JSON a `WindowUpdate` reads, in one msgspec call: building and serializing a pydantic
+    `WindowStats` per series per window was a third of stage 1's CPU."""
+
+    run: str
+    rank: int
+    world: int = 1
+    node: str = ""
+    step: int | None = None
+    t: float = 0.0
+    latest: dict[str, float] = dataclasses.field(default_factory=dict)
+    windows: dict[str, dict[str, Stats]] = dataclasses.field(default_factory=dict)
+    status: str | None = None
+    v: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        """The JSON of this update on the windows topic (a `WindowUpdate`)."""
+        if not math.isfinite(sum(self.latest.values())):  # a NaN or an infinity somewhere
+            latest: dict[str, Any] = {m: _json_float(v) for m, v in self.latest.items()}
+            return _ENCODER.encode(dataclasses.replace(self, latest=latest))
+        return _ENCODER.encode(self)
+
+
+def _json_float(value: float) -> float | str:
+    """A float as the contract's JSON carries it: non-finite ones as strings."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _encode_other(obj: Any) -> Any:
+    """WindowStats (a series with open flags, or a non-finite stat) as its fields, with
+    non-finite floats as strings as pydantic writes them."""
+    if isinstance(obj, WindowStats):
+        return {k: _json_float(v) if isinstance(v, float) else v for k, v in obj.__dict__.items()}
+    raise TypeError(f"cannot encode {type(obj).__name__} in a window update")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_encode_other)
+
+
+#: A Summary's stats as a tuple, in the contract's order.
+_SUMMARY_VALUES = attrgetter(*WINDOW_STATS_NUMBERS)
+
+
+def is_plain(summary: Summary) -> bool:
+    """True when `StageUpdate.to_bytes` may write `summary` as it is: every stat finite
+    or None (JSON has no NaN; the contract writes non-finite floats as strings). A sum
+    that overflows reads as not plain, which only costs the slower path."""
+    return math.isfinite(sum(filter(None, _SUMMARY_VALUES(summary))))
+
+
+def sized_update(update: StageUpdate, max_bytes: int) -> list[bytes]:
     """The JSON of a window update, split by metric into updates of at most `max_bytes`
     each (a rank with thousands of metrics makes one update megabytes long). The sink
     writes each metric's fields on their own, so parts add up to the whole."""
@@ -68,14 +143,13 @@ def sized_update(update: WindowUpdate, max_bytes: int) -> list[bytes]:
         return [data]
     out: list[bytes] = []
     for part in (set(metrics[: len(metrics) // 2]), set(metrics[len(metrics) // 2 :])):
-        piece = update.model_copy(
-            update={
-                "latest": {m: v for m, v in update.latest.items() if m in part},
-                "windows": {
-                    name: {m: s for m, s in stats.items() if m in part}
-                    for name, stats in update.windows.items()
-                },
-            }
+        piece = dataclasses.replace(
+            update,
+            latest={m: v for m, v in update.latest.items() if m in part},
+            windows={
+                name: {m: s for m, s in stats.items() if m in part}
+                for name, stats in update.windows.items()
+            },
         )
         out.extend(sized_update(piece, max_bytes))
     return out

@@ -42,6 +42,7 @@ from processors.flags import Flag, flag_to_alert
 from processors.goodput import GoodputMeter
 from processors.incidents import Incidents
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
+from processors.windows import finite_mean, population_std
 from stepstream import vocabulary as vocab
 from stepstream.contract import Alert, CrossRankStats, CrossRankUpdate, RankSummary, WindowStats
 from stepstream.keys import step_window_name
@@ -180,14 +181,14 @@ def crossrank_stats(ranks: Mapping[int, Mapping[str, float]]) -> dict[str, Cross
     out: dict[str, CrossRankStats] = {}
     for metric, pairs in by_metric.items():
         vals = [v for v, _ in pairs]
-        mean = math.fsum(vals) / len(vals)
+        mean = finite_mean(vals)
         low, high = min(pairs), max(pairs)
         out[metric] = CrossRankStats(
             ranks=len(vals),
             mean=mean,
             min=low[0],
             max=high[0],
-            std=math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / len(vals)),
+            std=population_std(vals, mean),
             argmin=low[1],
             argmax=high[1],
         )

@@ -40,6 +40,7 @@ from processors.detectors import (
 )
 from processors.detectors.base import with_overrides
 from processors.flags import Flag, RankKey, fingerprint, flag_to_alert
+from processors.forward import StageUpdate, Stats, is_plain
 from processors.quality_windows import QualityWindow, TaskQuality, metric_name, split_by_task
 from processors.validation import (
     CardinalityGuard,
@@ -59,7 +60,6 @@ from stepstream.contract import (
     RecordKind,
     StepPoint,
     WindowStats,
-    WindowUpdate,
 )
 from stepstream.keys import step_window_name, time_window_name
 
@@ -177,7 +177,7 @@ class StageResult:
     """What processing one or more batches produced. `rejected` pairs the index of an
     input batch with why it (or part of it) goes to the dead-letter topic."""
 
-    updates: list[WindowUpdate] = field(default_factory=list)
+    updates: list[StageUpdate] = field(default_factory=list)
     summaries: list[RankSummary] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
@@ -185,7 +185,7 @@ class StageResult:
     lost: int = 0
 
     @property
-    def update(self) -> WindowUpdate | None:
+    def update(self) -> StageUpdate | None:
         """The last window update (the only one when a single batch was processed)."""
         return self.updates[-1] if self.updates else None
 
@@ -259,22 +259,30 @@ def heartbeat(state: RankState, record: Record, beat: RankSummary) -> None:
 
 
 #: Window name -> metric -> stats: the windows of one rank's update.
-_Windows = dict[str, dict[str, WindowStats]]
+_Windows = dict[str, dict[str, Stats]]
 #: A series whose stats are due: its rank's windows, its name, its windows, open flags.
 _Due = tuple[_Windows, str, "SeriesWindows", list[str] | None]
 
 
 #: A Summary's stats as a tuple, in the contract's order (its fields are derived from it).
 _SUMMARY_VALUES = attrgetter(*WINDOW_STATS_NUMBERS)
-#: WindowStats(**data) without the keyword round trip: the stats of every touched series
-#: are built per batch, and a dict through `**` cost 1.2 us more a call than naming each
-#: field did (0.15 us more this way).
-_WINDOW_STATS = WindowStats.__pydantic_validator__.validate_python
+#: WindowStats from the stage's own figures, without validation: a Summary holds an int
+#: count and float-or-None stats by construction (`processors.windows`), and validating
+#: them again was a fifth of stage 1's CPU (`bench/stage_cost.py` under py-spy: 23.8 %).
+#: This is what pydantic's `model_construct` does, minus its per-field loop.
+_NEW_STATS = WindowStats.__new__
+_SET = object.__setattr__
+_ALL_STATS_SET = frozenset(WindowStats.model_fields)
 
 
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
-    values = zip(WINDOW_STATS_NUMBERS, _SUMMARY_VALUES(summary), strict=True)
-    stats: WindowStats = _WINDOW_STATS(dict(values, flags=flags))
+    stats = _NEW_STATS(WindowStats)
+    values = dict(zip(WINDOW_STATS_NUMBERS, _SUMMARY_VALUES(summary), strict=True))
+    values["flags"] = flags
+    _SET(stats, "__dict__", values)
+    _SET(stats, "__pydantic_fields_set__", _ALL_STATS_SET)
+    _SET(stats, "__pydantic_extra__", None)
+    _SET(stats, "__pydantic_private__", None)
     return stats
 
 
@@ -700,9 +708,7 @@ class SeriesStage:
             math_ = self._quality_math[task] = TaskQuality(task)
         return math_
 
-    def _quality_metrics(
-        self, run: str, state: RankState, windows: dict[str, dict[str, WindowStats]]
-    ) -> dict[str, float]:
+    def _quality_metrics(self, run: str, state: RankState, windows: _Windows) -> dict[str, float]:
         """Metrics of the touched quality windows into `windows`; their values."""
         out: dict[str, float] = {}
         target = windows.setdefault(self._quality_name, {})
@@ -766,7 +772,8 @@ class SeriesStage:
             for name, span in names:
                 found = summarize_windows([window for _, _, window, _ in held], span)
                 for (windows, metric, _, marks), summary in zip(held, found, strict=True):
-                    windows[name][metric] = _stats(summary, marks)
+                    plain = marks is None and is_plain(summary)
+                    windows[name][metric] = summary if plain else _stats(summary, marks)
 
     def _window_update(
         self,
@@ -774,10 +781,10 @@ class SeriesStage:
         rank: int,
         state: RankState,
         latest: dict[str, float],
-        windows: dict[str, dict[str, WindowStats]],
-    ) -> WindowUpdate:
+        windows: _Windows,
+    ) -> StageUpdate:
         state.status_changed = False
-        return WindowUpdate(
+        return StageUpdate(
             run=run,
             rank=rank,
             world=state.world,
@@ -789,7 +796,7 @@ class SeriesStage:
             status=state.status,
         )
 
-    def flush(self, now: float | None = None) -> list[WindowUpdate]:
+    def flush(self, now: float | None = None) -> list[StageUpdate]:
         """Window updates with the stats the rate limit held back and that are now due."""
         now = self._clock() if now is None else now
         found: list[tuple[str, int, RankState, dict[str, float], _Windows]] = []

@@ -70,8 +70,45 @@ class Summary(_SummaryFields):
 
     __slots__ = ()
 
+    @property
+    def flags(self) -> None:
+        """No detector flags: stage 1 sends a series with open ones as `WindowStats`."""
+        return None
+
 
 EMPTY_SUMMARY = Summary(count=0, nonfinite=0, mean=None, min=None, max=None, last=None)
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """The exact mean of finite values (`math.fsum`), also when their sum exceeds the
+    float range: fsum raises OverflowError there (two ranks logging 1e308 crashed a
+    stage), so the values are scaled by 1/n first, which keeps every partial sum within
+    the largest value."""
+    n = len(values)
+    try:
+        return math.fsum(values) / n
+    except OverflowError:
+        return math.fsum(v / n for v in values)
+
+
+def population_std(values: Sequence[float], mean: float) -> float:
+    """The population standard deviation of finite values around their `mean`, finite
+    whenever the true one is: where the squares leave the float range (``x ** 2`` raised
+    there), the deviations are taken at half scale and normalized by the largest."""
+    n = len(values)
+    dev = [v - mean for v in values]
+    try:
+        std = math.sqrt(math.fsum(map(mul, dev, dev)) / n)
+    except OverflowError:
+        std = math.inf
+    if math.isfinite(std):
+        return std
+    half = [v / 2 - mean / 2 for v in values]  # no overflow: |v / 2| <= max / 2
+    scale = max(map(abs, half))
+    if scale == 0.0:
+        return 0.0
+    unit = [d / scale for d in half]
+    return scale * (2.0 * math.sqrt(math.fsum(map(mul, unit, unit)) / n))
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -104,9 +141,11 @@ def summarize(
     n = len(vals)
     if n == 0:
         return Summary(len(values), len(values), None, None, None, last)
-    mean = math.fsum(vals) / n
+    mean = finite_mean(vals)
     dev = [v - mean for v in vals]
     std = math.sqrt(sum(map(mul, dev, dev)) / n)
+    if not math.isfinite(std):  # the squares left the float range
+        std = population_std(vals, mean)
     ordered = sorted(vals)
     newest = positions[-1]
     if span is None or not math.isfinite(span):

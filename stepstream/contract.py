@@ -45,8 +45,9 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings", frozen=False)
 
     def to_bytes(self) -> bytes:
-        """Serialize to the JSON bytes that go on a topic."""
-        return self.model_dump_json().encode()
+        """Serialize to the JSON bytes that go on a topic (as `model_dump_json`, without
+        its str round trip)."""
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class RecordKind(StrEnum):

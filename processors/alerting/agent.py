@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import faust
 from processors.alerting.engine import AlertEngine
 from processors.alerting.rules import Rule, load_rules
 from processors.alerting.silence_store import load_silences
+from processors.forward import StageUpdate
 from stepstream.contract import Alert, ControlAction, WindowUpdate, run_key
 from stepstream.errors import ConfigError
 from stepstream.faust_seam import on_partitions_revoked
@@ -131,7 +132,7 @@ class Alerting:
             await self.take_over(finding.run, detectors=True)
             await self.emit(self.engine.on_finding(finding))
 
-    async def on_updates(self, updates: list[WindowUpdate]) -> None:
+    async def on_updates(self, updates: Sequence[WindowUpdate | StageUpdate]) -> None:
         """Window updates of stage 1: condition rules, and the runs' activity."""
         for update in updates:
             await self.take_over(update.run, detectors=False)

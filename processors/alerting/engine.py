@@ -19,6 +19,7 @@ from processors.alerting.rules import Rule
 from processors.alerting.silences import Silence, silenced_by
 from processors.alerting.templates import render
 from processors.flags import fingerprint
+from processors.forward import StageUpdate
 from stepstream.contract import OPEN_STATUSES, Alert, AlertStatus, Severity, WindowUpdate
 
 
@@ -400,7 +401,7 @@ class AlertEngine:
         for key in [k for k in self._peers if k[0] in quiet]:
             del self._peers[key]
 
-    def on_window_update(self, update: WindowUpdate) -> list[Alert]:
+    def on_window_update(self, update: WindowUpdate | StageUpdate) -> list[Alert]:
         """Evaluate every condition rule on the stats this update carries."""
         self.note_activity(update.run)
         out: list[Alert] = []

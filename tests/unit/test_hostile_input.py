@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import math
+import statistics
 from typing import Any
 
 import pytest
@@ -307,11 +308,11 @@ def test_a_dead_letter_that_cannot_be_sent_is_logged_and_the_stage_goes_on(
 
 
 def test_a_window_update_of_thousands_of_metrics_is_split_by_metric_and_adds_up() -> None:
-    from processors.forward import sized_update
+    from processors.forward import StageUpdate, sized_update
     from stepstream.contract import WindowStats, WindowUpdate
 
     names = [f"m{i:04d}" for i in range(3000)]
-    update = WindowUpdate(
+    update = StageUpdate(
         run="r1",
         rank=2,
         step=9,
@@ -371,3 +372,31 @@ def test_forward_merges_the_batches_of_each_publisher_in_order() -> None:
         ("r1", "new", [0], [3]),
     ]
     assert [r.seq for r in inputs[0].records] == [0, 1]  # the inputs are left as they were
+
+
+def test_values_whose_sum_leaves_the_float_range_do_not_crash_the_stages() -> None:
+    # Finite values near the float maximum: math.fsum raised OverflowError on their sum,
+    # and (v - mean) ** 2 on their deviations, which crashed stage 1 and stage 2.
+    from processors.forward import StageUpdate
+    from processors.run_stage import crossrank_stats
+    from processors.series_stage import SeriesStage
+    from stepstream.contract import WindowUpdate
+
+    stage = SeriesStage([50], [10.0], clock=lambda: NOW, stats_interval_s=0.0)
+    big = [1e308, 1.7e308, -1.7e308, 1e308]
+    result = stage.process(
+        Batch(
+            run="r1",
+            rank=0,
+            incarnation="i",
+            records=[Record(seq=i, t=NOW, step=i, values={"x": v}) for i, v in enumerate(big)],
+        )
+    )
+    assert result.update is not None and not result.rejected
+    assert isinstance(result.update, StageUpdate)
+    stats = WindowUpdate.model_validate_json(result.update.to_bytes()).windows["50steps"]["x"]
+    assert stats.count == 4 and stats.mean == pytest.approx(sum(v / 4 for v in big))
+    # Finite, though the squares are not (statistics works in exact fractions).
+    assert stats.std == pytest.approx(statistics.pstdev(big))
+    across = crossrank_stats({0: {"x": 1e308}, 1: {"x": 1.7e308}})["x"]
+    assert across.mean == pytest.approx(1.35e308) and across.std == pytest.approx(0.35e308)
