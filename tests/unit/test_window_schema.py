@@ -3,7 +3,6 @@ list; every other stats struct is derived from it and must hold exactly its fiel
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -38,7 +37,7 @@ DERIVED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         STORED,
     ),
     "processors.windows.Summary (numbers only)": (
-        tuple(f.name for f in dataclasses.fields(Summary)),
+        tuple(f.name for f in msgspec.structs.fields(Summary)),
         tuple(f for f in CONTRACT if f != "flags"),
     ),
 }
@@ -70,7 +69,7 @@ def test_the_reader_struct_has_the_contracts_types_and_defaults() -> None:
 def test_a_summary_becomes_window_stats_field_for_field() -> None:
     summary = summarize([1.0, 2.0, float("nan"), 4.0])
     stats = _stats(summary, ["nan"])
-    assert stats.model_dump() == {**dataclasses.asdict(summary), "flags": ["nan"]}
+    assert stats.model_dump() == {**msgspec.structs.asdict(summary), "flags": ["nan"]}
 
 
 def test_the_stored_window_value_keeps_its_layout() -> None:
