@@ -369,12 +369,8 @@ def summarize_windows(windows: Sequence[RollingWindow], span: float) -> list[Sum
             index = members[0][0]
             out[index] = windows[index].summary(span)
             continue
-        y = np.empty((len(members), n))
-        x = np.empty((len(members), n))
-        for row, (index, start) in enumerate(members):
-            window = windows[index]
-            y[row] = np.frombuffer(window.buf, dtype=np.float64, offset=8 * start)
-            x[row] = np.frombuffer(window.positions, dtype=np.float64, offset=8 * start)
+        y = _stacked([(windows[index].buf, start) for index, start in members], n)
+        x = _stacked([(windows[index].positions, start) for index, start in members], n)
         finite = np.isfinite(y).all(axis=1)
         if not finite.all():
             for row in np.flatnonzero(~finite).tolist():
@@ -387,6 +383,20 @@ def summarize_windows(windows: Sequence[RollingWindow], span: float) -> list[Sum
         for (index, _), summary in zip(members, _summarize_rows(y, x, ema_span), strict=True):
             out[index] = summary
     return out  # type: ignore[return-value]  # every index was filled above
+
+
+def _stacked(rows: list[tuple[array[float], int]], n: int) -> np.ndarray:
+    """The last `n` values of each array from `start` on, as one (rows, n) float64
+    matrix: one copy in C (a numpy row assignment per window cost 1-2 us each, a tenth of
+    stage 1). The memoryviews are released before returning: an array with a live
+    buffer export cannot grow."""
+    views = [memoryview(buf)[start:] for buf, start in rows]
+    try:
+        joined = b"".join(views)
+    finally:
+        for view in views:
+            view.release()
+    return np.frombuffer(joined, dtype=np.float64).reshape(len(rows), n)
 
 
 def _summarize_rows(y: np.ndarray, x: np.ndarray, span: float) -> list[Summary]:
