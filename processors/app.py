@@ -126,6 +126,7 @@ def create_processor_app(settings: Settings) -> faust.App:
         ),
         detector_params=settings.detector_params,
         stats_interval_s=settings.window_stats_interval_s,
+        stats_budget_per_s=settings.window_stats_budget_per_s,
         quality_window_steps=settings.window_steps[0],
     )
     alerting = Alerting(app, settings)

@@ -317,7 +317,10 @@ class SeriesStage:
     `stats_interval_s` > 0 rate-limits window statistics per series: a series touched again
     sooner gets only its latest value in the update; its next value computes the stats
     once due, and `flush` emits the held-back stats of series that went quiet (a flagged
-    series is always computed at once).
+    series is always computed at once). `stats_budget_per_s` > 0 stretches that interval
+    when the stage holds more series than it can recompute within it: to at least the
+    series held / the budget (`interval_s`), so that a worker's stats CPU stays bounded
+    as ranks grow and the stats get older instead of the worker falling behind.
     `quality_window_steps` (default: the first of `window_steps`) is the size of the
     quality windows: records of kind quality carry additive sufficient statistics
     (stepstream.quality) that are summed per (run, rank, task) over that many steps and
@@ -334,6 +337,7 @@ class SeriesStage:
         limits: Limits | None = None,
         detector_params: Mapping[str, Mapping[str, Any]] | None = None,
         stats_interval_s: float = 0.0,
+        stats_budget_per_s: float = 0.0,
         quality_window_steps: int | None = None,
     ) -> None:
         self.quality_window_steps = quality_window_steps or next(iter(window_steps), 50)
@@ -341,6 +345,9 @@ class SeriesStage:
         self._quality_math: dict[str, TaskQuality] = {}
         self.window_steps = sorted(set(window_steps))
         self.stats_interval_s = stats_interval_s
+        self.stats_budget_per_s = stats_budget_per_s
+        self._interval_s = stats_interval_s
+        self._interval_at = -math.inf
         self.window_seconds = sorted(set(window_seconds))
         self._step_names = [(step_window_name(n), float(n)) for n in self.window_steps]
         self._time_names = [(time_window_name(s), float(s)) for s in self.window_seconds]
@@ -419,6 +426,17 @@ class SeriesStage:
             self._cardinality.names.pop(run, None)
         self._rejected_runs = {k for k in self._rejected_runs if k[0] in live_runs}
         return gone
+
+    def interval_s(self, now: float) -> float:
+        """The stats interval in force: `stats_interval_s`, or the series held over the
+        budget where that is longer (the count is refreshed once a second)."""
+        if self.stats_budget_per_s <= 0:
+            return self.stats_interval_s
+        if now - self._interval_at >= 1.0 or now < self._interval_at:
+            self._interval_at = now
+            held = sum(len(state.series) for state in self._ranks.values())
+            self._interval_s = max(self.stats_interval_s, held / self.stats_budget_per_s)
+        return self._interval_s
 
     def held(self) -> int:
         """How many (run, rank) publishers the stage holds state for."""
@@ -757,7 +775,7 @@ class SeriesStage:
         handful of rows (3 ms a message of 65 values, most of a worker's CPU at 256 ranks
         sending once a second), every rank of a batch together spreads it over thousands.
         """
-        due_at = now + self.stats_interval_s
+        due_at = now + self.interval_s(now)
         by_step: list[tuple[_Windows, str, RollingWindow, list[str] | None]] = []
         by_time: list[tuple[_Windows, str, RollingWindow, list[str] | None]] = []
         for windows, metric, series, marks in due:
@@ -799,6 +817,7 @@ class SeriesStage:
     def flush(self, now: float | None = None) -> list[StageUpdate]:
         """Window updates with the stats the rate limit held back and that are now due."""
         now = self._clock() if now is None else now
+        interval = self.interval_s(now)
         found: list[tuple[str, int, RankState, dict[str, float], _Windows]] = []
         due: list[_Due] = []
         for (run, rank), state in self._ranks.items():
@@ -812,7 +831,7 @@ class SeriesStage:
                 # value computes the stats, spread over the arrivals. Flushing every due
                 # series at once made a burst of all ranks' stats each tick, and the p99
                 # lag with it; the flush is for series that went quiet.
-                if series.stats_due > now or now - series.held_at < self.stats_interval_s:
+                if series.stats_due > now or now - series.held_at < interval:
                     continue
                 del state.pending[metric]
                 latest[metric] = value

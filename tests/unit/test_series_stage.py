@@ -342,3 +342,37 @@ def test_ranks_summarized_together_get_the_stats_each_would_get_alone() -> None:
                         a, w, rel_tol=1e-9, abs_tol=1e-12
                     )
     assert merged[3].windows[next(iter(merged[3].windows))]["loss"].nonfinite == 1
+
+
+def test_the_stats_interval_stretches_when_the_stage_holds_more_series_than_its_budget() -> None:
+    now = [100.0]
+    s = SeriesStage(
+        window_steps=[5],
+        window_seconds=[],
+        clock=lambda: now[0],
+        stats_interval_s=1.0,
+        stats_budget_per_s=4.0,
+    )
+    # 2 ranks x 3 series: within the budget's 4 series a second at 1 s.
+    for rank in (0, 1):
+        s.process(batch([rec(0, 0, a=1.0, b=1.0, c=1.0)], rank=rank))
+    assert s.interval_s(now[0]) == 1.0
+    # 4 ranks x 3 series = 12 series at 4 a second: each is recomputed every 3 s.
+    for rank in (2, 3):
+        s.process(batch([rec(0, 0, a=1.0, b=1.0, c=1.0)], rank=rank))
+    now[0] = 101.0
+    assert s.interval_s(now[0]) == 3.0
+    first = s.process(batch([rec(1, 1, a=2.0)], rank=0))
+    assert first.update is not None and first.update.windows["5steps"]["a"].mean == 1.5
+    now[0] = 103.5  # 2.5 s later: within the stretched interval, held back
+    held = s.process(batch([rec(2, 2, a=3.0)], rank=0))
+    assert held.update is not None and held.update.windows["5steps"] == {}
+    now[0] = 104.1
+    due = s.process(batch([rec(3, 3, a=4.0)], rank=0))
+    assert due.update is not None and due.update.windows["5steps"]["a"].mean == 2.5
+    # Without a budget the interval stays put whatever the series count.
+    fixed = SeriesStage(
+        window_steps=[5], window_seconds=[], clock=lambda: 0.0, stats_interval_s=1.0
+    )
+    fixed.process(batch([rec(0, 0, **{f"m{i}": 1.0 for i in range(50)})]))
+    assert fixed.interval_s(5.0) == 1.0
