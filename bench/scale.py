@@ -145,6 +145,34 @@ def rss(procs: list[subprocess.Popen[bytes]]) -> int:
     return total
 
 
+def _role(proc: psutil.Process) -> str:
+    """What a process of the bench is, from its command line."""
+    with contextlib.suppress(psutil.Error):
+        line = " ".join(proc.cmdline())
+        for needle, role in (
+            ("worker processor", "processor"),
+            ("tansu", "broker"),
+            ("valkey", "redis"),
+            ("redis-server", "redis"),
+            ("loadgen.py", "generator"),
+            ("--rank-host", "rank hosts"),
+        ):
+            if needle in line:
+                return role
+    return "other"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this bench's descendants, by role."""
+    out: dict[str, float] = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            role = _role(child)
+            out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def start_replay(
     settings: Settings, recording: Path, ranks: int, logs: Path
 ) -> list[subprocess.Popen[bytes]]:
@@ -213,7 +241,10 @@ def level(
             hosts = start_replay(live, recording, ranks, logs)
         deadline = time.time() + 90  # group join, monitors opening
         begin = end = math.inf
+        cpu_start: dict[str, float] | None = None
         while time.time() < min(deadline, end) and not STOP.is_set():
+            if cpu_start is None and time.time() >= begin:
+                cpu_start, cpu_t0 = cpu_by_role(), time.time()
             for records in windows.poll(timeout_ms=200, max_records=100_000).values():
                 now = time.time()
                 if begin == math.inf:
@@ -228,6 +259,13 @@ def level(
                     seen.add((doc["run"], doc["rank"]))
                     lags.append(now - doc["t"])
         memory = rss(running)
+        cpu: dict[str, float] = {}
+        if cpu_start is not None:
+            cpu_end, wall = cpu_by_role(), max(time.time() - cpu_t0, 1e-9)
+            cpu = {
+                role: 100.0 * (cpu_end[role] - cpu_start.get(role, 0.0)) / wall
+                for role in sorted(cpu_end)
+            }
     finally:
         windows.close()
         stop_children(hosts, 15.0)
@@ -245,6 +283,7 @@ def level(
         "seen": len(seen),
         "rss": memory,
         "per_rank": (memory - idle) / max(len(seen), 1),
+        "cpu": cpu,  # type: ignore[dict-item]
     }
 
 
@@ -316,6 +355,8 @@ def main() -> None:
                     f"{'within' if ok else 'OVER'} 1 s",
                     flush=True,
                 )
+                shares = ", ".join(f"{k} {v:.0f}" for k, v in got["cpu"].items())  # type: ignore[attr-defined]
+                print(f"  CPU over the measured window, % of a core: {shares}", flush=True)
                 if not ok or STOP.is_set():
                     # Lag only grows from here, and the ranks cost the machine: stop.
                     break
