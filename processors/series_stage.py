@@ -12,8 +12,9 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any, Protocol
+
+import msgspec
 
 from processors.detectors import (
     DivergenceDetector,
@@ -52,7 +53,6 @@ from processors.validation import (
 from processors.windows import RollingWindow, Summary, summarize_windows
 from stepstream import vocabulary as vocab
 from stepstream.contract import (
-    WINDOW_STATS_NUMBERS,
     Alert,
     Batch,
     RankSummary,
@@ -264,26 +264,10 @@ _Windows = dict[str, dict[str, Stats]]
 _Due = tuple[_Windows, str, "SeriesWindows", list[str] | None]
 
 
-#: A Summary's stats as a tuple, in the contract's order (its fields are derived from it).
-_SUMMARY_VALUES = attrgetter(*WINDOW_STATS_NUMBERS)
-#: WindowStats from the stage's own figures, without validation: a Summary holds an int
-#: count and float-or-None stats by construction (`processors.windows`), and validating
-#: them again was a fifth of stage 1's CPU (`bench/stage_cost.py` under py-spy: 23.8 %).
-#: This is what pydantic's `model_construct` does, minus its per-field loop.
-_NEW_STATS = WindowStats.__new__
-_SET = object.__setattr__
-_ALL_STATS_SET = frozenset(WindowStats.model_fields)
-
-
 def _stats(summary: Summary, flags: list[str] | None) -> WindowStats:
-    stats = _NEW_STATS(WindowStats)
-    values = dict(zip(WINDOW_STATS_NUMBERS, _SUMMARY_VALUES(summary), strict=True))
-    values["flags"] = flags
-    _SET(stats, "__dict__", values)
-    _SET(stats, "__pydantic_fields_set__", _ALL_STATS_SET)
-    _SET(stats, "__pydantic_extra__", None)
-    _SET(stats, "__pydantic_private__", None)
-    return stats
+    """The stats of a series that does not go out as its plain `Summary`: one with open
+    flags, or a non-finite stat (`processors.forward.is_plain`). Rare, so validated."""
+    return WindowStats(**msgspec.structs.asdict(summary), flags=flags)
 
 
 def quality_stats(value: float, examples: float) -> WindowStats:
