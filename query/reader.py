@@ -54,7 +54,7 @@ from stepstream.keys import (
 )
 from stepstream.redis_client import sync_client
 from stepstream.window_values import (
-    NONE_BITS,
+    NONE_FLOAT,
     PACKED_STATS,
     is_packed,
     none_mask,
@@ -364,12 +364,9 @@ def _sorted_rows(found: list[RollingRow]) -> list[RollingRow]:
     return found
 
 
-_NONE_FLOAT = float(np.array([NONE_BITS], np.uint64).view(np.float64)[0])
-
-
 def _stat_float(value: float | None) -> float:
     """A stat of a JSON row as a packed column holds it: None is the NONE_BITS NaN."""
-    return _NONE_FLOAT if value is None else float(value)
+    return NONE_FLOAT if value is None else float(value)
 
 
 class _Packed(NamedTuple):

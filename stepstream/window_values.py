@@ -45,7 +45,8 @@ NONE_BITS = 0x7FF8_0000_0000_0BAD
 """The float64 bits of a stat that is None: a quiet NaN with a payload no arithmetic
 makes (a computed NaN is 0x7FF8000000000000 or its negative)."""
 
-_NONE = struct.unpack("<d", NONE_BITS.to_bytes(8, "little"))[0]
+NONE_FLOAT: float = struct.unpack("<d", NONE_BITS.to_bytes(8, "little"))[0]
+"""A None stat as the float a packed value holds (a float keeps its NaN payload)."""
 _HEAD = "<BiQ"
 _STRUCT = struct.Struct(_HEAD + "d" * len(PACKED_STATS))
 _STATS_SET = frozenset(PACKED_STATS) | {"flags"}
@@ -88,7 +89,7 @@ def pack_window_stats(rank: int, metric: str, stats: Mapping[str, Any]) -> bytes
     values[0] = values[0] or 0  # counts are never None (the contract's default is 0)
     values[1] = values[1] or 0
     if None in values:
-        values = [_NONE if v is None else v for v in values]
+        values = [NONE_FLOAT if v is None else v for v in values]
     return _STRUCT.pack(PACKED_MAGIC, rank, metric_code(metric), *values)
 
 
