@@ -9,6 +9,7 @@ series per call of `process_many`, however many records of the series the call c
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ class RankState:
     """What stage 1 remembers of one (run, rank): dedup watermark and its series."""
 
     incarnation: str = ""
+    #: The run's name as first parsed: the one string every structure of the rank keys
+    #: by (each message parses a new copy of it, and state made from different
+    #: messages would each keep their own).
+    run: str = ""
     high_seq: int = -1
     duplicates: int = 0
     lost: int = 0
@@ -371,8 +376,9 @@ class SeriesStage:
         state = self._ranks.get((batch.run, batch.rank))
         if state is None or state.incarnation != batch.incarnation:
             previous = state
-            state = RankState(incarnation=batch.incarnation)
+            state = RankState(incarnation=batch.incarnation, run=batch.run)
             if previous is not None:
+                state.run = previous.run
                 # A restarted publisher starts its seq again; its history stays.
                 state.series = previous.series
                 state.last_step, state.last_t = previous.last_step, previous.last_t
@@ -554,7 +560,7 @@ class SeriesStage:
         result: StageResult,
         index: int,
     ) -> RankSummary:
-        run, rank = batch.run, batch.rank
+        run, rank = state.run, batch.rank
         steps: dict[int, StepPoint] = {}
         nonfinite: dict[int, StepPoint] = {}
         refused: set[str] = set()
@@ -599,6 +605,9 @@ class SeriesStage:
                     if not self._cardinality.admit(run, metric):
                         refused.add(metric)
                         continue
+                    # One string per name across ranks: the detectors' state made now
+                    # keys by it (each message parses its own copy).
+                    metric = sys.intern(metric)
                     series = series_of[metric] = self._new_series(metric)
                 # `RollingWindow.add`, its in-order case inlined (it runs once per value).
                 window = series.by_step

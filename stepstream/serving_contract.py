@@ -62,7 +62,9 @@ NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.
 class ServingModel(BaseModel):
     """Base of serving message models: unknown fields ignored, non-finite as strings."""
 
-    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings")
+    # Keys only in the parser's string cache, as `contract.WireModel` (prediction ids are
+    # unique strings: cached, they outlive their predictions and pin freed memory).
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings", cache_strings="keys")
 
 
 class PredictionRecord(ServingModel):
