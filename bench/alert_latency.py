@@ -1,6 +1,7 @@
 """Alert latency end to end: from `log()` of a NaN on a rank to the alert on the alerts
 topic, in Redis (pub/sub, published by the sink as it writes) and at a webhook receiver on
-loopback; then the dead-rank alert after a rank is killed, in heartbeat intervals.
+loopback, each fault on a run of its own (a run's later NaNs join its first incident);
+then the dead-rank alert after a rank is killed, in heartbeat intervals.
 
 Runs its own embedded stack (tansu, Valkey, processor and sink workers) and stops it.
 Background load: 2 ranks logging 20 values per step at 100 steps/s each.
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -36,7 +38,7 @@ from stepstream.stack import LocalStack, settings_env
 
 
 class Receiver:
-    """Webhook receiver that stamps each alert's arrival time by its metric."""
+    """Webhook receiver that stamps each run's first NaN alert with its arrival time."""
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
@@ -49,7 +51,7 @@ class Receiver:
                 now = time.time()
                 for alert in body["alerts"]:  # one notification: a run's transitions
                     if alert["rule"] == "nonfinite" and alert["status"] == "firing":
-                        arrived.setdefault(alert["metric"], now)
+                        arrived.setdefault(alert.get("run") or body["run"], now)
                         notifications.add(body["idempotency_key"])
                 self.send_response(200)
                 self.end_headers()
@@ -117,7 +119,6 @@ def main() -> None:
         webhooks=[WebhookTarget(url=receiver.url, backoff_s=0.05)],
         heartbeat_interval_s=1.0,
         system_interval_s=0,
-        max_metrics_per_run=max(1000, args.faults * 2),
         # The SDK's default hold (1 s): a NaN is urgent and must go at once anyway, which
         # is what this measures (`--flush-interval-s` to compare with a short hold).
         flush_interval_s=args.flush_interval_s,
@@ -131,15 +132,17 @@ def main() -> None:
         live = base.model_copy(
             update={"kafka_bootstrap": state.kafka_bootstrap, "redis_url": state.redis_url}
         )
-        run = f"faults-{uuid.uuid4().hex[:6]}"
+        # One run per fault: a run's non-finite findings are one incident (its origin), so
+        # NaNs of one run after the first raise no alert of their own to time.
+        prefix = f"faults-{uuid.uuid4().hex[:6]}"
         load = threading.Thread(target=background_load, args=(live, stop_load), daemon=True)
         load.start()
 
         on_topic: dict[str, float] = {}
         in_redis: dict[str, float] = {}
-        feed = AlertFeed(live, run=run, from_beginning=False)
+        feed = AlertFeed(live, from_beginning=False)
         pubsub = redis.Redis.from_url(live.redis_url).pubsub()
-        pubsub.subscribe(RedisKeys(live.key_prefix).alerts_channel(run))
+        pubsub.psubscribe(RedisKeys(live.key_prefix).alerts_channel_pattern())
 
         def listen() -> None:
             deadline = time.monotonic() + 60 + args.faults * args.gap
@@ -147,40 +150,55 @@ def main() -> None:
                 now_alerts = feed.poll(0.1)
                 now = time.time()
                 for alert in now_alerts:
-                    if alert.rule == "nonfinite" and alert.metric:
-                        on_topic.setdefault(alert.metric, now)
+                    if alert.rule == "nonfinite" and alert.run.startswith(prefix):
+                        on_topic.setdefault(alert.run, now)
             feed.close()
 
         def listen_redis() -> None:
             deadline = time.monotonic() + 60 + args.faults * args.gap
             while time.monotonic() < deadline and len(in_redis) < args.faults:
                 message = pubsub.get_message(timeout=0.1)
-                if message and message["type"] == "message":
+                if message and message["type"] == "pmessage":
                     body = json.loads(message["data"])
-                    if body.get("rule") == "nonfinite":
-                        in_redis.setdefault(body["metric"], time.time())
+                    if body.get("rule") == "nonfinite" and body["run"].startswith(prefix):
+                        in_redis.setdefault(body["run"], time.time())
             pubsub.close()
 
         listeners = [threading.Thread(target=listen), threading.Thread(target=listen_redis)]
         for t in listeners:
             t.start()
-        monitor = producers.init(run, rank=0, world=1, settings=live)
-        monitor.log(None, warmup=1.0)
-        monitor.flush(30)
         logged: dict[str, float] = {}
-        print(f"injecting {args.faults} NaN faults, {args.gap * 1000:.0f} ms apart ...", flush=True)
+        # A fault's monitor is closed 2 s after its NaN, off the injecting thread, so a few
+        # dozen are open at once rather than all of them.
+        closing: queue.Queue[tuple[float, producers.Monitor] | None] = queue.Queue()
+
+        def closer() -> None:
+            while (item := closing.get()) is not None:
+                time.sleep(max(0.0, item[0] + 2.0 - time.time()))
+                item[1].close()
+
+        closers = threading.Thread(target=closer)
+        closers.start()
+        print(
+            f"injecting {args.faults} NaN faults, one run each, {args.gap * 1000:.0f} ms "
+            "apart (plus a monitor's start) ...",
+            flush=True,
+        )
         for i in range(args.faults):
-            name = f"loss_{i}"
-            monitor.log(i, **{name: 1.0})
-            logged[name] = time.time()
-            monitor.log(i, **{name: math.nan})
+            run = f"{prefix}-{i:04d}"
+            monitor = producers.init(run, rank=0, world=1, settings=live)
+            monitor.log(0, loss=1.0)
+            logged[run] = time.time()
+            monitor.log(1, loss=math.nan)
+            closing.put((logged[run], monitor))
             time.sleep(args.gap)
+        closing.put(None)
         for t in listeners:
             t.join()
         deadline = time.monotonic() + 30
         while len(receiver.arrived) < args.faults and time.monotonic() < deadline:
             time.sleep(0.1)
-        monitor.close()
+        closers.join()
 
         def figures(where: str, arrived: dict[str, float]) -> list[float]:
             lat = [(arrived[m] - logged[m]) * 1000 for m in logged if m in arrived]
