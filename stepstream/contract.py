@@ -44,9 +44,9 @@ class WireModel(BaseModel):
 
     # Only keys are cached while parsing: pydantic's default also caches string values
     # (run names, incarnations, nodes) in a process-wide table that outlives the runs.
-    # Those survivors, scattered over the allocator's arenas, kept a processor that had
-    # forgotten 720 runs 33 MiB above where it started, against 8 MiB with keys only
-    # (issue 21's soak); parsing costs the same.
+    # Scattered over the allocator's arenas, those survivors kept stages 1 and 2 that had
+    # forgotten 720 runs 33 MiB above where they started, in process, against 8 MiB with
+    # keys only (issue 21); parsing costs the same.
     model_config = ConfigDict(
         extra="ignore", ser_json_inf_nan="strings", frozen=False, cache_strings="keys"
     )
