@@ -51,7 +51,7 @@ class Receiver:
                 now = time.time()
                 for alert in body["alerts"]:  # one notification: a run's transitions
                     if alert["rule"] == "nonfinite" and alert["status"] == "firing":
-                        arrived.setdefault(alert.get("run") or body["run"], now)
+                        arrived.setdefault(body["run"], now)
                         notifications.add(body["idempotency_key"])
                 self.send_response(200)
                 self.end_headers()

@@ -376,9 +376,9 @@ class SeriesStage:
         state = self._ranks.get((batch.run, batch.rank))
         if state is None or state.incarnation != batch.incarnation:
             previous = state
-            state = RankState(incarnation=batch.incarnation, run=batch.run)
+            run = previous.run if previous is not None else batch.run
+            state = RankState(incarnation=batch.incarnation, run=run)
             if previous is not None:
-                state.run = previous.run
                 # A restarted publisher starts its seq again; its history stays.
                 state.series = previous.series
                 state.last_step, state.last_t = previous.last_step, previous.last_t
