@@ -5,6 +5,7 @@ The CLI stays thin: it picks a view and prints either side of it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +35,17 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def local_time(t: float) -> str:
+    """Unix seconds as a table shows them, in local time (JSON keeps the seconds)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def runs_view(reader: MetricsReader) -> View:
     """Every run, most recently active first."""
     runs = reader.runs()
     table = Table("run", "world", "last activity")
     for info in runs:
-        table.add_row(info.run, str(info.world or "?"), f"{info.last_activity:.3f}")
+        table.add_row(info.run, str(info.world or "?"), local_time(info.last_activity))
     return View(runs, [table])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -162,10 +161,9 @@ def silence_add(
         if json_out:
             print(json.dumps({"id": silence.id, "ends_at": silence.ends_at}))
         else:
-            console.print(
-                f"silence [bold]{silence.id}[/bold] until "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(silence.ends_at))}"
-            )
+            from query.views import local_time
+
+            console.print(f"silence [bold]{silence.id}[/bold] until {local_time(silence.ends_at)}")
 
     _guard(go)
 
@@ -184,12 +182,14 @@ def silence_list(
         if json_out:
             print(json.dumps([dataclasses.asdict(s) for s in silences]))
             return
+        from query.views import local_time
+
         table = Table("id", "matchers", "ends", "by", "comment")
         for s in silences:
             table.add_row(
                 s.id,
                 ", ".join(f"{k}={v}" for k, v in s.matchers.items()),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.ends_at)),
+                local_time(s.ends_at),
                 s.created_by,
                 s.comment,
             )

@@ -624,6 +624,12 @@ def test_cli_query_views_and_export(server: LocalRedis, run: str, tmp_path: Path
     assert {(r["rank"], r["stats"]["p95"]) for r in rolling} == {(0, 0.9), (1, 0.9)}
     table = cli.invoke(app, base)
     assert table.exit_code == 0 and "p95" in table.output and "50steps" in table.output
+    # The runs table shows when a run was last active as a local time, not Unix seconds.
+    runs = cli.invoke(app, base[:-2])
+    with MetricsReader.from_url(server.url) as reader:
+        (info,) = [r for r in reader.runs() if r.run == run]
+    shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_activity))
+    assert runs.exit_code == 0 and shown in runs.output, runs.output
     bad = cli.invoke(app, ["query", "--redis-url", server.url, "--run", "a{b}"])
     assert bad.exit_code == 1 and "invalid run id" in bad.output
     out = cli.invoke(
