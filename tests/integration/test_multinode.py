@@ -271,16 +271,20 @@ def test_node_identity_and_ranks_grouped_by_node(cluster: Cluster) -> None:
 def test_telemetry_partition_of_a_training_host_loses_nothing(cluster: Cluster) -> None:
     """train-b cannot reach the broker for 20 s while gloo goes on over the training
     network: its ranks spool, and on heal replay in order with their event times."""
-    steps_before = {r: len(cluster.steps_stored(r)) for r in (0, 2)}
+    steps_before = len(cluster.steps_stored(0))
     cut = time.time()
     cluster.topo.cut("train-b")
+    cut_done = time.time()
     try:
         time.sleep(2.0)
         (cluster.control / "nan").touch()  # rank 2 logs a NaN loss inside the partition
         # training goes on over the training network: train-a's ranks keep stepping
-        wait_for(lambda: len(cluster.steps_stored(0)) > steps_before[0] + 50, timeout=30)
+        wait_for(lambda: len(cluster.steps_stored(0)) > steps_before + 50, timeout=30)
         time.sleep(max(0.0, cut + PARTITION_S - time.time()))
-        assert len(cluster.steps_stored(2)) <= steps_before[2] + 10  # nothing got through
+        # nothing logged after the cut got through; what was logged before it may still
+        # land (up to the SDK's 1 s hold plus the pipeline), so count by event time
+        late = [(s, t) for s, t in cluster.steps_stored(2) if t > cut_done]
+        assert late == [], late[:5]
     finally:
         cluster.topo.heal("train-b")
     healed = time.time()
