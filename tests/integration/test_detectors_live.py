@@ -133,9 +133,12 @@ def test_injected_training_faults_are_detected_in_time(
         ]
         assert "cleared at step" in spike_end[0].summary
         # An incident holds STEPSTREAM_INCIDENT_HOLD_S after its last series cleared, so a
-        # loss that spikes again right away is the same page.
+        # loss that spikes again right away is the same page. The hold starts when the
+        # clear's batch started processing, the firing alert is stamped when that batch's
+        # findings are raised: with the SDK's 1 s hold the spike and its clear come in one
+        # message, so the two stamps may be a batch's processing time short of the hold.
         hold = fault_settings.incident_hold_s
-        assert hold <= spike_end[0].raised_at - spike.raised_at < hold + 5.0
+        assert hold - 0.25 <= spike_end[0].raised_at - spike.raised_at < hold + 5.0
 
         stragglers = [(a.rank, a.step, a.evidence) for a in alerts if a.rule == "straggler"]
         straggler = first(alerts, "straggler")
